@@ -1,0 +1,53 @@
+"""The one exception hierarchy of nsbox.
+
+Library code raises these; only the CLI edge turns them into a one-line
+message and an exit code.
+"""
+
+from __future__ import annotations
+
+
+class NsboxError(Exception):
+    """Base of every error nsbox reports to a user."""
+
+    exit_code = 1
+
+
+class ConfigError(NsboxError):
+    """A config.json (or flag value) that is malformed or invalid."""
+
+
+class BundleError(NsboxError):
+    """The bundle or its rootfs is missing or unusable."""
+
+
+class ContainerNotFound(NsboxError):
+    """No container with that id."""
+
+
+class ContainerExists(NsboxError):
+    """A container with that id already exists."""
+
+
+class InvalidState(NsboxError):
+    """The container is not in a state that allows the operation."""
+
+
+class HookError(NsboxError):
+    """A lifecycle hook failed or timed out."""
+
+
+class SecurityError(NsboxError):
+    """A safety check failed (fake /proc, unsafe path, ...)."""
+
+
+class UnsupportedError(NsboxError):
+    """The host lacks a feature the config asks for."""
+
+
+class KernelError(NsboxError):
+    """A system call failed while building the container."""
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno

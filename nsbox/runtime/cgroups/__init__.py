@@ -1,0 +1,200 @@
+"""Cgroup placement for containers on v1, v2 and hybrid hosts.
+
+This module finds the host's hierarchies, resolves an OCI cgroupsPath to one
+directory per hierarchy, creates them, moves the container's init there and
+removes them again.  Resource limits are applied by the resource layer on top
+of the directories this returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from nsbox.errors import ConfigError, KernelError, UnsupportedError
+
+UNIFIED = ""  # key of the cgroup2 hierarchy in path maps
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    key: str  # "" for cgroup2, else the v1 controllers joined by "," (name=systemd too)
+    mountpoint: str
+    root: str  # the mount's root inside the hierarchy
+
+
+@functools.lru_cache(maxsize=1)
+def hierarchies() -> tuple[Hierarchy, ...]:
+    found: dict[str, Hierarchy] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fstype, _src, opts = right.split()[:3]
+            if fstype not in ("cgroup", "cgroup2"):
+                continue
+            fields = left.split()
+            root, mountpoint = fields[3], fields[4].replace("\\040", " ")
+            if fstype == "cgroup2":
+                key = UNIFIED
+            else:
+                ctrls = [o for o in opts.split(",") if o not in ("rw", "ro") and "=" not in o or o.startswith("name=")]
+                known = set(_v1_controllers())
+                key = ",".join(sorted(c for c in ctrls if c in known or c.startswith("name=")))
+                if not key:
+                    continue
+            found.setdefault(key, Hierarchy(key, mountpoint, root))
+    return tuple(found.values())
+
+
+@functools.lru_cache(maxsize=1)
+def _v1_controllers() -> tuple[str, ...]:
+    names = []
+    with open("/proc/cgroups") as f:
+        for line in f:
+            if not line.startswith("#"):
+                names.append(line.split()[0])
+    return tuple(names)
+
+
+def mode() -> str:
+    """'v2', 'v1' or 'hybrid'."""
+    keys = {h.key for h in hierarchies()}
+    if keys == {UNIFIED}:
+        return "v2"
+    return "hybrid" if UNIFIED in keys else "v1"
+
+
+def own_cgroups(pid: int | str = "self") -> dict[str, str]:
+    """PID's cgroup path per hierarchy key, as /proc/PID/cgroup names it."""
+    out = {}
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            hid, ctrls, path = line.rstrip("\n").split(":", 2)
+            out[UNIFIED if hid == "0" else ",".join(sorted(ctrls.split(",")))] = path
+    return out
+
+
+def resolve(cgroups_path: str, container_id: str, systemd: bool = False) -> dict[str, str]:
+    """Map an OCI cgroupsPath to an absolute directory per hierarchy."""
+    if systemd or (cgroups_path.count(":") == 2 and not cgroups_path.startswith("/")):
+        if not os.path.isdir("/run/systemd/system"):
+            raise UnsupportedError(
+                f"systemd cgroup path {cgroups_path!r} requested, but systemd is not running on this host")
+        raise UnsupportedError("the systemd cgroup driver is not supported yet")
+    if ".." in cgroups_path.split("/"):
+        raise ConfigError(f"config.json: linux.cgroupsPath must not contain '..': {cgroups_path!r}")
+    mine = own_cgroups()
+    out = {}
+    for h in hierarchies():
+        if cgroups_path.startswith("/"):
+            rel = cgroups_path
+        else:
+            base = mine.get(h.key, "/")
+            rel = os.path.join(base, cgroups_path or f"nsbox-{container_id}")
+        if not rel.startswith(h.root):
+            # The hierarchy is mounted at a sub-root (inside a cgroup namespace).
+            rel = os.path.join(h.root, rel.lstrip("/"))
+        out[h.key] = os.path.normpath(os.path.join(h.mountpoint, os.path.relpath(rel, h.root)))
+    return out
+
+
+def create(paths: dict[str, str]) -> list[str]:
+    """Make every directory; returns those this call created (to remove on failure)."""
+    created = []
+    for key, path in paths.items():
+        missing = []
+        p = path
+        while not os.path.isdir(p):
+            missing.append(p)
+            p = os.path.dirname(p)
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+                created.append(d)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                remove_dirs(created)
+                raise KernelError(f"create cgroup {d}: {exc.strerror}", exc.errno) from None
+            if "cpuset" in key.split(","):
+                _inherit_cpuset(d)
+    return created
+
+
+def _inherit_cpuset(path: str) -> None:
+    # A v1 cpuset cgroup starts empty and refuses tasks until cpus/mems are set.
+    parent = os.path.dirname(path)
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        with open(os.path.join(path, name)) as f:
+            if f.read().strip():
+                continue
+        with open(os.path.join(parent, name)) as f:
+            value = f.read().strip()
+        with open(os.path.join(path, name), "w") as f:
+            f.write(value)
+
+
+def add_process(paths: dict[str, str], pid: int) -> None:
+    for path in paths.values():
+        try:
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        except OSError as exc:
+            raise KernelError(f"move {pid} into cgroup {path}: {exc.strerror}", exc.errno) from None
+
+
+def pids(paths: dict[str, str]) -> list[int]:
+    """Every process in the container's cgroup (recursively)."""
+    for key in (UNIFIED, "pids", "freezer", "memory", "cpu,cpuacct", "cpu"):
+        base = paths.get(key)
+        if base and os.path.isdir(base):
+            break
+    else:
+        base = next((p for p in paths.values() if os.path.isdir(p)), None)
+        if base is None:
+            return []
+    found: list[int] = []
+    for dirpath, _dirs, _files in os.walk(base):
+        with contextlib.suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as f:
+            found.extend(int(x) for x in f.read().split())
+    return sorted(set(found))
+
+
+def remove_dirs(dirs: list[str]) -> None:
+    for d in sorted(dirs, key=len, reverse=True):
+        _rmdir_retry(d)
+
+
+def _rmdir_retry(path: str) -> None:
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise KernelError(f"remove cgroup {path}: {exc.strerror}", exc.errno) from None
+            time.sleep(0.01)
+    raise KernelError(f"remove cgroup {path}: still busy")
+
+
+def destroy(paths: dict[str, str], created_root: dict[str, str] | None = None) -> None:
+    """Kill what is left in the cgroup, then remove the directories (children first)."""
+    for pid in pids(paths):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2
+    while pids(paths) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for path in paths.values():
+        if not os.path.isdir(path):
+            continue
+        subdirs = [dp for dp, _, _ in os.walk(path)]
+        for d in sorted(subdirs, key=len, reverse=True):
+            _rmdir_retry(d)

@@ -1,0 +1,191 @@
+"""nsbox-runtime: a runc-compatible command line over nsbox.runtime.
+
+Flags are parsed the way Go's flag package does (runc's CLI library builds
+on it): `-flag`, `--flag`, `--flag=value` and `--flag value` all work, and
+boolean flags take `=true|false`.  Each command lives in its own module with
+a FLAGS table and a `run(args, ctx)` function.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+COMMANDS = ("checkpoint", "create", "delete", "events", "exec", "features", "kill", "list",
+            "pause", "ps", "restore", "resume", "run", "spec", "start", "state", "update")
+
+GLOBAL_FLAGS = {
+    "debug": False, "log": "", "log-format": "", "root": "", "criu": "", "systemd-cgroup": False,
+    "rootless": "", "help": False, "h": False, "version": False, "v": False,
+}
+_ALIASES = {"h": "help", "v": "version"}
+
+
+class UsageError(Exception):
+    """Bad command-line usage: exit status 1 with a message."""
+
+
+@dataclass
+class Args:
+    flags: dict = field(default_factory=dict)
+    positional: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str):
+        return self.flags[name]
+
+
+@dataclass
+class Context:
+    root: str
+    systemd_cgroup: bool
+    debug: bool
+    log_path: str
+    log_format: str
+
+    def runtime(self):
+        from nsbox.runtime.container import Runtime
+
+        return Runtime(self.root, self.systemd_cgroup)
+
+
+def parse_flags(argv: list[str], spec: dict, aliases: dict[str, str] | None = None,
+                interspersed: bool = True, stop_after: int | None = None) -> Args:
+    """Parse Go-style flags. spec maps name -> default (bool, str, int or list for repeatable).
+
+    interspersed: flags may follow positional arguments.  stop_after: after
+    this many positional arguments everything is positional (exec's command).
+    """
+    aliases = aliases or {}
+    out = Args({k: (list(v) if isinstance(v, list) else v) for k, v in spec.items()}, [])
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        i += 1
+        if stop_after is not None and len(out.positional) >= stop_after:
+            out.positional.append(tok)
+            continue
+        if tok == "--":
+            out.positional.extend(argv[i:])
+            break
+        if not tok.startswith("-") or tok == "-":
+            out.positional.append(tok)
+            if not interspersed:
+                out.positional.extend(argv[i:])
+                break
+            continue
+        name, eq, value = tok.lstrip("-").partition("=")
+        name = aliases.get(name, name)
+        if name not in spec:
+            raise UsageError(f"flag provided but not defined: -{name}")
+        default = spec[name]
+        if isinstance(default, bool):
+            if eq:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise UsageError(f"invalid boolean value {value!r} for -{name}")
+                out.flags[name] = value.lower() in ("true", "1")
+            else:
+                out.flags[name] = True
+            continue
+        if not eq:
+            if i >= len(argv):
+                raise UsageError(f"flag needs an argument: -{name}")
+            value = argv[i]
+            i += 1
+        if isinstance(default, list):
+            out.flags[name].append(value)
+        elif isinstance(default, int):
+            try:
+                out.flags[name] = int(value)
+            except ValueError:
+                raise UsageError(f"invalid value {value!r} for flag -{name}: not a number") from None
+        else:
+            out.flags[name] = value
+    return out
+
+
+def need_id(args: Args, command: str) -> str:
+    if not args.positional:
+        raise UsageError(f"{command}: requires exactly one argument: the container id")
+    return args.positional[0]
+
+
+def _version() -> str:
+    from nsbox import __version__
+    from nsbox.runtime.spec import SPEC_VERSION
+
+    return (f"nsbox-runtime version {__version__}\nspec: {SPEC_VERSION}\n"
+            f"python: {sys.version.split()[0]}\n")
+
+
+USAGE = """usage: nsbox-runtime [global flags] COMMAND [flags] [args]
+
+An OCI runtime with a runc-compatible command line.
+
+commands:
+  create    create a container from a bundle, stopped before its process
+  start     run the process of a created container
+  run       create and start a container (and wait, unless --detach)
+  state     print the state of a container as JSON
+  list      list containers (table or --format json)
+  kill      send a signal to the container's init (or --all processes)
+  delete    delete a stopped container (--force: any container)
+  exec      run another process in a running container
+  ps        list the processes of a container
+  spec      write a default config.json
+  features  print the features this runtime supports as JSON
+
+global flags:
+  --root DIR           state directory (default /run/nsbox-runtime)
+  --log FILE           write log messages to FILE
+  --log-format FORMAT  text or json
+  --debug              log debug messages
+  --systemd-cgroup     use systemd for cgroups (needs systemd)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        g = parse_flags(argv, GLOBAL_FLAGS, _ALIASES, interspersed=False)
+    except UsageError as exc:
+        sys.stderr.write(f"nsbox-runtime: {exc}\n")
+        return 1
+    if g["version"]:
+        sys.stdout.write(_version())
+        return 0
+    if g["help"] or not g.positional:
+        sys.stdout.write(USAGE)
+        return 0 if g["help"] else 1
+    command, rest = g.positional[0], g.positional[1:]
+    ctx = Context(root=g["root"] or "/run/nsbox-runtime", systemd_cgroup=g["systemd-cgroup"],
+                  debug=g["debug"], log_path=g["log"], log_format=g["log-format"] or "text")
+    from nsbox.runtime.cli import _log
+
+    _log.setup(ctx)
+    if command not in COMMANDS:
+        return _log.fail(ctx, f"no such command: {command}", 1)
+    import importlib
+
+    module = importlib.import_module(f"nsbox.runtime.cli.cmd_{command}")
+    from nsbox.errors import NsboxError
+
+    try:
+        args = parse_flags(rest, module.FLAGS, getattr(module, "ALIASES", None),
+                           stop_after=getattr(module, "STOP_AFTER", None))
+        if args.flags.get("help"):
+            sys.stdout.write(module.__doc__ or "")
+            return 0
+        return module.run(args, ctx) or 0
+    except UsageError as exc:
+        return _log.fail(ctx, f"{command}: {exc}", 1)
+    except NsboxError as exc:
+        return _log.fail(ctx, str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        return _log.fail(ctx, f"{command}: {exc}", 1)
+
+
+if __name__ == "__main__":
+    os._exit(main())

@@ -1,0 +1,15 @@
+"""usage: nsbox-runtime pause CONTAINER_ID
+
+Not supported by this version of nsbox-runtime yet.
+"""
+
+from __future__ import annotations
+
+FLAGS: dict = {"help": False}
+STOP_AFTER = 0
+
+
+def run(args, ctx) -> int:
+    from nsbox.errors import UnsupportedError
+
+    raise UnsupportedError("pause is not supported by this version of nsbox-runtime")

@@ -1,0 +1,32 @@
+"""usage: nsbox-runtime run [--bundle DIR] [--detach] [--pid-file FILE] [--console-socket PATH]
+       [--preserve-fds N] [--no-pivot] [--no-new-keyring] CONTAINER_ID
+
+Create and start a container.  Without --detach, wait for it and exit with
+its exit status, then delete it.
+"""
+
+from __future__ import annotations
+
+from nsbox.runtime.cli.cmd_create import ALIASES as _CREATE_ALIASES
+from nsbox.runtime.cli.cmd_create import FLAGS as _CREATE_FLAGS
+
+FLAGS = dict(_CREATE_FLAGS, detach=False, d=False, **{"keep": False})
+ALIASES = dict(_CREATE_ALIASES, d="detach")
+
+
+def run(args, ctx) -> int:
+    from nsbox.runtime.cli import need_id
+    from nsbox.runtime.cli.cmd_create import options
+
+    cid = need_id(args, "run")
+    opts = options(args)
+    rt = ctx.runtime()
+    if not args["detach"] and not opts.console_socket:
+        from nsbox.runtime.spec import load_bundle_config
+
+        spec, _ = load_bundle_config(opts.bundle)
+        if spec.process is not None and spec.process.terminal:
+            from nsbox.runtime.cli import _terminal
+
+            return _terminal.run_with_terminal(rt, cid, opts)
+    return rt.run(cid, opts, detach=args["detach"])

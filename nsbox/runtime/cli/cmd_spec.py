@@ -1,0 +1,25 @@
+"""usage: nsbox-runtime spec [--bundle DIR] [--rootless]
+
+Write a default config.json (like `runc spec`) into the bundle directory.
+"""
+
+from __future__ import annotations
+
+FLAGS = {"bundle": "", "b": "", "rootless": False, "help": False}
+ALIASES = {"b": "bundle"}
+
+
+def run(args, ctx) -> int:
+    import json
+    import os
+
+    from nsbox.errors import ContainerExists
+    from nsbox.runtime.spec import default_spec
+
+    path = os.path.join(args["bundle"] or ".", "config.json")
+    if os.path.exists(path):
+        raise ContainerExists(f"file {path} exists: remove it first")
+    with open(path, "x") as f:
+        json.dump(default_spec(rootless=args["rootless"]), f, indent="\t")
+        f.write("\n")
+    return 0

@@ -1,0 +1,482 @@
+"""The runtime's side of the container lifecycle: create, start, kill, delete, exec.
+
+This is the Python API that `nsbox-runtime` is a thin shell over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from nsbox.errors import BundleError, ConfigError, InvalidState, KernelError, NsboxError
+from nsbox.runtime import cgroups
+from nsbox.runtime import channel as ch
+from nsbox.runtime import namespaces as nsmod
+from nsbox.runtime.spec import Process, Spec, load_bundle_config, parse_process
+from nsbox.runtime.state import (
+    CREATED,
+    EXEC_FIFO,
+    PAUSED,
+    RUNNING,
+    STOPPED,
+    ContainerState,
+    StateStore,
+    now_rfc3339,
+    process_start_time,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CreateOptions:
+    bundle: str = "."
+    pid_file: str | None = None
+    console_socket: str | None = None
+    preserve_fds: int = 0
+    no_pivot: bool = False
+    no_new_keyring: bool = False
+    systemd_cgroup: bool = False
+
+
+@dataclass
+class ExecOptions:
+    process: Process
+    console_socket: str | None = None
+    pid_file: str | None = None
+    detach: bool = False
+    preserve_fds: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def _validate_for_create(spec: Spec) -> None:
+    if spec.process is None:
+        raise ConfigError("config.json: process is required to create a container")
+    from nsbox.runtime.security import capabilities, lsm
+
+    capabilities.validate(spec.process.capabilities, strict=False)
+    lsm.validate_labels(spec.process.apparmor_profile, spec.process.selinux_label, spec.linux.mount_label)
+    if spec.hostname and not spec.has_new_namespace("uts"):
+        raise ConfigError("config.json: hostname needs a new uts namespace")
+    if spec.linux.seccomp is not None:
+        from nsbox.runtime.security import seccomp
+
+        seccomp.validate(spec.linux.seccomp)
+    from nsbox.runtime import rootfs
+
+    rootfs.check_mount_sources(spec)
+
+
+class Runtime:
+    """One runtime root (`--root`): every container it knows."""
+
+    def __init__(self, root: str | None = None, systemd_cgroup: bool = False) -> None:
+        from nsbox.runtime.state import DEFAULT_ROOT
+
+        self.store = StateStore(root or DEFAULT_ROOT)
+        self.systemd_cgroup = systemd_cgroup
+        self.seccomp_cache_dir = os.path.join(self.store.root, ".seccomp-cache")
+
+    # ------------------------------------------------------------------ create
+    def create(self, container_id: str, opts: CreateOptions, *, _keep_subreaper: bool = False
+               ) -> ContainerState:
+        spec, rootfs = load_bundle_config(opts.bundle)
+        _validate_for_create(spec)
+        plan = nsmod.plan(spec.linux)
+        if spec.process.terminal and not opts.console_socket:
+            raise ConfigError("cannot allocate a pseudo-TTY without --console-socket; "
+                              "set process.terminal to false or pass --console-socket")
+        cgroup_paths = cgroups.resolve(spec.linux.cgroups_path, container_id,
+                                       systemd=self.systemd_cgroup or opts.systemd_cgroup)
+        bundle = os.path.abspath(opts.bundle)
+        state = ContainerState(
+            id=container_id, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
+            owner="", annotations=spec.annotations, config=spec.raw,
+            cgroup_paths=cgroup_paths, systemd_cgroup=self.systemd_cgroup,
+        )
+        seccomp_bpf = None
+        if spec.linux.seccomp is not None:
+            from nsbox.runtime.security import seccomp
+
+            seccomp_bpf = seccomp.compiled_filter(spec.linux.seccomp, self.seccomp_cache_dir)
+        self.store.reserve(container_id)
+        cleanup = _Cleanup(self.store, container_id)
+        try:
+            self._create(state, spec, rootfs, plan, opts, seccomp_bpf, cleanup)
+        except BaseException:
+            cleanup.run()
+            raise
+        return state
+
+    def _create(self, state: ContainerState, spec: Spec, rootfs: str, plan: nsmod.NamespacePlan,
+                opts: CreateOptions, seccomp_bpf: bytes | None, cleanup: _Cleanup) -> None:
+        from nsbox.runtime import init as initmod
+        from nsbox.runtime import process as procmod
+
+        sdir = self.store.dir(state.id)
+        fifo = os.path.join(sdir, EXEC_FIFO)
+        os.mkfifo(fifo, 0o600)
+        fifo_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        cleanup.fds.append(fifo_fd)
+        console_fd = -1
+        if spec.process.terminal:
+            from nsbox.runtime import console
+
+            csock = console.connect_console_socket(opts.console_socket)
+            cleanup.closers.append(csock)
+            console_fd = csock.fileno()
+        extra_env = _listen_fds_env(opts.preserve_fds)
+        preserve = opts.preserve_fds + int(extra_env.get("LISTEN_FDS", "0")) if extra_env else opts.preserve_fds
+        ctx = initmod.InitContext(
+            container_id=state.id, spec=spec, rootfs=rootfs, ns_plan=plan, fifo_fd=fifo_fd,
+            state_json=json.dumps(state.oci_state(CREATED)), no_pivot=opts.no_pivot,
+            no_new_keyring=opts.no_new_keyring, preserve_fds=preserve,
+            console_sock_fd=console_fd, seccomp_bpf=seccomp_bpf,
+            runtime_exe=procmod.runtime_exe_identity(), extra_env=extra_env or None,
+        )
+        created_cgroups = cgroups.create(state.cgroup_paths)
+        cleanup.cgroup_dirs = created_cgroups
+        cleanup.cgroup_paths = state.cgroup_paths
+        parent_chan, child_chan = ch.Channel.pair()
+        cleanup.closers.append(parent_chan)
+        stage1_pid = os.fork()
+        if stage1_pid == 0:
+            parent_chan.close()
+            initmod.stage1(ctx, child_chan)
+        child_chan.close()
+        cleanup.stage1_pid = stage1_pid
+        msg = parent_chan.recv()
+        if msg["type"] == ch.NEED_IDMAP:
+            nsmod.write_id_maps(stage1_pid, spec.linux.uid_mappings, spec.linux.gid_mappings,
+                                deny_setgroups=os.geteuid() != 0)
+            parent_chan.send(ch.IDMAP_DONE)
+            msg = parent_chan.recv()
+        if msg["type"] == ch.ERROR:
+            raise ch.ChildFailed(msg["message"])
+        if msg["type"] != ch.INIT_PID:
+            raise KernelError(f"container setup: unexpected message {msg['type']}")
+        init_pid = msg["pid"]
+        cleanup.init_pid = init_pid
+        _reap(stage1_pid)
+        cleanup.stage1_pid = 0
+        state.pid = init_pid
+        state.pid_start_time = process_start_time(init_pid) or 0
+        state.namespace_paths = nsmod.namespace_paths(init_pid)
+        cgroups.add_process(state.cgroup_paths, init_pid)
+        parent_chan.send(ch.GO)
+        msg = parent_chan.expect(ch.RUN_HOOKS)
+        hook_state = state.oci_state(CREATED)
+        if spec.hooks.get("prestart") or spec.hooks.get("createRuntime"):
+            from nsbox.runtime import hooks
+
+            for kind in ("prestart", "createRuntime"):
+                if spec.hooks.get(kind):
+                    hooks.run_hooks(kind, spec.hooks[kind], hook_state)
+        parent_chan.send(ch.HOOKS_DONE)
+        parent_chan.expect(ch.CREATED)
+        self.store.save(state)
+        if opts.pid_file:
+            _write_pid_file(opts.pid_file, init_pid)
+        cleanup.disarm()
+        for c in cleanup.closers:
+            c.close()
+        os.close(fifo_fd)
+
+    # ------------------------------------------------------------------ start
+    def start(self, container_id: str) -> None:
+        state = self.store.load(container_id)
+        with self.store.lock(container_id):
+            status = self.store.status(state)
+            if status != CREATED:
+                raise InvalidState(f"cannot start a container that is {status}")
+            fifo = os.path.join(self.store.dir(container_id), EXEC_FIFO)
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                raise InvalidState(f"cannot start container {container_id}: init is gone ({exc.strerror})") from None
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+            os.unlink(fifo)
+        hooks = state.config.get("hooks", {}).get("poststart")
+        if hooks:
+            from nsbox.runtime import hooks as hookmod
+            from nsbox.runtime.spec import parse_spec
+
+            spec = parse_spec(state.config)
+            hookmod.run_hooks("poststart", spec.hooks["poststart"], state.oci_state(RUNNING))
+
+    # ------------------------------------------------------------------ run
+    def run(self, container_id: str, opts: CreateOptions, detach: bool = False) -> int:
+        """create + start; without detach, wait and return the exit status."""
+        from nsbox.runtime import syscalls as sc
+
+        if not detach:
+            # Become the subreaper so the container's init is re-parented to us.
+            sc.set_child_subreaper(True)
+        state = self.create(container_id, opts)
+        try:
+            self.start(container_id)
+        except NsboxError:
+            self.delete(container_id, force=True)
+            raise
+        if detach:
+            return 0
+        status = wait_forwarding_signals(state.pid)
+        self.delete(container_id, force=True)
+        return status
+
+    # ------------------------------------------------------------------ state
+    def state(self, container_id: str) -> dict:
+        st = self.store.load(container_id)
+        return st.oci_state(self.store.status(st))
+
+    def list(self) -> list[dict]:
+        out = []
+        for cid in self.store.ids():
+            try:
+                out.append(self.state(cid))
+            except NsboxError:
+                continue
+        return out
+
+    def pids(self, container_id: str) -> list[int]:
+        st = self.store.load(container_id)
+        if self.store.status(st) == STOPPED:
+            return []
+        return _container_pids(st)
+
+    # ------------------------------------------------------------------ kill
+    def kill(self, container_id: str, sig: int = signal.SIGTERM, all_processes: bool = False) -> None:
+        st = self.store.load(container_id)
+        status = self.store.status(st)
+        if status == STOPPED:
+            raise InvalidState(f"container {container_id} is not running")
+        if all_processes:
+            for pid in _container_pids(st):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if status == PAUSED and sig == signal.SIGKILL:
+                pass
+            return
+        _signal_init(st, sig)
+
+    # ------------------------------------------------------------------ delete
+    def delete(self, container_id: str, force: bool = False) -> None:
+        try:
+            st = self.store.load(container_id)
+        except NsboxError:
+            if os.path.isdir(self.store.dir(container_id)) and not os.path.exists(
+                    os.path.join(self.store.dir(container_id), "state.json")):
+                self.store.remove(container_id)  # left by a crashed create
+                return
+            raise
+        status = self.store.status(st)
+        if status in (RUNNING, PAUSED) and not force:
+            raise InvalidState(f"cannot delete container {container_id} that is not stopped: {status}")
+        if status != STOPPED:
+            for pid in _container_pids(st):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _signal_init(st, signal.SIGKILL, missing_ok=True)
+            _wait_gone(st.pid, st.pid_start_time)
+        try:
+            cgroups.destroy(st.cgroup_paths)
+        except NsboxError as exc:
+            log.warning("%s", exc)
+        hooks = st.config.get("hooks", {}).get("poststop")
+        self.store.remove(container_id)
+        if hooks:
+            from nsbox.runtime import hooks as hookmod
+            from nsbox.runtime.spec import parse_spec
+
+            spec = parse_spec(st.config)
+            hookmod.run_hooks("poststop", spec.hooks["poststop"], st.oci_state(STOPPED))
+
+    # ------------------------------------------------------------------ exec
+    def exec(self, container_id: str, opts: ExecOptions) -> int:
+        from nsbox.runtime import execute
+
+        st = self.store.load(container_id)
+        status = self.store.status(st)
+        if status not in (RUNNING, CREATED):
+            raise InvalidState(f"cannot exec in a container that is {status}")
+        return execute.exec_process(st, opts, self.seccomp_cache_dir)
+
+    def exec_spawn(self, container_id: str, opts: ExecOptions) -> int:
+        """Start a process in the container without waiting; returns its host pid."""
+        from nsbox.runtime import execute
+
+        st = self.store.load(container_id)
+        status = self.store.status(st)
+        if status not in (RUNNING, CREATED):
+            raise InvalidState(f"cannot exec in a container that is {status}")
+        return execute.spawn(st, opts, self.seccomp_cache_dir)
+
+    def process_from_file(self, path: str) -> Process:
+        try:
+            with open(path, "rb") as f:
+                data = json.loads(f.read())
+        except FileNotFoundError:
+            raise BundleError(f"process file {path} does not exist") from None
+        except ValueError as exc:
+            raise ConfigError(f"process file {path}: not valid JSON: {exc}") from None
+        return parse_process(data)
+
+
+# ---------------------------------------------------------------------- helpers
+class _Cleanup:
+    """Undo a half-finished create: processes, cgroups, fds, state dir."""
+
+    def __init__(self, store: StateStore, container_id: str) -> None:
+        self.store, self.id = store, container_id
+        self.stage1_pid = 0
+        self.init_pid = 0
+        self.fds: list[int] = []
+        self.closers: list = []
+        self.cgroup_dirs: list[str] = []
+        self.cgroup_paths: dict[str, str] = {}
+        self.armed = True
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def run(self) -> None:
+        if not self.armed:
+            return
+        for pid in (self.init_pid, self.stage1_pid):
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if self.stage1_pid:
+            _reap(self.stage1_pid)
+        if self.init_pid:
+            # Not our child (stage 1 forked it): wait until it is gone.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.init_pid, os.WNOHANG)
+            _wait_gone(self.init_pid, None)
+        for c in self.closers:
+            with contextlib.suppress(OSError):
+                c.close()
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.cgroup_paths:
+            try:
+                cgroups.destroy({k: v for k, v in self.cgroup_paths.items()
+                                 if any(d == v or v.startswith(d + "/") for d in self.cgroup_dirs)})
+            except NsboxError as exc:
+                log.warning("%s", exc)
+            cgroups.remove_dirs(self.cgroup_dirs)
+        self.store.remove(self.id)
+
+
+def _reap(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+
+
+def _wait_gone(pid: int, start_time: int | None, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        st = process_start_time(pid)
+        if st is None or (start_time is not None and st != start_time):
+            return
+        time.sleep(0.002)
+
+
+def _signal_init(st: ContainerState, sig: int, missing_ok: bool = False) -> None:
+    """Signal the init through a pidfd, after checking it is still our process."""
+    try:
+        pidfd = os.pidfd_open(st.pid)
+    except ProcessLookupError:
+        if missing_ok:
+            return
+        raise InvalidState(f"container {st.id} is not running") from None
+    try:
+        if process_start_time(st.pid) != st.pid_start_time:
+            if missing_ok:
+                return
+            raise InvalidState(f"container {st.id} is not running")
+        from nsbox.runtime import syscalls as sc
+
+        sc.pidfd_send_signal(pidfd, sig)
+    except OSError as exc:
+        if not missing_ok:
+            raise KernelError(f"kill container {st.id}: {exc.strerror}", exc.errno) from None
+    finally:
+        os.close(pidfd)
+
+
+def _container_pids(st: ContainerState) -> list[int]:
+    found = [p for p in cgroups.pids(st.cgroup_paths)] if st.cgroup_paths else []
+    if found:
+        return found
+    # No cgroup to read: every process in the init's PID namespace.
+    try:
+        target = os.stat(f"/proc/{st.pid}/ns/pid").st_ino
+    except OSError:
+        return []
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{name}/ns/pid").st_ino == target:
+                    pids.append(int(name))
+    return sorted(pids)
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    path = os.path.abspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
+
+
+def _listen_fds_env(preserve_fds: int) -> dict[str, str]:
+    """Pass socket-activation fds through, as systemd's LISTEN_FDS protocol expects."""
+    listen = os.environ.get("LISTEN_FDS")
+    if not listen or not listen.isdigit() or int(listen) == 0:
+        return {}
+    return {"LISTEN_FDS": listen, "LISTEN_PID": "1"}
+
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+              signal.SIGUSR2, signal.SIGWINCH)
+
+
+def wait_forwarding_signals(pid: int) -> int:
+    """Wait for PID (our child or re-parented to us), forwarding signals to it."""
+    def forward(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    old = {s: signal.signal(s, forward) for s in _FORWARDED}
+    try:
+        while True:
+            try:
+                wpid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                return 0
+            except InterruptedError:
+                continue
+            if wpid == pid:
+                return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

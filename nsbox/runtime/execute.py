@@ -1,0 +1,172 @@
+"""`exec`: start another process inside a running container.
+
+The runtime forks; the child joins the container's cgroup, then each of the
+init's namespaces (user first, mount last, cgroup after the cgroup move),
+and forks again so the grandchild lands in the container's PID namespace.
+The grandchild applies the process attributes and execve()s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+
+from nsbox.errors import KernelError, NsboxError
+from nsbox.runtime import cgroups
+from nsbox.runtime import channel as ch
+from nsbox.runtime import namespaces as nsmod
+from nsbox.runtime import process as procmod
+from nsbox.runtime import syscalls as sc
+from nsbox.runtime.spec import parse_spec
+from nsbox.runtime.state import ContainerState
+
+log = logging.getLogger(__name__)
+
+
+def exec_process(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int:
+    """Run the process; wait for it and return its exit status unless opts.detach."""
+    pid = spawn(st, opts, seccomp_cache_dir)
+    if opts.detach:
+        return 0
+    from nsbox.runtime.container import wait_forwarding_signals
+
+    return wait_forwarding_signals(pid)
+
+
+def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int:
+    """Start the process in the container; returns its host pid once it is about to exec."""
+    spec = parse_spec(st.config)
+    process = opts.process
+    if process.terminal and not opts.console_socket:
+        from nsbox.errors import ConfigError
+
+        raise ConfigError("cannot allocate a pseudo-TTY without --console-socket")
+    seccomp_bpf = None
+    if spec.linux.seccomp is not None:
+        from nsbox.runtime.security import seccomp
+
+        seccomp_bpf = seccomp.compiled_filter(spec.linux.seccomp, seccomp_cache_dir)
+    from nsbox.runtime.security import capabilities
+
+    capabilities.validate(process.capabilities, strict=False)
+    # Which of the init's namespaces differ from ours: only those are joined.
+    joins = []
+    for ns_type in nsmod.JOIN_ORDER:
+        proc_name = nsmod.PROC_NAMES[ns_type]
+        path = f"/proc/{st.pid}/ns/{proc_name}"
+        try:
+            if os.stat(path).st_ino != os.stat(f"/proc/self/ns/{proc_name}").st_ino:
+                joins.append((ns_type, path))
+        except OSError as exc:
+            raise KernelError(f"container {st.id}: cannot read {path}: {exc.strerror}") from None
+    console_fd = -1
+    csock = None
+    if process.terminal:
+        from nsbox.runtime import console
+
+        csock = console.connect_console_socket(opts.console_socket)
+        console_fd = csock.fileno()
+    # Subreaper: the process is our grandchild and must be re-parented to us.
+    sc.set_child_subreaper(True)
+    runtime_exe = procmod.runtime_exe_identity()
+    parent_chan, child_chan = ch.Channel.pair()
+    pid = os.fork()
+    if pid == 0:
+        parent_chan.close()
+        _child(st, spec, process, joins, child_chan, opts, seccomp_bpf, runtime_exe, console_fd)
+    child_chan.close()
+    if csock is not None:
+        csock.close()
+    target = 0
+    try:
+        msg = parent_chan.recv()
+        if msg["type"] == ch.ERROR:
+            raise ch.ChildFailed(msg["message"])
+        target = msg["pid"]
+        msg = parent_chan.recv()  # "created" once the process is ready to exec, or an error
+        if msg["type"] == ch.ERROR:
+            raise ch.ChildFailed(msg["message"])
+    except NsboxError:
+        with contextlib.suppress(ProcessLookupError):
+            if target:
+                os.kill(target, signal.SIGKILL)
+        _reap_any(pid)
+        if target:
+            _reap_any(target)
+        raise
+    finally:
+        parent_chan.close()
+    _reap_any(pid)
+    if opts.pid_file:
+        from nsbox.runtime.container import _write_pid_file
+
+        _write_pid_file(opts.pid_file, target)
+    return target
+
+
+def _reap_any(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _child(st, spec, process, joins, chan, opts, seccomp_bpf, runtime_exe, console_fd) -> None:
+    code = 1
+    try:
+        sc.set_dumpable(False)
+        sc.set_pdeathsig(signal.SIGKILL)
+        cgroups.add_process(st.cgroup_paths, os.getpid()) if st.cgroup_paths else None
+        for ns_type, path in joins:
+            nsmod.join(ns_type, path)
+        os.chdir("/")
+        pid = os.fork()
+        if pid == 0:
+            _grandchild(spec, process, chan, opts, seccomp_bpf, runtime_exe, console_fd)
+        chan.send(ch.INIT_PID, pid=pid)
+        code = 0
+    except NsboxError as exc:
+        with contextlib.suppress(OSError):
+            chan.send(ch.ERROR, message=str(exc))
+    except Exception as exc:  # noqa: BLE001
+        with contextlib.suppress(OSError):
+            chan.send(ch.ERROR, message=f"exec: {exc}")
+    finally:
+        os._exit(code)
+
+
+def _grandchild(spec, process, chan, opts, seccomp_bpf, runtime_exe, console_fd) -> None:
+    code = 1
+    try:
+        sc.set_dumpable(False)
+        procmod.write_oom_score_adj(process.oom_score_adj)
+        if process.terminal:
+            import socket
+
+            from nsbox.runtime import console
+
+            master, slave, name = console.open_pty()
+            if process.console_size:
+                console.set_window_size(slave, *process.console_size)
+            sock = socket.socket(fileno=console_fd)
+            console.send_console_fd(sock, master, name)
+            sock.close()
+            os.close(master)
+            console.make_controlling_tty(slave)
+        procmod.lookup_executable(process.args[0], procmod.env_dict(process.env), process.cwd)
+        chan.send(ch.CREATED)
+        chan.close()
+        procmod.finish_and_exec(spec, process, preserve_fds=opts.preserve_fds,
+                                seccomp_bpf=seccomp_bpf, runtime_exe=runtime_exe,
+                                extra_env=opts.extra_env or None)
+    except NsboxError as exc:
+        with contextlib.suppress(OSError):
+            chan.send(ch.ERROR, message=str(exc))
+        log.debug("exec failed: %s", exc)
+    except Exception as exc:  # noqa: BLE001
+        with contextlib.suppress(OSError):
+            chan.send(ch.ERROR, message=f"exec: {exc}")
+    finally:
+        os._exit(127 if code else 0)
+
+

@@ -1,0 +1,43 @@
+"""The OCI features document (`nsbox-runtime features`)."""
+
+from __future__ import annotations
+
+from nsbox.runtime.spec import HOOK_KINDS, NAMESPACE_TYPES, SPEC_VERSION
+
+MOUNT_OPTIONS = [
+    "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand",
+    "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime",
+    "nosuid", "nosymfollow", "private", "rbind", "relatime", "remount", "ro", "rprivate",
+    "rshared", "rslave", "runbindable", "rw", "shared", "slave", "strictatime", "suid",
+    "symfollow", "sync", "tmpcopyup", "unbindable",
+]
+
+
+def features() -> dict:
+    from nsbox import __version__
+    from nsbox.runtime.security import capabilities, lsm, seccomp
+
+    sec = seccomp.features()
+    out = {
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": SPEC_VERSION,
+        "hooks": list(HOOK_KINDS),
+        "mountOptions": MOUNT_OPTIONS,
+        "linux": {
+            "namespaces": list(NAMESPACE_TYPES),
+            "capabilities": capabilities.features(),
+            "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False,
+                       "rdma": False},
+            "seccomp": sec,
+            "apparmor": lsm.features()["apparmor"],
+            "selinux": lsm.features()["selinux"],
+            "intelRdt": {"enabled": False},
+            "mountExtensions": {"idmap": {"enabled": False}},
+        },
+        "annotations": {
+            "org.opencontainers.runtime-spec.features.nsbox.version": __version__,
+        },
+    }
+    if sec.get("enabled"):
+        out["annotations"]["io.github.seccomp.libseccomp.version"] = seccomp.libseccomp_version()
+    return out

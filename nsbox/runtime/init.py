@@ -1,0 +1,233 @@
+"""The container's side of `create`: the two forked stages.
+
+stage 1 joins the namespaces given by path, creates the user namespace (the
+runtime writes its id maps), unshares the other new namespaces and forks
+stage 2.  The fork is what puts stage 2 into the new PID and time
+namespaces: it becomes the container's PID 1.  Stage 1 reports stage 2's pid
+and exits.
+
+stage 2 waits until the runtime has placed it in its cgroup, then unshares
+the cgroup namespace, builds the root filesystem, and waits on the exec fifo
+for `start` before it execve()s the user process.
+
+Both run in a forked copy of the runtime, so they read the same Python
+objects; the Channel carries only the synchronisation and errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import traceback
+from dataclasses import dataclass
+
+from nsbox.errors import KernelError, NsboxError, SecurityError
+from nsbox.runtime import channel as ch
+from nsbox.runtime import namespaces as nsmod
+from nsbox.runtime import process as procmod
+from nsbox.runtime import syscalls as sc
+from nsbox.runtime.spec import Spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InitContext:
+    """Everything the forked stages need; built by the runtime before forking."""
+
+    container_id: str
+    spec: Spec
+    rootfs: str
+    ns_plan: nsmod.NamespacePlan
+    fifo_fd: int  # read end of the exec fifo, opened O_NONBLOCK by the runtime
+    state_json: str  # container state for createContainer/startContainer hooks
+    no_pivot: bool = False
+    no_new_keyring: bool = False
+    preserve_fds: int = 0
+    console_sock_fd: int = -1  # where to send the pty master, when terminal
+    seccomp_bpf: bytes | None = None
+    runtime_exe: tuple[int, int] = (0, 0)
+    extra_env: dict[str, str] | None = None
+
+
+def stage1(ctx: InitContext, chan: ch.Channel) -> None:
+    """Runs in the first forked child; never returns."""
+    code = 1
+    try:
+        sc.set_pdeathsig(signal.SIGKILL)
+        _stage1(ctx, chan)
+        code = 0
+    except NsboxError as exc:
+        _report(chan, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the child must report, never unwind into the CLI
+        _report(chan, f"container init: {exc.__class__.__name__}: {exc}")
+        log.debug("%s", traceback.format_exc())
+    finally:
+        os._exit(code)
+
+
+def _report(chan: ch.Channel, message: str) -> None:
+    try:
+        chan.send(ch.ERROR, message=message)
+    except OSError:
+        pass
+
+
+def _stage1(ctx: InitContext, chan: ch.Channel) -> None:
+    plan = ctx.ns_plan
+    linux = ctx.spec.linux
+    for ns_type, path in plan.join:
+        if ns_type in ("mount", "cgroup"):
+            continue  # joined by stage 2: mount changes our root, cgroup must follow placement
+        nsmod.join(ns_type, path)
+    if plan.creates("user"):
+        nsmod.unshare(sc.CLONE_NEWUSER)
+        chan.send(ch.NEED_IDMAP)
+        chan.expect(ch.IDMAP_DONE)
+        try:
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+        except OSError as exc:
+            raise KernelError(f"become root in the user namespace: {exc.strerror}", exc.errno) from None
+    others = plan.new_flags & ~(sc.CLONE_NEWUSER | sc.CLONE_NEWCGROUP)
+    if others:
+        nsmod.unshare(others)
+    if linux.time_offsets:
+        nsmod.write_time_offsets(linux.time_offsets)
+    pid = os.fork()
+    if pid == 0:
+        stage2(ctx, chan)
+    chan.send(ch.INIT_PID, pid=pid)
+
+
+def stage2(ctx: InitContext, chan: ch.Channel) -> None:
+    """The container's init; never returns."""
+    code = 1
+    try:
+        # Non-dumpable: a container process cannot open /proc/<us>/exe (the host
+        # interpreter) while we set up.  execve() restores it.
+        sc.set_dumpable(False)
+        _stage2(ctx, chan)
+    except NsboxError as exc:
+        _report(chan, str(exc))
+    except OSError as exc:
+        _report(chan, f"container init: {exc}")
+        log.debug("%s", traceback.format_exc())
+    except Exception as exc:  # noqa: BLE001
+        _report(chan, f"container init: {exc.__class__.__name__}: {exc}")
+        log.debug("%s", traceback.format_exc())
+    finally:
+        os._exit(code)
+
+
+def _stage2(ctx: InitContext, chan: ch.Channel) -> None:
+    spec, plan = ctx.spec, ctx.ns_plan
+    process = spec.process
+    assert process is not None
+    chan.expect(ch.GO)  # the runtime has put us in our cgroup
+    joined = dict(plan.join)
+    if "cgroup" in joined:
+        nsmod.join("cgroup", joined["cgroup"])
+    elif plan.creates("cgroup"):
+        nsmod.unshare(sc.CLONE_NEWCGROUP)
+    if "mount" in joined:
+        nsmod.join("mount", joined["mount"])
+
+    def before_pivot() -> None:
+        chan.send(ch.RUN_HOOKS)
+        chan.expect(ch.HOOKS_DONE)
+        if spec.hooks.get("createContainer"):
+            from nsbox.runtime import hooks
+
+            hooks.run_hooks("createContainer", spec.hooks["createContainer"], _state(ctx))
+
+    if plan.creates("mount"):
+        from nsbox.runtime import rootfs
+
+        rootfs.prepare_rootfs(spec, ctx.rootfs, no_pivot=ctx.no_pivot, before_pivot=before_pivot)
+    else:
+        before_pivot()
+    if plan.creates("uts"):
+        if spec.hostname:
+            sc.sethostname(spec.hostname)
+        if spec.domainname:
+            sc.setdomainname(spec.domainname)
+    _write_sysctls(spec.linux.sysctl)
+    if plan.creates("mount"):
+        from nsbox.runtime import rootfs
+
+        rootfs.finalize_rootfs(spec)
+    if not ctx.no_new_keyring:
+        try:
+            sc.join_session_keyring(ctx.container_id)
+        except OSError as exc:
+            log.debug("session keyring not created: %s", exc)
+    procmod.write_oom_score_adj(process.oom_score_adj)
+    if process.terminal:
+        _setup_terminal(ctx, process)
+    # Fail at create, not at start, when the program cannot be found.
+    procmod.lookup_executable(process.args[0], procmod.env_dict(process.env), process.cwd)
+    chan.send(ch.CREATED)
+    chan.close()
+    _wait_for_start(ctx.fifo_fd)
+    if spec.hooks.get("startContainer"):
+        from nsbox.runtime import hooks
+
+        hooks.run_hooks("startContainer", spec.hooks["startContainer"], _state(ctx))
+    procmod.finish_and_exec(spec, process, preserve_fds=ctx.preserve_fds,
+                            seccomp_bpf=ctx.seccomp_bpf, runtime_exe=ctx.runtime_exe,
+                            extra_env=ctx.extra_env)
+
+
+def _state(ctx: InitContext) -> dict:
+    import json
+
+    return json.loads(ctx.state_json)
+
+
+def _write_sysctls(sysctl: dict[str, str]) -> None:
+    for key, value in sysctl.items():
+        rel = key.replace(".", "/")
+        if ".." in rel.split("/"):
+            raise SecurityError(f"sysctl {key}: invalid name")
+        try:
+            with open(f"/proc/sys/{rel}", "w") as f:
+                f.write(value)
+        except OSError as exc:
+            raise KernelError(f"sysctl {key}={value}: {exc.strerror}", exc.errno) from None
+
+
+def _setup_terminal(ctx: InitContext, process) -> None:
+    import socket
+
+    from nsbox.runtime import console
+
+    master, slave, name = console.open_pty()
+    if process.console_size:
+        rows, cols = process.console_size
+        console.set_window_size(slave, rows, cols)
+    sock = socket.socket(fileno=ctx.console_sock_fd)
+    try:
+        console.send_console_fd(sock, master, name)
+    finally:
+        sock.close()
+        os.close(master)
+    console.make_controlling_tty(slave)
+
+
+def _wait_for_start(fifo_fd: int) -> None:
+    """Block until `start` writes a byte into the exec fifo."""
+    poller = select.poll()
+    poller.register(fifo_fd, select.POLLIN)
+    while True:
+        events = poller.poll()
+        for _fd, ev in events:
+            if ev & select.POLLIN:
+                data = os.read(fifo_fd, 1)
+                if data:
+                    os.close(fifo_fd)
+                    return
+            if ev & (select.POLLHUP | select.POLLERR):
+                raise KernelError("exec fifo closed without a start")

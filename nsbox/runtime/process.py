@@ -1,0 +1,200 @@
+"""The last steps before a container process execve()s its program.
+
+Shared by the container's init and by `exec`.  The order matters:
+rlimits and oom_score_adj while privileged; seccomp early only when
+no_new_privs is off (loading it is then a privileged operation); the bounding
+set dropped before the identity change; capabilities set after it;
+no_new_privs and then seccomp as late as possible; every fd outside the
+preserved range closed and the cwd checked to be inside the root right
+before execve (CVE-2024-21626).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+from nsbox.errors import BundleError, ConfigError, KernelError, SecurityError
+from nsbox.runtime import syscalls as sc
+from nsbox.runtime.spec import Process, Spec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def env_dict(env: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in env:
+        key, _, value = item.partition("=")
+        out[key] = value
+    return out
+
+
+def lookup_executable(name: str, env: dict[str, str], cwd: str) -> str:
+    """Resolve argv[0] the way execvp would, inside the current root."""
+    if "/" in name:
+        path = name if name.startswith("/") else os.path.join(cwd, name)
+        candidates = [path]
+    else:
+        candidates = [os.path.join(d or ".", name) for d in env.get("PATH", DEFAULT_PATH).split(":")]
+    for path in candidates:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK):
+            return path
+        if "/" in name:
+            raise BundleError(f"exec {name!r}: permission denied or not a regular file")
+    if "/" in name:
+        raise BundleError(f"exec {name!r}: no such file or directory")
+    raise BundleError(f"exec {name!r}: executable file not found in $PATH")
+
+
+def refuse_runtime_binary(path: str, runtime_exe: tuple[int, int]) -> None:
+    """Never let the container execute the runtime's own interpreter (CVE-2019-5736).
+
+    A target that is our executable, or a script whose interpreter chain
+    reaches it (for example "#!/proc/self/exe"), would hand the container a
+    process whose /proc/self/exe is the host's binary.
+    """
+    for _ in range(5):  # the kernel follows at most 4 interpreter levels
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == runtime_exe:
+            raise SecurityError(f"exec {path}: refusing to execute the runtime's own binary")
+        try:
+            with open(path, "rb") as f:
+                head = f.read(256)
+        except OSError:
+            return
+        if not head.startswith(b"#!"):
+            return
+        interp = head[2:].split(b"\n", 1)[0].strip().split(None, 1)
+        if not interp:
+            return
+        path = os.fsdecode(interp[0])
+
+
+def runtime_exe_identity() -> tuple[int, int]:
+    st = os.stat("/proc/self/exe")
+    return (st.st_dev, st.st_ino)
+
+
+def home_from_passwd(uid: int) -> str:
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":")
+                if len(parts) >= 6 and parts[2] == str(uid):
+                    return parts[5] or "/"
+    except OSError:
+        pass
+    return "/"
+
+
+def apply_rlimits(process: Process) -> None:
+    if not process.rlimits:
+        return
+    import resource
+
+    for rl in process.rlimits:
+        res = getattr(resource, rl.type, None)
+        if res is None:
+            raise ConfigError(f"config.json: unknown rlimit {rl.type}")
+        try:
+            resource.setrlimit(res, (_rlim(rl.soft), _rlim(rl.hard)))
+        except (ValueError, OSError) as exc:
+            raise KernelError(f"setrlimit {rl.type} soft={rl.soft} hard={rl.hard}: {exc}") from None
+
+
+def _rlim(value: int) -> int:
+    return -1 if value >= 2**64 - 1 else value
+
+
+def write_oom_score_adj(value: int | None, pid: int | str = "self") -> None:
+    if value is None:
+        return
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError as exc:
+        raise KernelError(f"set oom_score_adj {value}: {exc.strerror}", exc.errno) from None
+
+
+def switch_user(process: Process, setgroups_allowed: bool = True) -> None:
+    user = process.user
+    try:
+        if setgroups_allowed:
+            os.setgroups(user.additional_gids)
+        elif user.additional_gids:
+            raise ConfigError("additionalGids cannot be set: setgroups is denied in this user namespace")
+        os.setresgid(user.gid, user.gid, user.gid)
+        os.setresuid(user.uid, user.uid, user.uid)
+    except OSError as exc:
+        raise KernelError(f"switch to uid {user.uid} gid {user.gid}: {exc.strerror}", exc.errno) from None
+
+
+def setgroups_allowed() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "allow"
+    except OSError:
+        return True
+
+
+def finish_and_exec(spec: Spec, process: Process, *, preserve_fds: int, seccomp_bpf: bytes | None,
+                    runtime_exe: tuple[int, int], extra_env: dict[str, str] | None = None) -> None:
+    """Apply the process attributes and execve it; only returns by raising."""
+    from nsbox.runtime.security import capabilities, lsm
+
+    env = env_dict(process.env)
+    if extra_env:
+        env.update(extra_env)
+    if "HOME" not in env:
+        env["HOME"] = home_from_passwd(process.user.uid)
+    apply_rlimits(process)
+    if process.user.umask is not None:
+        os.umask(process.user.umask)
+    else:
+        os.umask(0o022)
+    seccomp_flags = (spec.linux.seccomp or {}).get("flags") or []
+    if seccomp_bpf is not None and not process.no_new_privileges:
+        _load_seccomp(seccomp_bpf, seccomp_flags)
+        seccomp_bpf = None
+    capabilities.drop_bounding(process.capabilities)
+    capabilities.prepare_identity_change()
+    switch_user(process, setgroups_allowed())
+    capabilities.apply_sets(process.capabilities)
+    try:
+        os.chdir(process.cwd)
+    except OSError as exc:
+        raise BundleError(f"chdir to cwd {process.cwd!r} set in config.json failed: {exc.strerror}") from None
+    if os.getcwd().startswith("(unreachable)"):
+        raise SecurityError(f"cwd {process.cwd!r} is outside the container root")
+    path = lookup_executable(process.args[0], env, process.cwd)
+    refuse_runtime_binary(path, runtime_exe)
+    lsm.apply_process_labels(process.apparmor_profile, process.selinux_label)
+    if process.no_new_privileges:
+        sc.set_no_new_privs()
+    # Everything the runtime opened is closed at execve; the caller's
+    # preserved fds (3 .. 3+N-1) are the only ones the program inherits.
+    for fd in range(3, 3 + preserve_fds):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass
+    sc.close_range(3 + preserve_fds, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC)
+    if seccomp_bpf is not None:
+        _load_seccomp(seccomp_bpf, seccomp_flags)
+    try:
+        os.execve(path, process.args, env)
+    except OSError as exc:
+        raise KernelError(f"exec {path}: {exc.strerror}", exc.errno) from None
+
+
+def _load_seccomp(bpf: bytes, flags: list[str]) -> None:
+    from nsbox.runtime.security import seccomp
+
+    seccomp.load_filter(bpf, flags)
