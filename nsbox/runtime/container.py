@@ -118,6 +118,7 @@ class Runtime:
         from nsbox.runtime import init as initmod
         from nsbox.runtime import process as procmod
 
+        initmod.preload(spec)
         sdir = self.store.dir(state.id)
         fifo = os.path.join(sdir, EXEC_FIFO)
         os.mkfifo(fifo, 0o600)

@@ -55,6 +55,17 @@ class HookResult:
     timed_out: bool = False
 
 
+def preload() -> None:
+    """Import what running a hook needs, for callers that will lose the host's
+    Python library (the container's init after pivot_root)."""
+    import fcntl  # noqa: F401
+    import json  # noqa: F401
+    import select  # noqa: F401
+    import signal  # noqa: F401
+
+    from nsbox.runtime import syscalls  # noqa: F401
+
+
 def run_hooks(kind: str, hooks: Sequence[Hook], state: dict, *, cwd: str | None = None,
               fatal: bool | None = None) -> None:
     """Run `hooks` of lifecycle `kind` in order, each fed `state` as JSON on stdin.

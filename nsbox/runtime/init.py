@@ -16,6 +16,7 @@ objects; the Channel carries only the synchronisation and errors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -72,7 +73,34 @@ def _report(chan: ch.Channel, message: str) -> None:
     try:
         chan.send(ch.ERROR, message=message)
     except OSError:
-        pass
+        # After `created` nobody listens on the channel: the container's
+        # stderr is the only place left to say why the process did not start.
+        with contextlib.suppress(OSError):
+            os.write(2, f"nsbox-runtime: {message}\n".encode())
+
+
+def preload(spec: Spec) -> None:
+    """Import, before forking, every module the init needs after pivot_root.
+
+    Once the container's root is in place the host's Python library is out
+    of reach, so a lazy import there would fail.
+    """
+    import json  # noqa: F401  (hook state)
+    import resource  # noqa: F401  (rlimits)
+
+    from nsbox.runtime.security import capabilities, lsm  # noqa: F401
+
+    if spec.linux.seccomp is not None:
+        from nsbox.runtime.security import seccomp  # noqa: F401
+    if spec.process is not None and spec.process.terminal:
+        import fcntl  # noqa: F401
+        import socket  # noqa: F401
+
+        from nsbox.runtime import console  # noqa: F401
+    if spec.hooks.get("createContainer") or spec.hooks.get("startContainer"):
+        from nsbox.runtime import hooks  # noqa: F401
+
+        hooks.preload()
 
 
 def _stage1(ctx: InitContext, chan: ch.Channel) -> None:

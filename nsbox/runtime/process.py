@@ -97,7 +97,7 @@ def home_from_passwd(uid: int) -> str:
 def apply_rlimits(process: Process) -> None:
     if not process.rlimits:
         return
-    import resource
+    import resource  # preloaded by init.preload before pivot_root
 
     for rl in process.rlimits:
         res = getattr(resource, rl.type, None)

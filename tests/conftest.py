@@ -1,0 +1,155 @@
+"""Fixtures shared by all nsbox tests.
+
+Typical runtime test::
+
+    def test_hostname(bundle, run_runtime, container_id):
+        write_config(bundle, lambda s: s["process"].update(args=["hostname"]))
+        out = run_runtime("run", "--bundle", str(bundle), container_id)
+        assert out.stdout == "nsbox\\n"
+
+Every container left in a test's private --root is force-deleted after the
+test, and a mount leaked below the test's tmp_path fails it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import helpers
+import pytest
+
+MARKERS = {
+    "slow": "tests that take more than a few seconds",
+    "clients": "tests that drive podman / containerd",
+}
+
+# Runtime argv prefixes (each with its --root) handed out during one test,
+# read back by the cleanup fixture.
+RUNTIME_PREFIXES_KEY = pytest.StashKey[list[list[str]]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pyproject.toml declares these too; registering only the missing ones keeps
+    # the suite strict-marker clean if it is ever run with another ini file.
+    declared = {line.split(":", 1)[0].strip() for line in config.getini("markers")}
+    for name, text in MARKERS.items():
+        if name not in declared:
+            config.addinivalue_line("markers", f"{name}: {text}")
+
+
+# ------------------------------------------------------------------- bundles
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox rootfs built once per session; copy it, never modify it."""
+    if not Path(helpers.BUSYBOX).is_file():
+        helpers.skip_or_fail(f"{helpers.BUSYBOX} missing: apt-get install busybox-static")
+    return helpers.build_busybox_rootfs(tmp_path_factory.mktemp("busybox-cache") / "rootfs")
+
+
+@pytest.fixture
+def bundle_factory(tmp_path: Path, busybox_rootfs: Path) -> Callable[..., Path]:
+    """`bundle_factory(args=[...], name="b2", **overrides)` makes more bundles."""
+    made: list[str] = []
+
+    def factory(args: list[str] | None = None, name: str | None = None,
+                **overrides: Any) -> Path:
+        name = name or f"bundle{len(made) + 1}"
+        made.append(name)
+        return helpers.make_bundle(tmp_path / name, args or ["/bin/true"],
+                                   rootfs_template=busybox_rootfs, **overrides)
+
+    return factory
+
+
+@pytest.fixture
+def bundle(bundle_factory: Callable[..., Path]) -> Path:
+    """A fresh bundle (own rootfs copy) running /bin/true; edit with write_config."""
+    return bundle_factory(name="bundle")
+
+
+# ------------------------------------------------------------------- runtime
+@pytest.fixture
+def runtime_root(tmp_path: Path) -> Path:
+    """The private --root for this test's runtime state."""
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def register_runtime(request: pytest.FixtureRequest) -> Callable[[list[str]], list[str]]:
+    """Have the cleanup force-delete containers of another runtime argv prefix too
+    (e.g. `register_runtime(helpers.runtime_argv(root, runc))`)."""
+
+    def register(prefix: list[str]) -> list[str]:
+        request.node.stash.setdefault(RUNTIME_PREFIXES_KEY, []).append(list(prefix))
+        return prefix
+
+    return register
+
+
+@pytest.fixture
+def runtime(runtime_root: Path, register_runtime: Callable[[list[str]], list[str]]
+            ) -> list[str]:
+    """Argv prefix for the runtime under test: [nsbox-runtime, --root, <tmp>/state]."""
+    try:
+        prefix = helpers.runtime_argv(runtime_root)
+    except FileNotFoundError as exc:
+        helpers.skip_or_fail(str(exc))
+        raise  # unreachable: skip_or_fail raises
+    return register_runtime(prefix)
+
+
+@pytest.fixture
+def run_runtime(runtime: list[str]) -> Callable[..., subprocess.CompletedProcess]:
+    """`run_runtime(*args, check=True, input=None, timeout=30)` -> CompletedProcess."""
+
+    def run(*args: str, check: bool = True, input: str | bytes | None = None,
+            timeout: float = 30, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+        return helpers.run_cli(runtime, *args, check=check, input=input,
+                               timeout=timeout, env=env)
+
+    return run
+
+
+@pytest.fixture
+def container_id() -> str:
+    """A unique container id."""
+    return helpers.new_container_id()
+
+
+@pytest.fixture
+def runc() -> str:
+    """Path of runc; skips (fails in CI) when missing."""
+    return helpers.require_binary("runc")
+
+
+@pytest.fixture
+def crun() -> str:
+    """Path of crun; skips (fails in CI) when missing."""
+    return helpers.require_binary("crun")
+
+
+# ------------------------------------------------------------------- cleanup
+@pytest.fixture(autouse=True)
+def _cleanup_containers_and_mounts(request: pytest.FixtureRequest) -> Iterator[None]:
+    # tmp_path is only looked at when the test asked for it, so tests that never
+    # touch the filesystem do not get an empty temp dir each.
+    tmp_path: Path | None = None
+    if "tmp_path" in request.fixturenames:
+        tmp_path = request.getfixturevalue("tmp_path")
+    yield
+    problems = []
+    for prefix in request.node.stash.get(RUNTIME_PREFIXES_KEY, []):
+        left = helpers.force_delete_all(prefix)
+        if left:
+            problems.append(f"containers still present after `{' '.join(prefix)} delete"
+                            f" --force`: {left}")
+    if tmp_path is not None:
+        leaked = helpers.unmount_all_under(tmp_path)
+        if leaked:
+            problems.append(f"mounts leaked below {tmp_path} (now unmounted): {leaked}")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
