@@ -7,9 +7,9 @@ print one line and clean up.
 
 from __future__ import annotations
 
-import json
-import socket
+import _socket
 
+from nsbox import _json
 from nsbox.errors import KernelError, NsboxError
 
 # child -> parent
@@ -29,12 +29,13 @@ class ChildFailed(NsboxError):
 
 
 class Channel:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
 
     @classmethod
     def pair(cls) -> tuple[Channel, Channel]:
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # _socket, not socket: the socket module's enum set-up is slow to import.
+        a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
         return cls(a), cls(b)
 
     def fileno(self) -> int:
@@ -42,13 +43,13 @@ class Channel:
 
     def send(self, msg_type: str, **fields) -> None:
         fields["type"] = msg_type
-        self.sock.send(json.dumps(fields).encode())
+        self.sock.send(_json.dumps(fields).encode())
 
     def recv(self) -> dict:
         data = self.sock.recv(65536)
         if not data:
             raise KernelError("the container process exited during setup")
-        return json.loads(data)
+        return _json.loads(data)
 
     def expect(self, msg_type: str) -> dict:
         msg = self.recv()

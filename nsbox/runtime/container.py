@@ -6,18 +6,13 @@ This is the Python API that `nsbox-runtime` is a thin shell over.
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import os
-import signal
 import time
-from dataclasses import dataclass, field
 
+from nsbox import _json
+from nsbox._lazylog import get_logger
 from nsbox.errors import BundleError, ConfigError, InvalidState, KernelError, NsboxError
 from nsbox.runtime import cgroups
-from nsbox.runtime import channel as ch
-from nsbox.runtime import namespaces as nsmod
-from nsbox.runtime.spec import Process, Spec, load_bundle_config, parse_process
 from nsbox.runtime.state import (
     CREATED,
     EXEC_FIFO,
@@ -30,31 +25,50 @@ from nsbox.runtime.state import (
     process_start_time,
 )
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from nsbox.runtime.namespaces import NamespacePlan
+    from nsbox.runtime.spec import Process, Spec
+
+log = get_logger(__name__)
+
+# Signal numbers, so that start/delete need not import the signal module.
+SIGKILL = 9
+SIGTERM = 15
 
 
-@dataclass
 class CreateOptions:
-    bundle: str = "."
-    pid_file: str | None = None
-    console_socket: str | None = None
-    preserve_fds: int = 0
-    no_pivot: bool = False
-    no_new_keyring: bool = False
-    systemd_cgroup: bool = False
+    """The flags of `create` and `run`."""
+
+    # Plain classes keep the dataclasses import off the start/delete path.
+    def __init__(self, bundle: str = ".", pid_file: str | None = None,
+                 console_socket: str | None = None, preserve_fds: int = 0,
+                 no_pivot: bool = False, no_new_keyring: bool = False,
+                 systemd_cgroup: bool = False) -> None:
+        self.bundle = bundle
+        self.pid_file = pid_file
+        self.console_socket = console_socket
+        self.preserve_fds = preserve_fds
+        self.no_pivot = no_pivot
+        self.no_new_keyring = no_new_keyring
+        self.systemd_cgroup = systemd_cgroup
 
 
-@dataclass
 class ExecOptions:
-    process: Process
-    console_socket: str | None = None
-    pid_file: str | None = None
-    detach: bool = False
-    preserve_fds: int = 0
-    extra_env: dict[str, str] = field(default_factory=dict)
+    """The flags of `exec`, with the process to run."""
+
+    def __init__(self, process: Process, console_socket: str | None = None,
+                 pid_file: str | None = None, detach: bool = False, preserve_fds: int = 0,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.process = process
+        self.console_socket = console_socket
+        self.pid_file = pid_file
+        self.detach = detach
+        self.preserve_fds = preserve_fds
+        self.extra_env = extra_env or {}
 
 
-def _validate_for_create(spec: Spec) -> None:
+def _validate_for_create(spec: Spec, bundle: str) -> None:
     if spec.process is None:
         raise ConfigError("config.json: process is required to create a container")
     from nsbox.runtime.security import capabilities, lsm
@@ -69,30 +83,36 @@ def _validate_for_create(spec: Spec) -> None:
         seccomp.validate(spec.linux.seccomp)
     from nsbox.runtime import rootfs
 
-    rootfs.check_mount_sources(spec)
+    rootfs.check_mount_sources(spec, bundle=bundle)
 
 
 class Runtime:
     """One runtime root (`--root`): every container it knows."""
 
-    def __init__(self, root: str | None = None, systemd_cgroup: bool = False) -> None:
+    def __init__(self, root: str | None = None, systemd_cgroup: bool = False,
+                 use_cgroups: bool = True) -> None:
         from nsbox.runtime.state import DEFAULT_ROOT
 
         self.store = StateStore(root or DEFAULT_ROOT)
         self.systemd_cgroup = systemd_cgroup
+        self.use_cgroups = use_cgroups
         self.seccomp_cache_dir = os.path.join(self.store.root, ".seccomp-cache")
 
     # ------------------------------------------------------------------ create
-    def create(self, container_id: str, opts: CreateOptions, *, _keep_subreaper: bool = False
-               ) -> ContainerState:
+    def create(self, container_id: str, opts: CreateOptions) -> ContainerState:
+        from nsbox.runtime import namespaces as nsmod
+        from nsbox.runtime.spec import load_bundle_config
+
         spec, rootfs = load_bundle_config(opts.bundle)
-        _validate_for_create(spec)
+        _validate_for_create(spec, os.path.abspath(opts.bundle))
         plan = nsmod.plan(spec.linux)
         if spec.process.terminal and not opts.console_socket:
             raise ConfigError("cannot allocate a pseudo-TTY without --console-socket; "
                               "set process.terminal to false or pass --console-socket")
-        cgroup_paths = cgroups.resolve(spec.linux.cgroups_path, container_id,
-                                       systemd=self.systemd_cgroup or opts.systemd_cgroup)
+        cgroup_paths = {}
+        if self.use_cgroups:
+            cgroup_paths = cgroups.resolve(spec.linux.cgroups_path, container_id,
+                                           systemd=self.systemd_cgroup or opts.systemd_cgroup)
         bundle = os.path.abspath(opts.bundle)
         state = ContainerState(
             id=container_id, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
@@ -113,9 +133,11 @@ class Runtime:
             raise
         return state
 
-    def _create(self, state: ContainerState, spec: Spec, rootfs: str, plan: nsmod.NamespacePlan,
+    def _create(self, state: ContainerState, spec: Spec, rootfs: str, plan: NamespacePlan,
                 opts: CreateOptions, seccomp_bpf: bytes | None, cleanup: _Cleanup) -> None:
+        from nsbox.runtime import channel as ch
         from nsbox.runtime import init as initmod
+        from nsbox.runtime import namespaces as nsmod
         from nsbox.runtime import process as procmod
 
         initmod.preload(spec)
@@ -135,7 +157,7 @@ class Runtime:
         preserve = opts.preserve_fds + int(extra_env.get("LISTEN_FDS", "0")) if extra_env else opts.preserve_fds
         ctx = initmod.InitContext(
             container_id=state.id, spec=spec, rootfs=rootfs, ns_plan=plan, fifo_fd=fifo_fd,
-            state_json=json.dumps(state.oci_state(CREATED)), no_pivot=opts.no_pivot,
+            bundle=state.bundle, state_json=_json.dumps(state.oci_state(CREATED)), no_pivot=opts.no_pivot,
             no_new_keyring=opts.no_new_keyring, preserve_fds=preserve,
             console_sock_fd=console_fd, seccomp_bpf=seccomp_bpf,
             runtime_exe=procmod.runtime_exe_identity(), extra_env=extra_env or None,
@@ -254,7 +276,7 @@ class Runtime:
         return _container_pids(st)
 
     # ------------------------------------------------------------------ kill
-    def kill(self, container_id: str, sig: int = signal.SIGTERM, all_processes: bool = False) -> None:
+    def kill(self, container_id: str, sig: int = SIGTERM, all_processes: bool = False) -> None:
         st = self.store.load(container_id)
         status = self.store.status(st)
         if status == STOPPED:
@@ -263,7 +285,7 @@ class Runtime:
             for pid in _container_pids(st):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            if status == PAUSED and sig == signal.SIGKILL:
+            if status == PAUSED and sig == SIGKILL:
                 pass
             return
         _signal_init(st, sig)
@@ -284,8 +306,8 @@ class Runtime:
         if status != STOPPED:
             for pid in _container_pids(st):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            _signal_init(st, signal.SIGKILL, missing_ok=True)
+                    os.kill(pid, SIGKILL)
+            _signal_init(st, SIGKILL, missing_ok=True)
             _wait_gone(st.pid, st.pid_start_time)
         try:
             cgroups.destroy(st.cgroup_paths)
@@ -321,9 +343,11 @@ class Runtime:
         return execute.spawn(st, opts, self.seccomp_cache_dir)
 
     def process_from_file(self, path: str) -> Process:
+        from nsbox.runtime.spec import parse_process
+
         try:
             with open(path, "rb") as f:
-                data = json.loads(f.read())
+                data = _json.loads(f.read())
         except FileNotFoundError:
             raise BundleError(f"process file {path} does not exist") from None
         except ValueError as exc:
@@ -354,7 +378,7 @@ class _Cleanup:
         for pid in (self.init_pid, self.stage1_pid):
             if pid:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, SIGKILL)
         if self.stage1_pid:
             _reap(self.stage1_pid)
         if self.init_pid:
@@ -457,8 +481,6 @@ def _listen_fds_env(preserve_fds: int) -> dict[str, str]:
     return {"LISTEN_FDS": listen, "LISTEN_PID": "1"}
 
 
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-              signal.SIGUSR2, signal.SIGWINCH)
 
 
 def wait_forwarding_signals(pid: int) -> int:
@@ -467,7 +489,11 @@ def wait_forwarding_signals(pid: int) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
-    old = {s: signal.signal(s, forward) for s in _FORWARDED}
+    import signal
+
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                 signal.SIGUSR2, signal.SIGWINCH)
+    old = {s: signal.signal(s, forward) for s in forwarded}
     try:
         while True:
             try:

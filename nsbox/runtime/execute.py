@@ -9,10 +9,10 @@ The grandchild applies the process attributes and execve()s.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 
+from nsbox._lazylog import get_logger
 from nsbox.errors import KernelError, NsboxError
 from nsbox.runtime import cgroups
 from nsbox.runtime import channel as ch
@@ -22,7 +22,7 @@ from nsbox.runtime import syscalls as sc
 from nsbox.runtime.spec import parse_spec
 from nsbox.runtime.state import ContainerState
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def exec_process(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int:

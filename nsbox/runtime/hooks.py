@@ -27,16 +27,17 @@ waitpid(-1)); the hook's pid is reaped here.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from nsbox import _lazylog
+from nsbox._lazylog import get_logger
+from nsbox._record import record
 from nsbox.errors import HookError
 from nsbox.runtime.spec import HOOK_KINDS, Hook
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Hooks whose failure the spec says must only be logged.
 NON_FATAL_KINDS = ("poststart", "poststop")
@@ -45,7 +46,7 @@ NON_FATAL_KINDS = ("poststart", "poststop")
 _OUTPUT_TAIL_BYTES = 16 * 1024
 
 
-@dataclass
+@record
 class HookResult:
     """What one finished hook did: its wait status and the tail of its output."""
 
@@ -103,16 +104,16 @@ def run_hook(kind: str, hook: Hook, state_json: bytes, *, cwd: str | None = None
     what = f"{kind} hook {hook.path}"
     result = _execute(what, hook, state_json, cwd)
     if result.timed_out:
-        _log_output(logging.DEBUG, what, result)
+        _log_output(_lazylog.DEBUG, what, result)
         raise HookError(f"{what} timed out after {hook.timeout}s")
     if result.status != 0:
-        _log_output(logging.WARNING, what, result)
+        _log_output(_lazylog.WARNING, what, result)
         message = f"{what} failed: {_describe_status(result.status)}"
         last = _last_line(result.stderr) or _last_line(result.stdout)
         if last:
             message += f": {last}"
         raise HookError(message)
-    _log_output(logging.DEBUG, what, result)
+    _log_output(_lazylog.DEBUG, what, result)
     return result
 
 

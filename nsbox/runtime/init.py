@@ -17,13 +17,13 @@ objects; the Channel carries only the synchronisation and errors.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import select
 import signal
 import traceback
-from dataclasses import dataclass
 
+from nsbox._lazylog import get_logger
+from nsbox._record import record
 from nsbox.errors import KernelError, NsboxError, SecurityError
 from nsbox.runtime import channel as ch
 from nsbox.runtime import namespaces as nsmod
@@ -31,16 +31,17 @@ from nsbox.runtime import process as procmod
 from nsbox.runtime import syscalls as sc
 from nsbox.runtime.spec import Spec
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
-@dataclass
+@record
 class InitContext:
     """Everything the forked stages need; built by the runtime before forking."""
 
     container_id: str
     spec: Spec
     rootfs: str
+    bundle: str
     ns_plan: nsmod.NamespacePlan
     fifo_fd: int  # read end of the exec fifo, opened O_NONBLOCK by the runtime
     state_json: str  # container state for createContainer/startContainer hooks
@@ -174,7 +175,8 @@ def _stage2(ctx: InitContext, chan: ch.Channel) -> None:
     if plan.creates("mount"):
         from nsbox.runtime import rootfs
 
-        rootfs.prepare_rootfs(spec, ctx.rootfs, no_pivot=ctx.no_pivot, before_pivot=before_pivot)
+        rootfs.prepare_rootfs(spec, ctx.rootfs, no_pivot=ctx.no_pivot, before_pivot=before_pivot,
+                              bundle=ctx.bundle)
     else:
         before_pivot()
     if plan.creates("uts"):

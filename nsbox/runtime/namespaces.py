@@ -7,8 +7,8 @@ short name ("net").  Both directions live here.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
+from nsbox._record import record
 from nsbox.errors import ConfigError, KernelError
 from nsbox.runtime import syscalls as sc
 from nsbox.runtime.spec import IdMapping, Linux
@@ -32,7 +32,7 @@ JOIN_ORDER = ("user", "pid", "time", "network", "ipc", "uts", "cgroup", "mount")
 PROC_NAMES = {spec_type: proc for spec_type, (_, proc) in NAMESPACES.items()}
 
 
-@dataclass
+@record
 class NamespacePlan:
     """Which namespaces to create and which to join, from linux.namespaces."""
 

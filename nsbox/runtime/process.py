@@ -11,15 +11,15 @@ before execve (CVE-2024-21626).
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 
+from nsbox._lazylog import get_logger
 from nsbox.errors import BundleError, ConfigError, KernelError, SecurityError
 from nsbox.runtime import syscalls as sc
 from nsbox.runtime.spec import Process, Spec
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

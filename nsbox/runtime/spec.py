@@ -1,4 +1,4 @@
-"""The OCI runtime spec (config.json) as small typed dataclasses.
+"""The OCI runtime spec (config.json) as small typed records.
 
 `load_bundle_config` reads and validates a bundle's config.json; every
 problem is reported as a ConfigError naming the offending field.  Sections
@@ -8,11 +8,10 @@ dicts and validated by those modules.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
-from typing import Any
 
+from nsbox import _json
+from nsbox._record import record
 from nsbox.errors import BundleError, ConfigError
 
 SPEC_VERSION = "1.2.0"
@@ -21,8 +20,8 @@ NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "t
 
 
 # ---------------------------------------------------------------- validation helpers
-def _get(obj: dict, key: str, kind: type | tuple[type, ...], where: str, default: Any = None,
-         required: bool = False) -> Any:
+def _get(obj: dict, key: str, kind: type | tuple[type, ...], where: str, default: object = None,
+         required: bool = False) -> object:
     if key not in obj or obj[key] is None:
         if required:
             raise ConfigError(f"config.json: {where}{key} is required")
@@ -71,86 +70,86 @@ def _objects(obj: dict, key: str, where: str) -> list[tuple[dict, str]]:
     return out
 
 
-# ---------------------------------------------------------------- dataclasses
-@dataclass
+# ---------------------------------------------------------------- records
+@record
 class Root:
     path: str
     readonly: bool = False
 
 
-@dataclass
+@record
 class User:
     uid: int = 0
     gid: int = 0
     umask: int | None = None
-    additional_gids: list[int] = field(default_factory=list)
+    additional_gids: list[int] = list
 
 
-@dataclass
+@record
 class Capabilities:
-    bounding: list[str] = field(default_factory=list)
-    effective: list[str] = field(default_factory=list)
-    inheritable: list[str] = field(default_factory=list)
-    permitted: list[str] = field(default_factory=list)
-    ambient: list[str] = field(default_factory=list)
+    bounding: list[str] = list
+    effective: list[str] = list
+    inheritable: list[str] = list
+    permitted: list[str] = list
+    ambient: list[str] = list
 
 
-@dataclass
+@record
 class Rlimit:
     type: str
     hard: int
     soft: int
 
 
-@dataclass
+@record
 class Process:
     args: list[str]
     cwd: str = "/"
-    env: list[str] = field(default_factory=list)
+    env: list[str] = list
     terminal: bool = False
     console_size: tuple[int, int] | None = None  # (height, width)
-    user: User = field(default_factory=User)
+    user: User = User
     capabilities: Capabilities | None = None
-    rlimits: list[Rlimit] = field(default_factory=list)
+    rlimits: list[Rlimit] = list
     no_new_privileges: bool = False
     oom_score_adj: int | None = None
     apparmor_profile: str = ""
     selinux_label: str = ""
 
 
-@dataclass
+@record
 class Mount:
     destination: str
     type: str = ""
     source: str = ""
-    options: list[str] = field(default_factory=list)
+    options: list[str] = list
 
 
-@dataclass
+@record
 class Hook:
     path: str
-    args: list[str] = field(default_factory=list)
-    env: list[str] = field(default_factory=list)
+    args: list[str] = list
+    env: list[str] = list
     timeout: int | None = None
 
 
 HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 
 
-@dataclass
+@record
 class Namespace:
     type: str
     path: str = ""
 
 
-@dataclass
+@record
 class IdMapping:
     container_id: int
     host_id: int
     size: int
 
 
-@dataclass
+@record
 class Device:
     path: str
     type: str
@@ -161,20 +160,20 @@ class Device:
     gid: int | None = None
 
 
-@dataclass
+@record
 class Linux:
-    namespaces: list[Namespace] = field(default_factory=list)
-    uid_mappings: list[IdMapping] = field(default_factory=list)
-    gid_mappings: list[IdMapping] = field(default_factory=list)
-    time_offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
-    devices: list[Device] = field(default_factory=list)
+    namespaces: list[Namespace] = list
+    uid_mappings: list[IdMapping] = list
+    gid_mappings: list[IdMapping] = list
+    time_offsets: dict[str, tuple[int, int]] = dict
+    devices: list[Device] = list
     cgroups_path: str = ""
-    resources: dict = field(default_factory=dict)
+    resources: dict = dict
     rootfs_propagation: str = ""
-    masked_paths: list[str] = field(default_factory=list)
-    readonly_paths: list[str] = field(default_factory=list)
+    masked_paths: list[str] = list
+    readonly_paths: list[str] = list
     mount_label: str = ""
-    sysctl: dict[str, str] = field(default_factory=dict)
+    sysctl: dict[str, str] = dict
     seccomp: dict | None = None
     personality: dict | None = None
 
@@ -185,18 +184,18 @@ class Linux:
         return None
 
 
-@dataclass
+@record
 class Spec:
     oci_version: str
     root: Root
     process: Process | None = None
     hostname: str = ""
     domainname: str = ""
-    mounts: list[Mount] = field(default_factory=list)
-    hooks: dict[str, list[Hook]] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
-    linux: Linux = field(default_factory=Linux)
-    raw: dict = field(default_factory=dict, repr=False)
+    mounts: list[Mount] = list
+    hooks: dict[str, list[Hook]] = dict
+    annotations: dict[str, str] = dict
+    linux: Linux = Linux
+    raw: dict = dict
 
     def has_new_namespace(self, ns_type: str) -> bool:
         ns = self.linux.namespace(ns_type)
@@ -329,7 +328,7 @@ def parse_linux(obj: dict) -> Linux:
     )
 
 
-def parse_spec(data: Any) -> Spec:
+def parse_spec(data: object) -> Spec:
     if not isinstance(data, dict):
         raise ConfigError("config.json: the top level must be an object")
     version = _get(data, "ociVersion", str, "", required=True)
@@ -380,7 +379,7 @@ def load_bundle_config(bundle: str) -> tuple[Spec, str]:
     path = os.path.join(bundle, "config.json")
     try:
         with open(path, "rb") as f:
-            data = json.loads(f.read())
+            data = _json.loads(f.read())
     except FileNotFoundError:
         raise BundleError(f"bundle {bundle} has no config.json") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -405,7 +404,7 @@ DEFAULT_READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sy
 
 def default_spec(rootless: bool = False, args: list[str] | None = None) -> dict:
     """The config.json that `spec` writes, shaped like `runc spec`."""
-    spec: dict[str, Any] = {
+    spec: dict = {
         "ociVersion": SPEC_VERSION,
         "process": {
             "terminal": True,

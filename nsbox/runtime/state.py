@@ -9,14 +9,12 @@ later command may clean up.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import errno
 import fcntl
-import json
 import os
-import re
-from dataclasses import asdict, dataclass, field
+import time
 
+from nsbox import _json
 from nsbox.errors import ConfigError, ContainerExists, ContainerNotFound
 
 DEFAULT_ROOT = "/run/nsbox-runtime"
@@ -24,18 +22,21 @@ STATE_FILE = "state.json"
 EXEC_FIFO = "exec.fifo"
 LOCK_FILE = "lock"
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]*$")
+_ID_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_ID_CHARS = _ID_FIRST | frozenset("_+.-")
 
 CREATED, RUNNING, STOPPED, PAUSED, CREATING = "created", "running", "stopped", "paused", "creating"
 
 
 def validate_id(container_id: str) -> None:
-    if not container_id or len(container_id) > 1024 or not _ID_RE.match(container_id):
+    if (not container_id or len(container_id) > 1024 or container_id[0] not in _ID_FIRST
+            or not _ID_CHARS.issuperset(container_id)):
         raise ConfigError(f"invalid container id {container_id!r}: use letters, digits and _+.-")
 
 
 def now_rfc3339() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    ns = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
 
 
 def process_start_time(pid: int) -> int | None:
@@ -51,24 +52,40 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-@dataclass
 class ContainerState:
-    """What the runtime remembers about one container."""
+    """What the runtime remembers about one container (state.json)."""
 
-    id: str
-    bundle: str
-    rootfs: str
-    pid: int = 0
-    pid_start_time: int = 0
-    created: str = ""
-    owner: str = ""
-    annotations: dict[str, str] = field(default_factory=dict)
-    config: dict = field(default_factory=dict)
-    cgroup_paths: dict[str, str] = field(default_factory=dict)
-    namespace_paths: dict[str, str] = field(default_factory=dict)
-    systemd_cgroup: bool = False
-    rootless: bool = False
-    stopped_at_create: bool = False
+    # A plain class: the dataclasses import alone would double `start`'s cost.
+    FIELDS = ("id", "bundle", "rootfs", "pid", "pid_start_time", "created", "owner",
+              "annotations", "config", "cgroup_paths", "namespace_paths", "systemd_cgroup",
+              "rootless")
+    __slots__ = FIELDS
+
+    def __init__(self, id: str, bundle: str, rootfs: str, pid: int = 0, pid_start_time: int = 0,
+                 created: str = "", owner: str = "", annotations: dict | None = None,
+                 config: dict | None = None, cgroup_paths: dict | None = None,
+                 namespace_paths: dict | None = None, systemd_cgroup: bool = False,
+                 rootless: bool = False) -> None:
+        self.id = id
+        self.bundle = bundle
+        self.rootfs = rootfs
+        self.pid = pid
+        self.pid_start_time = pid_start_time  # tells a recycled pid from our init
+        self.created = created
+        self.owner = owner
+        self.annotations = annotations or {}
+        self.config = config or {}
+        self.cgroup_paths = cgroup_paths or {}
+        self.namespace_paths = namespace_paths or {}
+        self.systemd_cgroup = systemd_cgroup
+        self.rootless = rootless
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ContainerState:
+        return cls(**{k: v for k, v in data.items() if k in cls.FIELDS})
 
     def oci_state(self, status: str) -> dict:
         """The state object of the OCI runtime spec (what `state` prints and hooks read)."""
@@ -110,7 +127,7 @@ class StateStore:
     def save(self, state: ContainerState) -> None:
         path = os.path.join(self.dir(state.id), STATE_FILE)
         tmp = f"{path}.tmp{os.getpid()}"
-        data = json.dumps(asdict(state), separators=(",", ":")).encode()
+        data = _json.dumps(state.to_dict()).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, data)
@@ -122,12 +139,12 @@ class StateStore:
         validate_id(container_id)
         try:
             with open(os.path.join(self.dir(container_id), STATE_FILE), "rb") as f:
-                raw = json.loads(f.read())
+                raw = _json.loads(f.read())
         except FileNotFoundError:
             raise ContainerNotFound(f"container {container_id} does not exist") from None
         except ValueError:
             raise ContainerNotFound(f"container {container_id} has a corrupt state file") from None
-        return ContainerState(**raw)
+        return ContainerState.from_dict(raw)
 
     def ids(self) -> list[str]:
         try:

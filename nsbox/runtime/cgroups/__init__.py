@@ -12,20 +12,25 @@ import contextlib
 import errno
 import functools
 import os
-import signal
 import time
-from dataclasses import dataclass
 
 from nsbox.errors import ConfigError, KernelError, UnsupportedError
 
 UNIFIED = ""  # key of the cgroup2 hierarchy in path maps
 
 
-@dataclass(frozen=True)
 class Hierarchy:
-    key: str  # "" for cgroup2, else the v1 controllers joined by "," (name=systemd too)
-    mountpoint: str
-    root: str  # the mount's root inside the hierarchy
+    """One mounted cgroup hierarchy."""
+
+    __slots__ = ("key", "mountpoint", "root")
+
+    def __init__(self, key: str, mountpoint: str, root: str) -> None:
+        self.key = key  # "" for cgroup2, else the v1 controllers joined by "," (name=systemd too)
+        self.mountpoint = mountpoint
+        self.root = root  # the mount's root inside the hierarchy
+
+    def __repr__(self) -> str:
+        return f"Hierarchy({self.key!r}, {self.mountpoint!r}, {self.root!r})"
 
 
 @functools.lru_cache(maxsize=1)
@@ -188,7 +193,7 @@ def destroy(paths: dict[str, str], created_root: dict[str, str] | None = None) -
     """Kill what is left in the cgroup, then remove the directories (children first)."""
     for pid in pids(paths):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, 9)  # SIGKILL
     deadline = time.monotonic() + 2
     while pids(paths) and time.monotonic() < deadline:
         time.sleep(0.005)

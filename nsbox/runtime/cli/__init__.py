@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 
 COMMANDS = ("checkpoint", "create", "delete", "events", "exec", "features", "kill", "list",
             "pause", "ps", "restore", "resume", "run", "spec", "start", "state", "update")
 
 GLOBAL_FLAGS = {
     "debug": False, "log": "", "log-format": "", "root": "", "criu": "", "systemd-cgroup": False,
-    "rootless": "", "help": False, "h": False, "version": False, "v": False,
+    "rootless": "", "cgroup-manager": "", "help": False, "h": False, "version": False, "v": False,
 }
 _ALIASES = {"h": "help", "v": "version"}
 
@@ -26,27 +25,39 @@ class UsageError(Exception):
     """Bad command-line usage: exit status 1 with a message."""
 
 
-@dataclass
 class Args:
-    flags: dict = field(default_factory=dict)
-    positional: list[str] = field(default_factory=list)
+    """Parsed flags (by name) and positional arguments."""
+
+    __slots__ = ("flags", "positional")
+
+    def __init__(self, flags: dict, positional: list[str]) -> None:
+        self.flags = flags
+        self.positional = positional
 
     def __getitem__(self, name: str):
         return self.flags[name]
 
 
-@dataclass
 class Context:
-    root: str
-    systemd_cgroup: bool
-    debug: bool
-    log_path: str
-    log_format: str
+    """The global flags every command sees."""
+
+    # Plain classes, not dataclasses: importing dataclasses costs more than a
+    # whole `start` command on a slow host.
+    __slots__ = ("root", "systemd_cgroup", "debug", "log_path", "log_format", "cgroups")
+
+    def __init__(self, root: str, systemd_cgroup: bool, debug: bool, log_path: str,
+                 log_format: str, cgroups: bool = True) -> None:
+        self.root = root
+        self.systemd_cgroup = systemd_cgroup
+        self.debug = debug
+        self.log_path = log_path
+        self.log_format = log_format
+        self.cgroups = cgroups
 
     def runtime(self):
         from nsbox.runtime.container import Runtime
 
-        return Runtime(self.root, self.systemd_cgroup)
+        return Runtime(self.root, self.systemd_cgroup, use_cgroups=self.cgroups)
 
 
 def parse_flags(argv: list[str], spec: dict, aliases: dict[str, str] | None = None,
@@ -141,6 +152,7 @@ global flags:
   --log-format FORMAT  text or json
   --debug              log debug messages
   --systemd-cgroup     use systemd for cgroups (needs systemd)
+  --cgroup-manager M   cgroupfs (default), systemd, or disabled (no cgroups at all)
 """
 
 
@@ -158,8 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(USAGE)
         return 0 if g["help"] else 1
     command, rest = g.positional[0], g.positional[1:]
-    ctx = Context(root=g["root"] or "/run/nsbox-runtime", systemd_cgroup=g["systemd-cgroup"],
-                  debug=g["debug"], log_path=g["log"], log_format=g["log-format"] or "text")
+    manager = g["cgroup-manager"]
+    if manager not in ("", "cgroupfs", "systemd", "disabled"):
+        sys.stderr.write(f"nsbox-runtime: unknown --cgroup-manager {manager!r}: "
+                         "use cgroupfs, systemd or disabled\n")
+        return 1
+    ctx = Context(root=g["root"] or "/run/nsbox-runtime",
+                  systemd_cgroup=g["systemd-cgroup"] or manager == "systemd",
+                  debug=g["debug"], log_path=g["log"], log_format=g["log-format"] or "text",
+                  cgroups=manager != "disabled")
     from nsbox.runtime.cli import _log
 
     _log.setup(ctx)

@@ -9,10 +9,10 @@ FLAGS = {"help": False}
 
 
 def run(args, ctx) -> int:
-    import json
     import sys
 
+    from nsbox import _json
     from nsbox.runtime.features import features
 
-    sys.stdout.write(json.dumps(features(), indent=2) + "\n")
+    sys.stdout.write(_json.dumps_pretty(features()) + "\n")
     return 0

@@ -10,9 +10,9 @@ ALIASES = {"f": "format", "q": "quiet"}
 
 
 def run(args, ctx) -> int:
-    import json
     import sys
 
+    from nsbox import _json
     from nsbox.runtime.cli import UsageError
 
     states = ctx.runtime().list()
@@ -20,7 +20,7 @@ def run(args, ctx) -> int:
         sys.stdout.write("".join(s["id"] + "\n" for s in states))
         return 0
     if args["format"] == "json":
-        sys.stdout.write(json.dumps(states) + "\n")
+        sys.stdout.write(_json.dumps(states) + "\n")
         return 0
     if args["format"] != "table":
         raise UsageError(f"invalid format option {args['format']!r}: use table or json")

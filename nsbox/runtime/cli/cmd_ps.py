@@ -12,16 +12,16 @@ STOP_AFTER = 1
 
 
 def run(args, ctx) -> int:
-    import json
     import subprocess
     import sys
 
+    from nsbox import _json
     from nsbox.runtime.cli import UsageError, need_id
 
     cid = need_id(args, "ps")
     pids = ctx.runtime().pids(cid)
     if args["format"] == "json":
-        sys.stdout.write(json.dumps(pids) + "\n")
+        sys.stdout.write(_json.dumps(pids) + "\n")
         return 0
     if args["format"] != "table":
         raise UsageError(f"invalid format option {args['format']!r}: use table or json")

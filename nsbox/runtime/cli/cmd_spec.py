@@ -10,9 +10,9 @@ ALIASES = {"b": "bundle"}
 
 
 def run(args, ctx) -> int:
-    import json
     import os
 
+    from nsbox import _json
     from nsbox.errors import ContainerExists
     from nsbox.runtime.spec import default_spec
 
@@ -20,6 +20,6 @@ def run(args, ctx) -> int:
     if os.path.exists(path):
         raise ContainerExists(f"file {path} exists: remove it first")
     with open(path, "x") as f:
-        json.dump(default_spec(rootless=args["rootless"]), f, indent="\t")
+        f.write(_json.dumps_pretty(default_spec(rootless=args["rootless"]), indent="\t"))
         f.write("\n")
     return 0

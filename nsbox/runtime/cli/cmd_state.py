@@ -9,10 +9,10 @@ FLAGS = {"help": False}
 
 
 def run(args, ctx) -> int:
-    import json
     import sys
 
+    from nsbox import _json
     from nsbox.runtime.cli import need_id
 
-    sys.stdout.write(json.dumps(ctx.runtime().state(need_id(args, "state")), indent=2) + "\n")
+    sys.stdout.write(_json.dumps_pretty(ctx.runtime().state(need_id(args, "state"))) + "\n")
     return 0

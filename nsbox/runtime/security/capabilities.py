@@ -30,19 +30,20 @@ bounding after execve, so for root containers the bounding set is what counts.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from nsbox import _lazylog
+from nsbox._lazylog import get_logger
+from nsbox._record import record
 from nsbox.errors import ConfigError, KernelError
 from nsbox.runtime import syscalls
 
+TYPE_CHECKING = False  # typing itself is slow to import
 if TYPE_CHECKING:
     from nsbox.runtime.spec import Capabilities
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Numbers from linux/capability.h; names as the OCI spec writes them.
 CAPABILITIES: dict[str, int] = {
@@ -137,7 +138,7 @@ def names_from_mask(mask: int) -> list[str]:
 
 
 def parse_cap_names(names: Iterable[str], *, strict: bool = True,
-                    log_level: int = logging.WARNING) -> list[int]:
+                    log_level: int = _lazylog.WARNING) -> list[int]:
     """Capability numbers for names, skipping (with a warning) those the kernel lacks.
 
     A name that is no capability at all raises ConfigError, or is only
@@ -161,7 +162,7 @@ def parse_cap_names(names: Iterable[str], *, strict: bool = True,
     return numbers
 
 
-@dataclass(frozen=True)
+@record
 class CapSets:
     """The five capability sets of a process, as bit masks."""
 
@@ -173,7 +174,7 @@ class CapSets:
 
 
 def resolve(caps: Capabilities | None, *, strict: bool = True,
-            log_level: int = logging.WARNING) -> CapSets:
+            log_level: int = _lazylog.WARNING) -> CapSets:
     """Turn a config's capability names into masks; None means all sets empty."""
     if caps is None:
         return CapSets()
@@ -193,7 +194,7 @@ def resolve(caps: Capabilities | None, *, strict: bool = True,
 def _resolve_in_init(caps: Capabilities | None) -> CapSets:
     # validate() already judged the names at create time; by now a bad name
     # must not abort the container, nor be reported a second time.
-    return resolve(caps, strict=False, log_level=logging.DEBUG)
+    return resolve(caps, strict=False, log_level=_lazylog.DEBUG)
 
 
 def _warn_missing(what: str, missing: int, why: str) -> None:

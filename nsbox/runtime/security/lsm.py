@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import errno
 import functools
-import logging
 import os
 
+from nsbox._lazylog import get_logger
 from nsbox.errors import KernelError, UnsupportedError
 from nsbox.runtime import syscalls
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # LSM_ID_* values from linux/lsm.h, for the lsm_list_modules(2) fallback.
 _LSM_NAMES_BY_ID: dict[int, str] = {

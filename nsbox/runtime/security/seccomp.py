@@ -22,14 +22,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import logging
 import os
-from dataclasses import dataclass
-from typing import Any
 
+from nsbox._lazylog import get_logger
+from nsbox._record import record
 from nsbox.errors import ConfigError, KernelError, UnsupportedError
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 WHERE = "config.json: linux.seccomp."
 
@@ -106,12 +105,12 @@ _DIGEST_SIZE = 32
 
 
 # ---------------------------------------------------------------- validation
-def _is_uint(value: Any, maximum: int) -> bool:
+def _is_uint(value: object, maximum: int) -> bool:
     # bool is an int subclass; true/false is never a number in config.json.
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum
 
 
-def _check_action(value: Any, where: str) -> str:
+def _check_action(value: object, where: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, not {type(value).__name__}")
     if value not in ACTION_VALUES:
@@ -119,7 +118,7 @@ def _check_action(value: Any, where: str) -> str:
     return value
 
 
-def _check_errno_ret(value: Any, action: str, where: str) -> None:
+def _check_errno_ret(value: object, action: str, where: str) -> None:
     if value is None:
         return
     if not _is_uint(value, _ERRNO_MAX):
@@ -137,7 +136,7 @@ def _check_list(section: dict, key: str, where: str) -> list:
     return value
 
 
-def validate(section: Any) -> None:
+def validate(section: object) -> None:
     """Raise ConfigError with a one-line message naming the first bad field."""
     if not isinstance(section, dict):
         raise ConfigError(f"config.json: linux.seccomp must be an object, not {type(section).__name__}")
@@ -194,7 +193,7 @@ def validate(section: Any) -> None:
         raise ConfigError(f"{WHERE}listenerPath is required when a rule uses SCMP_ACT_NOTIFY")
 
 
-def _validate_arg(arg: Any, where: str) -> None:
+def _validate_arg(arg: object, where: str) -> None:
     if not isinstance(arg, dict):
         raise ConfigError(f"{where} must be an object, not {type(arg).__name__}")
     for key in ("index", "value", "op"):
@@ -226,7 +225,7 @@ def action_value(action: str, errno_ret: int | None) -> int:
 
 # ---------------------------------------------------------------- libseccomp (lazy)
 _LIBRARY_NAME = "libseccomp.so.2"
-_lib: Any = None
+_lib: object = None
 
 
 def _library_dirs() -> list[str]:
@@ -245,7 +244,7 @@ def _library_path() -> str | None:
     return None
 
 
-def _load_libseccomp() -> Any:
+def _load_libseccomp() -> object:
     global _lib
     if _lib is not None:
         return _lib
@@ -278,10 +277,10 @@ def _load_libseccomp() -> Any:
     return lib
 
 
-_ARG_CMP: Any = None
+_ARG_CMP: object = None
 
 
-def _arg_cmp_type() -> Any:
+def _arg_cmp_type() -> object:
     """ctypes mirror of libseccomp's struct scmp_arg_cmp."""
     global _ARG_CMP
     if _ARG_CMP is None:
@@ -320,7 +319,7 @@ def _library_identity() -> str:
 
 
 # ---------------------------------------------------------------- compiling
-@dataclass
+@record
 class _Rule:
     """One libseccomp rule: an action, a syscall and AND-ed conditions."""
     action: int
@@ -358,7 +357,7 @@ def compile_filter(section: dict) -> bytes:
         lib.seccomp_release(ctx)
 
 
-def _add_architectures(lib: Any, ctx: Any, architectures: list[str]) -> None:
+def _add_architectures(lib: object, ctx: object, architectures: list[str]) -> None:
     for i, arch in enumerate(architectures):
         token = lib.seccomp_arch_resolve_name(arch.removeprefix("SCMP_ARCH_").lower().encode())
         if token == 0:
@@ -370,7 +369,7 @@ def _add_architectures(lib: Any, ctx: Any, architectures: list[str]) -> None:
             raise KernelError(f"seccomp: cannot add architecture {arch}: {os.strerror(-ret)}", -ret)
 
 
-def _add_entry(lib: Any, ctx: Any, default: int, entry: dict, index: int) -> None:
+def _add_entry(lib: object, ctx: object, default: int, entry: dict, index: int) -> None:
     arg_cmp = _arg_cmp_type()
     rules = _rules_for(entry)
     for name in entry["names"]:
@@ -392,7 +391,7 @@ def _add_entry(lib: Any, ctx: Any, default: int, entry: dict, index: int) -> Non
                                   f"{name!r}: {os.strerror(-ret)}")
 
 
-def _export(lib: Any, ctx: Any) -> bytes:
+def _export(lib: object, ctx: object) -> bytes:
     fd = os.memfd_create("nsbox-seccomp-bpf", os.MFD_CLOEXEC)
     try:
         ret = lib.seccomp_export_bpf(ctx, fd)
@@ -565,7 +564,7 @@ def send_seccomp_state(listener_path: str, seccomp_fd: int, *, pid: int, state: 
     from nsbox.runtime.spec import SPEC_VERSION
 
     version = oci_version or state.get("ociVersion") or SPEC_VERSION
-    document: dict[str, Any] = {"ociVersion": version, "fds": ["seccompFd"], "pid": pid,
+    document: dict[str, object] = {"ociVersion": version, "fds": ["seccompFd"], "pid": pid,
                                 "state": state}
     if metadata:
         document["metadata"] = metadata
