@@ -173,26 +173,22 @@ class Runtime:
             initmod.stage1(ctx, child_chan)
         child_chan.close()
         cleanup.stage1_pid = stage1_pid
-        msg = parent_chan.recv()
-        if msg["type"] == ch.NEED_IDMAP:
+        # Stage 1 builds its namespaces while we move it into its cgroups.
+        cgroups.add_process(state.cgroup_paths, stage1_pid)
+        if plan.creates("user"):
+            parent_chan.expect(ch.NEED_IDMAP)
             nsmod.write_id_maps(stage1_pid, spec.linux.uid_mappings, spec.linux.gid_mappings,
                                 deny_setgroups=os.geteuid() != 0)
             parent_chan.send(ch.IDMAP_DONE)
-            msg = parent_chan.recv()
-        if msg["type"] == ch.ERROR:
-            raise ch.ChildFailed(msg["message"])
-        if msg["type"] != ch.INIT_PID:
-            raise KernelError(f"container setup: unexpected message {msg['type']}")
-        init_pid = msg["pid"]
+        parent_chan.send(ch.GO)
+        init_pid = parent_chan.expect(ch.INIT_PID)["pid"]
         cleanup.init_pid = init_pid
         _reap(stage1_pid)
         cleanup.stage1_pid = 0
         state.pid = init_pid
         state.pid_start_time = process_start_time(init_pid) or 0
         state.namespace_paths = nsmod.namespace_paths(init_pid)
-        cgroups.add_process(state.cgroup_paths, init_pid)
-        parent_chan.send(ch.GO)
-        msg = parent_chan.expect(ch.RUN_HOOKS)
+        parent_chan.expect(ch.RUN_HOOKS)
         hook_state = state.oci_state(CREATED)
         if spec.hooks.get("prestart") or spec.hooks.get("createRuntime"):
             from nsbox.runtime import hooks
@@ -200,7 +196,7 @@ class Runtime:
             for kind in ("prestart", "createRuntime"):
                 if spec.hooks.get(kind):
                     hooks.run_hooks(kind, spec.hooks[kind], hook_state)
-        parent_chan.send(ch.HOOKS_DONE)
+        parent_chan.send(ch.HOOKS_DONE, state=hook_state)  # now with the init's pid
         parent_chan.expect(ch.CREATED)
         self.store.save(state)
         if opts.pid_file:

@@ -51,6 +51,11 @@ def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int
     from nsbox.runtime.security import capabilities
 
     capabilities.validate(process.capabilities, strict=False)
+    # The grandchild execs from inside the container's mount namespace, where
+    # the host's Python library is out of reach: import what it needs now.
+    from nsbox.runtime import init as initmod
+
+    initmod.preload(spec)
     # Which of the init's namespaces differ from ours: only those are joined.
     joins = []
     for ns_type in nsmod.JOIN_ORDER:
@@ -160,13 +165,20 @@ def _grandchild(spec, process, chan, opts, seccomp_bpf, runtime_exe, console_fd)
                                 seccomp_bpf=seccomp_bpf, runtime_exe=runtime_exe,
                                 extra_env=opts.extra_env or None)
     except NsboxError as exc:
-        with contextlib.suppress(OSError):
-            chan.send(ch.ERROR, message=str(exc))
-        log.debug("exec failed: %s", exc)
+        _report_late(chan, str(exc))
     except Exception as exc:  # noqa: BLE001
-        with contextlib.suppress(OSError):
-            chan.send(ch.ERROR, message=f"exec: {exc}")
+        _report_late(chan, f"exec: {exc}")
     finally:
         os._exit(127 if code else 0)
+
+
+def _report_late(chan: ch.Channel, message: str) -> None:
+    try:
+        chan.send(ch.ERROR, message=message)
+    except OSError:
+        # Past "created" the runtime has stopped listening: the process's
+        # stderr is the only place left to say why it did not start.
+        with contextlib.suppress(OSError):
+            os.write(2, f"nsbox-runtime: {message}\n".encode())
 
 

@@ -6,8 +6,10 @@ stage 2.  The fork is what puts stage 2 into the new PID and time
 namespaces: it becomes the container's PID 1.  Stage 1 reports stage 2's pid
 and exits.
 
-stage 2 waits until the runtime has placed it in its cgroup, then unshares
-the cgroup namespace, builds the root filesystem, and waits on the exec fifo
+Stage 1 forks only once the runtime has moved it into the container's
+cgroups (the runtime does that while stage 1 sets up namespaces, since a v1
+cgroup move is slow), so stage 2 is born there and unshares the cgroup
+namespace, builds the root filesystem, and waits on the exec fifo
 for `start` before it execve()s the user process.
 
 Both run in a forked copy of the runtime, so they read the same Python
@@ -22,6 +24,7 @@ import select
 import signal
 import traceback
 
+from nsbox import _json
 from nsbox._lazylog import get_logger
 from nsbox._record import record
 from nsbox.errors import KernelError, NsboxError, SecurityError
@@ -125,6 +128,7 @@ def _stage1(ctx: InitContext, chan: ch.Channel) -> None:
         nsmod.unshare(others)
     if linux.time_offsets:
         nsmod.write_time_offsets(linux.time_offsets)
+    chan.expect(ch.GO)  # we are in the container's cgroups: stage 2 inherits them
     pid = os.fork()
     if pid == 0:
         stage2(ctx, chan)
@@ -155,7 +159,6 @@ def _stage2(ctx: InitContext, chan: ch.Channel) -> None:
     spec, plan = ctx.spec, ctx.ns_plan
     process = spec.process
     assert process is not None
-    chan.expect(ch.GO)  # the runtime has put us in our cgroup
     joined = dict(plan.join)
     if "cgroup" in joined:
         nsmod.join("cgroup", joined["cgroup"])
@@ -166,7 +169,7 @@ def _stage2(ctx: InitContext, chan: ch.Channel) -> None:
 
     def before_pivot() -> None:
         chan.send(ch.RUN_HOOKS)
-        chan.expect(ch.HOOKS_DONE)
+        ctx.state_json = _json.dumps(chan.expect(ch.HOOKS_DONE)["state"])
         if spec.hooks.get("createContainer"):
             from nsbox.runtime import hooks
 
@@ -212,9 +215,7 @@ def _stage2(ctx: InitContext, chan: ch.Channel) -> None:
 
 
 def _state(ctx: InitContext) -> dict:
-    import json
-
-    return json.loads(ctx.state_json)
+    return _json.loads(ctx.state_json)
 
 
 def _write_sysctls(sysctl: dict[str, str]) -> None:
