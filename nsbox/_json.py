@@ -34,7 +34,9 @@ def loads(text: str | bytes) -> object:
     start = len(text) - len(text.lstrip(_WS))
     try:
         value, end = _scan(text, start)
-    except StopIteration:
+    except (StopIteration, SystemError):
+        # SystemError: on some errors the C scanner needs json.decoder, which
+        # it only finds once imported; the json package reports them properly.
         return _slow_loads(text)
     if text[end:].strip(_WS):
         return _slow_loads(text)

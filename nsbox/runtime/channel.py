@@ -43,7 +43,24 @@ class Channel:
 
     def send(self, msg_type: str, **fields) -> None:
         fields["type"] = msg_type
-        self.sock.send(_json.dumps(fields).encode())
+        try:
+            self.sock.send(_json.dumps(fields).encode())
+        except (BrokenPipeError, ConnectionResetError):
+            # The peer is gone; if it said why before exiting, that is the error to report.
+            self._raise_pending_error()
+            raise
+
+    def _raise_pending_error(self) -> None:
+        self.sock.setblocking(False)
+        try:
+            while data := self.sock.recv(65536):
+                msg = _json.loads(data)
+                if msg.get("type") == ERROR:
+                    raise ChildFailed(msg.get("message", "unknown error"))
+        except OSError:
+            pass
+        finally:
+            self.sock.setblocking(True)
 
     def recv(self) -> dict:
         data = self.sock.recv(65536)

@@ -232,8 +232,12 @@ class Runtime:
             hookmod.run_hooks("poststart", spec.hooks["poststart"], state.oci_state(RUNNING))
 
     # ------------------------------------------------------------------ run
-    def run(self, container_id: str, opts: CreateOptions, detach: bool = False) -> int:
-        """create + start; without detach, wait and return the exit status."""
+    def run(self, container_id: str, opts: CreateOptions, detach: bool = False,
+            keep: bool = False) -> int:
+        """create + start; without detach, wait and return the exit status.
+
+        The container is deleted once it exits, unless keep is set.
+        """
         from nsbox.runtime import syscalls as sc
 
         if not detach:
@@ -248,7 +252,8 @@ class Runtime:
         if detach:
             return 0
         status = wait_forwarding_signals(state.pid)
-        self.delete(container_id, force=True)
+        if not keep:
+            self.delete(container_id, force=True)
         return status
 
     # ------------------------------------------------------------------ state
@@ -473,6 +478,10 @@ def _listen_fds_env(preserve_fds: int) -> dict[str, str]:
     """Pass socket-activation fds through, as systemd's LISTEN_FDS protocol expects."""
     listen = os.environ.get("LISTEN_FDS")
     if not listen or not listen.isdigit() or int(listen) == 0:
+        return {}
+    # The fds are ours only if the activation was addressed to us; an
+    # inherited LISTEN_FDS would otherwise leak unrelated fds into the container.
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return {}
     return {"LISTEN_FDS": listen, "LISTEN_PID": "1"}
 

@@ -86,13 +86,17 @@ def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int
         csock.close()
     target = 0
     try:
-        msg = parent_chan.recv()
-        if msg["type"] == ch.ERROR:
-            raise ch.ChildFailed(msg["message"])
-        target = msg["pid"]
-        msg = parent_chan.recv()  # "created" once the process is ready to exec, or an error
-        if msg["type"] == ch.ERROR:
-            raise ch.ChildFailed(msg["message"])
+        # The child's "init_pid" and the grandchild's "created" share the socket and
+        # race: the grandchild may report before its parent does.
+        created = False
+        while not (target and created):
+            msg = parent_chan.recv()
+            if msg["type"] == ch.ERROR:
+                raise ch.ChildFailed(msg["message"])
+            if msg["type"] == ch.INIT_PID:
+                target = msg["pid"]
+            elif msg["type"] == ch.CREATED:
+                created = True
     except NsboxError:
         with contextlib.suppress(ProcessLookupError):
             if target:

@@ -107,7 +107,9 @@ def run_hook(kind: str, hook: Hook, state_json: bytes, *, cwd: str | None = None
         _log_output(_lazylog.DEBUG, what, result)
         raise HookError(f"{what} timed out after {hook.timeout}s")
     if result.status != 0:
-        _log_output(_lazylog.WARNING, what, result)
+        # The error carries the last line; the full tail at warning level would make
+        # the CLI's one-line error several lines (--debug still shows it).
+        _log_output(_lazylog.DEBUG, what, result)
         message = f"{what} failed: {_describe_status(result.status)}"
         last = _last_line(result.stderr) or _last_line(result.stdout)
         if last:

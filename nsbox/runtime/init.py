@@ -118,6 +118,10 @@ def _stage1(ctx: InitContext, chan: ch.Channel) -> None:
         nsmod.unshare(sc.CLONE_NEWUSER)
         chan.send(ch.NEED_IDMAP)
         chan.expect(ch.IDMAP_DONE)
+    # A joined user namespace too: our host ids may have no mapping there, and
+    # files we create (a tmpfs mountpoint, a device) need an owner it knows.
+    in_user_ns = plan.creates("user") or any(t == "user" for t, _ in plan.join)
+    if in_user_ns:
         try:
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
@@ -127,7 +131,13 @@ def _stage1(ctx: InitContext, chan: ch.Channel) -> None:
     if others:
         nsmod.unshare(others)
     if linux.time_offsets:
+        # setresuid() above made us non-dumpable, which hands /proc/self to the
+        # host's root: unwritable from the new user namespace until undone.
+        if in_user_ns:
+            sc.set_dumpable(True)
         nsmod.write_time_offsets(linux.time_offsets)
+        if in_user_ns:
+            sc.set_dumpable(False)
     chan.expect(ch.GO)  # we are in the container's cgroups: stage 2 inherits them
     pid = os.fork()
     if pid == 0:
@@ -191,6 +201,12 @@ def _stage2(ctx: InitContext, chan: ch.Channel) -> None:
     if plan.creates("mount"):
         from nsbox.runtime import rootfs
 
+        # Like runc, create a missing cwd; after the pivot, so it stays inside
+        # the root, and before a read-only root is locked.
+        try:
+            os.makedirs(process.cwd, 0o755, exist_ok=True)
+        except OSError as exc:
+            raise KernelError(f"create cwd {process.cwd!r}: {exc.strerror}", exc.errno) from None
         rootfs.finalize_rootfs(spec)
     if not ctx.no_new_keyring:
         try:

@@ -17,7 +17,7 @@ import stat
 from nsbox._lazylog import get_logger
 from nsbox.errors import BundleError, ConfigError, KernelError, SecurityError
 from nsbox.runtime import syscalls as sc
-from nsbox.runtime.spec import Process, Spec
+from nsbox.runtime.spec import PERSONALITY_DOMAINS, Process, Spec
 
 log = get_logger(__name__)
 
@@ -100,7 +100,8 @@ def apply_rlimits(process: Process) -> None:
     import resource  # preloaded by init.preload before pivot_root
 
     for rl in process.rlimits:
-        res = getattr(resource, rl.type, None)
+        # Python's resource module lacks RLIMIT_LOCKS (10 on every Linux architecture).
+        res = getattr(resource, rl.type, 10 if rl.type == "RLIMIT_LOCKS" else None)
         if res is None:
             raise ConfigError(f"config.json: unknown rlimit {rl.type}")
         try:
@@ -171,11 +172,17 @@ def finish_and_exec(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
         os.chdir(process.cwd)
     except OSError as exc:
         raise BundleError(f"chdir to cwd {process.cwd!r} set in config.json failed: {exc.strerror}") from None
-    if os.getcwd().startswith("(unreachable)"):
+    try:
+        outside = os.getcwd().startswith("(unreachable)")
+    except FileNotFoundError:
+        outside = True  # glibc turns an "(unreachable)" cwd into ENOENT
+    if outside:
         raise SecurityError(f"cwd {process.cwd!r} is outside the container root")
     path = lookup_executable(process.args[0], env, process.cwd)
     refuse_runtime_binary(path, runtime_exe)
     lsm.apply_process_labels(process.apparmor_profile, process.selinux_label)
+    if spec.linux.personality is not None:
+        sc.personality(PERSONALITY_DOMAINS[spec.linux.personality["domain"]])
     if process.no_new_privileges:
         sc.set_no_new_privs()
     # Everything the runtime opened is closed at execve; the caller's

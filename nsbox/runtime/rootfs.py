@@ -421,6 +421,24 @@ class _RootfsBuilder:
         raise SecurityError(f"mount on {mount.destination}: the destination is inside procfs; "
                             "refusing")
 
+    def _check_not_over_proc(self, mount: Mount, target_fd: int, source: str,
+                             is_bind: bool) -> None:
+        """Only procfs may sit at the container's /proc (CVE-2019-16884): anything else
+        there (a tmpfs, a bind of a plain directory, reached directly or through a
+        symlink) would turn the runtime's later writes to /proc into writes to fake files."""
+        try:
+            proc_fd = _open_in_root(self.root_fd, "/proc", no_symlinks=True)
+        except OSError:
+            return  # no /proc, or a symlink there, which the proc mount itself refuses
+        try:
+            over_proc = os.path.samestat(os.fstat(proc_fd), os.fstat(target_fd))
+        finally:
+            os.close(proc_fd)
+        if not over_proc or (is_bind and sc.statfs(source).f_type == PROC_SUPER_MAGIC):
+            return
+        raise SecurityError(f"mount {mount.type or 'bind'} on {mount.destination}: only procfs "
+                            "may be mounted at /proc; refusing")
+
     def mount_entry(self, mount: Mount) -> None:
         options = parse_mount_options(mount.options)
         if mount.type == "cgroup":
@@ -442,6 +460,7 @@ class _RootfsBuilder:
         try:
             if mount.type != "proc":
                 self._check_not_in_proc(mount, target_fd)
+                self._check_not_over_proc(mount, target_fd, source, is_bind)
             self._do_mount(mount, options, source, is_bind, target_fd, what)
         finally:
             os.close(target_fd)
@@ -726,14 +745,22 @@ class _RootfsBuilder:
 
     def pivot(self) -> None:
         self._make_old_root_private()
-        os.fchdir(self.root_fd)
+        old_root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            sc.pivot_root(".", ".")
-        except OSError as exc:
-            raise KernelError(f"pivot_root into {self.rootfs}: {os.strerror(exc.errno)}",
-                              exc.errno) from None
-        # The old root now sits on top of "."; detach it without the unmount reaching the
-        # host (it may still be a peer of host mounts).
+            os.fchdir(self.root_fd)
+            try:
+                sc.pivot_root(".", ".")
+            except OSError as exc:
+                raise KernelError(f"pivot_root into {self.rootfs}: {os.strerror(exc.errno)}",
+                                  exc.errno) from None
+            # The old root now sits on top of ".", but mount(2) resolves "." to the new
+            # root underneath: an rslave there would turn every container mount (rshared
+            # binds included) into a slave.  Step onto the old root itself.
+            os.fchdir(old_root_fd)
+        finally:
+            os.close(old_root_fd)
+        # Detach the old root without the unmount reaching the host (it may still be a
+        # peer of host mounts).
         _mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC, None, "make the old root rslave")
         try:
             sc.umount2(".", sc.MNT_DETACH)
@@ -802,7 +829,14 @@ def prepare_rootfs(spec: Spec, rootfs: str, *, no_pivot: bool = False,
     """
     rootfs = os.path.realpath(rootfs)
     if not os.path.isdir(rootfs):
-        raise BundleError(f"rootfs {rootfs} does not exist or is not a directory")
+        # The runtime saw it: here, in a user namespace, the cause is usually
+        # a parent directory the container's root may not search.
+        try:
+            os.stat(rootfs)
+            why = "is not a directory"
+        except OSError as exc:
+            why = f"cannot be reached by the container's root user: {exc.strerror}"
+        raise BundleError(f"rootfs {rootfs} {why}")
     _initial_propagation(spec)
     builder = _RootfsBuilder(spec, rootfs, bundle)
     builder.make_parent_private()

@@ -16,6 +16,12 @@ from nsbox.errors import BundleError, ConfigError
 
 SPEC_VERSION = "1.2.0"
 
+# Linux's resource limits: an unknown one must fail at create, not when the
+# process is about to start.
+RLIMIT_TYPES = frozenset(f"RLIMIT_{name}" for name in (
+    "AS", "CORE", "CPU", "DATA", "FSIZE", "LOCKS", "MEMLOCK", "MSGQUEUE", "NICE", "NOFILE",
+    "NPROC", "RSS", "RTPRIO", "RTTIME", "SIGPENDING", "STACK"))
+
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 
 
@@ -229,7 +235,7 @@ def parse_process(obj: dict, where: str = "process.") -> Process:
     rlimits = []
     for item, w in _objects(obj, "rlimits", where):
         rtype = _get(item, "type", str, w, required=True)
-        if not rtype.startswith("RLIMIT_"):
+        if rtype not in RLIMIT_TYPES:
             raise ConfigError(f"config.json: {w}type is not an rlimit: {rtype!r}")
         rlimits.append(Rlimit(rtype, _uint(item, "hard", w, required=True, bits=64),
                               _uint(item, "soft", w, required=True, bits=64)))
@@ -266,6 +272,20 @@ def _parse_mappings(obj: dict, key: str, where: str) -> list[IdMapping]:
             raise ConfigError(f"config.json: {w}size must be positive")
         out.append(m)
     return out
+
+
+PERSONALITY_DOMAINS = {"LINUX": 0x0000, "LINUX32": 0x0008}
+
+
+def _parse_personality(obj: dict, where: str) -> dict | None:
+    pers = _get(obj, "personality", dict, where)
+    if pers is None:
+        return None
+    domain = _get(pers, "domain", str, where + "personality.", required=True)
+    if domain not in PERSONALITY_DOMAINS:
+        raise ConfigError(f"config.json: {where}personality.domain must be LINUX or LINUX32: {domain!r}")
+    _str_list(pers, "flags", where + "personality.")
+    return pers
 
 
 def parse_linux(obj: dict) -> Linux:
@@ -324,7 +344,7 @@ def parse_linux(obj: dict) -> Linux:
         mount_label=_get(obj, "mountLabel", str, where, default=""),
         sysctl=dict(sysctl),
         seccomp=_get(obj, "seccomp", dict, where),
-        personality=_get(obj, "personality", dict, where),
+        personality=_parse_personality(obj, where),
     )
 
 

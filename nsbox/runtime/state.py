@@ -39,15 +39,23 @@ def now_rfc3339() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
 
 
+PF_EXITING = 0x4
+
+
 def process_start_time(pid: int) -> int | None:
-    """The start time (clock ticks since boot) of PID, or None if it is gone or a zombie."""
+    """The start time (clock ticks since boot) of PID, or None if it is gone or dying.
+
+    A PID 1 that is exiting can linger for a while (until every process of its
+    PID namespace is reaped, by parents possibly outside the namespace); it is
+    already stopped as far as the container is concerned.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
+    if fields[0] in (b"Z", b"X") or int(fields[6]) & PF_EXITING:
         return None
     return int(fields[19])
 

@@ -330,3 +330,9 @@ def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr
     ret = _libc.syscall(ctypes.c_long(SYS_mount_setattr), ctypes.c_long(dirfd), _b(path),
                         ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
     _check(ret, "mount_setattr", path)
+
+
+def personality(persona: int) -> int:
+    """Set the execution domain; returns the previous one."""
+    ret = _libc.syscall(ctypes.c_long(SYS_personality), ctypes.c_ulong(persona))
+    return _check(ret, "personality")

@@ -33,7 +33,7 @@ def _cleanup(listener: socket.socket, path: str, tmpdir: str) -> None:
         os.rmdir(tmpdir)
 
 
-def run_with_terminal(rt, container_id: str, opts) -> int:
+def run_with_terminal(rt, container_id: str, opts, keep: bool = False) -> int:
     from nsbox.runtime import syscalls as sc
     from nsbox.runtime.container import wait_forwarding_signals
 
@@ -52,7 +52,8 @@ def run_with_terminal(rt, container_id: str, opts) -> int:
             status = wait_forwarding_signals(state.pid)
     finally:
         os.close(master)
-        rt.delete(container_id, force=True)
+        if not keep:
+            rt.delete(container_id, force=True)
     return status
 
 

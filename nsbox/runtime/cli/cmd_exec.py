@@ -31,7 +31,7 @@ def build_process(args, config: dict):
     base = copy.deepcopy(config.get("process") or {})
     command = args.positional[1:]
     if not command:
-        raise UsageError("exec: a command to run is required (or --process FILE)")
+        raise UsageError("a command to run is required (or --process FILE)")
     base["args"] = command
     base.pop("commandLine", None)
     base["terminal"] = args["tty"]

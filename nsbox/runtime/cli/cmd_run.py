@@ -2,7 +2,7 @@
        [--preserve-fds N] [--no-pivot] [--no-new-keyring] CONTAINER_ID
 
 Create and start a container.  Without --detach, wait for it and exit with
-its exit status, then delete it.
+its exit status, then delete it (unless --keep).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from nsbox.runtime.cli.cmd_create import ALIASES as _CREATE_ALIASES
 from nsbox.runtime.cli.cmd_create import FLAGS as _CREATE_FLAGS
 
-FLAGS = dict(_CREATE_FLAGS, detach=False, d=False, **{"keep": False})
+FLAGS = dict(_CREATE_FLAGS, detach=False, d=False, keep=False)
 ALIASES = dict(_CREATE_ALIASES, d="detach")
 
 
@@ -28,5 +28,5 @@ def run(args, ctx) -> int:
         if spec.process is not None and spec.process.terminal:
             from nsbox.runtime.cli import _terminal
 
-            return _terminal.run_with_terminal(rt, cid, opts)
-    return rt.run(cid, opts, detach=args["detach"])
+            return _terminal.run_with_terminal(rt, cid, opts, keep=args["keep"])
+    return rt.run(cid, opts, detach=args["detach"], keep=args["keep"])
