@@ -5,12 +5,12 @@ This is the Python API that `nsbox-runtime` is a thin shell over.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
 from nsbox import _json
 from nsbox._lazylog import get_logger
+from nsbox._lite import suppress
 from nsbox.errors import BundleError, ConfigError, InvalidState, KernelError, NsboxError
 from nsbox.runtime import cgroups
 from nsbox.runtime.state import (
@@ -284,7 +284,7 @@ class Runtime:
             raise InvalidState(f"container {container_id} is not running")
         if all_processes:
             for pid in _container_pids(st):
-                with contextlib.suppress(ProcessLookupError):
+                with suppress(ProcessLookupError):
                     os.kill(pid, sig)
             if status == PAUSED and sig == SIGKILL:
                 pass
@@ -306,7 +306,7 @@ class Runtime:
             raise InvalidState(f"cannot delete container {container_id} that is not stopped: {status}")
         if status != STOPPED:
             for pid in _container_pids(st):
-                with contextlib.suppress(ProcessLookupError):
+                with suppress(ProcessLookupError):
                     os.kill(pid, SIGKILL)
             _signal_init(st, SIGKILL, missing_ok=True)
             _wait_gone(st.pid, st.pid_start_time)
@@ -378,20 +378,20 @@ class _Cleanup:
             return
         for pid in (self.init_pid, self.stage1_pid):
             if pid:
-                with contextlib.suppress(ProcessLookupError):
+                with suppress(ProcessLookupError):
                     os.kill(pid, SIGKILL)
         if self.stage1_pid:
             _reap(self.stage1_pid)
         if self.init_pid:
             # Not our child (stage 1 forked it): wait until it is gone.
-            with contextlib.suppress(ChildProcessError):
+            with suppress(ChildProcessError):
                 os.waitpid(self.init_pid, os.WNOHANG)
             _wait_gone(self.init_pid, None)
         for c in self.closers:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 c.close()
         for fd in self.fds:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(fd)
         if self.cgroup_paths:
             try:
@@ -417,7 +417,7 @@ def _reap(pid: int) -> int:
 def _wait_gone(pid: int, start_time: int | None, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
+        with suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         st = process_start_time(pid)
         if st is None or (start_time is not None and st != start_time):
@@ -460,7 +460,7 @@ def _container_pids(st: ContainerState) -> list[int]:
     pids = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 if os.stat(f"/proc/{name}/ns/pid").st_ino == target:
                     pids.append(int(name))
     return sorted(pids)
@@ -491,14 +491,14 @@ def _listen_fds_env(preserve_fds: int) -> dict[str, str]:
 def wait_forwarding_signals(pid: int) -> int:
     """Wait for PID (our child or re-parented to us), forwarding signals to it."""
     def forward(signum, _frame):
-        with contextlib.suppress(ProcessLookupError):
+        with suppress(ProcessLookupError):
             os.kill(pid, signum)
 
-    import signal
+    import _signal  # the signal module wraps this in enums, slow to import
 
-    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-                 signal.SIGUSR2, signal.SIGWINCH)
-    old = {s: signal.signal(s, forward) for s in forwarded}
+    forwarded = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1,
+                 _signal.SIGUSR2, _signal.SIGWINCH)
+    old = {s: _signal.signal(s, forward) for s in forwarded}
     try:
         while True:
             try:
@@ -511,4 +511,4 @@ def wait_forwarding_signals(pid: int) -> int:
                 return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
     finally:
         for s, h in old.items():
-            signal.signal(s, h)
+            _signal.signal(s, h)

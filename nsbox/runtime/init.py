@@ -18,14 +18,12 @@ objects; the Channel carries only the synchronisation and errors.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
-import traceback
 
 from nsbox import _json
 from nsbox._lazylog import get_logger
+from nsbox._lite import suppress
 from nsbox._record import record
 from nsbox.errors import KernelError, NsboxError, SecurityError
 from nsbox.runtime import channel as ch
@@ -61,14 +59,14 @@ def stage1(ctx: InitContext, chan: ch.Channel) -> None:
     """Runs in the first forked child; never returns."""
     code = 1
     try:
-        sc.set_pdeathsig(signal.SIGKILL)
+        sc.set_pdeathsig(9)  # SIGKILL: die with the runtime during setup
         _stage1(ctx, chan)
         code = 0
     except NsboxError as exc:
         _report(chan, str(exc))
     except Exception as exc:  # noqa: BLE001 - the child must report, never unwind into the CLI
         _report(chan, f"container init: {exc.__class__.__name__}: {exc}")
-        log.debug("%s", traceback.format_exc())
+        log.debug("container init failed", exc_info=True)
     finally:
         os._exit(code)
 
@@ -79,7 +77,7 @@ def _report(chan: ch.Channel, message: str) -> None:
     except OSError:
         # After `created` nobody listens on the channel: the container's
         # stderr is the only place left to say why the process did not start.
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.write(2, f"nsbox-runtime: {message}\n".encode())
 
 
@@ -89,7 +87,6 @@ def preload(spec: Spec) -> None:
     Once the container's root is in place the host's Python library is out
     of reach, so a lazy import there would fail.
     """
-    import json  # noqa: F401  (hook state)
     import resource  # noqa: F401  (rlimits)
 
     from nsbox.runtime.security import capabilities, lsm  # noqa: F401
@@ -157,10 +154,10 @@ def stage2(ctx: InitContext, chan: ch.Channel) -> None:
         _report(chan, str(exc))
     except OSError as exc:
         _report(chan, f"container init: {exc}")
-        log.debug("%s", traceback.format_exc())
+        log.debug("container init failed", exc_info=True)
     except Exception as exc:  # noqa: BLE001
         _report(chan, f"container init: {exc.__class__.__name__}: {exc}")
-        log.debug("%s", traceback.format_exc())
+        log.debug("container init failed", exc_info=True)
     finally:
         os._exit(code)
 

@@ -32,7 +32,6 @@ import errno
 import os
 import posixpath
 import stat
-from collections.abc import Callable
 
 from nsbox._lazylog import get_logger
 from nsbox._record import record
@@ -41,6 +40,8 @@ from nsbox.runtime import syscalls as sc
 
 TYPE_CHECKING = False  # typing itself is slow to import
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nsbox.runtime.spec import Device, Mount, Spec
 
 log = get_logger(__name__)

@@ -8,13 +8,13 @@ later command may clean up.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
 import time
 
 from nsbox import _json
+from nsbox._lite import suppress
 from nsbox.errors import ConfigError, ContainerExists, ContainerNotFound
 
 DEFAULT_ROOT = "/run/nsbox-runtime"
@@ -164,7 +164,7 @@ class StateStore:
     def remove(self, container_id: str) -> None:
         path = self.dir(container_id)
         for name in (STATE_FILE, EXEC_FIFO, LOCK_FILE):
-            with contextlib.suppress(FileNotFoundError):
+            with suppress(FileNotFoundError):
                 os.unlink(os.path.join(path, name))
         try:
             os.rmdir(path)
@@ -177,19 +177,9 @@ class StateStore:
 
             shutil.rmtree(path, ignore_errors=True)
 
-    @contextlib.contextmanager
-    def lock(self, container_id: str):
-        """An exclusive lock serialising commands on one container."""
-        path = os.path.join(self.dir(container_id), LOCK_FILE)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:
-            raise ContainerNotFound(f"container {container_id} does not exist") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def lock(self, container_id: str) -> _Lock:
+        """An exclusive lock serialising commands on one container (a context manager)."""
+        return _Lock(os.path.join(self.dir(container_id), LOCK_FILE), container_id)
 
     def status(self, state: ContainerState) -> str:
         """The truthful status: derived from the live process, never cached."""
@@ -203,6 +193,25 @@ class StateStore:
         if _is_frozen(state):
             return PAUSED
         return RUNNING
+
+
+class _Lock:
+    __slots__ = ("path", "container_id", "fd")
+
+    def __init__(self, path: str, container_id: str) -> None:
+        self.path = path
+        self.container_id = container_id
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise ContainerNotFound(f"container {self.container_id} does not exist") from None
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
 
 
 def _is_frozen(state: ContainerState) -> bool:

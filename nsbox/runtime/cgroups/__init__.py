@@ -8,12 +8,11 @@ of the directories this returns.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import functools
 import os
 import time
 
+from nsbox._lite import once, suppress
 from nsbox.errors import ConfigError, KernelError, UnsupportedError
 
 UNIFIED = ""  # key of the cgroup2 hierarchy in path maps
@@ -33,7 +32,7 @@ class Hierarchy:
         return f"Hierarchy({self.key!r}, {self.mountpoint!r}, {self.root!r})"
 
 
-@functools.lru_cache(maxsize=1)
+@once
 def hierarchies() -> tuple[Hierarchy, ...]:
     found: dict[str, Hierarchy] = {}
     with open("/proc/self/mountinfo") as f:
@@ -56,7 +55,7 @@ def hierarchies() -> tuple[Hierarchy, ...]:
     return tuple(found.values())
 
 
-@functools.lru_cache(maxsize=1)
+@once
 def _v1_controllers() -> tuple[str, ...]:
     names = []
     with open("/proc/cgroups") as f:
@@ -165,7 +164,7 @@ def pids(paths: dict[str, str]) -> list[int]:
             return []
     found: list[int] = []
     for dirpath, _dirs, _files in os.walk(base):
-        with contextlib.suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as f:
+        with suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as f:
             found.extend(int(x) for x in f.read().split())
     return sorted(set(found))
 
@@ -192,7 +191,7 @@ def _rmdir_retry(path: str) -> None:
 def destroy(paths: dict[str, str], created_root: dict[str, str] | None = None) -> None:
     """Kill what is left in the cgroup, then remove the directories (children first)."""
     for pid in pids(paths):
-        with contextlib.suppress(ProcessLookupError):
+        with suppress(ProcessLookupError):
             os.kill(pid, 9)  # SIGKILL
     deadline = time.monotonic() + 2
     while pids(paths) and time.monotonic() < deadline:

@@ -184,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     _log.setup(ctx)
     if command not in COMMANDS:
         return _log.fail(ctx, f"no such command: {command}", 1)
-    import importlib
-
-    module = importlib.import_module(f"nsbox.runtime.cli.cmd_{command}")
+    name = f"nsbox.runtime.cli.cmd_{command}"
+    __import__(name)  # importlib.import_module would cost an import of importlib
+    module = sys.modules[name]
     from nsbox.errors import NsboxError
 
     try:

@@ -29,18 +29,19 @@ bounding after execve, so for root containers the bounding set is what counts.
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Iterable
 
 from nsbox import _lazylog
 from nsbox._lazylog import get_logger
+from nsbox._lite import once
 from nsbox._record import record
 from nsbox.errors import ConfigError, KernelError
 from nsbox.runtime import syscalls
 
 TYPE_CHECKING = False  # typing itself is slow to import
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from nsbox.runtime.spec import Capabilities
 
 log = get_logger(__name__)
@@ -95,7 +96,7 @@ _NAMES_BY_NUMBER: dict[int, str] = {number: name for name, number in CAPABILITIE
 _STATUS_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
 
-@functools.cache
+@once
 def last_cap() -> int:
     """Highest capability number the running kernel knows."""
     try:

@@ -10,10 +10,10 @@ repeats it in init right before the label is written.
 from __future__ import annotations
 
 import errno
-import functools
 import os
 
 from nsbox._lazylog import get_logger
+from nsbox._lite import once
 from nsbox.errors import KernelError, UnsupportedError
 from nsbox.runtime import syscalls
 
@@ -47,7 +47,7 @@ def enabled_lsms() -> list[str]:
     return list(_enabled_lsms())
 
 
-@functools.cache
+@once
 def _enabled_lsms() -> tuple[str, ...]:
     try:
         with open(_SECURITYFS_LSM) as f:
