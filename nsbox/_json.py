@@ -24,6 +24,8 @@ class _DecodeContext:
 
 _scan = _json.make_scanner(_DecodeContext())
 _encode = _json.make_encoder(None, None, _json.encode_basestring_ascii, None, ":", ",", False, False, True)
+_encode_sorted = _json.make_encoder(None, None, _json.encode_basestring_ascii, None, ":", ",", True, False,
+                                    True)
 _escape = _json.encode_basestring_ascii
 
 
@@ -49,9 +51,9 @@ def _slow_loads(text: str) -> object:
     return json.loads(text)  # raises the descriptive JSONDecodeError
 
 
-def dumps(value: object) -> str:
-    """Compact JSON."""
-    return "".join(_encode(value, 0))
+def dumps(value: object, sort_keys: bool = False) -> str:
+    """Compact JSON (with sort_keys, a canonical form fit for hashing)."""
+    return "".join((_encode_sorted if sort_keys else _encode)(value, 0))
 
 
 def dumps_pretty(value: object, indent: str = "  ", _level: int = 0) -> str:

@@ -20,15 +20,19 @@ The work is split along process boundaries:
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
 
+from nsbox import _json
 from nsbox._lazylog import get_logger
 from nsbox._record import record
 from nsbox.errors import ConfigError, KernelError, UnsupportedError
 
 log = get_logger(__name__)
+
+try:  # the builtin module: hashlib would load OpenSSL, slow on the create path
+    from _sha256 import sha256 as _sha256
+except ImportError:  # pragma: no cover - Python builds without it
+    from hashlib import sha256 as _sha256
 
 WHERE = "config.json: linux.seccomp."
 
@@ -418,9 +422,9 @@ def _cache_key(section: dict) -> str:
     # Only what shapes the program: flags and the listener are load-time matters.
     relevant = {key: section.get(key) for key in
                 ("defaultAction", "defaultErrnoRet", "architectures", "syscalls")}
-    canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+    canonical = _json.dumps(relevant, sort_keys=True)
     ident = f"{_COMPILER_REVISION}\n{os.uname().machine}\n{_library_identity()}\n{canonical}"
-    return hashlib.sha256(ident.encode()).hexdigest()
+    return _sha256(ident.encode()).hexdigest()
 
 
 def _read_cached(path: str) -> bytes | None:
@@ -435,7 +439,7 @@ def _read_cached(path: str) -> bytes | None:
     header = len(_CACHE_MAGIC) + _DIGEST_SIZE
     program = data[header:]
     if (not data.startswith(_CACHE_MAGIC) or not program or len(program) % SOCK_FILTER_SIZE
-            or hashlib.sha256(program).digest() != data[len(_CACHE_MAGIC):header]):
+            or _sha256(program).digest() != data[len(_CACHE_MAGIC):header]):
         log.debug("seccomp: ignoring corrupt cache file %s", path)
         return None
     return program
@@ -449,7 +453,7 @@ def _write_cached(cache_dir: str, path: str, program: bytes) -> None:
         os.makedirs(cache_dir, mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:
-            f.write(_CACHE_MAGIC + hashlib.sha256(program).digest() + program)
+            f.write(_CACHE_MAGIC + _sha256(program).digest() + program)
         os.rename(tmp, path)  # readers see the old file or the whole new one
         tmp = None
     except OSError as exc:
@@ -568,7 +572,7 @@ def send_seccomp_state(listener_path: str, seccomp_fd: int, *, pid: int, state: 
                                 "state": state}
     if metadata:
         document["metadata"] = metadata
-    payload = json.dumps(document).encode()
+    payload = _json.dumps(document).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(listener_path)
