@@ -66,6 +66,7 @@ class ExecOptions:
         self.detach = detach
         self.preserve_fds = preserve_fds
         self.extra_env = extra_env or {}
+        self.seccomp_agent_fd = -1  # set by execute.spawn for SCMP_ACT_NOTIFY profiles
 
 
 def _validate_for_create(spec: Spec, bundle: str) -> None:
@@ -153,13 +154,16 @@ class Runtime:
             csock = console.connect_console_socket(opts.console_socket)
             cleanup.closers.append(csock)
             console_fd = csock.fileno()
+        agent_fd = _connect_seccomp_agent(spec)
+        if agent_fd >= 0:
+            cleanup.fds.append(agent_fd)
         extra_env = _listen_fds_env(opts.preserve_fds)
         preserve = opts.preserve_fds + int(extra_env.get("LISTEN_FDS", "0")) if extra_env else opts.preserve_fds
         ctx = initmod.InitContext(
             container_id=state.id, spec=spec, rootfs=rootfs, ns_plan=plan, fifo_fd=fifo_fd,
             bundle=state.bundle, state_json=_json.dumps(state.oci_state(CREATED)), no_pivot=opts.no_pivot,
             no_new_keyring=opts.no_new_keyring, preserve_fds=preserve,
-            console_sock_fd=console_fd, seccomp_bpf=seccomp_bpf,
+            console_sock_fd=console_fd, seccomp_bpf=seccomp_bpf, seccomp_agent_fd=agent_fd,
             runtime_exe=procmod.runtime_exe_identity(), extra_env=extra_env or None,
         )
         created_cgroups = cgroups.create(state.cgroup_paths)
@@ -204,7 +208,8 @@ class Runtime:
         cleanup.disarm()
         for c in cleanup.closers:
             c.close()
-        os.close(fifo_fd)
+        for fd in cleanup.fds:
+            os.close(fd)  # the exec fifo and the seccomp agent socket: the init has its own
 
     # ------------------------------------------------------------------ start
     def start(self, container_id: str) -> None:
@@ -464,6 +469,18 @@ def _container_pids(st: ContainerState) -> list[int]:
                 if os.stat(f"/proc/{name}/ns/pid").st_ino == target:
                     pids.append(int(name))
     return sorted(pids)
+
+
+def _connect_seccomp_agent(spec: Spec) -> int:
+    """The agent socket for SCMP_ACT_NOTIFY rules, or -1 when the profile has none."""
+    section = spec.linux.seccomp
+    if not section or not section.get("listenerPath"):
+        return -1
+    from nsbox.runtime.security import seccomp
+
+    if not seccomp.uses_notify(section):
+        return -1
+    return seccomp.connect_agent(section["listenerPath"])
 
 
 def _write_pid_file(path: str, pid: int) -> None:

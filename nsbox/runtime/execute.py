@@ -73,6 +73,13 @@ def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int
 
         csock = console.connect_console_socket(opts.console_socket)
         console_fd = csock.fileno()
+    agent_fd = -1
+    if spec.linux.seccomp and spec.linux.seccomp.get("listenerPath"):
+        from nsbox.runtime.security import seccomp
+
+        if seccomp.uses_notify(spec.linux.seccomp):
+            agent_fd = seccomp.connect_agent(spec.linux.seccomp["listenerPath"])
+    opts.seccomp_agent_fd = agent_fd
     # Subreaper: the process is our grandchild and must be re-parented to us.
     sc.set_child_subreaper(True)
     runtime_exe = procmod.runtime_exe_identity()
@@ -84,6 +91,8 @@ def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int
     child_chan.close()
     if csock is not None:
         csock.close()
+    if agent_fd >= 0:
+        os.close(agent_fd)
     target = 0
     try:
         # The child's "init_pid" and the grandchild's "created" share the socket and
@@ -129,9 +138,18 @@ def _child(st, spec, process, joins, chan, opts, seccomp_bpf, runtime_exe, conso
         for ns_type, path in joins:
             nsmod.join(ns_type, path)
         os.chdir("/")
+        agent = None
+        pid_pipe = None
+        if opts.seccomp_agent_fd >= 0:
+            # Only we see the grandchild's host pid, which the seccomp agent is owed.
+            pid_pipe = os.pipe()
+            agent = procmod.SeccompAgent(opts.seccomp_agent_fd, st.oci_state("running"),
+                                         lambda: int(os.read(pid_pipe[0], 32)))
         pid = os.fork()
         if pid == 0:
-            _grandchild(spec, process, chan, opts, seccomp_bpf, runtime_exe, console_fd)
+            _grandchild(spec, process, chan, opts, seccomp_bpf, runtime_exe, console_fd, agent)
+        if pid_pipe is not None:
+            os.write(pid_pipe[1], str(pid).encode())
         chan.send(ch.INIT_PID, pid=pid)
         code = 0
     except NsboxError as exc:
@@ -144,7 +162,7 @@ def _child(st, spec, process, joins, chan, opts, seccomp_bpf, runtime_exe, conso
         os._exit(code)
 
 
-def _grandchild(spec, process, chan, opts, seccomp_bpf, runtime_exe, console_fd) -> None:
+def _grandchild(spec, process, chan, opts, seccomp_bpf, runtime_exe, console_fd, agent) -> None:
     code = 1
     try:
         sc.set_dumpable(False)
@@ -167,7 +185,7 @@ def _grandchild(spec, process, chan, opts, seccomp_bpf, runtime_exe, console_fd)
         chan.close()
         procmod.finish_and_exec(spec, process, preserve_fds=opts.preserve_fds,
                                 seccomp_bpf=seccomp_bpf, runtime_exe=runtime_exe,
-                                extra_env=opts.extra_env or None)
+                                extra_env=opts.extra_env or None, seccomp_agent=agent)
     except NsboxError as exc:
         _report_late(chan, str(exc))
     except Exception as exc:  # noqa: BLE001

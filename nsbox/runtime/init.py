@@ -51,6 +51,7 @@ class InitContext:
     preserve_fds: int = 0
     console_sock_fd: int = -1  # where to send the pty master, when terminal
     seccomp_bpf: bytes | None = None
+    seccomp_agent_fd: int = -1  # connected to linux.seccomp.listenerPath, for notify rules
     runtime_exe: tuple[int, int] = (0, 0)
     extra_env: dict[str, str] | None = None
 
@@ -222,9 +223,14 @@ def _stage2(ctx: InitContext, chan: ch.Channel) -> None:
         from nsbox.runtime import hooks
 
         hooks.run_hooks("startContainer", spec.hooks["startContainer"], _state(ctx))
+    agent = None
+    if ctx.seccomp_agent_fd >= 0:
+        state = _state(ctx)
+        state["status"] = "running"
+        agent = procmod.SeccompAgent(ctx.seccomp_agent_fd, state, lambda: state["pid"])
     procmod.finish_and_exec(spec, process, preserve_fds=ctx.preserve_fds,
                             seccomp_bpf=ctx.seccomp_bpf, runtime_exe=ctx.runtime_exe,
-                            extra_env=ctx.extra_env)
+                            extra_env=ctx.extra_env, seccomp_agent=agent)
 
 
 def _state(ctx: InitContext) -> dict:

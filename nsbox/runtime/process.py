@@ -15,9 +15,14 @@ import os
 import stat
 
 from nsbox._lazylog import get_logger
+from nsbox._record import record
 from nsbox.errors import BundleError, ConfigError, KernelError, SecurityError
 from nsbox.runtime import syscalls as sc
 from nsbox.runtime.spec import PERSONALITY_DOMAINS, Process, Spec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 log = get_logger(__name__)
 
@@ -145,8 +150,18 @@ def setgroups_allowed() -> bool:
         return True
 
 
+@record
+class SeccompAgent:
+    """Where a filter with SCMP_ACT_NOTIFY rules hands its notify fd."""
+
+    sock_fd: int  # connected to linux.seccomp.listenerPath by the runtime
+    state: dict  # the container state sent along
+    pid: Callable[[], int]  # the host pid of the process loading the filter
+
+
 def finish_and_exec(spec: Spec, process: Process, *, preserve_fds: int, seccomp_bpf: bytes | None,
-                    runtime_exe: tuple[int, int], extra_env: dict[str, str] | None = None) -> None:
+                    runtime_exe: tuple[int, int], extra_env: dict[str, str] | None = None,
+                    seccomp_agent: SeccompAgent | None = None) -> None:
     """Apply the process attributes and execve it; only returns by raising."""
     from nsbox.runtime.security import capabilities, lsm
 
@@ -160,9 +175,9 @@ def finish_and_exec(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
         os.umask(process.user.umask)
     else:
         os.umask(0o022)
-    seccomp_flags = (spec.linux.seccomp or {}).get("flags") or []
+    seccomp_section = spec.linux.seccomp or {}
     if seccomp_bpf is not None and not process.no_new_privileges:
-        _load_seccomp(seccomp_bpf, seccomp_flags)
+        _load_seccomp(seccomp_bpf, seccomp_section, seccomp_agent)
         seccomp_bpf = None
     capabilities.drop_bounding(process.capabilities)
     capabilities.prepare_identity_change()
@@ -194,14 +209,23 @@ def finish_and_exec(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
             pass
     sc.close_range(3 + preserve_fds, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC)
     if seccomp_bpf is not None:
-        _load_seccomp(seccomp_bpf, seccomp_flags)
+        _load_seccomp(seccomp_bpf, seccomp_section, seccomp_agent)
     try:
         os.execve(path, process.args, env)
     except OSError as exc:
         raise KernelError(f"exec {path}: {exc.strerror}", exc.errno) from None
 
 
-def _load_seccomp(bpf: bytes, flags: list[str]) -> None:
+def _load_seccomp(bpf: bytes, section: dict, agent: SeccompAgent | None) -> None:
     from nsbox.runtime.security import seccomp
 
-    seccomp.load_filter(bpf, flags)
+    notify_fd = seccomp.load_filter(bpf, section.get("flags") or [])
+    if notify_fd is None:
+        return
+    try:
+        if agent is None:
+            raise SecurityError("seccomp: SCMP_ACT_NOTIFY rules need linux.seccomp.listenerPath")
+        seccomp.send_to_agent(agent.sock_fd, notify_fd, pid=agent.pid(), state=agent.state,
+                              metadata=section.get("listenerMetadata"))
+    finally:
+        os.close(notify_fd)

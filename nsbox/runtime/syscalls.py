@@ -336,3 +336,18 @@ def personality(persona: int) -> int:
     """Set the execution domain; returns the previous one."""
     ret = _libc.syscall(ctypes.c_long(SYS_personality), ctypes.c_ulong(persona))
     return _check(ret, "personality")
+
+
+# --- bpf(2) -------------------------------------------------------------------
+SYS_bpf = 321
+
+
+def bpf(cmd: int, attr: ctypes.Structure) -> int:
+    """bpf(2) with ATTR (a ctypes structure laid out like the command's part of union bpf_attr).
+
+    The kernel reads sizeof(attr) bytes and treats any field it knows but was
+    not given as zero, so each caller passes only the fields it needs.
+    """
+    ret = _libc.syscall(ctypes.c_long(SYS_bpf), ctypes.c_long(cmd), ctypes.byref(attr),
+                        ctypes.c_uint(ctypes.sizeof(attr)))
+    return _check(ret, f"bpf({cmd})")

@@ -556,32 +556,61 @@ def _load_error_message(err: int | None, flag_bits: int) -> str:
 
 
 # ---------------------------------------------------------------- notify
-def send_seccomp_state(listener_path: str, seccomp_fd: int, *, pid: int, state: dict,
-                       metadata: str | None = None, oci_version: str | None = None) -> None:
-    """Send the container process state and the listener fd to a seccomp agent.
+def connect_agent(listener_path: str) -> int:
+    """Connect to the seccomp agent at listener_path; returns the socket fd.
 
-    One connection, one JSON document with the fd attached by SCM_RIGHTS to
-    the first sendmsg, then the connection is closed (the spec's protocol).
+    The runtime connects before it forks, while the host path is reachable;
+    the container process sends the notify fd over it once the filter is
+    loaded (after pivot_root, when the path no longer is).
     """
-    import socket
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(listener_path)
+    except OSError as exc:
+        sock.close()
+        raise KernelError(f"seccomp: cannot connect to the agent at {listener_path}: "
+                          f"{exc.strerror or exc}", exc.errno or 0) from None
+    return sock.detach()
+
+
+def send_to_agent(sock_fd: int, seccomp_fd: int, *, pid: int, state: dict,
+                  metadata: str | None = None, oci_version: str | None = None) -> None:
+    """Send the container process state and the notify fd on a connected agent socket.
+
+    One JSON document with the fd attached by SCM_RIGHTS to the first
+    sendmsg, then the connection is closed (the OCI seccomp agent protocol).
+    """
+    import _socket
+    import struct
 
     from nsbox.runtime.spec import SPEC_VERSION
 
     version = oci_version or state.get("ociVersion") or SPEC_VERSION
     document: dict[str, object] = {"ociVersion": version, "fds": ["seccompFd"], "pid": pid,
-                                "state": state}
+                                   "state": state}
     if metadata:
         document["metadata"] = metadata
     payload = _json.dumps(document).encode()
+    sock = _socket.socket(fileno=sock_fd)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(listener_path)
-            sent = socket.send_fds(sock, [payload], [seccomp_fd])
-            if sent < len(payload):
-                sock.sendall(payload[sent:])
+        rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", seccomp_fd))]
+        sent = sock.sendmsg([payload], rights)
+        if sent < len(payload):
+            sock.sendall(payload[sent:])
     except OSError as exc:
-        raise KernelError(f"seccomp: cannot send the listener fd to {listener_path}: "
-                          f"{exc.strerror or exc}", exc.errno or 0) from exc
+        raise KernelError(f"seccomp: cannot send the notify fd to the agent: "
+                          f"{exc.strerror or exc}", exc.errno or 0) from None
+    finally:
+        sock.close()
+
+
+def send_seccomp_state(listener_path: str, seccomp_fd: int, *, pid: int, state: dict,
+                       metadata: str | None = None, oci_version: str | None = None) -> None:
+    """Connect to the agent at listener_path and send it the state and notify fd."""
+    send_to_agent(connect_agent(listener_path), seccomp_fd, pid=pid, state=state,
+                  metadata=metadata, oci_version=oci_version)
 
 
 # ---------------------------------------------------------------- features
