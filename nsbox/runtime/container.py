@@ -97,6 +97,9 @@ class Runtime:
         self.store = StateStore(root or DEFAULT_ROOT)
         self.systemd_cgroup = systemd_cgroup
         self.use_cgroups = use_cgroups
+        # Set by the CLI: restarts the command from a sealed interpreter when a
+        # container could reach our binary (security/exe_guard.py).
+        self.reexec_sealed = None
         self.seccomp_cache_dir = os.path.join(self.store.root, ".seccomp-cache")
 
     # ------------------------------------------------------------------ create
@@ -106,6 +109,7 @@ class Runtime:
 
         spec, rootfs = load_bundle_config(opts.bundle)
         _validate_for_create(spec, os.path.abspath(opts.bundle))
+        self._guard_exe(spec.process)
         plan = nsmod.plan(spec.linux)
         if spec.process.terminal and not opts.console_socket:
             raise ConfigError("cannot allocate a pseudo-TTY without --console-socket; "
@@ -336,7 +340,16 @@ class Runtime:
         status = self.store.status(st)
         if status not in (RUNNING, CREATED):
             raise InvalidState(f"cannot exec in a container that is {status}")
+        self._guard_exe(opts.process)
         return execute.exec_process(st, opts, self.seccomp_cache_dir)
+
+    def _guard_exe(self, process: Process | None) -> None:
+        if self.reexec_sealed is None:
+            return
+        from nsbox.runtime.security import exe_guard
+
+        if exe_guard.needs_sealed_exe(process) and not exe_guard.running_sealed():
+            self.reexec_sealed()
 
     def exec_spawn(self, container_id: str, opts: ExecOptions) -> int:
         """Start a process in the container without waiting; returns its host pid."""
@@ -346,6 +359,7 @@ class Runtime:
         status = self.store.status(st)
         if status not in (RUNNING, CREATED):
             raise InvalidState(f"cannot exec in a container that is {status}")
+        self._guard_exe(opts.process)
         return execute.spawn(st, opts, self.seccomp_cache_dir)
 
     def process_from_file(self, path: str) -> Process:

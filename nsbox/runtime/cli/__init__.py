@@ -56,8 +56,11 @@ class Context:
 
     def runtime(self):
         from nsbox.runtime.container import Runtime
+        from nsbox.runtime.security.exe_guard import cli_reexec
 
-        return Runtime(self.root, self.systemd_cgroup, use_cgroups=self.cgroups)
+        rt = Runtime(self.root, self.systemd_cgroup, use_cgroups=self.cgroups)
+        rt.reexec_sealed = cli_reexec
+        return rt
 
 
 def parse_flags(argv: list[str], spec: dict, aliases: dict[str, str] | None = None,
