@@ -115,9 +115,11 @@ class Runtime:
             raise ConfigError("cannot allocate a pseudo-TTY without --console-socket; "
                               "set process.terminal to false or pass --console-socket")
         cgroup_paths = {}
+        cgroup_plan = None
         if self.use_cgroups:
             cgroup_paths = cgroups.resolve(spec.linux.cgroups_path, container_id,
                                            systemd=self.systemd_cgroup or opts.systemd_cgroup)
+            cgroup_plan = _cgroup_plan(spec, cgroup_paths)
         bundle = os.path.abspath(opts.bundle)
         state = ContainerState(
             id=container_id, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
@@ -132,14 +134,16 @@ class Runtime:
         self.store.reserve(container_id)
         cleanup = _Cleanup(self.store, container_id)
         try:
-            self._create(state, spec, rootfs, plan, opts, seccomp_bpf, cleanup)
+            self._create(state, spec, rootfs, plan, opts, seccomp_bpf, cleanup,
+                         cgroup_plan=cgroup_plan)
         except BaseException:
             cleanup.run()
             raise
         return state
 
     def _create(self, state: ContainerState, spec: Spec, rootfs: str, plan: NamespacePlan,
-                opts: CreateOptions, seccomp_bpf: bytes | None, cleanup: _Cleanup) -> None:
+                opts: CreateOptions, seccomp_bpf: bytes | None, cleanup: _Cleanup,
+                cgroup_plan=None) -> None:
         from nsbox.runtime import channel as ch
         from nsbox.runtime import init as initmod
         from nsbox.runtime import namespaces as nsmod
@@ -171,6 +175,7 @@ class Runtime:
             runtime_exe=procmod.runtime_exe_identity(), extra_env=extra_env or None,
         )
         created_cgroups = cgroups.create(state.cgroup_paths)
+        state.cgroup_created = created_cgroups
         cleanup.cgroup_dirs = created_cgroups
         cleanup.cgroup_paths = state.cgroup_paths
         parent_chan, child_chan = ch.Channel.pair()
@@ -183,20 +188,37 @@ class Runtime:
         cleanup.stage1_pid = stage1_pid
         # Stage 1 builds its namespaces while we move it into its cgroups.
         cgroups.add_process(state.cgroup_paths, stage1_pid)
+        if cgroup_plan is not None:
+            # Limits are in place before stage 1 forks the init (on `go`).
+            from nsbox.runtime.cgroups.manager import Manager
+
+            Manager(state.cgroup_paths, created_cgroups).apply_plan(cgroup_plan)
         if plan.creates("user"):
             parent_chan.expect(ch.NEED_IDMAP)
             nsmod.write_id_maps(stage1_pid, spec.linux.uid_mappings, spec.linux.gid_mappings,
                                 deny_setgroups=os.geteuid() != 0)
             parent_chan.send(ch.IDMAP_DONE)
         parent_chan.send(ch.GO)
-        init_pid = parent_chan.expect(ch.INIT_PID)["pid"]
-        cleanup.init_pid = init_pid
+        # Stage 1's "init_pid" and stage 2's "run_hooks" share the socket and
+        # race: stage 2 may get there before its parent reports it.
+        init_pid = 0
+        hooks_due = False
+        while not (init_pid and hooks_due):
+            msg = parent_chan.recv()
+            if msg["type"] == ch.INIT_PID:
+                init_pid = msg["pid"]
+                cleanup.init_pid = init_pid
+            elif msg["type"] == ch.RUN_HOOKS:
+                hooks_due = True
+            elif msg["type"] == ch.ERROR:
+                raise ch.ChildFailed(msg["message"])
+            else:
+                raise KernelError(f"container setup: unexpected message {msg['type']}")
         _reap(stage1_pid)
         cleanup.stage1_pid = 0
         state.pid = init_pid
         state.pid_start_time = process_start_time(init_pid) or 0
         state.namespace_paths = nsmod.namespace_paths(init_pid)
-        parent_chan.expect(ch.RUN_HOOKS)
         hook_state = state.oci_state(CREATED)
         if spec.hooks.get("prestart") or spec.hooks.get("createRuntime"):
             from nsbox.runtime import hooks
@@ -292,11 +314,14 @@ class Runtime:
         if status == STOPPED:
             raise InvalidState(f"container {container_id} is not running")
         if all_processes:
+            if st.cgroup_paths:
+                from nsbox.runtime.cgroups.manager import Manager
+
+                Manager.from_paths(st.cgroup_paths, st.cgroup_created).signal_all(sig)
+                return
             for pid in _container_pids(st):
                 with suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            if status == PAUSED and sig == SIGKILL:
-                pass
             return
         _signal_init(st, sig)
 
@@ -318,9 +343,11 @@ class Runtime:
                 with suppress(ProcessLookupError):
                     os.kill(pid, SIGKILL)
             _signal_init(st, SIGKILL, missing_ok=True)
+            if status == PAUSED:
+                cgroups.thaw(st.cgroup_paths)  # a frozen v1 task dies of SIGKILL only once thawed
             _wait_gone(st.pid, st.pid_start_time)
         try:
-            cgroups.destroy(st.cgroup_paths)
+            cgroups.destroy(st.cgroup_paths, st.cgroup_created)
         except NsboxError as exc:
             log.warning("%s", exc)
         hooks = st.config.get("hooks", {}).get("poststop")
@@ -331,6 +358,104 @@ class Runtime:
 
             spec = parse_spec(st.config)
             hookmod.run_hooks("poststop", spec.hooks["poststop"], st.oci_state(STOPPED))
+
+    # ------------------------------------------------------------------ cgroups
+    def _cgroup_manager(self, st: ContainerState):
+        if not st.cgroup_paths:
+            from nsbox.errors import UnsupportedError
+
+            raise UnsupportedError(f"container {st.id} has no cgroups (created with "
+                                   "--cgroup-manager disabled)")
+        from nsbox.runtime.cgroups.manager import Manager
+
+        return Manager.from_paths(st.cgroup_paths, st.cgroup_created)
+
+    def pause(self, container_id: str) -> None:
+        """Freeze every process of the container (freezer.state / cgroup.freeze)."""
+        st = self.store.load(container_id)
+        with self.store.lock(container_id):
+            status = self.store.status(st)
+            if status not in (RUNNING, CREATED):
+                raise InvalidState(f"cannot pause container {container_id}: it is {status}")
+            self._cgroup_manager(st).freeze()
+
+    def resume(self, container_id: str) -> None:
+        st = self.store.load(container_id)
+        with self.store.lock(container_id):
+            status = self.store.status(st)
+            if status != PAUSED:
+                raise InvalidState(f"cannot resume container {container_id}: it is {status}, "
+                                   "not paused")
+            self._cgroup_manager(st).thaw()
+
+    def update(self, container_id: str, resources: dict) -> None:
+        """Change the limits of a live container; the new values are kept in state.json."""
+        st = self.store.load(container_id)
+        with self.store.lock(container_id):
+            status = self.store.status(st)
+            if status == STOPPED:
+                raise InvalidState(f"cannot update container {container_id}: it is stopped")
+            mgr = self._cgroup_manager(st)
+            linux = st.config.setdefault("linux", {})
+            merged = _merge_resources(linux.get("resources") or {}, resources)
+            # Values that go to one file together (cpu.max, memory.swap.max)
+            # are rebuilt from the merged section, so a lone --cpu-period keeps the quota.
+            partial = {name: merged[name] for name in resources if name in merged}
+            devices = None
+            if "devices" in resources:
+                from nsbox.runtime.spec import parse_spec
+
+                devices = parse_spec(st.config).linux.devices
+            mgr.apply(partial, devices, updating=True)
+            linux["resources"] = merged
+            self.store.save(st)
+
+    def stats(self, container_id: str) -> dict:
+        """runc's `events --stats` data: cpu, memory, pids, blkio, hugetlb counters."""
+        st = self.store.load(container_id)
+        if self.store.status(st) == STOPPED:
+            raise InvalidState(f"container {container_id} is not running")
+        return self._cgroup_manager(st).stats()
+
+    def events(self, container_id: str, interval: float | None = 5.0):
+        """Yield event dicts ({"type": "oom"|"stats", "id": ...}) until the container stops.
+
+        OOMs come as they happen; with INTERVAL, a stats event every INTERVAL seconds.
+        """
+        import select
+
+        st = self.store.load(container_id)
+        if self.store.status(st) == STOPPED:
+            raise InvalidState(f"container {container_id} is not running")
+        mgr = self._cgroup_manager(st)
+        watcher = None
+        try:
+            watcher = mgr.oom_watcher()
+        except NsboxError as exc:
+            log.warning("no OOM events: %s", exc)
+        poller = select.poll()
+        if watcher is not None:
+            poller.register(watcher.fileno(), watcher.poll_mask)
+        next_stats = time.monotonic() if interval else None
+        try:
+            while True:
+                now = time.monotonic()
+                if next_stats is not None and now >= next_stats:
+                    yield {"type": "stats", "id": container_id, "data": mgr.stats()}
+                    next_stats = now + interval
+                wait = 1.0 if next_stats is None else min(1.0, max(next_stats - now, 0.0))
+                poller.poll(int(wait * 1000))
+                if watcher is not None:
+                    for _ in range(watcher.drain()):
+                        yield {"type": "oom", "id": container_id}
+                if self.store.status(st) == STOPPED or (watcher is not None and watcher.gone()):
+                    if watcher is not None:
+                        for _ in range(watcher.drain()):
+                            yield {"type": "oom", "id": container_id}
+                    return
+        finally:
+            if watcher is not None:
+                watcher.close()
 
     # ------------------------------------------------------------------ exec
     def exec(self, container_id: str, opts: ExecOptions) -> int:
@@ -414,12 +539,30 @@ class _Cleanup:
                 os.close(fd)
         if self.cgroup_paths:
             try:
-                cgroups.destroy({k: v for k, v in self.cgroup_paths.items()
-                                 if any(d == v or v.startswith(d + "/") for d in self.cgroup_dirs)})
+                cgroups.destroy(self.cgroup_paths, self.cgroup_dirs)
             except NsboxError as exc:
                 log.warning("%s", exc)
-            cgroups.remove_dirs(self.cgroup_dirs)
         self.store.remove(self.id)
+
+
+def _cgroup_plan(spec: Spec, cgroup_paths: dict[str, str]):
+    """Validate linux.resources for these cgroups now, before anything exists."""
+    if not spec.linux.resources or not cgroup_paths:
+        return None
+    from nsbox.runtime.cgroups.manager import Manager
+
+    return Manager(cgroup_paths).validate(spec.linux.resources, spec.linux.devices)
+
+
+def _merge_resources(old: dict, new: dict) -> dict:
+    """OLD with NEW laid over it: objects merge key by key, anything else is replaced."""
+    out = dict(old)
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_resources(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _reap(pid: int) -> int:

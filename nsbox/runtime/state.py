@@ -66,14 +66,14 @@ class ContainerState:
     # A plain class: the dataclasses import alone would double `start`'s cost.
     FIELDS = ("id", "bundle", "rootfs", "pid", "pid_start_time", "created", "owner",
               "annotations", "config", "cgroup_paths", "namespace_paths", "systemd_cgroup",
-              "rootless")
+              "rootless", "cgroup_created")
     __slots__ = FIELDS
 
     def __init__(self, id: str, bundle: str, rootfs: str, pid: int = 0, pid_start_time: int = 0,
                  created: str = "", owner: str = "", annotations: dict | None = None,
                  config: dict | None = None, cgroup_paths: dict | None = None,
                  namespace_paths: dict | None = None, systemd_cgroup: bool = False,
-                 rootless: bool = False) -> None:
+                 rootless: bool = False, cgroup_created: list | None = None) -> None:
         self.id = id
         self.bundle = bundle
         self.rootfs = rootfs
@@ -87,6 +87,9 @@ class ContainerState:
         self.namespace_paths = namespace_paths or {}
         self.systemd_cgroup = systemd_cgroup
         self.rootless = rootless
+        # The cgroup directories create made (delete removes only these);
+        # None in a state.json written before this field existed.
+        self.cgroup_created = cgroup_created
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.FIELDS}
@@ -188,10 +191,14 @@ class StateStore:
         start = process_start_time(state.pid)
         if start is None or start != state.pid_start_time:
             return STOPPED
+        # Frozen comes first, as with runc: a paused created container is paused.
+        if state.cgroup_paths:
+            from nsbox.runtime.cgroups import is_frozen
+
+            if is_frozen(state.cgroup_paths):
+                return PAUSED
         if os.path.exists(os.path.join(self.dir(state.id), EXEC_FIFO)):
             return CREATED
-        if _is_frozen(state):
-            return PAUSED
         return RUNNING
 
 
@@ -213,20 +220,3 @@ class _Lock:
     def __exit__(self, *exc) -> None:
         os.close(self.fd)
 
-
-def _is_frozen(state: ContainerState) -> bool:
-    freezer = state.cgroup_paths.get("freezer")
-    if freezer:
-        try:
-            with open(os.path.join(freezer, "freezer.state")) as f:
-                return f.read().strip() in ("FROZEN", "FREEZING")
-        except OSError:
-            return False
-    unified = state.cgroup_paths.get("")
-    if unified:
-        try:
-            with open(os.path.join(unified, "cgroup.freeze")) as f:
-                return f.read().strip() == "1"
-        except OSError:
-            return False
-    return False

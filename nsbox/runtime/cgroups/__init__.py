@@ -1,9 +1,18 @@
-"""Cgroup placement for containers on v1, v2 and hybrid hosts.
+"""Cgroups for containers on v1, v2 and hybrid hosts.
 
-This module finds the host's hierarchies, resolves an OCI cgroupsPath to one
-directory per hierarchy, creates them, moves the container's init there and
-removes them again.  Resource limits are applied by the resource layer on top
-of the directories this returns.
+This module is the hot path every `create`, `exec` and `delete` imports:
+detecting the host's hierarchies, resolving an OCI cgroupsPath to one
+directory per hierarchy, creating them, moving processes in, listing pids
+and removing the directories again.  The rest lives in submodules imported
+only when needed:
+
+- `manager`: `Manager`, one interface over v1, v2 and hybrid (limits,
+  freezer, stats, OOM events, destroy);
+- `resources`: OCI linux.resources -> validated list of cgroup file writes;
+- `convert`: the v1 <-> v2 value conversions (pure functions);
+- `v1`, `v2`: what is specific to each version (freezer, stats, OOM
+  notification; on v2 enabling controllers and the BPF device filter);
+- `devices_bpf`: the cgroup2 device filter as a BPF program.
 """
 
 from __future__ import annotations
@@ -111,6 +120,12 @@ def create(paths: dict[str, str]) -> list[str]:
     """Make every directory; returns those this call created (to remove on failure)."""
     created = []
     for key, path in paths.items():
+        offered = None
+        if key == UNIFIED and mode() == "v2":
+            from nsbox.runtime.cgroups import v2
+
+            # What the nearest existing ancestor can pass down, known only before mkdir.
+            offered = v2.available_controllers(path)
         missing = []
         p = path
         while not os.path.isdir(p):
@@ -127,6 +142,11 @@ def create(paths: dict[str, str]) -> list[str]:
                 raise KernelError(f"create cgroup {d}: {exc.strerror}", exc.errno) from None
             if "cpuset" in key.split(","):
                 _inherit_cpuset(d)
+        if offered:
+            # Pass every controller the nearest ancestor offers down to the
+            # new directory, so limits, stats and OOM events have their files.
+            # Failing here (a parent that holds processes) only costs limits.
+            v2.enable_controllers(path, offered, strict=False)
     return created
 
 
@@ -188,17 +208,66 @@ def _rmdir_retry(path: str) -> None:
     raise KernelError(f"remove cgroup {path}: still busy")
 
 
-def destroy(paths: dict[str, str], created_root: dict[str, str] | None = None) -> None:
-    """Kill what is left in the cgroup, then remove the directories (children first)."""
-    for pid in pids(paths):
-        with suppress(ProcessLookupError):
-            os.kill(pid, 9)  # SIGKILL
-    deadline = time.monotonic() + 2
-    while pids(paths) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    for path in paths.values():
+def is_frozen(paths: dict[str, str]) -> bool:
+    """Whether the container's freezer (v1) or cgroup.freeze (v2) says frozen or freezing."""
+    freezer = paths.get("freezer")
+    if freezer:
+        with suppress(OSError), open(os.path.join(freezer, "freezer.state")) as f:
+            return f.read().strip() in ("FROZEN", "FREEZING")
+        return False
+    unified = paths.get(UNIFIED)
+    if unified:
+        with suppress(OSError), open(os.path.join(unified, "cgroup.freeze")) as f:
+            return f.read().strip() == "1"
+    return False
+
+
+def thaw(paths: dict[str, str]) -> None:
+    """Thaw a frozen container, quietly: a frozen v1 task does not die of SIGKILL until then."""
+    if not is_frozen(paths):
+        return
+    freezer = paths.get("freezer")
+    with suppress(OSError):
+        if freezer:
+            with open(os.path.join(freezer, "freezer.state"), "w") as f:
+                f.write("THAWED")
+        else:
+            with open(os.path.join(paths[UNIFIED], "cgroup.freeze"), "w") as f:
+                f.write("0")
+
+
+def destroy(paths: dict[str, str], created: list[str] | None = None) -> None:
+    """Kill what is left in the cgroup, then remove the directories (children first).
+
+    CREATED lists the directories this runtime made (state.json keeps it).
+    Only those are removed, with any sub-cgroups the container made inside
+    them; a pre-existing directory (a shared cgroupsPath) is left in place
+    and its processes alone.  None means unknown: the leaves count as ours.
+    """
+    ours = set(created) if created is not None else set(paths.values())
+    owned = {k: p for k, p in paths.items() if p in ours}
+    if owned:
+        for pid in pids(owned):
+            with suppress(ProcessLookupError):
+                os.kill(pid, 9)  # SIGKILL
+        thaw(owned)
+        deadline = time.monotonic() + 2
+        while pids(owned) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    for path in owned.values():
         if not os.path.isdir(path):
             continue
         subdirs = [dp for dp, _, _ in os.walk(path)]
         for d in sorted(subdirs, key=len, reverse=True):
             _rmdir_retry(d)
+    # Parents made for a nested cgroupsPath go too, unless something else
+    # lives there now (another container's cgroup, for instance).
+    leaves = set(paths.values())
+    for d in sorted(ours - leaves, key=len, reverse=True):
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                raise KernelError(f"remove cgroup {d}: {exc.strerror}", exc.errno) from None

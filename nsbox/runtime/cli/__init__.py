@@ -146,6 +146,10 @@ commands:
   delete    delete a stopped container (--force: any container)
   exec      run another process in a running container
   ps        list the processes of a container
+  pause     freeze every process of a container
+  resume    thaw a paused container
+  update    change the resource limits of a running container
+  events    stream OOM events, or --stats once
   spec      write a default config.json
   features  print the features this runtime supports as JSON
 

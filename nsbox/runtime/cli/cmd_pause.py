@@ -1,15 +1,17 @@
 """usage: nsbox-runtime pause CONTAINER_ID
 
-Not supported by this version of nsbox-runtime yet.
+Suspend every process of a running (or created) container with the cgroup
+freezer (freezer.state on cgroup v1, cgroup.freeze on v2).  `state` then
+says "paused"; `resume` lets the processes run again.
 """
 
 from __future__ import annotations
 
 FLAGS: dict = {"help": False}
-STOP_AFTER = 0
 
 
 def run(args, ctx) -> int:
-    from nsbox.errors import UnsupportedError
+    from nsbox.runtime.cli import need_id
 
-    raise UnsupportedError("pause is not supported by this version of nsbox-runtime")
+    ctx.runtime().pause(need_id(args, "pause"))
+    return 0

@@ -1,15 +1,15 @@
 """usage: nsbox-runtime resume CONTAINER_ID
 
-Not supported by this version of nsbox-runtime yet.
+Let the processes of a paused container run again.
 """
 
 from __future__ import annotations
 
 FLAGS: dict = {"help": False}
-STOP_AFTER = 0
 
 
 def run(args, ctx) -> int:
-    from nsbox.errors import UnsupportedError
+    from nsbox.runtime.cli import need_id
 
-    raise UnsupportedError("resume is not supported by this version of nsbox-runtime")
+    ctx.runtime().resume(need_id(args, "resume"))
+    return 0

@@ -1,0 +1,618 @@
+"""The cgroup limits of linux.resources, enforced on this host's real kernel (v1 / hybrid).
+
+Every test runs real containers through the nsbox-runtime CLI, with a
+cgroupsPath below the test's own cgroup, and checks what the kernel does:
+forks refused at pids.max, an OOM kill at the memory limit (and the OOM
+reported by `events`), CPU time capped by the CFS quota, the CPU set,
+devices refused by the device controller, block I/O throttled, the freezer
+stopping CPU time, and `update` changing a live limit.  The cgroup v2 twins
+of these tests are in test_cgroups_v2.py (run by the qemu lane).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import helpers
+import pytest
+from runtime_leaks import assert_nothing_left
+
+from nsbox.runtime import cgroups
+
+pytestmark = pytest.mark.skipif(cgroups.mode() == "v2",
+                                reason="cgroup v1/hybrid host tests; test_cgroups_v2.py covers v2")
+
+MiB = 1 << 20
+
+
+# ------------------------------------------------------------------ helpers
+def controller_dir(controller: str, cgroups_path: str) -> Path:
+    """The container's directory in the hierarchy holding CONTROLLER ("unified": cgroup2)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fstype, _source, options = right.split()[:3]
+        mountpoint = left.split()[4]
+        if controller == "unified" and fstype == "cgroup2":
+            return Path(mountpoint + cgroups_path)
+        if fstype == "cgroup" and controller in options.split(","):
+            return Path(mountpoint + cgroups_path)
+    raise AssertionError(f"no {controller} hierarchy mounted")
+
+
+def read(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {predicate}")
+        time.sleep(0.02)
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def whole_disk_of(path: str) -> tuple[int, int]:
+    """major:minor of the disk (not partition) holding PATH: blk-throttle wants whole disks."""
+    dev = os.stat(path).st_dev
+    sysdir = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if (sysdir / "partition").exists():
+        sysdir = sysdir.resolve().parent
+    major, minor = read(sysdir / "dev").split(":")
+    return int(major), int(minor)
+
+
+@pytest.fixture
+def cg_path(container_id: str, runtime: list[str]) -> Iterator[str]:
+    """An absolute cgroupsPath below our own cgroup; every trace removed afterwards."""
+    with helpers.cgroup_under_own(f"nsbox-{container_id}") as path:
+        try:
+            yield path
+        finally:
+            # Before the directories go: the container must be gone first.
+            helpers.force_delete_all(runtime)
+
+
+@pytest.fixture
+def start(bundle_factory, run_runtime, container_id, cg_path):
+    """start(args, resources, **spec_changes) -> the container's init pid (detached)."""
+
+    def start_container(args: list[str], resources: dict, cid: str = container_id,
+                        mutate: Callable[[dict], None] | None = None, check: bool = True):
+        def edit(spec: dict) -> None:
+            spec["linux"]["cgroupsPath"] = cg_path
+            spec["linux"]["resources"] = resources
+            if mutate:
+                mutate(spec)
+
+        bundle = bundle_factory(args=args, mutate=edit)
+        result = run_runtime("run", "--detach", "--bundle", str(bundle), cid, check=check)
+        if not check:
+            return result
+        return json.loads(run_runtime("state", cid).stdout)["pid"]
+
+    return start_container
+
+
+# ------------------------------------------------------------------ pids
+def test_fork_bomb_stops_at_pids_max(start, run_runtime, container_id, cg_path):
+    limit = 12
+    start(["sleep", "1000"], {"pids": {"limit": limit}})
+    pids_dir = controller_dir("pids", cg_path)
+    assert read(pids_dir / "pids.max") == str(limit)
+    # Without a limit this starts 200 sleeps and exits 0; with it the shell
+    # dies at the first fork the kernel refuses.
+    bomb = run_runtime("exec", container_id, "sh", "-c",
+                       "i=0; while [ $i -lt 200 ]; do sleep 1000 & i=$((i+1)); done; echo all $i",
+                       check=False)
+    assert bomb.returncode != 0 and "all 200" not in bomb.stdout
+    assert "can't fork" in bomb.stderr, bomb.stderr
+    pids = json.loads(run_runtime("ps", "--format", "json", container_id).stdout)
+    assert limit - 3 <= len(pids) <= limit, pids
+    assert int(read(pids_dir / "pids.current")) <= limit
+    assert int(read(pids_dir / "pids.events").split()[1]) >= 1  # "max N": forks refused
+
+
+# ------------------------------------------------------------------ memory
+HOG = 'x=$(head -c 67108864 /dev/zero | tr "\\0" a); echo survived ${#x}'  # ~64 MiB in a shell variable
+
+
+def test_memory_limit_oom_kills_and_events_report_it(start, run_runtime, runtime, container_id,
+                                                     cg_path, tmp_path):
+    start(["sleep", "1000"], {"memory": {"limit": 32 * MiB}})
+    mem_dir = controller_dir("memory", cg_path)
+    assert read(mem_dir / "memory.limit_in_bytes") == str(32 * MiB)
+    with open(tmp_path / "events.out", "w") as out:
+        events = subprocess.Popen([*runtime, "events", "--interval", "100s", container_id],
+                                  stdout=out, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(0.3)  # let events register its eventfd
+            hog = run_runtime("exec", container_id, "sh", "-c", HOG, check=False)
+            assert hog.returncode == 137, (hog.returncode, hog.stdout, hog.stderr)  # SIGKILL
+            assert "survived" not in hog.stdout
+            wait_for(lambda: '"oom"' in (tmp_path / "events.out").read_text())
+        finally:
+            events.kill()
+            events.wait()
+    lines = [json.loads(line) for line in (tmp_path / "events.out").read_text().splitlines()]
+    assert {"type": "oom", "id": container_id} in lines
+    stats = json.loads(run_runtime("events", "--stats", container_id).stdout)
+    assert stats["type"] == "stats" and stats["id"] == container_id
+    memory = stats["data"]["memory"]
+    assert memory["usage"]["failcnt"] > 0
+    assert memory["usage"]["limit"] == 32 * MiB
+    assert memory["oom_kill"] >= 1
+    # The init itself survived: only the hog was over the limit.
+    assert json.loads(run_runtime("state", container_id).stdout)["status"] == "running"
+
+
+def test_memory_limit_oom_kills_the_init(bundle_factory, run_runtime, container_id, cg_path):
+    bundle = bundle_factory(args=["sh", "-c", HOG], mutate=lambda s: s["linux"].update(
+        cgroupsPath=cg_path, resources={"memory": {"limit": 32 * MiB}}))
+    result = run_runtime("run", "--bundle", str(bundle), container_id, check=False)
+    assert result.returncode == 137, (result.stdout, result.stderr)
+
+
+# ------------------------------------------------------------------ cpu
+def test_cpu_quota_caps_a_busy_loop_at_half_a_cpu(start, container_id, cg_path):
+    pid = start(["sh", "-c", "while :; do :; done"],
+                {"cpu": {"quota": 50000, "period": 100000}})
+    cpu_dir, acct_dir = controller_dir("cpu", cg_path), controller_dir("cpuacct", cg_path)
+    assert read(cpu_dir / "cpu.cfs_quota_us") == "50000"
+    assert read(cpu_dir / "cpu.cfs_period_us") == "100000"
+    time.sleep(0.3)
+    usage0, ticks0, t0 = int(read(acct_dir / "cpuacct.usage")), proc_cpu_ticks(pid), time.monotonic()
+    time.sleep(3)
+    usage1, ticks1, t1 = int(read(acct_dir / "cpuacct.usage")), proc_cpu_ticks(pid), time.monotonic()
+    share = (usage1 - usage0) / 1e9 / (t1 - t0)
+    share_proc = (ticks1 - ticks0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
+    assert 0.40 <= share <= 0.60, share
+    assert 0.40 <= share_proc <= 0.60, share_proc
+    throttled = dict(line.split() for line in read(cpu_dir / "cpu.stat").splitlines())
+    assert int(throttled["nr_throttled"]) > 10  # the quota, not a lack of work, held it back
+
+
+def test_cpu_shares_weight_and_burst_are_written(start, container_id, cg_path):
+    start(["sleep", "1000"], {"cpu": {"shares": 512, "quota": 40000, "burst": 10000}})
+    cpu_dir = controller_dir("cpu", cg_path)
+    assert read(cpu_dir / "cpu.shares") == "512"
+    assert read(cpu_dir / "cpu.cfs_quota_us") == "40000"
+    if (cpu_dir / "cpu.cfs_burst_us").exists():
+        assert read(cpu_dir / "cpu.cfs_burst_us") == "10000"
+
+
+def test_cpuset_pins_the_container_to_one_cpu(start, run_runtime, container_id, cg_path):
+    online = sorted(cgroups_cpu_list(read(Path("/sys/devices/system/cpu/online"))))
+    cpu = online[-1]
+    pid = start(["sh", "-c", "while :; do :; done"], {"cpu": {"cpus": str(cpu), "mems": "0"}})
+    assert read(controller_dir("cpuset", cg_path) / "cpuset.cpus") == str(cpu)
+    inside = run_runtime("exec", container_id, "sh", "-c",
+                         "grep Cpus_allowed_list /proc/self/status; taskset -p $$").stdout
+    assert f"Cpus_allowed_list:\t{cpu}\n" in inside
+    assert inside.rstrip().endswith(f"{1 << cpu:x}"), inside  # taskset's affinity mask
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert f"Cpus_allowed_list:\t{cpu}\n" in status
+    for _ in range(20):  # the busy loop only ever runs on that CPU (field 39: last CPU)
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+        assert int(data[data.rindex(b")") + 2:].split()[36]) == cpu
+        time.sleep(0.01)
+
+
+def cgroups_cpu_list(text: str) -> set[int]:
+    from nsbox.runtime.cgroups.convert import parse_cpu_list
+
+    return parse_cpu_list(text)
+
+
+# ------------------------------------------------------------------ devices
+# dd opens the node (count=0 reads nothing); a failed open is reported on stderr.
+DEVICE_PROBE = ("mknod /dev/l0 b 7 0 && echo mknod0-ok; mknod /dev/l1 b 7 1 && echo mknod1-ok;"
+                " dd if=/dev/l0 of=/dev/null count=0 2>/dev/null && echo open0-ok;"
+                " dd if=/dev/l1 of=/dev/null count=0 && echo open1-ok; true")
+
+
+def _with_mknod(spec: dict) -> None:
+    for kind in ("bounding", "effective", "permitted"):
+        spec["process"]["capabilities"][kind].append("CAP_MKNOD")
+
+
+def test_device_rules_refuse_a_device_and_allow_another(bundle_factory, run_runtime,
+                                                        container_id, cg_path):
+    rules = [{"allow": False, "access": "rwm"},
+             {"allow": True, "type": "b", "major": 7, "minor": 0, "access": "r"}]
+
+    def edit(spec: dict) -> None:
+        _with_mknod(spec)
+        spec["linux"].update(cgroupsPath=cg_path, resources={"devices": rules})
+
+    bundle = bundle_factory(args=["sh", "-c", DEVICE_PROBE], mutate=edit)
+    out = run_runtime("run", "--bundle", str(bundle), container_id)
+    # mknod is allowed for every device (the default "b *:* m"), opening only loop0.
+    assert "mknod0-ok" in out.stdout and "mknod1-ok" in out.stdout, out
+    assert "open0-ok" in out.stdout, out
+    assert "open1-ok" not in out.stdout, out
+    assert "can't open '/dev/l1': Operation not permitted" in out.stdout + out.stderr, out
+
+
+def test_without_device_rules_the_same_open_works(bundle_factory, run_runtime, container_id,
+                                                  cg_path):
+    """The control for the test above: the EPERM came from the device cgroup."""
+    def edit(spec: dict) -> None:
+        _with_mknod(spec)
+        spec["linux"].update(cgroupsPath=cg_path, resources={})
+
+    bundle = bundle_factory(args=["sh", "-c", DEVICE_PROBE], mutate=edit)
+    out = run_runtime("run", "--bundle", str(bundle), container_id)
+    assert "open0-ok" in out.stdout and "open1-ok" in out.stdout, out
+
+
+def test_device_rules_are_written_in_order_from_deny_all(start, cg_path):
+    start(["sleep", "1000"], {"devices": [
+        {"allow": False, "access": "rwm"},
+        {"allow": True, "type": "c", "major": 10, "minor": 229, "access": "rw"},
+        {"allow": False, "type": "c", "major": 1, "minor": 9, "access": "rwm"}]})
+    listed = read(controller_dir("devices", cg_path) / "devices.list").splitlines()
+    assert "c 10:229 rw" in listed
+    assert "a *:* rwm" not in listed  # started from deny-all
+    assert "c 1:3 rwm" in listed  # the defaults every container needs follow the config's rules
+    assert "b 7:0 r" not in listed
+
+
+# ------------------------------------------------------------------ block I/O
+def test_blkio_weight_and_throttle_values_reach_the_files(start, cg_path):
+    major, minor = whole_disk_of("/")
+    dev = f"{major}:{minor}"
+    start(["sleep", "1000"], {"blockIO": {
+        "weight": 300,
+        "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 2 * MiB}],
+        "throttleWriteBpsDevice": [{"major": major, "minor": minor, "rate": 3 * MiB}],
+        "throttleReadIOPSDevice": [{"major": major, "minor": minor, "rate": 400}],
+        "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 300}]}})
+    blkio = controller_dir("blkio", cg_path)
+    weight_file = next(blkio / n for n in ("blkio.weight", "blkio.bfq.weight")
+                       if (blkio / n).exists())
+    assert read(weight_file).split()[-1] == "300"  # bfq prints "default 300"
+    assert read(blkio / "blkio.throttle.read_bps_device") == f"{dev} {2 * MiB}"
+    assert read(blkio / "blkio.throttle.write_bps_device") == f"{dev} {3 * MiB}"
+    assert read(blkio / "blkio.throttle.read_iops_device") == f"{dev} 400"
+    assert read(blkio / "blkio.throttle.write_iops_device") == f"{dev} 300"
+
+
+def test_blkio_weight_device_is_set_or_clearly_refused(bundle_factory, run_runtime,
+                                                      runtime_root, container_id, cg_path):
+    """A per-device weight needs CFQ/BFQ on that device; without it the kernel says
+    EOPNOTSUPP, which create reports, leaving nothing behind."""
+    major, minor = whole_disk_of("/")
+    bundle = bundle_factory(args=["sleep", "100"], mutate=lambda s: s["linux"].update(
+        cgroupsPath=cg_path, resources={"blockIO": {"weightDevice": [
+            {"major": major, "minor": minor, "weight": 200}]}}))
+    result = run_runtime("run", "--detach", "--bundle", str(bundle), container_id, check=False)
+    scheduler = Path(f"/sys/dev/block/{major}:{minor}/queue/scheduler").read_text()
+    if "[bfq]" in scheduler or "[cfq]" in scheduler:
+        assert result.returncode == 0, result.stderr
+        blkio = controller_dir("blkio", cg_path)
+        assert any(f"{major}:{minor} 200" in read(blkio / n) for n in
+                   ("blkio.weight_device", "blkio.bfq.weight_device") if (blkio / n).exists())
+    else:
+        assert result.returncode == 1
+        assert "linux.resources.blockIO.weightDevice[0]" in result.stderr, result.stderr
+        assert "not supported" in result.stderr.lower(), result.stderr
+        assert_nothing_left(runtime_root, bundle, container_id)
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[tuple[str, int, int]]:
+    """A loop device over an 8 MiB file of our own (the host's disk cannot be opened here)."""
+    losetup = helpers.require_binary("losetup")
+    backing = tmp_path / "loop.img"
+    with open(backing, "wb") as f:
+        f.truncate(8 * MiB)
+    device = subprocess.run([losetup, "--find", "--show", str(backing)], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    try:
+        rdev = os.stat(device).st_rdev
+        yield device, os.major(rdev), os.minor(rdev)
+    finally:
+        subprocess.run([losetup, "-d", device], check=False)
+
+
+def test_blkio_read_throttle_slows_direct_reads(bundle_factory, run_runtime, container_id, cg_path,
+                                                loop_device):
+    _device, major, minor = loop_device
+    rules = [{"allow": False, "access": "rwm"},
+             {"allow": True, "type": "b", "major": major, "minor": minor, "access": "r"}]
+    script = (f"mknod /dev/disk b {major} {minor} && "
+              "dd if=/dev/disk of=/dev/null bs=1M count=4 iflag=direct 2>&1")
+
+    def edit(spec: dict, rate: int | None) -> None:
+        _with_mknod(spec)
+        resources: dict = {"devices": rules}
+        if rate:
+            resources["blockIO"] = {"throttleReadBpsDevice": [{"major": major, "minor": minor,
+                                                               "rate": rate}]}
+        spec["linux"].update(cgroupsPath=cg_path, resources=resources)
+
+    timings = {}
+    for name, rate in (("free", None), ("throttled", 2 * MiB)):
+        bundle = bundle_factory(args=["sh", "-c", script], name=name,
+                                mutate=lambda s, r=rate: edit(s, r))
+        begin = time.monotonic()
+        out = run_runtime("run", "--bundle", str(bundle), f"{container_id}-{name}")
+        timings[name] = time.monotonic() - begin
+        assert "4+0 records in" in out.stdout, out
+    # 4 MiB at 2 MiB/s: the first slice passes at once, the rest waits ~1.5 s.
+    assert timings["throttled"] >= 1.2, timings
+    assert timings["throttled"] > timings["free"] + 1.0, timings
+
+
+# ------------------------------------------------------------------ freezer
+def test_pause_stops_cpu_time_and_resume_restores_it(start, run_runtime, container_id, cg_path):
+    start(["sh", "-c", "while :; do :; done"], {})
+    acct = controller_dir("cpuacct", cg_path) / "cpuacct.usage"
+    run_runtime("pause", container_id)
+    assert json.loads(run_runtime("state", container_id).stdout)["status"] == "paused"
+    assert read(controller_dir("freezer", cg_path) / "freezer.state") == "FROZEN"
+    before = int(read(acct))
+    time.sleep(1)
+    frozen_delta = int(read(acct)) - before
+    assert frozen_delta < 5_000_000, frozen_delta  # < 5 ms of CPU in 1 s
+    run_runtime("resume", container_id)
+    assert json.loads(run_runtime("state", container_id).stdout)["status"] == "running"
+    before = int(read(acct))
+    time.sleep(0.5)
+    assert int(read(acct)) - before > 200_000_000  # the loop runs again (~500 ms)
+
+
+def test_pause_and_resume_refuse_wrong_states(start, run_runtime, container_id, cg_path):
+    start(["sleep", "1000"], {})
+    result = run_runtime("resume", container_id, check=False)
+    assert result.returncode == 1 and "not paused" in result.stderr
+    run_runtime("pause", container_id)
+    result = run_runtime("pause", container_id, check=False)
+    assert result.returncode == 1 and "paused" in result.stderr
+    result = run_runtime("exec", container_id, "true", check=False)
+    assert result.returncode == 1 and "paused" in result.stderr
+
+
+def test_delete_force_removes_a_paused_container(start, run_runtime, runtime_root, bundle,
+                                                 container_id, cg_path):
+    pid = start(["sh", "-c", "sleep 1000 & sleep 1000 & while :; do :; done"], {})
+    run_runtime("pause", container_id)
+    begin = time.monotonic()
+    run_runtime("delete", "--force", container_id)
+    assert time.monotonic() - begin < 3
+    assert not Path(f"/proc/{pid}").exists() or b") Z" in Path(f"/proc/{pid}/stat").read_bytes()
+    assert not controller_dir("freezer", cg_path).exists()
+    assert not controller_dir("pids", cg_path).exists()
+    assert_nothing_left(runtime_root, bundle, container_id)
+
+
+def test_kill_all_signals_every_process_in_the_cgroup(start, run_runtime, container_id, cg_path):
+    start(["sleep", "1000"], {})
+    run_runtime("exec", "--detach", container_id, "sleep", "1001")
+    run_runtime("exec", "--detach", container_id, "sh", "-c", "sleep 1002 & sleep 1003")
+    pids = wait_for(lambda: (p := json.loads(run_runtime("ps", "--format", "json",
+                                                         container_id).stdout)) and len(p) >= 4 and p)
+    run_runtime("kill", "--all", container_id, "KILL")
+    wait_for(lambda: all(not Path(f"/proc/{p}").exists()
+                         or b") Z" in Path(f"/proc/{p}/stat").read_bytes() for p in pids))
+    assert not (controller_dir("pids", cg_path) / "cgroup.procs").read_text().split()
+
+
+# ------------------------------------------------------------------ update
+def test_update_changes_a_live_pids_limit_and_it_holds(start, run_runtime, runtime_root,
+                                                       container_id, cg_path):
+    start(["sleep", "1000"], {"pids": {"limit": 100}})
+    pids_max = controller_dir("pids", cg_path) / "pids.max"
+    assert read(pids_max) == "100"
+    run_runtime("update", "--pids-limit", "6", container_id)
+    assert read(pids_max) == "6"
+    bomb = run_runtime("exec", container_id, "sh", "-c",
+                       "i=0; while [ $i -lt 50 ]; do sleep 1000 & i=$((i+1)); done; echo all $i",
+                       check=False)
+    assert bomb.returncode != 0 and "can't fork" in bomb.stderr
+    assert len(json.loads(run_runtime("ps", "--format", "json", container_id).stdout)) <= 6
+    time.sleep(0.3)
+    assert read(pids_max) == "6"
+    if not os.environ.get("NSBOX_TEST_RUNTIME"):
+        saved = json.loads((runtime_root / container_id / "state.json").read_text())
+        assert saved["config"]["linux"]["resources"]["pids"] == {"limit": 6}
+
+
+def test_update_memory_and_cpu_from_flags_and_resources_file(start, run_runtime, container_id,
+                                                             cg_path):
+    start(["sleep", "1000"], {"memory": {"limit": 64 * MiB}, "cpu": {"quota": 20000,
+                                                                     "period": 100000}})
+    mem = controller_dir("memory", cg_path)
+    cpu = controller_dir("cpu", cg_path)
+    # Raising memory above the old memory+swap needs memsw written first.
+    run_runtime("update", "--memory", "128m", "--memory-swap", "256m", container_id)
+    assert read(mem / "memory.limit_in_bytes") == str(128 * MiB)
+    if (mem / "memory.memsw.limit_in_bytes").exists():
+        assert read(mem / "memory.memsw.limit_in_bytes") == str(256 * MiB)
+    # A lone --cpu-period keeps the quota.
+    run_runtime("update", "--cpu-period", "50000", container_id)
+    assert read(cpu / "cpu.cfs_period_us") == "50000" and read(cpu / "cpu.cfs_quota_us") == "20000"
+    resources = {"memory": {"limit": 96 * MiB, "swap": 96 * MiB}, "pids": {"limit": 33}}
+    run_runtime("update", "-r", "-", container_id, input=json.dumps(resources))
+    assert read(mem / "memory.limit_in_bytes") == str(96 * MiB)
+    assert read(controller_dir("pids", cg_path) / "pids.max") == "33"
+
+
+def test_update_refuses_bad_values_and_keeps_the_old_ones(start, run_runtime, container_id,
+                                                          cg_path):
+    start(["sleep", "1000"], {"pids": {"limit": 50}})
+    result = run_runtime("update", "--cpu-shares", "1", container_id, check=False)
+    assert result.returncode == 1 and "cpu.shares" in result.stderr
+    result = run_runtime("update", "--memory", "lots", container_id, check=False)
+    assert result.returncode == 1 and "--memory" in result.stderr
+    result = run_runtime("update", container_id, check=False)
+    assert result.returncode == 1 and "nothing to change" in result.stderr
+    assert read(controller_dir("pids", cg_path) / "pids.max") == "50"
+
+
+def test_update_check_before_update_refuses_a_limit_below_usage(start, run_runtime, container_id,
+                                                                cg_path):
+    start(["sleep", "1000"], {"memory": {"limit": 64 * MiB}})
+    limit_file = controller_dir("memory", cg_path) / "memory.limit_in_bytes"
+    usage = int(read(limit_file.with_name("memory.usage_in_bytes")))
+    result = run_runtime("update", "-r", "-", container_id, check=False, input=json.dumps(
+        {"memory": {"limit": usage // 2, "checkBeforeUpdate": True}}))
+    assert result.returncode == 1 and "below the current usage" in result.stderr, result.stderr
+    assert read(limit_file) == str(64 * MiB)
+
+
+def test_events_stats_shape(start, run_runtime, container_id, cg_path):
+    start(["sleep", "1000"], {"pids": {"limit": 20}, "memory": {"limit": 64 * MiB}})
+    out = run_runtime("events", "--stats", container_id).stdout
+    assert out.count("\n") == 1
+    event = json.loads(out)
+    data = event["data"]
+    assert {"cpu", "memory", "pids", "blkio", "hugetlb"} <= set(data)
+    assert data["pids"] == {"current": 1, "limit": 20}
+    assert data["memory"]["usage"]["limit"] == 64 * MiB
+    assert data["memory"]["usage"]["usage"] > 0
+    assert data["cpu"]["usage"]["total"] > 0
+    assert isinstance(data["cpu"]["usage"]["percpu"], list)
+
+
+def test_events_stream_stats_at_the_interval(start, runtime, container_id, cg_path):
+    start(["sleep", "1000"], {})
+    proc = subprocess.Popen([*runtime, "events", "--interval", "200ms", container_id],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    events = [json.loads(line) for line in lines]
+    assert all(e["type"] == "stats" and e["id"] == container_id for e in events)
+
+
+def test_events_end_when_the_container_stops(start, run_runtime, runtime, container_id, cg_path):
+    start(["sleep", "1000"], {})
+    proc = subprocess.Popen([*runtime, "events", "--interval", "100s", container_id],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        run_runtime("kill", container_id, "KILL")
+        assert proc.wait(timeout=5) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+# ------------------------------------------------------------------ refused at create
+@pytest.mark.parametrize(("resources", "message"), [
+    ({"cpu": {"shares": 1}}, "linux.resources.cpu.shares"),
+    ({"cpu": {"cpus": "4000"}}, "linux.resources.cpu.cpus"),
+    ({"memory": {"limit": 64 * MiB, "swap": 32 * MiB}}, "linux.resources.memory.swap"),
+    ({"blockIO": {"leafWeight": 100}}, "linux.resources.blockIO.leafWeight"),
+    ({"hugepageLimits": [{"pageSize": "3MB", "limit": 0}]}, "hugepageLimits"),
+    ({"devices": [{"allow": "no"}]}, "linux.resources.devices[0].allow"),
+])
+def test_bad_resources_fail_create_and_leave_nothing(bundle_factory, run_runtime, runtime_root,
+                                                     container_id, cg_path, resources, message):
+    bundle = bundle_factory(args=["true"], mutate=lambda s: s["linux"].update(
+        cgroupsPath=cg_path, resources=resources))
+    result = run_runtime("create", "--bundle", str(bundle), container_id, check=False)
+    assert result.returncode == 1, result
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert_nothing_left(runtime_root, bundle, container_id)
+    assert not controller_dir("pids", cg_path).exists()
+
+
+def test_controllers_the_host_lacks_are_refused(bundle_factory, run_runtime, runtime_root,
+                                                container_id, cg_path):
+    mounted = Path("/proc/self/mountinfo").read_text()
+    cases = []
+    if "net_cls" not in mounted:
+        cases.append(({"network": {"classID": 0x100001}}, "net_cls"))
+    if cgroups.mode() == "hybrid":
+        unified = Path("/sys/fs/cgroup/unified/cgroup.controllers")
+        if "memory" not in unified.read_text().split():
+            cases.append(({"unified": {"memory.max": "1000000"}}, "memory controller"))
+    else:
+        cases.append(({"unified": {"memory.max": "1000000"}}, "cgroup v2"))
+    if not cases:
+        pytest.skip("this host has every controller these cases need missing")
+    for resources, message in cases:
+        bundle = bundle_factory(args=["true"], mutate=lambda s, r=resources: s["linux"].update(
+            cgroupsPath=cg_path, resources=r))
+        result = run_runtime("create", "--bundle", str(bundle), container_id, check=False)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert_nothing_left(runtime_root, bundle, container_id)
+
+
+def test_nested_cgroups_path_parents_are_removed_on_delete(bundle_factory, run_runtime,
+                                                           container_id):
+    """Parents the runtime made for a deep cgroupsPath go with the container."""
+    with helpers.cgroup_under_own(f"nsbox-{container_id}") as base:
+        path = base + "/inner/leaf"
+        bundle = bundle_factory(args=["sleep", "100"], mutate=lambda s: s["linux"].update(
+            cgroupsPath=path, resources={"pids": {"limit": 10}}))
+        run_runtime("run", "--detach", "--bundle", str(bundle), container_id)
+        assert read(controller_dir("pids", path) / "pids.max") == "10"
+        run_runtime("delete", "--force", container_id)
+        for controller in ("pids", "memory", "cpu"):
+            assert not controller_dir(controller, base).exists(), controller
+
+
+# ------------------------------------------------------------------ hybrid
+@pytest.fixture
+def unified_subtree_restored() -> Iterator[Path]:
+    """Every cgroup.subtree_control under the cgroup2 mount put back as it was afterwards
+    (the runtime enables hugetlb along the container's path)."""
+    unified = Path("/sys/fs/cgroup/unified")
+
+    def snapshot() -> dict[Path, set[str]]:
+        return {Path(d): set((Path(d) / "cgroup.subtree_control").read_text().split())
+                for d, _dirs, files in os.walk(unified) if "cgroup.subtree_control" in files}
+
+    before = snapshot()
+    try:
+        yield unified / "cgroup.subtree_control"
+    finally:
+        for directory, now in sorted(snapshot().items(), key=lambda kv: -len(kv[0].parts)):
+            for controller in now - before.get(directory, set()):
+                try:
+                    (directory / "cgroup.subtree_control").write_text(f"-{controller}")
+                except OSError:
+                    pass  # something else uses it now: leave it
+
+
+def test_hybrid_hugepage_limits_go_to_cgroup2(unified_subtree_restored, start, run_runtime,
+                                              container_id, cg_path):
+    # unified_subtree_restored comes first, so it is torn down after the container is gone.
+    """On a hybrid host without a v1 hugetlb hierarchy, hugetlb is enforced through cgroup2."""
+    mounted = Path("/proc/self/mountinfo").read_text()
+    unified = Path("/sys/fs/cgroup/unified")
+    v1_hugetlb = any("hugetlb" in line.partition(" - ")[2].split()[2].split(",")
+                     for line in mounted.splitlines() if " - cgroup " in line)
+    if cgroups.mode() != "hybrid" or v1_hugetlb:
+        pytest.skip("needs a hybrid host whose hugetlb is only on cgroup2")
+    if "hugetlb" not in read(unified / "cgroup.controllers").split():
+        pytest.skip("cgroup2 has no hugetlb here")
+    if not Path("/sys/kernel/mm/hugepages/hugepages-2048kB").exists():
+        pytest.skip("no 2MB huge pages")
+    start(["sleep", "1000"], {"hugepageLimits": [{"pageSize": "2MB", "limit": 4 * MiB}]})
+    directory = controller_dir("unified", cg_path)
+    assert read(directory / "hugetlb.2MB.max") == str(4 * MiB)
+    assert "hugetlb" in read(unified_subtree_restored).split()
+    data = json.loads(run_runtime("events", "--stats", container_id).stdout)["data"]
+    assert data["hugetlb"]["2MB"]["usage"] == 0
