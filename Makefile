@@ -1,6 +1,7 @@
 # nsbox developer entry points. Run as root on Debian 12.
 #   make demo   install everything, then run a busybox container with nsbox-runtime
 #   make test   run the test suite
+#   make test-v2  run the cgroup v2 tests in a qemu guest with a pure cgroup v2 kernel
 #   make lint   ruff
 #   make bench  compare nsbox-runtime with runc and crun (writes docs/benchmarks.md)
 
@@ -28,11 +29,12 @@ DEMO_SCRIPT := echo "hostname: $$(hostname)"; echo "pid: $$$$"; echo "uid: $$(id
 
 REAL_PYTHON = $(shell python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
 
-.PHONY: help deps apt-deps demo test lint bench clean
+.PHONY: help deps apt-deps demo test test-v2 lint bench clean
 
 help:
 	@echo "make demo   install apt + pip dependencies, run a busybox container"
 	@echo "make test   run the tests (.venv/bin/pytest)"
+	@echo "make test-v2  the cgroupv2-marked tests in a qemu cgroup v2 guest (tests/v2lane)"
 	@echo "make lint   ruff check nsbox tests bench"
 	@echo "make bench  hyperfine: nsbox-runtime vs runc vs crun -> docs/benchmarks.md"
 	@echo "variables:  RUNTIME=$(RUNTIME) PYTEST_ARGS=... TEST_TIMEOUT=$(TEST_TIMEOUT)"
@@ -71,6 +73,10 @@ test: deps
 	@rc=0; $(VENV)/bin/pytest -ra --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no tests; treating that as a failure" >&2; fi; \
 	exit $$rc
+
+# PYTEST_ARGS go to pytest inside the guest; -m cgroupv2 is always applied.
+test-v2: deps
+	$(VENV_PY) tests/v2lane/lane.py $(PYTEST_ARGS)
 
 lint: deps
 	$(VENV)/bin/ruff check nsbox tests bench

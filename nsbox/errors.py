@@ -51,3 +51,15 @@ class KernelError(NsboxError):
     def __init__(self, message: str, errno: int = 0) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class ImageNotFound(NsboxError):
+    """No image matches that reference or id."""
+
+
+class ImageError(NsboxError):
+    """An image, archive or layer that is malformed, corrupt or truncated."""
+
+
+class ImageInUse(NsboxError):
+    """An image that cannot be removed: a container uses it, or several names share it."""

@@ -1,0 +1,807 @@
+"""The image store: images in an OCI layout, each layer unpacked once and shared.
+
+Image identity follows Docker: an image's id is the digest of its config
+blob, so the same image loaded twice (or from another archive format) is
+one image.  Names live in index.json (see layout.py).  Layers are unpacked
+at import/load time into <root>/layers/<chain-id hex>/, next to a small
+<hex>.json with their diff id, parent and size, and a short alias
+<root>/layers/l/<20 hex> -> ../<hex> that keeps overlay's lowerdir option
+short for tall images (see storage.py).
+
+Every change takes the store lock (<root>/storage.lock) and runs as a
+transaction: blobs and layer directories it created are removed again if it
+fails, and nothing is staged anywhere but <root>/tmp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from nsbox.engine import DEFAULT_ROOT
+from nsbox.errors import ConfigError, ImageError, ImageInUse, ImageNotFound
+
+from . import config as imgconfig
+from .layout import (
+    MANIFEST_TYPES,
+    MEDIA_OCI_CONFIG,
+    MEDIA_OCI_LAYER,
+    MEDIA_OCI_LAYER_GZIP,
+    MEDIA_OCI_LAYER_ZSTD,
+    MEDIA_OCI_MANIFEST,
+    IndexEntry,
+    Layout,
+    canonical_json,
+    detect_compression,
+    digest_hex,
+)
+from .reference import (
+    Reference,
+    familiar_name,
+    looks_like_id,
+    parse_reference,
+    path_matches_short_name,
+    short_name_candidates,
+)
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+InUse = Callable[[str], bool]
+
+SHORT_LINK_DIR = "l"
+SHORT_LINK_LENGTH = 20
+CONTAINERS_DIR = "containers"
+# Written by storage.py in each container dir; names the layers it mounts.
+ROOTFS_RECORD = "rootfs.json"
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """OCI ChainIDs: chain[0] = diff[0], chain[n] = sha256(chain[n-1] + " " + diff[n])."""
+    chains: list[str] = []
+    for diff_id in diff_ids:
+        if not chains:
+            chains.append(diff_id)
+        else:
+            chains.append("sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest())
+    return chains
+
+
+def oci_architecture() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
+
+
+def layer_media_type(compression: str) -> str:
+    return {"gzip": MEDIA_OCI_LAYER_GZIP, "zstd": MEDIA_OCI_LAYER_ZSTD}.get(compression, MEDIA_OCI_LAYER)
+
+
+@dataclass
+class Layer:
+    """One layer of an image, unpacked at `path` (an overlay lower directory)."""
+
+    diff_id: str        # digest of the uncompressed tar
+    chain_id: str       # names the unpacked directory
+    digest: str         # the blob in the store (compressed or not)
+    media_type: str
+    blob_size: int
+    path: str
+    size: int           # bytes of file content once unpacked
+
+
+@dataclass
+class Image:
+    """An image in the store.  `config` is the full OCI image config document."""
+
+    id: str                     # sha256:<hex of the config blob>
+    manifest_digest: str
+    config: dict
+    names: list[str]            # full names: docker.io/library/busybox:latest
+    layers: list[Layer]         # bottom first
+
+    @property
+    def short_id(self) -> str:
+        return self.id.removeprefix("sha256:")[:12]
+
+    @property
+    def repo_tags(self) -> list[str]:
+        return [familiar_name(name) for name in self.names]
+
+    @property
+    def repo_digests(self) -> list[str]:
+        repos = sorted({parse_reference(name).repository for name in self.names})
+        return [f"{familiar_name(repo)}@{self.manifest_digest}" for repo in repos]
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+    @property
+    def created(self) -> str:
+        return self.config.get("created") or ""
+
+    @property
+    def section(self) -> dict:
+        """The runtime part of the config: Env, Cmd, Entrypoint, ... (Docker key names)."""
+        return self.config.get("config") or {}
+
+    @property
+    def entrypoint(self) -> list[str] | None:
+        return self.section.get("Entrypoint")
+
+    @property
+    def cmd(self) -> list[str] | None:
+        return self.section.get("Cmd")
+
+    @property
+    def env(self) -> list[str]:
+        return list(self.section.get("Env") or [])
+
+    @property
+    def working_dir(self) -> str:
+        return self.section.get("WorkingDir") or ""
+
+    @property
+    def user(self) -> str:
+        return self.section.get("User") or ""
+
+    @property
+    def stop_signal(self) -> str:
+        return self.section.get("StopSignal") or ""
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.section.get("Labels") or {})
+
+    @property
+    def exposed_ports(self) -> list[str]:
+        return sorted(self.section.get("ExposedPorts") or {})
+
+    @property
+    def volumes(self) -> list[str]:
+        return sorted(self.section.get("Volumes") or {})
+
+    @property
+    def lower_dirs(self) -> list[str]:
+        """The unpacked layer directories top-most first: overlay's lowerdir order."""
+        return [layer.path for layer in reversed(self.layers)]
+
+
+@dataclass
+class ImageSummary:
+    """One row of `images`: what `docker images` / GET /images/json show."""
+
+    id: str
+    repo_tags: list[str]
+    repo_digests: list[str]
+    created: int                # seconds since the epoch
+    size: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dangling(self) -> bool:
+        return not self.repo_tags
+
+
+class _Transaction:
+    """What one store operation created, so a failure can take it all back."""
+
+    def __init__(self, store: ImageStore) -> None:
+        self.store = store
+        self.blobs: list[str] = []      # blob paths
+        self.layers: list[str] = []     # chain ids
+        self.tmp_paths: list[str] = []  # staging files/dirs, always removed
+
+    def temp_dir(self, prefix: str) -> str:
+        path = tempfile.mkdtemp(prefix=prefix, dir=self.store.layout.tmp_dir)
+        self.tmp_paths.append(path)
+        return path
+
+    def temp_file(self, prefix: str) -> str:
+        fd, path = tempfile.mkstemp(prefix=prefix, dir=self.store.layout.tmp_dir)
+        os.close(fd)
+        self.tmp_paths.append(path)
+        return path
+
+    def rollback(self) -> None:
+        for chain_id in self.layers:
+            self.store._delete_layer(chain_id)
+        for path in self.blobs:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def cleanup(self) -> None:
+        for path in self.tmp_paths:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+
+class ImageStore:
+    """Images under ROOT (default /var/lib/nsbox): import, load, save, tag, remove, list, inspect."""
+
+    def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.layout = Layout(self.root)
+        self.layers_dir = os.path.join(self.root, "layers")
+        self.links_dir = os.path.join(self.layers_dir, SHORT_LINK_DIR)
+        self.containers_dir = os.path.join(self.root, CONTAINERS_DIR)
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        self.layout.ensure()
+        os.makedirs(self.links_dir, mode=0o700, exist_ok=True)
+        self._json_cache: dict[str, dict] = {}
+
+    # ================================================================ reading
+    def _blob_json(self, digest: str) -> dict:
+        cached = self._json_cache.get(digest)
+        if cached is None:
+            cached = self.layout.read_json_blob(digest)
+            self._json_cache[digest] = cached
+        return cached
+
+    def _names_by_manifest(self, entries: list[IndexEntry] | None = None) -> dict[str, list[str]]:
+        """manifest digest -> its names (empty list for a dangling image)."""
+        found: dict[str, list[str]] = {}
+        for entry in self.layout.read_index() if entries is None else entries:
+            names = found.setdefault(entry.digest, [])
+            if entry.name and entry.name not in names:
+                names.append(entry.name)
+        return found
+
+    def layer_path(self, chain_id: str) -> str:
+        return os.path.join(self.layers_dir, digest_hex(chain_id))
+
+    def short_link(self, chain_id: str) -> str:
+        """The short alias of a layer directory, relative to the layers dir (`l/<20 hex>`)."""
+        return f"{SHORT_LINK_DIR}/{digest_hex(chain_id)[:SHORT_LINK_LENGTH]}"
+
+    def _layer_meta(self, chain_id: str) -> dict:
+        try:
+            with open(self.layer_path(chain_id) + ".json") as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _image(self, manifest_digest: str, names: list[str]) -> Image:
+        manifest = self._blob_json(manifest_digest)
+        config_digest = (manifest.get("config") or {}).get("digest", "")
+        config = self._blob_json(config_digest)
+        diff_ids = ((config.get("rootfs") or {}).get("diff_ids")) or []
+        descriptors = manifest.get("layers") or []
+        if len(diff_ids) != len(descriptors):
+            raise ImageError(f"image {config_digest}: {len(descriptors)} layers but "
+                             f"{len(diff_ids)} diff ids in its config")
+        layers = []
+        for descriptor, diff_id, chain_id in zip(descriptors, diff_ids, chain_ids(diff_ids), strict=True):
+            meta = self._layer_meta(chain_id)
+            layers.append(Layer(diff_id=diff_id, chain_id=chain_id, digest=descriptor["digest"],
+                                media_type=descriptor.get("mediaType", MEDIA_OCI_LAYER),
+                                blob_size=int(descriptor.get("size", 0)),
+                                path=self.layer_path(chain_id), size=int(meta.get("size", 0))))
+        return Image(id=config_digest, manifest_digest=manifest_digest, config=config,
+                     names=sorted(names), layers=layers)
+
+    def images(self) -> list[Image]:
+        """Every image in the store (one whose blobs are damaged is left out, with a warning)."""
+        found = []
+        for digest, names in self._names_by_manifest().items():
+            try:
+                found.append(self._image(digest, names))
+            except ImageError as err:
+                log.warning("skipping damaged image %s: %s", digest, err)
+        return found
+
+    def _resolve(self, ref: str) -> tuple[Image, str | None]:
+        """The image REF means, and the full name it matched (None when matched by id)."""
+        if not isinstance(ref, str) or not ref.strip():
+            raise ImageNotFound("no image given")
+        ref = ref.strip()
+        by_manifest = self._names_by_manifest()
+        by_name = {name: digest for digest, names in by_manifest.items() for name in names}
+        parsed: Reference | None = None
+        with contextlib.suppress(ConfigError):
+            parsed = parse_reference(ref)
+        if parsed is not None:
+            if parsed.digest:
+                for digest, names in by_manifest.items():
+                    if digest == parsed.digest:
+                        return self._image(digest, names), None
+            else:
+                for candidate in short_name_candidates(parsed):
+                    digest = by_name.get(candidate.name)
+                    if digest is not None:
+                        return self._image(digest, by_manifest[digest]), candidate.name
+                if not parsed.explicit_domain:
+                    matches = {}
+                    for name, digest in by_name.items():
+                        with contextlib.suppress(ConfigError):
+                            full = parse_reference(name)
+                            if full.tag == parsed.tag and path_matches_short_name(full, parsed):
+                                matches.setdefault(digest, name)
+                    if len(matches) == 1:
+                        digest, name = next(iter(matches.items()))
+                        return self._image(digest, by_manifest[digest]), name
+                    if len(matches) > 1:
+                        raise ImageNotFound(f"short name {ref!r} matches several images "
+                                            f"({', '.join(sorted(matches.values()))}); use a full name")
+        if looks_like_id(ref):
+            wanted = ref.removeprefix("sha256:")
+            hits = []
+            for digest, names in by_manifest.items():
+                manifest = self._blob_json(digest)
+                config_hex = (manifest.get("config") or {}).get("digest", "").removeprefix("sha256:")
+                if config_hex.startswith(wanted):
+                    hits.append((digest, names))
+            if len(hits) == 1:
+                return self._image(*hits[0]), None
+            if len(hits) > 1:
+                raise ImageNotFound(f"image id prefix {ref!r} is ambiguous ({len(hits)} images)")
+        raise ImageNotFound(f"{ref}: image not known")
+
+    def resolve(self, ref: str) -> Image:
+        """The image REF names: a name (short or full), `name@digest`, or an id (prefix).
+
+        `busybox` means docker.io/library/busybox:latest, then localhost/busybox:latest,
+        then busybox:latest under any single registry.  Raises ImageNotFound.
+        """
+        return self._resolve(ref)[0]
+
+    def exists(self, ref: str) -> bool:
+        try:
+            self._resolve(ref)
+        except ImageNotFound:
+            return False
+        return True
+
+    def list(self) -> list[ImageSummary]:
+        """All images, newest first."""
+        summaries = []
+        for image in self.images():
+            summaries.append(ImageSummary(
+                id=image.id, repo_tags=image.repo_tags, repo_digests=image.repo_digests,
+                created=int(imgconfig.parse_time(image.created)), size=image.size,
+                labels=image.labels))
+        summaries.sort(key=lambda s: (-s.created, s.id))
+        return summaries
+
+    def inspect(self, ref: str) -> dict:
+        """`docker image inspect` for one image."""
+        image = self.resolve(ref)
+        config = image.config
+        return {
+            "Id": image.id,
+            "RepoTags": image.repo_tags,
+            "RepoDigests": image.repo_digests,
+            "Parent": "",
+            "Comment": _history_comment(config),
+            "Created": image.created,
+            "Container": "",
+            "DockerVersion": "",
+            "Author": config.get("author", ""),
+            "Config": imgconfig.docker_config(image.section),
+            "Architecture": config.get("architecture", ""),
+            "Variant": config.get("variant", ""),
+            "Os": config.get("os", ""),
+            "Size": image.size,
+            "VirtualSize": image.size,
+            "GraphDriver": {"Name": "overlay",
+                            "Data": {"LowerDir": ":".join(image.lower_dirs)}},
+            "RootFS": {"Type": (config.get("rootfs") or {}).get("type", "layers"),
+                       "Layers": [layer.diff_id for layer in image.layers]},
+            "Metadata": {"LastTagTime": ""},
+        }
+
+    def history(self, ref: str) -> list[dict]:
+        """`docker history`: one entry per history record, newest first."""
+        image = self.resolve(ref)
+        records = list(image.config.get("history") or [])
+        layer_sizes = [layer.size for layer in image.layers]
+        if not records:
+            records = [{"created": image.created, "created_by": ""} for _ in image.layers]
+        rows = []
+        layer_index = 0
+        for record in records:
+            size = 0
+            if not record.get("empty_layer"):
+                if layer_index < len(layer_sizes):
+                    size = layer_sizes[layer_index]
+                layer_index += 1
+            rows.append({"Id": "<missing>", "Created": int(imgconfig.parse_time(record.get("created"))),
+                         "CreatedBy": record.get("created_by", ""), "Tags": None, "Size": size,
+                         "Comment": record.get("comment", "")})
+        rows.reverse()
+        rows[0]["Id"] = image.id
+        rows[0]["Tags"] = image.repo_tags or None
+        return rows
+
+    # ================================================================ writing
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[_Transaction]:
+        """Hold the store lock; undo what was created if the body fails."""
+        with self.layout.locked():
+            txn = _Transaction(self)
+            try:
+                yield txn
+            except BaseException:
+                txn.rollback()
+                raise
+            finally:
+                txn.cleanup()
+
+    def _write_layer_meta(self, chain_id: str, meta: dict) -> None:
+        self.layout._write_atomic(self.layer_path(chain_id) + ".json", canonical_json(meta))
+
+    def _delete_layer(self, chain_id: str) -> None:
+        path = self.layer_path(chain_id)
+        link = os.path.join(self.layers_dir, self.short_link(chain_id))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + ".json")
+        if os.path.isdir(path):
+            # Rename first: a half-deleted directory must never look like a layer.
+            doomed = tempfile.mkdtemp(prefix="gone-", dir=self.layout.tmp_dir)
+            os.rename(path, os.path.join(doomed, "layer"))
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    def _ensure_layer(self, txn: _Transaction, blob_digest: str, media_type: str, blob_size: int,
+                      parents: list[Layer], expected_diff_id: str | None,
+                      devices: str, progress: Progress | None, verify_blob: bool,
+                      label: str | None = None) -> Layer:
+        """Make sure the layer in blob BLOB_DIGEST on top of PARENTS is unpacked; returns it.
+
+        With EXPECTED_DIFF_ID (from an image config) an already unpacked layer
+        is reused; VERIFY_BLOB then still checks a newly stored blob against it.
+        """
+        from .unpack import unpack_layer
+        parent_chain = parents[-1].chain_id if parents else None
+
+        def chain_of(diff_id: str) -> str:
+            return chain_ids([parent_chain, diff_id])[1] if parent_chain else diff_id
+
+        label = label or f"layer {digest_hex(blob_digest)[:12]}"
+        if expected_diff_id is not None:
+            chain_id = chain_of(expected_diff_id)
+            if os.path.isdir(self.layer_path(chain_id)):
+                if verify_blob:
+                    actual = _uncompressed_digest(self.layout.blob_path(blob_digest))
+                    if actual != expected_diff_id:
+                        raise ImageError(f"{label}: content digest {actual} does not match the "
+                                         f"image config's {expected_diff_id}")
+                if progress:
+                    progress(label, blob_size, blob_size)
+                return self._layer_from_disk(chain_id, expected_diff_id, blob_digest, media_type, blob_size)
+        staging = txn.temp_dir("layer-")
+        dest = os.path.join(staging, "diff")
+        os.mkdir(dest, 0o755)
+        lowers = [layer.path for layer in reversed(parents)]
+        result = unpack_layer(self.layout.blob_path(blob_digest), dest, lowers=lowers,
+                              devices=devices, progress=progress, label=label)
+        if expected_diff_id is not None and result.diff_id != expected_diff_id:
+            raise ImageError(f"{label}: content digest {result.diff_id} does not match the image "
+                             f"config's {expected_diff_id} (corrupt or truncated layer)")
+        chain_id = chain_of(result.diff_id)
+        final = self.layer_path(chain_id)
+        if not os.path.isdir(final):
+            os.rename(dest, final)
+            txn.layers.append(chain_id)
+            self._write_layer_meta(chain_id, {"diff_id": result.diff_id, "chain_id": chain_id,
+                                              "parent": parent_chain, "size": result.size,
+                                              "entries": result.entries})
+            link = os.path.join(self.layers_dir, self.short_link(chain_id))
+            with contextlib.suppress(FileExistsError):
+                os.symlink(os.path.join("..", digest_hex(chain_id)), link)
+        return self._layer_from_disk(chain_id, result.diff_id, blob_digest, media_type, blob_size)
+
+    def _layer_from_disk(self, chain_id: str, diff_id: str, blob_digest: str, media_type: str,
+                         blob_size: int) -> Layer:
+        meta = self._layer_meta(chain_id)
+        return Layer(diff_id=diff_id, chain_id=chain_id, digest=blob_digest, media_type=media_type,
+                     blob_size=blob_size, path=self.layer_path(chain_id),
+                     size=int(meta.get("size", 0)))
+
+    def _commit(self, txn: _Transaction, config_bytes: bytes, layers: list[Layer],
+                names: list[str], manifest_bytes: bytes | None = None) -> Image:
+        """Store config and manifest blobs and give the image NAMES in the index.
+
+        An image whose config is already in the store (same id) keeps its
+        existing manifest and just gains the names.
+        """
+        config_digest = self.layout.put_blob_bytes(config_bytes, txn.blobs)
+        entries = self.layout.read_index()
+        existing = None
+        for digest in self._names_by_manifest(entries):
+            if (self._blob_json(digest).get("config") or {}).get("digest") == config_digest:
+                existing = digest
+                break
+        if existing is not None:
+            manifest_digest = existing
+        else:
+            if manifest_bytes is None:
+                manifest_bytes = canonical_json({
+                    "schemaVersion": 2,
+                    "mediaType": MEDIA_OCI_MANIFEST,
+                    "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": config_digest,
+                               "size": len(config_bytes)},
+                    "layers": [{"mediaType": layer.media_type, "digest": layer.digest,
+                                "size": layer.blob_size} for layer in layers],
+                })
+            manifest_digest = self.layout.put_blob_bytes(manifest_bytes, txn.blobs)
+            media_type = json.loads(manifest_bytes).get("mediaType") or MEDIA_OCI_MANIFEST
+            config = json.loads(config_bytes)
+            entries.append(IndexEntry(digest=manifest_digest, size=len(manifest_bytes),
+                                      media_type=media_type,
+                                      platform={"architecture": config.get("architecture", ""),
+                                                "os": config.get("os", "")}))
+        entries = _renamed(entries, manifest_digest, add=names)
+        self.layout.write_index(entries)
+        return self._image(manifest_digest, self._names_by_manifest(entries)[manifest_digest])
+
+    # ------------------------------------------------------------ import
+    def import_rootfs(self, source: str, ref: str | None, config: dict | None = None,
+                      changes: list[str] | None = None, *, progress: Progress | None = None,
+                      created: str | None = None, author: str = "", comment: str = "",
+                      devices: str = "reject", created_by: str | None = None) -> Image:
+        """Make a one-layer image from a rootfs directory or a tarball (tar, tar.gz, tar.zst).
+
+        CONFIG is the config section (Docker keys: Cmd, Env, ...); CHANGES are
+        Dockerfile-style instructions applied on top (`CMD ["sh"]`, `ENV A=b`).
+        REF names the image (None leaves it dangling).  A directory's device
+        nodes are skipped; a tarball's follow DEVICES (see unpack.DEVICE_POLICIES).
+        CREATED (RFC 3339) defaults to now; pass a fixed one for reproducible ids.
+        """
+        target = parse_reference(ref) if ref else None
+        section = imgconfig.clean_section(imgconfig.apply_changes(config or {}, changes or []))
+        if not os.path.exists(source):
+            raise ImageError(f"{source}: no such file or directory")
+        created = created or imgconfig.format_time(time.time())
+        with self._transaction() as txn:
+            if os.path.isdir(source):
+                blob_digest, blob_size = self._blob_from_tree(txn, source, progress)
+                compression = ""
+            else:
+                with open(source, "rb") as stream:
+                    compression = detect_compression(stream.read(4))
+                    stream.seek(0)
+                    total = os.fstat(stream.fileno()).st_size
+                    label = f"copying {os.path.basename(source)}"
+                    blob_digest, blob_size = self.layout.put_blob_stream(
+                        stream, created=txn.blobs, on_read=_progress_counter(progress, label, total))
+            # An uncompressed tar is its own diff: its digest is the diff id, so a
+            # layer unpacked before is found without unpacking again.
+            layer = self._ensure_layer(txn, blob_digest, layer_media_type(compression), blob_size,
+                                       [], None if compression else blob_digest, devices, progress,
+                                       verify_blob=False,
+                                       label=f"layer {os.path.basename(source.rstrip('/'))}")
+            history = {"created": created,
+                       "created_by": created_by or f"nsbox import {os.path.basename(source.rstrip('/'))}"}
+            if comment:
+                history["comment"] = comment
+            document = {
+                "created": created,
+                "architecture": oci_architecture(),
+                "os": "linux",
+                "config": section,
+                "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+                "history": [history],
+            }
+            if author:
+                document["author"] = author
+            return self._commit(txn, canonical_json(document), [layer],
+                                [target.name] if target else [])
+
+    def _blob_from_tree(self, txn: _Transaction, source: str,
+                        progress: Progress | None) -> tuple[str, int]:
+        from .tarwrite import HashingWriter, write_tree_tar
+        staging = txn.temp_file("tree-")
+        with open(staging, "wb") as out:
+            writer = HashingWriter(out)
+            write_tree_tar(source, writer, devices="skip", progress=progress,  # type: ignore[arg-type]
+                           label=f"archiving {source}")
+        digest = writer.digest
+        final = self.layout.blob_path(digest)
+        if not os.path.exists(final):
+            os.chmod(staging, 0o644)
+            os.rename(staging, final)
+            txn.blobs.append(final)
+        return digest, writer.count
+
+    # ------------------------------------------------------------ archives
+    def load(self, archive: str, progress: Progress | None = None) -> list[str]:
+        """Load a docker-archive or OCI archive (tar, tar.gz or tar.zst); returns what was loaded.
+
+        Each loaded image is reported by its names (familiar form), or by its
+        id when the archive gives it none.  Every blob is checked against its
+        digest and every layer against the config's diff ids.
+        """
+        from .archive import load_archive
+        return load_archive(self, archive, progress)
+
+    def save(self, refs: list[str], dest: str, format: str = "docker-archive",  # noqa: A002
+             compress: bool = False, progress: Progress | None = None) -> None:
+        """Write the images REFS into one archive: "docker-archive" or "oci-archive" (gzip if COMPRESS)."""
+        from .archive import save_archive
+        save_archive(self, refs, dest, format, compress, progress)
+
+    # ------------------------------------------------------------ names
+    def tag(self, src: str, new_ref: str) -> Image:
+        """Give the image SRC the name NEW_REF (taken from any image that had it)."""
+        target = parse_reference(new_ref)
+        if target.digest:
+            raise ConfigError(f"cannot tag with a digest reference: {new_ref!r}")
+        with self._transaction():
+            image = self.resolve(src)
+            entries = _renamed(self.layout.read_index(), image.manifest_digest, add=[target.name])
+            self.layout.write_index(entries)
+            return self._image(image.manifest_digest, self._names_by_manifest(entries)[image.manifest_digest])
+
+    def untag(self, ref: str) -> None:
+        """Remove one name; the image stays (dangling if that was its last name)."""
+        with self._transaction():
+            image, name = self._resolve(ref)
+            if name is None:
+                raise ConfigError(f"{ref!r} is an image id, not a name")
+            self.layout.write_index(_renamed(self.layout.read_index(), image.manifest_digest,
+                                             remove=[name]))
+
+    def remove(self, ref: str, force: bool = False, in_use: InUse | None = None) -> list[dict]:
+        """Remove an image, Docker-style; returns [{"Untagged": name}, ..., {"Deleted": id}].
+
+        A name of an image that has other names is only untagged.  Otherwise
+        the image is deleted, unless IN_USE(image_id) says a container uses it
+        or (given by id) it still has several names: then ImageInUse, unless
+        FORCE.  Layers a container still mounts survive a forced removal.
+        """
+        with self._transaction():
+            image, name = self._resolve(ref)
+            if name is not None and len(image.names) > 1:
+                self.layout.write_index(_renamed(self.layout.read_index(), image.manifest_digest,
+                                                 remove=[name]))
+                return [{"Untagged": familiar_name(name)}]
+            if not force:
+                if in_use is not None and in_use(image.id):
+                    raise ImageInUse(f"image {image.short_id} is in use by a container; "
+                                     "remove the container first or force")
+                if name is None and len(image.names) > 1:
+                    raise ImageInUse(f"image {image.short_id} has several names "
+                                     f"({', '.join(image.repo_tags)}); remove them one by one or force")
+            entries = [e for e in self.layout.read_index() if e.digest != image.manifest_digest]
+            self.layout.write_index(entries)
+            self._collect_garbage()
+            return [{"Untagged": tag} for tag in image.repo_tags] + [{"Deleted": image.id}]
+
+    def prune(self, in_use: InUse | None = None, all: bool = False) -> list[str]:  # noqa: A002
+        """Remove dangling images (every unused image with ALL) not in use; returns their ids.
+
+        Also removes blobs and unpacked layers nothing refers to any more.
+        """
+        with self._transaction():
+            removed = []
+            entries = self.layout.read_index()
+            keep = []
+            for digest, names in self._names_by_manifest(entries).items():
+                image = self._image(digest, names)
+                unused = in_use is None or not in_use(image.id)
+                if (all or not names) and unused:
+                    removed.append(image.id)
+                else:
+                    keep.append(digest)
+            self.layout.write_index([e for e in entries if e.digest in keep])
+            self._collect_garbage()
+            return removed
+
+    def collect_garbage(self) -> dict[str, list[str]]:
+        """Delete blobs and layer dirs no image or container refers to; returns what went."""
+        with self._transaction():
+            return self._collect_garbage()
+
+    def _container_layers(self) -> set[str]:
+        """Chain ids that containers' rootfs records (storage.py) still mount."""
+        used: set[str] = set()
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.containers_dir):
+                record = os.path.join(self.containers_dir, name, ROOTFS_RECORD)
+                try:
+                    with open(record) as f:
+                        used.update(json.load(f).get("layers") or [])
+                except (FileNotFoundError, NotADirectoryError, ValueError):
+                    continue
+        return used
+
+    def _collect_garbage(self) -> dict[str, list[str]]:
+        blobs: set[str] = set()
+        layers: set[str] = set(self._container_layers())
+        for digest, names in self._names_by_manifest().items():
+            image = self._image(digest, names)
+            blobs.update({digest, image.id})
+            blobs.update(layer.digest for layer in image.layers)
+            layers.update(layer.chain_id for layer in image.layers)
+        removed_blobs = [d for d in self.layout.blob_digests() if d not in blobs]
+        for digest in removed_blobs:
+            self.layout.remove_blob(digest)
+            self._json_cache.pop(digest, None)
+        removed_layers = []
+        for name in os.listdir(self.layers_dir):
+            if len(name) == 64 and os.path.isdir(os.path.join(self.layers_dir, name)) \
+                    and "sha256:" + name not in layers:
+                removed_layers.append("sha256:" + name)
+                self._delete_layer("sha256:" + name)
+        # Leftovers of a crash between steps: metadata and aliases without a layer.
+        for name in os.listdir(self.layers_dir):
+            if name.endswith(".json") and not os.path.isdir(os.path.join(self.layers_dir, name[:-5])):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.layers_dir, name))
+        for name in os.listdir(self.links_dir):
+            link = os.path.join(self.links_dir, name)
+            if not os.path.exists(link):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(link)
+        return {"blobs": removed_blobs, "layers": removed_layers}
+
+
+def _renamed(entries: list[IndexEntry], manifest_digest: str, add: list[str] = (),  # type: ignore[assignment]
+             remove: list[str] = ()) -> list[IndexEntry]:  # type: ignore[assignment]
+    """Index entries with ADD names moved onto MANIFEST_DIGEST and REMOVE names dropped.
+
+    Keeps the invariant: a manifest with names has one entry per name; one
+    without has exactly one unnamed entry (a dangling image).
+    """
+    moving = set(add) | set(remove)
+    template: dict[str, IndexEntry] = {}
+    names: dict[str, list[str]] = {}
+    for entry in entries:
+        template.setdefault(entry.digest, entry)
+        names.setdefault(entry.digest, [])
+        if entry.name and entry.name not in moving:
+            names[entry.digest].append(entry.name)
+    names.setdefault(manifest_digest, [])
+    names[manifest_digest].extend(name for name in add if name not in names[manifest_digest])
+    result = []
+    for digest, image_names in names.items():
+        base = template[digest]
+        if not image_names:
+            result.append(IndexEntry(base.digest, base.size, None, base.media_type, base.platform))
+        for name in image_names:
+            result.append(IndexEntry(base.digest, base.size, name, base.media_type, base.platform))
+    return result
+
+
+def _history_comment(config: dict) -> str:
+    history = config.get("history") or []
+    return (history[-1].get("comment") or "") if history else ""
+
+
+def _uncompressed_digest(blob_path: str) -> str:
+    from .layout import COPY_CHUNK, open_decompressed
+    hasher = hashlib.sha256()
+    with open_decompressed(blob_path) as stream:
+        while chunk := stream.read(COPY_CHUNK):
+            hasher.update(chunk)
+    return "sha256:" + hasher.hexdigest()
+
+
+def _progress_counter(progress: Progress | None, label: str, total: int) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    state = {"done": 0, "reported": -1}
+
+    def on_read(size: int) -> None:
+        state["done"] += size
+        if state["done"] - state["reported"] >= (1 << 20) or state["done"] >= total:
+            state["reported"] = state["done"]
+            progress(label, state["done"], total)
+    return on_read
+
+
+def is_manifest_type(media_type: str | None) -> bool:
+    return media_type in MANIFEST_TYPES

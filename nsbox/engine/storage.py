@@ -1,0 +1,333 @@
+"""Container root filesystems: an overlay of the image's shared layers and a private upper dir.
+
+    <root>/containers/<id>/upper     the container's changes
+    <root>/containers/<id>/work      overlayfs scratch space
+    <root>/containers/<id>/merged    the mount point: the container's rootfs
+    <root>/containers/<id>/rootfs.json   image id, layer chain ids, lowerdirs
+
+The layers are read-only lowerdirs, top-most first, shared with every other
+container of the same image.  rootfs.json also keeps the image store's
+garbage collector from deleting layers a container still needs, even after
+its image was removed by force.
+
+overlayfs takes its options as one string of at most a page; with many
+layers the absolute paths would not fit, so then the mount is made from a
+child process whose working directory is <root>/layers, with the short
+aliases `l/<20 hex>` the image store keeps there (as podman does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from nsbox.engine import DEFAULT_ROOT
+from nsbox.errors import (
+    ConfigError,
+    ContainerExists,
+    ContainerNotFound,
+    ImageError,
+    KernelError,
+    NsboxError,
+)
+
+log = logging.getLogger(__name__)
+
+CONTAINERS_DIR = "containers"
+ROOTFS_RECORD = "rootfs.json"
+# The kernel copies mount options into one page; keep a margin for the flags it adds.
+MOUNT_OPTIONS_LIMIT = 4000
+OVERLAY_EXTRA_OPTIONS = "index=off"
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# Characters with a meaning inside overlay's option string.
+_UNSAFE_PATH_CHARS = (",", ":", "\\", "\n")
+
+
+@dataclass
+class RootfsInfo:
+    """Where a container's root filesystem lives, and what it is made of."""
+
+    container_id: str
+    image_id: str
+    dir: str
+    upper: str
+    work: str
+    merged: str
+    layers: list[str]        # chain ids, bottom first
+    lower_dirs: list[str]    # absolute layer dirs, top-most first (overlay order)
+    lower_links: list[str]   # the same as `l/<hex>` aliases relative to <root>/layers
+
+
+def _unescape_mountinfo(text: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def mount_points() -> set[str]:
+    """Every mount point in this process's mount namespace."""
+    points = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split(" ", 5)
+            if len(fields) > 4:
+                points.add(_unescape_mountinfo(fields[4]))
+    return points
+
+
+class Storage:
+    """Overlay root filesystems for containers under ROOT (the same root as the ImageStore)."""
+
+    def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT) -> None:
+        from nsbox.engine.images.layout import Layout
+        self.root = os.path.abspath(os.fspath(root))
+        if any(ch in self.root for ch in _UNSAFE_PATH_CHARS):
+            raise ConfigError(f"storage root {self.root!r} contains a character overlayfs options "
+                              "cannot carry (',', ':' or '\\')")
+        self.layout = Layout(self.root)
+        self.layers_dir = os.path.join(self.root, "layers")
+        self.containers_dir = os.path.join(self.root, CONTAINERS_DIR)
+        os.makedirs(self.containers_dir, mode=0o700, exist_ok=True)
+
+    # ---------------------------------------------------------------- records
+    def _dir(self, container_id: str) -> str:
+        if not isinstance(container_id, str) or not _ID.fullmatch(container_id):
+            raise ConfigError(f"invalid container id {container_id!r}")
+        return os.path.join(self.containers_dir, container_id)
+
+    def rootfs(self, container_id: str) -> RootfsInfo:
+        """The rootfs record of CONTAINER_ID; ContainerNotFound if it has none."""
+        path = os.path.join(self._dir(container_id), ROOTFS_RECORD)
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except FileNotFoundError:
+            raise ContainerNotFound(f"container {container_id!r} has no root filesystem") from None
+        except ValueError as err:
+            raise NsboxError(f"{path} is corrupt: {err}") from None
+        return RootfsInfo(**record)
+
+    def list(self) -> list[str]:
+        """Ids of the containers that have a root filesystem here."""
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(name for name in os.listdir(self.containers_dir)
+                          if os.path.exists(os.path.join(self.containers_dir, name, ROOTFS_RECORD)))
+        return []
+
+    def create_rootfs(self, container_id: str, image) -> RootfsInfo:  # noqa: ANN001 - images.Image
+        """Make the upper/work/merged dirs of a new container on top of IMAGE's layers."""
+        from nsbox.engine.images.store import SHORT_LINK_DIR, SHORT_LINK_LENGTH
+        path = self._dir(container_id)
+        with self.layout.locked():
+            for layer in image.layers:
+                if not os.path.isdir(layer.path):
+                    raise ImageError(f"layer {layer.chain_id} of image {image.id} is not unpacked "
+                                     f"at {layer.path}")
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                raise ContainerExists(f"container {container_id!r} already has a root filesystem") from None
+            try:
+                info = RootfsInfo(
+                    container_id=container_id, image_id=image.id, dir=path,
+                    upper=os.path.join(path, "upper"), work=os.path.join(path, "work"),
+                    merged=os.path.join(path, "merged"),
+                    layers=[layer.chain_id for layer in image.layers],
+                    lower_dirs=[layer.path for layer in reversed(image.layers)],
+                    lower_links=[f"{SHORT_LINK_DIR}/{layer.chain_id.removeprefix('sha256:')[:SHORT_LINK_LENGTH]}"
+                                 for layer in reversed(image.layers)])
+                os.mkdir(info.upper, 0o755)
+                os.mkdir(info.work, 0o700)
+                os.mkdir(info.merged, 0o755)
+                if not image.layers:
+                    # overlayfs needs a lower layer; an image with none gets an empty one.
+                    empty = os.path.join(path, "empty")
+                    os.mkdir(empty, 0o755)
+                    info.lower_dirs, info.lower_links = [empty], []
+                self._write_record(info)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)
+                raise
+        return info
+
+    def _write_record(self, info: RootfsInfo) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".rootfs-", dir=info.dir)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(info), f, indent=2)
+        os.replace(tmp, os.path.join(info.dir, ROOTFS_RECORD))
+
+    # ----------------------------------------------------------------- mounts
+    def is_mounted(self, container_id: str) -> bool:
+        return os.path.join(self._dir(container_id), "merged") in mount_points()
+
+    def _options(self, info: RootfsInfo, relative: bool) -> str:
+        lower = ":".join(info.lower_links if relative else info.lower_dirs)
+        return f"lowerdir={lower},upperdir={info.upper},workdir={info.work},{OVERLAY_EXTRA_OPTIONS}"
+
+    def mount(self, container_id: str) -> str:
+        """Mount the container's overlay (if not mounted yet); returns the merged path."""
+        from nsbox.runtime import syscalls
+        info = self.rootfs(container_id)
+        with self.layout.locked():
+            if info.merged in mount_points():
+                return info.merged
+            for lower in info.lower_dirs:
+                if not os.path.isdir(lower):
+                    raise ImageError(f"container {container_id}: layer directory {lower} is missing")
+            options = self._options(info, relative=False)
+            if len(options) <= MOUNT_OPTIONS_LIMIT:
+                try:
+                    syscalls.mount("overlay", info.merged, "overlay", 0, options)
+                except OSError as err:
+                    self._after_failed_mount(info)
+                    raise KernelError(f"cannot mount the rootfs of {container_id}: "
+                                      f"{os.strerror(err.errno or 0)}", err.errno or 0) from None
+            else:
+                options = self._options(info, relative=True)
+                if len(options) > MOUNT_OPTIONS_LIMIT or not info.lower_links:
+                    raise KernelError(f"container {container_id}: {len(info.lower_dirs)} layers are "
+                                      "too many for one overlay mount", errno.E2BIG)
+                self._mount_from(self.layers_dir, options, info)
+            return info.merged
+
+    def _after_failed_mount(self, info: RootfsInfo) -> None:
+        # A mount(2) that failed made no mount; make sure of it all the same.
+        if info.merged in mount_points():
+            with contextlib.suppress(OSError):
+                from nsbox.runtime import syscalls
+                syscalls.umount2(info.merged, syscalls.MNT_DETACH)
+
+    def _mount_from(self, cwd: str, options: str, info: RootfsInfo) -> None:
+        """mount(2) with relative lowerdirs, from a child whose cwd is CWD (ours stays put)."""
+        from nsbox.runtime import syscalls
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 0
+            try:
+                os.chdir(cwd)
+                syscalls.mount("overlay", info.merged, "overlay", 0, options)
+            except OSError as err:
+                code = err.errno or 255
+            except BaseException:
+                code = 255
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            self._after_failed_mount(info)
+            reason = os.strerror(code) if 0 < code < 255 else "mount helper failed"
+            raise KernelError(f"cannot mount the rootfs of {info.container_id}: {reason}",
+                              code if 0 < code < 255 else 0)
+
+    def unmount(self, container_id: str) -> None:
+        """Unmount the container's overlay if it is mounted (lazily, if it is busy)."""
+        from nsbox.runtime import syscalls
+        merged = os.path.join(self._dir(container_id), "merged")
+        with self.layout.locked():
+            for _ in range(8):  # the same path may carry stacked mounts
+                if merged not in mount_points():
+                    return
+                try:
+                    syscalls.umount2(merged, syscalls.UMOUNT_NOFOLLOW)
+                except OSError as err:
+                    if err.errno == errno.EINVAL:
+                        return  # raced with another unmount
+                    if err.errno != errno.EBUSY:
+                        raise KernelError(f"cannot unmount {merged}: {os.strerror(err.errno or 0)}",
+                                          err.errno or 0) from None
+                    syscalls.umount2(merged, syscalls.MNT_DETACH | syscalls.UMOUNT_NOFOLLOW)
+            raise KernelError(f"{merged} is still mounted after unmounting it repeatedly")
+
+    def remove(self, container_id: str) -> None:
+        """Unmount and delete the container's rootfs; a no-op if it has none."""
+        path = self._dir(container_id)
+        if not os.path.isdir(path):
+            return
+        self.unmount(container_id)
+        with self.layout.locked():
+            # Rename first: a half-deleted dir must not look like a container.
+            doomed = tempfile.mkdtemp(prefix="gone-", dir=self.containers_dir)
+            try:
+                os.rename(path, os.path.join(doomed, "c"))
+            finally:
+                shutil.rmtree(doomed, ignore_errors=True)
+
+    # ---------------------------------------------------------------- content
+    def diff_size(self, container_id: str) -> int:
+        """Bytes of file content the container added or changed (its upper dir)."""
+        info = self.rootfs(container_id)
+        total = 0
+        for dirpath, _, filenames in os.walk(info.upper):
+            for name in filenames:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(os.path.join(dirpath, name))
+                    if not (st.st_mode & 0o170000 == 0o020000 and st.st_rdev == 0):
+                        total += st.st_size
+        return total
+
+    def export(self, container_id: str, dest_tar: str,
+               progress: Callable[[str, int, int], None] | None = None) -> None:
+        """Write the container's merged filesystem to DEST_TAR (an uncompressed tar).
+
+        A mounted container is read through its mount.  Otherwise the overlay
+        is mounted in a private mount namespace of a child process, which
+        takes the mount with it when it exits, whatever happens.
+        """
+        info = self.rootfs(container_id)
+        dest = os.path.abspath(dest_tar)
+        fd, staging = tempfile.mkstemp(prefix=".nsbox-export-", dir=os.path.dirname(dest))
+        os.close(fd)
+        try:
+            if self.is_mounted(container_id):
+                _write_export(info.merged, staging, progress)
+            else:
+                self._export_unmounted(info, staging)
+            os.chmod(staging, 0o644)
+            os.replace(staging, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
+            raise
+
+    def _export_unmounted(self, info: RootfsInfo, staging: str) -> None:
+        from nsbox.runtime import syscalls
+        options = self._options(info, relative=False)
+        relative = len(options) > MOUNT_OPTIONS_LIMIT
+        if relative:
+            options = self._options(info, relative=True)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            os.close(read_end)
+            code = 0
+            try:
+                syscalls.unshare(syscalls.CLONE_NEWNS)
+                syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+                if relative:
+                    os.chdir(self.layers_dir)
+                syscalls.mount("overlay", info.merged, "overlay", syscalls.MS_RDONLY, options)
+                _write_export(info.merged, staging, None)
+            except BaseException as err:  # noqa: BLE001 - reported to the parent
+                os.write(write_end, f"{type(err).__name__}: {err}".encode()[:4000])
+                code = 1
+            os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read().decode(errors="replace")
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise KernelError(f"cannot export the rootfs of {info.container_id}: "
+                              f"{message or 'export helper failed'}")
+
+
+def _write_export(merged: str, dest: str, progress: Callable[[str, int, int], None] | None) -> None:
+    from nsbox.engine.images.tarwrite import write_tree_tar
+    with open(dest, "wb") as out:
+        write_tree_tar(merged, out, devices="include", one_file_system=True, progress=progress,
+                       label="export")

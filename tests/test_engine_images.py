@@ -1,0 +1,789 @@
+"""The engine's image store: references, import, unpack safety, archives, names, podman interop.
+
+Everything runs against real files in a private store under tmp_path; overlay
+mounts (for whiteout checks) go through nsbox.engine.storage and are undone.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import helpers
+import pytest
+
+from nsbox.engine.images import (
+    ImageStore,
+    build_debian,
+    chain_ids,
+    debian_mirror,
+    ensure_busybox,
+    parse_reference,
+)
+from nsbox.engine.images.config import apply_changes, parse_time
+from nsbox.engine.storage import Storage, mount_points
+from nsbox.errors import (
+    ConfigError,
+    ImageError,
+    ImageInUse,
+    ImageNotFound,
+    SecurityError,
+)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the image store tests run as root")
+
+
+# =========================================================================== helpers
+def tar_bytes(entries: list[tuple], gz: bool = False) -> bytes:
+    """A tar from (name, kind, payload, extra) tuples, built member by member.
+
+    kind: "file" (payload bytes), "dir", "symlink"/"hardlink" (payload = target),
+    "chr"/"blk" (payload = (major, minor)), "fifo".  extra: TarInfo attributes.
+    """
+    kinds = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+             "hardlink": tarfile.LNKTYPE, "chr": tarfile.CHRTYPE, "blk": tarfile.BLKTYPE,
+             "fifo": tarfile.FIFOTYPE}
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in entries:
+            name, kind = entry[0], entry[1]
+            payload = entry[2] if len(entry) > 2 else None
+            extra = entry[3] if len(entry) > 3 else {}
+            info = tarfile.TarInfo(name)
+            info.type = kinds[kind]
+            info.mode = 0o755 if kind == "dir" else 0o644
+            info.mtime = 1_600_000_000
+            data = None
+            if kind == "file":
+                data = payload or b""
+                info.size = len(data)
+            elif kind in ("symlink", "hardlink"):
+                info.linkname = payload
+            elif kind in ("chr", "blk"):
+                info.devmajor, info.devminor = payload
+            for key, value in extra.items():
+                setattr(info, key, value)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    data = raw.getvalue()
+    return gzip.compress(data, mtime=0) if gz else data
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def config_for(layers: list[bytes], cmd: list[str] | None = None, **section: object) -> dict:
+    diff_ids = [sha(gzip.decompress(layer) if layer[:2] == b"\x1f\x8b" else layer) for layer in layers]
+    return {"architecture": "amd64", "os": "linux", "created": "2024-01-02T03:04:05.123456789Z",
+            "config": {"Cmd": cmd or ["sh"], **section},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": [{"created": "2024-01-02T03:04:05Z", "created_by": f"layer {i}"}
+                        for i in range(len(layers))]}
+
+
+def write_docker_archive(path: Path, images: list[tuple[list[bytes], list[str], dict | None]]) -> Path:
+    """A docker-archive; each image is (layer tars, repo tags, config or None for a default)."""
+    with tarfile.open(path, "w") as tar:
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        manifest = []
+        written = set()
+        for layers, tags, config in images:
+            config_bytes = json.dumps(config or config_for(layers)).encode()
+            config_name = sha(config_bytes)[7:] + ".json"
+            add(config_name, config_bytes)
+            names = []
+            for layer in layers:
+                name = sha(layer)[7:] + "/layer.tar"
+                if name not in written:
+                    add(name, layer)
+                    written.add(name)
+                names.append(name)
+            manifest.append({"Config": config_name, "RepoTags": tags, "Layers": names})
+        add("manifest.json", json.dumps(manifest).encode())
+    return path
+
+
+def tree_snapshot(root: Path, skip: Path | None = None) -> dict[str, tuple]:
+    """path -> (type, size, mode) for everything below root (except below skip)."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if skip is not None and Path(dirpath) == skip:
+            dirnames.clear()
+            continue
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            found[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mode)
+    return found
+
+
+def store_state(store: ImageStore) -> dict[str, list[str]]:
+    """What a failed operation must leave unchanged: blobs, layers, staging, the index."""
+    return {
+        "blobs": sorted(os.listdir(store.layout.blobs_dir)),
+        "layers": sorted(os.listdir(store.layers_dir)),
+        "links": sorted(os.listdir(store.links_dir)),
+        "tmp": sorted(os.listdir(store.layout.tmp_dir)),
+        "index": [Path(store.layout.index_path).read_text()],
+    }
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ImageStore:
+    return ImageStore(tmp_path / "store")
+
+
+@pytest.fixture
+def storage(store: ImageStore) -> Iterator[Storage]:
+    storage = Storage(store.root)
+    yield storage
+    for container_id in storage.list():
+        storage.remove(container_id)
+
+
+@pytest.fixture(scope="session")
+def busybox_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return helpers.build_busybox_rootfs(tmp_path_factory.mktemp("engine-bb") / "rootfs")
+
+
+# =========================================================================== references
+@pytest.mark.parametrize("text, full, familiar", [
+    ("busybox", "docker.io/library/busybox:latest", "busybox:latest"),
+    ("busybox:1", "docker.io/library/busybox:1", "busybox:1"),
+    ("library/busybox", "docker.io/library/busybox:latest", "busybox:latest"),
+    ("docker.io/busybox", "docker.io/library/busybox:latest", "busybox:latest"),
+    ("index.docker.io/library/busybox:latest", "docker.io/library/busybox:latest", "busybox:latest"),
+    ("localhost/busybox:test", "localhost/busybox:test", "localhost/busybox:test"),
+    ("user/app", "docker.io/user/app:latest", "user/app:latest"),
+    ("registry.example:5000/team/app:v1.2", "registry.example:5000/team/app:v1.2",
+     "registry.example:5000/team/app:v1.2"),
+])
+def test_reference_normalisation(text: str, full: str, familiar: str) -> None:
+    ref = parse_reference(text)
+    assert (ref.name, ref.familiar) == (full, familiar)
+
+
+@pytest.mark.parametrize("text", ["", "BusyBox", "a:b:c", "/abs", "a//b", "x@sha256:12", "a:" + "t" * 200,
+                                  "0123456789abcdef" * 4])
+def test_reference_rejects_invalid(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_reference(text)
+
+
+def test_changes_become_config() -> None:
+    section = apply_changes({"Env": ["PATH=/bin"]}, [
+        'CMD ["sh", "-c", "echo hi"]', "ENTRYPOINT /entry.sh", "ENV A=1 B=\"two words\"",
+        "ENV PATH /usr/bin", "WORKDIR /srv", "WORKDIR app", "USER 1000:1000", "LABEL a=b c=d",
+        "EXPOSE 80 53/udp 8000-8001", "VOLUME [\"/data\"]", "VOLUME /cache", "STOPSIGNAL SIGINT"])
+    assert section == {
+        "Cmd": ["sh", "-c", "echo hi"],
+        "Entrypoint": ["/bin/sh", "-c", "/entry.sh"],
+        "Env": ["A=1", "B=two words", "PATH=/usr/bin"],
+        "WorkingDir": "/srv/app",
+        "User": "1000:1000",
+        "Labels": {"a": "b", "c": "d"},
+        "ExposedPorts": {"80/tcp": {}, "53/udp": {}, "8000/tcp": {}, "8001/tcp": {}},
+        "Volumes": {"/data": {}, "/cache": {}},
+        "StopSignal": "SIGINT",
+    }
+    for bad in ("RUN make", "EXPOSE http", "ENV", "STOPSIGNAL not a signal", "WORKDIR"):
+        with pytest.raises(ConfigError):
+            apply_changes({}, [bad])
+
+
+def test_parse_time_accepts_nanoseconds() -> None:
+    assert parse_time("2024-01-02T03:04:05.123456789Z") == pytest.approx(1704164645.123456789)
+    assert parse_time("1970-01-01T01:00:00+01:00") == 0
+    assert parse_time("garbage") == 0
+
+
+# =========================================================================== import
+def test_import_rootfs_directory(store: ImageStore, busybox_tree: Path) -> None:
+    image = store.import_rootfs(str(busybox_tree), "localhost/bb:dir",
+                                changes=['CMD ["sh"]', "ENV HOME=/root", "WORKDIR /tmp"])
+    layer = Path(image.layers[0].path)
+    assert (layer / "bin/busybox").read_bytes() == Path("/bin/busybox").read_bytes()
+    assert os.readlink(layer / "bin/sh") == "busybox"
+    assert stat.S_IMODE((layer / "tmp").stat().st_mode) == 0o1777
+    assert (image.cmd, image.env, image.working_dir) == (["sh"], ["HOME=/root"], "/tmp")
+    # The layer blob is the tar the directory became, and its digest is the diff id.
+    assert image.layers[0].digest == image.layers[0].diff_id
+    assert store.resolve("localhost/bb:dir").id == image.id
+    # Short name: localhost/ is tried after docker.io/library/.
+    assert store.resolve("bb:dir").id == image.id
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["tar", "tar.gz"])
+def test_import_rootfs_tarball(store: ImageStore, busybox_tree: Path, tmp_path: Path,
+                               compressed: bool) -> None:
+    tarball = tmp_path / "rootfs.tar"
+    with tarfile.open(tarball, "w:gz" if compressed else "w") as tar:
+        for entry in sorted(busybox_tree.iterdir()):
+            tar.add(entry, arcname=entry.name)
+    image = store.import_rootfs(str(tarball), "myimage:1", config={"Cmd": ["/bin/sh"]})
+    assert image.repo_tags == ["myimage:1"]
+    assert image.layers[0].media_type.endswith("tar+gzip" if compressed else "tar")
+    assert os.path.isfile(os.path.join(image.layers[0].path, "bin/busybox"))
+    assert image.size >= Path("/bin/busybox").stat().st_size
+    assert store.inspect("docker.io/library/myimage:1")["Config"]["Cmd"] == ["/bin/sh"]
+
+
+def test_import_reports_progress(store: ImageStore, busybox_tree: Path) -> None:
+    calls: list[tuple[str, int, int]] = []
+    store.import_rootfs(str(busybox_tree), "p:1", progress=lambda *args: calls.append(args))
+    unpack = [c for c in calls if c[0].startswith("layer ")]
+    assert unpack and unpack[-1][1] == unpack[-1][2] > 0
+    assert all(done <= total for _, done, total in unpack)
+
+
+def test_ensure_busybox_is_deterministic(tmp_path: Path) -> None:
+    first_store = ImageStore(tmp_path / "one")
+    started = time.monotonic()
+    first = ensure_busybox(first_store)
+    elapsed = time.monotonic() - started
+    assert ensure_busybox(first_store).id == first.id
+    second = ensure_busybox(ImageStore(tmp_path / "two"))
+    assert second.id == first.id and second.manifest_digest == first.manifest_digest
+    assert elapsed < 10
+    assert sorted(first.repo_tags) == ["busybox:latest", "localhost/busybox:latest"]
+    assert first.cmd == ["sh"] and any(e.startswith("PATH=") for e in first.env)
+    layer = Path(first.layers[0].path)
+    applets = subprocess.run(["/bin/busybox", "--list-full"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for applet in applets:
+        if applet != "bin/busybox":
+            assert os.readlink(layer / applet) == "/bin/busybox", applet
+    assert "user:x:1000:1000:" in (layer / "etc/passwd").read_text()
+    assert "nobody:x:65534:" in (layer / "etc/group").read_text()
+    assert stat.S_IMODE((layer / "tmp").stat().st_mode) == 0o1777
+    assert (layer / "home/user").stat().st_uid == 1000
+    for name in ("dev", "proc", "sys", "root", "home"):
+        assert (layer / name).is_dir()
+    # Removing it and building again gives the same image.
+    first_store.remove("busybox:latest")
+    first_store.remove("localhost/busybox:latest")
+    assert ensure_busybox(first_store).id == first.id
+
+
+# =========================================================================== layers
+def test_layers_are_unpacked_once_and_shared(store: ImageStore, tmp_path: Path) -> None:
+    base = tar_bytes([("etc", "dir"), ("etc/base", "file", b"base")])
+    top_a = tar_bytes([("a.txt", "file", b"a")])
+    top_b = tar_bytes([("b.txt", "file", b"b")], gz=True)
+    archive = write_docker_archive(tmp_path / "two.tar", [([base, top_a], ["two:a"], None),
+                                                          ([base, gzip.decompress(top_b)], ["two:b"], None)])
+    assert sorted(store.load(str(archive))) == ["two:a", "two:b"]
+    image_a, image_b = store.resolve("two:a"), store.resolve("two:b")
+    assert image_a.layers[0].path == image_b.layers[0].path
+    assert image_a.layers[1].path != image_b.layers[1].path
+    base_dir = Path(image_a.layers[0].path)
+    assert base_dir.name == sha(base)[7:]  # the first chain id is the diff id
+    assert image_a.layers[1].chain_id == chain_ids([sha(base), sha(top_a)])[1]
+    layer_dirs = [name for name in os.listdir(store.layers_dir) if len(name) == 64]
+    assert len(layer_dirs) == 3
+    # A third image on the same base reuses the directory: same inode, untouched.
+    inode = (base_dir / "etc/base").stat().st_ino
+    store.import_rootfs(str(_write(tmp_path / "base.tar", base)), "base:only")
+    assert store.resolve("base:only").layers[0].path == str(base_dir)
+    assert (base_dir / "etc/base").stat().st_ino == inode
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _two_layer_whiteout_image(store: ImageStore, tmp_path: Path) -> object:
+    lower = tar_bytes([
+        ("a", "dir"), ("a/file", "file", b"gone"), ("a/other", "file", b"stays"),
+        ("keep", "file", b"kept"), ("opq", "dir"), ("opq/lower.txt", "file", b"hidden"),
+        ("opq/sub", "dir"), ("opq/sub/deep", "file", b"hidden too"),
+        ("redo", "dir"), ("redo/old", "file", b"old"),
+    ])
+    upper = tar_bytes([
+        ("a", "dir"), ("a/.wh.file", "file"),
+        ("opq", "dir"), ("opq/.wh..wh..opq", "file"), ("opq/upper.txt", "file", b"new"),
+        # A whiteout, then the same directory again: deleted and re-created.
+        (".wh.redo", "file"), ("redo", "dir"), ("redo/new", "file", b"new"),
+    ])
+    archive = write_docker_archive(tmp_path / "wh.tar", [([lower, upper], ["wh:test"], None)])
+    store.load(str(archive))
+    return store.resolve("wh:test")
+
+
+def test_whiteouts_and_opaque_dirs(store: ImageStore, storage: Storage, tmp_path: Path) -> None:
+    image = _two_layer_whiteout_image(store, tmp_path)
+    top = Path(image.layers[1].path)
+    whiteout = (top / "a/file").lstat()
+    assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0
+    assert not (top / "a/.wh.file").exists()
+    assert os.getxattr(top / "opq", "trusted.overlay.opaque") == b"y"
+    assert os.getxattr(top / "redo", "trusted.overlay.opaque") == b"y"
+    with pytest.raises(OSError):
+        os.getxattr(top / "a", "trusted.overlay.opaque")
+    # Through a real overlay mount the lower content is hidden.
+    storage.create_rootfs("wh", image)
+    merged = Path(storage.mount("wh"))
+    try:
+        assert not os.path.lexists(merged / "a/file")
+        assert (merged / "a/other").read_bytes() == b"stays"
+        assert (merged / "keep").read_bytes() == b"kept"
+        assert sorted(os.listdir(merged / "opq")) == ["upper.txt"]
+        assert sorted(os.listdir(merged / "redo")) == ["new"]
+    finally:
+        storage.unmount("wh")
+
+
+def test_hard_links(store: ImageStore, tmp_path: Path) -> None:
+    lower = tar_bytes([("data", "dir"), ("data/original", "file", b"shared content")])
+    upper = tar_bytes([("bin", "dir"), ("bin/tool", "file", b"#!/bin/sh\n", {"mode": 0o755}),
+                       ("bin/alias", "hardlink", "bin/tool"),
+                       ("data/copy", "hardlink", "data/original")])
+    archive = write_docker_archive(tmp_path / "hl.tar", [([lower, upper], ["hl:test"], None)])
+    store.load(str(archive))
+    image = store.resolve("hl:test")
+    top = Path(image.layers[1].path)
+    tool, alias = (top / "bin/tool").stat(), (top / "bin/alias").stat()
+    assert tool.st_ino == alias.st_ino and tool.st_nlink == 2
+    assert stat.S_IMODE(tool.st_mode) == 0o755
+    # A link to a file of a lower layer is copied: overlay layers cannot share inodes.
+    assert (top / "data/copy").read_bytes() == b"shared content"
+    assert (top / "data/copy").stat().st_ino != (Path(image.layers[0].path) / "data/original").stat().st_ino
+
+
+def test_modes_owners_times_and_xattrs(store: ImageStore, tmp_path: Path) -> None:
+    layer = tar_bytes([
+        ("srv", "dir", None, {"uid": 123, "gid": 456, "mode": 0o2750}),
+        ("srv/setuid", "file", b"x", {"mode": 0o4755, "uid": 7, "gid": 8}),
+        ("srv/link", "symlink", "/etc/passwd", {"uid": 9, "gid": 10}),
+        ("srv/fifo", "fifo"),
+        ("srv/cap", "file", b"c", {"pax_headers": {
+            "SCHILY.xattr.user.note": "hello",
+            "SCHILY.xattr.trusted.overlay.redirect": "/evil",
+        }}),
+    ])
+    image = store.import_rootfs(str(_write(tmp_path / "m.tar", layer)), "modes:1")
+    root = Path(image.layers[0].path)
+    srv = (root / "srv").stat()
+    assert (srv.st_uid, srv.st_gid, stat.S_IMODE(srv.st_mode)) == (123, 456, 0o2750)
+    setuid = (root / "srv/setuid").stat()
+    assert (setuid.st_uid, setuid.st_gid, stat.S_IMODE(setuid.st_mode)) == (7, 8, 0o4755)
+    assert setuid.st_mtime == 1_600_000_000
+    assert srv.st_mtime == 1_600_000_000  # set after its children were written
+    link = (root / "srv/link").lstat()
+    assert os.readlink(root / "srv/link") == "/etc/passwd" and (link.st_uid, link.st_gid) == (9, 10)
+    assert stat.S_ISFIFO((root / "srv/fifo").lstat().st_mode)
+    assert os.getxattr(root / "srv/cap", "user.note") == b"hello"
+    # Overlay metadata never comes from an image.
+    assert "trusted.overlay.redirect" not in os.listxattr(root / "srv/cap")
+
+
+# =========================================================================== hostile input
+MALICIOUS = {
+    "dotdot": lambda out: [("../../evil", "file", b"x")],
+    "dotdot-deep": lambda out: [("../../../../../../evil", "file", b"x")],
+    "dotdot-inside": lambda out: [("a", "dir"), ("a/../../evil", "file", b"x")],
+    "absolute": lambda out: [(f"{out}/evil", "file", b"x")],
+    "symlink-then-write": lambda out: [("link", "symlink", str(out)), ("link/evil", "file", b"x")],
+    "relative-symlink-then-write": lambda out: [("d", "dir"), ("d/up", "symlink", "../../../.."),
+                                                ("d/up/evil", "file", b"x")],
+    "symlink-then-mkdir": lambda out: [("link", "symlink", str(out)), ("link/sub", "dir")],
+    "symlink-then-whiteout": lambda out: [("link", "symlink", str(out)), ("link/.wh.victim", "file")],
+    "symlink-then-opaque": lambda out: [("link", "symlink", str(out)), ("link/.wh..wh..opq", "file")],
+    "hardlink-outside": lambda out: [("h", "hardlink", f"{out}/victim")],
+    "hardlink-dotdot": lambda out: [("h", "hardlink", "../../victim")],
+    "hardlink-through-symlink": lambda out: [("link", "symlink", str(out)), ("h", "hardlink", "link/victim")],
+    "char-device": lambda out: [("dev", "dir"), ("dev/mem", "chr", (1, 1))],
+    "block-device": lambda out: [("sda", "blk", (8, 0))],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALICIOUS))
+def test_malicious_layer_is_refused(store: ImageStore, tmp_path: Path, case: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("precious")
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    tarball = _write(inputs / "evil.tar", tar_bytes(MALICIOUS[case](outside)))
+    archive = write_docker_archive(inputs / "evil-archive.tar",
+                                   [([tarball.read_bytes()], ["evil:archive"], None)])
+    state = store_state(store)
+    around = tree_snapshot(tmp_path, skip=Path(store.root))
+    with pytest.raises((SecurityError, ImageError)) as raised:
+        store.import_rootfs(str(tarball), "evil:1")
+    message = str(raised.value)
+    assert "\n" not in message and len(message) < 300
+    with pytest.raises((SecurityError, ImageError)):
+        store.load(str(archive))
+    assert store_state(store) == state
+    assert tree_snapshot(tmp_path, skip=Path(store.root)) == around
+    assert not os.path.lexists(tmp_path.parent / "evil") and not os.path.lexists("/evil")
+    assert (outside / "victim").read_text() == "precious"
+    assert not store.exists("evil:1") and not store.exists("evil:archive")
+
+
+def test_devices_can_be_skipped_or_created_for_trusted_input(store: ImageStore, tmp_path: Path) -> None:
+    tarball = _write(tmp_path / "dev.tar", tar_bytes([("dev", "dir"), ("dev/null", "chr", (1, 3)),
+                                                      ("dev/wh", "chr", (0, 0))]))
+    skipped = store.import_rootfs(str(tarball), "dev:skip", devices="skip")
+    assert not os.path.lexists(os.path.join(skipped.layers[0].path, "dev/null"))
+    store.remove("dev:skip")
+    created = store.import_rootfs(str(tarball), "dev:create", devices="create")
+    null = os.lstat(os.path.join(created.layers[0].path, "dev/null"))
+    assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1 and os.minor(null.st_rdev) == 3
+    # A 0:0 character device is an overlay whiteout, allowed under any policy.
+    wh = os.lstat(os.path.join(created.layers[0].path, "dev/wh"))
+    assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0
+
+
+def _corruptions(busybox_tree: Path, tmp_path: Path) -> dict[str, Path]:
+    good = tmp_path / "good.tar"
+    with tarfile.open(good, "w") as tar:
+        tar.add(busybox_tree / "bin", arcname="bin")
+    data = good.read_bytes()
+    packed = gzip.compress(data, mtime=0)
+    cases = {
+        "truncated-tar": data[: len(data) // 2 + 100],
+        "truncated-gzip": packed[: len(packed) // 2],
+        "garbage": os.urandom(64 * 1024),
+        "bad-gzip-crc": packed[:-8] + bytes(8),
+        "bad-header-checksum": data[:148] + b"9999999\0" + data[156:],
+    }
+    paths = {}
+    for name, blob in cases.items():
+        paths[name] = _write(tmp_path / f"{name}.tar", blob)
+    return paths
+
+
+@pytest.mark.parametrize("case", ["truncated-tar", "truncated-gzip", "garbage", "bad-gzip-crc",
+                                  "bad-header-checksum"])
+def test_corrupt_tarball_import_leaves_nothing(store: ImageStore, busybox_tree: Path, tmp_path: Path,
+                                               case: str) -> None:
+    source = _corruptions(busybox_tree, tmp_path)[case]
+    state = store_state(store)
+    with pytest.raises(ImageError) as raised:
+        store.import_rootfs(str(source), "broken:1")
+    assert "corrupt" in str(raised.value) or "truncated" in str(raised.value)
+    assert store_state(store) == state
+
+
+def test_corrupt_archives_load_leaves_nothing(store: ImageStore, busybox_tree: Path,
+                                             tmp_path: Path) -> None:
+    ensure_busybox(store)
+    state = store_state(store)
+    saved = tmp_path / "saved.tar"
+    store.save(["busybox"], str(saved), "docker-archive")
+    other = ImageStore(tmp_path / "other")
+    other_state = store_state(other)
+    data = saved.read_bytes()
+    truncated = _write(tmp_path / "cut.tar", data[: len(data) - 300_000])
+    truncated_gz = _write(tmp_path / "cut.tar.gz", gzip.compress(data)[:400_000])
+    garbage = _write(tmp_path / "garbage.tar", os.urandom(10_000))
+    # A layer whose bytes do not match the config's diff id.
+    layer = tar_bytes([("x", "file", b"real")])
+    config = config_for([tar_bytes([("x", "file", b"fake")])])
+    mismatch = write_docker_archive(tmp_path / "mismatch.tar", [([layer], ["mm:1"], config)])
+    for path in (truncated, truncated_gz, garbage, mismatch):
+        with pytest.raises(ImageError) as raised:
+            other.load(str(path))
+        assert "\n" not in str(raised.value)
+        assert store_state(other) == other_state, path.name
+    assert store_state(store) == state
+
+
+# =========================================================================== archives
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_save_load_round_trip(store: ImageStore, tmp_path: Path, fmt: str, compress: bool) -> None:
+    base = ensure_busybox(store)
+    extra = tar_bytes([("etc", "dir"), ("etc/motd", "file", b"hello\n")], gz=True)
+    two = store.load(str(write_docker_archive(tmp_path / "x.tar", [
+        ([Path(store.layout.blob_path(base.layers[0].digest)).read_bytes(), gzip.decompress(extra)],
+         ["app:2"], None)])))
+    assert two == ["app:2"]
+    archive = tmp_path / f"out.{fmt}.tar"
+    progress: list[tuple[str, int, int]] = []
+    store.save(["busybox", "app:2"], str(archive), fmt, compress=compress,
+               progress=lambda *a: progress.append(a))
+    assert progress
+    assert (archive.read_bytes()[:2] == b"\x1f\x8b") == compress
+    other = ImageStore(tmp_path / "other")
+    assert sorted(other.load(str(archive))) == ["app:2", "busybox:latest"]
+    assert other.resolve("busybox").id == base.id
+    loaded = other.resolve("app:2")
+    assert loaded.id == store.resolve("app:2").id
+    assert (Path(loaded.layers[1].path) / "etc/motd").read_bytes() == b"hello\n"
+    if fmt == "oci-archive":
+        assert loaded.manifest_digest == store.resolve("app:2").manifest_digest
+    assert os.listdir(other.layout.tmp_dir) == []
+    # Loading the same archive again changes nothing.
+    before = store_state(other)
+    other.load(str(archive))
+    assert store_state(other) == before
+
+
+def test_save_by_id_writes_no_name(store: ImageStore, tmp_path: Path) -> None:
+    image = ensure_busybox(store)
+    archive = tmp_path / "by-id.tar"
+    store.save([image.short_id], str(archive), "oci-archive")
+    other = ImageStore(tmp_path / "other")
+    assert other.load(str(archive)) == [image.id]
+    assert [s.dangling for s in other.list()] == [True]
+
+
+def test_zstd_layer(store: ImageStore, tmp_path: Path) -> None:
+    if shutil.which("zstd") is None:
+        pytest.skip("zstd program not installed")
+    plain = tar_bytes([("z", "file", b"zstd content")])
+    packed = subprocess.run(["zstd", "-q", "-c"], input=plain, capture_output=True, check=True).stdout
+    image = store.import_rootfs(str(_write(tmp_path / "l.tar.zst", packed)), "zstd:1")
+    assert image.layers[0].media_type.endswith("+zstd")
+    assert image.layers[0].diff_id == sha(plain)
+    assert (Path(image.layers[0].path) / "z").read_bytes() == b"zstd content"
+
+
+# =========================================================================== names
+def test_resolve_names_and_ids(store: ImageStore) -> None:
+    image = ensure_busybox(store)
+    for ref in ("busybox", "busybox:latest", "docker.io/library/busybox", "library/busybox:latest",
+                "localhost/busybox", "localhost/busybox:latest", image.id, image.short_id,
+                image.id[7:], image.id[:15], f"busybox@{image.manifest_digest}"):
+        assert store.resolve(ref).id == image.id, ref
+    for ref in ("busybox:2", "nothere", "quay.io/busybox", "abcdef123", "sha256:" + "0" * 64, ""):
+        with pytest.raises(ImageNotFound):
+            store.resolve(ref)
+
+
+def test_short_name_under_another_registry(store: ImageStore, tmp_path: Path) -> None:
+    image = ensure_busybox(store)
+    store.tag("busybox", "quay.io/team/tool:3")
+    assert store.resolve("tool:3").id == image.id
+    store.tag("busybox", "ghcr.io/other/tool:3")
+    assert store.resolve("tool:3").id == image.id  # two names, one image: not ambiguous
+    other = store.import_rootfs(str(_write(tmp_path / "t.tar", tar_bytes([("t", "file")]))),
+                                "ghcr.io/other/tool:3")
+    assert other.id != image.id
+    with pytest.raises(ImageNotFound, match="several"):
+        store.resolve("tool:3")
+
+
+def test_inspect_shape(store: ImageStore, busybox_tree: Path) -> None:
+    image = store.import_rootfs(
+        str(busybox_tree), "shape:1", author="me", comment="made for a test",
+        changes=['ENTRYPOINT ["/bin/sh", "-c"]', 'CMD ["echo hi"]', "ENV A=1", "WORKDIR /w",
+                 "USER 1000", "LABEL k=v", "EXPOSE 8080", "VOLUME /data", "STOPSIGNAL SIGUSR1"])
+    data = store.inspect("shape:1")
+    assert data["Id"] == image.id and data["Id"].startswith("sha256:")
+    assert data["RepoTags"] == ["shape:1"]
+    assert data["RepoDigests"] == [f"shape@{image.manifest_digest}"]
+    assert data["Author"] == "me" and data["Comment"] == "made for a test"
+    assert (data["Os"], data["Architecture"]) == ("linux", "amd64")
+    assert data["Size"] == image.size > 0
+    assert data["RootFS"] == {"Type": "layers", "Layers": [image.layers[0].diff_id]}
+    assert parse_time(data["Created"]) == pytest.approx(time.time(), abs=60)
+    config = data["Config"]
+    assert config["Entrypoint"] == ["/bin/sh", "-c"] and config["Cmd"] == ["echo hi"]
+    assert config["Env"] == ["A=1"] and config["WorkingDir"] == "/w" and config["User"] == "1000"
+    assert config["Labels"] == {"k": "v"} and config["ExposedPorts"] == {"8080/tcp": {}}
+    assert config["Volumes"] == {"/data": {}} and config["StopSignal"] == "SIGUSR1"
+    json.dumps(data)  # plain JSON all the way down
+    history = store.history("shape:1")
+    assert len(history) == 1 and history[0]["Id"] == image.id and history[0]["Tags"] == ["shape:1"]
+    assert history[0]["Size"] == image.size and history[0]["CreatedBy"].startswith("nsbox import")
+    [summary] = store.list()
+    assert (summary.id, summary.repo_tags, summary.size) == (image.id, ["shape:1"], image.size)
+
+
+def test_history_of_a_multi_layer_image(store: ImageStore, tmp_path: Path) -> None:
+    layers = [tar_bytes([("one", "file", b"1")]), tar_bytes([("two", "file", b"22")])]
+    config = config_for(layers)
+    config["history"].insert(1, {"created": "2024-01-02T03:04:05Z", "created_by": "ENV x", "empty_layer": True})
+    store.load(str(write_docker_archive(tmp_path / "h.tar", [(layers, ["hist:1"], config)])))
+    history = store.history("hist:1")
+    assert [row["CreatedBy"] for row in history] == ["layer 1", "ENV x", "layer 0"]
+    assert [row["Size"] for row in history] == [2, 0, 1]
+    assert history[0]["Id"].startswith("sha256:") and history[1]["Id"] == "<missing>"
+
+
+def test_tag_remove_prune(store: ImageStore, busybox_tree: Path, tmp_path: Path) -> None:
+    image = ensure_busybox(store)
+    store.tag("busybox", "mine:1")
+    assert sorted(store.resolve("mine:1").repo_tags) == ["busybox:latest", "localhost/busybox:latest",
+                                                         "mine:1"]
+    # A name of an image with other names is only untagged.
+    assert store.remove("mine:1") == [{"Untagged": "mine:1"}]
+    assert store.exists("busybox")
+    # By id while it has several names: refused unless forced.
+    with pytest.raises(ImageInUse):
+        store.remove(image.short_id)
+    # In use by a container: refused unless forced.
+    store.untag("localhost/busybox:latest")
+    with pytest.raises(ImageInUse):
+        store.remove("busybox", in_use=lambda image_id: image_id == image.id)
+    assert store.exists("busybox")
+    result = store.remove("busybox", force=True, in_use=lambda image_id: True)
+    assert result == [{"Untagged": "busybox:latest"}, {"Deleted": image.id}]
+    assert not store.exists(image.id)
+    assert not os.path.exists(image.layers[0].path) and os.listdir(store.layout.blobs_dir) == []
+
+    # Moving a name away leaves the old image dangling; prune removes it.
+    old = store.import_rootfs(str(busybox_tree), "app:1")
+    new = store.import_rootfs(str(busybox_tree), "app:1", changes=['CMD ["true"]'])
+    assert old.id != new.id and old.layers[0].path == new.layers[0].path
+    assert [s.dangling for s in store.list() if s.id == old.id] == [True]
+    assert store.prune(in_use=lambda image_id: image_id == old.id) == []
+    assert store.prune() == [old.id]
+    assert not store.exists(old.id) and store.exists("app:1")
+    assert os.path.isdir(new.layers[0].path)  # still used by app:1
+    untagged = store.import_rootfs(str(busybox_tree), None, changes=["ENV DANGLING=1"])
+    assert store.resolve(untagged.id).names == []
+    assert sorted(store.prune(all=True)) == sorted([untagged.id, new.id])
+    assert store.list() == [] and os.listdir(store.layout.blobs_dir) == []
+    assert [n for n in os.listdir(store.layers_dir) if n != "l"] == []
+    assert os.listdir(store.links_dir) == []
+
+
+def test_forced_removal_keeps_layers_of_containers(store: ImageStore, storage: Storage) -> None:
+    image = ensure_busybox(store)
+    storage.create_rootfs("keeper", image)
+    store.remove(image.id, force=True)
+    assert os.path.isdir(image.layers[0].path)
+    merged = Path(storage.mount("keeper"))
+    try:
+        assert (merged / "bin/busybox").is_file()
+    finally:
+        storage.unmount("keeper")
+    storage.remove("keeper")
+    assert store.collect_garbage()["layers"] == [image.layers[0].chain_id]
+    assert not os.path.exists(image.layers[0].path)
+
+
+# =========================================================================== podman
+def _podman_available() -> list[str]:
+    return [name for name in ("podman", "skopeo") if shutil.which(name) is None]
+
+
+@pytest.mark.clients
+@pytest.mark.slow
+def test_load_archives_made_by_podman_and_skopeo(store: ImageStore, tmp_path: Path) -> None:
+    missing = _podman_available()
+    if missing:
+        helpers.skip_or_fail(f"not installed: {', '.join(missing)}")
+    import clients
+    out = tmp_path / "archives"
+    out.mkdir()
+    with clients.podman_world(clients.runtime_under_test()) as podman:
+        podman.run_with_private_var_lib("save", "--format", "docker-archive", "-o",
+                                        str(out / "docker.tar"), clients.IMAGE_REF)
+        podman.run_with_private_var_lib("save", "--format", "oci-archive", "-o",
+                                        str(out / "oci.tar"), clients.IMAGE_REF)
+        podman_id = json.loads(podman.run("image", "inspect", clients.IMAGE_REF).stdout)[0]["Id"]
+        storage_ref = f"containers-storage:[overlay@{podman.tree}/graph+{podman.tree}/run]{clients.IMAGE_REF}"
+        proc = subprocess.run(["skopeo", "copy", storage_ref, f"oci-archive:{out}/skopeo.tar:{clients.IMAGE_REF}"],
+                              env=podman.env, capture_output=True, text=True, timeout=60,
+                              preexec_fn=clients._enter_private_var_lib)
+        assert proc.returncode == 0, proc.stderr
+
+        # And the other way: podman loads what nsbox saves.
+        ensure_busybox(store)
+        store.save(["busybox"], str(out / "ours-docker.tar"), "docker-archive")
+        store.save(["busybox"], str(out / "ours-oci.tar.gz"), "oci-archive", compress=True)
+        for name in ("ours-docker.tar", "ours-oci.tar.gz"):
+            podman.run_with_private_var_lib("load", "-i", str(out / name))
+        listed = podman.run("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+        assert "docker.io/library/busybox:latest" in listed
+        store.remove("busybox")
+        store.remove("localhost/busybox")
+
+    for archive in ("docker.tar", "oci.tar", "skopeo.tar"):
+        other = ImageStore(tmp_path / f"store-{archive}")
+        assert other.load(str(out / archive)) == ["localhost/busybox:test"], archive
+        image = other.resolve("localhost/busybox:test")
+        assert image.id == "sha256:" + podman_id
+        assert image.cmd == ["sh"]
+        layer = Path(image.layers[0].path)
+        assert (layer / "bin/busybox").read_bytes() == Path("/bin/busybox").read_bytes()
+        assert os.readlink(layer / "bin/sh") == "busybox"
+        assert other.resolve("busybox:test").id == image.id
+    assert not [p for p in mount_points() if p.startswith(str(tmp_path))]
+
+
+# =========================================================================== debian
+def _mirror_reachable(mirror: str, suite: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{mirror}/dists/{suite}/InRelease", timeout=10) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_build_debian_with_debootstrap(store: ImageStore, storage: Storage) -> None:
+    if shutil.which("debootstrap") is None:
+        helpers.skip_or_fail("debootstrap not installed (apt-get install debootstrap)")
+    mirror = debian_mirror("bookworm")
+    if not _mirror_reachable(mirror, "bookworm"):
+        pytest.skip(f"Debian mirror {mirror} not reachable")
+    messages: list[tuple[str, int, int]] = []
+    started = time.monotonic()
+    image = build_debian(store, "bookworm", progress=lambda *a: messages.append(a))
+    elapsed = time.monotonic() - started
+    print(f"build_debian took {elapsed:.1f}s, {image.size / 1e6:.0f} MB")
+    assert image.repo_tags == ["debian:bookworm"] and image.cmd == ["bash"]
+    assert any(total > 0 for _, _, total in messages)
+    layer = Path(image.layers[0].path)
+    assert "bookworm" in (layer / "etc/os-release").read_text()
+    assert os.listdir(layer / "dev") == [] and os.listdir(store.layout.tmp_dir) == []
+    # Cached: the second call does not run debootstrap.
+    started = time.monotonic()
+    assert build_debian(store, "bookworm").id == image.id
+    assert time.monotonic() - started < 1
+    storage.create_rootfs("deb", image)
+    merged = storage.mount("deb")
+    try:
+        proc = subprocess.run(["chroot", merged, "/usr/bin/dpkg-query", "-W", "bash"],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0 and proc.stdout.startswith("bash")
+    finally:
+        storage.unmount("deb")
+
+
+def test_store_lock_serialises_processes(store: ImageStore) -> None:
+    image = ensure_busybox(store)
+    read_end, write_end = os.pipe()
+    with store.layout.locked():
+        pid = os.fork()
+        if pid == 0:  # child: a second process on the same store
+            code = 1
+            try:
+                os.close(read_end)
+                ImageStore(store.root).tag("busybox", "from-child:1")
+                os.write(write_end, b"tagged")
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        time.sleep(0.5)
+        # The child is stuck waiting for the lock: it has not tagged yet.
+        assert not store.exists("from-child:1")
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read() == b"tagged"
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.resolve("from-child:1").id == image.id
