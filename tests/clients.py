@@ -370,10 +370,21 @@ def remove_cgroup_dirs(relative: str) -> None:
     base = Path("/sys/fs/cgroup")
     roots = [base] if (base / "cgroup.controllers").exists() else \
         [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]
+    own_dirs = set(_own_cgroup_dirs())
     for root in roots:
         top = root / relative.lstrip("/")
         if top.is_dir():
             _rmdir_bottom_up(top)
+        # The parents a client made on the way (podman/conmon create the whole
+        # --cgroup-parent path in hierarchies where our own cgroup is the root)
+        # go too, while empty; never our own cgroup or anything above it.
+        parent = top.parent
+        while parent != root and parent not in own_dirs and root in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
 
 
 # --------------------------------------------------------------------------

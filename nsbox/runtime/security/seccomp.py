@@ -570,7 +570,7 @@ def connect_agent(listener_path: str) -> int:
         sock.connect(listener_path)
     except OSError as exc:
         sock.close()
-        raise KernelError(f"seccomp: cannot connect to the agent at {listener_path}: "
+        raise KernelError(f"seccomp: cannot connect to the agent listener at {listener_path}: "
                           f"{exc.strerror or exc}", exc.errno or 0) from None
     return sock.detach()
 
