@@ -1,0 +1,263 @@
+"""The Python API of the nsbox engine, in the spirit of Docker's SDK.
+
+    import nsbox
+    box = nsbox.run("busybox", ["echo", "hi"], memory="512m", cpus=1.5)
+    box.wait()                      # -> 0
+    box.output()                    # -> b"hi\\n"
+    box.remove()
+
+Keyword arguments are the long `docker run` flags with `_` for `-`
+(`memory_swap="1g"`, `read_only=True`, `env={"A": "b"}` or `env=["A=b"]`,
+`volume=["/src:/dst:ro"]`, `restart="on-failure:3"`); nsbox.engine.flags turns
+them into a ContainerSpec exactly as the CLI does.  The `nsbox` CLI is a thin
+shell over this module and nsbox.engine.containers.Engine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from nsbox.errors import ConfigError, ContainerExists, ImageNotFound
+
+DEFAULT_RUNROOT = "/run/nsbox"
+# Docker SDK spellings -> our flag names.
+_KWARG_ALIASES = {"environment": "env", "labels": "label", "volumes": "volume",
+                  "mounts": "mount", "working_dir": "workdir", "network_mode": "network",
+                  "auto_remove": "rm", "stdin_open": "interactive", "mem_limit": "memory",
+                  "sysctls": "sysctl", "devices": "device", "ulimits": "ulimit"}
+# Images the engine can make offline on first use.
+_OFFLINE_IMAGES = ("busybox", "busybox:latest", "docker.io/library/busybox:latest",
+                   "localhost/busybox", "localhost/busybox:latest")
+
+_default_engine = None
+
+
+def default_engine(root: str | None = None, run_root: str | None = None,
+                   runtime: str | None = None):  # noqa: ANN201 - Engine
+    """The Engine for ROOT (default $NSBOX_ROOT or /var/lib/nsbox), cached for the defaults."""
+    global _default_engine
+    from nsbox.engine.containers import Engine
+
+    if root is None and run_root is None and runtime is None:
+        if _default_engine is None:
+            _default_engine = Engine(root=os.environ.get("NSBOX_ROOT") or "/var/lib/nsbox",
+                                     run_root=os.environ.get("NSBOX_RUNROOT") or DEFAULT_RUNROOT)
+        return _default_engine
+    return Engine(root=root or os.environ.get("NSBOX_ROOT") or "/var/lib/nsbox",
+                  run_root=run_root or os.environ.get("NSBOX_RUNROOT") or DEFAULT_RUNROOT,
+                  runtime=runtime)
+
+
+def ensure_image(store, ref: str, progress=None) -> None:  # noqa: ANN001
+    """Make REF available: busybox is built offline on first use; others must be there."""
+    if store.exists(ref):
+        return
+    if ref in _OFFLINE_IMAGES:
+        from nsbox.engine.images import ensure_busybox
+
+        ensure_busybox(store, progress=progress)
+        return
+    raise ImageNotFound(f"Unable to find image '{ref}' locally")
+
+
+def options_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Python keyword arguments -> the long flag names nsbox.engine.flags expects."""
+    opts: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        name = _KWARG_ALIASES.get(key, key).replace("_", "-")
+        opts[name] = value
+    return opts
+
+
+def build_spec(image: str, command: list[str] | str | None = None, **kwargs: Any):  # noqa: ANN201
+    """A ContainerSpec from Docker-like keyword arguments (see the module doc)."""
+    from nsbox.engine import flags
+
+    if isinstance(command, str):
+        import shlex
+
+        command = shlex.split(command)
+    return flags.build_spec(image, command, options_from_kwargs(kwargs))
+
+
+def name_conflict(engine, name: str) -> ConfigError:  # noqa: ANN001
+    """Docker's message for a container name that is taken."""
+    try:
+        holder = engine.get(name).id
+    except Exception:  # noqa: BLE001 - only decorates the message
+        holder = ""
+    suffix = f' by container "{holder}"' if holder else ""
+    return ConfigError(f'Conflict. The container name "/{name}" is already in use{suffix}. '
+                       "You have to remove (or rename) that container to be able to reuse "
+                       "that name.")
+
+
+def create_container(engine, spec):  # noqa: ANN001, ANN201
+    """engine.create with the offline image and Docker's name-conflict message."""
+    ensure_image(engine.images, spec.image)
+    if spec.name:
+        try:
+            engine.get(spec.name)
+        except Exception:  # noqa: BLE001 - not found: the name is free
+            pass
+        else:
+            raise name_conflict(engine, spec.name)
+    try:
+        return engine.create(spec)
+    except ContainerExists:
+        if spec.name:
+            raise name_conflict(engine, spec.name) from None
+        raise
+
+
+def split_record(record: tuple) -> tuple[str, str, bytes]:
+    """An engine log record as (stream, timestamp, data), whichever order it comes in."""
+    first, second, data = record
+    if first in ("stdout", "stderr"):
+        return first, second, data
+    return second, first, data
+
+
+class Container:
+    """A handle on one engine container; every property reads fresh state."""
+
+    def __init__(self, engine, record) -> None:  # noqa: ANN001
+        self._engine = engine
+        self._record = record
+        self.id: str = record.id
+
+    def __repr__(self) -> str:
+        return f"<nsbox.Container {self.id[:12]} {self.name}>"
+
+    def reload(self) -> Container:
+        self._record = self._engine.get(self.id)
+        return self
+
+    @property
+    def record(self):  # noqa: ANN201 - nsbox.engine.containers.Container
+        return self._record
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def image(self) -> str:
+        return self._record.image
+
+    @property
+    def status(self) -> str:
+        """created, running, paused, restarting, exited or dead (read now)."""
+        return self.reload()._record.state
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.reload()._record.exit_code
+
+    @property
+    def pid(self) -> int:
+        return self.reload()._record.pid
+
+    def start(self) -> None:
+        self._engine.start(self.id)
+
+    def wait(self) -> int:
+        """Block until the container stops; its exit code."""
+        return self._engine.wait(self.id)
+
+    def logs(self, follow: bool = False, tail: int | None = None, timestamps: bool = False,
+             since: float | None = None) -> Iterator[tuple[str, str, bytes]]:
+        """(stream, timestamp, data) records: stream is "stdout" or "stderr"."""
+        records = self._engine.logs(self.id, follow=follow, tail=tail, timestamps=timestamps,
+                                    since=since)
+        return (split_record(record) for record in records)
+
+    def output(self, stream: str | None = None) -> bytes:
+        """Everything the container wrote so far (STREAM: "stdout", "stderr" or both)."""
+        return b"".join(data for name, _, data in self.logs()
+                        if stream is None or name == stream)
+
+    def exec(self, cmd: list[str] | str, **kwargs: Any) -> int:
+        """Run CMD in the running container (tty, env, user, workdir, detach); its exit code."""
+        if isinstance(cmd, str):
+            import shlex
+
+            cmd = shlex.split(cmd)
+        return self._engine.exec(self.id, cmd, **kwargs)
+
+    def stop(self, timeout: int | None = None) -> None:
+        self._engine.stop(self.id, timeout=timeout)
+
+    def kill(self, signal: str = "KILL") -> None:
+        self._engine.kill(self.id, signal=signal)
+
+    def restart(self, timeout: int | None = None) -> None:
+        self._engine.restart(self.id, timeout=timeout)
+
+    def pause(self) -> None:
+        self._engine.pause(self.id)
+
+    def unpause(self) -> None:
+        self._engine.unpause(self.id)
+
+    def remove(self, force: bool = False, volumes: bool = False) -> None:
+        self._engine.remove(self.id, force=force, volumes=volumes)
+
+    def inspect(self) -> dict:
+        return self._engine.inspect(self.id)
+
+    def top(self) -> list[list[str]]:
+        return self._engine.top(self.id)
+
+
+def create(image: str, command: list[str] | str | None = None, *, engine=None,  # noqa: ANN001
+           **kwargs: Any) -> Container:
+    """Create (not start) a container; kwargs as for run()."""
+    engine = engine or default_engine()
+    spec = build_spec(image, command, **kwargs)
+    return Container(engine, create_container(engine, spec))
+
+
+def run(image: str, command: list[str] | str | None = None, *, detach: bool = True,
+        engine=None, **kwargs: Any) -> Container:  # noqa: ANN001
+    """Create and start a container; with detach=False also wait for it to exit.
+
+    kwargs are `docker run` flags (memory="512m", cpus=1.5, env={...}, name=..., rm=True, ...).
+    """
+    engine = engine or default_engine()
+    spec = build_spec(image, command, **kwargs)
+    record = create_container(engine, spec)
+    box = Container(engine, record)
+    try:
+        engine.start(record.id)
+    except BaseException:
+        # A container that never ran is not left behind (as with --rm on failure).
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            engine.remove(record.id, force=True)
+        raise
+    if not detach:
+        box.wait()
+    return box
+
+
+def get(ref: str, *, engine=None) -> Container:  # noqa: ANN001
+    """The container with id (prefix) or name REF."""
+    engine = engine or default_engine()
+    return Container(engine, engine.get(ref))
+
+
+def containers(all: bool = False, filters: dict | None = None, *,  # noqa: A002
+               engine=None) -> list[Container]:  # noqa: ANN001
+    """Running containers (every container with all=True), newest first."""
+    engine = engine or default_engine()
+    return [Container(engine, c) for c in engine.list(all=all, filters=filters)]
+
+
+def images(*, engine=None) -> list:  # noqa: ANN001
+    """Image summaries (id, repo_tags, created, size), newest first."""
+    engine = engine or default_engine()
+    return engine.images.list()

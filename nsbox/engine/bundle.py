@@ -1,0 +1,382 @@
+"""ContainerSpec + image config -> an OCI bundle's config.json.
+
+The starting point is the runtime's `default_spec()` (what `runc spec`
+writes); the image config (Entrypoint, Cmd, Env, WorkingDir, User,
+StopSignal, Volumes) comes next, and the user's request last, so it wins.
+Security defaults live in `apply_security` alone, so a hardened profile can
+replace that one function.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from nsbox.errors import BundleError, ConfigError, ContainerNotFound, InvalidState
+
+if TYPE_CHECKING:
+    from nsbox.engine.model import ContainerSpec
+
+CATATONIT = "/usr/bin/catatonit"
+INIT_PATH = "/dev/init"
+DEFAULT_SHM = 64 * 1024 * 1024
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# ContainerSpec field -> OCI namespace type.
+NAMESPACE_MODES = (("pid_mode", "pid"), ("ipc_mode", "ipc"), ("uts_mode", "uts"),
+                   ("network_mode", "network"), ("cgroupns_mode", "cgroup"))
+
+
+@dataclass
+class BundleInputs:
+    """What build_config needs besides the request and the image."""
+
+    container_id: str
+    rootfs: str                      # the overlay's merged dir (mounted at start)
+    layer_dirs: list[str]            # upper first, then the image's lowers: for /etc/passwd lookups
+    userdata: str                    # the container's own files: config.json, hosts, logs
+    runtime: str                     # runtime binary path (its basename says runc or not)
+    volume_paths: dict[str, str] = field(default_factory=dict)  # target -> host dir
+    # "container:NAME" -> pid of that container's init (resolved by the engine)
+    peer_pids: dict[str, int] = field(default_factory=dict)
+
+
+def command_of(spec: ContainerSpec, image_section: dict) -> list[str]:
+    """Entrypoint + Cmd as Docker combines them: a new entrypoint drops the image's Cmd."""
+    entrypoint = spec.entrypoint if spec.entrypoint is not None else (image_section.get("Entrypoint") or [])
+    if spec.command is not None:
+        cmd = spec.command
+    elif spec.entrypoint is not None:
+        cmd = []
+    else:
+        cmd = image_section.get("Cmd") or []
+    args = list(entrypoint) + list(cmd)
+    if not args:
+        raise ConfigError("no command specified: the image has no Cmd or Entrypoint")
+    return args
+
+
+def _find_file(layer_dirs: list[str], relpath: str) -> str | None:
+    for top in layer_dirs:
+        path = os.path.join(top, relpath)
+        if os.path.lexists(path):
+            return path if os.path.isfile(path) else None
+    return None
+
+
+def _read_db(layer_dirs: list[str], relpath: str) -> list[list[str]]:
+    path = _find_file(layer_dirs, relpath)
+    if path is None:
+        return []
+    with open(path, errors="replace") as f:
+        return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+
+
+def resolve_user(user: str, layer_dirs: list[str]) -> tuple[int, int, list[int]]:
+    """'name|uid[:group|gid]' -> (uid, gid, additional gids) using the rootfs /etc/passwd and /etc/group."""
+    if not user:
+        return 0, 0, []
+    name, _, group = user.partition(":")
+    passwd = _read_db(layer_dirs, "etc/passwd")
+    entry = None
+    if name.isdigit():
+        uid = int(name)
+        entry = next((e for e in passwd if len(e) > 3 and e[2] == name), None)
+    else:
+        entry = next((e for e in passwd if len(e) > 3 and e[0] == name), None)
+        if entry is None:
+            raise ConfigError(f"unable to find user {name}: no matching entries in passwd file")
+        uid = int(entry[2])
+    gid = int(entry[3]) if entry is not None and entry[3].isdigit() else 0
+    groups = _read_db(layer_dirs, "etc/group")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            match = next((g for g in groups if len(g) > 2 and g[0] == group), None)
+            if match is None:
+                raise ConfigError(f"unable to find group {group}: no matching entries in group file")
+            gid = int(match[2])
+    extra: list[int] = []
+    if entry is not None and not group:
+        for g in groups:
+            if len(g) > 3 and entry[0] in g[3].split(",") and g[2].isdigit() and int(g[2]) != gid:
+                extra.append(int(g[2]))
+    return uid, gid, extra
+
+
+def _own_cgroup() -> str:
+    """This process's cgroup path (cgroup2 line, or the memory controller's on v1/hybrid)."""
+    paths: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for ctrl in controllers.split(",") if controllers else [""]:
+                paths[ctrl] = path
+    return paths.get("memory") or paths.get("") or "/"
+
+
+def cgroups_path(container_id: str, runtime: str) -> str:
+    """Where the container's cgroup goes: always below the caller's own cgroup."""
+    if os.path.basename(runtime) == "runc":
+        # runc reads an absolute path from the hierarchy root; make it ours.
+        return os.path.join(_own_cgroup(), f"nsbox-{container_id}")
+    return f"nsbox-{container_id}"  # nsbox-runtime resolves relative paths under its caller's
+
+
+def _signal_name(value: str | None, image_value: str) -> str:
+    text = (value or image_value or "SIGTERM").upper()
+    if text.isdigit():
+        return text
+    return text if text.startswith("SIG") else "SIG" + text
+
+
+def stop_signal(spec: ContainerSpec, image_section: dict) -> str:
+    return _signal_name(spec.stop_signal, image_section.get("StopSignal") or "")
+
+
+def _device(text: str) -> tuple[dict, dict]:
+    parts = text.split(":")
+    host = parts[0]
+    target = parts[1] if len(parts) > 1 and parts[1] else host
+    access = parts[2] if len(parts) > 2 and parts[2] else "rwm"
+    if len(parts) == 2 and set(parts[1]) <= set("rwm") and not parts[1].startswith("/"):
+        target, access = host, parts[1]
+    try:
+        st = os.stat(host)
+    except OSError as err:
+        raise ConfigError(f"--device {text}: {host}: {err.strerror}") from None
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        raise ConfigError(f"--device {text}: {host} is not a device node")
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    node = {"path": target, "type": kind, "major": major, "minor": minor,
+            "fileMode": stat.S_IMODE(st.st_mode), "uid": 0, "gid": 0}
+    rule = {"allow": True, "type": kind, "major": major, "minor": minor, "access": access}
+    return node, rule
+
+
+def apply_security(config: dict, spec: ContainerSpec) -> None:
+    """Capabilities, privileged mode, no_new_privs: the one place a hardened profile replaces."""
+    from nsbox.runtime.security import capabilities as caps_mod
+    process = config["process"]
+    caps = process["capabilities"]
+    known = caps_mod.names_from_mask((1 << (caps_mod.last_cap() + 1)) - 1)
+    current = list(caps["bounding"])
+    if spec.privileged:
+        current = known or current
+        config["linux"]["maskedPaths"] = []
+        config["linux"]["readonlyPaths"] = []
+        config["linux"]["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
+        for mount in config["mounts"]:
+            if mount["destination"] in ("/sys", "/sys/fs/cgroup"):
+                mount["options"] = [o for o in mount.get("options", []) if o != "ro"]
+    def norm(name: str) -> str:
+        name = name.upper()
+        return name if name.startswith("CAP_") else "CAP_" + name
+    drops = {norm(c) for c in spec.cap_drop}
+    if "CAP_ALL" in drops:
+        current = []
+    else:
+        current = [c for c in current if c not in drops]
+    for cap in spec.cap_add:
+        name = norm(cap)
+        if name == "CAP_ALL":
+            current = sorted(set(current) | set(known))
+        elif name not in current:
+            current.append(name)
+    for kind in ("bounding", "effective", "permitted"):
+        caps[kind] = list(current)
+    caps.pop("inheritable", None)
+    caps.pop("ambient", None)
+    if "no-new-privileges:false" in spec.security_opt:
+        process["noNewPrivileges"] = False
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def write_etc_files(userdata: str, hostname: str) -> dict[str, str]:
+    """hosts, hostname and resolv.conf of the container: target -> host file."""
+    hosts = os.path.join(userdata, "hosts")
+    _write(hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                  f"127.0.1.1\t{hostname}\n")
+    hostname_file = os.path.join(userdata, "hostname")
+    _write(hostname_file, hostname + "\n")
+    resolv = os.path.join(userdata, "resolv.conf")
+    try:
+        shutil.copyfile("/etc/resolv.conf", resolv)
+    except OSError:
+        _write(resolv, "")
+    return {"/etc/hosts": hosts, "/etc/hostname": hostname_file, "/etc/resolv.conf": resolv}
+
+
+def check_mounts(spec: ContainerSpec) -> None:
+    """Fail early (before anything is created) on a bind mount whose source is missing."""
+    for m in spec.mounts:
+        if m.type not in ("bind", "volume", "tmpfs"):
+            raise ConfigError(f"mount type {m.type!r} is not one of bind, volume, tmpfs")
+        if not m.target.startswith("/"):
+            raise ConfigError(f"mount target {m.target!r} must be an absolute path")
+        if m.type == "bind" and not os.path.exists(m.source):
+            raise BundleError(f"bind source path does not exist: {m.source}")
+
+
+def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs) -> dict:
+    """The config.json of the container (also writes its hosts/hostname/resolv.conf)."""
+    from nsbox.runtime.spec import default_spec
+    config = default_spec(args=command_of(spec, image_section))
+    process = config["process"]
+    linux = config["linux"]
+    cid = inputs.container_id
+
+    args = process["args"]
+    if spec.init:
+        if not os.path.isfile(CATATONIT):
+            raise ConfigError(f"--init needs {CATATONIT}: apt-get install catatonit")
+        process["args"] = [INIT_PATH, "--"] + args
+        config["mounts"].append({"destination": INIT_PATH, "type": "bind", "source": CATATONIT,
+                                 "options": ["bind", "ro", "nosuid", "nodev"]})
+    process["terminal"] = bool(spec.tty)
+
+    # Env: runtime default PATH, then the image's, then the user's (later wins).
+    env: dict[str, str] = {}
+    hostname = spec.hostname or cid[:12]
+    for item in [DEFAULT_PATH, f"HOSTNAME={hostname}"] + list(image_section.get("Env") or []):
+        key, _, value = item.partition("=")
+        env[key] = value
+    if spec.tty:
+        env["TERM"] = "xterm"
+    env.update(spec.env)
+    process["env"] = [f"{k}={v}" for k, v in env.items()]
+    process["cwd"] = spec.workdir or image_section.get("WorkingDir") or "/"
+    if not process["cwd"].startswith("/"):
+        raise ConfigError(f"the working directory {process['cwd']!r} is not an absolute path")
+    uid, gid, extra = resolve_user(spec.user if spec.user is not None else
+                                   (image_section.get("User") or ""), inputs.layer_dirs)
+    process["user"] = {"uid": uid, "gid": gid}
+    if extra:
+        process["user"]["additionalGids"] = extra
+    if spec.oom_score_adj is not None:
+        process["oomScoreAdj"] = spec.oom_score_adj
+    if spec.ulimits:
+        process["rlimits"] = [r for r in process["rlimits"]
+                              if r["type"].removeprefix("RLIMIT_").lower() not in spec.ulimits]
+        for name, (soft, hard) in spec.ulimits.items():
+            process["rlimits"].append({"type": "RLIMIT_" + name.upper(), "soft": soft, "hard": hard})
+
+    config["root"] = {"path": inputs.rootfs, "readonly": bool(spec.read_only)}
+    config["hostname"] = hostname
+    config["annotations"] = {"org.nsbox.container.id": cid,
+                             **{f"org.nsbox.label.{k}": v for k, v in spec.labels.items()}}
+
+    # Mounts: defaults, then /etc files, then the user's (a user mount on the same target wins).
+    shm = spec.shm_size if spec.shm_size is not None else DEFAULT_SHM
+    for mount in config["mounts"]:
+        if mount["destination"] == "/dev/shm":
+            mount["options"] = [o for o in mount["options"] if not o.startswith("size=")]
+            mount["options"].append(f"size={max(shm // 1024, 4)}k")
+    user_targets = {os.path.normpath(m.target) for m in spec.mounts}
+    for target, source in write_etc_files(inputs.userdata, hostname).items():
+        if target not in user_targets:
+            config["mounts"].append({"destination": target, "type": "bind", "source": source,
+                                     "options": ["rbind", "rprivate"]})
+    if spec.read_only:
+        for target in ("/tmp", "/run"):
+            if target not in user_targets:
+                config["mounts"].append({"destination": target, "type": "tmpfs", "source": "tmpfs",
+                                         "options": ["nosuid", "nodev", "mode=1777"]})
+    for m in spec.mounts:
+        if m.type == "bind":
+            source = os.path.abspath(m.source)
+            if not os.path.exists(source):
+                raise BundleError(f"bind source path does not exist: {m.source}")
+            options = ["rbind"] + [o for o in m.options if o not in ("ro", "rw")]
+            if not any(o.endswith("private") or o.endswith("shared") or o.endswith("slave")
+                       for o in options):
+                options.append("rprivate")
+            if m.read_only or "ro" in m.options:
+                options.append("ro")
+            config["mounts"].append({"destination": m.target, "type": "bind", "source": source,
+                                     "options": options})
+        elif m.type == "volume":
+            source = inputs.volume_paths[os.path.normpath(m.target)]
+            options = ["rbind", "rprivate"] + (["ro"] if m.read_only else [])
+            config["mounts"].append({"destination": m.target, "type": "bind", "source": source,
+                                     "options": options})
+        else:
+            options = ["nosuid", "nodev"] + list(m.options)
+            if not any(o.startswith("mode=") for o in options):
+                options.append("mode=1777")
+            if m.read_only:
+                options.append("ro")
+            config["mounts"].append({"destination": m.target, "type": "tmpfs", "source": "tmpfs",
+                                     "options": options})
+    # Anonymous volumes of the image the user did not cover.
+    for target, source in inputs.volume_paths.items():
+        if target not in user_targets:
+            config["mounts"].append({"destination": target, "type": "bind", "source": source,
+                                     "options": ["rbind", "rprivate"]})
+
+    # Namespaces.
+    namespaces = {ns["type"]: ns for ns in linux["namespaces"]}
+    for attr, kind in NAMESPACE_MODES:
+        mode = getattr(spec, attr) or "private"
+        if mode == "host":
+            namespaces.pop(kind, None)
+        elif mode.startswith("container:"):
+            pid = inputs.peer_pids.get(mode)
+            if not pid:
+                raise InvalidState(f"{attr.replace('_', '-')} {mode}: that container is not running")
+            proc_name = {"network": "net"}.get(kind, kind)
+            namespaces[kind] = {"type": kind, "path": f"/proc/{pid}/ns/{proc_name}"}
+        elif mode in ("private", "none", "bridge", "", "shareable"):
+            namespaces.setdefault(kind, {"type": kind})
+        else:
+            raise ConfigError(f"{attr.replace('_', '-')}: unsupported mode {mode!r}")
+    if spec.userns_mode not in ("host", ""):
+        raise ConfigError(f"userns mode {spec.userns_mode!r} is not supported yet")
+    linux["namespaces"] = list(namespaces.values())
+    if "uts" not in namespaces:
+        config.pop("hostname", None)
+    if "cgroup" not in namespaces:
+        pass  # /sys/fs/cgroup then shows the host's hierarchy, read-only
+
+    # Resources, devices, sysctls.
+    resources = linux.setdefault("resources", {"devices": [{"allow": False, "access": "rwm"}]})
+    for key, value in (spec.resources or {}).items():
+        if key == "devices":
+            resources["devices"] = resources.get("devices", []) + list(value)
+        else:
+            resources[key] = value
+    devices = []
+    for text in spec.devices:
+        node, rule = _device(text)
+        devices.append(node)
+        resources.setdefault("devices", []).append(rule)
+    if devices:
+        linux["devices"] = devices
+    if spec.sysctls:
+        linux["sysctl"] = dict(spec.sysctls)
+    linux["cgroupsPath"] = cgroups_path(cid, inputs.runtime)
+    apply_security(config, spec)
+    return config
+
+
+def peer_pid_or_fail(lookup, mode: str) -> int:  # noqa: ANN001 - Engine.get
+    """Pid of the running container a `container:NAME` mode names."""
+    ref = mode.split(":", 1)[1]
+    try:
+        peer = lookup(ref)
+    except ContainerNotFound:
+        raise ContainerNotFound(f"{mode}: no such container") from None
+    if peer.state != "running" or not peer.pid:
+        raise InvalidState(f"{mode}: that container is not running")
+    return peer.pid

@@ -1,0 +1,85 @@
+"""Usage:  nsbox info [OPTIONS]
+
+Display system-wide information: cgroup mode, namespaces, runtime, storage.
+"""
+
+from __future__ import annotations
+
+import sys
+
+FLAGS = {"format": "str"}
+ALIASES = {"f": "format"}
+
+NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+
+
+def cgroup_mode() -> str:
+    """"v2" (unified), "hybrid" (v1 controllers + cgroup2) or "v1"."""
+    import os
+
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return "v2"
+    if os.path.isdir("/sys/fs/cgroup/unified"):
+        return "hybrid"
+    return "v1"
+
+
+def gather(ctx) -> dict:  # noqa: ANN001
+    import os
+    import platform
+    import shutil
+
+    from nsbox import __version__
+
+    info = {
+        "ServerVersion": __version__,
+        "Driver": "overlay",
+        "DockerRootDir": ctx.root,
+        "RunRoot": ctx.runroot,
+        "DefaultRuntime": ctx.runtime or "nsbox-runtime",
+        "RuntimePath": ctx.runtime or shutil.which("nsbox-runtime") or "nsbox-runtime",
+        "CgroupVersion": "2" if cgroup_mode() == "v2" else "1",
+        "CgroupMode": cgroup_mode(),
+        "Namespaces": [ns for ns in NAMESPACES if os.path.exists(f"/proc/self/ns/{ns}")],
+        "KernelVersion": platform.release(),
+        "OperatingSystem": platform.freedesktop_os_release().get("PRETTY_NAME", "Linux")
+        if hasattr(platform, "freedesktop_os_release") else "Linux",
+        "Architecture": platform.machine(),
+        "NCPU": os.cpu_count(),
+        "MemTotal": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+    }
+    try:
+        engine = ctx.engine()
+        containers = engine.list(all=True)
+        info.update({"Containers": len(containers),
+                     "ContainersRunning": sum(c.state == "running" for c in containers),
+                     "ContainersPaused": sum(c.state == "paused" for c in containers),
+                     "ContainersStopped": sum(c.state not in ("running", "paused")
+                                              for c in containers)})
+    except ImportError:
+        pass
+    info["Images"] = len(ctx.images().list())
+    return info
+
+
+def run(args, ctx) -> int:  # noqa: ANN001
+    from nsbox.engine.cli._format import human_size, print_formatted
+
+    info = gather(ctx)
+    if args["format"]:
+        print_formatted(args["format"], [info])
+        return 0
+    lines = [f"Server Version: {info['ServerVersion']}", f"Storage Driver: {info['Driver']}",
+             f"Root Dir: {info['DockerRootDir']}", f"Run Root: {info['RunRoot']}",
+             f"Cgroup Version: {info['CgroupVersion']} ({info['CgroupMode']})",
+             f"Namespaces: {' '.join(info['Namespaces'])}",
+             f"Default Runtime: {info['DefaultRuntime']} ({info['RuntimePath']})",
+             f"Kernel Version: {info['KernelVersion']}",
+             f"Operating System: {info['OperatingSystem']}",
+             f"Architecture: {info['Architecture']}", f"CPUs: {info['NCPU']}",
+             f"Total Memory: {human_size(info['MemTotal'])}", f"Images: {info['Images']}"]
+    if "Containers" in info:
+        lines.insert(0, f"Containers: {info['Containers']} (running {info['ContainersRunning']}, "
+                     f"paused {info['ContainersPaused']}, stopped {info['ContainersStopped']})")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0

@@ -1,0 +1,65 @@
+"""Usage:  nsbox inspect [OPTIONS] NAME|ID [NAME|ID...]
+
+Low-level information on containers or images, as a JSON array, or one
+line per object with -f/--format (Go template: {{.State.Pid}}, {{json .Config}}).
+  --type container|image   only look for that kind of object
+"""
+
+from __future__ import annotations
+
+import sys
+
+FLAGS = {"format": "str", "type": "str", "size": "bool"}
+ALIASES = {"f": "format", "s": "size"}
+
+
+def lookup(ctx, ref: str, kind: str | None) -> dict:  # noqa: ANN001
+    from nsbox.errors import ContainerNotFound, ImageNotFound, NsboxError
+
+    if kind in (None, "", "container"):
+        try:
+            return ctx.engine().inspect(ref)
+        except (ContainerNotFound, ImportError):
+            if kind == "container":
+                raise ContainerNotFound(f"no such container: {ref}") from None
+        except NsboxError as exc:
+            if kind == "container" or "no such" not in str(exc).lower():
+                raise
+    try:
+        return ctx.images().inspect(ref)
+    except ImageNotFound:
+        if kind == "image":
+            raise ImageNotFound(f"No such image: {ref}") from None
+        raise ContainerNotFound(f"no such object: {ref}") from None
+
+
+def emit(items: list[dict], template: str | None) -> None:
+    import json
+
+    from nsbox.engine.cli._format import render
+
+    if template:
+        for item in items:
+            sys.stdout.write(render(template, item) + "\n")
+    else:
+        sys.stdout.write(json.dumps(items, indent=4) + "\n")
+
+
+def run(args, ctx) -> int:  # noqa: ANN001
+    from nsbox.engine.cli import need_args
+    from nsbox.errors import ConfigError, NsboxError
+
+    refs = need_args(args, "inspect", 1)
+    kind = args["type"]
+    if kind not in (None, "", "container", "image"):
+        raise ConfigError(f'"{kind}" is not a valid value for --type')
+    items, failed = [], False
+    for ref in refs:
+        try:
+            items.append(lookup(ctx, ref, kind))
+        except NsboxError as exc:
+            sys.stderr.write(f"Error: {exc}\n")
+            failed = True
+    if items or not args["format"]:
+        emit(items, args["format"])
+    return 125 if failed else 0

@@ -1,0 +1,28 @@
+"""Usage:  nsbox logs [OPTIONS] CONTAINER
+
+Print a container's output: -f/--follow, --tail N|all, -t/--timestamps,
+--since TIME (Unix time, RFC 3339, or a duration ago like 10m).
+"""
+
+from __future__ import annotations
+
+FLAGS = {"follow": "bool", "tail": "str", "timestamps": "bool", "since": "str",
+         "until": "str", "details": "bool"}
+ALIASES = {"f": "follow", "t": "timestamps", "n": "tail"}
+
+
+def run(args, ctx) -> int:  # noqa: ANN001
+    from nsbox.engine.cli import need_args
+    from nsbox.engine.cli._common import parse_since, stream_logs
+    from nsbox.engine.flags import parse_int
+
+    ref = need_args(args, "logs", 1, 1, "argument")[0]
+    tail = None
+    if args["tail"] not in (None, "", "all"):
+        tail = parse_int(args["tail"], "tail", -1)
+        tail = None if tail < 0 else tail
+    engine = ctx.engine()
+    records = engine.logs(ref, follow=bool(args["follow"]), tail=tail,
+                          timestamps=bool(args["timestamps"]), since=parse_since(args["since"]))
+    stream_logs(records, bool(args["timestamps"]))
+    return 0

@@ -1,0 +1,17 @@
+"""Usage:  nsbox pause CONTAINER [CONTAINER...]
+
+Pause all processes of the containers.
+"""
+
+from __future__ import annotations
+
+FLAGS: dict[str, str] = {}
+
+
+def run(args, ctx) -> int:  # noqa: ANN001
+    from nsbox.engine.cli import need_args
+    from nsbox.engine.cli._common import for_each
+
+    refs = need_args(args, "pause", 1)
+    engine = ctx.engine()
+    return for_each(refs, engine.pause)

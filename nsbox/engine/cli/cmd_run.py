@@ -1,0 +1,83 @@
+"""Usage:  nsbox run [OPTIONS] IMAGE [COMMAND] [ARG...]
+
+Create and run a new container from an image.  With -d, print the container
+id; otherwise stream its output (a terminal with -t) and exit with its code.
+Takes every `docker run` resource, mount, namespace and process flag
+(see docs/engine-cli.md); bad values exit 125 before anything is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from nsbox.engine.flags import RUN_ALIASES, RUN_FLAGS
+
+FLAGS = dict(RUN_FLAGS)
+ALIASES = RUN_ALIASES
+STOP_AFTER = 1
+
+
+def make_spec(args, command_name: str):  # noqa: ANN001, ANN201
+    from nsbox.engine import flags
+    from nsbox.engine.cli import need_args
+
+    need_args(args, command_name, 1)
+    image, command = args.positional[0], args.positional[1:]
+    return flags.build_spec(image, command or None, args.flags)
+
+
+def run(args, ctx) -> int:  # noqa: ANN001
+    from nsbox import api
+    from nsbox.engine.cli._common import reraise_invoke
+    from nsbox.engine.cli._format import Progress
+    from nsbox.errors import ContainerExists, NsboxError
+
+    spec = make_spec(args, "run")
+    engine = ctx.engine()
+    progress = Progress()
+    try:
+        api.ensure_image(engine.images, spec.image, progress)
+    finally:
+        progress.close()
+    if spec.name:
+        try:
+            engine.get(spec.name)
+        except NsboxError:
+            pass
+        else:
+            raise api.name_conflict(engine, spec.name)
+    detach = bool(args["detach"])
+    try:
+        if not detach and (spec.tty or spec.interactive):
+            # A terminal or stdin: the runtime runs in the foreground, in our terminal.
+            return engine.run_foreground(spec)
+        # Attached without a terminal: --rm is done here, after the output is read,
+        # so the logs are not removed under our feet.
+        auto_remove = spec.auto_remove
+        remove_after = auto_remove and not detach
+        if remove_after:
+            spec.auto_remove = False
+        container = api.create_container(engine, spec)
+    except ContainerExists:
+        if spec.name:
+            raise api.name_conflict(engine, spec.name) from None
+        raise
+    try:
+        engine.start(container.id)
+    except NsboxError as exc:
+        if auto_remove:  # a container that never ran is not left behind with --rm
+            with contextlib.suppress(NsboxError):
+                engine.remove(container.id, force=True, volumes=True)
+        reraise_invoke(exc)
+    if detach:
+        sys.stdout.write(container.id + "\n")
+        return 0
+    from nsbox.engine.cli._common import stream_logs
+
+    try:
+        stream_logs(engine.logs(container.id, follow=True))
+        return engine.wait(container.id)
+    finally:
+        if remove_after:
+            engine.remove(container.id, force=True, volumes=True)

@@ -1,0 +1,17 @@
+"""Usage:  nsbox unpause CONTAINER [CONTAINER...]
+
+Unpause all processes of the containers.
+"""
+
+from __future__ import annotations
+
+FLAGS: dict[str, str] = {}
+
+
+def run(args, ctx) -> int:  # noqa: ANN001
+    from nsbox.engine.cli import need_args
+    from nsbox.engine.cli._common import for_each
+
+    refs = need_args(args, "unpause", 1)
+    engine = ctx.engine()
+    return for_each(refs, engine.unpause)

@@ -1,0 +1,29 @@
+"""Usage:  nsbox update [OPTIONS] CONTAINER [CONTAINER...]
+
+Change resource limits of containers: --memory, --memory-swap, --memory-reservation,
+--cpus, --cpu-shares, --cpu-period, --cpu-quota, --cpuset-cpus, --cpuset-mems,
+--blkio-weight, --pids-limit, ...
+"""
+
+from __future__ import annotations
+
+from nsbox.engine.flags import RESOURCE_FLAGS
+
+FLAGS = {name: ("bool" if name == "oom-kill-disable" else
+                "list" if name.startswith(("device-", "blkio-weight-device")) else "str")
+         for name in RESOURCE_FLAGS}
+ALIASES = {"m": "memory", "c": "cpu-shares"}
+
+
+def run(args, ctx) -> int:  # noqa: ANN001
+    from nsbox.engine.cli import need_args
+    from nsbox.engine.cli._common import for_each
+    from nsbox.engine.flags import build_resources
+    from nsbox.errors import ConfigError
+
+    refs = need_args(args, "update", 1)
+    resources = build_resources(args.flags)
+    if not resources:
+        raise ConfigError("you must provide one or more flags when using this command")
+    engine = ctx.engine()
+    return for_each(refs, lambda ref: engine.update(ref, resources))

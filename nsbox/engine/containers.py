@@ -1,0 +1,1133 @@
+"""Containers, Docker-style and daemonless: the engine's `Engine` and `Container`.
+
+    from nsbox.engine.containers import Engine
+    from nsbox.engine.model import ContainerSpec
+    engine = Engine("/var/lib/nsbox", "/run/nsbox")
+    c = engine.run(ContainerSpec(image="busybox", command=["sh", "-c", "echo hi"]))
+    engine.wait(c.id); list(engine.logs(c.id))
+
+Like Podman, there is no daemon: each call reads and writes the SQLite
+metadata (<root>/nsbox.db), builds an OCI bundle (bundle.py) and drives an
+OCI runtime CLI (nsbox-runtime by default, runc works too).  A started
+container is watched by its own monitor process (monitor.py) that keeps its
+log and records its exit.  docs/engine.md has the details.
+
+On disk, per container:
+    <root>/containers/<id>/{upper,work,merged,rootfs.json}   storage.py's overlay
+    <root>/containers/<id>/userdata/   config.json, hosts, hostname, resolv.conf, ctr.log
+    <run_root>/<runtime name>/         the runtime's --root (its state.json files)
+    <run_root>/exits/<id>              the last exit code (read by wait after --rm)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from nsbox.engine import DEFAULT_ROOT
+from nsbox.engine.db import Database
+from nsbox.engine.model import (
+    CREATED,
+    DEAD,
+    EXITED,
+    PAUSED,
+    RESTARTING,
+    RUNNING,
+    ContainerSpec,
+    MountSpec,
+    RestartPolicy,
+)
+from nsbox.errors import (
+    ConfigError,
+    ContainerExists,
+    ContainerNotFound,
+    InvalidState,
+    NsboxError,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUN_ROOT = "/run/nsbox"
+USERDATA = "userdata"
+DEFAULT_STOP_TIMEOUT = 10
+ACTIVE = (RUNNING, PAUSED, RESTARTING)
+NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+_ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid",
+               "merry", "nimble", "proud", "quiet", "rapid", "sharp", "tidy", "vivid", "witty",
+               "zen", "bold", "clever", "dreamy", "fervent", "hopeful")
+_NOUNS = ("turing", "hopper", "lovelace", "knuth", "ritchie", "thompson", "torvalds", "shannon",
+          "dijkstra", "hamilton", "liskov", "lamport", "kay", "backus", "curie", "noether",
+          "euler", "gauss", "pike", "wirth", "cerf", "allen", "goldberg", "perlman")
+
+
+# ====================================================================== records
+@dataclass
+class Container:
+    """What the engine knows about one container (one row of container_containers)."""
+
+    id: str
+    name: str
+    image: str
+    image_id: str
+    created: float
+    state: str
+    exit_code: int
+    pid: int
+    started_at: float
+    finished_at: float
+    restart_count: int
+    spec: ContainerSpec
+    bundle: str
+    runtime: str
+    monitor_pid: int = 0
+    stopped_by_user: bool = False
+    oom_killed: bool = False
+    error: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def running(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.bundle, "ctr.log")
+
+    @classmethod
+    def from_row(cls, row: dict) -> Container:
+        return cls(id=row["id"], name=row["name"], image=row["image"], image_id=row["image_id"],
+                   created=row["created"], state=row["state"], exit_code=row["exit_code"],
+                   pid=row["pid"], started_at=row["started_at"], finished_at=row["finished_at"],
+                   restart_count=row["restart_count"], spec=spec_from_json(row["spec"]),
+                   bundle=row["bundle"], runtime=row["runtime"], monitor_pid=row["monitor_pid"],
+                   stopped_by_user=bool(row["stopped_by_user"]), oom_killed=bool(row["oom_killed"]),
+                   error=row["error"], extra=json.loads(row["extra"] or "{}"))
+
+
+def spec_to_json(spec: ContainerSpec) -> str:
+    return json.dumps(asdict(spec))
+
+
+def spec_from_json(text: str) -> ContainerSpec:
+    data = json.loads(text)
+    data["mounts"] = [MountSpec(**m) for m in data.get("mounts") or []]
+    data["restart"] = RestartPolicy(**(data.get("restart") or {}))
+    data["ulimits"] = {k: tuple(v) for k, v in (data.get("ulimits") or {}).items()}
+    known = ContainerSpec.__dataclass_fields__
+    return ContainerSpec(**{k: v for k, v in data.items() if k in known})
+
+
+# ====================================================================== runtime
+def find_runtime(name: str | None) -> str:
+    """The OCI runtime binary: None -> nsbox-runtime, a name -> PATH lookup, a path -> itself."""
+    if name and os.sep in name:
+        if not os.access(name, os.X_OK):
+            raise ConfigError(f"OCI runtime {name} is not an executable")
+        return name
+    if not name or name == "nsbox-runtime":
+        for candidate in ("/work/main/.venv/bin/nsbox-runtime",
+                          os.path.join(os.path.dirname(sys.executable), "nsbox-runtime")):
+            if os.access(candidate, os.X_OK):
+                return candidate
+        name = "nsbox-runtime"
+    found = shutil.which(name)
+    if not found:
+        raise ConfigError(f"OCI runtime {name!r} not found in PATH")
+    return found
+
+
+def runtime_root(run_root: str, runtime: str) -> str:
+    return os.path.join(run_root, os.path.basename(runtime))
+
+
+def _runtime(run_root: str, runtime: str, *args: str, input: bytes | None = None,  # noqa: A002
+             check: bool = True, capture: bool = True):  # noqa: ANN202 - CompletedProcess
+    import subprocess
+    cmd = [runtime, "--root", runtime_root(run_root, runtime), *args]
+    result = subprocess.run(cmd, input=input, stdout=subprocess.PIPE if capture else None,
+                            stderr=subprocess.PIPE if capture else None, check=False)
+    if check and result.returncode != 0:
+        message = (result.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise NsboxError(f"{os.path.basename(runtime)} {args[0]}: "
+                         f"{message[-1] if message else f'exit status {result.returncode}'}")
+    return result
+
+
+def _runtime_state(run_root: str, runtime: str, cid: str) -> dict | None:
+    result = _runtime(run_root, runtime, "state", cid, check=False)
+    if result.returncode != 0:
+        return None
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if PID exists and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _monitor_alive(pid: int, cid: str) -> bool:
+    if not _pid_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return cid.encode() in f.read()
+    except OSError:
+        return False
+
+
+def _exit_file(run_root: str, cid: str) -> str:
+    return os.path.join(run_root, "exits", cid)
+
+
+# ============================================================ monitor helpers
+# These run in short-lived children of the monitor (see monitor.py), so the
+# monitor itself never imports sqlite3 or the engine.
+def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, console: str,
+                  status_fd: int) -> int:
+    """Create and start the container; write 'ok PID', 'cancel' or 'err MESSAGE' to STATUS_FD."""
+    import subprocess
+    db = Database(root)
+    row = db.container(cid)
+    if row is None:
+        os.write(status_fd, b"err the container was removed\n")
+        return 1
+    if row["stopped_by_user"] and row["state"] == RESTARTING:
+        with contextlib_suppress(NsboxError):
+            Engine(root, run_root).storage.unmount(cid)
+        db.update_container(cid, state=EXITED, pid=0)
+        os.write(status_fd, b"cancel\n")
+        return 0
+    runtime, bundle = row["runtime"], row["bundle"]
+    os.makedirs(runtime_root(run_root, runtime), mode=0o700, exist_ok=True)
+    if _runtime_state(run_root, runtime, cid) is not None:
+        _runtime(run_root, runtime, "delete", "--force", cid, check=False)
+    pid_file = os.path.join(bundle, "init.pid")
+    runtime_log = os.path.join(bundle, "runtime.log")
+    with open(runtime_log, "w"):
+        pass
+    with contextlib_suppress(FileNotFoundError):
+        os.unlink(pid_file)
+    null = os.open("/dev/null", os.O_RDONLY)
+    created = subprocess.run(
+        [runtime, "--root", runtime_root(run_root, runtime), "--log", runtime_log, "create",
+         "--bundle", bundle, "--pid-file", pid_file,
+         *(["--console-socket", console] if console else []), cid],
+        stdin=null, stdout=int(out_w), stderr=int(err_w), check=False)
+    os.close(null)
+    if created.returncode != 0:
+        reason = _runtime_error(runtime_log) or f"runtime create failed (status {created.returncode})"
+        _runtime(run_root, runtime, "delete", "--force", cid, check=False)
+        db.update_container(cid, error=reason)
+        os.write(status_fd, f"err {reason}\n".encode())
+        return 1
+    with open(pid_file) as f:
+        pid = int(f.read().strip())
+    started = _runtime(run_root, runtime, "start", cid, check=False)
+    if started.returncode != 0:
+        reason = (_runtime_error(runtime_log) or started.stderr.decode(errors="replace").strip()
+                  or "runtime start failed")
+        _runtime(run_root, runtime, "delete", "--force", cid, check=False)
+        db.update_container(cid, error=reason)
+        os.write(status_fd, f"err {reason}\n".encode())
+        return 1
+    db.update_container(cid, state=RUNNING, pid=pid, started_at=time.time(), finished_at=0,
+                        exit_code=0, monitor_pid=os.getppid(), error="")
+    os.write(status_fd, f"ok {pid}\n".encode())
+    return 0
+
+
+def _runtime_error(path: str) -> str:
+    """The message of the last error in a runtime --log file (JSON, logfmt or text lines)."""
+    import re
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict):
+            if entry.get("level", "error") in ("error", "fatal"):
+                return str(entry.get("msg") or line)
+            continue
+        logfmt = re.search(r'\bmsg="((?:[^"\\]|\\.)*)"', line)
+        if logfmt:
+            if "level=error" in line or "level=fatal" in line:
+                return logfmt.group(1).replace('\\"', '"')
+            continue
+        text = re.sub(r"^\S+\s+(ERROR|FATAL)\s+[\w.-]+:\s*", "", line)
+        return text
+    return ""
+
+
+class contextlib_suppress:  # noqa: N801 - a tiny stand-in to keep the helper's imports small
+    def __init__(self, *errors: type[BaseException]) -> None:
+        self.errors = errors
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, value, tb) -> bool:  # noqa: ANN001
+        return kind is not None and issubclass(kind, self.errors)
+
+
+def monitor_finish(root: str, run_root: str, cid: str, exit_code: str, failed: str,
+                   status_fd: int) -> int:
+    """Record the exit, delete the runtime state, apply the restart policy (3 = restart)."""
+    from nsbox.engine.monitor import RESTART
+    db = Database(root)
+    row = db.container(cid)
+    code = int(exit_code)
+    if row is None:
+        return 0
+    runtime = row["runtime"]
+    _runtime(run_root, runtime, "delete", "--force", cid, check=False)
+    spec = spec_from_json(row["spec"])
+    os.makedirs(os.path.join(run_root, "exits"), exist_ok=True)
+    with open(_exit_file(run_root, cid), "w") as f:
+        f.write(str(code if failed != "1" else 127))
+    if failed != "1" and not row["stopped_by_user"] and _should_restart(spec.restart, code,
+                                                                       row["restart_count"]):
+        db.update_container(cid, exit_code=code, finished_at=time.time(), pid=0)
+        db.increment_restart(cid)
+        db.update_container(cid, state=RESTARTING)
+        return RESTART
+    engine = Engine(root, run_root)
+    with contextlib_suppress(NsboxError):
+        engine.storage.unmount(cid)
+    if failed == "1":
+        db.update_container(cid, state=CREATED, pid=0, exit_code=127)
+    else:
+        db.update_container(cid, state=EXITED, pid=0, exit_code=code, finished_at=time.time())
+    if spec.auto_remove:
+        engine._remove_now(cid, volumes=True)
+    return 0
+
+
+def _should_restart(policy: RestartPolicy, code: int, count: int) -> bool:
+    if policy.name in ("always", "unless-stopped"):
+        return True
+    if policy.name == "on-failure":
+        return code != 0 and (policy.max_retries <= 0 or count < policy.max_retries)
+    return False
+
+
+# ====================================================================== engine
+class Engine:
+    """The container engine over ROOT (persistent data) and RUN_ROOT (runtime state)."""
+
+    def __init__(self, root: str = DEFAULT_ROOT, run_root: str = DEFAULT_RUN_ROOT,
+                 runtime: str | None = None) -> None:
+        from nsbox.engine.volumes import Volumes
+        self.root = os.path.abspath(root)
+        self.run_root = os.path.abspath(run_root)
+        self.default_runtime = runtime
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        os.makedirs(self.run_root, mode=0o700, exist_ok=True)
+        self.db = Database(self.root)
+        self.volumes = Volumes(self.root, self.db, users=self._volume_users)
+        self._images = None
+        self._storage = None
+        self._loop_bin: str | None = None
+
+    @property
+    def images(self):  # noqa: ANN201 - ImageStore, imported lazily
+        if self._images is None:
+            from nsbox.engine.images.store import ImageStore
+            self._images = ImageStore(self.root)
+        return self._images
+
+    @property
+    def storage(self):  # noqa: ANN201 - Storage, imported lazily
+        if self._storage is None:
+            from nsbox.engine.storage import Storage
+            self._storage = Storage(self.root)
+        return self._storage
+
+    # ------------------------------------------------------------------ lookup
+    def get(self, ref: str) -> Container:
+        """The container with full id REF, name REF, or unique id prefix REF; ContainerNotFound else."""
+        ref = ref.lstrip("/") if isinstance(ref, str) else ref
+        if not ref:
+            raise ContainerNotFound("no container named ''")
+        rows = self.db.find_containers(ref)
+        if not rows:
+            raise ContainerNotFound(f"no such container: {ref}")
+        if len(rows) > 1:
+            raise ContainerNotFound(f"container id prefix {ref!r} is ambiguous ({len(rows)} matches)")
+        return self._reconcile(Container.from_row(rows[0]))
+
+    def _reconcile(self, c: Container) -> Container:
+        """Make C's state true: a dead init or a vanished monitor is noticed here."""
+        if c.state not in ACTIVE:
+            return c
+        if _monitor_alive(c.monitor_pid, c.id):
+            if c.state == RESTARTING or _pid_alive(c.pid):
+                return c
+            # The init died; its monitor is about to record it: give it a moment.
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                time.sleep(0.02)
+                row = self.db.container(c.id)
+                if row is None:
+                    raise ContainerNotFound(f"no such container: {c.id}")
+                if row["state"] not in (RUNNING, PAUSED):
+                    return Container.from_row(row)
+                if not _monitor_alive(c.monitor_pid, c.id):
+                    break
+            c = Container.from_row(self.db.container(c.id) or asdict_row(c))
+        # The monitor may have recorded the exit just before it went away.
+        row = self.db.container(c.id)
+        if row is not None and row["state"] not in ACTIVE:
+            return Container.from_row(row)
+        # No monitor: ask the runtime what is left.
+        state = _runtime_state(self.run_root, c.runtime, c.id)
+        if state is not None and state.get("status") in ("running", "paused", "created"):
+            if state.get("status") == "created":
+                _runtime(self.run_root, c.runtime, "delete", "--force", c.id, check=False)
+            else:
+                return c  # alive without its monitor: still true
+        if state is not None:
+            _runtime(self.run_root, c.runtime, "delete", "--force", c.id, check=False)
+        with contextlib_suppress(NsboxError):
+            self.storage.unmount(c.id)
+        code = c.exit_code if c.state == RESTARTING else 137
+        self.db.update_container(c.id, state=EXITED, pid=0, exit_code=code,
+                                 finished_at=time.time())
+        c.state, c.pid, c.exit_code = EXITED, 0, code
+        return c
+
+    def list(self, all: bool = False, filters: dict | None = None) -> list[Container]:  # noqa: A002
+        """Running containers (every one with ALL), newest first, matching FILTERS.
+
+        Filters (Docker's names): id, name (substring), status, label ("k" or "k=v"),
+        ancestor (image ref or id), exited (exit code).  A value may be a list.
+        """
+        out = []
+        for row in self.db.containers():
+            c = self._reconcile(Container.from_row(row))
+            if not all and c.state not in ACTIVE:
+                continue
+            if filters and not self._matches(c, filters):
+                continue
+            out.append(c)
+        return out
+
+    def _matches(self, c: Container, filters: dict) -> bool:
+        for key, wanted in filters.items():
+            values = wanted if isinstance(wanted, (list, tuple, set)) else [wanted]
+            if key == "id" and not any(c.id.startswith(v) for v in values):
+                return False
+            if key == "name" and not any(v.lstrip("/") in c.name for v in values):
+                return False
+            if key == "status" and c.state not in values:
+                return False
+            if key == "exited" and (c.state != EXITED or str(c.exit_code) not in map(str, values)):
+                return False
+            if key == "label":
+                for v in values:
+                    k, eq, val = v.partition("=")
+                    if k not in c.spec.labels or (eq and c.spec.labels[k] != val):
+                        return False
+            if key == "ancestor" and not any(v in (c.image, c.image_id) or
+                                             c.image_id.removeprefix("sha256:").startswith(v)
+                                             for v in values):
+                return False
+        return True
+
+    def _volume_users(self, name: str) -> list[str]:
+        users = []
+        for row in self.db.containers():
+            spec = spec_from_json(row["spec"])
+            extra = json.loads(row["extra"] or "{}")
+            if any(m.type == "volume" and m.source == name for m in spec.mounts) or \
+                    name in extra.get("anonymous_volumes", []):
+                users.append(row["id"])
+        return users
+
+    # ------------------------------------------------------------------ create
+    def create(self, spec: ContainerSpec) -> Container:
+        """`docker create`: the record, the rootfs and the bundle, but no process yet.
+
+        Raises ImageNotFound, ContainerExists (name in use), BundleError (bind
+        source missing) or ConfigError, leaving nothing behind.
+        """
+        import sqlite3
+
+        from nsbox.engine import bundle as bundle_mod
+        runtime = find_runtime(spec.runtime or self.default_runtime)
+        bundle_mod.check_mounts(spec)
+        if spec.name is not None:
+            _check_name(spec.name)
+            if any(r["name"] == spec.name for r in self.db.find_containers(spec.name)):
+                raise ContainerExists(f"the container name {spec.name!r} is already in use")
+        image = self.images.resolve(spec.image)
+        peer_pids = {}
+        for attr, _ in bundle_mod.NAMESPACE_MODES:
+            mode = getattr(spec, attr) or ""
+            if mode.startswith("container:"):
+                peer_pids[mode] = bundle_mod.peer_pid_or_fail(self.get, mode)
+        bundle_mod.command_of(spec, image.section)  # "no command" fails before anything exists
+
+        cid = secrets.token_hex(32)
+        userdata = os.path.join(self.storage.containers_dir, cid, USERDATA)
+        name = spec.name
+        for attempt in range(100):
+            if spec.name is None:
+                name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
+                if attempt > 10:
+                    name += f"_{secrets.randbelow(10 ** 6)}"
+            row = {"id": cid, "name": name, "image": spec.image, "image_id": image.id,
+                   "created": time.time(), "state": CREATED, "spec": spec_to_json(spec),
+                   "bundle": userdata, "runtime": runtime, "extra": {}}
+            try:
+                self.db.insert_container(row)
+                break
+            except sqlite3.IntegrityError:
+                if spec.name is not None:
+                    raise ContainerExists(f"the container name {spec.name!r} is already in use") \
+                        from None
+        else:
+            raise NsboxError("could not find a free container name")
+        anonymous: list[str] = []
+        try:
+            info = self.storage.create_rootfs(cid, image)
+            os.makedirs(userdata, mode=0o700)
+            volume_paths, volume_names = {}, {}
+            for m in spec.mounts:
+                if m.type == "volume":
+                    vol = self.volumes.create(m.source or None,
+                                              labels=None if m.source else {"nsbox.anonymous-for": cid},
+                                              anonymous=not m.source)
+                    if not m.source:
+                        anonymous.append(vol["Name"])
+                    volume_paths[os.path.normpath(m.target)] = vol["Mountpoint"]
+                    volume_names[os.path.normpath(m.target)] = vol["Name"]
+            covered = {os.path.normpath(m.target) for m in spec.mounts}
+            for target in image.volumes:
+                target = os.path.normpath(target)
+                if target not in covered:
+                    vol = self.volumes.create(None, labels={"nsbox.anonymous-for": cid},
+                                              anonymous=True)
+                    anonymous.append(vol["Name"])
+                    volume_paths[target] = vol["Mountpoint"]
+                    volume_names[target] = vol["Name"]
+            inputs = bundle_mod.BundleInputs(
+                container_id=cid, rootfs=info.merged, layer_dirs=[info.upper] + info.lower_dirs,
+                userdata=userdata, runtime=runtime, volume_paths=volume_paths, peer_pids=peer_pids)
+            config = bundle_mod.build_config(spec, image.section, inputs)
+            with open(os.path.join(userdata, "config.json"), "w") as f:
+                json.dump(config, f, indent=1)
+            extra = {"anonymous_volumes": anonymous, "volumes": volume_names, "path": config["process"]["args"][0],
+                     "args": config["process"]["args"][1:],
+                     "stop_signal": bundle_mod.stop_signal(spec, image.section),
+                     "hostname": config.get("hostname", ""),
+                     "env": config["process"]["env"], "cwd": config["process"]["cwd"],
+                     "user": spec.user if spec.user is not None else image.user,
+                     "image_entrypoint": image.entrypoint, "image_cmd": image.cmd}
+            self.db.update_container(cid, extra=extra)
+        except BaseException:
+            with contextlib_suppress(Exception):
+                self.storage.remove(cid)
+            shutil.rmtree(os.path.join(self.storage.containers_dir, cid), ignore_errors=True)
+            for vol in anonymous:
+                with contextlib_suppress(Exception):
+                    self.db.delete_volume(vol)
+                    shutil.rmtree(os.path.join(self.volumes.dir, vol), ignore_errors=True)
+            self.db.delete_container(cid)
+            raise
+        return self.get(cid)
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self, ref: str) -> None:
+        """Start the container under a new monitor; returns once its process runs (NsboxError if not)."""
+        import subprocess
+        c = self.get(ref)
+        if c.state in (RUNNING, RESTARTING):
+            return
+        if c.state == PAUSED:
+            raise InvalidState(f"container {c.name} is paused: unpause it")
+        self._wait_monitor_gone(c)
+        self.storage.mount(c.id)
+        self.db.update_container(c.id, stopped_by_user=0, error="")
+        with contextlib_suppress(FileNotFoundError):
+            os.unlink(_exit_file(self.run_root, c.id))
+        spec = c.spec
+        read_end, write_end = os.pipe()
+        cmd = [sys.executable, "-m", "nsbox.engine.monitor", self.root, self.run_root, c.id,
+               str(write_end), c.log_path, spec.log_driver,
+               str(_parse_size(spec.log_opts.get("max-size"))),
+               str(int(spec.log_opts.get("max-file", "1"))), "1" if spec.tty else "0",
+               self._loop_binary()]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [_package_parent(), env.get("PYTHONPATH")] if p)
+        proc = subprocess.Popen(cmd, pass_fds=(write_end,), start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env, cwd="/")
+        os.close(write_end)
+        proc.wait()
+        with os.fdopen(read_end, "rb") as pipe:
+            answer = pipe.read().decode(errors="replace").strip()
+        if not answer.startswith("ok "):
+            message = answer.removeprefix("err ").strip() or "the monitor failed to start"
+            raise NsboxError(f"cannot start container {c.name}: {message}")
+
+    def run(self, spec: ContainerSpec, detach: bool = True) -> Container:
+        """create + start.  The caller (CLI) attaches by following logs() and wait()."""
+        c = self.create(spec)
+        try:
+            self.start(c.id)
+        except NsboxError:
+            if spec.auto_remove:
+                with contextlib_suppress(NsboxError):
+                    self._remove_now(c.id, volumes=True)
+            raise
+        try:
+            return self.get(c.id)
+        except ContainerNotFound:
+            return c  # --rm and already gone
+
+    def run_foreground(self, spec: ContainerSpec) -> int:
+        """`run` without a monitor: the runtime's `run` in this process's terminal (for -it); exit code.
+
+        Restart policies do not apply here; --rm does.
+        """
+        import subprocess
+        c = self.create(spec)
+        self.storage.mount(c.id)
+        os.makedirs(runtime_root(self.run_root, c.runtime), mode=0o700, exist_ok=True)
+        pid_file = os.path.join(c.bundle, "init.pid")
+        proc = subprocess.Popen([c.runtime, "--root", runtime_root(self.run_root, c.runtime), "run",
+                                 "--bundle", c.bundle, "--pid-file", pid_file, c.id])
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with open(pid_file) as f:
+                    pid = int(f.read().strip())
+                self.db.update_container(c.id, state=RUNNING, pid=pid, started_at=time.time(),
+                                         monitor_pid=os.getpid())
+                break
+            except (OSError, ValueError):
+                time.sleep(0.01)
+        code = proc.wait()
+        _runtime(self.run_root, c.runtime, "delete", "--force", c.id, check=False)
+        with contextlib_suppress(NsboxError):
+            self.storage.unmount(c.id)
+        self.db.update_container(c.id, state=EXITED, pid=0, exit_code=code, finished_at=time.time())
+        if spec.auto_remove:
+            self._remove_now(c.id, volumes=True)
+        return code
+
+    def _loop_binary(self) -> str:
+        if self._loop_bin is None:
+            from nsbox.engine.monitor import loop_binary
+            self._loop_bin = "" if os.environ.get("NSBOX_MONITOR_PYTHON") else \
+                loop_binary(self.run_root)
+        return self._loop_bin
+
+    def _wait_monitor_gone(self, c: Container, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while _monitor_alive(c.monitor_pid, c.id) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self, ref: str, timeout: int | None = None) -> None:
+        """The stop signal, then SIGKILL after TIMEOUT seconds (spec.stop_timeout, else 10)."""
+        c = self.get(ref)
+        if c.state not in ACTIVE:
+            return
+        self.db.update_container(c.id, stopped_by_user=1)
+        if timeout is None:
+            timeout = c.spec.stop_timeout if c.spec.stop_timeout is not None else DEFAULT_STOP_TIMEOUT
+        self._terminate(c, c.extra.get("stop_signal") or "SIGTERM", max(timeout, 0))
+
+    def _terminate(self, c: Container, signal_name: str, timeout: float) -> None:
+        """Signal the init until the container is down (SIGKILL after TIMEOUT), then its monitor.
+
+        A container caught between restarts may come up once more; it is
+        signalled again (stopped_by_user is set, so the monitor then stops).
+        """
+        signalled_pid, kill_at = 0, 0.0
+        deadline = time.monotonic() + timeout + 30
+        while time.monotonic() < deadline:
+            row = self.db.container(c.id)
+            if row is None:
+                return
+            current = self._reconcile(Container.from_row(row))
+            if current.state not in ACTIVE:
+                break
+            now = time.monotonic()
+            if current.state in (RUNNING, PAUSED) and current.pid != signalled_pid:
+                _runtime(self.run_root, c.runtime, "kill", c.id, signal_name, check=False)
+                if current.state == PAUSED:
+                    _runtime(self.run_root, c.runtime, "resume", c.id, check=False)
+                signalled_pid, kill_at = current.pid, now + timeout
+            elif signalled_pid and now >= kill_at:
+                _runtime(self.run_root, c.runtime, "kill", c.id, "KILL", check=False)
+                kill_at = now + 1
+            time.sleep(0.02)
+        self._wait_monitor_gone(c)
+
+    def kill(self, ref: str, signal: str | int = "KILL") -> None:
+        """Send SIGNAL to the container's init (the restart policy then does not apply)."""
+        c = self.get(ref)
+        if c.state not in (RUNNING, PAUSED):
+            raise InvalidState(f"container {c.name} is not running")
+        self.db.update_container(c.id, stopped_by_user=1)
+        _runtime(self.run_root, c.runtime, "kill", c.id, str(signal))
+
+    def restart(self, ref: str, timeout: int | None = None) -> None:
+        c = self.get(ref)
+        self.stop(c.id, timeout)
+        self.start(c.id)
+
+    def pause(self, ref: str) -> None:
+        c = self.get(ref)
+        if c.state != RUNNING:
+            raise InvalidState(f"container {c.name} is not running")
+        _runtime(self.run_root, c.runtime, "pause", c.id)
+        self.db.update_container(c.id, state=PAUSED)
+
+    def unpause(self, ref: str) -> None:
+        c = self.get(ref)
+        if c.state != PAUSED:
+            raise InvalidState(f"container {c.name} is not paused")
+        _runtime(self.run_root, c.runtime, "resume", c.id)
+        self.db.update_container(c.id, state=RUNNING)
+
+    def wait(self, ref: str) -> int:
+        """Block until the container is not running (or is removed by --rm); its exit code."""
+        try:
+            c = self.get(ref)
+        except ContainerNotFound:
+            # A --rm container may be gone already; its exit code stays behind by full id.
+            try:
+                with open(_exit_file(self.run_root, os.path.basename(ref))) as f:
+                    return int(f.read().strip())
+            except (OSError, ValueError):
+                raise ContainerNotFound(f"no such container: {ref}") from None
+        while True:
+            row = self.db.container(c.id)
+            if row is None:
+                try:
+                    with open(_exit_file(self.run_root, c.id)) as f:
+                        return int(f.read().strip())
+                except (OSError, ValueError):
+                    return c.exit_code
+            c = self._reconcile(Container.from_row(row))
+            if c.state in (EXITED, DEAD) or (c.state == CREATED and c.started_at):
+                return c.exit_code
+            time.sleep(0.05)
+
+    def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        """Delete the container (FORCE kills a running one); VOLUMES also drops its anonymous volumes."""
+        c = self.get(ref)
+        if c.state in ACTIVE:
+            if not force:
+                raise InvalidState(f"cannot remove container {c.name}: it is {c.state}; "
+                                   "stop it first or force the removal")
+            self.db.update_container(c.id, stopped_by_user=1)
+            self._terminate(c, "KILL", 0)
+        self._wait_monitor_gone(c)
+        self._remove_now(c.id, volumes)
+        with contextlib_suppress(FileNotFoundError):
+            os.unlink(_exit_file(self.run_root, c.id))
+
+    def _remove_now(self, cid: str, volumes: bool) -> None:
+        row = self.db.container(cid)
+        if row is None:
+            return
+        _runtime(self.run_root, row["runtime"], "delete", "--force", cid, check=False)
+        self.storage.remove(cid)
+        shutil.rmtree(os.path.join(self.storage.containers_dir, cid), ignore_errors=True)
+        self.db.delete_container(cid)
+        extra = json.loads(row["extra"] or "{}")
+        if volumes:
+            for name in extra.get("anonymous_volumes", []):
+                with contextlib_suppress(NsboxError):
+                    self.volumes.remove(name, force=True)
+
+    def prune(self) -> list[str]:
+        """Remove every container that is not running; their ids."""
+        removed = []
+        for c in self.list(all=True):
+            if c.state not in ACTIVE:
+                with contextlib_suppress(ContainerNotFound):
+                    self.remove(c.id)
+                    removed.append(c.id)
+        return removed
+
+    def rename(self, ref: str, new_name: str) -> None:
+        import sqlite3
+        c = self.get(ref)
+        _check_name(new_name)
+        try:
+            self.db.update_container(c.id, name=new_name)
+        except sqlite3.IntegrityError:
+            raise ContainerExists(f"the container name {new_name!r} is already in use") from None
+
+    def update(self, ref: str, resources: dict) -> None:
+        """Change linux.resources (OCI names) now if running, and for later starts."""
+        c = self.get(ref)
+        if c.state in (RUNNING, PAUSED):
+            _runtime(self.run_root, c.runtime, "update", "--resources", "-", c.id,
+                     input=json.dumps(resources).encode())
+        c.spec.resources = {**c.spec.resources, **resources}
+        path = os.path.join(c.bundle, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config["linux"].setdefault("resources", {}).update(resources)
+        with open(path + ".tmp", "w") as f:
+            json.dump(config, f, indent=1)
+        os.replace(path + ".tmp", path)
+        self.db.update_container(c.id, spec=spec_to_json(c.spec))
+
+    # ------------------------------------------------------------ io and info
+    def logs(self, ref: str, follow: bool = False, tail: int | None = None,
+             timestamps: bool = False, since: float | None = None
+             ) -> Iterator[tuple[str, str, bytes]]:
+        """(RFC 3339 time, "stdout"|"stderr", line bytes incl. newline), oldest first.
+
+        TIMESTAMPS is accepted for the CLI's sake: the time is always in the tuple.
+        """
+        from nsbox.engine.logs import read_logs
+        c = self.get(ref)
+
+        def running() -> bool:
+            # Until the monitor is gone it may still be copying the last output
+            # into the log, even after the container's process has exited.
+            row = self.db.container(c.id)
+            if row is None:
+                return False
+            current = Container.from_row(row)
+            if current.monitor_pid and _monitor_alive(current.monitor_pid, current.id):
+                return True
+            return self._reconcile(current).state in ACTIVE
+        return read_logs(c.log_path, c.spec.log_driver, follow, tail, since, running)
+
+    def exec(self, ref: str, cmd: list[str], tty: bool = False, interactive: bool = False,
+             env: dict[str, str] | None = None, user: str | None = None,
+             workdir: str | None = None, detach: bool = False,
+             stdin=None, stdout=None, stderr=None) -> int:  # noqa: ANN001
+        """Run CMD in the running container; its exit code (0 with DETACH).
+
+        STDIN/STDOUT/STDERR (files or fds) default to this process's; not
+        interactive means stdin is /dev/null.
+        """
+        import subprocess
+
+        from nsbox.engine.bundle import resolve_user
+        c = self.get(ref)
+        if c.state != RUNNING:
+            raise InvalidState(f"container {c.name} is not running")
+        args = ["exec"]
+        if tty:
+            args.append("--tty")
+        if detach:
+            args.append("--detach")
+        if workdir:
+            args += ["--cwd", workdir]
+        for key, value in (env or {}).items():
+            args += ["--env", f"{key}={value}"]
+        if user:
+            info = self.storage.rootfs(c.id)
+            uid, gid, _ = resolve_user(user, [info.upper] + info.lower_dirs)
+            args += ["--user", f"{uid}:{gid}"]
+        args += [c.id, *cmd]
+        if stdin is None and not interactive:
+            stdin = subprocess.DEVNULL
+        result = subprocess.run([c.runtime, "--root", runtime_root(self.run_root, c.runtime), *args],
+                                stdin=stdin, stdout=stdout, stderr=stderr, check=False)
+        return result.returncode
+
+    def top(self, ref: str) -> list[list[str]]:
+        """Processes of the container: a header row (UID PID PPID CMD), then one row each."""
+        c = self.get(ref)
+        if c.state not in (RUNNING, PAUSED):
+            raise InvalidState(f"container {c.name} is not running")
+        result = _runtime(self.run_root, c.runtime, "ps", "--format", "json", c.id)
+        rows = [["UID", "PID", "PPID", "CMD"]]
+        for pid in json.loads(result.stdout or b"[]"):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    status = dict(line.split(":", 1) for line in f if ":" in line)
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            rows.append([status["Uid"].split()[0], str(pid), status["PPid"].strip(),
+                         cmdline or f"[{status['Name'].strip()}]"])
+        return rows
+
+    def port(self, ref: str) -> dict:
+        """Published ports: none until networking exists."""
+        self.get(ref)
+        return {}
+
+    def cp(self, src: str, dst: str) -> None:
+        """Copy between the host and a container's filesystem; "CTR:/path" on either side.
+
+        Mounted volumes are not seen (the copy goes through the overlay rootfs).
+        """
+        src_ctr, src_path = _split_cp(src)
+        dst_ctr, dst_path = _split_cp(dst)
+        if (src_ctr is None) == (dst_ctr is None):
+            raise ConfigError("cp: exactly one of SRC and DST must be CONTAINER:PATH")
+        c = self.get(src_ctr or dst_ctr)
+        was_mounted = self.storage.is_mounted(c.id)
+        merged = self.storage.mount(c.id)
+        try:
+            if src_ctr is not None:
+                source = _secure_join(merged, src_path)
+                target = os.path.abspath(dst_path)
+            else:
+                source = os.path.abspath(src_path)
+                target = _secure_join(merged, dst_path)
+            if not os.path.lexists(source):
+                raise ConfigError(f"cp: {src}: no such file or directory")
+            if os.path.isdir(target) and not os.path.islink(target):
+                target = os.path.join(target, os.path.basename(source.rstrip("/")))
+            if os.path.isdir(source) and not os.path.islink(source):
+                shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+            else:
+                shutil.copy2(source, target, follow_symlinks=False)
+        finally:
+            if not was_mounted and self.get(c.id).state not in ACTIVE:
+                self.storage.unmount(c.id)
+
+    def inspect(self, ref: str) -> dict:
+        """Docker-shaped inspect JSON, plus "Namespaces" and "Cgroups" (nsbox's additions)."""
+        from nsbox.engine.images.config import format_time
+        c = self.get(ref)
+        spec, extra = c.spec, c.extra
+        res = spec.resources or {}
+        memory = res.get("memory") or {}
+        cpu = res.get("cpu") or {}
+        nano_cpus = 0
+        if cpu.get("quota") and cpu.get("period"):
+            nano_cpus = int(cpu["quota"] * 1e9 / cpu["period"])
+        try:
+            info = self.storage.rootfs(c.id)
+            graph = {"LowerDir": ":".join(info.lower_dirs), "UpperDir": info.upper,
+                     "WorkDir": info.work, "MergedDir": info.merged}
+        except ContainerNotFound:
+            graph = {}
+        mounts = []
+        for m in spec.mounts:
+            entry = {"Type": m.type, "Destination": m.target, "Mode": "",
+                     "RW": not m.read_only, "Propagation": "rprivate" if m.type != "tmpfs" else ""}
+            if m.type == "bind":
+                entry["Source"] = os.path.abspath(m.source)
+            elif m.type == "volume":
+                entry["Name"] = extra.get("volumes", {}).get(os.path.normpath(m.target), m.source)
+                entry["Driver"] = "local"
+                entry["Source"] = os.path.join(self.volumes.dir, entry["Name"], "_data")
+            mounts.append(entry)
+        for name in extra.get("anonymous_volumes", []):
+            if not any(m.get("Name") == name for m in mounts):
+                mounts.append({"Type": "volume", "Name": name, "Driver": "local",
+                               "Source": os.path.join(self.volumes.dir, name, "_data"), "RW": True})
+        running = c.state in (RUNNING, PAUSED)
+        return {
+            "Id": c.id,
+            "Created": format_time(c.created),
+            "Path": extra.get("path", ""),
+            "Args": extra.get("args", []),
+            "State": {
+                "Status": c.state, "Running": running, "Paused": c.state == PAUSED,
+                "Restarting": c.state == RESTARTING, "OOMKilled": c.oom_killed,
+                "Dead": c.state == DEAD, "Pid": c.pid if running else 0, "ExitCode": c.exit_code,
+                "Error": c.error,
+                "StartedAt": format_time(c.started_at) if c.started_at else "0001-01-01T00:00:00Z",
+                "FinishedAt": format_time(c.finished_at) if c.finished_at else "0001-01-01T00:00:00Z",
+            },
+            "Image": c.image_id,
+            "ResolvConfPath": os.path.join(c.bundle, "resolv.conf"),
+            "HostnamePath": os.path.join(c.bundle, "hostname"),
+            "HostsPath": os.path.join(c.bundle, "hosts"),
+            "LogPath": c.log_path,
+            "Name": "/" + c.name,
+            "RestartCount": c.restart_count,
+            "Driver": "overlay",
+            "Platform": "linux",
+            "HostConfig": {
+                "Binds": [f"{m.source}:{m.target}{':ro' if m.read_only else ''}"
+                          for m in spec.mounts if m.type in ("bind", "volume") and m.source],
+                "LogConfig": {"Type": spec.log_driver, "Config": dict(spec.log_opts)},
+                "NetworkMode": spec.network_mode,
+                "RestartPolicy": {"Name": spec.restart.name,
+                                  "MaximumRetryCount": spec.restart.max_retries},
+                "AutoRemove": spec.auto_remove,
+                "CapAdd": list(spec.cap_add), "CapDrop": list(spec.cap_drop),
+                "IpcMode": spec.ipc_mode, "PidMode": spec.pid_mode, "UTSMode": spec.uts_mode,
+                "UsernsMode": spec.userns_mode, "CgroupnsMode": spec.cgroupns_mode,
+                "OomScoreAdj": spec.oom_score_adj or 0,
+                "Privileged": spec.privileged, "ReadonlyRootfs": spec.read_only,
+                "SecurityOpt": list(spec.security_opt),
+                "ShmSize": spec.shm_size or 64 * 1024 * 1024,
+                "Sysctls": dict(spec.sysctls),
+                "Runtime": os.path.basename(c.runtime),
+                "Memory": memory.get("limit", 0) or 0,
+                "MemoryReservation": memory.get("reservation", 0) or 0,
+                "MemorySwap": memory.get("swap", 0) or 0,
+                "NanoCpus": nano_cpus,
+                "CpuShares": cpu.get("shares", 0) or 0,
+                "CpuPeriod": cpu.get("period", 0) or 0,
+                "CpuQuota": cpu.get("quota", 0) or 0,
+                "CpusetCpus": cpu.get("cpus", "") or "",
+                "CpusetMems": cpu.get("mems", "") or "",
+                "PidsLimit": (res.get("pids") or {}).get("limit") or None,
+                "BlkioWeight": (res.get("blockIO") or {}).get("weight", 0) or 0,
+                "Devices": [{"PathOnHost": d.split(":")[0], "PathInContainer":
+                             (d.split(":") + [d.split(":")[0]])[1], "CgroupPermissions": "rwm"}
+                            for d in spec.devices],
+                "Ulimits": [{"Name": k, "Soft": v[0], "Hard": v[1]} for k, v in spec.ulimits.items()],
+                "Init": spec.init,
+            },
+            "GraphDriver": {"Name": "overlay", "Data": graph},
+            "Mounts": mounts,
+            "Config": {
+                "Hostname": extra.get("hostname", ""),
+                "User": extra.get("user", "") or "",
+                "Env": extra.get("env", []),
+                "Cmd": spec.command if spec.command is not None else (
+                    [] if spec.entrypoint is not None else extra.get("image_cmd")),
+                "Entrypoint": spec.entrypoint if spec.entrypoint is not None
+                else extra.get("image_entrypoint"),
+                "WorkingDir": extra.get("cwd", "/"),
+                "Labels": dict(spec.labels),
+                "Image": c.image,
+                "Tty": spec.tty,
+                "OpenStdin": spec.interactive,
+                "StopSignal": extra.get("stop_signal", "SIGTERM"),
+                "StopTimeout": spec.stop_timeout if spec.stop_timeout is not None
+                else DEFAULT_STOP_TIMEOUT,
+            },
+            "NetworkSettings": {},
+            "Namespaces": _namespaces(c.pid) if running else {},
+            "Cgroups": self._cgroups(c) if running else {},
+        }
+
+    def _cgroups(self, c: Container) -> dict[str, str]:
+        """controller -> host cgroup directory, from the runtime's state.json, else /proc/PID/cgroup."""
+        path = os.path.join(runtime_root(self.run_root, c.runtime), c.id, "state.json")
+        try:
+            with open(path) as f:
+                paths = json.load(f).get("cgroup_paths") or {}
+            if paths:
+                return dict(paths)
+        except (OSError, ValueError):
+            pass
+        out = {}
+        try:
+            with open(f"/proc/{c.pid}/cgroup") as f:
+                for line in f:
+                    _, controllers, rel = line.rstrip("\n").split(":", 2)
+                    if not controllers:
+                        out["unified"] = "/sys/fs/cgroup/unified" + rel if os.path.isdir(
+                            "/sys/fs/cgroup/unified") else "/sys/fs/cgroup" + rel
+                        continue
+                    for ctrl in controllers.split(","):
+                        ctrl = ctrl.removeprefix("name=")
+                        out[ctrl] = f"/sys/fs/cgroup/{controllers.removeprefix('name=')}{rel}"
+        except OSError:
+            pass
+        return out
+
+
+def asdict_row(c: Container) -> dict:
+    row = {k: getattr(c, k) for k in ("id", "name", "image", "image_id", "created", "state",
+                                      "exit_code", "pid", "monitor_pid", "started_at",
+                                      "finished_at", "restart_count", "stopped_by_user",
+                                      "oom_killed", "error", "bundle", "runtime")}
+    row["spec"] = spec_to_json(c.spec)
+    row["extra"] = json.dumps(c.extra)
+    return row
+
+
+def _namespaces(pid: int) -> dict[str, dict]:
+    out = {}
+    for name in NAMESPACES:
+        path = f"/proc/{pid}/ns/{name}"
+        try:
+            inode = os.stat(path).st_ino
+            host = os.stat(f"/proc/self/ns/{name}").st_ino
+        except OSError:
+            continue
+        out[name] = {"inode": inode, "path": path, "shared_with_host": inode == host}
+    return out
+
+
+def _check_name(name: str) -> None:
+    import re
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name or ""):
+        raise ConfigError(f"invalid container name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+    if len(name) > 253:
+        raise ConfigError("container name too long")
+
+
+def _parse_size(text: str | None) -> int:
+    from nsbox.engine.logs import parse_size
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise ConfigError(f"invalid log max-size {text!r}") from None
+
+
+def _package_parent() -> str:
+    import nsbox
+    return os.path.dirname(os.path.dirname(os.path.abspath(nsbox.__file__)))
+
+
+def _split_cp(text: str) -> tuple[str | None, str]:
+    head, sep, tail = text.partition(":")
+    if sep and head and "/" not in head:
+        return head, tail or "/"
+    return None, text
+
+
+def _secure_join(root: str, path: str) -> str:
+    """ROOT/PATH with every symlink resolved as if ROOT were / (no escaping it)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        if os.path.islink(candidate) and parts is not None:
+            hops += 1
+            if hops > 40:
+                raise ConfigError(f"cp: too many symlinks in {path}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)

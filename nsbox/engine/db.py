@@ -1,0 +1,237 @@
+"""The engine's metadata: one SQLite database, <root>/nsbox.db, in WAL mode.
+
+Every nsbox command is its own process and there is no daemon, so many
+processes may write at once.  Each call opens a short-lived connection with
+a busy timeout; SQLite serialises the writers, WAL lets readers go on, and
+`database is locked` (which a busy timeout does not always absorb, e.g. when
+a read transaction is upgraded) is retried here.  Container names are a
+UNIQUE column, so two racing `run --name x` cannot both win.
+
+Tables are prefixed `container_` and `volume_`; the image store may keep its
+own `image_` tables in the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from nsbox.errors import NsboxError
+
+DB_FILE = "nsbox.db"
+BUSY_TIMEOUT_S = 30.0
+_RETRIES = 50
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS container_containers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    image TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    created REAL NOT NULL,
+    state TEXT NOT NULL,
+    exit_code INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER NOT NULL DEFAULT 0,
+    monitor_pid INTEGER NOT NULL DEFAULT 0,
+    started_at REAL NOT NULL DEFAULT 0,
+    finished_at REAL NOT NULL DEFAULT 0,
+    restart_count INTEGER NOT NULL DEFAULT 0,
+    stopped_by_user INTEGER NOT NULL DEFAULT 0,
+    oom_killed INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    spec TEXT NOT NULL,
+    bundle TEXT NOT NULL,
+    runtime TEXT NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS volume_volumes (
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    mountpoint TEXT NOT NULL,
+    driver TEXT NOT NULL DEFAULT 'local',
+    labels TEXT NOT NULL DEFAULT '{}',
+    anonymous INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+CONTAINER_COLUMNS = ("id", "name", "image", "image_id", "created", "state", "exit_code", "pid",
+                     "monitor_pid", "started_at", "finished_at", "restart_count",
+                     "stopped_by_user", "oom_killed", "error", "spec", "bundle", "runtime", "extra")
+
+
+class Database:
+    """Short-lived connections to <root>/nsbox.db; safe to share between threads."""
+
+    def __init__(self, root: str) -> None:
+        self.path = os.path.join(root, DB_FILE)
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        self._retry(self._init_schema)
+
+    def _connect(self):  # noqa: ANN202 - sqlite3.Connection, imported lazily
+        import sqlite3
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        return conn
+
+    def _init_schema(self) -> None:
+        with self.connection() as conn:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        conn = self._connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A write transaction taken up front (BEGIN IMMEDIATE), so it cannot deadlock on upgrade."""
+        with self.connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _retry(self, func: Callable[[], T]) -> T:
+        import sqlite3
+        for attempt in range(_RETRIES):
+            try:
+                return func()
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) and "busy" not in str(err):
+                    raise NsboxError(f"{self.path}: {err}") from None
+                if attempt == _RETRIES - 1:
+                    raise NsboxError(f"{self.path}: {err} (gave up after {_RETRIES} tries)") from None
+                time.sleep(0.01 + random.random() * 0.05)
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------- containers
+    def insert_container(self, row: dict) -> None:
+        """Insert a container row; sqlite3.IntegrityError if its id or name is taken."""
+        columns = [c for c in CONTAINER_COLUMNS if c in row]
+        sql = (f"INSERT INTO container_containers ({','.join(columns)}) "
+               f"VALUES ({','.join('?' for _ in columns)})")
+
+        def insert() -> None:
+            with self.transaction() as conn:
+                conn.execute(sql, [_encode(row[c]) for c in columns])
+        self._retry(insert)
+
+    def update_container(self, container_id: str, **fields: Any) -> bool:
+        """Set FIELDS of one container; False if it no longer exists."""
+        if not fields:
+            return True
+        sql = (f"UPDATE container_containers SET {','.join(f'{k}=?' for k in fields)} WHERE id=?")
+
+        def update() -> bool:
+            with self.transaction() as conn:
+                cur = conn.execute(sql, [_encode(v) for v in fields.values()] + [container_id])
+                return cur.rowcount > 0
+        return self._retry(update)
+
+    def increment_restart(self, container_id: str) -> int:
+        def bump() -> int:
+            with self.transaction() as conn:
+                conn.execute("UPDATE container_containers SET restart_count=restart_count+1 "
+                             "WHERE id=?", (container_id,))
+                row = conn.execute("SELECT restart_count FROM container_containers WHERE id=?",
+                                   (container_id,)).fetchone()
+                return int(row[0]) if row else 0
+        return self._retry(bump)
+
+    def delete_container(self, container_id: str) -> None:
+        def delete() -> None:
+            with self.transaction() as conn:
+                conn.execute("DELETE FROM container_containers WHERE id=?", (container_id,))
+        self._retry(delete)
+
+    def container(self, container_id: str) -> dict | None:
+        def get() -> dict | None:
+            with self.connection() as conn:
+                row = conn.execute("SELECT * FROM container_containers WHERE id=?",
+                                   (container_id,)).fetchone()
+                return dict(row) if row else None
+        return self._retry(get)
+
+    def containers(self) -> list[dict]:
+        def get() -> list[dict]:
+            with self.connection() as conn:
+                rows = conn.execute("SELECT * FROM container_containers ORDER BY created DESC")
+                return [dict(r) for r in rows]
+        return self._retry(get)
+
+    def find_containers(self, ref: str) -> list[dict]:
+        """Rows whose name is REF, or else whose id starts with REF."""
+        def get() -> list[dict]:
+            with self.connection() as conn:
+                rows = conn.execute("SELECT * FROM container_containers WHERE name=?",
+                                    (ref,)).fetchall()
+                if not rows and ref and all(c in "0123456789abcdef" for c in ref):
+                    rows = conn.execute("SELECT * FROM container_containers WHERE id LIKE ?",
+                                        (ref + "%",)).fetchall()
+                return [dict(r) for r in rows]
+        return self._retry(get)
+
+    # ---------------------------------------------------------------- volumes
+    def insert_volume(self, row: dict) -> None:
+        def insert() -> None:
+            with self.transaction() as conn:
+                conn.execute("INSERT INTO volume_volumes (name, created, mountpoint, driver, labels,"
+                             " anonymous) VALUES (?,?,?,?,?,?)",
+                             (row["name"], row["created"], row["mountpoint"],
+                              row.get("driver", "local"), json.dumps(row.get("labels") or {}),
+                              int(row.get("anonymous", 0))))
+        self._retry(insert)
+
+    def volume(self, name: str) -> dict | None:
+        def get() -> dict | None:
+            with self.connection() as conn:
+                row = conn.execute("SELECT * FROM volume_volumes WHERE name=?", (name,)).fetchone()
+                return _volume_row(row)
+        return self._retry(get)
+
+    def volumes(self) -> list[dict]:
+        def get() -> list[dict]:
+            with self.connection() as conn:
+                return [_volume_row(r) for r in
+                        conn.execute("SELECT * FROM volume_volumes ORDER BY name")]
+        return self._retry(get)
+
+    def delete_volume(self, name: str) -> None:
+        def delete() -> None:
+            with self.transaction() as conn:
+                conn.execute("DELETE FROM volume_volumes WHERE name=?", (name,))
+        self._retry(delete)
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _volume_row(row: Any) -> dict | None:
+    if row is None:
+        return None
+    out = dict(row)
+    out["labels"] = json.loads(out.get("labels") or "{}")
+    out["anonymous"] = bool(out.get("anonymous"))
+    return out

@@ -1,0 +1,604 @@
+"""Docker-style flag values -> ContainerSpec and OCI linux.resources.
+
+Both front ends share this module: the `nsbox` CLI hands it the flags it
+parsed (long names, string values), the Python API hands it keyword
+arguments (`memory="512m"`, `cpus=1.5`, `env={"A": "b"}`), so values may be
+strings or already-typed Python values.  Every bad value raises ConfigError
+with a message naming the flag and the value, as Docker words it.
+
+    opts = {"memory": "512m", "cpus": "1.5", "env": ["A=b"], "rm": True}
+    spec = build_spec("busybox", ["echo", "hi"], opts)
+"""
+
+from __future__ import annotations
+
+import os
+
+from nsbox.errors import ConfigError
+
+from .model import ContainerSpec, MountSpec, RestartPolicy
+
+# What each run/create flag holds: "bool", "str" (last one wins) or "list" (repeatable).
+RUN_FLAGS: dict[str, str] = {
+    "memory": "str", "memory-reservation": "str", "memory-swap": "str",
+    "memory-swappiness": "str", "oom-kill-disable": "bool", "oom-score-adj": "str",
+    "cpus": "str", "cpu-shares": "str", "cpu-period": "str", "cpu-quota": "str",
+    "cpuset-cpus": "str", "cpuset-mems": "str", "blkio-weight": "str",
+    "blkio-weight-device": "list", "device-read-bps": "list", "device-write-bps": "list",
+    "device-read-iops": "list", "device-write-iops": "list", "pids-limit": "str",
+    "ulimit": "list", "shm-size": "str", "device": "list", "sysctl": "list", "tmpfs": "list",
+    "volume": "list", "mount": "list", "env": "list", "env-file": "list", "label": "list",
+    "restart": "str", "pid": "str", "ipc": "str", "uts": "str", "network": "str", "net": "str",
+    "userns": "str", "cgroupns": "str", "stop-signal": "str", "stop-timeout": "str",
+    "user": "str", "workdir": "str", "hostname": "str", "entrypoint": "str", "name": "str",
+    "read-only": "bool", "init": "bool", "rm": "bool", "detach": "bool", "interactive": "bool",
+    "tty": "bool", "cap-add": "list", "cap-drop": "list", "security-opt": "list",
+    "privileged": "bool", "log-driver": "str", "log-opt": "list", "runtime": "str",
+}
+RUN_ALIASES = {"m": "memory", "c": "cpu-shares", "v": "volume", "e": "env", "l": "label",
+               "u": "user", "w": "workdir", "h": "hostname", "d": "detach", "i": "interactive",
+               "t": "tty"}
+# The resource flags `update` accepts.
+RESOURCE_FLAGS = ("memory", "memory-reservation", "memory-swap", "memory-swappiness",
+                  "oom-kill-disable", "cpus", "cpu-shares", "cpu-period", "cpu-quota",
+                  "cpuset-cpus", "cpuset-mems", "blkio-weight", "blkio-weight-device",
+                  "device-read-bps", "device-write-bps", "device-read-iops",
+                  "device-write-iops", "pids-limit")
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+CPU_PERIOD = 100_000  # microseconds: the kernel's default CFS period
+_NS_FLAGS = {"pid": "pid_mode", "ipc": "ipc_mode", "uts": "uts_mode", "network": "network_mode",
+             "userns": "userns_mode", "cgroupns": "cgroupns_mode"}
+_RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+_LOG_DRIVERS = ("json-file", "k8s-file")
+_LOG_OPTS = ("max-size", "max-file")
+
+
+def bad(flag: str, value: object, why: str) -> ConfigError:
+    """The Docker wording for a flag value that does not parse."""
+    return ConfigError(f'invalid argument "{value}" for "--{flag}" flag: {why}')
+
+
+def _as_list(value: object) -> list:
+    if value is None or value is False:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+# ================================================================ numbers
+def parse_size(value: object, flag: str = "memory") -> int:
+    """Bytes from `512m`, `1g`, `100k`, `1024`, `1.5g` (binary units) or an int."""
+    if isinstance(value, bool):
+        raise bad(flag, value, f"invalid size: '{value}'")
+    if isinstance(value, int):
+        if value < 0:
+            raise bad(flag, value, f"invalid size: '{value}'")
+        return value
+    text = str(value).strip().lower()
+    number = text.rstrip("bkmgt")
+    suffix = text[len(number):]
+    # "mb" and "kib"-less Docker forms: one unit letter, optionally followed by "b".
+    if suffix.endswith("b") and len(suffix) == 2:
+        suffix = suffix[0]
+    if suffix not in _UNITS or not number:
+        raise bad(flag, value, f"invalid size: '{value}'")
+    try:
+        amount = float(number)
+    except ValueError:
+        raise bad(flag, value, f"invalid size: '{value}'") from None
+    if amount < 0 or amount != amount:
+        raise bad(flag, value, f"invalid size: '{value}'")
+    return int(amount * _UNITS[suffix])
+
+
+def parse_int(value: object, flag: str, low: int | None = None, high: int | None = None) -> int:
+    """An integer flag, optionally within [LOW, HIGH]."""
+    if isinstance(value, bool):
+        raise bad(flag, value, "invalid syntax")
+    try:
+        number = int(value) if isinstance(value, int) else int(str(value).strip(), 10)
+    except ValueError:
+        raise bad(flag, value, "invalid syntax") from None
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise bad(flag, value, f"must be in the range {low} to {high}" if high is not None
+                  else f"must be at least {low}")
+    return number
+
+
+def parse_bool(value: object, flag: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("1", "true", "yes", "on", ""):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise bad(flag, value, "invalid syntax")
+
+
+def parse_cpus(value: object) -> tuple[int, int]:
+    """--cpus N -> (quota, period) in microseconds: 1.5 -> (150000, 100000)."""
+    ncpu = os.cpu_count() or 1
+    try:
+        amount = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise bad("cpus", value, "invalid syntax") from None
+    if not 0.01 <= amount <= ncpu:
+        raise bad("cpus", value, f"range of CPUs is from 0.01 to {ncpu}.00, as per the number "
+                  "of CPUs available")
+    return round(amount * CPU_PERIOD), CPU_PERIOD
+
+
+def parse_cpuset(value: object, flag: str) -> str:
+    """Validate a cpuset list like `0-3,5`; returns it normalised (no spaces)."""
+    text = str(value).replace(" ", "")
+    if not text:
+        raise bad(flag, value, "empty cpuset")
+    for part in text.split(","):
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise bad(flag, value, f"invalid format: {part!r}")
+        if dash and int(high) < int(low):
+            raise bad(flag, value, f"invalid range: {part!r}")
+    return text
+
+
+def device_numbers(path: str, flag: str) -> tuple[int, int]:
+    """(major, minor) of the device node PATH."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f'invalid argument "{path}" for "--{flag}" flag: '
+                          f"{exc.strerror.lower() if exc.strerror else exc}") from None
+    if not (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+        raise ConfigError(f'invalid argument "{path}" for "--{flag}" flag: '
+                          f"{path} is not a device")
+    return os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+def _device_rate(entry: object, flag: str, iops: bool) -> dict:
+    path, colon, amount = str(entry).rpartition(":")
+    if not colon or not path.startswith("/"):
+        raise bad(flag, entry, "bad format, expected DEVICE:RATE")
+    if iops:
+        rate = parse_int(amount, flag, 0)
+    else:
+        try:
+            rate = parse_size(amount, flag)
+        except ConfigError:
+            raise bad(flag, entry, f"invalid rate: '{amount}'") from None
+    major, minor = device_numbers(path, flag)
+    return {"major": major, "minor": minor, "rate": rate}
+
+
+# ================================================================ resources
+def build_resources(opts: dict) -> dict:
+    """OCI linux.resources from the resource flags in OPTS (long names); {} if none."""
+    res: dict = {}
+    memory: dict = {}
+    if opts.get("memory") not in (None, ""):
+        memory["limit"] = parse_size(opts["memory"], "memory")
+        if memory["limit"] and memory["limit"] < 6 * (1 << 20):
+            raise ConfigError("Minimum memory limit allowed is 6MB")
+    if opts.get("memory-reservation") not in (None, ""):
+        memory["reservation"] = parse_size(opts["memory-reservation"], "memory-reservation")
+    if opts.get("memory-swap") not in (None, ""):
+        raw = opts["memory-swap"]
+        if str(raw).strip() == "-1":
+            memory["swap"] = -1
+        else:
+            memory["swap"] = parse_size(raw, "memory-swap")
+            if "limit" not in memory:
+                raise ConfigError("You should always set the Memory limit when using "
+                                  "Memoryswap limit, see usage")
+            if memory["swap"] < memory["limit"]:
+                raise ConfigError("Minimum memoryswap limit should be larger than memory "
+                                  "limit, see usage")
+    if opts.get("memory-swappiness") not in (None, ""):
+        value = opts["memory-swappiness"]
+        number = parse_int(value, "memory-swappiness")
+        if number != -1:  # Docker's "unset"
+            if not 0 <= number <= 100:
+                raise bad("memory-swappiness", value, "must be in the range 0 to 100")
+            memory["swappiness"] = number
+    if opts.get("oom-kill-disable"):
+        memory["disableOOMKiller"] = parse_bool(opts["oom-kill-disable"], "oom-kill-disable")
+    if memory:
+        res["memory"] = memory
+
+    cpu: dict = {}
+    if opts.get("cpus") not in (None, ""):
+        if opts.get("cpu-period") not in (None, "") or opts.get("cpu-quota") not in (None, ""):
+            raise ConfigError("Conflicting options: --cpus and --cpu-period/--cpu-quota")
+        cpu["quota"], cpu["period"] = parse_cpus(opts["cpus"])
+    if opts.get("cpu-shares") not in (None, ""):
+        cpu["shares"] = parse_int(opts["cpu-shares"], "cpu-shares", 2, 262144)
+    if opts.get("cpu-period") not in (None, ""):
+        cpu["period"] = parse_int(opts["cpu-period"], "cpu-period", 1000, 1_000_000)
+    if opts.get("cpu-quota") not in (None, ""):
+        quota = parse_int(opts["cpu-quota"], "cpu-quota")
+        if quota != -1 and quota < 1000:
+            raise bad("cpu-quota", opts["cpu-quota"], "must be -1 or at least 1000")
+        cpu["quota"] = quota
+    if opts.get("cpuset-cpus") not in (None, ""):
+        cpu["cpus"] = parse_cpuset(opts["cpuset-cpus"], "cpuset-cpus")
+    if opts.get("cpuset-mems") not in (None, ""):
+        cpu["mems"] = parse_cpuset(opts["cpuset-mems"], "cpuset-mems")
+    if cpu:
+        res["cpu"] = cpu
+
+    blkio: dict = {}
+    if opts.get("blkio-weight") not in (None, ""):
+        weight = parse_int(opts["blkio-weight"], "blkio-weight")
+        if weight != 0 and not 10 <= weight <= 1000:
+            raise bad("blkio-weight", opts["blkio-weight"], "must be in the range 10 to 1000")
+        if weight:
+            blkio["weight"] = weight
+    for entry in _as_list(opts.get("blkio-weight-device")):
+        path, colon, amount = str(entry).rpartition(":")
+        if not colon or not path.startswith("/"):
+            raise bad("blkio-weight-device", entry, "bad format, expected DEVICE:WEIGHT")
+        weight = parse_int(amount, "blkio-weight-device")
+        if not 10 <= weight <= 1000:
+            raise bad("blkio-weight-device", entry, "weight must be in the range 10 to 1000")
+        major, minor = device_numbers(path, "blkio-weight-device")
+        blkio.setdefault("weightDevice", []).append(
+            {"major": major, "minor": minor, "weight": weight})
+    for flag, key, iops in (("device-read-bps", "throttleReadBpsDevice", False),
+                            ("device-write-bps", "throttleWriteBpsDevice", False),
+                            ("device-read-iops", "throttleReadIOPSDevice", True),
+                            ("device-write-iops", "throttleWriteIOPSDevice", True)):
+        for entry in _as_list(opts.get(flag)):
+            blkio.setdefault(key, []).append(_device_rate(entry, flag, iops))
+    if blkio:
+        res["blockIO"] = blkio
+
+    if opts.get("pids-limit") not in (None, ""):
+        limit = parse_int(opts["pids-limit"], "pids-limit")
+        if limit < -1:
+            raise bad("pids-limit", opts["pids-limit"], "must be -1 (unlimited) or positive")
+        res["pids"] = {"limit": limit if limit > 0 else -1}
+    return res
+
+
+# ================================================================ key=value lists
+def parse_key_values(entries: object, flag: str) -> dict[str, str]:
+    """`k=v` entries (or a dict) -> dict; a bare `k` maps to ""."""
+    if isinstance(entries, dict):
+        return {str(k): str(v) for k, v in entries.items()}
+    out: dict[str, str] = {}
+    for entry in _as_list(entries):
+        key, _, value = str(entry).partition("=")
+        if not key:
+            raise bad(flag, entry, "invalid format, expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def parse_env(entries: object, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """-e K=V, or -e K (taken from ENVIRON, dropped if unset there)."""
+    environ = os.environ if environ is None else environ
+    if isinstance(entries, dict):
+        return {str(k): str(v) for k, v in entries.items()}
+    out: dict[str, str] = {}
+    for entry in _as_list(entries):
+        key, eq, value = str(entry).partition("=")
+        if not key or any(c.isspace() for c in key):
+            raise bad("env", entry, f"invalid environment variable: {entry}")
+        if eq:
+            out[key] = value
+        elif key in environ:
+            out[key] = environ[key]
+    return out
+
+
+def read_env_file(path: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """--env-file: K=V lines, `#` comments and blank lines ignored, bare K from ENVIRON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"open {path}: {exc.strerror.lower() if exc.strerror else exc}") from None
+    entries = [line.lstrip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return parse_env(entries, environ)
+
+
+def parse_ulimit(entry: str) -> tuple[str, tuple[int, int]]:
+    """`nofile=1024:2048` -> ("nofile", (1024, 2048)); a single number sets both."""
+    name, eq, values = str(entry).partition("=")
+    if not eq or not name:
+        raise bad("ulimit", entry, f"invalid ulimit argument: {entry}")
+    known = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+             "nproc", "rss", "rtprio", "rttime", "sigpending", "stack", "as")
+    if name not in known:
+        raise bad("ulimit", entry, f"invalid ulimit type: {name}")
+    soft_text, colon, hard_text = values.partition(":")
+    try:
+        soft = int(soft_text)
+        hard = int(hard_text) if colon else soft
+    except ValueError:
+        raise bad("ulimit", entry, f"invalid ulimit argument: {entry}") from None
+    if soft > hard and hard != -1:
+        raise bad("ulimit", entry, f"ulimit soft limit must be less than or equal to hard limit: "
+                  f"{soft} > {hard}")
+    return name, (soft, hard)
+
+
+def parse_device(entry: str) -> str:
+    """Validate --device HOST[:CONTAINER[:PERMISSIONS]]; returned unchanged."""
+    parts = str(entry).split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise bad("device", entry, "bad format for device")
+    if len(parts) == 2 and parts[1] and not parts[1].startswith("/"):
+        perms = parts[1]  # HOST:rwm
+    else:
+        perms = parts[2] if len(parts) == 3 else "rwm"
+        if len(parts) >= 2 and not parts[1].startswith("/"):
+            raise bad("device", entry, f"{parts[1]} is not an absolute path")
+    if not perms or any(c not in "rwm" for c in perms):
+        raise bad("device", entry, f"invalid device mode: {perms}")
+    if not parts[0].startswith("/"):
+        raise bad("device", entry, f"{parts[0]} is not an absolute path")
+    return str(entry)
+
+
+# ================================================================ mounts
+def parse_tmpfs(entry: str) -> MountSpec:
+    target, _, options = str(entry).partition(":")
+    if not target.startswith("/"):
+        raise bad("tmpfs", entry, "invalid mount path: must be absolute")
+    return MountSpec(type="tmpfs", target=target,
+                     options=[o for o in options.split(",") if o] if options else [])
+
+
+def parse_volume(entry: str) -> MountSpec:
+    """-v SRC:DST[:OPTS], -v DST (anonymous volume); a SRC starting with / or . is a bind."""
+    parts = str(entry).split(":")
+    if len(parts) == 1:
+        source, target, options = "", parts[0], ""
+    elif len(parts) == 2:
+        if parts[1].startswith("/"):
+            source, target, options = parts[0], parts[1], ""
+        else:  # DST:opts (anonymous volume)
+            source, target, options = "", parts[0], parts[1]
+    elif len(parts) == 3:
+        source, target, options = parts
+    else:
+        raise bad("volume", entry, "invalid volume specification")
+    if not target.startswith("/"):
+        raise bad("volume", entry, f"invalid mount path: '{target}' mount path must be absolute")
+    read_only = False
+    extra: list[str] = []
+    for opt in [o for o in options.split(",") if o]:
+        if opt == "ro":
+            read_only = True
+        elif opt == "rw":
+            read_only = False
+        elif opt in ("z", "Z", "private", "rprivate", "shared", "rshared", "slave", "rslave",
+                     "nocopy", "copy", "exec", "noexec", "suid", "nosuid", "dev", "nodev"):
+            extra.append(opt)
+        else:
+            raise bad("volume", entry, f"invalid mode: {opt}")
+    if source.startswith(("/", ".", "~")):
+        kind = "bind"
+        source = os.path.abspath(os.path.expanduser(source))
+    else:
+        kind = "volume"
+        if source and not all(c.isalnum() or c in "_.-" for c in source):
+            raise bad("volume", entry, f"invalid volume name: {source}")
+    return MountSpec(type=kind, target=target, source=source, read_only=read_only, options=extra)
+
+
+def parse_mount(entry: str) -> MountSpec:
+    """--mount type=bind|volume|tmpfs,source=,target=,readonly,tmpfs-size=,tmpfs-mode=."""
+    fields: dict[str, str] = {}
+    for item in str(entry).split(","):
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        fields[key.strip().lower()] = value if eq else "true"
+    kind = fields.pop("type", "volume")
+    if kind not in ("bind", "volume", "tmpfs"):
+        raise bad("mount", entry, f"invalid mount type: {kind}")
+    source = fields.pop("source", fields.pop("src", ""))
+    target = fields.pop("target", fields.pop("destination", fields.pop("dst", "")))
+    if not target:
+        raise bad("mount", entry, "target is required")
+    if not target.startswith("/"):
+        raise bad("mount", entry, f"invalid mount path: '{target}' mount path must be absolute")
+    read_only = False
+    for key in ("readonly", "ro"):
+        if key in fields:
+            read_only = parse_bool(fields.pop(key), "mount")
+    if "rw" in fields:
+        read_only = not parse_bool(fields.pop("rw"), "mount")
+    options: list[str] = []
+    if kind == "tmpfs":
+        if source:
+            raise bad("mount", entry, "source is not allowed for tmpfs mounts")
+        if "tmpfs-size" in fields:
+            options.append(f"size={parse_size(fields.pop('tmpfs-size'), 'mount')}")
+        if "tmpfs-mode" in fields:
+            mode = fields.pop("tmpfs-mode")
+            try:
+                int(mode, 8)
+            except ValueError:
+                raise bad("mount", entry, f"invalid tmpfs-mode: {mode}") from None
+            options.append(f"mode={mode}")
+    elif kind == "bind":
+        if not source:
+            raise bad("mount", entry, "source is required for bind mounts")
+        source = os.path.abspath(source)
+        if "bind-propagation" in fields:
+            options.append(fields.pop("bind-propagation"))
+    else:
+        fields.pop("volume-nocopy", None)
+    if fields:
+        raise bad("mount", entry, f"unexpected key '{next(iter(fields))}'")
+    return MountSpec(type=kind, target=target, source=source, read_only=read_only, options=options)
+
+
+# ================================================================ modes and policies
+def parse_restart(value: str) -> RestartPolicy:
+    name, colon, count = str(value).partition(":")
+    if name not in _RESTART_POLICIES:
+        raise bad("restart", value, f"invalid restart policy '{name}'")
+    if colon:
+        if name != "on-failure":
+            raise bad("restart", value, f"maximum retry count cannot be used with restart "
+                      f"policy '{name}'")
+        retries = parse_int(count, "restart", 0)
+        return RestartPolicy(name, retries)
+    return RestartPolicy(name, 0)
+
+
+def parse_namespace_mode(flag: str, value: str) -> str:
+    text = str(value)
+    allowed = ("host", "private")
+    if flag == "network":
+        allowed = ("none", "host", "private")
+        if text == "bridge":  # Docker's default name; we give a private netns for now
+            return "private"
+    if flag == "userns" and text == "":
+        return "host"
+    if text in allowed:
+        return text
+    if text.startswith("container:") and len(text) > 10 and flag != "network":
+        return text
+    raise bad(flag, value, f"invalid {flag} mode: use " + ", ".join(allowed)
+              + ("" if flag == "network" else " or container:NAME"))
+
+
+def parse_stop_signal(value: str) -> str:
+    import signal
+
+    text = str(value).upper()
+    if text.isdigit():
+        if not 0 < int(text) < 65:
+            raise bad("stop-signal", value, f"invalid signal: {value}")
+        return text
+    name = text if text.startswith("SIG") else "SIG" + text
+    if name not in signal.Signals.__members__ and not name.startswith(("SIGRTMIN", "SIGRTMAX")):
+        raise bad("stop-signal", value, f"invalid signal: {value}")
+    return name
+
+
+def parse_entrypoint(value: object) -> list[str] | None:
+    """--entrypoint STRING -> [STRING]; "" clears the image's; a list is taken as is."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [str(value)] if value != "" else []
+
+
+def parse_log_opts(entries: object) -> dict[str, str]:
+    opts = parse_key_values(entries, "log-opt")
+    for key, value in opts.items():
+        if key not in _LOG_OPTS:
+            raise bad("log-opt", f"{key}={value}", f"unknown log opt '{key}'")
+        if key == "max-size":
+            parse_size(value, "log-opt")
+        else:
+            parse_int(value, "log-opt", 1)
+    return opts
+
+
+# ================================================================ all together
+def build_spec(image: str, command: list[str] | None, opts: dict,
+               environ: dict[str, str] | None = None) -> ContainerSpec:
+    """A ContainerSpec from IMAGE, COMMAND and OPTS (long flag names -> values)."""
+    unknown = [key for key in opts if key not in RUN_FLAGS]
+    if unknown:
+        raise ConfigError(f"unknown option: --{unknown[0]}")
+    spec = ContainerSpec(image=image, command=list(command) if command else None)
+
+    def get(name: str, default=None):
+        value = opts.get(name)
+        return default if value is None else value
+
+    if get("name"):
+        name = str(opts["name"])
+        if not (name[0].isalnum() and all(c.isalnum() or c in "_.-" for c in name)):
+            raise bad("name", name, "Invalid container name, only [a-zA-Z0-9][a-zA-Z0-9_.-] "
+                      "are allowed")
+        spec.name = name
+    env: dict[str, str] = {}
+    for path in _as_list(opts.get("env-file")):
+        env.update(read_env_file(str(path), environ))
+    env.update(parse_env(get("env", []), environ))
+    spec.env = env
+    spec.labels = parse_key_values(get("label", []), "label")
+    spec.workdir = get("workdir") or None
+    if spec.workdir and not spec.workdir.startswith("/"):
+        raise bad("workdir", spec.workdir, "the working directory must be an absolute path")
+    spec.user = str(opts["user"]) if get("user") not in (None, "") else None
+    spec.hostname = get("hostname") or None
+    spec.entrypoint = parse_entrypoint(opts.get("entrypoint"))
+    for flag in ("tty", "interactive", "read-only", "init", "privileged", "oom-kill-disable"):
+        if flag in opts and opts[flag] is not None:
+            parse_bool(opts[flag], flag)
+    spec.tty = parse_bool(get("tty", False), "tty")
+    spec.interactive = parse_bool(get("interactive", False), "interactive")
+    spec.read_only = parse_bool(get("read-only", False), "read-only")
+    spec.init = parse_bool(get("init", False), "init")
+    spec.privileged = parse_bool(get("privileged", False), "privileged")
+    spec.auto_remove = parse_bool(get("rm", False), "rm")
+    if get("restart") not in (None, ""):
+        spec.restart = parse_restart(opts["restart"])
+    if spec.auto_remove and spec.restart.name != "no":
+        raise ConfigError("Conflicting options: --restart and --rm")
+    if get("stop-signal"):
+        spec.stop_signal = parse_stop_signal(opts["stop-signal"])
+    if get("stop-timeout") not in (None, ""):
+        spec.stop_timeout = parse_int(opts["stop-timeout"], "stop-timeout", -1)
+    spec.resources = build_resources(opts)
+    for entry in _as_list(opts.get("ulimit")):
+        name, limits = parse_ulimit(entry)
+        spec.ulimits[name] = limits
+    if isinstance(opts.get("ulimit"), dict):  # API: {"nofile": (1024, 2048)}
+        spec.ulimits = {k: tuple(v) for k, v in opts["ulimit"].items()}  # type: ignore[misc]
+    if get("shm-size") not in (None, ""):
+        spec.shm_size = parse_size(opts["shm-size"], "shm-size")
+        if spec.shm_size <= 0:
+            raise bad("shm-size", opts["shm-size"], "must be greater than 0")
+    spec.devices = [parse_device(d) for d in _as_list(opts.get("device"))]
+    spec.sysctls = parse_key_values(get("sysctl", []), "sysctl")
+    for key, value in spec.sysctls.items():
+        if not key or "=" in key or not value:
+            raise bad("sysctl", f"{key}={value}", "sysctl must be KEY=VALUE")
+    if get("oom-score-adj") not in (None, ""):
+        spec.oom_score_adj = parse_int(opts["oom-score-adj"], "oom-score-adj", -1000, 1000)
+    mounts = [parse_tmpfs(t) for t in _as_list(opts.get("tmpfs"))]
+    mounts += [parse_volume(v) for v in _as_list(opts.get("volume"))]
+    mounts += [parse_mount(m) for m in _as_list(opts.get("mount"))]
+    seen: set[str] = set()
+    for mount in mounts:
+        if mount.target in seen:
+            raise ConfigError(f"Duplicate mount point: {mount.target}")
+        seen.add(mount.target)
+    spec.mounts = mounts
+    if get("net") and not get("network"):
+        opts = {**opts, "network": opts["net"]}
+    for flag, attr in _NS_FLAGS.items():
+        if get(flag) not in (None, "") or (flag == "userns" and flag in opts):
+            setattr(spec, attr, parse_namespace_mode(flag, opts.get(flag) or ""))
+    spec.cap_add = [str(c) for c in _as_list(opts.get("cap-add"))]
+    spec.cap_drop = [str(c) for c in _as_list(opts.get("cap-drop"))]
+    spec.security_opt = [str(s) for s in _as_list(opts.get("security-opt"))]
+    for opt in spec.security_opt:
+        key = opt.partition("=")[0].partition(":")[0]
+        if key not in ("seccomp", "apparmor", "label", "no-new-privileges", "mask", "unmask"):
+            raise bad("security-opt", opt, f"invalid --security-opt: {opt!r}")
+    if get("log-driver"):
+        if opts["log-driver"] not in _LOG_DRIVERS:
+            raise bad("log-driver", opts["log-driver"], "unknown log driver: use "
+                      + " or ".join(_LOG_DRIVERS))
+        spec.log_driver = opts["log-driver"]
+    spec.log_opts = parse_log_opts(get("log-opt", []))
+    spec.runtime = get("runtime") or None
+    return spec

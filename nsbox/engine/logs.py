@@ -1,0 +1,101 @@
+"""Reading container logs written by the monitor (json-file or k8s-file, rotated files too)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+
+LOG_FILE = "ctr.log"
+MAX_FILES_SCAN = 100
+
+
+def parse_size(text: str | None) -> int:
+    """'10m' / '1g' / '512k' / '100' -> bytes (0 = unlimited)."""
+    if not text:
+        return 0
+    text = text.strip().lower().rstrip("b")
+    units = {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def _parse_time(text: str) -> float:
+    from nsbox.engine.images.config import parse_time
+    try:
+        return parse_time(text)
+    except Exception:  # noqa: BLE001 - a malformed stamp only loses its --since filtering
+        return 0.0
+
+
+def parse_line(raw: str, driver: str) -> tuple[str, str, bytes] | None:
+    """One stored line -> (time, stream, text) or None if it is not a log line."""
+    if driver == "k8s-file":
+        parts = raw.rstrip("\n").split(" ", 3)
+        if len(parts) < 3:
+            return None
+        text = parts[3] if len(parts) > 3 else ""
+        return parts[0], parts[1], (text + ("\n" if parts[2] == "F" else "")).encode()
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return None
+    return entry.get("time", ""), entry.get("stream", "stdout"), entry.get("log", "").encode()
+
+
+def _files(path: str) -> list[str]:
+    rotated = [f"{path}.{n}" for n in range(MAX_FILES_SCAN, 0, -1) if os.path.exists(f"{path}.{n}")]
+    return rotated + [path]
+
+
+def read_logs(path: str, driver: str, follow: bool, tail: int | None, since: float | None,
+              running: Callable[[], bool], poll: float = 0.1) -> Iterator[tuple[str, str, bytes]]:
+    """Lines of the log (oldest first); with FOLLOW, keep going while RUNNING() says so."""
+    def wanted(entry: tuple[str, str, bytes] | None) -> bool:
+        return entry is not None and (since is None or _parse_time(entry[0]) >= since)
+
+    entries: deque | list = deque(maxlen=tail) if tail is not None and tail >= 0 else []
+    position = 0
+    inode = None
+    for name in _files(path):
+        try:
+            with open(name, errors="replace") as f:
+                for raw in f:
+                    entry = parse_line(raw, driver)
+                    if wanted(entry):
+                        entries.append(entry)
+                if name == path:
+                    position = f.tell()
+                    inode = os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            continue
+    yield from entries
+    if not follow:
+        return
+    pending = ""
+    while True:
+        alive = running()
+        try:
+            with open(path, errors="replace") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino != inode or st.st_size < position:
+                    position, inode = 0, st.st_ino  # rotated: start the new file
+                f.seek(position)
+                data = f.read()
+                position = f.tell()
+        except FileNotFoundError:
+            data = ""
+        if data:
+            pending += data
+            *lines, pending = pending.split("\n")
+            for raw in lines:
+                entry = parse_line(raw, driver)
+                if wanted(entry):
+                    yield entry
+        elif not alive:
+            return
+        else:
+            time.sleep(poll)

@@ -1,0 +1,77 @@
+"""What a user asks of a container: the engine's typed request and records.
+
+`ContainerSpec` is what `nsbox run/create` flags and `nsbox.api.run(...)`
+keyword arguments become (engine/flags.py parses the Docker-style strings);
+the container layer turns it, with the image config, into an OCI bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class MountSpec:
+    """One -v / --mount / --tmpfs entry."""
+
+    type: str  # "bind", "volume" or "tmpfs"
+    target: str
+    source: str = ""  # host path (bind) or volume name (volume; empty = anonymous)
+    read_only: bool = False
+    options: list[str] = field(default_factory=list)  # e.g. ["rprivate"], ["size=64m", "mode=1777"]
+
+
+@dataclass
+class RestartPolicy:
+    name: str = "no"  # no, on-failure, always, unless-stopped
+    max_retries: int = 0  # on-failure[:N]
+
+
+@dataclass
+class ContainerSpec:
+    """A container to create, in Docker's terms."""
+
+    image: str
+    command: list[str] | None = None  # None: the image's Cmd
+    entrypoint: list[str] | None = None  # None: the image's Entrypoint; [] clears it
+    name: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    user: str | None = None  # "uid[:gid]" or "name[:group]"
+    hostname: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    tty: bool = False
+    interactive: bool = False
+    mounts: list[MountSpec] = field(default_factory=list)
+    read_only: bool = False
+    init: bool = False  # a reaping PID 1 (catatonit) in front of the command
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    auto_remove: bool = False  # --rm
+    stop_signal: str | None = None  # None: the image's StopSignal, else SIGTERM
+    stop_timeout: int | None = None  # None: 10 s
+    # OCI linux.resources, already converted from --memory, --cpus, ...
+    resources: dict = field(default_factory=dict)
+    ulimits: dict[str, tuple[int, int]] = field(default_factory=dict)  # "nofile" -> (soft, hard)
+    shm_size: int | None = None  # bytes; None: 64 MiB
+    devices: list[str] = field(default_factory=list)  # --device HOST[:CONTAINER[:rwm]]
+    sysctls: dict[str, str] = field(default_factory=dict)
+    oom_score_adj: int | None = None
+    # Namespace modes: "private" (default), "host", or "container:NAME"
+    pid_mode: str = "private"
+    ipc_mode: str = "private"
+    uts_mode: str = "private"
+    network_mode: str = "private"  # "none" and "private" mean a new, empty netns for now
+    userns_mode: str = "host"
+    cgroupns_mode: str = "private"
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    security_opt: list[str] = field(default_factory=list)
+    privileged: bool = False
+    log_driver: str = "json-file"  # or "k8s-file"
+    log_opts: dict[str, str] = field(default_factory=dict)  # max-size, max-file
+    runtime: str | None = None  # OCI runtime binary or name; None: nsbox-runtime
+
+
+# Container states as Docker names them (docker ps / inspect .State.Status).
+CREATED, RUNNING, PAUSED, RESTARTING, EXITED, DEAD = (
+    "created", "running", "paused", "restarting", "exited", "dead")

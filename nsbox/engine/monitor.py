@@ -1,0 +1,329 @@
+"""The per-container monitor (nsbox's conmon): `python -m nsbox.engine.monitor ROOT RUN_ROOT ID FD`.
+
+The engine starts it in a new session; it forks once more (so it is nobody's
+child but init's) and makes itself a child subreaper, so the container's
+init, once the runtime's intermediate process exits, becomes its child and
+its exit status comes here.
+
+One cycle per (re)start:
+
+1. a short-lived helper child (which may import the heavy parts: sqlite3,
+   the engine) runs `runtime create` with the container's stdout/stderr on
+   pipes the monitor holds, then `runtime start`, and records the pid in
+   SQLite; the first cycle's outcome goes back to the engine on FD;
+2. the monitor itself only copies the pipes into the log file and waits
+   for the init to exit (a pidfd);
+3. another helper records the exit code, runs `runtime delete`, and decides
+   on the restart policy (exit status 3 = restart), or unmounts the rootfs
+   and, for --rm, removes the container.
+
+Keeping sqlite3 and the engine in the helpers keeps the idle monitor
+small: it imports only os, sys, select, time and the C half of json.
+"""
+
+import os
+import select
+import sys
+import time
+
+RESTART = 3
+MAX_LINE = 16 * 1024
+
+
+def _rfc3339nano(now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    seconds = int(now)
+    nanos = int((now - seconds) * 1e9)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{nanos:09d}Z"
+
+
+class LogWriter:
+    """json-file or k8s-file lines, with size rotation (max-size/max-file)."""
+
+    def __init__(self, path: str, driver: str, max_size: int, max_file: int) -> None:
+        self.path = path
+        self.driver = driver
+        self.max_size = max_size
+        self.max_file = max(max_file, 1)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.size = os.fstat(self.fd).st_size
+
+    def write(self, stream: str, data: bytes, partial: bool) -> None:
+        text = data.decode("utf-8", "replace")
+        if self.driver == "k8s-file":
+            line = f"{_rfc3339nano()} {stream} {'P' if partial else 'F'} {text.rstrip(chr(10))}\n"
+        else:
+            from _json import encode_basestring
+            line = (f'{{"log":{encode_basestring(text)},"stream":"{stream}",'
+                    f'"time":"{_rfc3339nano()}"}}\n')
+        encoded = line.encode()
+        if self.max_size and self.size + len(encoded) > self.max_size and self.size:
+            self._rotate()
+        os.write(self.fd, encoded)
+        self.size += len(encoded)
+
+    def _rotate(self) -> None:
+        os.close(self.fd)
+        if self.max_file <= 1:
+            os.truncate(self.path, 0)
+        else:
+            for n in range(self.max_file - 1, 0, -1):
+                older = f"{self.path}.{n}"
+                newer = self.path if n == 1 else f"{self.path}.{n - 1}"
+                if os.path.exists(newer):
+                    os.replace(newer, older)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.size = 0
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""  # EIO: a pty master whose container side is gone
+
+
+def _pump(fds: dict[int, str], buffers: dict[int, bytes], log: LogWriter, pidfd: int) -> bool:
+    """Copy output until the init exits; True once it has (pidfd readable)."""
+    watch = list(fds) + [pidfd]
+    readable, _, _ = select.select(watch, [], [])
+    exited = pidfd in readable
+    for fd in readable:
+        if fd == pidfd:
+            continue
+        chunk = _read(fd)
+        stream = fds[fd]
+        if not chunk:
+            if buffers[fd]:
+                log.write(stream, buffers[fd], True)
+                buffers[fd] = b""
+            del fds[fd]
+            os.close(fd)
+            continue
+        data = buffers[fd] + chunk
+        while True:
+            nl = data.find(b"\n")
+            if nl < 0:
+                break
+            log.write(stream, data[:nl + 1], False)
+            data = data[nl + 1:]
+        while len(data) >= MAX_LINE:
+            log.write(stream, data[:MAX_LINE], True)
+            data = data[MAX_LINE:]
+        buffers[fd] = data
+    return exited
+
+
+def _drain(fds: dict[int, str], buffers: dict[int, bytes], log: LogWriter) -> None:
+    """After the init exited: read what is left (its pid namespace is gone, so EOF comes soon)."""
+    deadline = time.monotonic() + 2.0
+    while fds and time.monotonic() < deadline:
+        readable, _, _ = select.select(list(fds), [], [], 0.2)
+        if not readable:
+            break
+        for fd in readable:
+            chunk = _read(fd)
+            if not chunk:
+                if buffers[fd]:
+                    log.write(fds[fd], buffers[fd], True)
+                    buffers[fd] = b""
+                os.close(fd)
+                del fds[fd]
+                continue
+            *lines, rest = (buffers[fd] + chunk).split(b"\n")
+            for line in lines:
+                log.write(fds[fd], line + b"\n", False)
+            buffers[fd] = rest
+    for fd, stream in list(fds.items()):
+        if buffers[fd]:
+            log.write(stream, buffers[fd], True)
+        os.close(fd)
+    fds.clear()
+
+
+def _helper(func_name: str, *args: str) -> tuple[int, bytes]:
+    """Run nsbox.engine.containers.<func_name>(*args, status_fd) in a child; (exit status, message)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.close(r)
+        code = 1
+        try:
+            from nsbox.engine import containers
+            code = getattr(containers, func_name)(*args, w) or 0
+        except BaseException as err:  # noqa: BLE001 - reported through the pipe
+            try:
+                os.write(w, f"err {err}\n".encode())
+            except OSError:
+                pass
+            code = 1
+        os._exit(code)
+    os.close(w)
+    chunks = []
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks)
+
+
+def _reap_others(keep: int) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0 or pid == keep:
+            return
+
+
+def loop_binary(run_root: str) -> str:
+    """The compiled monitor_loop.c under RUN_ROOT/bin (built with cc on first use); "" if no compiler."""
+    import hashlib
+    import subprocess
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "monitor_loop.c")
+    try:
+        with open(source, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError:
+        return ""
+    target = os.path.join(run_root, "bin", f"nsbox-monitor-loop-{digest}")
+    if os.access(target, os.X_OK):
+        return target
+    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+    staging = f"{target}.{os.getpid()}.tmp"
+    try:
+        result = subprocess.run(["cc", "-O2", "-o", staging, source], capture_output=True,
+                                check=False)
+    except OSError:
+        return ""
+    if result.returncode != 0:
+        return ""
+    os.replace(staging, target)
+    return target
+
+
+def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver: str,
+        max_size: int, max_file: int, tty: bool, loop_bin: str,
+        resume_code: int | None = None) -> None:
+    """Start/watch/finish cycles until the container stays down.
+
+    With LOOP_BIN the watching is done by the C loop, which execs us again
+    with `--resume` and the exit code (RESUME_CODE).
+    """
+    if resume_code is not None:
+        code, _ = _helper("monitor_finish", root, run_root, cid, str(resume_code), "0")
+        if code != RESTART:
+            return
+        time.sleep(0.1)
+    first = ready_fd >= 0
+    while True:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        listener, console = None, ""
+        if tty:
+            from nsbox.runtime.recvtty import listen
+            os.makedirs(os.path.join(run_root, "tty"), mode=0o700, exist_ok=True)
+            console = os.path.join(run_root, "tty", cid[:32])
+            listener = listen(console)
+        code, message = _helper("monitor_start", root, run_root, cid, str(out_w), str(err_w),
+                                console)
+        os.close(out_w)
+        os.close(err_w)
+        text = message.decode(errors="replace").strip()
+        if listener is not None:
+            master = -1
+            if text.startswith("ok "):
+                from nsbox.runtime.console import recv_console_fd
+                listener.settimeout(10)
+                try:
+                    master, _ = recv_console_fd(listener)
+                except Exception:  # noqa: BLE001 - the container then runs with no log
+                    master = -1
+            listener.close()
+            os.unlink(console)
+            if master >= 0:
+                # With a terminal, the runtime's own pipes carry nothing of the container's.
+                os.close(out_r)
+                os.close(err_r)
+                out_r, err_r = master, os.open("/dev/null", os.O_RDONLY)
+        fds = {out_r: "stdout", err_r: "stderr"}
+        buffers = {out_r: b"", err_r: b""}
+        log = LogWriter(log_path, driver, max_size, max_file)
+        failed = text != "cancel" and (code != 0 or not text.startswith("ok "))
+        if text == "cancel" or failed:  # stopped while waiting to restart, or could not start
+            _drain(fds, buffers, log)
+            os.close(log.fd)
+            if failed:
+                _helper("monitor_finish", root, run_root, cid, "-1", "1")
+        if first:
+            # Answered after a failure is cleaned up, so the engine never sees it half-done.
+            os.write(ready_fd, (text or "err the monitor's helper failed").encode() + b"\n")
+            os.close(ready_fd)
+            first = False
+        if text == "cancel" or failed:
+            return
+        init_pid = int(text.split()[1])
+        if loop_bin:
+            os.close(log.fd)
+            os.set_inheritable(out_r, True)
+            os.set_inheritable(err_r, True)
+            os.execv(loop_bin, [loop_bin, str(init_pid), str(out_r), str(err_r), log_path, driver,
+                                str(max_size), str(max_file), sys.executable, "-m",
+                                "nsbox.engine.monitor", "--resume", root, run_root, cid, "-1",
+                                log_path, driver, str(max_size), str(max_file),
+                                "1" if tty else "0", loop_bin])
+        try:
+            pidfd = os.pidfd_open(init_pid)
+        except ProcessLookupError:
+            pidfd = -1
+        status = None
+        if pidfd >= 0:
+            while not _pump(fds, buffers, log, pidfd):
+                pass
+            os.close(pidfd)
+        _drain(fds, buffers, log)
+        os.close(log.fd)
+        try:
+            _, raw = os.waitpid(init_pid, 0)
+            status = os.waitstatus_to_exitcode(raw)
+        except ChildProcessError:
+            status = None  # not our child (should not happen): the helper asks the runtime
+        _reap_others(init_pid)
+        exit_code = 255 if status is None else (128 - status if status < 0 else status)
+        code, _ = _helper("monitor_finish", root, run_root, cid, str(exit_code), "0")
+        if code != RESTART:
+            return
+        time.sleep(0.1)
+
+
+def main(argv: list[str]) -> int:
+    resume = argv[:1] == ["--resume"]
+    if resume:
+        argv = argv[1:]
+    root, run_root, cid, ready_fd = argv[0], argv[1], argv[2], int(argv[3])
+    log_path, driver, max_size, max_file = argv[4], argv[5], int(argv[6]), int(argv[7])
+    tty, loop_bin = argv[8] == "1", argv[9]
+    if resume:
+        run(root, run_root, cid, -1, log_path, driver, max_size, max_file, tty, loop_bin,
+            resume_code=int(argv[10]))
+        return 0
+    if os.fork() != 0:
+        os._exit(0)  # the engine waits for this one; the daemon lives on, reparented
+    if os.getsid(0) != os.getpid():
+        os.setsid()
+    devnull = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    from nsbox.runtime import syscalls
+    syscalls.set_child_subreaper(True)  # survives execve, so the C loop keeps it
+    run(root, run_root, cid, ready_fd, log_path, driver, max_size, max_file, tty, loop_bin)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

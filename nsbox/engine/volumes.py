@@ -1,0 +1,107 @@
+"""Local volumes: directories under <root>/volumes/<name>/_data, recorded in SQLite.
+
+A named volume outlives its containers; an anonymous one (from an image's
+VOLUME or `-v /path`) gets a random 64-hex name and the label
+`nsbox.anonymous-for=<container id>`, so `rm -v` can find it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+from typing import TYPE_CHECKING
+
+from nsbox.errors import ConfigError, NsboxError
+
+if TYPE_CHECKING:
+    from nsbox.engine.db import Database
+
+VOLUMES_DIR = "volumes"
+ANON_LABEL = "nsbox.anonymous-for"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+class VolumeNotFound(NsboxError):
+    """No volume with that name."""
+
+
+class VolumeInUse(NsboxError):
+    """A volume a container still uses."""
+
+
+class Volumes:
+    """create/list/inspect/remove of local volumes (what `nsbox volume ...` drives)."""
+
+    def __init__(self, root: str, db: Database, users=None) -> None:  # noqa: ANN001
+        self.dir = os.path.join(root, VOLUMES_DIR)
+        self.db = db
+        # Callable name -> list of container ids using it (given by the Engine).
+        self._users = users or (lambda name: [])
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+
+    def create(self, name: str | None = None, labels: dict[str, str] | None = None,
+               anonymous: bool = False) -> dict:
+        """Create volume NAME (random if None); an existing named volume is returned as is."""
+        import sqlite3
+        if name is None:
+            name = secrets.token_hex(32)
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"invalid volume name {name!r}: use [A-Za-z0-9][A-Za-z0-9_.-]*")
+        existing = self.db.volume(name)
+        if existing:
+            return self._describe(existing)
+        path = os.path.join(self.dir, name)
+        data = os.path.join(path, "_data")
+        row = {"name": name, "created": time.time(), "mountpoint": data,
+               "labels": labels or {}, "anonymous": anonymous}
+        try:
+            self.db.insert_volume(row)
+        except sqlite3.IntegrityError:
+            return self.inspect(name)  # created concurrently by someone else: same result
+        try:
+            os.makedirs(data, mode=0o755, exist_ok=True)
+        except OSError:
+            self.db.delete_volume(name)
+            raise
+        return self.inspect(name)
+
+    def inspect(self, name: str) -> dict:
+        """Docker-shaped description of volume NAME; VolumeNotFound if missing."""
+        row = self.db.volume(name)
+        if row is None:
+            raise VolumeNotFound(f"no such volume: {name}")
+        return self._describe(row)
+
+    def _describe(self, row: dict) -> dict:
+        from nsbox.engine.images.config import format_time
+        return {"Name": row["name"], "Driver": row["driver"], "Mountpoint": row["mountpoint"],
+                "CreatedAt": format_time(row["created"]), "Labels": row["labels"], "Scope": "local",
+                "Options": {}, "Anonymous": row["anonymous"]}
+
+    def list(self) -> list[dict]:
+        return [self._describe(row) for row in self.db.volumes()]
+
+    def remove(self, name: str, force: bool = False) -> None:
+        """Delete volume NAME and its data; VolumeInUse if a container uses it (even with force)."""
+        row = self.db.volume(name)
+        if row is None:
+            if force:
+                return
+            raise VolumeNotFound(f"no such volume: {name}")
+        users = self._users(name)
+        if users:
+            raise VolumeInUse(f"volume {name} is in use by container {users[0][:12]}")
+        self.db.delete_volume(name)
+        shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+
+    def prune(self) -> list[str]:
+        """Remove every volume no container uses; their names."""
+        removed = []
+        for row in self.db.volumes():
+            if not self._users(row["name"]):
+                self.remove(row["name"])
+                removed.append(row["name"])
+        return removed

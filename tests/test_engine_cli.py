@@ -1,0 +1,260 @@
+"""End-to-end tests of the `nsbox` CLI: the real engine and runtime, driven by subprocess.
+
+Every test gets its own engine --root/--runroot; containers left there are
+force-removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+NSBOX = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nsbox")
+
+
+class Nsbox:
+    def __init__(self, root: Path) -> None:
+        self.prefix = [NSBOX, "--root", str(root / "lib"), "--runroot", str(root / "run")]
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 60,
+                 input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002
+        proc = subprocess.run([*self.prefix, *args], capture_output=True, text=True,
+                              timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"nsbox {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
+        return proc
+
+    def ids(self) -> list[str]:
+        return self("ps", "-a", "-q", "--no-trunc").stdout.split()
+
+
+@pytest.fixture
+def nsbox(tmp_path: Path):
+    box = Nsbox(tmp_path)
+    yield box
+    ids = box.ids() if (tmp_path / "lib").exists() else []
+    if ids:
+        box("rm", "-f", *ids, check=False)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_run_rm_echo(nsbox):
+    out = nsbox("run", "--rm", "busybox", "echo", "hi")
+    assert out.stdout == "hi\n"
+    assert nsbox.ids() == []
+
+
+def test_container_exit_code_and_stderr(nsbox):
+    proc = nsbox("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3",
+                 check=False)
+    assert proc.returncode == 3
+    assert proc.stdout == "out\n"
+    assert "err" in proc.stderr
+
+
+def test_command_not_found_is_127(nsbox):
+    proc = nsbox("run", "--rm", "busybox", "no-such-command", check=False)
+    assert proc.returncode == 127
+    assert "no-such-command" in one_line_error(proc)
+    assert nsbox.ids() == []  # --rm: nothing left behind
+
+
+def test_command_not_executable_is_126(nsbox):
+    proc = nsbox("run", "--rm", "busybox", "/etc/passwd", check=False)
+    assert proc.returncode == 126
+    one_line_error(proc)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--memory=12q"], "invalid size: '12q'"),
+    (["--cpus=-1"], '"--cpus" flag'),
+    (["--restart", "sometimes"], "invalid restart policy"),
+    (["--bogus-flag"], "unknown flag: --bogus-flag"),
+    (["-v", "/x:rel:ro"], "must be absolute"),
+])
+def test_bad_flag_values_exit_125_and_leave_nothing(nsbox, argv, needle):
+    proc = nsbox("run", *argv, "busybox", "true", check=False)
+    assert proc.returncode == 125
+    assert needle in one_line_error(proc)
+    assert proc.stdout == ""
+    assert nsbox.ids() == []
+
+
+def test_unknown_image(nsbox):
+    proc = nsbox("run", "--rm", "no-such-image:1", "true", check=False)
+    assert proc.returncode == 125
+    assert "Unable to find image 'no-such-image:1' locally" in one_line_error(proc)
+    assert nsbox.ids() == []
+
+
+def test_name_in_use(nsbox):
+    nsbox("create", "--name", "taken", "busybox", "true")
+    proc = nsbox("create", "--name", "taken", "busybox", "true", check=False)
+    assert proc.returncode == 125
+    assert 'Conflict. The container name "/taken" is already in use' in one_line_error(proc)
+    assert len(nsbox.ids()) == 1
+
+
+def test_detached_lifecycle_ps_inspect_exec(nsbox):
+    cid = nsbox("run", "-d", "--name", "sleeper", "-l", "tier=web", "busybox",
+                "sleep", "60").stdout.strip()
+    assert len(cid) == 64
+    nsbox("create", "--name", "idle", "busybox", "true")
+    assert nsbox("ps", "-q").stdout.split() == [cid[:12]]
+    assert sorted(nsbox("ps", "-a", "--format", "{{.Names}}").stdout.split()) == ["idle", "sleeper"]
+    assert nsbox("ps", "-a", "--filter", "name=idl", "--format", "{{.Names}} {{.Status}}"
+                 ).stdout == "idle Created\n"
+    assert nsbox("ps", "--filter", "label=tier=web", "-q").stdout.split() == [cid[:12]]
+    assert nsbox("ps", "-a", "--filter", "status=created", "-q").stdout.split() != [cid[:12]]
+    assert nsbox("ps", "--filter", f"id={cid[:6]}", "--format", "{{.ID}}").stdout == cid[:12] + "\n"
+    table = nsbox("ps").stdout.splitlines()
+    assert table[0].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS",
+                                "PORTS", "NAMES"]
+    assert table[1].startswith(cid[:12]) and '"sleep 60"' in table[1] and "Up " in table[1]
+    rows = [json.loads(line) for line in nsbox("ps", "--format", "json").stdout.splitlines()]
+    assert rows[0]["Names"] == "sleeper" and rows[0]["State"] == "running"
+    custom = nsbox("ps", "--format", "table {{.Names}}\\t{{.Image}}").stdout.splitlines()
+    assert custom[0].split() == ["NAMES", "IMAGE"] and custom[1].split() == ["sleeper", "busybox"]
+
+    pid = int(nsbox("inspect", "--format", "{{.State.Pid}}", "sleeper").stdout)
+    assert Path(f"/proc/{pid}").exists()
+    assert nsbox("inspect", "-f", "{{.Name}} {{.State.Status}}", cid[:8]).stdout == \
+        "/sleeper running\n"
+    config = json.loads(nsbox("inspect", "-f", "{{json .Config}}", "sleeper").stdout)
+    assert config["Labels"] == {"tier": "web"}
+    assert json.loads(nsbox("inspect", "sleeper").stdout)[0]["Id"] == cid
+
+    assert nsbox("exec", "sleeper", "sh", "-c", "echo $X", check=False).stdout == "\n"
+    assert nsbox("exec", "-e", "X=1", "sleeper", "sh", "-c", "echo $X").stdout == "1\n"
+    assert nsbox("exec", "sleeper", "sh", "-c", "exit 7", check=False).returncode == 7
+
+    nsbox("stop", "-t", "1", "sleeper")
+    status = nsbox("ps", "-a", "--filter", "name=sleeper", "--format", "{{.Status}}").stdout
+    assert status.startswith("Exited (")
+    assert nsbox("rm", "sleeper", "idle").stdout.split() == ["sleeper", "idle"]
+    assert nsbox.ids() == []
+
+
+@pytest.mark.xfail(reason="Engine.exec returns the runtime's status 1 for a command that is "
+                   "not found; it needs to report 126/127 (exit_code on the error)", strict=False)
+def test_exec_command_not_found_is_127(nsbox):
+    nsbox("run", "-d", "--name", "sleeper", "busybox", "sleep", "60")
+    assert nsbox("exec", "sleeper", "nope", check=False).returncode == 127
+    assert nsbox("exec", "sleeper", "/etc/passwd", check=False).returncode == 126
+
+
+def test_logs_wait_start_attach(nsbox):
+    nsbox("run", "-d", "--name", "talker", "busybox", "sh", "-c", "echo one; echo two; exit 5")
+    assert nsbox("wait", "talker").stdout == "5\n"
+    assert nsbox("logs", "talker").stdout == "one\ntwo\n"
+    assert nsbox("logs", "--tail", "1", "talker").stdout == "two\n"
+    proc = nsbox("start", "-a", "talker", check=False)
+    assert proc.returncode == 5
+    assert "one" in proc.stdout
+
+
+def test_kill_restart_rename(nsbox):
+    nsbox("run", "-d", "--name", "victim", "busybox", "sleep", "60")
+    nsbox("rename", "victim", "renamed")
+    nsbox("kill", "renamed")
+    assert nsbox("wait", "renamed").stdout.strip() == "137"
+    nsbox("restart", "renamed")
+    assert nsbox("inspect", "-f", "{{.State.Running}}", "renamed").stdout == "true\n"
+    proc = nsbox("rm", "renamed", check=False)
+    assert proc.returncode == 125  # running: needs -f
+    nsbox("rm", "-f", "renamed")
+    proc = nsbox("kill", "-s", "BOGUS", "x", check=False)
+    assert proc.returncode == 125
+
+
+def test_images_tag_rmi_inspect(nsbox):
+    nsbox("run", "--rm", "busybox", "true")  # makes busybox on first use
+    images = nsbox("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert "busybox:latest" in images
+    nsbox("tag", "busybox", "mine:v1")
+    assert "mine:v1" in nsbox("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    image_id = nsbox("image", "inspect", "-f", "{{.Id}}", "mine:v1").stdout.strip()
+    assert nsbox("images", "-q").stdout.split() == [image_id.removeprefix("sha256:")[:12]]
+    assert nsbox("inspect", "--type", "image", "-f", "{{json .RepoTags}}", "mine:v1"
+                 ).stdout.count("mine:v1") == 1
+    assert nsbox("rmi", "mine:v1").stdout == "Untagged: mine:v1\n"
+    proc = nsbox("rmi", "mine:v1", check=False)
+    assert proc.returncode == 125 and "No such image: mine:v1" in one_line_error(proc)
+    proc = nsbox("inspect", "--type", "image", "nothing-here", check=False)
+    assert proc.returncode == 125
+
+
+def test_save_load_roundtrip(nsbox, tmp_path):
+    nsbox("run", "--rm", "busybox", "true")
+    archive = tmp_path / "bb.tar"
+    nsbox("save", "-o", str(archive), "busybox")
+    nsbox("rmi", "-f", "busybox", "localhost/busybox", check=False)
+    assert "busybox" not in nsbox("images", "--format", "{{.Repository}}").stdout.split()
+    assert "Loaded image: busybox:latest" in nsbox("load", "-i", str(archive)).stdout
+    assert nsbox("run", "--rm", "busybox", "echo", "back").stdout == "back\n"
+
+
+def test_volume_commands(nsbox):
+    assert nsbox("volume", "create", "data").stdout == "data\n"
+    assert "data" in nsbox("volume", "ls", "-q").stdout.split()
+    nsbox("run", "--rm", "-v", "data:/data", "busybox", "sh", "-c", "echo kept > /data/f")
+    assert nsbox("run", "--rm", "-v", "data:/data", "busybox", "cat", "/data/f").stdout == "kept\n"
+    mountpoint = nsbox("volume", "inspect", "-f", "{{.Mountpoint}}", "data").stdout.strip()
+    assert Path(mountpoint, "f").read_text() == "kept\n"
+    nsbox("volume", "rm", "data")
+    assert nsbox("volume", "ls", "-q").stdout == ""
+
+
+def test_container_prune(nsbox):
+    nsbox("run", "--name", "done", "busybox", "true")
+    assert "done" in nsbox("ps", "-a", "--format", "{{.Names}}").stdout
+    out = nsbox("container", "prune", "-f").stdout
+    assert "Deleted Containers:" in out
+    assert nsbox.ids() == []
+
+
+def test_memory_limit_reaches_cgroup(nsbox):
+    nsbox("run", "-d", "--name", "limited", "--memory", "64m", "--pids-limit", "50",
+          "busybox", "sleep", "60")
+    inspect = json.loads(nsbox("inspect", "limited").stdout)[0]
+    assert inspect["HostConfig"]["Memory"] == 64 << 20
+
+
+def test_version_info_and_usage(nsbox):
+    assert nsbox("version").stdout.startswith("nsbox version ")
+    info = nsbox("info").stdout
+    assert "Cgroup Version:" in info and "Namespaces:" in info
+    proc = nsbox("frobnicate", check=False)
+    assert proc.returncode == 125 and "unknown command" in one_line_error(proc)
+
+
+def test_ps_startup_is_fast(nsbox):
+    nsbox("ps")  # creates the root and caches bytecode
+    start = time.monotonic()
+    for _ in range(3):
+        nsbox("ps")
+    assert (time.monotonic() - start) / 3 < 1.0
+
+
+def test_run_it_gets_a_terminal_and_the_exit_code(nsbox):
+    import shlex
+    import shutil
+
+    if shutil.which("script") is None:
+        pytest.skip("util-linux `script` is needed to give nsbox a terminal")
+    command = shlex.join([*nsbox.prefix, "run", "-it", "--rm", "busybox", "sh", "-c",
+                          "tty; exit 2"])
+    proc = subprocess.run(["script", "-eqc", command, "/dev/null"], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    assert "/dev/pts/" in proc.stdout
+    assert nsbox.ids() == []
