@@ -63,3 +63,11 @@ class ImageError(NsboxError):
 
 class ImageInUse(NsboxError):
     """An image that cannot be removed: a container uses it, or several names share it."""
+
+
+class CommandError(NsboxError):
+    """The container's command cannot be run: 126 (not executable) or 127 (not found)."""
+
+    def __init__(self, message: str, exit_code: int = 127) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

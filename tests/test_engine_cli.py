@@ -144,8 +144,6 @@ def test_detached_lifecycle_ps_inspect_exec(nsbox):
     assert nsbox.ids() == []
 
 
-@pytest.mark.xfail(reason="Engine.exec returns the runtime's status 1 for a command that is "
-                   "not found; it needs to report 126/127 (exit_code on the error)", strict=False)
 def test_exec_command_not_found_is_127(nsbox):
     nsbox("run", "-d", "--name", "sleeper", "busybox", "sleep", "60")
     assert nsbox("exec", "sleeper", "nope", check=False).returncode == 127

@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ from nsbox.engine.model import (
     RestartPolicy,
 )
 from nsbox.errors import (
+    CommandError,
     ConfigError,
     ContainerExists,
     ContainerNotFound,
@@ -827,6 +829,52 @@ class Engine:
             return self._reconcile(current).state in ACTIVE
         return read_logs(c.log_path, c.spec.log_driver, follow, tail, since, running)
 
+    def _check_command(self, c: Container, cmd: list[str], env: dict[str, str],
+                       workdir: str | None) -> None:
+        """Docker's 127 (not found) and 126 (not executable) for `exec`, decided up front.
+
+        The program is looked up in the container's root filesystem with
+        openat2(RESOLVE_IN_ROOT), so its symlinks resolve as inside the container.
+        """
+        from nsbox.runtime import syscalls as sc
+        if not cmd:
+            raise ConfigError("exec: no command given")
+        try:
+            with open(os.path.join(c.bundle, "config.json")) as f:
+                process = json.load(f).get("process") or {}
+        except (OSError, ValueError):
+            return  # let the runtime report it
+        path_env = env.get("PATH") or next(
+            (e[5:] for e in process.get("env", []) if e.startswith("PATH=")), "/usr/bin:/bin")
+        name = cmd[0]
+        cwd = workdir or process.get("cwd") or "/"
+        candidates = ([name if name.startswith("/") else os.path.join(cwd, name)] if "/" in name
+                      else [os.path.join(d or ".", name) for d in path_env.split(":")])
+        root = self.storage.rootfs(c.id).merged
+        try:
+            root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            for candidate in candidates:
+                try:
+                    fd = sc.openat2(root_fd, candidate.lstrip("/") or ".", os.O_PATH | os.O_CLOEXEC,
+                                    resolve=sc.RESOLVE_IN_ROOT)
+                except OSError:
+                    continue
+                try:
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+                    return
+                if "/" in name:
+                    raise CommandError(f"exec {name!r}: permission denied", 126)
+            raise CommandError(f"exec {name!r}: executable file not found in $PATH"
+                               if "/" not in name else f"exec {name!r}: no such file or directory", 127)
+        finally:
+            os.close(root_fd)
+
     def exec(self, ref: str, cmd: list[str], tty: bool = False, interactive: bool = False,
              env: dict[str, str] | None = None, user: str | None = None,
              workdir: str | None = None, detach: bool = False,
@@ -855,6 +903,7 @@ class Engine:
             info = self.storage.rootfs(c.id)
             uid, gid, _ = resolve_user(user, [info.upper] + info.lower_dirs)
             args += ["--user", f"{uid}:{gid}"]
+        self._check_command(c, cmd, env or {}, workdir)
         args += [c.id, *cmd]
         if stdin is None and not interactive:
             stdin = subprocess.DEVNULL
