@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -428,6 +429,29 @@ def _main(argv: list[str] | None = None) -> int:
     bundle = make_bundle(opts.dir, process_args or None, **overrides)
     sys.stdout.write(f"{bundle}\n")
     return 0
+
+
+
+# ------------------------------------------------------------------ waiting
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
+    """Poll PREDICATE until it returns something truthy; that value, or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
+        time.sleep(interval)
+
+
+def pid_is_dead(pid: int) -> bool:
+    """True when PID no longer exists or is a zombie (killed, not yet reaped)."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return data[data.rindex(b")") + 2:].split()[0] in (b"Z", b"X")
 
 
 if __name__ == "__main__":

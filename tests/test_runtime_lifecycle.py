@@ -15,11 +15,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import helpers
 import pytest
-from helpers import write_config
+from helpers import pid_is_dead, wait_for, write_config
 
 OCI_STATE_KEYS = {"ociVersion", "id", "pid", "status", "bundle", "rootfs", "created", "owner"}
 
@@ -30,27 +29,6 @@ TRAP_TERM = ('trap "echo TERM > /mark/signal; exit 0" TERM; touch /mark/ready;'
 
 
 # ------------------------------------------------------------------ helpers
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
-    """Poll PREDICATE until it returns something truthy; that value, or fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
-        time.sleep(interval)
-
-
-def pid_is_dead(pid: int) -> bool:
-    """True when PID no longer exists or is a zombie (killed, not yet reaped)."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return data[data.rindex(b")") + 2:].split()[0] in (b"Z", b"X")
-
-
 def state_of(run_runtime: Callable[..., subprocess.CompletedProcess], cid: str) -> dict:
     return json.loads(run_runtime("state", cid).stdout)
 

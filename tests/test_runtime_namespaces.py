@@ -12,14 +12,13 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import helpers
 import pytest
-from helpers import write_config
+from helpers import pid_is_dead, wait_for, write_config
 
 # spec type -> /proc/<pid>/ns name
 PROC_NAMES = {"user": "user", "mount": "mnt", "pid": "pid", "network": "net", "ipc": "ipc",
@@ -36,25 +35,6 @@ SIMPLE_MAP = [{"containerID": 0, "hostID": 100000, "size": 65536}]
 
 
 # ------------------------------------------------------------------ helpers
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
-        time.sleep(interval)
-
-
-def pid_is_dead(pid: int) -> bool:
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return data[data.rindex(b")") + 2:].split()[0] in (b"Z", b"X")
-
-
 def host_ns() -> dict[str, str]:
     return {name: os.readlink(f"/proc/self/ns/{name}") for name in PROC_NAMES.values()}
 

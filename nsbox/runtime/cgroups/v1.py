@@ -144,12 +144,13 @@ def hugetlb_stats(path: str, sizes: list[str]) -> dict:
     return out
 
 
-def cpuset_stats(path: str) -> dict:
+def cpuset_stats(path: str, suffix: str = "") -> dict:
+    """The cpus and mems of a cpuset cgroup as sorted lists (v2 passes ".effective")."""
     from nsbox.runtime.cgroups import convert as cv
 
     out = {}
     for name in ("cpus", "mems"):
-        text = _files.read(os.path.join(path, f"cpuset.{name}"))
+        text = _files.read(os.path.join(path, f"cpuset.{name}{suffix}"))
         if text is not None:
             out[name] = sorted(cv.parse_cpu_list(text))
     return out

@@ -258,14 +258,10 @@ def hugetlb_stats(path: str, sizes: list[str]) -> dict:
 
 
 def cpuset_stats(path: str) -> dict:
-    from nsbox.runtime.cgroups import convert as cv
+    # cgroup v2 reports what is in force in the .effective files.
+    from nsbox.runtime.cgroups import v1
 
-    out = {}
-    for name in ("cpus", "mems"):
-        text = _files.read(os.path.join(path, f"cpuset.{name}.effective"))
-        if text is not None:
-            out[name] = sorted(cv.parse_cpu_list(text))
-    return out
+    return v1.cpuset_stats(path, suffix=".effective")
 
 
 def oom_count(path: str) -> int | None:
