@@ -4,6 +4,7 @@
 #   make test-v2  run the cgroup v2 tests in a qemu guest with a pure cgroup v2 kernel
 #   make lint   ruff
 #   make bench  compare nsbox-runtime with runc and crun (writes docs/benchmarks.md)
+#   make bench-engine  compare the nsbox engine with podman (writes docs/benchmarks-engine.md)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -29,7 +30,7 @@ DEMO_SCRIPT := echo "hostname: $$(hostname)"; echo "pid: $$$$"; echo "uid: $$(id
 
 REAL_PYTHON = $(shell python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
 
-.PHONY: help deps apt-deps demo test test-v2 lint bench clean
+.PHONY: help deps apt-deps demo test test-v2 lint bench bench-engine clean
 
 help:
 	@echo "make demo   install apt + pip dependencies, run a busybox container"
@@ -37,6 +38,7 @@ help:
 	@echo "make test-v2  the cgroupv2-marked tests in a qemu cgroup v2 guest (tests/v2lane)"
 	@echo "make lint   ruff check nsbox tests bench"
 	@echo "make bench  hyperfine: nsbox-runtime vs runc vs crun -> docs/benchmarks.md"
+	@echo "make bench-engine  nsbox vs podman: run --rm time, idle memory -> docs/benchmarks-engine.md"
 	@echo "variables:  RUNTIME=$(RUNTIME) PYTEST_ARGS=... TEST_TIMEOUT=$(TEST_TIMEOUT)"
 
 apt-deps:
@@ -83,6 +85,9 @@ lint: deps
 
 bench: deps
 	bench/runtime_bench.sh
+
+bench-engine: deps
+	$(VENV_PY) bench/engine_bench.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache

@@ -48,6 +48,7 @@ binary_of() {
 
 work="$(mktemp -d /tmp/nsbox-bench.XXXXXX)"
 cgroup_dirs=()
+unified_before=(/sys/fs/cgroup/unified/*)
 cleanup() {
     local rt bin root id
     for rt in "${runtimes[@]}"; do
@@ -66,6 +67,16 @@ cleanup() {
     for dir in "${cgroup_dirs[@]}"; do
         rmdir "$dir" 2>/dev/null || true
     done
+    # With cgroup2 unmounted here, runc and crun still make their "unified"
+    # directories, as plain dirs in the host's /sys/fs/cgroup tmpfs (hidden
+    # under the real mount outside this namespace): remove what this run added.
+    if ! mountpoint -q /sys/fs/cgroup/unified \
+            && [[ "$(stat -f -c %T /sys/fs/cgroup/unified)" == tmpfs ]]; then
+        for dir in /sys/fs/cgroup/unified/*; do
+            [[ -e "$dir" ]] || continue
+            [[ " ${unified_before[*]} " == *" $dir "* ]] || rm -rf --one-file-system "$dir"
+        done
+    fi
     if grep -qF " $work" /proc/self/mountinfo; then
         log "mounts left below $work; not removing it"
     else

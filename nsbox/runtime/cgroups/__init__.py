@@ -43,24 +43,28 @@ class Hierarchy:
 
 @once
 def hierarchies() -> tuple[Hierarchy, ...]:
-    found: dict[str, Hierarchy] = {}
+    # The mount visible at a path is the last one mounted there: a cgroup mount
+    # hidden under another filesystem (a tmpfs over it) is not usable.
+    top: dict[str, tuple[str, str, str]] = {}  # mountpoint -> (fstype, root, options)
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
             fstype, _src, opts = right.split()[:3]
-            if fstype not in ("cgroup", "cgroup2"):
-                continue
             fields = left.split()
-            root, mountpoint = fields[3], fields[4].replace("\\040", " ")
-            if fstype == "cgroup2":
-                key = UNIFIED
-            else:
-                ctrls = [o for o in opts.split(",") if o not in ("rw", "ro") and "=" not in o or o.startswith("name=")]
-                known = set(_v1_controllers())
-                key = ",".join(sorted(c for c in ctrls if c in known or c.startswith("name=")))
-                if not key:
-                    continue
-            found.setdefault(key, Hierarchy(key, mountpoint, root))
+            top[fields[4].replace("\\040", " ")] = (fstype, fields[3], opts)
+    found: dict[str, Hierarchy] = {}
+    known = set(_v1_controllers())
+    for mountpoint, (fstype, root, opts) in top.items():
+        if fstype == "cgroup2":
+            key = UNIFIED
+        elif fstype == "cgroup":
+            ctrls = [o for o in opts.split(",") if o not in ("rw", "ro") and "=" not in o or o.startswith("name=")]
+            key = ",".join(sorted(c for c in ctrls if c in known or c.startswith("name=")))
+            if not key:
+                continue
+        else:
+            continue
+        found.setdefault(key, Hierarchy(key, mountpoint, root))
     return tuple(found.values())
 
 
