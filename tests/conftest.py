@@ -13,6 +13,7 @@ test, and a mount leaked below the test's tmp_path fails it.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -161,3 +162,36 @@ def _cleanup_containers_and_mounts(request: pytest.FixtureRequest) -> Iterator[N
             problems.append(f"mounts leaked below {tmp_path} (now unmounted): {leaked}")
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+
+
+# ------------------------------------------------------------ cgroup tests (v1 and v2)
+@pytest.fixture
+def cg_path(container_id: str, runtime: list[str]) -> Iterator[str]:
+    """An absolute cgroupsPath below our own cgroup; every trace removed afterwards."""
+    with helpers.cgroup_under_own(f"nsbox-{container_id}") as path:
+        try:
+            yield path
+        finally:
+            # Before the directories go: the container must be gone first.
+            helpers.force_delete_all(runtime)
+
+
+@pytest.fixture
+def start(bundle_factory, run_runtime, container_id, cg_path):
+    """start(args, resources, **spec_changes) -> the container's init pid (detached)."""
+
+    def start_container(args: list[str], resources: dict, cid: str = container_id,
+                        mutate: Callable[[dict], None] | None = None, check: bool = True):
+        def edit(spec: dict) -> None:
+            spec["linux"]["cgroupsPath"] = cg_path
+            spec["linux"]["resources"] = resources
+            if mutate:
+                mutate(spec)
+
+        bundle = bundle_factory(args=args, mutate=edit)
+        result = run_runtime("run", "--detach", "--bundle", str(bundle), cid, check=check)
+        if not check:
+            return result
+        return json.loads(run_runtime("state", cid).stdout)["pid"]
+
+    return start_container

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import helpers
 import pytest
+from helpers import with_mknod
 from runtime_leaks import assert_nothing_left
 
 from nsbox.runtime import cgroups
@@ -73,38 +74,6 @@ def whole_disk_of(path: str) -> tuple[int, int]:
         sysdir = sysdir.resolve().parent
     major, minor = read(sysdir / "dev").split(":")
     return int(major), int(minor)
-
-
-@pytest.fixture
-def cg_path(container_id: str, runtime: list[str]) -> Iterator[str]:
-    """An absolute cgroupsPath below our own cgroup; every trace removed afterwards."""
-    with helpers.cgroup_under_own(f"nsbox-{container_id}") as path:
-        try:
-            yield path
-        finally:
-            # Before the directories go: the container must be gone first.
-            helpers.force_delete_all(runtime)
-
-
-@pytest.fixture
-def start(bundle_factory, run_runtime, container_id, cg_path):
-    """start(args, resources, **spec_changes) -> the container's init pid (detached)."""
-
-    def start_container(args: list[str], resources: dict, cid: str = container_id,
-                        mutate: Callable[[dict], None] | None = None, check: bool = True):
-        def edit(spec: dict) -> None:
-            spec["linux"]["cgroupsPath"] = cg_path
-            spec["linux"]["resources"] = resources
-            if mutate:
-                mutate(spec)
-
-        bundle = bundle_factory(args=args, mutate=edit)
-        result = run_runtime("run", "--detach", "--bundle", str(bundle), cid, check=check)
-        if not check:
-            return result
-        return json.loads(run_runtime("state", cid).stdout)["pid"]
-
-    return start_container
 
 
 # ------------------------------------------------------------------ pids
@@ -224,10 +193,6 @@ DEVICE_PROBE = ("mknod /dev/l0 b 7 0 && echo mknod0-ok; mknod /dev/l1 b 7 1 && e
                 " dd if=/dev/l1 of=/dev/null count=0 && echo open1-ok; true")
 
 
-def _with_mknod(spec: dict) -> None:
-    for kind in ("bounding", "effective", "permitted"):
-        spec["process"]["capabilities"][kind].append("CAP_MKNOD")
-
 
 def test_device_rules_refuse_a_device_and_allow_another(bundle_factory, run_runtime,
                                                         container_id, cg_path):
@@ -235,7 +200,7 @@ def test_device_rules_refuse_a_device_and_allow_another(bundle_factory, run_runt
              {"allow": True, "type": "b", "major": 7, "minor": 0, "access": "r"}]
 
     def edit(spec: dict) -> None:
-        _with_mknod(spec)
+        with_mknod(spec)
         spec["linux"].update(cgroupsPath=cg_path, resources={"devices": rules})
 
     bundle = bundle_factory(args=["sh", "-c", DEVICE_PROBE], mutate=edit)
@@ -251,7 +216,7 @@ def test_without_device_rules_the_same_open_works(bundle_factory, run_runtime, c
                                                   cg_path):
     """The control for the test above: the EPERM came from the device cgroup."""
     def edit(spec: dict) -> None:
-        _with_mknod(spec)
+        with_mknod(spec)
         spec["linux"].update(cgroupsPath=cg_path, resources={})
 
     bundle = bundle_factory(args=["sh", "-c", DEVICE_PROBE], mutate=edit)
@@ -338,7 +303,7 @@ def test_blkio_read_throttle_slows_direct_reads(bundle_factory, run_runtime, con
               "dd if=/dev/disk of=/dev/null bs=1M count=4 iflag=direct 2>&1")
 
     def edit(spec: dict, rate: int | None) -> None:
-        _with_mknod(spec)
+        with_mknod(spec)
         resources: dict = {"devices": rules}
         if rate:
             resources["blockIO"] = {"throttleReadBpsDevice": [{"major": major, "minor": minor,

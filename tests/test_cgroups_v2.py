@@ -14,12 +14,13 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import helpers
 import pytest
 from cgroupv2 import CGROUPV2
+from helpers import with_mknod
 from runtime_leaks import assert_nothing_left
 
 pytestmark = CGROUPV2
@@ -53,39 +54,9 @@ def usage_usec(directory: Path) -> int:
 
 
 @pytest.fixture
-def cg_path(container_id: str, runtime: list[str]) -> Iterator[str]:
-    with helpers.cgroup_under_own(f"nsbox-{container_id}") as path:
-        try:
-            yield path
-        finally:
-            helpers.force_delete_all(runtime)
-
-
-@pytest.fixture
 def cg_dir(cg_path: str) -> Path:
     return ROOT / cg_path.lstrip("/")
 
-
-@pytest.fixture
-def start(bundle_factory, run_runtime, container_id, cg_path):
-    def start_container(args: list[str], resources: dict,
-                        mutate: Callable[[dict], None] | None = None) -> int:
-        def edit(spec: dict) -> None:
-            spec["linux"]["cgroupsPath"] = cg_path
-            spec["linux"]["resources"] = resources
-            if mutate:
-                mutate(spec)
-
-        bundle = bundle_factory(args=args, mutate=edit)
-        run_runtime("run", "--detach", "--bundle", str(bundle), container_id)
-        return json.loads(run_runtime("state", container_id).stdout)["pid"]
-
-    return start_container
-
-
-def _with_mknod(spec: dict) -> None:
-    for kind in ("bounding", "effective", "permitted"):
-        spec["process"]["capabilities"][kind].append("CAP_MKNOD")
 
 
 # ------------------------------------------------------------------ placement
@@ -189,7 +160,7 @@ def test_bpf_device_filter_refuses_a_device_and_allows_another(bundle_factory, r
              {"allow": True, "type": "b", "major": 7, "minor": 0, "access": "r"}]
 
     def edit(spec: dict) -> None:
-        _with_mknod(spec)
+        with_mknod(spec)
         spec["linux"].update(cgroupsPath=cg_path, resources={"devices": rules})
 
     bundle = bundle_factory(args=["sh", "-c", DEVICE_PROBE], mutate=edit)
