@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from nsbox.runtime.spec import HOOK_KINDS, NAMESPACE_TYPES, SPEC_VERSION
 
-MOUNT_OPTIONS = [
-    "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand",
-    "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime",
-    "nosuid", "nosymfollow", "private", "rbind", "relatime", "remount", "ro", "rprivate",
-    "rshared", "rslave", "runbindable", "rw", "shared", "slave", "strictatime", "suid",
-    "symfollow", "sync", "tmpcopyup", "unbindable",
-]
-
 
 def features() -> dict:
     from nsbox import __version__
+    from nsbox.runtime.rootfs import known_mount_options
     from nsbox.runtime.security import capabilities, lsm, seccomp
 
     sec = seccomp.features()
@@ -22,7 +15,7 @@ def features() -> dict:
         "ociVersionMin": "1.0.0",
         "ociVersionMax": SPEC_VERSION,
         "hooks": list(HOOK_KINDS),
-        "mountOptions": MOUNT_OPTIONS,
+        "mountOptions": known_mount_options(),
         "linux": {
             "namespaces": list(NAMESPACE_TYPES),
             "capabilities": capabilities.features(),

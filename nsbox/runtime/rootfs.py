@@ -120,6 +120,11 @@ _RECURSIVE_OPTIONS: dict[str, tuple[int, int]] = {
 }
 
 # (path, major, minor) of the devices every container gets, all char devices, mode 0666.
+def known_mount_options() -> list[str]:
+    """Every mount option prepare_rootfs understands (for the features document)."""
+    return sorted({*_FLAG_OPTIONS, *PROPAGATION_OPTIONS, *_RECURSIVE_OPTIONS, "tmpcopyup"})
+
+
 DEFAULT_DEVICES = (
     ("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7),
     ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0),

@@ -17,16 +17,9 @@ STOP_AFTER = 1
 
 def run(args, ctx) -> int:  # noqa: ANN001
     from nsbox import api
-    from nsbox.engine.cli._format import Progress
-    from nsbox.engine.cli.cmd_run import make_spec
+    from nsbox.engine.cli.cmd_run import prepare
 
-    spec = make_spec(args, "create")
-    engine = ctx.engine()
-    progress = Progress()
-    try:
-        api.ensure_image(engine.images, spec.image, progress)
-    finally:
-        progress.close()
+    spec, engine = prepare(args, ctx, "create")
     container = api.create_container(engine, spec)
     sys.stdout.write(container.id + "\n")
     return 0

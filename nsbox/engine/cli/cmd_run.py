@@ -27,19 +27,27 @@ def make_spec(args, command_name: str):  # noqa: ANN001, ANN201
     return flags.build_spec(image, command or None, args.flags)
 
 
-def run(args, ctx) -> int:  # noqa: ANN001
+def prepare(args, ctx, command_name: str):  # noqa: ANN001, ANN201
+    """The spec from the flags and the engine, with the image in place (built if offline)."""
     from nsbox import api
-    from nsbox.engine.cli._common import reraise_invoke
     from nsbox.engine.cli._format import Progress
-    from nsbox.errors import ContainerExists, NsboxError
 
-    spec = make_spec(args, "run")
+    spec = make_spec(args, command_name)
     engine = ctx.engine()
     progress = Progress()
     try:
         api.ensure_image(engine.images, spec.image, progress)
     finally:
         progress.close()
+    return spec, engine
+
+
+def run(args, ctx) -> int:  # noqa: ANN001
+    from nsbox import api
+    from nsbox.engine.cli._common import reraise_invoke
+    from nsbox.errors import ContainerExists, NsboxError
+
+    spec, engine = prepare(args, ctx, "run")
     if spec.name:
         try:
             engine.get(spec.name)
