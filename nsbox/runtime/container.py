@@ -162,7 +162,7 @@ class Runtime:
             csock = console.connect_console_socket(opts.console_socket)
             cleanup.closers.append(csock)
             console_fd = csock.fileno()
-        agent_fd = _connect_seccomp_agent(spec)
+        agent_fd = connect_seccomp_agent(spec)
         if agent_fd >= 0:
             cleanup.fds.append(agent_fd)
         extra_env = _listen_fds_env(opts.preserve_fds)
@@ -628,7 +628,7 @@ def _container_pids(st: ContainerState) -> list[int]:
     return sorted(pids)
 
 
-def _connect_seccomp_agent(spec: Spec) -> int:
+def connect_seccomp_agent(spec: Spec) -> int:
     """The agent socket for SCMP_ACT_NOTIFY rules, or -1 when the profile has none."""
     section = spec.linux.seccomp
     if not section or not section.get("listenerPath"):

@@ -73,12 +73,9 @@ def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int
 
         csock = console.connect_console_socket(opts.console_socket)
         console_fd = csock.fileno()
-    agent_fd = -1
-    if spec.linux.seccomp and spec.linux.seccomp.get("listenerPath"):
-        from nsbox.runtime.security import seccomp
+    from nsbox.runtime.container import connect_seccomp_agent
 
-        if seccomp.uses_notify(spec.linux.seccomp):
-            agent_fd = seccomp.connect_agent(spec.linux.seccomp["listenerPath"])
+    agent_fd = connect_seccomp_agent(spec)
     opts.seccomp_agent_fd = agent_fd
     # Subreaper: the process is our grandchild and must be re-parented to us.
     sc.set_child_subreaper(True)
