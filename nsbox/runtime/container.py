@@ -459,14 +459,9 @@ class Runtime:
 
     # ------------------------------------------------------------------ exec
     def exec(self, container_id: str, opts: ExecOptions) -> int:
-        from nsbox.runtime import execute
-
-        st = self.store.load(container_id)
-        status = self.store.status(st)
-        if status not in (RUNNING, CREATED):
-            raise InvalidState(f"cannot exec in a container that is {status}")
-        self._guard_exe(opts.process)
-        return execute.exec_process(st, opts, self.seccomp_cache_dir)
+        """Run a process in the container; its exit status, or 0 at once with opts.detach."""
+        pid = self.exec_spawn(container_id, opts)
+        return 0 if opts.detach else wait_forwarding_signals(pid)
 
     def _guard_exe(self, process: Process | None) -> None:
         if self.reexec_sealed is None:

@@ -25,16 +25,6 @@ from nsbox.runtime.state import ContainerState
 log = get_logger(__name__)
 
 
-def exec_process(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int:
-    """Run the process; wait for it and return its exit status unless opts.detach."""
-    pid = spawn(st, opts, seccomp_cache_dir)
-    if opts.detach:
-        return 0
-    from nsbox.runtime.container import wait_forwarding_signals
-
-    return wait_forwarding_signals(pid)
-
-
 def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int:
     """Start the process in the container; returns its host pid once it is about to exec."""
     spec = parse_spec(st.config)
