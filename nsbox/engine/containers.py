@@ -192,7 +192,9 @@ def _monitor_alive(pid: int, cid: str) -> bool:
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return cid.encode() in f.read()
+            cmdline = f.read()
+        # Empty while the monitor is between its C loop and its Python finish (execve).
+        return not cmdline or cid.encode() in cmdline
     except OSError:
         return False
 
@@ -400,6 +402,10 @@ class Engine:
                     return Container.from_row(row)
                 if not _monitor_alive(c.monitor_pid, c.id):
                     break
+            else:
+                # Still finishing (slow under load): its record will be the truth,
+                # so do not guess an exit code over its head.
+                return Container.from_row(self.db.container(c.id) or asdict_row(c))
             c = Container.from_row(self.db.container(c.id) or asdict_row(c))
         # The monitor may have recorded the exit just before it went away.
         row = self.db.container(c.id)
