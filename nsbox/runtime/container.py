@@ -173,6 +173,7 @@ class Runtime:
             no_new_keyring=opts.no_new_keyring, preserve_fds=preserve,
             console_sock_fd=console_fd, seccomp_bpf=seccomp_bpf, seccomp_agent_fd=agent_fd,
             runtime_exe=procmod.runtime_exe_identity(), extra_env=extra_env or None,
+            cgroup_paths=state.cgroup_paths,
         )
         created_cgroups = cgroups.create(state.cgroup_paths)
         state.cgroup_created = created_cgroups
@@ -186,8 +187,9 @@ class Runtime:
             initmod.stage1(ctx, child_chan)
         child_chan.close()
         cleanup.stage1_pid = stage1_pid
-        # Stage 1 builds its namespaces while we move it into its cgroups.
-        cgroups.add_process(state.cgroup_paths, stage1_pid)
+        # Stage 1 joins its v1 cgroups itself and builds its namespaces while
+        # we move it into the cgroup2 one.
+        cgroups.add_process(state.cgroup_paths, stage1_pid, only_unified=True)
         if cgroup_plan is not None:
             # Limits are in place before stage 1 forks the init (on `go`).
             from nsbox.runtime.cgroups.manager import Manager

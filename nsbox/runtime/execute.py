@@ -121,7 +121,8 @@ def _child(st, spec, process, joins, chan, opts, seccomp_bpf, runtime_exe, conso
     try:
         sc.set_dumpable(False)
         sc.set_pdeathsig(signal.SIGKILL)
-        cgroups.add_process(st.cgroup_paths, os.getpid()) if st.cgroup_paths else None
+        if st.cgroup_paths:
+            cgroups.join(st.cgroup_paths)
         for ns_type, path in joins:
             nsmod.join(ns_type, path)
         os.chdir("/")

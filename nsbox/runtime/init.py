@@ -26,6 +26,7 @@ from nsbox._lazylog import get_logger
 from nsbox._lite import suppress
 from nsbox._record import record
 from nsbox.errors import KernelError, NsboxError, SecurityError
+from nsbox.runtime import cgroups
 from nsbox.runtime import channel as ch
 from nsbox.runtime import namespaces as nsmod
 from nsbox.runtime import process as procmod
@@ -54,6 +55,7 @@ class InitContext:
     seccomp_agent_fd: int = -1  # connected to linux.seccomp.listenerPath, for notify rules
     runtime_exe: tuple[int, int] = (0, 0)
     extra_env: dict[str, str] | None = None
+    cgroup_paths: dict[str, str] | None = None  # stage 1 joins their v1 hierarchies itself
 
 
 def stage1(ctx: InitContext, chan: ch.Channel) -> None:
@@ -108,6 +110,10 @@ def preload(spec: Spec) -> None:
 def _stage1(ctx: InitContext, chan: ch.Channel) -> None:
     plan = ctx.ns_plan
     linux = ctx.spec.linux
+    if ctx.cgroup_paths:
+        # First, while still in the host's namespaces; the runtime moves us
+        # into the cgroup2 hierarchy meanwhile (cgroups.join_v1 says why).
+        cgroups.join_v1(ctx.cgroup_paths)
     for ns_type, path in plan.join:
         if ns_type in ("mount", "cgroup"):
             continue  # joined by stage 2: mount changes our root, cgroup must follow placement
