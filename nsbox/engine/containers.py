@@ -29,7 +29,7 @@ import shutil
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from nsbox.engine import DEFAULT_ROOT
@@ -44,6 +44,13 @@ from nsbox.engine.model import (
     ContainerSpec,
     MountSpec,
     RestartPolicy,
+)
+from nsbox.engine.oci import (
+    OciRuntime,
+    own_runtime_binary,
+    runtime_for,
+    runtime_log_error,
+    state_root,
 )
 from nsbox.errors import (
     CommandError,
@@ -138,10 +145,9 @@ def find_runtime(name: str | None) -> str:
             raise ConfigError(f"OCI runtime {name} is not an executable")
         return name
     if not name or name == "nsbox-runtime":
-        for candidate in ("/work/main/.venv/bin/nsbox-runtime",
-                          os.path.join(os.path.dirname(sys.executable), "nsbox-runtime")):
-            if os.access(candidate, os.X_OK):
-                return candidate
+        own = own_runtime_binary()
+        if own is not None:
+            return own
         name = "nsbox-runtime"
     found = shutil.which(name)
     if not found:
@@ -150,30 +156,7 @@ def find_runtime(name: str | None) -> str:
 
 
 def runtime_root(run_root: str, runtime: str) -> str:
-    return os.path.join(run_root, os.path.basename(runtime))
-
-
-def _runtime(run_root: str, runtime: str, *args: str, input: bytes | None = None,  # noqa: A002
-             check: bool = True, capture: bool = True):  # noqa: ANN202 - CompletedProcess
-    import subprocess
-    cmd = [runtime, "--root", runtime_root(run_root, runtime), *args]
-    result = subprocess.run(cmd, input=input, stdout=subprocess.PIPE if capture else None,
-                            stderr=subprocess.PIPE if capture else None, check=False)
-    if check and result.returncode != 0:
-        message = (result.stderr or b"").decode(errors="replace").strip().splitlines()
-        raise NsboxError(f"{os.path.basename(runtime)} {args[0]}: "
-                         f"{message[-1] if message else f'exit status {result.returncode}'}")
-    return result
-
-
-def _runtime_state(run_root: str, runtime: str, cid: str) -> dict | None:
-    result = _runtime(run_root, runtime, "state", cid, check=False)
-    if result.returncode != 0:
-        return None
-    try:
-        return json.loads(result.stdout)
-    except ValueError:
-        return None
+    return state_root(run_root, runtime)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -194,9 +177,76 @@ def _monitor_alive(pid: int, cid: str) -> bool:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read()
         # Empty while the monitor is between its C loop and its Python finish (execve).
-        return not cmdline or cid.encode() in cmdline
+        if not cmdline or cid.encode() in cmdline:
+            return True
+        # Forked from the engine, it still shows the engine's command line.
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() == "nsbmon-" + cid[:8]
     except OSError:
         return False
+
+
+def _spawn_monitor(args: tuple, done_w: int) -> Callable[[], object]:
+    """Start the monitor daemon (monitor.detach_and_run(*ARGS)); a function that reaps its starter.
+
+    In a single-threaded process (the CLI) the monitor is a fork of this
+    one, with everything imported already.  A threaded program (the Python
+    API) must not fork into more Python: another thread may hold a lock,
+    an import among them, that the child would wait for forever.  There the
+    monitor is a new interpreter.  DONE_W, if >= 0, stays open in the
+    monitor until it is done.
+    """
+    env_path = os.pathsep.join(p for p in [_package_parent(), os.environ.get("PYTHONPATH")] if p)
+    if len(os.listdir("/proc/self/task")) > 1:
+        import subprocess
+        env = dict(os.environ, PYTHONPATH=env_path)
+        keep = (args[3],) + ((done_w,) if done_w >= 0 else ())
+        argv = [sys.executable, "-m", "nsbox.engine.monitor", *map(str, args[:3]), str(args[3]),
+                args[4], args[5], str(args[6]), str(args[7]), "1" if args[8] else "0", args[9],
+                str(done_w)]
+        return subprocess.Popen(argv, pass_fds=keep, start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env, cwd="/").wait
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            _forked_monitor_hygiene(keep=(args[3], done_w))
+            # Only the C loop's later `--resume` starts Python afresh: it must find us.
+            os.environ["PYTHONPATH"] = env_path
+            os.chdir("/")
+            from nsbox.engine.monitor import detach_and_run
+            detach_and_run(*args)
+        finally:
+            os._exit(1)
+    return lambda: os.waitpid(pid, 0)
+
+
+def _forked_monitor_hygiene(keep: tuple[int, ...]) -> None:
+    """In a child forked to become a monitor: drop every inherited fd but 0-2 and KEEP.
+
+    The engine may run in a threaded program (the Python API): at the fork
+    another thread may hold a pipe the monitor must not keep open (its
+    reader would never see end-of-file) or a store lock fd, whose flock
+    would then outlive that thread's release.  The SQLite connections whose
+    fds go too are never used again here, and the garbage collector is
+    turned off so that none is finalized onto a reused fd number; the
+    process only ever ends with os._exit or execve.
+    """
+    import gc
+    gc.disable()
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= 3):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _max_fd())
+
+
+def _max_fd() -> int:
+    try:
+        return max(int(name) for name in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return os.sysconf("SC_OPEN_MAX")
 
 
 def _exit_file(run_root: str, cid: str) -> str:
@@ -209,7 +259,6 @@ def _exit_file(run_root: str, cid: str) -> str:
 def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, console: str,
                   status_fd: int) -> int:
     """Create and start the container; write 'ok PID', 'cancel' or 'err MESSAGE' to STATUS_FD."""
-    import subprocess
     db = Database(root)
     row = db.container(cid)
     if row is None:
@@ -223,68 +272,33 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
         return 0
     runtime, bundle = row["runtime"], row["bundle"]
     os.makedirs(runtime_root(run_root, runtime), mode=0o700, exist_ok=True)
-    if _runtime_state(run_root, runtime, cid) is not None:
-        _runtime(run_root, runtime, "delete", "--force", cid, check=False)
+    oci = runtime_for(run_root, runtime)
+    if oci.state(cid) is not None:
+        oci.delete(cid)
     pid_file = os.path.join(bundle, "init.pid")
     runtime_log = os.path.join(bundle, "runtime.log")
-    with open(runtime_log, "w"):
-        pass
     with contextlib_suppress(FileNotFoundError):
         os.unlink(pid_file)
     null = os.open("/dev/null", os.O_RDONLY)
-    created = subprocess.run(
-        [runtime, "--root", runtime_root(run_root, runtime), "--log", runtime_log, "create",
-         "--bundle", bundle, "--pid-file", pid_file,
-         *(["--console-socket", console] if console else []), cid],
-        stdin=null, stdout=int(out_w), stderr=int(err_w), check=False)
-    os.close(null)
-    if created.returncode != 0:
-        reason = _runtime_error(runtime_log) or f"runtime create failed (status {created.returncode})"
-        _runtime(run_root, runtime, "delete", "--force", cid, check=False)
+    try:
+        oci.create(cid, bundle, pid_file, console, (null, int(out_w), int(err_w)), runtime_log)
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+        oci.start(cid)
+    except NsboxError as exc:
+        reason = str(exc).strip() or "the runtime failed"
+        if not oci.in_process:
+            reason = runtime_log_error(runtime_log) or reason
+        oci.delete(cid)
         db.update_container(cid, error=reason)
         os.write(status_fd, f"err {reason}\n".encode())
         return 1
-    with open(pid_file) as f:
-        pid = int(f.read().strip())
-    started = _runtime(run_root, runtime, "start", cid, check=False)
-    if started.returncode != 0:
-        reason = (_runtime_error(runtime_log) or started.stderr.decode(errors="replace").strip()
-                  or "runtime start failed")
-        _runtime(run_root, runtime, "delete", "--force", cid, check=False)
-        db.update_container(cid, error=reason)
-        os.write(status_fd, f"err {reason}\n".encode())
-        return 1
+    finally:
+        os.close(null)
     db.update_container(cid, state=RUNNING, pid=pid, started_at=time.time(), finished_at=0,
                         exit_code=0, monitor_pid=os.getppid(), error="")
     os.write(status_fd, f"ok {pid}\n".encode())
     return 0
-
-
-def _runtime_error(path: str) -> str:
-    """The message of the last error in a runtime --log file (JSON, logfmt or text lines)."""
-    import re
-    try:
-        with open(path, errors="replace") as f:
-            lines = [line.strip() for line in f if line.strip()]
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            entry = None
-        if isinstance(entry, dict):
-            if entry.get("level", "error") in ("error", "fatal"):
-                return str(entry.get("msg") or line)
-            continue
-        logfmt = re.search(r'\bmsg="((?:[^"\\]|\\.)*)"', line)
-        if logfmt:
-            if "level=error" in line or "level=fatal" in line:
-                return logfmt.group(1).replace('\\"', '"')
-            continue
-        text = re.sub(r"^\S+\s+(ERROR|FATAL)\s+[\w.-]+:\s*", "", line)
-        return text
-    return ""
 
 
 class contextlib_suppress:  # noqa: N801 - a tiny stand-in to keep the helper's imports small
@@ -307,8 +321,7 @@ def monitor_finish(root: str, run_root: str, cid: str, exit_code: str, failed: s
     code = int(exit_code)
     if row is None:
         return 0
-    runtime = row["runtime"]
-    _runtime(run_root, runtime, "delete", "--force", cid, check=False)
+    runtime_for(run_root, row["runtime"]).delete(cid)
     spec = spec_from_json(row["spec"])
     os.makedirs(os.path.join(run_root, "exits"), exist_ok=True)
     with open(_exit_file(run_root, cid), "w") as f:
@@ -371,6 +384,10 @@ class Engine:
             self._storage = Storage(self.root)
         return self._storage
 
+    def oci(self, runtime: str) -> OciRuntime:
+        """The driver of the OCI runtime binary RUNTIME (see oci.py)."""
+        return runtime_for(self.run_root, runtime)
+
     # ------------------------------------------------------------------ lookup
     def get(self, ref: str) -> Container:
         """The container with full id REF, name REF, or unique id prefix REF; ContainerNotFound else."""
@@ -412,14 +429,12 @@ class Engine:
         if row is not None and row["state"] not in ACTIVE:
             return Container.from_row(row)
         # No monitor: ask the runtime what is left.
-        state = _runtime_state(self.run_root, c.runtime, c.id)
-        if state is not None and state.get("status") in ("running", "paused", "created"):
-            if state.get("status") == "created":
-                _runtime(self.run_root, c.runtime, "delete", "--force", c.id, check=False)
-            else:
-                return c  # alive without its monitor: still true
+        oci = self.oci(c.runtime)
+        state = oci.state(c.id)
+        if state is not None and state.get("status") in ("running", "paused"):
+            return c  # alive without its monitor: still true
         if state is not None:
-            _runtime(self.run_root, c.runtime, "delete", "--force", c.id, check=False)
+            oci.delete(c.id)
         with contextlib_suppress(NsboxError):
             self.storage.unmount(c.id)
         code = c.exit_code if c.state == RESTARTING else 137
@@ -570,12 +585,17 @@ class Engine:
         return self.get(cid)
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self, ref: str) -> None:
-        """Start the container under a new monitor; returns once its process runs (NsboxError if not)."""
-        import subprocess
+    def start(self, ref: str, notify: bool = False) -> int | None:
+        """Start the container under a new monitor; returns once its process runs (NsboxError if not).
+
+        With NOTIFY the monitor stays a Python process for this run instead of
+        handing over to its small C loop, and the return value is the read end
+        of a pipe that reaches end-of-file when the monitor is done (the exit
+        is recorded): what an attached `run` waits on.  Otherwise None.
+        """
         c = self.get(ref)
         if c.state in (RUNNING, RESTARTING):
-            return
+            return None
         if c.state == PAUSED:
             raise InvalidState(f"container {c.name} is paused: unpause it")
         self._wait_monitor_gone(c)
@@ -584,24 +604,25 @@ class Engine:
         with contextlib_suppress(FileNotFoundError):
             os.unlink(_exit_file(self.run_root, c.id))
         spec = c.spec
+        loop_bin = "" if notify else self._loop_binary()
         read_end, write_end = os.pipe()
-        cmd = [sys.executable, "-m", "nsbox.engine.monitor", self.root, self.run_root, c.id,
-               str(write_end), c.log_path, spec.log_driver,
-               str(_parse_size(spec.log_opts.get("max-size"))),
-               str(int(spec.log_opts.get("max-file", "1"))), "1" if spec.tty else "0",
-               self._loop_binary()]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [_package_parent(), env.get("PYTHONPATH")] if p)
-        proc = subprocess.Popen(cmd, pass_fds=(write_end,), start_new_session=True,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=env, cwd="/")
+        done_r, done_w = os.pipe() if notify else (-1, -1)
+        args = (self.root, self.run_root, c.id, write_end, c.log_path, spec.log_driver,
+                _parse_size(spec.log_opts.get("max-size")),
+                int(spec.log_opts.get("max-file", "1")), spec.tty, loop_bin)
+        reap_starter = _spawn_monitor(args, done_w)
         os.close(write_end)
-        proc.wait()
+        if done_w >= 0:
+            os.close(done_w)
+        reap_starter()
         with os.fdopen(read_end, "rb") as pipe:
             answer = pipe.read().decode(errors="replace").strip()
         if not answer.startswith("ok "):
+            if done_r >= 0:
+                os.close(done_r)
             message = answer.removeprefix("err ").strip() or "the monitor failed to start"
             raise NsboxError(f"cannot start container {c.name}: {message}")
+        return done_r if notify else None
 
     def run(self, spec: ContainerSpec, detach: bool = True) -> Container:
         """create + start.  The caller (CLI) attaches by following logs() and wait()."""
@@ -641,7 +662,7 @@ class Engine:
             except (OSError, ValueError):
                 time.sleep(0.01)
         code = proc.wait()
-        _runtime(self.run_root, c.runtime, "delete", "--force", c.id, check=False)
+        self.oci(c.runtime).delete(c.id)
         with contextlib_suppress(NsboxError):
             self.storage.unmount(c.id)
         self.db.update_container(c.id, state=EXITED, pid=0, exit_code=code, finished_at=time.time())
@@ -688,12 +709,15 @@ class Engine:
                 break
             now = time.monotonic()
             if current.state in (RUNNING, PAUSED) and current.pid != signalled_pid:
-                _runtime(self.run_root, c.runtime, "kill", c.id, signal_name, check=False)
+                with contextlib_suppress(NsboxError):
+                    self.oci(c.runtime).kill(c.id, signal_name)
                 if current.state == PAUSED:
-                    _runtime(self.run_root, c.runtime, "resume", c.id, check=False)
+                    with contextlib_suppress(NsboxError):
+                        self.oci(c.runtime).resume(c.id)
                 signalled_pid, kill_at = current.pid, now + timeout
             elif signalled_pid and now >= kill_at:
-                _runtime(self.run_root, c.runtime, "kill", c.id, "KILL", check=False)
+                with contextlib_suppress(NsboxError):
+                    self.oci(c.runtime).kill(c.id, "KILL")
                 kill_at = now + 1
             time.sleep(0.02)
         self._wait_monitor_gone(c)
@@ -704,7 +728,7 @@ class Engine:
         if c.state not in (RUNNING, PAUSED):
             raise InvalidState(f"container {c.name} is not running")
         self.db.update_container(c.id, stopped_by_user=1)
-        _runtime(self.run_root, c.runtime, "kill", c.id, str(signal))
+        self.oci(c.runtime).kill(c.id, str(signal))
 
     def restart(self, ref: str, timeout: int | None = None) -> None:
         c = self.get(ref)
@@ -715,18 +739,22 @@ class Engine:
         c = self.get(ref)
         if c.state != RUNNING:
             raise InvalidState(f"container {c.name} is not running")
-        _runtime(self.run_root, c.runtime, "pause", c.id)
+        self.oci(c.runtime).pause(c.id)
         self.db.update_container(c.id, state=PAUSED)
 
     def unpause(self, ref: str) -> None:
         c = self.get(ref)
         if c.state != PAUSED:
             raise InvalidState(f"container {c.name} is not paused")
-        _runtime(self.run_root, c.runtime, "resume", c.id)
+        self.oci(c.runtime).resume(c.id)
         self.db.update_container(c.id, state=RUNNING)
 
-    def wait(self, ref: str) -> int:
-        """Block until the container is not running (or is removed by --rm); its exit code."""
+    def wait(self, ref: str, wake_fd: int = -1) -> int:
+        """Block until the container is not running (or is removed by --rm); its exit code.
+
+        WAKE_FD: the pipe start(notify=True) returned, to notice the exit at once.
+        """
+        from nsbox.engine.logs import nap
         try:
             c = self.get(ref)
         except ContainerNotFound:
@@ -747,7 +775,7 @@ class Engine:
             c = self._reconcile(Container.from_row(row))
             if c.state in (EXITED, DEAD) or (c.state == CREATED and c.started_at):
                 return c.exit_code
-            time.sleep(0.05)
+            wake_fd = nap(wake_fd, 0.05)
 
     def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
         """Delete the container (FORCE kills a running one); VOLUMES also drops its anonymous volumes."""
@@ -767,7 +795,7 @@ class Engine:
         row = self.db.container(cid)
         if row is None:
             return
-        _runtime(self.run_root, row["runtime"], "delete", "--force", cid, check=False)
+        self.oci(row["runtime"]).delete(cid)
         self.storage.remove(cid)
         shutil.rmtree(os.path.join(self.storage.containers_dir, cid), ignore_errors=True)
         self.db.delete_container(cid)
@@ -800,8 +828,7 @@ class Engine:
         """Change linux.resources (OCI names) now if running, and for later starts."""
         c = self.get(ref)
         if c.state in (RUNNING, PAUSED):
-            _runtime(self.run_root, c.runtime, "update", "--resources", "-", c.id,
-                     input=json.dumps(resources).encode())
+            self.oci(c.runtime).update(c.id, resources)
         c.spec.resources = {**c.spec.resources, **resources}
         path = os.path.join(c.bundle, "config.json")
         with open(path) as f:
@@ -814,11 +841,12 @@ class Engine:
 
     # ------------------------------------------------------------ io and info
     def logs(self, ref: str, follow: bool = False, tail: int | None = None,
-             timestamps: bool = False, since: float | None = None
+             timestamps: bool = False, since: float | None = None, wake_fd: int = -1
              ) -> Iterator[tuple[str, str, bytes]]:
         """(RFC 3339 time, "stdout"|"stderr", line bytes incl. newline), oldest first.
 
         TIMESTAMPS is accepted for the CLI's sake: the time is always in the tuple.
+        WAKE_FD: the pipe start(notify=True) returned, to stop following at once.
         """
         from nsbox.engine.logs import read_logs
         c = self.get(ref)
@@ -833,7 +861,8 @@ class Engine:
             if current.monitor_pid and _monitor_alive(current.monitor_pid, current.id):
                 return True
             return self._reconcile(current).state in ACTIVE
-        return read_logs(c.log_path, c.spec.log_driver, follow, tail, since, running)
+        return read_logs(c.log_path, c.spec.log_driver, follow, tail, since, running,
+                         wake_fd=wake_fd)
 
     def _check_command(self, c: Container, cmd: list[str], env: dict[str, str],
                        workdir: str | None) -> None:
@@ -922,9 +951,8 @@ class Engine:
         c = self.get(ref)
         if c.state not in (RUNNING, PAUSED):
             raise InvalidState(f"container {c.name} is not running")
-        result = _runtime(self.run_root, c.runtime, "ps", "--format", "json", c.id)
         rows = [["UID", "PID", "PPID", "CMD"]]
-        for pid in json.loads(result.stdout or b"[]"):
+        for pid in self.oci(c.runtime).pids(c.id):
             try:
                 with open(f"/proc/{pid}/status") as f:
                     status = dict(line.split(":", 1) for line in f if ":" in line)

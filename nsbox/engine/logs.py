@@ -52,8 +52,13 @@ def _files(path: str) -> list[str]:
 
 
 def read_logs(path: str, driver: str, follow: bool, tail: int | None, since: float | None,
-              running: Callable[[], bool], poll: float = 0.1) -> Iterator[tuple[str, str, bytes]]:
-    """Lines of the log (oldest first); with FOLLOW, keep going while RUNNING() says so."""
+              running: Callable[[], bool], poll: float = 0.1,
+              wake_fd: int = -1) -> Iterator[tuple[str, str, bytes]]:
+    """Lines of the log (oldest first); with FOLLOW, keep going while RUNNING() says so.
+
+    WAKE_FD, if given, is a pipe whose end-of-file means the writer is done:
+    following stops waiting the moment it comes instead of at the next poll.
+    """
     def wanted(entry: tuple[str, str, bytes] | None) -> bool:
         return entry is not None and (since is None or _parse_time(entry[0]) >= since)
 
@@ -98,4 +103,22 @@ def read_logs(path: str, driver: str, follow: bool, tail: int | None, since: flo
         elif not alive:
             return
         else:
-            time.sleep(poll)
+            wake_fd = nap(wake_fd, poll)
+
+
+def nap(wake_fd: int, seconds: float) -> int:
+    """Sleep SECONDS, or less if WAKE_FD reaches end-of-file; the fd to nap on next time (-1 after EOF)."""
+    if wake_fd < 0:
+        time.sleep(seconds)
+        return -1
+    import select
+
+    readable, _, _ = select.select([wake_fd], [], [], seconds)
+    if readable:
+        try:
+            if os.read(wake_fd, 512):
+                return wake_fd
+        except OSError:
+            pass
+        return -1
+    return wake_fd

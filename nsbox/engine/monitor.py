@@ -194,7 +194,7 @@ def loop_binary(run_root: str) -> str:
     if os.access(target, os.X_OK):
         return target
     os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-    staging = f"{target}.{os.getpid()}.tmp"
+    staging = f"{target}.{os.getpid()}.{os.urandom(4).hex()}.tmp"  # threads of one process too
     try:
         result = subprocess.run(["cc", "-O2", "-o", staging, source], capture_output=True,
                                 check=False)
@@ -300,6 +300,44 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
         time.sleep(0.1)
 
 
+def monitor_name(cid: str) -> str:
+    """The process name (15 characters at most) of CID's monitor while it runs Python."""
+    return "nsbmon-" + cid[:8]
+
+
+def detach_and_run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str,
+                   driver: str, max_size: int, max_file: int, tty: bool, loop_bin: str) -> None:
+    """Become the container's monitor daemon and run it; the calling process exits at once.
+
+    Called in a child of whoever starts the container (the engine forks one,
+    or `python -m nsbox.engine.monitor`): it forks once more so the monitor
+    is nobody's child, leaves the session and the terminal, and becomes a
+    child subreaper.  Every way out is os._exit: a forked engine process must
+    not run its parent's finalizers (SQLite connections among them).
+    """
+    if os.fork() != 0:
+        os._exit(0)  # the starter waits for this one; the daemon lives on, reparented
+    try:
+        if os.getsid(0) != os.getpid():
+            os.setsid()
+        devnull = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        from nsbox.runtime import syscalls
+        syscalls.set_child_subreaper(True)  # survives execve, so the C loop keeps it
+        try:
+            # A forked monitor shows its starter's command line, not CID:
+            # the name is how the engine tells it from a recycled pid.
+            with open("/proc/self/comm", "w") as f:
+                f.write(monitor_name(cid))
+        except OSError:
+            pass
+        run(root, run_root, cid, ready_fd, log_path, driver, max_size, max_file, tty, loop_bin)
+    finally:
+        os._exit(0)
+
+
 def main(argv: list[str]) -> int:
     resume = argv[:1] == ["--resume"]
     if resume:
@@ -311,17 +349,12 @@ def main(argv: list[str]) -> int:
         run(root, run_root, cid, -1, log_path, driver, max_size, max_file, tty, loop_bin,
             resume_code=int(argv[10]))
         return 0
-    if os.fork() != 0:
-        os._exit(0)  # the engine waits for this one; the daemon lives on, reparented
-    if os.getsid(0) != os.getpid():
-        os.setsid()
-    devnull = os.open("/dev/null", os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-    from nsbox.runtime import syscalls
-    syscalls.set_child_subreaper(True)  # survives execve, so the C loop keeps it
-    run(root, run_root, cid, ready_fd, log_path, driver, max_size, max_file, tty, loop_bin)
+    done_fd = int(argv[10]) if len(argv) > 10 else -1
+    if done_fd >= 0:
+        # Held, not passed on: the starter sees end-of-file when we are gone.
+        os.set_inheritable(done_fd, False)
+    detach_and_run(root, run_root, cid, ready_fd, log_path, driver, max_size, max_file, tty,
+                   loop_bin)
     return 0
 
 

@@ -9,6 +9,7 @@ Takes every `docker run` resource, mount, namespace and process flag
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 from nsbox.engine.flags import RUN_ALIASES, RUN_FLAGS
@@ -72,7 +73,7 @@ def run(args, ctx) -> int:  # noqa: ANN001
             raise api.name_conflict(engine, spec.name) from None
         raise
     try:
-        engine.start(container.id)
+        done_fd = engine.start(container.id, notify=not detach)
     except NsboxError as exc:
         if auto_remove:  # a container that never ran is not left behind with --rm
             with contextlib.suppress(NsboxError):
@@ -84,8 +85,10 @@ def run(args, ctx) -> int:  # noqa: ANN001
     from nsbox.engine.cli._common import stream_logs
 
     try:
-        stream_logs(engine.logs(container.id, follow=True))
-        return engine.wait(container.id)
+        stream_logs(engine.logs(container.id, follow=True, wake_fd=done_fd))
+        return engine.wait(container.id, wake_fd=done_fd)
     finally:
+        if done_fd is not None:
+            os.close(done_fd)
         if remove_after:
             engine.remove(container.id, force=True, volumes=True)
