@@ -16,10 +16,14 @@ shell over this module and nsbox.engine.containers.Engine.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import Any
 
+from nsbox._lite import suppress
 from nsbox.errors import ConfigError, ContainerExists, ImageNotFound
+
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 DEFAULT_RUNROOT = "/run/nsbox"
 # Docker SDK spellings -> our flag names.
@@ -234,9 +238,7 @@ def run(image: str, command: list[str] | str | None = None, *, detach: bool = Tr
         engine.start(record.id)
     except BaseException:
         # A container that never ran is not left behind (as with --rm on failure).
-        import contextlib
-
-        with contextlib.suppress(Exception):
+        with suppress(Exception):
             engine.remove(record.id, force=True)
         raise
     if not detach:

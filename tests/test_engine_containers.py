@@ -317,15 +317,15 @@ def _footprint(eng: Engine, ids: list[str]) -> tuple:
 
 
 def test_bad_input_leaves_nothing(eng, tmp_path, monkeypatch):
-    import secrets
+    from nsbox.engine import containers
     ids: list[str] = []
-    real = secrets.token_hex
+    real = containers._new_id
 
-    def recording(n: int = 32) -> str:
-        value = real(n)
+    def recording() -> str:
+        value = real()
         ids.append(value)
         return value
-    monkeypatch.setattr("nsbox.engine.containers.secrets.token_hex", recording)
+    monkeypatch.setattr("nsbox.engine.containers._new_id", recording)
     eng.run(sh("true", name="taken"))
     eng.wait("taken")
     before = _footprint(eng, ids)

@@ -13,21 +13,22 @@ own `image_` tables in the same file.
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
 
+from nsbox import _json
 from nsbox.errors import NsboxError
+
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 DB_FILE = "nsbox.db"
 BUSY_TIMEOUT_S = 30.0
 _RETRIES = 50
-
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS container_containers (
@@ -88,25 +89,16 @@ class Database:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
 
-    @contextmanager
-    def connection(self) -> Iterator[Any]:
-        conn = self._connect()
-        try:
-            yield conn
-        finally:
-            conn.close()
+    def connection(self) -> _Connection:
+        """`with db.connection() as conn:` a connection, closed at the end."""
+        return _Connection(self, transaction=False)
 
-    @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """A write transaction taken up front (BEGIN IMMEDIATE), so it cannot deadlock on upgrade."""
-        with self.connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def transaction(self) -> _Connection:
+        """A write transaction taken up front (BEGIN IMMEDIATE), so it cannot deadlock on upgrade.
+
+        Committed at the end of the `with` block, rolled back if it raises.
+        """
+        return _Connection(self, transaction=True)
 
     def _retry(self, func: Callable[[], T]) -> T:
         import sqlite3
@@ -118,6 +110,7 @@ class Database:
                     raise NsboxError(f"{self.path}: {err}") from None
                 if attempt == _RETRIES - 1:
                     raise NsboxError(f"{self.path}: {err} (gave up after {_RETRIES} tries)") from None
+                import random
                 time.sleep(0.01 + random.random() * 0.05)
         raise AssertionError("unreachable")
 
@@ -195,7 +188,7 @@ class Database:
                 conn.execute("INSERT INTO volume_volumes (name, created, mountpoint, driver, labels,"
                              " anonymous) VALUES (?,?,?,?,?,?)",
                              (row["name"], row["created"], row["mountpoint"],
-                              row.get("driver", "local"), json.dumps(row.get("labels") or {}),
+                              row.get("driver", "local"), _json.dumps(row.get("labels") or {}),
                               int(row.get("anonymous", 0))))
         self._retry(insert)
 
@@ -220,9 +213,40 @@ class Database:
         self._retry(delete)
 
 
+class _Connection:
+    """The context manager of Database.connection() and .transaction() (contextlib is slow to import)."""
+
+    __slots__ = ("_db", "_transaction", "_conn")
+
+    def __init__(self, db: Database, transaction: bool) -> None:
+        self._db = db
+        self._transaction = transaction
+        self._conn = None
+
+    def __enter__(self):  # noqa: ANN204 - sqlite3.Connection, imported lazily
+        conn = self._db._connect()
+        if self._transaction:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                conn.close()
+                raise
+        self._conn = conn
+        return conn
+
+    def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
+        conn, self._conn = self._conn, None
+        try:
+            if self._transaction:
+                conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        finally:
+            conn.close()
+        return False
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, (dict, list)):
-        return json.dumps(value)
+        return _json.dumps(value)
     if isinstance(value, bool):
         return int(value)
     return value
@@ -232,6 +256,6 @@ def _volume_row(row: Any) -> dict | None:
     if row is None:
         return None
     out = dict(row)
-    out["labels"] = json.loads(out.get("labels") or "{}")
+    out["labels"] = _json.loads(out.get("labels") or "{}")
     out["anonymous"] = bool(out.get("anonymous"))
     return out

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+
+from nsbox import _json
+
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 LOG_FILE = "ctr.log"
 MAX_FILES_SCAN = 100
@@ -40,7 +44,7 @@ def parse_line(raw: str, driver: str) -> tuple[str, str, bytes] | None:
         text = parts[3] if len(parts) > 3 else ""
         return parts[0], parts[1], (text + ("\n" if parts[2] == "F" else "")).encode()
     try:
-        entry = json.loads(raw)
+        entry = _json.loads(raw)
     except ValueError:
         return None
     return entry.get("time", ""), entry.get("stream", "stdout"), entry.get("log", "").encode()

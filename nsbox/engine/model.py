@@ -7,10 +7,10 @@ the container layer turns it, with the image config, into an OCI bundle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from nsbox._record import record
 
 
-@dataclass
+@record
 class MountSpec:
     """One -v / --mount / --tmpfs entry."""
 
@@ -18,16 +18,16 @@ class MountSpec:
     target: str
     source: str = ""  # host path (bind) or volume name (volume; empty = anonymous)
     read_only: bool = False
-    options: list[str] = field(default_factory=list)  # e.g. ["rprivate"], ["size=64m", "mode=1777"]
+    options: list[str] = list  # e.g. ["rprivate"], ["size=64m", "mode=1777"]
 
 
-@dataclass
+@record
 class RestartPolicy:
     name: str = "no"  # no, on-failure, always, unless-stopped
     max_retries: int = 0  # on-failure[:N]
 
 
-@dataclass
+@record
 class ContainerSpec:
     """A container to create, in Docker's terms."""
 
@@ -35,26 +35,26 @@ class ContainerSpec:
     command: list[str] | None = None  # None: the image's Cmd
     entrypoint: list[str] | None = None  # None: the image's Entrypoint; [] clears it
     name: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = dict
     workdir: str | None = None
     user: str | None = None  # "uid[:gid]" or "name[:group]"
     hostname: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = dict
     tty: bool = False
     interactive: bool = False
-    mounts: list[MountSpec] = field(default_factory=list)
+    mounts: list[MountSpec] = list
     read_only: bool = False
     init: bool = False  # a reaping PID 1 (catatonit) in front of the command
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    restart: RestartPolicy = RestartPolicy
     auto_remove: bool = False  # --rm
     stop_signal: str | None = None  # None: the image's StopSignal, else SIGTERM
     stop_timeout: int | None = None  # None: 10 s
     # OCI linux.resources, already converted from --memory, --cpus, ...
-    resources: dict = field(default_factory=dict)
-    ulimits: dict[str, tuple[int, int]] = field(default_factory=dict)  # "nofile" -> (soft, hard)
+    resources: dict = dict
+    ulimits: dict[str, tuple[int, int]] = dict  # "nofile" -> (soft, hard)
     shm_size: int | None = None  # bytes; None: 64 MiB
-    devices: list[str] = field(default_factory=list)  # --device HOST[:CONTAINER[:rwm]]
-    sysctls: dict[str, str] = field(default_factory=dict)
+    devices: list[str] = list  # --device HOST[:CONTAINER[:rwm]]
+    sysctls: dict[str, str] = dict
     oom_score_adj: int | None = None
     # Namespace modes: "private" (default), "host", or "container:NAME"
     pid_mode: str = "private"
@@ -63,12 +63,12 @@ class ContainerSpec:
     network_mode: str = "private"  # "none" and "private" mean a new, empty netns for now
     userns_mode: str = "host"
     cgroupns_mode: str = "private"
-    cap_add: list[str] = field(default_factory=list)
-    cap_drop: list[str] = field(default_factory=list)
-    security_opt: list[str] = field(default_factory=list)
+    cap_add: list[str] = list
+    cap_drop: list[str] = list
+    security_opt: list[str] = list
     privileged: bool = False
     log_driver: str = "json-file"  # or "k8s-file"
-    log_opts: dict[str, str] = field(default_factory=dict)  # max-size, max-file
+    log_opts: dict[str, str] = dict  # max-size, max-file
     runtime: str | None = None  # OCI runtime binary or name; None: nsbox-runtime
 
 

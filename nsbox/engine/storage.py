@@ -18,17 +18,13 @@ aliases `l/<20 hex>` the image store keeps there (as podman does).
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
-import logging
 import os
-import re
-import shutil
-import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
+from nsbox import _json
+from nsbox._lazylog import get_logger
+from nsbox._lite import suppress
+from nsbox._record import as_dict, record
 from nsbox.engine import DEFAULT_ROOT
 from nsbox.errors import (
     ConfigError,
@@ -39,19 +35,26 @@ from nsbox.errors import (
     NsboxError,
 )
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = get_logger(__name__)
 
 CONTAINERS_DIR = "containers"
 ROOTFS_RECORD = "rootfs.json"
 # The kernel copies mount options into one page; keep a margin for the flags it adds.
 MOUNT_OPTIONS_LIMIT = 4000
 OVERLAY_EXTRA_OPTIONS = "index=off"
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# Container ids: [A-Za-z0-9][A-Za-z0-9_.-]{0,127}, checked without re (see _valid_id).
+_ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS = _ID_FIRST | frozenset("_.-")
+_ID_MAX = 128
 # Characters with a meaning inside overlay's option string.
 _UNSAFE_PATH_CHARS = (",", ":", "\\", "\n")
 
 
-@dataclass
+@record
 class RootfsInfo:
     """Where a container's root filesystem lives, and what it is made of."""
 
@@ -66,7 +69,16 @@ class RootfsInfo:
     lower_links: list[str]   # the same as `l/<hex>` aliases relative to <root>/layers
 
 
+def _valid_id(text: str) -> bool:
+    """TEXT matches [A-Za-z0-9][A-Za-z0-9_.-]{0,127}."""
+    return (0 < len(text) <= _ID_MAX and text[0] in _ID_FIRST
+            and all(ch in _ID_CHARS for ch in text))
+
+
 def _unescape_mountinfo(text: str) -> str:
+    if "\\" not in text:
+        return text  # nothing escaped: the common case, without importing re
+    import re
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
 
 
@@ -97,7 +109,7 @@ class Storage:
 
     # ---------------------------------------------------------------- records
     def _dir(self, container_id: str) -> str:
-        if not isinstance(container_id, str) or not _ID.fullmatch(container_id):
+        if not isinstance(container_id, str) or not _valid_id(container_id):
             raise ConfigError(f"invalid container id {container_id!r}")
         return os.path.join(self.containers_dir, container_id)
 
@@ -106,7 +118,7 @@ class Storage:
         path = os.path.join(self._dir(container_id), ROOTFS_RECORD)
         try:
             with open(path) as f:
-                record = json.load(f)
+                record = _json.loads(f.read())
         except FileNotFoundError:
             raise ContainerNotFound(f"container {container_id!r} has no root filesystem") from None
         except ValueError as err:
@@ -115,7 +127,7 @@ class Storage:
 
     def list(self) -> list[str]:
         """Ids of the containers that have a root filesystem here."""
-        with contextlib.suppress(FileNotFoundError):
+        with suppress(FileNotFoundError):
             return sorted(name for name in os.listdir(self.containers_dir)
                           if os.path.exists(os.path.join(self.containers_dir, name, ROOTFS_RECORD)))
         return []
@@ -152,14 +164,15 @@ class Storage:
                     info.lower_dirs, info.lower_links = [empty], []
                 self._write_record(info)
             except BaseException:
+                import shutil
                 shutil.rmtree(path, ignore_errors=True)
                 raise
         return info
 
     def _write_record(self, info: RootfsInfo) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".rootfs-", dir=info.dir)
+        fd, tmp = _mkstemp(info.dir, ".rootfs-")
         with os.fdopen(fd, "w") as f:
-            json.dump(asdict(info), f, indent=2)
+            f.write(_json.dumps_pretty(as_dict(info)))  # as json.dump(indent=2)
         os.replace(tmp, os.path.join(info.dir, ROOTFS_RECORD))
 
     # ----------------------------------------------------------------- mounts
@@ -199,7 +212,7 @@ class Storage:
     def _after_failed_mount(self, info: RootfsInfo) -> None:
         # A mount(2) that failed made no mount; make sure of it all the same.
         if info.merged in mount_points():
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 from nsbox.runtime import syscalls
                 syscalls.umount2(info.merged, syscalls.MNT_DETACH)
 
@@ -252,11 +265,11 @@ class Storage:
         self.unmount(container_id)
         with self.layout.locked():
             # Rename first: a half-deleted dir must not look like a container.
-            doomed = tempfile.mkdtemp(prefix="gone-", dir=self.containers_dir)
+            doomed = _mkdtemp(self.containers_dir, "gone-")
             try:
                 os.rename(path, os.path.join(doomed, "c"))
             finally:
-                shutil.rmtree(doomed, ignore_errors=True)
+                remove_tree(doomed)
 
     # ---------------------------------------------------------------- content
     def diff_size(self, container_id: str) -> int:
@@ -265,7 +278,7 @@ class Storage:
         total = 0
         for dirpath, _, filenames in os.walk(info.upper):
             for name in filenames:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     st = os.lstat(os.path.join(dirpath, name))
                     if not (st.st_mode & 0o170000 == 0o020000 and st.st_rdev == 0):
                         total += st.st_size
@@ -281,6 +294,7 @@ class Storage:
         """
         info = self.rootfs(container_id)
         dest = os.path.abspath(dest_tar)
+        import tempfile
         fd, staging = tempfile.mkstemp(prefix=".nsbox-export-", dir=os.path.dirname(dest))
         os.close(fd)
         try:
@@ -291,7 +305,7 @@ class Storage:
             os.chmod(staging, 0o644)
             os.replace(staging, dest)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
+            with suppress(FileNotFoundError):
                 os.unlink(staging)
             raise
 
@@ -324,6 +338,82 @@ class Storage:
         if os.waitstatus_to_exitcode(status) != 0:
             raise KernelError(f"cannot export the rootfs of {info.container_id}: "
                               f"{message or 'export helper failed'}")
+
+
+def _mkstemp(directory: str, prefix: str) -> tuple[int, str]:
+    """tempfile.mkstemp(prefix=PREFIX, dir=DIRECTORY) without importing tempfile (and shutil, random).
+
+    A new file, mode 0600, opened O_EXCL for writing; (fd, absolute path).
+    """
+    directory = os.path.abspath(directory)
+    for _ in range(100):
+        path = os.path.join(directory, prefix + os.urandom(6).hex())
+        try:
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no usable temporary file name found", directory)
+
+
+def _mkdtemp(directory: str, prefix: str) -> str:
+    """tempfile.mkdtemp(prefix=PREFIX, dir=DIRECTORY) without importing tempfile: a new 0700 dir."""
+    directory = os.path.abspath(directory)
+    for _ in range(100):
+        path = os.path.join(directory, prefix + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no usable temporary directory name found", directory)
+
+
+def remove_tree(path: str) -> None:
+    """shutil.rmtree(PATH, ignore_errors=True) without importing shutil (and re, bz2, lzma).
+
+    The same walk as shutil's on Linux: through directory fds, never following
+    a symlink (a symlink is removed, not what it points to); errors are ignored.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # missing, a symlink or not a directory: shutil leaves those alone too
+    try:
+        _remove_entries(fd)
+    finally:
+        os.close(fd)
+    with suppress(OSError):
+        os.rmdir(path)
+
+
+def _remove_entries(dir_fd: int) -> None:
+    """Delete everything in the directory DIR_FD (see remove_tree)."""
+    try:
+        with os.scandir(dir_fd) as it:
+            entries = list(it)
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            with suppress(OSError):
+                os.unlink(entry.name, dir_fd=dir_fd)
+            continue
+        try:
+            child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            dir_fd=dir_fd)
+        except OSError:
+            continue
+        try:
+            _remove_entries(child)
+        finally:
+            os.close(child)
+        with suppress(OSError):
+            os.rmdir(entry.name, dir_fd=dir_fd)
 
 
 def _write_export(merged: str, dest: str, progress: Callable[[str, int, int], None] | None) -> None:

@@ -8,20 +8,17 @@ VOLUME or `-v /path`) gets a random 64-hex name and the label
 from __future__ import annotations
 
 import os
-import re
-import secrets
-import shutil
 import time
-from typing import TYPE_CHECKING
 
 from nsbox.errors import ConfigError, NsboxError
 
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
     from nsbox.engine.db import Database
 
 VOLUMES_DIR = "volumes"
 ANON_LABEL = "nsbox.anonymous-for"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}"  # re is imported when a volume is made
 
 
 class VolumeNotFound(NsboxError):
@@ -45,10 +42,11 @@ class Volumes:
     def create(self, name: str | None = None, labels: dict[str, str] | None = None,
                anonymous: bool = False) -> dict:
         """Create volume NAME (random if None); an existing named volume is returned as is."""
+        import re
         import sqlite3
         if name is None:
-            name = secrets.token_hex(32)
-        if not _NAME.fullmatch(name):
+            name = os.urandom(32).hex()
+        if not re.fullmatch(_NAME, name):
             raise ConfigError(f"invalid volume name {name!r}: use [A-Za-z0-9][A-Za-z0-9_.-]*")
         existing = self.db.volume(name)
         if existing:
@@ -94,6 +92,7 @@ class Volumes:
         users = self._users(name)
         if users:
             raise VolumeInUse(f"volume {name} is in use by container {users[0][:12]}")
+        import shutil
         self.db.delete_volume(name)
         shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
 

@@ -12,8 +12,7 @@ imported from their modules on first use, so importing this package is cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
 
 _EXPORTS = {
     "Image": "store",
@@ -44,6 +43,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .builders import build_debian, debian_mirror, ensure_busybox
     from .reference import Reference, familiar_name, parse_reference
     from .store import Image, ImageStore, ImageSummary, Layer, chain_ids
@@ -53,6 +54,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

@@ -19,11 +19,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 import tempfile
 from typing import TYPE_CHECKING
 
+from nsbox._lazylog import get_logger
 from nsbox.errors import ConfigError, ImageError
 
 from .layout import (
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from .store import ImageStore, Progress, _Transaction
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FORMATS = ("docker-archive", "oci-archive")
 LAYER_TYPES = (MEDIA_OCI_LAYER, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_ZSTD, MEDIA_DOCKER_LAYER,

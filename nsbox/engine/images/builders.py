@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Callable
 
+from nsbox._lazylog import get_logger
 from nsbox.errors import ImageError, ImageNotFound, UnsupportedError
 
 from .config import format_time
@@ -23,7 +23,7 @@ from .reference import (
 )
 from .store import Image, ImageStore
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Progress = Callable[[str, int, int], None]
 

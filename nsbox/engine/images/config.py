@@ -7,13 +7,10 @@ Env, Entrypoint, Cmd, Volumes, WorkingDir, Labels, StopSignal.
 
 from __future__ import annotations
 
-import json
 import posixpath
-import re
-import shlex
 import time
-from datetime import datetime
 
+from nsbox import _json
 from nsbox.errors import ConfigError
 
 # Keys of the config section, in the order Docker prints them.
@@ -22,9 +19,12 @@ SECTION_KEYS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "
 CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL",
                        "USER", "VOLUME", "WORKDIR")
 
-_PORT = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(tcp|udp|sctp))?", re.IGNORECASE)
-_SIGNAL = re.compile(r"(?:SIG)?[A-Z0-9+-]+|[0-9]+", re.IGNORECASE)
-_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})?")
+# Matched with re.IGNORECASE.  re is imported where they are used: this module is
+# imported on every `run`, which needs none of them.
+_PORT = r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(tcp|udp|sctp))?"
+_SIGNAL = r"(?:SIG)?[A-Z0-9+-]+|[0-9]+"
+# Matched case-sensitively.
+_RFC3339 = r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})?"
 
 
 def format_time(epoch: float) -> str:
@@ -39,7 +39,9 @@ def parse_time(text: str | None) -> float:
     """Seconds since the epoch of an RFC 3339 time (any fraction length); 0 when absent or bad."""
     if not text:
         return 0.0
-    match = _RFC3339.match(text)
+    import re
+    from datetime import datetime
+    match = re.match(_RFC3339, text)
     if not match:
         return 0.0
     base, fraction, zone = match.groups()
@@ -56,7 +58,7 @@ def _json_or_shell(value: str, what: str) -> list[str]:
     text = value.strip()
     if text.startswith("["):
         try:
-            parsed = json.loads(text)
+            parsed = _json.loads(text)
         except ValueError:
             parsed = None
         if isinstance(parsed, list) and all(isinstance(item, str) for item in parsed):
@@ -68,6 +70,7 @@ def _json_or_shell(value: str, what: str) -> list[str]:
 
 def _pairs(value: str, what: str) -> list[tuple[str, str]]:
     """`K=V K2="v 2"` (or the legacy `K some value`) as (key, value) pairs."""
+    import shlex
     try:
         words = shlex.split(value)
     except ValueError as err:
@@ -94,9 +97,10 @@ def _set_env(env: list[str], key: str, value: str) -> list[str]:
 
 
 def _ports(value: str) -> list[str]:
+    import re
     ports = []
     for word in value.split():
-        match = _PORT.fullmatch(word)
+        match = re.fullmatch(_PORT, word, re.IGNORECASE)
         if not match:
             raise ConfigError(f"EXPOSE: invalid port {word!r}")
         first, last, proto = int(match.group(1)), match.group(2), (match.group(3) or "tcp").lower()
@@ -113,7 +117,7 @@ def _volumes(value: str) -> list[str]:
     text = value.strip()
     if text.startswith("["):
         try:
-            parsed = json.loads(text)
+            parsed = _json.loads(text)
         except ValueError:
             parsed = None
         if isinstance(parsed, list) and all(isinstance(item, str) for item in parsed):
@@ -129,7 +133,7 @@ def apply_changes(section: dict, changes: list[str]) -> dict:
 
     Returns a new dict; SECTION is not modified.  Unknown instructions raise ConfigError.
     """
-    result = json.loads(json.dumps(section or {}))
+    result = _json.loads(_json.dumps(section or {}))  # a deep copy
     for change in changes or []:
         keyword, _, value = change.strip().partition(" ")
         if "\n" in change:
@@ -167,7 +171,8 @@ def apply_changes(section: dict, changes: list[str]) -> dict:
                 raise ConfigError("USER needs a user")
             result["User"] = value
         elif keyword == "STOPSIGNAL":
-            if not _SIGNAL.fullmatch(value):
+            import re
+            if not re.fullmatch(_SIGNAL, value, re.IGNORECASE):
                 raise ConfigError(f"STOPSIGNAL: invalid signal {value!r}")
             result["StopSignal"] = value
         elif keyword == "ONBUILD":

@@ -13,19 +13,20 @@ always complete and named after its content.
 
 from __future__ import annotations
 
-import contextlib
+import _thread  # threading's locks themselves, without importing threading
 import fcntl
-import hashlib
 import io
-import json
 import os
-import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import IO, BinaryIO
 
+from nsbox import _json
+from nsbox._lite import suppress
+from nsbox._record import record
 from nsbox.errors import ImageError
+
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import IO, BinaryIO
 
 OCI_LAYOUT_VERSION = "1.0.0"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
@@ -50,12 +51,34 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
+def lazy_contextmanager(func):  # noqa: ANN001, ANN201
+    """contextlib.contextmanager, importing contextlib on the first call, not at import time.
+
+    For generator-based context managers off the `run` path (writing, decompressing).
+    """
+    made = None
+
+    def wrapper(*args, **kwargs):  # noqa: ANN202
+        nonlocal made
+        if made is None:
+            from contextlib import contextmanager
+            made = contextmanager(func)
+        return made(*args, **kwargs)
+
+    wrapper.__name__ = func.__name__
+    wrapper.__qualname__ = func.__qualname__
+    wrapper.__doc__ = func.__doc__
+    wrapper.__wrapped__ = func
+    return wrapper
+
+
 def canonical_json(value: object) -> bytes:
     """The byte form of every JSON blob nsbox writes: sorted keys, no spaces, so digests are stable."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return _json.dumps(value, sort_keys=True).encode()
 
 
 def sha256_digest(data: bytes) -> str:
+    import hashlib
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -71,6 +94,7 @@ class HashingReader(io.RawIOBase):
     """Reads through to a file object while hashing (and counting) what passes."""
 
     def __init__(self, inner: IO[bytes], on_read: Callable[[int], None] | None = None) -> None:
+        import hashlib
         self.inner = inner
         self.hasher = hashlib.sha256()
         self.count = 0
@@ -116,7 +140,7 @@ def detect_compression(head: bytes) -> str:
     return ""
 
 
-@contextlib.contextmanager
+@lazy_contextmanager
 def open_decompressed(path: str) -> Iterator[BinaryIO]:
     """Open PATH for reading as the plain byte stream behind any gzip/zstd compression.
 
@@ -136,7 +160,7 @@ def open_decompressed(path: str) -> Iterator[BinaryIO]:
             yield raw
 
 
-@contextlib.contextmanager
+@lazy_contextmanager
 def _zstd_reader(path: str) -> Iterator[BinaryIO]:
     import shutil
     import subprocess
@@ -169,7 +193,7 @@ class _StoreLock:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.thread_lock = threading.RLock()
+        self.thread_lock = _thread.RLock()
         self.depth = 0
         self.fd = -1
 
@@ -198,7 +222,7 @@ class _StoreLock:
 
 
 _store_locks: dict[str, _StoreLock] = {}
-_store_locks_guard = threading.Lock()
+_store_locks_guard = _thread.allocate_lock()
 
 
 def _forget_locks_after_fork() -> None:
@@ -206,14 +230,14 @@ def _forget_locks_after_fork() -> None:
     # like any other process.  Its copy of a held flock fd only shares the
     # parent's lock, so dropping that copy releases nothing.
     global _store_locks_guard
-    _store_locks_guard = threading.Lock()
+    _store_locks_guard = _thread.allocate_lock()
     for lock in _store_locks.values():
         if lock.fd >= 0:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(lock.fd)
         lock.fd = -1
         lock.depth = 0
-        lock.thread_lock = threading.RLock()
+        lock.thread_lock = _thread.RLock()
 
 
 os.register_at_fork(after_in_child=_forget_locks_after_fork)
@@ -228,7 +252,7 @@ def store_lock(path: str) -> _StoreLock:
         return lock
 
 
-@dataclass
+@record
 class IndexEntry:
     """One manifests[] entry of index.json: an image manifest and at most one name."""
 
@@ -270,11 +294,12 @@ class Layout:
             self.write_index([])
 
     # ----------------------------------------------------------------- lock
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the store-wide lock: every change to images, layers or their users takes it."""
-        with store_lock(self.lock_path):
-            yield
+    def locked(self) -> _StoreLock:
+        """Hold the store-wide lock (`with layout.locked():`).
+
+        Every change to images, layers or their users takes it.
+        """
+        return store_lock(self.lock_path)
 
     # ---------------------------------------------------------------- blobs
     def blob_path(self, digest: str) -> str:
@@ -293,7 +318,7 @@ class Layout:
     def read_json_blob(self, digest: str) -> dict:
         data = self.read_blob(digest)
         try:
-            value = json.loads(data)
+            value = _json.loads(data)
         except ValueError as err:
             raise ImageError(f"blob {digest} is not valid JSON: {err}") from None
         if not isinstance(value, dict):
@@ -317,6 +342,7 @@ class Layout:
 
         With EXPECTED, a stream of other content raises ImageError and stores nothing.
         """
+        import tempfile
         reader = HashingReader(stream, on_read)
         fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self.tmp_dir)
         try:
@@ -336,7 +362,7 @@ class Layout:
                     created.append(path)
             return digest, reader.count
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
+            with suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
 
@@ -344,14 +370,14 @@ class Layout:
         return ["sha256:" + name for name in os.listdir(self.blobs_dir) if len(name) == 64]
 
     def remove_blob(self, digest: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with suppress(FileNotFoundError):
             os.unlink(self.blob_path(digest))
 
     # ---------------------------------------------------------------- index
     def read_index(self) -> list[IndexEntry]:
         try:
             with open(self.index_path, "rb") as f:
-                index = json.load(f)
+                index = _json.loads(f.read())
         except FileNotFoundError:
             return []
         except ValueError as err:
@@ -369,9 +395,11 @@ class Layout:
         ordered = sorted(entries, key=lambda e: (e.name or "", e.digest))
         index = {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX,
                  "manifests": [entry.to_json() for entry in ordered]}
+        import json
         self._write_atomic(self.index_path, json.dumps(index, indent=2, sort_keys=True).encode())
 
     def _write_atomic(self, path: str, data: bytes) -> None:
+        import tempfile
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
         try:
             with os.fdopen(fd, "wb") as out:
@@ -379,6 +407,6 @@ class Layout:
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
+            with suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise

@@ -10,9 +10,7 @@ image has it.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
+from nsbox._record import record
 from nsbox.errors import ConfigError
 
 DEFAULT_DOMAIN = "docker.io"
@@ -22,17 +20,75 @@ LOCAL_DOMAIN = "localhost"
 DEFAULT_TAG = "latest"
 MAX_NAME_LENGTH = 255
 
-_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_DOMAIN = re.compile(
-    r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-    r"(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*"
-    r"(?::[0-9]+)?")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
-_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
-_HEX = re.compile(r"[a-f0-9]+")
+# The grammar, as regular expressions; the checks below implement them without
+# importing re (slow to import, and parsing a reference is on every `run`).
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = (r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+           r"(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*"
+           r"(?::[0-9]+)?")
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"sha256:[a-f0-9]{64}"
+_HEX = r"[a-f0-9]+"
+
+_DIGITS = frozenset("0123456789")
+_HEX_CHARS = frozenset("0123456789abcdef")
+_LOWER_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_ALNUM = _LOWER_ALNUM | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_LABEL_CHARS = _ALNUM | {"-"}
 
 
-@dataclass(frozen=True)
+def _is_hex(text: str) -> bool:
+    """_HEX: one or more of [a-f0-9]."""
+    return bool(text) and all(ch in _HEX_CHARS for ch in text)
+
+
+def _is_digest(text: str) -> bool:
+    """_DIGEST: sha256: and 64 of [a-f0-9]."""
+    return text.startswith("sha256:") and len(text) == 71 and _is_hex(text[7:])
+
+
+def _is_word_char(ch: str) -> bool:
+    # re's \w on str patterns: Unicode alphanumerics (str.isalnum) and "_".
+    return ch.isalnum() or ch == "_"
+
+
+def _is_tag(text: str) -> bool:
+    """_TAG: a word character, then up to 127 word characters, dots and dashes."""
+    return (0 < len(text) <= 128 and _is_word_char(text[0])
+            and all(ch in ".-" or _is_word_char(ch) for ch in text[1:]))
+
+
+def _is_path_component(text: str) -> bool:
+    """_PATH_COMPONENT: runs of [a-z0-9] joined by ".", "_", "__" or one or more "-"."""
+    if not text or text[0] not in _LOWER_ALNUM or text[-1] not in _LOWER_ALNUM:
+        return False
+    separator = ""
+    for ch in text:
+        if ch in _LOWER_ALNUM:
+            if separator and separator not in (".", "_", "__") and separator != "-" * len(separator):
+                return False
+            separator = ""
+        elif ch in "._-":
+            separator += ch
+        else:
+            return False
+    return True
+
+
+def _is_domain(text: str) -> bool:
+    """_DOMAIN: dot-separated labels of [a-zA-Z0-9-] (no "-" at either end), then an optional :port."""
+    host, colon, port = text.partition(":")
+    if colon and not (port and all(ch in _DIGITS for ch in port)):
+        return False
+    for label in host.split("."):
+        if not label or label[0] == "-" or label[-1] == "-":
+            return False
+        if not all(ch in _LABEL_CHARS for ch in label):
+            return False
+    return True
+
+
+@record(frozen=True)
 class Reference:
     """A parsed, normalised image reference."""
 
@@ -89,23 +145,23 @@ def parse_reference(text: str, default_tag: str | None = DEFAULT_TAG) -> Referen
     remainder, digest = text, None
     if "@" in remainder:
         remainder, _, digest = remainder.partition("@")
-        if not _DIGEST.fullmatch(digest):
+        if not _is_digest(digest):
             raise ConfigError(f"invalid reference format: bad digest in {text!r}")
     tag = None
     # A ':' after the last '/' separates the tag; one before it is a registry port.
     colon = remainder.rfind(":")
     if colon > remainder.rfind("/"):
         remainder, tag = remainder[:colon], remainder[colon + 1:]
-        if not _TAG.fullmatch(tag):
+        if not _is_tag(tag):
             raise ConfigError(f"invalid reference format: bad tag in {text!r}")
     domain, path, explicit = _split_domain(remainder)
-    if explicit and not _DOMAIN.fullmatch(domain):
+    if explicit and not _is_domain(domain):
         raise ConfigError(f"invalid reference format: bad registry in {text!r}")
-    if not path or not all(_PATH_COMPONENT.fullmatch(part) for part in path.split("/")):
+    if not path or not all(_is_path_component(part) for part in path.split("/")):
         if path.lower() != path:
             raise ConfigError(f"invalid reference format: repository name must be lowercase: {text!r}")
         raise ConfigError(f"invalid reference format: {text!r}")
-    if not explicit and len(path) == 64 and _HEX.fullmatch(path):
+    if not explicit and len(path) == 64 and _is_hex(path):
         raise ConfigError(f"invalid reference format: {text!r} looks like an image id, not a name")
     if domain == DEFAULT_DOMAIN and "/" not in path:
         path = OFFICIAL_REPO_PREFIX + path
@@ -151,4 +207,4 @@ def path_matches_short_name(full: Reference, short: Reference) -> bool:
 def looks_like_id(text: str) -> bool:
     """`sha256:<hex>`, or a bare hex string that could be (a prefix of) an image id."""
     value = text.removeprefix("sha256:")
-    return 0 < len(value) <= 64 and _HEX.fullmatch(value) is not None
+    return 0 < len(value) <= 64 and _is_hex(value)

@@ -15,17 +15,14 @@ fails, and nothing is staged anywhere but <root>/tmp.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import logging
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
+from nsbox import _json
+from nsbox._lazylog import get_logger
+from nsbox._lite import suppress
+from nsbox._record import record
 from nsbox.engine import DEFAULT_ROOT
 from nsbox.errors import ConfigError, ImageError, ImageInUse, ImageNotFound
 
@@ -42,6 +39,7 @@ from .layout import (
     canonical_json,
     detect_compression,
     digest_hex,
+    lazy_contextmanager,
 )
 from .reference import (
     Reference,
@@ -52,7 +50,11 @@ from .reference import (
     short_name_candidates,
 )
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+log = get_logger(__name__)
 
 Progress = Callable[[str, int, int], None]
 InUse = Callable[[str], bool]
@@ -71,6 +73,7 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
         if not chains:
             chains.append(diff_id)
         else:
+            import hashlib
             chains.append("sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest())
     return chains
 
@@ -84,7 +87,7 @@ def layer_media_type(compression: str) -> str:
     return {"gzip": MEDIA_OCI_LAYER_GZIP, "zstd": MEDIA_OCI_LAYER_ZSTD}.get(compression, MEDIA_OCI_LAYER)
 
 
-@dataclass
+@record
 class Layer:
     """One layer of an image, unpacked at `path` (an overlay lower directory)."""
 
@@ -97,7 +100,7 @@ class Layer:
     size: int           # bytes of file content once unpacked
 
 
-@dataclass
+@record
 class Image:
     """An image in the store.  `config` is the full OCI image config document."""
 
@@ -175,7 +178,7 @@ class Image:
         return [layer.path for layer in reversed(self.layers)]
 
 
-@dataclass
+@record
 class ImageSummary:
     """One row of `images`: what `docker images` / GET /images/json show."""
 
@@ -184,7 +187,7 @@ class ImageSummary:
     repo_digests: list[str]
     created: int                # seconds since the epoch
     size: int
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = dict
 
     @property
     def dangling(self) -> bool:
@@ -201,11 +204,13 @@ class _Transaction:
         self.tmp_paths: list[str] = []  # staging files/dirs, always removed
 
     def temp_dir(self, prefix: str) -> str:
+        import tempfile
         path = tempfile.mkdtemp(prefix=prefix, dir=self.store.layout.tmp_dir)
         self.tmp_paths.append(path)
         return path
 
     def temp_file(self, prefix: str) -> str:
+        import tempfile
         fd, path = tempfile.mkstemp(prefix=prefix, dir=self.store.layout.tmp_dir)
         os.close(fd)
         self.tmp_paths.append(path)
@@ -215,15 +220,16 @@ class _Transaction:
         for chain_id in self.layers:
             self.store._delete_layer(chain_id)
         for path in self.blobs:
-            with contextlib.suppress(FileNotFoundError):
+            with suppress(FileNotFoundError):
                 os.unlink(path)
 
     def cleanup(self) -> None:
         for path in self.tmp_paths:
             if os.path.isdir(path) and not os.path.islink(path):
+                import shutil
                 shutil.rmtree(path, ignore_errors=True)
             else:
-                with contextlib.suppress(FileNotFoundError):
+                with suppress(FileNotFoundError):
                     os.unlink(path)
 
 
@@ -268,7 +274,7 @@ class ImageStore:
     def _layer_meta(self, chain_id: str) -> dict:
         try:
             with open(self.layer_path(chain_id) + ".json") as f:
-                return json.load(f)
+                return _json.loads(f.read())
         except (FileNotFoundError, ValueError):
             return {}
 
@@ -309,7 +315,7 @@ class ImageStore:
         by_manifest = self._names_by_manifest()
         by_name = {name: digest for digest, names in by_manifest.items() for name in names}
         parsed: Reference | None = None
-        with contextlib.suppress(ConfigError):
+        with suppress(ConfigError):
             parsed = parse_reference(ref)
         if parsed is not None:
             if parsed.digest:
@@ -324,7 +330,7 @@ class ImageStore:
                 if not parsed.explicit_domain:
                     matches = {}
                     for name, digest in by_name.items():
-                        with contextlib.suppress(ConfigError):
+                        with suppress(ConfigError):
                             full = parse_reference(name)
                             if full.tag == parsed.tag and path_matches_short_name(full, parsed):
                                 matches.setdefault(digest, name)
@@ -410,22 +416,22 @@ class ImageStore:
             records = [{"created": image.created, "created_by": ""} for _ in image.layers]
         rows = []
         layer_index = 0
-        for record in records:
+        for entry in records:
             size = 0
-            if not record.get("empty_layer"):
+            if not entry.get("empty_layer"):
                 if layer_index < len(layer_sizes):
                     size = layer_sizes[layer_index]
                 layer_index += 1
-            rows.append({"Id": "<missing>", "Created": int(imgconfig.parse_time(record.get("created"))),
-                         "CreatedBy": record.get("created_by", ""), "Tags": None, "Size": size,
-                         "Comment": record.get("comment", "")})
+            rows.append({"Id": "<missing>", "Created": int(imgconfig.parse_time(entry.get("created"))),
+                         "CreatedBy": entry.get("created_by", ""), "Tags": None, "Size": size,
+                         "Comment": entry.get("comment", "")})
         rows.reverse()
         rows[0]["Id"] = image.id
         rows[0]["Tags"] = image.repo_tags or None
         return rows
 
     # ================================================================ writing
-    @contextlib.contextmanager
+    @lazy_contextmanager
     def _transaction(self) -> Iterator[_Transaction]:
         """Hold the store lock; undo what was created if the body fails."""
         with self.layout.locked():
@@ -444,11 +450,13 @@ class ImageStore:
     def _delete_layer(self, chain_id: str) -> None:
         path = self.layer_path(chain_id)
         link = os.path.join(self.layers_dir, self.short_link(chain_id))
-        with contextlib.suppress(FileNotFoundError):
+        with suppress(FileNotFoundError):
             os.unlink(link)
-        with contextlib.suppress(FileNotFoundError):
+        with suppress(FileNotFoundError):
             os.unlink(path + ".json")
         if os.path.isdir(path):
+            import shutil
+            import tempfile
             # Rename first: a half-deleted directory must never look like a layer.
             doomed = tempfile.mkdtemp(prefix="gone-", dir=self.layout.tmp_dir)
             os.rename(path, os.path.join(doomed, "layer"))
@@ -499,7 +507,7 @@ class ImageStore:
                                               "parent": parent_chain, "size": result.size,
                                               "entries": result.entries})
             link = os.path.join(self.layers_dir, self.short_link(chain_id))
-            with contextlib.suppress(FileExistsError):
+            with suppress(FileExistsError):
                 os.symlink(os.path.join("..", digest_hex(chain_id)), link)
         return self._layer_from_disk(chain_id, result.diff_id, blob_digest, media_type, blob_size)
 
@@ -537,8 +545,8 @@ class ImageStore:
                                 "size": layer.blob_size} for layer in layers],
                 })
             manifest_digest = self.layout.put_blob_bytes(manifest_bytes, txn.blobs)
-            media_type = json.loads(manifest_bytes).get("mediaType") or MEDIA_OCI_MANIFEST
-            config = json.loads(config_bytes)
+            media_type = _json.loads(manifest_bytes).get("mediaType") or MEDIA_OCI_MANIFEST
+            config = _json.loads(config_bytes)
             entries.append(IndexEntry(digest=manifest_digest, size=len(manifest_bytes),
                                       media_type=media_type,
                                       platform={"architecture": config.get("architecture", ""),
@@ -708,12 +716,12 @@ class ImageStore:
     def _container_layers(self) -> set[str]:
         """Chain ids that containers' rootfs records (storage.py) still mount."""
         used: set[str] = set()
-        with contextlib.suppress(FileNotFoundError):
+        with suppress(FileNotFoundError):
             for name in os.listdir(self.containers_dir):
                 record = os.path.join(self.containers_dir, name, ROOTFS_RECORD)
                 try:
                     with open(record) as f:
-                        used.update(json.load(f).get("layers") or [])
+                        used.update(_json.loads(f.read()).get("layers") or [])
                 except (FileNotFoundError, NotADirectoryError, ValueError):
                     continue
         return used
@@ -739,12 +747,12 @@ class ImageStore:
         # Leftovers of a crash between steps: metadata and aliases without a layer.
         for name in os.listdir(self.layers_dir):
             if name.endswith(".json") and not os.path.isdir(os.path.join(self.layers_dir, name[:-5])):
-                with contextlib.suppress(FileNotFoundError):
+                with suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.layers_dir, name))
         for name in os.listdir(self.links_dir):
             link = os.path.join(self.links_dir, name)
             if not os.path.exists(link):
-                with contextlib.suppress(FileNotFoundError):
+                with suppress(FileNotFoundError):
                     os.unlink(link)
         return {"blobs": removed_blobs, "layers": removed_layers}
 
@@ -782,6 +790,8 @@ def _history_comment(config: dict) -> str:
 
 
 def _uncompressed_digest(blob_path: str) -> str:
+    import hashlib
+
     from .layout import COPY_CHUNK, open_decompressed
     hasher = hashlib.sha256()
     with open_decompressed(blob_path) as stream:

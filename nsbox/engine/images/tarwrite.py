@@ -9,13 +9,14 @@ read files of the host.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import stat
 from collections.abc import Callable
 from typing import BinaryIO
 
-log = logging.getLogger(__name__)
+from nsbox._lazylog import get_logger
+
+log = get_logger(__name__)
 
 Progress = Callable[[str, int, int], None]
 

@@ -25,18 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import shutil
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
+from nsbox._lazylog import get_logger
+from nsbox._record import record
 from nsbox.errors import ImageError, KernelError, SecurityError
 
 from .layout import COPY_CHUNK, HashingReader, _zstd_reader, detect_compression
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Progress = Callable[[str, int, int], None]
 
@@ -62,7 +62,7 @@ _DIR_CACHE_LIMIT = 256
 _O_DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
+@record
 class UnpackResult:
     diff_id: str       # sha256 of the uncompressed tar stream
     size: int          # bytes of regular-file content
