@@ -5,6 +5,7 @@
 #   make lint   ruff
 #   make bench  compare nsbox-runtime with runc and crun (writes docs/benchmarks.md)
 #   make bench-engine  compare the nsbox engine with podman (writes docs/benchmarks-engine.md)
+#   make security-report  run the container-escape battery (writes the table in docs/security.md)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -30,7 +31,7 @@ DEMO_SCRIPT := echo "hostname: $$(hostname)"; echo "pid: $$$$"; echo "uid: $$(id
 
 REAL_PYTHON = $(shell python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
 
-.PHONY: help deps apt-deps demo test test-v2 lint bench bench-engine clean
+.PHONY: help deps apt-deps demo test test-v2 lint bench bench-engine security-report clean
 
 help:
 	@echo "make demo   install apt + pip dependencies, run a busybox container"
@@ -39,6 +40,7 @@ help:
 	@echo "make lint   ruff check nsbox tests bench"
 	@echo "make bench  hyperfine: nsbox-runtime vs runc vs crun -> docs/benchmarks.md"
 	@echo "make bench-engine  nsbox vs podman: run --rm time, idle memory -> docs/benchmarks-engine.md"
+	@echo "make security-report  the escape battery -> docs/security.md"
 	@echo "variables:  RUNTIME=$(RUNTIME) PYTEST_ARGS=... TEST_TIMEOUT=$(TEST_TIMEOUT)"
 
 apt-deps:
@@ -88,6 +90,9 @@ bench: deps
 
 bench-engine: deps
 	$(VENV_PY) bench/engine_bench.py
+
+security-report: deps
+	$(VENV_PY) tests/security_battery.py --out docs/security.md
 
 clean:
 	rm -rf .pytest_cache .ruff_cache

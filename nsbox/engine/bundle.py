@@ -10,13 +10,12 @@ replace that one function.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from nsbox._record import record
 from nsbox.errors import BundleError, ConfigError, ContainerNotFound, InvalidState
 
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
     from nsbox.engine.model import ContainerSpec
 
@@ -29,7 +28,7 @@ NAMESPACE_MODES = (("pid_mode", "pid"), ("ipc_mode", "ipc"), ("uts_mode", "uts")
                    ("network_mode", "network"), ("cgroupns_mode", "cgroup"))
 
 
-@dataclass
+@record
 class BundleInputs:
     """What build_config needs besides the request and the image."""
 
@@ -38,9 +37,9 @@ class BundleInputs:
     layer_dirs: list[str]            # upper first, then the image's lowers: for /etc/passwd lookups
     userdata: str                    # the container's own files: config.json, hosts, logs
     runtime: str                     # runtime binary path (its basename says runc or not)
-    volume_paths: dict[str, str] = field(default_factory=dict)  # target -> host dir
+    volume_paths: dict[str, str] = dict  # target -> host dir
     # "container:NAME" -> pid of that container's init (resolved by the engine)
-    peer_pids: dict[str, int] = field(default_factory=dict)
+    peer_pids: dict[str, int] = dict
 
 
 def command_of(spec: ContainerSpec, image_section: dict) -> list[str]:
@@ -162,40 +161,9 @@ def _device(text: str) -> tuple[dict, dict]:
 
 
 def apply_security(config: dict, spec: ContainerSpec) -> None:
-    """Capabilities, privileged mode, no_new_privs: the one place a hardened profile replaces."""
-    from nsbox.runtime.security import capabilities as caps_mod
-    process = config["process"]
-    caps = process["capabilities"]
-    known = caps_mod.names_from_mask((1 << (caps_mod.last_cap() + 1)) - 1)
-    current = list(caps["bounding"])
-    if spec.privileged:
-        current = known or current
-        config["linux"]["maskedPaths"] = []
-        config["linux"]["readonlyPaths"] = []
-        config["linux"]["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
-        for mount in config["mounts"]:
-            if mount["destination"] in ("/sys", "/sys/fs/cgroup"):
-                mount["options"] = [o for o in mount.get("options", []) if o != "ro"]
-    def norm(name: str) -> str:
-        name = name.upper()
-        return name if name.startswith("CAP_") else "CAP_" + name
-    drops = {norm(c) for c in spec.cap_drop}
-    if "CAP_ALL" in drops:
-        current = []
-    else:
-        current = [c for c in current if c not in drops]
-    for cap in spec.cap_add:
-        name = norm(cap)
-        if name == "CAP_ALL":
-            current = sorted(set(current) | set(known))
-        elif name not in current:
-            current.append(name)
-    for kind in ("bounding", "effective", "permitted"):
-        caps[kind] = list(current)
-    caps.pop("inheritable", None)
-    caps.pop("ambient", None)
-    if "no-new-privileges:false" in spec.security_opt:
-        process["noNewPrivileges"] = False
+    """Capabilities, seccomp, masked paths, no_new_privs, LSM labels: see nsbox/engine/security.py."""
+    from nsbox.engine import security
+    security.apply(config, spec.cap_add, spec.cap_drop, spec.privileged, spec.security_opt)
 
 
 def _write(path: str, text: str) -> None:
@@ -212,7 +180,9 @@ def write_etc_files(userdata: str, hostname: str) -> dict[str, str]:
     _write(hostname_file, hostname + "\n")
     resolv = os.path.join(userdata, "resolv.conf")
     try:
-        shutil.copyfile("/etc/resolv.conf", resolv)
+        # shutil.copyfile, without importing shutil (and re, bz2, lzma with it).
+        with open("/etc/resolv.conf", "rb") as src, open(resolv, "wb") as dst:
+            dst.write(src.read())
     except OSError:
         _write(resolv, "")
     return {"/etc/hosts": hosts, "/etc/hostname": hostname_file, "/etc/resolv.conf": resolv}

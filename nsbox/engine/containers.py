@@ -21,17 +21,14 @@ On disk, per container:
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import secrets
-import shutil
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 
+from nsbox import _json
+from nsbox._lazylog import get_logger
+from nsbox._record import as_dict, record
 from nsbox.engine import DEFAULT_ROOT
 from nsbox.engine.db import Database
 from nsbox.engine.model import (
@@ -61,7 +58,11 @@ from nsbox.errors import (
     NsboxError,
 )
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+log = get_logger(__name__)
 
 DEFAULT_RUN_ROOT = "/run/nsbox"
 USERDATA = "userdata"
@@ -77,7 +78,7 @@ _NOUNS = ("turing", "hopper", "lovelace", "knuth", "ritchie", "thompson", "torva
 
 
 # ====================================================================== records
-@dataclass
+@record
 class Container:
     """What the engine knows about one container (one row of container_containers)."""
 
@@ -99,7 +100,7 @@ class Container:
     stopped_by_user: bool = False
     oom_killed: bool = False
     error: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict = dict
 
     @property
     def short_id(self) -> str:
@@ -121,19 +122,19 @@ class Container:
                    restart_count=row["restart_count"], spec=spec_from_json(row["spec"]),
                    bundle=row["bundle"], runtime=row["runtime"], monitor_pid=row["monitor_pid"],
                    stopped_by_user=bool(row["stopped_by_user"]), oom_killed=bool(row["oom_killed"]),
-                   error=row["error"], extra=json.loads(row["extra"] or "{}"))
+                   error=row["error"], extra=_json.loads(row["extra"] or "{}"))
 
 
 def spec_to_json(spec: ContainerSpec) -> str:
-    return json.dumps(asdict(spec))
+    return _json.dumps(as_dict(spec))
 
 
 def spec_from_json(text: str) -> ContainerSpec:
-    data = json.loads(text)
+    data = _json.loads(text)
     data["mounts"] = [MountSpec(**m) for m in data.get("mounts") or []]
     data["restart"] = RestartPolicy(**(data.get("restart") or {}))
     data["ulimits"] = {k: tuple(v) for k, v in (data.get("ulimits") or {}).items()}
-    known = ContainerSpec.__dataclass_fields__
+    known = ContainerSpec.__record_fields__
     return ContainerSpec(**{k: v for k, v in data.items() if k in known})
 
 
@@ -149,6 +150,7 @@ def find_runtime(name: str | None) -> str:
         if own is not None:
             return own
         name = "nsbox-runtime"
+    import shutil
     found = shutil.which(name)
     if not found:
         raise ConfigError(f"OCI runtime {name!r} not found in PATH")
@@ -485,7 +487,7 @@ class Engine:
         users = []
         for row in self.db.containers():
             spec = spec_from_json(row["spec"])
-            extra = json.loads(row["extra"] or "{}")
+            extra = _json.loads(row["extra"] or "{}")
             if any(m.type == "volume" and m.source == name for m in spec.mounts) or \
                     name in extra.get("anonymous_volumes", []):
                 users.append(row["id"])
@@ -515,14 +517,14 @@ class Engine:
                 peer_pids[mode] = bundle_mod.peer_pid_or_fail(self.get, mode)
         bundle_mod.command_of(spec, image.section)  # "no command" fails before anything exists
 
-        cid = secrets.token_hex(32)
+        cid = _new_id()
         userdata = os.path.join(self.storage.containers_dir, cid, USERDATA)
         name = spec.name
         for attempt in range(100):
             if spec.name is None:
-                name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
+                name = f"{_choice(_ADJECTIVES)}_{_choice(_NOUNS)}"
                 if attempt > 10:
-                    name += f"_{secrets.randbelow(10 ** 6)}"
+                    name += f"_{_randbelow(10 ** 6)}"
             row = {"id": cid, "name": name, "image": spec.image, "image_id": image.id,
                    "created": time.time(), "state": CREATED, "spec": spec_to_json(spec),
                    "bundle": userdata, "runtime": runtime, "extra": {}}
@@ -563,7 +565,7 @@ class Engine:
                 userdata=userdata, runtime=runtime, volume_paths=volume_paths, peer_pids=peer_pids)
             config = bundle_mod.build_config(spec, image.section, inputs)
             with open(os.path.join(userdata, "config.json"), "w") as f:
-                json.dump(config, f, indent=1)
+                f.write(_json.dumps_pretty(config, indent=" "))  # as json.dump(indent=1)
             extra = {"anonymous_volumes": anonymous, "volumes": volume_names, "path": config["process"]["args"][0],
                      "args": config["process"]["args"][1:],
                      "stop_signal": bundle_mod.stop_signal(spec, image.section),
@@ -573,6 +575,7 @@ class Engine:
                      "image_entrypoint": image.entrypoint, "image_cmd": image.cmd}
             self.db.update_container(cid, extra=extra)
         except BaseException:
+            import shutil
             with contextlib_suppress(Exception):
                 self.storage.remove(cid)
             shutil.rmtree(os.path.join(self.storage.containers_dir, cid), ignore_errors=True)
@@ -797,9 +800,9 @@ class Engine:
             return
         self.oci(row["runtime"]).delete(cid)
         self.storage.remove(cid)
-        shutil.rmtree(os.path.join(self.storage.containers_dir, cid), ignore_errors=True)
+        _rmtree(os.path.join(self.storage.containers_dir, cid))
         self.db.delete_container(cid)
-        extra = json.loads(row["extra"] or "{}")
+        extra = _json.loads(row["extra"] or "{}")
         if volumes:
             for name in extra.get("anonymous_volumes", []):
                 with contextlib_suppress(NsboxError):
@@ -832,10 +835,10 @@ class Engine:
         c.spec.resources = {**c.spec.resources, **resources}
         path = os.path.join(c.bundle, "config.json")
         with open(path) as f:
-            config = json.load(f)
+            config = _json.loads(f.read())
         config["linux"].setdefault("resources", {}).update(resources)
         with open(path + ".tmp", "w") as f:
-            json.dump(config, f, indent=1)
+            f.write(_json.dumps_pretty(config, indent=" "))  # as json.dump(indent=1)
         os.replace(path + ".tmp", path)
         self.db.update_container(c.id, spec=spec_to_json(c.spec))
 
@@ -868,15 +871,16 @@ class Engine:
                        workdir: str | None) -> None:
         """Docker's 127 (not found) and 126 (not executable) for `exec`, decided up front.
 
-        The program is looked up in the container's root filesystem with
-        openat2(RESOLVE_IN_ROOT), so its symlinks resolve as inside the container.
+        The program is looked up in the container's root filesystem, mounts
+        included, with openat2(RESOLVE_IN_ROOT), so its symlinks resolve as
+        inside the container.
         """
         from nsbox.runtime import syscalls as sc
         if not cmd:
             raise ConfigError("exec: no command given")
         try:
             with open(os.path.join(c.bundle, "config.json")) as f:
-                process = json.load(f).get("process") or {}
+                process = _json.loads(f.read()).get("process") or {}
         except (OSError, ValueError):
             return  # let the runtime report it
         path_env = env.get("PATH") or next(
@@ -885,7 +889,9 @@ class Engine:
         cwd = workdir or process.get("cwd") or "/"
         candidates = ([name if name.startswith("/") else os.path.join(cwd, name)] if "/" in name
                       else [os.path.join(d or ".", name) for d in path_env.split(":")])
-        root = self.storage.rootfs(c.id).merged
+        # The running container's own view (/proc/PID/root) includes its
+        # volumes and bind mounts; the overlay alone would not.
+        root = f"/proc/{c.pid}/root" if c.pid else self.storage.rootfs(c.id).merged
         try:
             root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
@@ -992,6 +998,7 @@ class Engine:
                 raise ConfigError(f"cp: {src}: no such file or directory")
             if os.path.isdir(target) and not os.path.islink(target):
                 target = os.path.join(target, os.path.basename(source.rstrip("/")))
+            import shutil
             if os.path.isdir(source) and not os.path.islink(source):
                 shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
             else:
@@ -1113,12 +1120,27 @@ class Engine:
             "Cgroups": self._cgroups(c) if running else {},
         }
 
+    def security_posture(self, ref: str) -> dict:
+        """The container's security posture (security.posture) with its name and id."""
+        from nsbox.engine.security import posture
+        c = self.get(ref)
+        try:
+            with open(os.path.join(c.bundle, "config.json")) as f:
+                config = _json.loads(f.read())
+        except (OSError, ValueError) as exc:
+            raise NsboxError(f"container {c.name}: cannot read its config.json: {exc}") from None
+        # Namespace paths of joined containers are /proc/PID/ns/TYPE: name their owners.
+        peers = {f"/proc/{other.pid}": other.name for other in self.list(all=False)
+                 if other.pid and other.id != c.id}
+        report = posture(config, c.pid if c.state in (RUNNING, PAUSED) else 0, peers)
+        return {"Id": c.id, "Name": c.name, **report}
+
     def _cgroups(self, c: Container) -> dict[str, str]:
         """controller -> host cgroup directory, from the runtime's state.json, else /proc/PID/cgroup."""
         path = os.path.join(runtime_root(self.run_root, c.runtime), c.id, "state.json")
         try:
             with open(path) as f:
-                paths = json.load(f).get("cgroup_paths") or {}
+                paths = _json.loads(f.read()).get("cgroup_paths") or {}
             if paths:
                 return dict(paths)
         except (OSError, ValueError):
@@ -1146,8 +1168,28 @@ def asdict_row(c: Container) -> dict:
                                       "finished_at", "restart_count", "stopped_by_user",
                                       "oom_killed", "error", "bundle", "runtime")}
     row["spec"] = spec_to_json(c.spec)
-    row["extra"] = json.dumps(c.extra)
+    row["extra"] = _json.dumps(c.extra)
     return row
+
+
+def _new_id() -> str:
+    """A new container id: 64 random hex digits (secrets.token_hex(32) without importing secrets)."""
+    return os.urandom(32).hex()
+
+
+def _randbelow(n: int) -> int:
+    """A random int in [0, N) from os.urandom (what `secrets` would do, without importing it)."""
+    return int.from_bytes(os.urandom(8), "big") % n
+
+
+def _choice(items: tuple[str, ...]) -> str:
+    return items[_randbelow(len(items))]
+
+
+def _rmtree(path: str) -> None:
+    """shutil.rmtree(PATH, ignore_errors=True), without importing shutil."""
+    from nsbox.engine.storage import remove_tree
+    remove_tree(path)
 
 
 def _namespaces(pid: int) -> dict[str, dict]:

@@ -59,7 +59,31 @@ def gather(ctx) -> dict:  # noqa: ANN001
     except ImportError:
         pass
     info["Images"] = len(ctx.images().list())
+    from nsbox.engine.security import host_report
+    info["Security"] = host_report()
     return info
+
+
+def security_lines(sec: dict) -> list[str]:
+    seccomp = sec["Seccomp"]
+    userns = sec["UserNamespaces"]
+    profile = sec["DefaultProfile"]
+    caps = " ".join(c.removeprefix("CAP_") for c in profile["Capabilities"])
+    return [
+        "Security:",
+        f" Seccomp: {'yes' if seccomp['Enabled'] else 'no'}"
+        + (f" (libseccomp {seccomp['Libseccomp']})" if seccomp["Libseccomp"] else ""),
+        f" LSMs: {', '.join(sec['LSMs']) or 'none'}"
+        f" (SELinux {'enabled' if sec['SELinux'] else 'not enabled'},"
+        f" AppArmor {'enabled' if sec['AppArmor'] else 'not enabled'})",
+        f" User namespaces: {'yes' if userns['MaxUserNamespaces'] else 'no'}"
+        f" (max {userns['MaxUserNamespaces']})",
+        f" Subordinate uid ranges: {', '.join(userns['SubUIDs']) or 'none'}",
+        f" Subordinate gid ranges: {', '.join(userns['SubGIDs']) or 'none'}",
+        f" Default profile: {len(profile['Capabilities'])} capabilities ({caps}),"
+        f" {profile['Seccomp']}, no_new_privs, pids limit {profile['PidsLimit']},"
+        f" /dev/shm {profile['ShmSize']}, {len(profile['MaskedPaths'])} masked paths",
+    ]
 
 
 def run(args, ctx) -> int:  # noqa: ANN001
@@ -81,5 +105,6 @@ def run(args, ctx) -> int:  # noqa: ANN001
     if "Containers" in info:
         lines.insert(0, f"Containers: {info['Containers']} (running {info['ContainersRunning']}, "
                      f"paused {info['ContainersPaused']}, stopped {info['ContainersStopped']})")
+    lines += security_lines(info["Security"])
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

@@ -8,10 +8,10 @@ Takes every `docker run` resource, mount, namespace and process flag
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
+from nsbox._lite import suppress
 from nsbox.engine.flags import RUN_ALIASES, RUN_FLAGS
 
 FLAGS = dict(RUN_FLAGS)
@@ -34,6 +34,9 @@ def prepare(args, ctx, command_name: str):  # noqa: ANN001, ANN201
     from nsbox.engine.cli._format import Progress
 
     spec = make_spec(args, command_name)
+    if spec.privileged:
+        from nsbox.engine.security import PRIVILEGED_WARNING
+        sys.stderr.write(PRIVILEGED_WARNING + "\n")
     engine = ctx.engine()
     progress = Progress()
     try:
@@ -76,7 +79,7 @@ def run(args, ctx) -> int:  # noqa: ANN001
         done_fd = engine.start(container.id, notify=not detach)
     except NsboxError as exc:
         if auto_remove:  # a container that never ran is not left behind with --rm
-            with contextlib.suppress(NsboxError):
+            with suppress(NsboxError):
                 engine.remove(container.id, force=True, volumes=True)
         reraise_invoke(exc)
     if detach:
