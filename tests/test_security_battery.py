@@ -189,3 +189,33 @@ def test_volume_target_symlink_stays_inside_the_root(engine, tmp_path):
     assert f" {victim} " not in Path("/proc/self/mountinfo").read_text()
     assert proc.returncode == 0, proc.stderr
     assert (vol / "from-container").exists()
+
+
+def test_inspect_security_flags_each_weakened_item(engine):
+    engine("run", "-d", "--name", "posture-default", "busybox", "sleep", "60", check=True)
+    engine("run", "-d", "--name", "posture-weak", "--privileged", "--pid", "container:posture-default",
+           "--pids-limit", "-1", "--security-opt", "no-new-privileges=false", "busybox",
+           "sleep", "60", check=True)
+    try:
+        good = engine("inspect", "--security", "posture-default", check=True).stdout
+        assert "0 item(s) weaker than the default" in good
+        assert "WEAKER" not in good
+        weak = engine("inspect", "--security", "-f", "{{json .}}", "posture-weak", check=True).stdout
+        report = json.loads(weak)
+        assert set(report["weaker"]) >= {"capabilities", "seccomp", "no_new_privs", "namespace pid",
+                                         "masked paths", "read-only paths", "pids limit",
+                                         "device cgroup"}
+        pid_item = next(i for i in report["items"] if i["item"] == "namespace pid")
+        assert pid_item["value"] == "shared with posture-default"
+    finally:
+        engine("rm", "-f", "posture-default", "posture-weak")
+
+
+def test_info_reports_host_security(engine):
+    out = engine("info", check=True).stdout
+    assert "Seccomp: yes" in out
+    assert "User namespaces:" in out and "Subordinate uid ranges:" in out
+    assert "LSMs:" in out and "Default profile: 11 capabilities" in out
+    data = json.loads(engine("info", "-f", "{{json .Security}}", check=True).stdout)
+    assert data["DefaultProfile"]["PidsLimit"] == 2048
+    assert "user" in data["Namespaces"]
