@@ -30,7 +30,7 @@ from nsbox import _json
 from nsbox._lazylog import get_logger
 from nsbox._record import as_dict, record
 from nsbox.engine import DEFAULT_ROOT
-from nsbox.engine.db import Database
+from nsbox.engine.db import Database, close_all_connections
 from nsbox.engine.model import (
     CREATED,
     DEAD,
@@ -188,6 +188,10 @@ def _monitor_alive(pid: int, cid: str) -> bool:
         return False
 
 
+def _single_threaded() -> bool:
+    return len(os.listdir("/proc/self/task")) == 1
+
+
 def _spawn_monitor(args: tuple, done_w: int) -> Callable[[], object]:
     """Start the monitor daemon (monitor.detach_and_run(*ARGS)); a function that reaps its starter.
 
@@ -199,7 +203,7 @@ def _spawn_monitor(args: tuple, done_w: int) -> Callable[[], object]:
     monitor until it is done.
     """
     env_path = os.pathsep.join(p for p in [_package_parent(), os.environ.get("PYTHONPATH")] if p)
-    if len(os.listdir("/proc/self/task")) > 1:
+    if not _single_threaded():
         import subprocess
         env = dict(os.environ, PYTHONPATH=env_path)
         keep = (args[3],) + ((done_w,) if done_w >= 0 else ())
@@ -613,6 +617,8 @@ class Engine:
         args = (self.root, self.run_root, c.id, write_end, c.log_path, spec.log_driver,
                 _parse_size(spec.log_opts.get("max-size")),
                 int(spec.log_opts.get("max-file", "1")), spec.tty, loop_bin)
+        if _single_threaded():
+            close_all_connections()  # the monitor will be a fork of this process
         reap_starter = _spawn_monitor(args, done_w)
         os.close(write_end)
         if done_w >= 0:
@@ -769,13 +775,17 @@ class Engine:
                 raise ContainerNotFound(f"no such container: {ref}") from None
         while True:
             row = self.db.container(c.id)
-            if row is None:
+            try:
+                if row is None:
+                    raise ContainerNotFound(c.id)
+                c = self._reconcile(Container.from_row(row))
+            except ContainerNotFound:
+                # Removed (--rm) meanwhile, maybe while being reconciled.
                 try:
                     with open(_exit_file(self.run_root, c.id)) as f:
                         return int(f.read().strip())
                 except (OSError, ValueError):
                     return c.exit_code
-            c = self._reconcile(Container.from_row(row))
             if c.state in (EXITED, DEAD) or (c.state == CREATED and c.started_at):
                 return c.exit_code
             wake_fd = nap(wake_fd, 0.05)

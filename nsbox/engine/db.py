@@ -1,8 +1,9 @@
 """The engine's metadata: one SQLite database, <root>/nsbox.db, in WAL mode.
 
 Every nsbox command is its own process and there is no daemon, so many
-processes may write at once.  Each call opens a short-lived connection with
-a busy timeout; SQLite serialises the writers, WAL lets readers go on, and
+processes may write at once.  Each thread keeps one connection (with a busy
+timeout) for the life of its process; SQLite serialises the writers, WAL lets
+readers go on, and
 `database is locked` (which a busy timeout does not always absorb, e.g. when
 a read transaction is upgraded) is retried here.  Container names are a
 UNIQUE column, so two racing `run --name x` cannot both win.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 
 from nsbox import _json
 from nsbox.errors import NsboxError
@@ -67,20 +69,91 @@ CONTAINER_COLUMNS = ("id", "name", "image", "image_id", "created", "state", "exi
                      "stopped_by_user", "oom_killed", "error", "spec", "bundle", "runtime", "extra")
 
 
+_INHERITED: list = []  # connections a forked child inherited; kept open, never used
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # every connection this process opened
+_GENERATION = [0]  # bumped by close_all_connections: kept connections of older ones are closed
+_connection_class = None
+
+
+def _connection_factory():  # noqa: ANN202 - a sqlite3.Connection subclass
+    global _connection_class
+    if _connection_class is None:
+        import sqlite3
+
+        class TrackedConnection(sqlite3.Connection):
+            """sqlite3.Connection, but weakly referenceable (so _OPEN can track it)."""
+
+        _connection_class = TrackedConnection
+    return _connection_class
+
+
+def close_all_connections() -> None:
+    """Close every SQLite connection of this process, in every thread: before os.fork().
+
+    SQLite keeps per-process state about each open database file (its fds,
+    its shared-memory index, and fds whose close it defers while another
+    connection has the file open); a child forked with any connection open
+    would share it and corrupt its own use of the file.  Call this only
+    while the process has a single thread.
+    """
+    _GENERATION[0] += 1
+    for conn in list(_OPEN):
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001, S110 - closing is all we want; a closed one is fine
+            pass
+
+
 class Database:
-    """Short-lived connections to <root>/nsbox.db; safe to share between threads."""
+    """Connections to <root>/nsbox.db, one kept per thread; safe to share between threads."""
 
     def __init__(self, root: str) -> None:
+        import _thread
         self.path = os.path.join(root, DB_FILE)
+        self._local = _thread._local()
         os.makedirs(root, mode=0o700, exist_ok=True)
         self._retry(self._init_schema)
 
     def _connect(self):  # noqa: ANN202 - sqlite3.Connection, imported lazily
         import sqlite3
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False, factory=_connection_factory())
+        _OPEN.add(conn)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        # WAL with NORMAL: a commit is atomic and survives a crash of the
+        # process; only a power loss may drop the newest commits.  FULL syncs
+        # the WAL at every commit (several ms each on a virtual disk).
+        conn.execute("PRAGMA synchronous=NORMAL")
         return conn
+
+    def _acquire(self):  # noqa: ANN202 - (sqlite3.Connection, owned: bool)
+        """This thread's kept connection, or a new one to close after use.
+
+        Keeping one connection per thread spares an open per operation and,
+        above all, the WAL checkpoint SQLite runs when the last connection
+        of a process closes.  A forked child never uses (or closes) its
+        parent's connection: it opens its own.
+        """
+        local = self._local
+        if getattr(local, "pid", 0) == os.getpid() and local.conn is not None \
+                and local.generation == _GENERATION[0]:
+            if local.busy:
+                return self._connect(), True  # nested use: a separate connection
+            local.busy = True
+            return local.conn, False
+        inherited = getattr(local, "conn", None)
+        if inherited is not None and getattr(local, "pid", 0) != os.getpid():
+            _INHERITED.append(inherited)  # the parent's: never closed here
+        local.conn, local.pid, local.busy = self._connect(), os.getpid(), True
+        local.generation = _GENERATION[0]
+        return local.conn, False
+
+    def _release(self, conn, owned: bool) -> None:  # noqa: ANN001
+        if owned:
+            conn.close()
+        else:
+            self._local.busy = False
 
     def _init_schema(self) -> None:
         with self.connection() as conn:
@@ -224,23 +297,25 @@ class _Connection:
         self._conn = None
 
     def __enter__(self):  # noqa: ANN204 - sqlite3.Connection, imported lazily
-        conn = self._db._connect()
+        conn, owned = self._db._acquire()
         if self._transaction:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except BaseException:
-                conn.close()
+                self._db._release(conn, owned)
                 raise
-        self._conn = conn
+        self._conn = (conn, owned)
         return conn
 
     def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
-        conn, self._conn = self._conn, None
+        (conn, owned), self._conn = self._conn, None
         try:
             if self._transaction:
                 conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+            elif conn.in_transaction:
+                conn.execute("ROLLBACK")
         finally:
-            conn.close()
+            self._db._release(conn, owned)
         return False
 
 

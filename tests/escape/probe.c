@@ -363,8 +363,14 @@ static void ptrace_others(void)
     long r = ptrace(PTRACE_ATTACH, 1, NULL, NULL);
     verdict("ptrace-attach-pid1", getpid() == 1 ? -1 : r, getpid() == 1 ? EPERM : errno,
             NULL);
-    if (r == 0)
+    if (r == 0) {
+        /* Detach only from the stop the attach caused, and resume: a PID 1
+         * left stopped would keep the container from ever exiting. */
+        int status;
+        waitpid(1, &status, __WALL);
         ptrace(PTRACE_DETACH, 1, NULL, NULL);
+        kill(1, SIGCONT);
+    }
     pid_t child = fork();
     if (child == 0) {
         pause();
