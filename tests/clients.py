@@ -480,8 +480,9 @@ class Podman:
             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
         argv = self.argv(*args)
         log.debug("running %s", argv)
+        # cwd in the tree: conmon writes its "oom" marker file into its cwd.
         proc = subprocess.run(argv, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, input=input_text,
+                              timeout=timeout, input=input_text, cwd=self.tree,
                               stdin=None if input_text is not None else subprocess.DEVNULL)
         if check and proc.returncode != 0:
             raise AssertionError(f"{argv} exited {proc.returncode}\nstdout: {proc.stdout}\n"
@@ -498,7 +499,7 @@ class Podman:
         """
         argv = self.argv(*args)
         proc = subprocess.run(argv, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL,
+                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.tree,
                               preexec_fn=_enter_private_var_lib)
         if proc.returncode != 0:
             raise AssertionError(f"{argv} exited {proc.returncode}\nstderr: {proc.stderr}")
