@@ -133,13 +133,14 @@ def parse(output: str) -> dict[str, tuple[str, str]]:
 class Engine:
     """The nsbox CLI over a private --root/--runroot."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
         self.prefix = [NSBOX, "--root", str(root / "lib"), "--runroot", str(root / "run")]
+        self.env = env
 
     def __call__(self, *args: str, check: bool = False, timeout: float = 120
                  ) -> subprocess.CompletedProcess:
         proc = subprocess.run([*self.prefix, *args], capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, env=self.env)
         if check and proc.returncode != 0:
             raise RuntimeError(f"nsbox {' '.join(args)} -> {proc.returncode}: {proc.stderr}")
         return proc

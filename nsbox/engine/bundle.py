@@ -40,6 +40,8 @@ class BundleInputs:
     volume_paths: dict[str, str] = dict  # target -> host dir
     # "container:NAME" -> pid of that container's init (resolved by the engine)
     peer_pids: dict[str, int] = dict
+    # [uid_base, gid_base, size] of a remapped user namespace (--userns=remap|auto), or []
+    idmap: list = list
 
 
 def command_of(spec: ContainerSpec, image_section: dict) -> list[str]:
@@ -311,8 +313,12 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
             namespaces.setdefault(kind, {"type": kind})
         else:
             raise ConfigError(f"{attr.replace('_', '-')}: unsupported mode {mode!r}")
-    if spec.userns_mode not in ("host", ""):
-        raise ConfigError(f"userns mode {spec.userns_mode!r} is not supported yet")
+    if inputs.idmap:
+        from nsbox.engine.userns import oci_mappings
+        namespaces["user"] = {"type": "user"}
+        linux["uidMappings"], linux["gidMappings"] = oci_mappings(inputs.idmap)
+    elif spec.userns_mode not in ("host", ""):
+        raise ConfigError(f"userns mode {spec.userns_mode!r} is not supported")
     linux["namespaces"] = list(namespaces.values())
     if "uts" not in namespaces:
         config.pop("hostname", None)

@@ -544,6 +544,12 @@ class Engine:
         anonymous: list[str] = []
         try:
             info = self.storage.create_rootfs(cid, image)
+            idmap: list[int] = []
+            if spec.userns_mode in ("remap", "auto"):
+                from nsbox.engine import userns
+                taken = [c.extra.get("idmap") for c in self.list(all=True) if c.id != cid]
+                idmap = userns.allocate(spec.userns_mode, [m for m in taken if m])
+                self.storage.set_idmap(cid, idmap)
             os.makedirs(userdata, mode=0o700)
             volume_paths, volume_names = {}, {}
             for m in spec.mounts:
@@ -566,8 +572,11 @@ class Engine:
                     volume_names[target] = vol["Name"]
             inputs = bundle_mod.BundleInputs(
                 container_id=cid, rootfs=info.merged, layer_dirs=[info.upper] + info.lower_dirs,
-                userdata=userdata, runtime=runtime, volume_paths=volume_paths, peer_pids=peer_pids)
+                userdata=userdata, runtime=runtime, volume_paths=volume_paths, peer_pids=peer_pids,
+                idmap=idmap)
             config = bundle_mod.build_config(spec, image.section, inputs)
+            if idmap:
+                self._open_to_mapped_root(userdata, volume_paths, idmap)
             with open(os.path.join(userdata, "config.json"), "w") as f:
                 f.write(_json.dumps_pretty(config, indent=" "))  # as json.dump(indent=1)
             extra = {"anonymous_volumes": anonymous, "volumes": volume_names, "path": config["process"]["args"][0],
@@ -576,7 +585,8 @@ class Engine:
                      "hostname": config.get("hostname", ""),
                      "env": config["process"]["env"], "cwd": config["process"]["cwd"],
                      "user": spec.user if spec.user is not None else image.user,
-                     "image_entrypoint": image.entrypoint, "image_cmd": image.cmd}
+                     "image_entrypoint": image.entrypoint, "image_cmd": image.cmd,
+                     "idmap": idmap}
             self.db.update_container(cid, extra=extra)
         except BaseException:
             import shutil
@@ -592,6 +602,27 @@ class Engine:
         return self.get(cid)
 
     # ---------------------------------------------------------------- lifecycle
+    def _open_to_mapped_root(self, userdata: str, volume_paths: dict[str, str],
+                             idmap: list[int]) -> None:
+        """Let a remapped container's root reach its bind sources: search permission on the
+        directories above them (not read), and its /etc files and new volumes its own."""
+        uid, gid = idmap[0], idmap[1]
+        for name in ("hosts", "hostname", "resolv.conf"):
+            path = os.path.join(userdata, name)
+            if os.path.exists(path):
+                os.chown(path, uid, gid)
+        for path in [userdata, *volume_paths.values()]:
+            if path in volume_paths.values() and not os.listdir(path):
+                os.chown(path, uid, gid)  # a new volume belongs to the container's root
+            path = os.path.dirname(path) if path in volume_paths.values() else path
+            while path.startswith(self.root) and path != os.path.dirname(path):
+                mode = os.stat(path).st_mode & 0o777
+                if mode & 0o011 != 0o011:
+                    os.chmod(path, mode | 0o011)
+                if path == self.root:
+                    break
+                path = os.path.dirname(path)
+
     def start(self, ref: str, notify: bool = False) -> int | None:
         """Start the container under a new monitor; returns once its process runs (NsboxError if not).
 

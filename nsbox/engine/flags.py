@@ -463,8 +463,15 @@ def parse_namespace_mode(flag: str, value: str) -> str:
         allowed = ("none", "host", "private")
         if text == "bridge":  # Docker's default name; we give a private netns for now
             return "private"
-    if flag == "userns" and text == "":
-        return "host"
+    if flag == "userns":
+        if text == "":
+            return "host"
+        if text in ("remap", "auto"):
+            return text
+        if text == "keep-id" or text.startswith("keep-id:"):
+            raise bad(flag, value, "--userns=keep-id is only for rootless mode, which nsbox "
+                      "does not have yet: use remap or auto")
+        allowed = ("host", "private", "remap", "auto")
     if text in allowed:
         return text
     if text.startswith("container:") and len(text) > 10 and flag != "network":

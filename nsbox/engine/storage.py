@@ -67,6 +67,7 @@ class RootfsInfo:
     layers: list[str]        # chain ids, bottom first
     lower_dirs: list[str]    # absolute layer dirs, top-most first (overlay order)
     lower_links: list[str]   # the same as `l/<hex>` aliases relative to <root>/layers
+    idmap: list = list       # [uid_base, gid_base, size]: lowers mounted idmapped (userns.py)
 
 
 def _valid_id(text: str) -> bool:
@@ -169,6 +170,53 @@ class Storage:
                 raise
         return info
 
+    def set_idmap(self, container_id: str, idmap: list[int]) -> None:
+        """Remap the container's rootfs: its own dirs owned by the mapped root, its layers
+        mounted idmapped (see userns.py)."""
+        info = self.rootfs(container_id)
+        with self.layout.locked():
+            for path in (info.upper, info.work):
+                os.chown(path, idmap[0], idmap[1])
+            # The mapped root must reach merged/: search (not read) permission on the way.
+            path = info.dir
+            while True:
+                mode = os.stat(path).st_mode & 0o777
+                if mode & 0o011 != 0o011:
+                    os.chmod(path, mode | 0o011)
+                if os.path.samefile(path, self.root) or path == os.path.dirname(path):
+                    break
+                path = os.path.dirname(path)
+            info.idmap = list(idmap)
+            self._write_record(info)
+
+    def _idmapped_lowers(self, info: RootfsInfo) -> list[str]:
+        """Mount each lower layer idmapped under <dir>/idl/N; their paths, top-most first."""
+        from nsbox.engine import userns
+        base = os.path.join(info.dir, "idl")
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        nsfd = userns.userns_fd(info.idmap)
+        targets: list[str] = []
+        try:
+            for n, lower in enumerate(info.lower_dirs):
+                target = os.path.join(base, str(n))
+                os.makedirs(target, exist_ok=True)
+                if target not in mount_points():
+                    userns.idmapped_bind(lower, target, nsfd)
+                targets.append(target)
+        except BaseException:
+            self._unmount_idmapped(info.dir)
+            raise
+        finally:
+            os.close(nsfd)
+        return targets
+
+    def _unmount_idmapped(self, path: str) -> None:
+        from nsbox.runtime import syscalls
+        base = os.path.join(path, "idl") + "/"
+        for point in sorted((p for p in mount_points() if p.startswith(base)), reverse=True):
+            with suppress(OSError):
+                syscalls.umount2(point, syscalls.MNT_DETACH | syscalls.UMOUNT_NOFOLLOW)
+
     def _write_record(self, info: RootfsInfo) -> None:
         fd, tmp = _mkstemp(info.dir, ".rootfs-")
         with os.fdopen(fd, "w") as f:
@@ -193,6 +241,18 @@ class Storage:
             for lower in info.lower_dirs:
                 if not os.path.isdir(lower):
                     raise ImageError(f"container {container_id}: layer directory {lower} is missing")
+            if info.idmap:
+                lowers = self._idmapped_lowers(info)
+                options = (f"lowerdir={':'.join(lowers)},upperdir={info.upper},"
+                           f"workdir={info.work},{OVERLAY_EXTRA_OPTIONS}")
+                try:
+                    syscalls.mount("overlay", info.merged, "overlay", 0, options)
+                except OSError as err:
+                    self._after_failed_mount(info)
+                    self._unmount_idmapped(info.dir)
+                    raise KernelError(f"cannot mount the rootfs of {container_id}: "
+                                      f"{os.strerror(err.errno or 0)}", err.errno or 0) from None
+                return info.merged
             options = self._options(info, relative=False)
             if len(options) <= MOUNT_OPTIONS_LIMIT:
                 try:
@@ -245,6 +305,7 @@ class Storage:
         with self.layout.locked():
             for _ in range(8):  # the same path may carry stacked mounts
                 if merged not in mount_points():
+                    self._unmount_idmapped(self._dir(container_id))
                     return
                 try:
                     syscalls.umount2(merged, syscalls.UMOUNT_NOFOLLOW)
