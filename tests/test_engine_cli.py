@@ -256,3 +256,19 @@ def test_run_it_gets_a_terminal_and_the_exit_code(nsbox):
     assert proc.returncode == 2
     assert "/dev/pts/" in proc.stdout
     assert nsbox.ids() == []
+
+
+def test_oom_killed_is_reported_by_inspect(nsbox):
+    hog = 'x=$(head -c 67108864 /dev/zero | tr "\\0" a); echo survived'
+    cid = nsbox("run", "-d", "--memory", "32m", "busybox", "sh", "-c", hog).stdout.strip()
+    assert nsbox("wait", cid).stdout.strip() == "137"
+    state = json.loads(nsbox("inspect", cid).stdout)[0]["State"]
+    assert state["OOMKilled"] is True and state["ExitCode"] == 137
+    fine = nsbox("run", "-d", "busybox", "true").stdout.strip()
+    nsbox("wait", fine)
+    assert json.loads(nsbox("inspect", fine).stdout)[0]["State"]["OOMKilled"] is False
+    # A kill from outside is a 137 too, but no OOM kill.
+    sleeper = nsbox("run", "-d", "busybox", "sleep", "60").stdout.strip()
+    nsbox("kill", sleeper)
+    assert nsbox("wait", sleeper).stdout.strip() == "137"
+    assert json.loads(nsbox("inspect", sleeper).stdout)[0]["State"]["OOMKilled"] is False

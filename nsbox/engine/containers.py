@@ -327,14 +327,18 @@ def monitor_finish(root: str, run_root: str, cid: str, exit_code: str, failed: s
     code = int(exit_code)
     if row is None:
         return 0
-    runtime_for(run_root, row["runtime"]).delete(cid)
+    oci = runtime_for(run_root, row["runtime"])
+    # Before delete removes the cgroup: was the container's process OOM-killed?
+    oom_killed = code == 137 and failed != "1" and oci.oom_kills(cid) > 0
+    oci.delete(cid)
     spec = spec_from_json(row["spec"])
     os.makedirs(os.path.join(run_root, "exits"), exist_ok=True)
     with open(_exit_file(run_root, cid), "w") as f:
         f.write(str(code if failed != "1" else 127))
     if failed != "1" and not row["stopped_by_user"] and _should_restart(spec.restart, code,
                                                                        row["restart_count"]):
-        db.update_container(cid, exit_code=code, finished_at=time.time(), pid=0)
+        db.update_container(cid, exit_code=code, finished_at=time.time(), pid=0,
+                            oom_killed=oom_killed)
         db.increment_restart(cid)
         db.update_container(cid, state=RESTARTING)
         return RESTART
@@ -344,7 +348,8 @@ def monitor_finish(root: str, run_root: str, cid: str, exit_code: str, failed: s
     if failed == "1":
         db.update_container(cid, state=CREATED, pid=0, exit_code=127)
     else:
-        db.update_container(cid, state=EXITED, pid=0, exit_code=code, finished_at=time.time())
+        db.update_container(cid, state=EXITED, pid=0, exit_code=code, finished_at=time.time(),
+                            oom_killed=oom_killed)
     if spec.auto_remove:
         engine._remove_now(cid, volumes=True)
     return 0
@@ -638,7 +643,7 @@ class Engine:
             raise InvalidState(f"container {c.name} is paused: unpause it")
         self._wait_monitor_gone(c)
         self.storage.mount(c.id)
-        self.db.update_container(c.id, stopped_by_user=0, error="")
+        self.db.update_container(c.id, stopped_by_user=0, error="", oom_killed=0)
         with contextlib_suppress(FileNotFoundError):
             os.unlink(_exit_file(self.run_root, c.id))
         spec = c.spec

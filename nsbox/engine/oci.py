@@ -116,6 +116,16 @@ class OciRuntime:
     def pids(self, cid: str) -> list[int]:
         return [int(p) for p in _json.loads(self.command("ps", "--format", "json", cid).stdout)]
 
+    def oom_kills(self, cid: str) -> int:
+        """OOM kills in CID's memory cgroup (0 if unknown): `events --stats` of a stopped
+        container is refused by most runtimes, so this is best effort for them."""
+        result = self.command("events", "--stats", cid, check=False)
+        try:
+            memory = _json.loads(result.stdout)["data"]["memory"]
+        except (ValueError, KeyError, TypeError):
+            return 0
+        return int(memory.get("oom_kill") or memory.get("oomKill") or 0)
+
 
 class _NeedsSealedExe(Exception):
     """The container may reach our interpreter: only the CLI can re-execute from a sealed copy."""
@@ -192,6 +202,12 @@ class InProcessRuntime(OciRuntime):
 
     def pids(self, cid: str) -> list[int]:
         return self._runtime().pids(cid)
+
+    def oom_kills(self, cid: str) -> int:
+        try:
+            return self._runtime().oom_kills(cid)
+        except NsboxError:
+            return 0
 
 
 def runtime_log_error(path: str) -> str:

@@ -419,6 +419,14 @@ class Runtime:
             raise InvalidState(f"container {container_id} is not running")
         return self._cgroup_manager(st).stats()
 
+    def oom_kills(self, container_id: str) -> int:
+        """OOM kills in the container's memory cgroup so far, also after its init exited
+        (until delete); 0 when unknown."""
+        st = self.store.load(container_id)
+        if not st.cgroup_paths:
+            return 0
+        return self._cgroup_manager(st).oom_kills() or 0
+
     def events(self, container_id: str, interval: float | None = 5.0):
         """Yield event dicts ({"type": "oom"|"stats", "id": ...}) until the container stops.
 
