@@ -22,22 +22,37 @@ import helpers
 import pytest
 
 LANE = Path(__file__).resolve().parent / "v2lane" / "lane.py"
-LANE_TIMEOUT = 900  # the lane kills qemu itself after this many seconds
+LANE_TIMEOUT = 480  # the lane kills qemu itself after this many seconds (a run takes ~2-3 min)
 EXIT_MISSING = 77   # lane.py: qemu, root or a fetchable kernel is missing
 SHOWN_LINES = 200
+ATTEMPTS = 2  # a lane that timed out (a stalled emulated guest) is booted once more
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(LANE_TIMEOUT + 120)  # above the lane's own limit, so that one reports
-def test_cgroupv2_tests_pass_in_the_qemu_lane() -> None:
-    if os.environ.get("NSBOX_V2LANE"):
-        pytest.skip("already inside the v2 lane's guest")
+def run_lane() -> tuple[subprocess.CompletedProcess, list[str]]:
     result = subprocess.run(
         [sys.executable, str(LANE), "--timeout", str(LANE_TIMEOUT), "--python", sys.executable],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=LANE_TIMEOUT + 90,
     )
-    output = (result.stdout + result.stderr).splitlines()
+    return result, (result.stdout + result.stderr).splitlines()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(ATTEMPTS * (LANE_TIMEOUT + 120))  # above the lane's own limits
+def test_cgroupv2_tests_pass_in_the_qemu_lane() -> None:
+    if os.environ.get("NSBOX_V2LANE"):
+        pytest.skip("already inside the v2 lane's guest")
+    # A TCG guest has been seen to stall between two tests with no message at
+    # all (once in many runs); only a timeout is retried, never a failure.
+    earlier: list[str] = []
+    for attempt in range(ATTEMPTS):
+        result, output = run_lane()
+        timed_out = result.returncode != 0 and any("TIMEOUT after" in line for line in output)
+        if not timed_out or attempt == ATTEMPTS - 1:
+            break
+        earlier = output[-20:]
     shown = "\n".join(output[-SHOWN_LINES:])
+    if earlier:
+        shown = "an earlier attempt timed out:\n" + "\n".join(earlier) + "\n---\n" + shown
     if result.returncode == EXIT_MISSING:
         helpers.skip_or_fail(f"the v2 lane cannot run here:\n{shown}")
     if result.returncode != 0:
