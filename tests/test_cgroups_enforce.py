@@ -15,12 +15,12 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import helpers
 import pytest
-from helpers import with_mknod
+from helpers import wait_for, with_mknod
 from runtime_leaks import assert_nothing_left
 
 from nsbox.runtime import cgroups
@@ -47,17 +47,6 @@ def controller_dir(controller: str, cgroups_path: str) -> Path:
 
 def read(path: Path) -> str:
     return path.read_text().strip()
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {predicate}")
-        time.sleep(0.02)
 
 
 def proc_cpu_ticks(pid: int) -> int:

@@ -14,13 +14,12 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import helpers
 import pytest
 from cgroupv2 import CGROUPV2
-from helpers import with_mknod
+from helpers import wait_for, with_mknod
 from runtime_leaks import assert_nothing_left
 
 pytestmark = CGROUPV2
@@ -36,17 +35,6 @@ def read(path: Path) -> str:
 
 def keyed(path: Path) -> dict[str, str]:
     return dict(line.split(maxsplit=1) for line in path.read_text().splitlines() if " " in line)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {predicate}")
-        time.sleep(0.02)
 
 
 def usage_usec(directory: Path) -> int:
@@ -94,7 +82,7 @@ def test_memory_max_oom_kills_and_events_report_it(start, run_runtime, runtime, 
             time.sleep(0.5)
             hog = run_runtime("exec", container_id, "sh", "-c", HOG, check=False)
             assert hog.returncode == 137, (hog.returncode, hog.stdout, hog.stderr)
-            wait_for(lambda: '"oom"' in (tmp_path / "events.out").read_text())
+            wait_for(lambda: '"oom"' in (tmp_path / "events.out").read_text(), timeout=10.0)
         finally:
             events.kill()
             events.wait()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import security_battery as battery
+from helpers import wait_for
 
 NSBOX = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nsbox")
 BASE = 400000
@@ -78,11 +79,7 @@ def test_remap_files_written_are_owned_by_the_mapped_uid(box):
     cid = box("run", "-d", "--userns=remap", "busybox", "sh", "-c",
               "echo hi > /made-inside; sleep 60").stdout.strip()
     upper = box.root / "lib" / "containers" / cid / "upper" / "made-inside"
-    for _ in range(100):
-        if upper.exists():
-            break
-        import time
-        time.sleep(0.05)
+    wait_for(upper.exists)
     st = upper.stat()
     assert (st.st_uid, st.st_gid) == (BASE, BASE)
     # The shared image layer is untouched: still owned by host root.

@@ -46,7 +46,6 @@ from nsbox.engine.oci import (
     OciRuntime,
     own_runtime_binary,
     runtime_for,
-    runtime_log_error,
     state_root,
 )
 from nsbox.errors import (
@@ -292,9 +291,7 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
             pid = int(f.read().strip())
         oci.start(cid)
     except NsboxError as exc:
-        reason = str(exc).strip() or "the runtime failed"
-        if not oci.in_process:
-            reason = runtime_log_error(runtime_log) or reason
+        reason = str(exc).strip() or "the runtime failed"  # create's already has its --log error
         oci.delete(cid)
         db.update_container(cid, error=reason)
         os.write(status_fd, f"err {reason}\n".encode())

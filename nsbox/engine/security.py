@@ -346,11 +346,12 @@ def _host_devices() -> list[dict]:
 
 
 def apply(config: dict, cap_add: list[str], cap_drop: list[str], privileged: bool,
-          security_opt: list[str]) -> list[str]:
-    """Write the security profile into CONFIG (an OCI config.json); warnings for the user."""
+          security_opt: list[str]) -> None:
+    """Write the security profile into CONFIG (an OCI config.json).
+
+    The CLI prints PRIVILEGED_WARNING itself, before any work is done."""
     from nsbox.runtime.security import lsm
 
-    warnings = []
     opts = SecurityOptions(security_opt)
     process, linux = config["process"], config["linux"]
     caps = capability_set(cap_add, cap_drop, privileged)
@@ -358,7 +359,6 @@ def apply(config: dict, cap_add: list[str], cap_drop: list[str], privileged: boo
     process["noNewPrivileges"] = opts.no_new_privileges
     masked, readonly = list(MASKED_PATHS), list(READONLY_PATHS)
     if privileged:
-        warnings.append(PRIVILEGED_WARNING)
         masked, readonly = [], []
         linux["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
         known_paths = {d.get("path") for d in linux.get("devices") or []}
@@ -407,7 +407,6 @@ def apply(config: dict, cap_add: list[str], cap_drop: list[str], privileged: boo
     pids = linux["resources"].get("pids")
     if pids is None:
         linux["resources"]["pids"] = {"limit": DEFAULT_PIDS_LIMIT}
-    return warnings
 
 
 # ------------------------------------------------------------------ reports
@@ -453,14 +452,13 @@ def posture(config: dict, pid: int = 0, peers: dict[str, str] | None = None) -> 
     item("no_new_privs", nnp, not nnp, "setuid binaries can gain privileges" if not nnp else "")
     namespaces = {ns.get("type"): ns.get("path", "") for ns in linux.get("namespaces") or []}
     for ns_type in _NAMESPACE_TYPES:
+        if ns_type == "user" and ns_type not in namespaces:
+            continue  # no user namespace: the user mapping below says so
         if ns_type not in namespaces:
-            shared = ns_type != "user"  # no user namespace is reported with the mapping below
             if ns_type == "time":
                 item("namespace time", "host", False, "the host's clocks (only offsets differ)")
-                continue
-            if ns_type == "user":
-                continue
-            item(f"namespace {ns_type}", "host", shared, f"shares the host's {ns_type} namespace")
+            else:
+                item(f"namespace {ns_type}", "host", True, f"shares the host's {ns_type} namespace")
         elif namespaces[ns_type]:
             path = namespaces[ns_type]
             owner = (peers or {}).get(path.rsplit("/ns/", 1)[0], path)

@@ -110,34 +110,30 @@ static void observe(const char *name, int weak, const char *detail)
         printf("%s ok %s\n", name, detail);
 }
 
-static unsigned long long status_hex(const char *field)
+/* FIELD of /proc/self/status as a number in BASE; MISSING if there is none. */
+static unsigned long long status_field(const char *field, int base, unsigned long long missing)
 {
     char line[256];
-    unsigned long long value = ~0ULL;
+    unsigned long long value = missing;
     FILE *f = fopen("/proc/self/status", "r");
     if (!f)
         return value;
     size_t n = strlen(field);
     while (fgets(line, sizeof line, f))
         if (!strncmp(line, field, n) && line[n] == ':')
-            value = strtoull(line + n + 1, NULL, 16);
+            value = strtoull(line + n + 1, NULL, base);
     fclose(f);
     return value;
 }
 
+static unsigned long long status_hex(const char *field)
+{
+    return status_field(field, 16, ~0ULL);
+}
+
 static long status_num(const char *field)
 {
-    char line[256];
-    long value = -1;
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f)
-        return value;
-    size_t n = strlen(field);
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, field, n) && line[n] == ':')
-            value = strtol(line + n + 1, NULL, 10);
-    fclose(f);
-    return value;
+    return (long)status_field(field, 10, (unsigned long long)-1);
 }
 
 /* ---------------------------------------------------------------- checks */
