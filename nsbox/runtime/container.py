@@ -181,15 +181,16 @@ class Runtime:
         cleanup.cgroup_paths = state.cgroup_paths
         parent_chan, child_chan = ch.Channel.pair()
         cleanup.closers.append(parent_chan)
-        stage1_pid = os.fork()
+        stage1_pid, born_in_unified = cgroups.fork_into(state.cgroup_paths)
         if stage1_pid == 0:
             parent_chan.close()
             initmod.stage1(ctx, child_chan)
         child_chan.close()
         cleanup.stage1_pid = stage1_pid
-        # Stage 1 joins its v1 cgroups itself and builds its namespaces while
-        # we move it into the cgroup2 one.
-        cgroups.add_process(state.cgroup_paths, stage1_pid, only_unified=True)
+        if not born_in_unified:
+            # Stage 1 joins its v1 cgroups itself and builds its namespaces
+            # while we move it into the cgroup2 one.
+            cgroups.add_process(state.cgroup_paths, stage1_pid, only_unified=True)
         if cgroup_plan is not None:
             # Limits are in place before stage 1 forks the init (on `go`).
             from nsbox.runtime.cgroups.manager import Manager

@@ -71,10 +71,11 @@ def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int
     sc.set_child_subreaper(True)
     runtime_exe = procmod.runtime_exe_identity()
     parent_chan, child_chan = ch.Channel.pair()
-    pid = os.fork()
+    pid, born_in_unified = cgroups.fork_into(st.cgroup_paths or {})
     if pid == 0:
         parent_chan.close()
-        _child(st, spec, process, joins, child_chan, opts, seccomp_bpf, runtime_exe, console_fd)
+        _child(st, spec, process, joins, child_chan, opts, seccomp_bpf, runtime_exe, console_fd,
+               born_in_unified)
     child_chan.close()
     if csock is not None:
         csock.close()
@@ -116,13 +117,14 @@ def _reap_any(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
-def _child(st, spec, process, joins, chan, opts, seccomp_bpf, runtime_exe, console_fd) -> None:
+def _child(st, spec, process, joins, chan, opts, seccomp_bpf, runtime_exe, console_fd,
+           born_in_unified) -> None:
     code = 1
     try:
         sc.set_dumpable(False)
         sc.set_pdeathsig(signal.SIGKILL)
         if st.cgroup_paths:
-            cgroups.join(st.cgroup_paths)
+            cgroups.join(st.cgroup_paths, born_in_unified)
         for ns_type, path in joins:
             nsmod.join(ns_type, path)
         os.chdir("/")

@@ -198,10 +198,40 @@ def join_v1(paths: dict[str, str]) -> None:
             raise KernelError(f"join cgroup {path}: {exc.strerror}", exc.errno) from None
 
 
-def join(paths: dict[str, str]) -> None:
-    """Move the calling single-threaded process into PATHS, cheaply where the kernel allows."""
+def join(paths: dict[str, str], born_in_unified: bool = False) -> None:
+    """Move the calling single-threaded process into PATHS, cheaply where the kernel allows.
+
+    BORN_IN_UNIFIED: fork_into() already placed us in the cgroup2 one.
+    """
     join_v1(paths)
-    add_process(paths, os.getpid(), only_unified=True)
+    if not born_in_unified:
+        add_process(paths, os.getpid(), only_unified=True)
+
+
+def fork_into(paths: dict[str, str]) -> tuple[int, bool]:
+    """fork(); the child starts in PATHS' cgroup2 directory where the kernel can put it there.
+
+    Returns (pid, born_in_unified): 0 in the child, as os.fork().  When
+    born_in_unified is False the caller still has to move the child into
+    the cgroup2 hierarchy (add_process or join).  See
+    syscalls.fork_into_cgroup for why being born there matters.
+    """
+    unified = paths.get(UNIFIED)
+    if unified:
+        from nsbox.runtime import syscalls as sc
+
+        try:
+            fd = os.open(unified, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                return sc.fork_into_cgroup(fd), True
+            except OSError:
+                pass  # refused (an old kernel, a seccomp filter): fork and move instead
+            finally:
+                os.close(fd)
+    return os.fork(), False
 
 
 def pids(paths: dict[str, str]) -> list[int]:
