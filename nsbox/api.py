@@ -178,6 +178,11 @@ class Container:
                                     since=since)
         return (split_record(record) for record in records)
 
+    def attach(self, stdin=None) -> Iterator[tuple[str, str, bytes]]:  # noqa: ANN001
+        """Follow the running container from now: (stream, timestamp, data) records until it
+        stops.  STDIN (a binary file or an fd) is copied to its stdin: run it with interactive=True."""
+        return (split_record(record) for record in self._engine.attach(self.id, stdin=stdin))
+
     def output(self, stream: str | None = None) -> bytes:
         """Everything the container wrote so far (STREAM: "stdout", "stderr" or both)."""
         return b"".join(data for name, _, data in self.logs()

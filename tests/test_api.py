@@ -58,6 +58,19 @@ def test_run_with_limits_and_exec(engine):
         box.remove(force=True)
 
 
+def test_attach_sends_stdin_and_follows_output(engine, tmp_path):
+    box = nsbox.run("busybox", "sh", interactive=True, engine=engine)
+    try:
+        script = tmp_path / "input"
+        script.write_bytes(b"echo attached:$((2 + 3))\nexit 5\n")
+        with open(script, "rb") as stdin:
+            records = list(box.attach(stdin=stdin))
+        assert [(stream, data) for stream, _, data in records] == [("stdout", b"attached:5\n")]
+        assert box.wait() == 5
+    finally:
+        box.remove(force=True)
+
+
 def test_detach_false_waits(engine):
     box = nsbox.run("busybox", ["true"], detach=False, engine=engine)
     assert box.exit_code == 0 and box.status == "exited"

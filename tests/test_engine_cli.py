@@ -7,6 +7,7 @@ force-removed afterwards.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -158,6 +159,34 @@ def test_logs_wait_start_attach(nsbox):
     proc = nsbox("start", "-a", "talker", check=False)
     assert proc.returncode == 5
     assert "one" in proc.stdout
+
+
+def test_attach_stdin_output_signals_and_refusals(nsbox):
+    # A detached -i container reads what the attached client types, and its
+    # output and exit code come back through attach; its stdin stays open.
+    nsbox("run", "-d", "-i", "--name", "reader", "busybox", "sh")
+    proc = nsbox("attach", "reader", check=False, input="echo got:$((6 * 7))\nexit 7\n")
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout == "got:42\n"
+    # A signal to attach reaches the container (sig-proxy).
+    nsbox("run", "-d", "--name", "trapper", "busybox", "sh", "-c",
+          "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done")
+    attach = subprocess.Popen([*nsbox.prefix, "attach", "trapper"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    attach.send_signal(signal.SIGTERM)
+    out, err = attach.communicate(timeout=30)
+    assert attach.returncode == 3, err
+    assert out == "got-term\n"
+    # Clear refusals: a stopped container, a terminal, stdin without -i.
+    nsbox("run", "-d", "--name", "done", "busybox", "true")
+    nsbox("wait", "done")
+    assert "start it first" in one_line_error(nsbox("attach", "done", check=False))
+    nsbox("run", "-d", "-t", "--name", "tty", "busybox", "sleep", "30")
+    proc = nsbox("attach", "tty", check=False)
+    assert proc.returncode == 125 and "terminal" in one_line_error(proc)
+    nsbox("run", "-d", "--name", "noin", "busybox", "sh", "-c", "echo bye; sleep 1; exit 4")
+    assert nsbox("attach", "noin", check=False, input="ignored\n").returncode == 4
 
 
 def test_kill_restart_rename(nsbox):

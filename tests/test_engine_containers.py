@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 
+import helpers
 import pytest
 
 from nsbox.engine import bundle as bundle_mod
@@ -278,6 +279,56 @@ def test_volumes_and_persistence(eng):
     assert anon in [v["Name"] for v in vols.list()]
     eng.remove(c.id, volumes=True)
     assert anon not in [v["Name"] for v in vols.list()]
+
+
+def test_new_volume_gets_image_content(eng, tmp_path):
+    """Docker's copy-up: an empty volume is filled from the image at its mount point,
+    owners and modes kept, symlinks copied as links; not with nocopy, never over data."""
+    tree = helpers.build_busybox_rootfs(tmp_path / "rootfs")
+    seed = tree / "seed"
+    (seed / "sub").mkdir(parents=True)
+    (seed / "a.txt").write_text("from the image\n")
+    (seed / "sub" / "b").write_text("deep\n")
+    os.symlink("/etc/passwd", seed / "link")
+    for path in (seed, seed / "sub", seed / "a.txt", seed / "sub" / "b"):
+        os.chown(path, 1234, 5678)
+    os.chmod(seed, 0o750)
+    os.symlink("seed", tree / "alias")
+    eng.images.import_rootfs(str(tree), "localhost/seeded:1", config={"Volumes": {"/seed": {}}})
+    show = ("stat -c '%a %u:%g' /seed /seed/a.txt; cat /seed/a.txt /seed/sub/b; "
+            "readlink /seed/link")
+    expected = [b"750 1234:5678\n", b"644 1234:5678\n", b"from the image\n", b"deep\n",
+                b"/etc/passwd\n"]
+    # The image's own VOLUME (an anonymous volume) and a new named one.
+    for mounts in ([], [MountSpec("volume", "/seed", "seedvol")]):
+        c = eng.run(ContainerSpec(image="localhost/seeded:1", command=["sh", "-c", show],
+                                  mounts=mounts))
+        assert eng.wait(c.id) == 0
+        assert [line for _, _, line in eng.logs(c.id)] == expected
+        assert eng.inspect(c.id)["Mounts"][0]["Type"] == "volume"
+    # A volume with data keeps it.
+    c = eng.run(ContainerSpec(image="localhost/seeded:1", mounts=[MountSpec("volume", "/seed", "seedvol")],
+                              command=["sh", "-c", "echo mine > /seed/a.txt; rm /seed/sub/b"]))
+    assert eng.wait(c.id) == 0
+    c = eng.run(ContainerSpec(image="localhost/seeded:1", mounts=[MountSpec("volume", "/seed", "seedvol")],
+                              command=["sh", "-c", "cat /seed/a.txt; ls /seed/sub"]))
+    assert eng.wait(c.id) == 0
+    assert [line for _, _, line in eng.logs(c.id)] == [b"mine\n"]
+    # nocopy, and a mount point reached through an image symlink.
+    c = eng.run(ContainerSpec(image="localhost/seeded:1", command=["ls", "-A", "/seed"],
+                              mounts=[MountSpec("volume", "/seed", "emptyvol", options=["nocopy"])]))
+    assert eng.wait(c.id) == 0
+    assert list(eng.logs(c.id)) == []
+    c = eng.run(ContainerSpec(image="localhost/seeded:1", command=["cat", "/alias/a.txt"],
+                              mounts=[MountSpec("volume", "/alias", "aliasvol")]))
+    assert eng.wait(c.id) == 0
+    assert [line for _, _, line in eng.logs(c.id)] == [b"from the image\n"]
+    for c in eng.list(all=True):
+        if c.image == "localhost/seeded:1":
+            eng.remove(c.id, volumes=True)
+    for name in ("seedvol", "emptyvol", "aliasvol"):
+        eng.volumes.remove(name)
+    eng.images.remove("localhost/seeded:1")
 
 
 def test_read_only_with_tmpfs(eng):

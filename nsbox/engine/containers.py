@@ -55,6 +55,7 @@ from nsbox.errors import (
     ContainerNotFound,
     InvalidState,
     NsboxError,
+    UnsupportedError,
 )
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
@@ -258,6 +259,40 @@ def _exit_file(run_root: str, cid: str) -> str:
     return os.path.join(run_root, "exits", cid)
 
 
+def _copy_into(source, fd: int) -> None:  # noqa: ANN001 - a binary file or an fd
+    """Copy SOURCE into FD until either end is done, then close FD."""
+    src = source if isinstance(source, int) else source.fileno()
+    try:
+        while True:
+            data = os.read(src, 65536)
+            if not data:
+                break
+            while data:
+                data = data[os.write(fd, data):]
+    except OSError:
+        pass  # the container is gone (EPIPE) or our stdin was closed
+    finally:
+        os.close(fd)
+
+
+def _stdin_fifo(run_root: str, cid: str) -> str:
+    """Where a detached `run -i` container's stdin comes from (`attach` writes into it)."""
+    return os.path.join(run_root, "stdin", cid)
+
+
+def _open_stdin_fifo(run_root: str, cid: str) -> int:
+    """The container's end of its stdin FIFO, read-write.
+
+    Holding a write end itself, the container never reads end-of-file: like
+    Docker's open stdin, a read waits until someone attaches and types.
+    """
+    path = _stdin_fifo(run_root, cid)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with contextlib_suppress(FileExistsError):
+        os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+
 # ============================================================ monitor helpers
 # These run in short-lived children of the monitor (see monitor.py), so the
 # monitor itself never imports sqlite3 or the engine.
@@ -284,7 +319,8 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
     runtime_log = os.path.join(bundle, "runtime.log")
     with contextlib_suppress(FileNotFoundError):
         os.unlink(pid_file)
-    null = os.open("/dev/null", os.O_RDONLY)
+    interactive = not console and _json.loads(row["spec"] or "{}").get("interactive", False)
+    null = _open_stdin_fifo(run_root, cid) if interactive else os.open("/dev/null", os.O_RDONLY)
     try:
         oci.create(cid, bundle, pid_file, console, (null, int(out_w), int(err_w)), runtime_log)
         with open(pid_file) as f:
@@ -399,6 +435,10 @@ class Engine:
     # ------------------------------------------------------------------ lookup
     def get(self, ref: str) -> Container:
         """The container with full id REF, name REF, or unique id prefix REF; ContainerNotFound else."""
+        return self._reconcile(self._lookup(ref))
+
+    def _lookup(self, ref: str) -> Container:
+        """get() without reconciling: the record as it stands."""
         ref = ref.lstrip("/") if isinstance(ref, str) else ref
         if not ref:
             raise ContainerNotFound("no container named ''")
@@ -407,7 +447,7 @@ class Engine:
             raise ContainerNotFound(f"no such container: {ref}")
         if len(rows) > 1:
             raise ContainerNotFound(f"container id prefix {ref!r} is ambiguous ({len(rows)} matches)")
-        return self._reconcile(Container.from_row(rows[0]))
+        return Container.from_row(rows[0])
 
     def _reconcile(self, c: Container) -> Container:
         """Make C's state true: a dead init or a vanished monitor is noticed here."""
@@ -625,6 +665,22 @@ class Engine:
                     break
                 path = os.path.dirname(path)
 
+    def _fill_new_volumes(self, c: Container) -> None:
+        """An empty volume gets the image's files at its mount point, as with Docker (not with nocopy)."""
+        targets = c.extra.get("volumes") or {}
+        if not targets:
+            return
+        from nsbox.engine.volumes import fill_from_image
+        nocopy = {os.path.normpath(m.target) for m in c.spec.mounts
+                  if m.type == "volume" and "nocopy" in m.options}
+        merged = None
+        for target, name in targets.items():
+            data = os.path.join(self.volumes.dir, name, "_data")
+            if target in nocopy or not os.path.isdir(data) or os.listdir(data):
+                continue
+            merged = merged or self.storage.rootfs(c.id).merged
+            fill_from_image(merged, target, data)
+
     def start(self, ref: str, notify: bool = False) -> int | None:
         """Start the container under a new monitor; returns once its process runs (NsboxError if not).
 
@@ -640,6 +696,7 @@ class Engine:
             raise InvalidState(f"container {c.name} is paused: unpause it")
         self._wait_monitor_gone(c)
         self.storage.mount(c.id)
+        self._fill_new_volumes(c)
         self.db.update_container(c.id, stopped_by_user=0, error="", oom_killed=0)
         with contextlib_suppress(FileNotFoundError):
             os.unlink(_exit_file(self.run_root, c.id))
@@ -844,6 +901,8 @@ class Engine:
         self.oci(row["runtime"]).delete(cid)
         self.storage.remove(cid)
         _rmtree(os.path.join(self.storage.containers_dir, cid))
+        with contextlib_suppress(FileNotFoundError):
+            os.unlink(_stdin_fifo(self.run_root, cid))
         self.db.delete_container(cid)
         extra = _json.loads(row["extra"] or "{}")
         if volumes:
@@ -895,7 +954,9 @@ class Engine:
         WAKE_FD: the pipe start(notify=True) returned, to stop following at once.
         """
         from nsbox.engine.logs import read_logs
-        c = self.get(ref)
+        # With WAKE_FD the monitor is alive and will say when it is done: no
+        # reconcile, which would wait for it to record an exit it just saw.
+        c = self._lookup(ref) if wake_fd >= 0 else self.get(ref)
 
         def running() -> bool:
             # Until the monitor is gone it may still be copying the last output
@@ -909,6 +970,36 @@ class Engine:
             return self._reconcile(current).state in ACTIVE
         return read_logs(c.log_path, c.spec.log_driver, follow, tail, since, running,
                          wake_fd=wake_fd)
+
+    def attach(self, ref: str, stdin=None) -> Iterator[tuple[str, str, bytes]]:  # noqa: ANN001
+        """Follow a running container from now on: its new output, as logs() gives it,
+        until it stops (then wait() has its exit code).
+
+        STDIN, a binary file or an fd, is copied into the container's stdin by
+        a daemon thread until its end; only a container run detached with -i
+        has a stdin to write to (InvalidState otherwise).  A container with a
+        terminal cannot be attached to (UnsupportedError): its monitor owns
+        the terminal, and `exec -it` is the way in.
+        """
+        c = self.get(ref)
+        if c.state != RUNNING:
+            raise InvalidState(f"you cannot attach to a stopped container {c.name}, start it first")
+        if c.spec.tty:
+            raise UnsupportedError(f"container {c.name} has a terminal: attaching to it is not "
+                                   "supported; use `nsbox exec -it` or `nsbox logs -f`")
+        since = time.time()
+        if stdin is not None:
+            if not c.spec.interactive:
+                raise InvalidState(f"container {c.name} has no open stdin: run it with -i to attach one")
+            try:
+                fd = os.open(_stdin_fifo(self.run_root, c.id), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                raise InvalidState(f"container {c.name}: its stdin is gone ({exc.strerror})") from None
+            os.set_blocking(fd, True)
+            import threading
+            threading.Thread(target=_copy_into, args=(stdin, fd), daemon=True,
+                             name=f"attach-stdin-{c.id[:12]}").start()
+        return self.logs(c.id, follow=True, since=since)
 
     def _check_command(self, c: Container, cmd: list[str], env: dict[str, str],
                        workdir: str | None) -> None:

@@ -435,8 +435,8 @@ def parse_mount(entry: str) -> MountSpec:
         source = os.path.abspath(source)
         if "bind-propagation" in fields:
             options.append(fields.pop("bind-propagation"))
-    else:
-        fields.pop("volume-nocopy", None)
+    elif "volume-nocopy" in fields and parse_bool(fields.pop("volume-nocopy"), "mount"):
+        options.append("nocopy")
     if fields:
         raise bad("mount", entry, f"unexpected key '{next(iter(fields))}'")
     return MountSpec(type=kind, target=target, source=source, read_only=read_only, options=options)

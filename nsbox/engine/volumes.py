@@ -104,3 +104,73 @@ class Volumes:
                 self.remove(row["name"])
                 removed.append(row["name"])
         return removed
+
+
+def fill_from_image(rootfs: str, target: str, data_dir: str) -> bool:
+    """Docker's copy-up: put what the image has at TARGET into the empty volume DATA_DIR.
+
+    ROOTFS is the container's mounted root filesystem.  TARGET is resolved
+    inside it (RESOLVE_IN_ROOT), so an image symlink cannot point the copy
+    at a host directory; below it, symlinks are copied as links and never
+    followed.  Owners, modes and times are kept, and the volume's own
+    directory takes those of the image's directory.  Returns whether there
+    was a directory to copy from.
+    """
+    from nsbox.runtime import syscalls as sc
+
+    root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        src_fd = sc.openat2(root_fd, target.lstrip("/") or ".",
+                            os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, resolve=sc.RESOLVE_IN_ROOT)
+    except OSError:
+        return False  # nothing there, or not a directory: the volume stays empty
+    finally:
+        os.close(root_fd)
+    try:
+        _copy_dir_contents(src_fd, data_dir)
+        st = os.fstat(src_fd)
+        os.chown(data_dir, st.st_uid, st.st_gid)
+        os.chmod(data_dir, st.st_mode & 0o7777)
+    except OSError as exc:
+        raise NsboxError(f"copying the image's {target} into its volume: {exc}") from None
+    finally:
+        os.close(src_fd)
+    return True
+
+
+def _copy_dir_contents(src_fd: int, dest: str) -> None:
+    import stat
+
+    for entry in os.scandir(src_fd):
+        st = entry.stat(follow_symlinks=False)
+        path = os.path.join(dest, entry.name)
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(path, 0o700)
+            fd = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=src_fd)
+            try:
+                _copy_dir_contents(fd, path)
+            finally:
+                os.close(fd)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(entry.name, dir_fd=src_fd), path)
+        elif stat.S_ISREG(st.st_mode):
+            fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_fd)
+            try:
+                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, 0o600)
+                try:
+                    while os.sendfile(out, fd, None, 1 << 20):
+                        pass
+                finally:
+                    os.close(out)
+            finally:
+                os.close(fd)
+        elif stat.S_ISFIFO(st.st_mode):
+            os.mkfifo(path, 0o600)
+        else:
+            continue  # sockets and device nodes are not copied
+        os.lchown(path, st.st_uid, st.st_gid)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(path, stat.S_IMODE(st.st_mode))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)

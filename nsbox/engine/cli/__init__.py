@@ -25,7 +25,7 @@ COMMANDS = {
     "pause": "pause", "unpause": "unpause", "update": "update", "cp": "cp", "port": "port",
     "images": "images", "rmi": "rmi", "tag": "tag", "import": "import", "load": "load",
     "save": "save", "export": "export", "history": "history", "version": "version",
-    "info": "info",
+    "info": "info", "attach": "attach",
 }
 # `nsbox container|image|volume SUB`.
 GROUPS = {
@@ -199,6 +199,7 @@ Commands:
   ps         List containers
   logs       Fetch the logs of a container
   exec       Execute a command in a running container
+  attach     Attach to a running container's output and stdin
   wait       Block until containers stop, then print their exit codes
   inspect    Return low-level information on containers or images
   top        Display the running processes of a container
