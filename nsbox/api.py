@@ -16,6 +16,7 @@ shell over this module and nsbox.engine.containers.Engine.
 from __future__ import annotations
 
 import os
+import sys
 
 from nsbox._lite import suppress
 from nsbox.errors import ConfigError, ContainerExists, ImageNotFound
@@ -40,17 +41,33 @@ _default_engine = None
 
 def default_engine(root: str | None = None, run_root: str | None = None,
                    runtime: str | None = None):  # noqa: ANN201 - Engine
-    """The Engine for ROOT (default $NSBOX_ROOT or /var/lib/nsbox), cached for the defaults."""
+    """The Engine for ROOT (default $NSBOX_ROOT or /var/lib/nsbox), cached for the defaults.
+
+    Called by an unprivileged user, it sets up rootless mode first (see
+    nsbox.engine.rootless): the process joins the user's rootless namespaces,
+    which the kernel allows only while it has a single thread, so call this
+    before starting threads.  The defaults are then under the user's home.
+    """
     global _default_engine
     from nsbox.engine.containers import Engine
 
+    default_root, default_run_root = "/var/lib/nsbox", DEFAULT_RUNROOT
+    if os.geteuid() != 0:
+        from nsbox.engine import rootless
+        default_root, default_run_root = rootless.default_root(), rootless.default_run_root()
+        threading = sys.modules.get("threading")
+        if threading is not None and threading.active_count() > 1:
+            raise rootless.RootlessError(
+                "rootless: nsbox.default_engine() must be called before the program starts "
+                "threads (joining a user namespace needs a single-threaded process)")
+        rootless.enter(run_root or os.environ.get("NSBOX_RUNROOT") or default_run_root)
     if root is None and run_root is None and runtime is None:
         if _default_engine is None:
-            _default_engine = Engine(root=os.environ.get("NSBOX_ROOT") or "/var/lib/nsbox",
-                                     run_root=os.environ.get("NSBOX_RUNROOT") or DEFAULT_RUNROOT)
+            _default_engine = Engine(root=os.environ.get("NSBOX_ROOT") or default_root,
+                                     run_root=os.environ.get("NSBOX_RUNROOT") or default_run_root)
         return _default_engine
-    return Engine(root=root or os.environ.get("NSBOX_ROOT") or "/var/lib/nsbox",
-                  run_root=run_root or os.environ.get("NSBOX_RUNROOT") or DEFAULT_RUNROOT,
+    return Engine(root=root or os.environ.get("NSBOX_ROOT") or default_root,
+                  run_root=run_root or os.environ.get("NSBOX_RUNROOT") or default_run_root,
                   runtime=runtime)
 
 

@@ -42,6 +42,8 @@ class BundleInputs:
     peer_pids: dict[str, int] = dict
     # [uid_base, gid_base, size] of a remapped user namespace (--userns=remap|auto), or []
     idmap: list = list
+    # A network namespace the engine makes and keeps at this path (slirp4netns), or ""
+    netns_path: str = ""
 
 
 def command_of(spec: ContainerSpec, image_section: dict) -> list[str]:
@@ -173,14 +175,19 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def write_etc_files(userdata: str, hostname: str) -> dict[str, str]:
-    """hosts, hostname and resolv.conf of the container: target -> host file."""
+def write_etc_files(userdata: str, hostname: str, nameserver: str = "") -> dict[str, str]:
+    """hosts, hostname and resolv.conf of the container: target -> host file.
+
+    resolv.conf is the host's, or names NAMESERVER alone when given (slirp4netns's DNS)."""
     hosts = os.path.join(userdata, "hosts")
     _write(hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                   f"127.0.1.1\t{hostname}\n")
     hostname_file = os.path.join(userdata, "hostname")
     _write(hostname_file, hostname + "\n")
     resolv = os.path.join(userdata, "resolv.conf")
+    if nameserver:
+        _write(resolv, f"nameserver {nameserver}\n")
+        return {"/etc/hosts": hosts, "/etc/hostname": hostname_file, "/etc/resolv.conf": resolv}
     try:
         # shutil.copyfile, without importing shutil (and re, bz2, lzma with it).
         with open("/etc/resolv.conf", "rb") as src, open(resolv, "wb") as dst:
@@ -256,7 +263,9 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
             mount["options"] = [o for o in mount["options"] if not o.startswith("size=")]
             mount["options"].append(f"size={max(shm // 1024, 4)}k")
     user_targets = {os.path.normpath(m.target) for m in spec.mounts}
-    for target, source in write_etc_files(inputs.userdata, hostname).items():
+    slirp = spec.network_mode.startswith("slirp4netns")
+    for target, source in write_etc_files(inputs.userdata, hostname,
+                                          "10.0.2.3" if slirp else "").items():
         if target not in user_targets:
             config["mounts"].append({"destination": target, "type": "bind", "source": source,
                                      "options": ["rbind", "rprivate"]})
@@ -309,6 +318,8 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
                 raise InvalidState(f"{attr.replace('_', '-')} {mode}: that container is not running")
             proc_name = {"network": "net"}.get(kind, kind)
             namespaces[kind] = {"type": kind, "path": f"/proc/{pid}/ns/{proc_name}"}
+        elif kind == "network" and inputs.netns_path:
+            namespaces[kind] = {"type": kind, "path": inputs.netns_path}
         elif mode in ("private", "none", "bridge", "", "shareable"):
             namespaces.setdefault(kind, {"type": kind})
         else:
@@ -343,6 +354,13 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
         linux["sysctl"] = dict(spec.sysctls)
     linux["cgroupsPath"] = cgroups_path(cid, inputs.runtime)
     apply_security(config, spec)
+    from nsbox.engine import rootless
+    if not rootless.cgroups_usable():
+        # Rootless without a delegated cgroup: the runtime makes no cgroup,
+        # so there is nothing to put limits (or the default pids limit) in.
+        rootless.check_resources(spec)
+        linux.pop("resources", None)
+        linux.pop("cgroupsPath", None)
     return config
 
 

@@ -275,6 +275,14 @@ def _copy_into(source, fd: int) -> None:  # noqa: ANN001 - a binary file or an f
         os.close(fd)
 
 
+def _netns_path(run_root: str, cid: str, network_mode: str) -> str:
+    """The engine-made network namespace a slirp4netns container joins, else ""."""
+    if not network_mode.startswith("slirp4netns"):
+        return ""
+    from nsbox.engine.network import slirp
+    return slirp.netns_path(run_root, cid)
+
+
 def _stdin_fifo(run_root: str, cid: str) -> str:
     """Where a detached `run -i` container's stdin comes from (`attach` writes into it)."""
     return os.path.join(run_root, "stdin", cid)
@@ -319,15 +327,25 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
     runtime_log = os.path.join(bundle, "runtime.log")
     with contextlib_suppress(FileNotFoundError):
         os.unlink(pid_file)
-    interactive = not console and _json.loads(row["spec"] or "{}").get("interactive", False)
+    spec = _json.loads(row["spec"] or "{}")
+    interactive = not console and spec.get("interactive", False)
+    network = spec.get("network_mode") or ""
     null = _open_stdin_fifo(run_root, cid) if interactive else os.open("/dev/null", os.O_RDONLY)
     try:
+        if network.startswith("slirp4netns"):
+            from nsbox.engine.network import slirp
+            slirp.make_netns(run_root, cid)
         oci.create(cid, bundle, pid_file, console, (null, int(out_w), int(err_w)), runtime_log)
         with open(pid_file) as f:
             pid = int(f.read().strip())
+        if network.startswith("slirp4netns"):
+            slirp.start(run_root, cid, network)
         oci.start(cid)
     except NsboxError as exc:
         reason = str(exc).strip() or "the runtime failed"  # create's already has its --log error
+        if network.startswith("slirp4netns"):
+            from nsbox.engine.network import slirp
+            slirp.stop(run_root, cid)
         oci.delete(cid)
         db.update_container(cid, error=reason)
         os.write(status_fd, f"err {reason}\n".encode())
@@ -365,6 +383,9 @@ def monitor_finish(root: str, run_root: str, cid: str, exit_code: str, failed: s
     oom_killed = code == 137 and failed != "1" and oci.oom_kills(cid) > 0
     oci.delete(cid)
     spec = spec_from_json(row["spec"])
+    if spec.network_mode.startswith("slirp4netns"):
+        from nsbox.engine.network import slirp
+        slirp.stop(run_root, cid)
     os.makedirs(os.path.join(run_root, "exits"), exist_ok=True)
     with open(_exit_file(run_root, cid), "w") as f:
         f.write(str(code if failed != "1" else 127))
@@ -563,6 +584,12 @@ class Engine:
                 peer_pids[mode] = bundle_mod.peer_pid_or_fail(self.get, mode)
         bundle_mod.command_of(spec, image.section)  # "no command" fails before anything exists
 
+        if spec.network_mode == "private":
+            from nsbox.engine import rootless
+            if rootless.active():
+                from nsbox.engine.network import slirp
+                if not slirp.unavailable():
+                    spec.network_mode = "slirp4netns"  # rootless Podman's default network
         cid = _new_id()
         userdata = os.path.join(self.storage.containers_dir, cid, USERDATA)
         name = spec.name
@@ -615,7 +642,7 @@ class Engine:
             inputs = bundle_mod.BundleInputs(
                 container_id=cid, rootfs=info.merged, layer_dirs=[info.upper] + info.lower_dirs,
                 userdata=userdata, runtime=runtime, volume_paths=volume_paths, peer_pids=peer_pids,
-                idmap=idmap)
+                idmap=idmap, netns_path=_netns_path(self.run_root, cid, spec.network_mode))
             config = bundle_mod.build_config(spec, image.section, inputs)
             if idmap:
                 self._open_to_mapped_root(userdata, volume_paths, idmap)
@@ -903,6 +930,9 @@ class Engine:
         _rmtree(os.path.join(self.storage.containers_dir, cid))
         with contextlib_suppress(FileNotFoundError):
             os.unlink(_stdin_fifo(self.run_root, cid))
+        if '"slirp4netns' in (row["spec"] or ""):
+            from nsbox.engine.network import slirp
+            slirp.stop(self.run_root, cid)
         self.db.delete_container(cid)
         extra = _json.loads(row["extra"] or "{}")
         if volumes:

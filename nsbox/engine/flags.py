@@ -460,17 +460,24 @@ def parse_namespace_mode(flag: str, value: str) -> str:
     text = str(value)
     allowed = ("host", "private")
     if flag == "network":
-        allowed = ("none", "host", "private")
+        allowed = ("none", "host", "private", "slirp4netns")
         if text == "bridge":  # Docker's default name; we give a private netns for now
             return "private"
+        if text == "slirp4netns" or text.startswith("slirp4netns:"):
+            from nsbox.engine.network import slirp
+            try:
+                slirp.parse_options(text)
+            except ConfigError as exc:
+                raise bad(flag, value, str(exc)) from None
+            return text
     if flag == "userns":
         if text == "":
             return "host"
         if text in ("remap", "auto"):
             return text
         if text == "keep-id" or text.startswith("keep-id:"):
-            raise bad(flag, value, "--userns=keep-id is only for rootless mode, which nsbox "
-                      "does not have yet: use remap or auto")
+            raise bad(flag, value, "--userns=keep-id is not supported: use remap or auto "
+                      "(rootless containers already run as you on the host)")
         allowed = ("host", "private", "remap", "auto")
     if text in allowed:
         return text

@@ -36,11 +36,14 @@ def own_runtime_binary() -> str | None:
 
 def runtime_for(run_root: str, binary: str) -> OciRuntime:
     """The driver for BINARY: in-process for our own nsbox-runtime, else its command line."""
+    from nsbox.engine import rootless
+
+    cgroups = rootless.cgroups_usable()
     if os.environ.get("NSBOX_RUNTIME_IN_PROCESS", "1") != "0":
         own = own_runtime_binary()
         if own is not None and os.path.realpath(binary) == os.path.realpath(own):
-            return InProcessRuntime(run_root, binary)
-    return OciRuntime(run_root, binary)
+            return InProcessRuntime(run_root, binary, cgroups)
+    return OciRuntime(run_root, binary, cgroups)
 
 
 class OciRuntime:
@@ -48,17 +51,21 @@ class OciRuntime:
 
     in_process = False
 
-    def __init__(self, run_root: str, binary: str) -> None:
+    def __init__(self, run_root: str, binary: str, cgroups: bool = True) -> None:
         self.binary = binary
         self.root = state_root(run_root, binary)
         self.name = os.path.basename(binary)
+        # False in rootless mode without a delegated cgroup: nsbox-runtime is
+        # told so; runc and crun notice a rootless caller themselves.
+        self.cgroups = cgroups
+        self._global = [] if cgroups or self.name != RUNTIME_NAME else ["--cgroup-manager", "disabled"]
 
     # ---------------------------------------------------------- the command
     def command(self, *args: str, input: bytes | None = None,  # noqa: A002
                 check: bool = True, capture: bool = True):  # noqa: ANN201 - CompletedProcess
         import subprocess
 
-        result = subprocess.run([self.binary, "--root", self.root, *args], input=input,
+        result = subprocess.run([self.binary, "--root", self.root, *self._global, *args], input=input,
                                 stdout=subprocess.PIPE if capture else None,
                                 stderr=subprocess.PIPE if capture else None, check=False)
         if check and result.returncode != 0:
@@ -76,7 +83,7 @@ class OciRuntime:
         with open(log_path, "w"):
             pass
         created = subprocess.run(
-            [self.binary, "--root", self.root, "--log", log_path, "create", "--bundle", bundle,
+            [self.binary, "--root", self.root, *self._global, "--log", log_path, "create", "--bundle", bundle,
              "--pid-file", pid_file, *(["--console-socket", console_socket] if console_socket else []),
              cid],
             stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], check=False)
@@ -139,7 +146,7 @@ class InProcessRuntime(OciRuntime):
     def _runtime(self):  # noqa: ANN202 - nsbox.runtime.container.Runtime
         from nsbox.runtime.container import Runtime
 
-        return Runtime(self.root)
+        return Runtime(self.root, use_cgroups=self.cgroups)
 
     def create(self, cid: str, bundle: str, pid_file: str, console_socket: str,
                stdio: tuple[int, int, int], log_path: str) -> None:

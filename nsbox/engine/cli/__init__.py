@@ -281,11 +281,21 @@ def main(argv: list[str] | None = None) -> int:
         module_name = COMMANDS.get(command)
     if module_name is None:
         return fail(f"unknown command \"{label}\" for \"nsbox\"")
-    ctx = Context(root=os.path.abspath(g["root"] or os.environ.get("NSBOX_ROOT")
-                                       or "/var/lib/nsbox"),
+    root, runroot = "/var/lib/nsbox", DEFAULT_RUNROOT
+    rootless = os.geteuid() != 0
+    if rootless:
+        from nsbox.engine import rootless as rootless_mod
+        root, runroot = rootless_mod.default_root(), rootless_mod.default_run_root()
+    ctx = Context(root=os.path.abspath(g["root"] or os.environ.get("NSBOX_ROOT") or root),
                   runroot=os.path.abspath(g["runroot"] or os.environ.get("NSBOX_RUNROOT")
-                                          or DEFAULT_RUNROOT),
+                                          or runroot),
                   runtime=g["runtime"] or os.environ.get("NSBOX_RUNTIME") or None)
+    if rootless:
+        from nsbox.errors import NsboxError
+        try:
+            rootless_mod.enter(ctx.runroot)
+        except NsboxError as exc:
+            return fail(str(exc))
     name = f"nsbox.engine.cli.cmd_{module_name}"
     __import__(name)
     module = sys.modules[name]

@@ -61,6 +61,8 @@ def gather(ctx) -> dict:  # noqa: ANN001
     info["Images"] = len(ctx.images().list())
     from nsbox.engine.security import host_report
     info["Security"] = host_report()
+    from nsbox.engine import rootless
+    info["Rootless"] = rootless.report()
     return info
 
 
@@ -105,6 +107,8 @@ def run(args, ctx) -> int:  # noqa: ANN001
     if "Containers" in info:
         lines.insert(0, f"Containers: {info['Containers']} (running {info['ContainersRunning']}, "
                      f"paused {info['ContainersPaused']}, stopped {info['ContainersStopped']})")
+    from nsbox.engine.rootless import report_line
+    lines.append(report_line(info["Rootless"]))
     lines += security_lines(info["Security"])
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

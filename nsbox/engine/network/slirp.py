@@ -1,0 +1,172 @@
+"""`--network slirp4netns[:OPTION=VALUE,...]`: user-mode networking, as rootless Podman has it.
+
+slirp4netns puts a tap device (`tap0`, 10.0.2.100/24, gateway 10.0.2.2,
+DNS 10.0.2.3) into the container's network namespace and carries its
+traffic through ordinary sockets of the process that started it, so no
+privilege is needed.  The engine starts it after the runtime has created
+the container and before the container's process runs, waits until the
+interface is configured, and stops it when the container stops.
+
+Options (Podman's names): `allow_host_loopback=true` lets the container
+reach the host's 127.0.0.1 as 10.0.2.2 (refused by default: local services
+trust loopback callers), `mtu=N`, `cidr=A.B.C.D/N`, `enable_ipv6=true`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from nsbox.errors import ConfigError, NsboxError
+
+MODE = "slirp4netns"
+_OPTIONS = {"allow_host_loopback": "bool", "enable_ipv6": "bool", "mtu": "int", "cidr": "str"}
+
+
+TUN = "/dev/net/tun"
+
+
+def unavailable() -> str:
+    """Why slirp4netns cannot run for this user, or "" when it can."""
+    import shutil
+
+    if shutil.which("slirp4netns") is None:
+        return "the slirp4netns program is not installed"
+    if not os.access(TUN, os.R_OK | os.W_OK):
+        try:
+            mode = f"mode {os.stat(TUN).st_mode & 0o777:04o}"
+        except OSError:
+            return f"{TUN} does not exist"
+        return (f"{TUN} is {mode} here; it must be readable and writable by this user "
+                "- Debian's udev rules make it 0666")
+    return ""
+
+
+def parse_options(mode: str) -> dict[str, str]:
+    """The OPTION=VALUE pairs after `slirp4netns:`; ConfigError on an unknown or bad one."""
+    _, _, text = mode.partition(":")
+    options: dict[str, str] = {}
+    for item in filter(None, text.split(",")):
+        key, eq, value = item.partition("=")
+        kind = _OPTIONS.get(key)
+        if kind is None or not eq:
+            raise ConfigError(f"invalid slirp4netns option {item!r}: use "
+                              + ", ".join(f"{k}=" for k in _OPTIONS))
+        if kind == "bool" and value not in ("true", "false"):
+            raise ConfigError(f"invalid slirp4netns option {item!r}: use true or false")
+        if kind == "int" and not value.isdigit():
+            raise ConfigError(f"invalid slirp4netns option {item!r}: not a number")
+        options[key] = value
+    return options
+
+
+def _pid_file(run_root: str, cid: str) -> str:
+    return os.path.join(run_root, "slirp4netns", cid + ".pid")
+
+
+def netns_path(run_root: str, cid: str) -> str:
+    """Where CID's network namespace is kept (a bind mount of its nsfs file)."""
+    return os.path.join(run_root, "netns", cid)
+
+
+def make_netns(run_root: str, cid: str) -> str:
+    """A new network namespace, bind-mounted at netns_path() for the runtime to join.
+
+    The engine makes it, not the runtime: slirp4netns must enter it before the
+    container's process runs, and the container's init cannot be entered
+    through /proc/PID/ns then (it is not dumpable until its execve).
+    """
+    from nsbox.runtime import syscalls as sc
+
+    path = netns_path(run_root, cid)
+    _unmount_netns(path)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            sc.unshare(sc.CLONE_NEWNET)
+            sc.mount("/proc/self/ns/net", path, None, sc.MS_BIND)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise NsboxError(f"could not create the network namespace at {path}")
+    return path
+
+
+def _unmount_netns(path: str) -> None:
+    from nsbox.runtime import syscalls as sc
+
+    try:
+        sc.umount2(path, sc.MNT_DETACH)
+    except OSError:
+        pass  # not mounted
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def start(run_root: str, cid: str, mode: str, timeout: float = 10.0) -> int:
+    """Start slirp4netns in CID's network namespace; its pid once tap0 is configured."""
+    import shutil
+    import subprocess
+
+    why = unavailable()
+    if why:
+        raise NsboxError(f"--network slirp4netns: {why}")
+    binary = shutil.which("slirp4netns")
+    options = parse_options(mode)
+    argv = [binary, "--configure", f"--mtu={options.get('mtu', '65520')}"]
+    if options.get("allow_host_loopback") != "true":
+        argv.append("--disable-host-loopback")
+    if options.get("enable_ipv6") == "true":
+        argv.append("--enable-ipv6")
+    if "cidr" in options:
+        argv.append(f"--cidr={options['cidr']}")
+    ready_r, ready_w = os.pipe()
+    argv += [f"--ready-fd={ready_w}", "--netns-type=path", netns_path(run_root, cid), "tap0"]
+    with open(os.devnull, "r+b") as null:
+        proc = subprocess.Popen(argv, pass_fds=(ready_w,), stdin=null, stdout=null,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    os.close(ready_w)
+    try:
+        import select
+
+        ready, _, _ = select.select([ready_r], [], [], timeout)
+        if not ready or os.read(ready_r, 1) != b"1":
+            proc.kill()
+            err = proc.communicate()[1].decode(errors="replace").strip().splitlines()
+            raise NsboxError("slirp4netns did not configure the network"
+                             + (f": {'; '.join(err)}" if err else ""))
+    finally:
+        os.close(ready_r)
+    proc.stderr.close()
+    path = _pid_file(run_root, cid)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(str(proc.pid))
+    os.replace(path + ".tmp", path)
+    return proc.pid
+
+
+def stop(run_root: str, cid: str) -> None:
+    """Stop CID's slirp4netns, if one runs (checked by name: pids get reused), and drop
+    its network namespace."""
+    path = _pid_file(run_root, cid)
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() == "slirp4netns":
+                os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    _unmount_netns(netns_path(run_root, cid))

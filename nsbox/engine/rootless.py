@@ -1,0 +1,279 @@
+"""Rootless mode: the engine run by an unprivileged user, as rootless Podman is.
+
+Every command of one user runs inside the same user namespace and mount
+namespace, which a small pause process (`nsbox-pause`) keeps alive between
+commands.  Inside, uid and gid 0 are the user's own ids and 1..N the
+user's ranges from /etc/subuid and /etc/subgid; the kernel lets an
+unprivileged process map only its own id, so the setuid helpers
+newuidmap and newgidmap (Debian's uidmap package) write the maps.  There
+the engine is root over its own files: it unpacks image layers with their
+owners, mounts overlayfs (metadata in user.* xattrs, `userxattr`) and runs
+nsbox-runtime, whose containers share this user namespace.
+
+What does not follow the user in: cgroups.  The v1 hierarchies and an
+undelegated cgroup2 tree belong to the host's root, so containers then run
+without cgroups and a resource limit is refused with a message saying so.
+Under a cgroup2 directory the user owns (systemd's user@.service delegates
+one), the engine creates each container's cgroup there and limits work.
+
+Paths: images and containers under $XDG_DATA_HOME/nsbox (~/.local/share/nsbox),
+run state under $XDG_RUNTIME_DIR/nsbox or /tmp/nsbox-run-<uid>.
+"""
+
+from __future__ import annotations
+
+import os
+
+from nsbox.errors import ConfigError, KernelError, NsboxError
+
+PAUSE_NAME = "nsbox-pause"
+PAUSE_PID_FILE = "pause.pid"
+
+
+class RootlessError(NsboxError):
+    """Rootless mode cannot be set up (no subordinate ids, no newuidmap, ...)."""
+
+
+def _uid_map_line() -> list[str]:
+    with open("/proc/self/uid_map") as f:
+        return f.readline().split()
+
+
+def in_user_namespace() -> bool:
+    """Whether this process runs in a user namespace other than the host's."""
+    try:
+        line = _uid_map_line()
+    except OSError:
+        return False
+    return line != ["0", "0", "4294967295"]
+
+
+def active() -> bool:
+    """Rootless mode: not root, or root only inside a user namespace."""
+    return os.geteuid() != 0 or in_user_namespace()
+
+
+def host_uid() -> int:
+    """The host uid this process runs as (its uid 0 maps to it when inside)."""
+    if os.geteuid() != 0:
+        return os.geteuid()
+    line = _uid_map_line()
+    return int(line[1]) if line and line[0] == "0" else 0
+
+
+def default_root() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "nsbox")
+
+
+def default_run_root() -> str:
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir and os.path.isdir(runtime_dir):
+        return os.path.join(runtime_dir, "nsbox")
+    return f"/tmp/nsbox-run-{host_uid()}"
+
+
+def enter(run_root: str) -> None:
+    """Join this user's rootless namespaces, starting the pause process first if needed.
+
+    Must be called while the process has a single thread (setns into a user
+    namespace requires it).  Root, and a process already inside, return at once.
+    """
+    if os.geteuid() == 0:
+        return
+    import fcntl
+
+    os.makedirs(run_root, mode=0o700, exist_ok=True)
+    lock_fd = os.open(os.path.join(run_root, "pause.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        pid = _running_pause(run_root)
+        if pid == 0:
+            pid = _start_pause(run_root)
+        _join(pid)
+    finally:
+        os.close(lock_fd)
+
+
+def _running_pause(run_root: str) -> int:
+    try:
+        with open(os.path.join(run_root, PAUSE_PID_FILE)) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() != PAUSE_NAME:
+                return 0
+        if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+            return 0
+        return pid
+    except (OSError, ValueError):
+        return 0
+
+
+def _join(pid: int) -> None:
+    from nsbox.runtime import syscalls as sc
+
+    fds = []
+    try:
+        for name in ("user", "mnt"):
+            fds.append(os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC))
+        sc.setns(fds[0], sc.CLONE_NEWUSER)
+        sc.setns(fds[1], sc.CLONE_NEWNS)
+    except OSError as exc:
+        raise KernelError(f"rootless: joining the namespaces of {PAUSE_NAME} ({pid}): "
+                          f"{exc.strerror}", exc.errno) from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+    os.chdir(os.getcwd() if os.path.isdir(os.getcwd()) else "/")
+
+
+def _subid_range(path: str, what: str) -> tuple[int, int]:
+    import pwd
+
+    from nsbox.engine.userns import subid_ranges
+
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    ranges = subid_ranges(path, name) or subid_ranges(path, str(uid))
+    if not ranges:
+        raise RootlessError(
+            f"rootless: no subordinate {what} range for user {name} in {path}; ask root to add "
+            f"one, e.g. `usermod --add-sub{what}s 100000-165535 {name}`")
+    return max(ranges, key=lambda r: r[1])
+
+
+def _start_pause(run_root: str) -> int:
+    """Fork the pause process into new user and mount namespaces and map its ids."""
+    import shutil
+    import subprocess
+
+    from nsbox.runtime import syscalls as sc
+
+    tools = {name: shutil.which(name) for name in ("newuidmap", "newgidmap")}
+    missing = [name for name, path in tools.items() if not path]
+    if missing:
+        raise RootlessError(f"rootless: {' and '.join(missing)} not found: install the uidmap package")
+    sub_uid = _subid_range("/etc/subuid", "uid")
+    sub_gid = _subid_range("/etc/subgid", "gid")
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the pause process
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            os.setsid()
+            sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+            os.write(ready_w, b"u")
+            if os.read(go_r, 1) != b"g":
+                os._exit(1)
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            with open("/proc/self/comm", "w") as f:
+                f.write(PAUSE_NAME)
+            os.write(ready_w, b"r")
+            devnull = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            sc.close_range(3)
+            os.chdir("/")
+            import signal
+
+            for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
+                signal.signal(signum, signal.SIG_IGN)
+            while True:
+                signal.pause()
+        except BaseException:  # noqa: BLE001 - report nothing, just fail the handshake
+            pass
+        os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        if os.read(ready_r, 1) != b"u":
+            raise RootlessError("rootless: the pause process could not create a user namespace "
+                                "(are unprivileged user namespaces disabled?)")
+        uid, gid = os.getuid(), os.getgid()
+        for tool, own, (start, count) in (("newuidmap", uid, sub_uid), ("newgidmap", gid, sub_gid)):
+            result = subprocess.run([tools[tool], str(pid), "0", str(own), "1", "1", str(start),
+                                     str(count)], capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise RootlessError(f"rootless: {tool} failed: "
+                                    f"{(result.stderr or result.stdout).strip() or result.returncode}")
+        os.write(go_w, b"g")
+        if os.read(ready_r, 1) != b"r":
+            raise RootlessError("rootless: the pause process failed to set up its mount namespace")
+    except BaseException:
+        import signal
+
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(ready_r)
+        os.close(go_w)
+    tmp = os.path.join(run_root, PAUSE_PID_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.replace(tmp, os.path.join(run_root, PAUSE_PID_FILE))
+    return pid
+
+
+def check_resources(spec) -> None:  # noqa: ANN001 - model.ContainerSpec
+    """Refuse a resource limit that the cgroups this user can write cannot apply."""
+    if delegated_cgroup() is not None:
+        return
+    asked = sorted(name for name, value in (spec.resources or {}).items() if value)
+    if asked:
+        raise ConfigError(
+            f"rootless: resource limits ({', '.join(asked)}) need cgroups, and no cgroup2 "
+            f"directory is delegated to "
+            f"uid {host_uid()} on this host (systemd's user@.service delegates one); run "
+            "without limits, or as root")
+
+
+def cgroups_usable() -> bool:
+    """Whether containers get cgroups: always as root, rootless only when delegated."""
+    return not active() or delegated_cgroup() is not None
+
+
+def delegated_cgroup() -> str | None:
+    """The cgroup2 directory of this process, if the user may create cgroups in it."""
+    from nsbox.runtime import cgroups
+
+    try:
+        paths = {h.key: h for h in cgroups.hierarchies()}
+        unified = paths.get(cgroups.UNIFIED)
+        if unified is None or cgroups.mode() != "v2":
+            return None
+        own = cgroups.own_cgroups().get(cgroups.UNIFIED, "/")
+        path = os.path.normpath(os.path.join(unified.mountpoint,
+                                             os.path.relpath(own, unified.root)))
+        return path if os.access(path, os.W_OK) else None
+    except OSError:
+        return None
+
+
+def report() -> dict:
+    """Rootless facts for `nsbox info`."""
+    if not active():
+        return {"Enabled": False}
+    from nsbox.engine.network import slirp
+
+    delegated = delegated_cgroup()
+    why = slirp.unavailable()
+    return {"Enabled": True, "HostUID": host_uid(),
+            "Cgroups": delegated or "",
+            "Network": "slirp4netns" if not why else "",
+            "NetworkUnavailable": why}
+
+
+def report_line(facts: dict) -> str:
+    if not facts.get("Enabled"):
+        return "Rootless: no"
+    cgroups = (f"delegated cgroup {facts['Cgroups']}" if facts["Cgroups"]
+               else "no delegated cgroup, so resource limits are refused")
+    network = facts["Network"] or f"loopback only, {facts['NetworkUnavailable']}"
+    return f"Rootless: yes (uid {facts['HostUID']}; {cgroups}; network: {network})"

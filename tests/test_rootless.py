@@ -1,0 +1,278 @@
+"""Rootless mode: the engine's core commands run by an unprivileged user these tests create.
+
+The user gets its own subordinate id range, a home under /tmp and an
+installation of nsbox in a venv made from Debian's /usr/bin/python3 (the
+development interpreter lives under /root, out of a normal user's reach).
+Everything is undone at the end: the user, its /etc/subuid and /etc/subgid
+lines (the files are restored byte for byte), its processes and its files.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+USER = "nsbox-rootless-t"
+SYSTEM_PYTHON = "/usr/bin/python3"
+TUN = "/dev/net/tun"
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the test user"),
+    pytest.mark.skipif(not (shutil.which("newuidmap") and shutil.which("useradd")
+                            and os.path.exists(SYSTEM_PYTHON)),
+                       reason="needs uidmap, useradd and /usr/bin/python3"),
+]
+
+
+class RootlessUser:
+    def __init__(self, name: str, home: Path) -> None:
+        self.name = name
+        self.home = home
+        entry = pwd.getpwnam(name)
+        self.uid, self.gid = entry.pw_uid, entry.pw_gid
+        self.nsbox = str(home / "venv" / "bin" / "nsbox")
+
+    def run(self, *args: str, check: bool = True, timeout: float = 60, env: dict | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002
+        environment = {"HOME": str(self.home), "PATH": "/usr/bin:/bin", **(env or {})}
+        proc = subprocess.run(["runuser", "-u", self.name, "--", "env", "-i",
+                               *(f"{k}={v}" for k, v in environment.items()), self.nsbox, *args],
+                              capture_output=True, text=True, timeout=timeout, input=input,
+                              cwd="/")
+        if check and proc.returncode != 0:
+            raise AssertionError(f"nsbox {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
+        return proc
+
+    def processes(self) -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"/proc/{entry}").st_uid == self.uid:
+                        pids.append(int(entry))
+                except FileNotFoundError:
+                    pass
+        return pids
+
+
+def _free_subid_start(paths: list[str]) -> int:
+    end = 400000
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                fields = line.strip().split(":")
+                if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                    end = max(end, int(fields[1]) + int(fields[2]))
+    return end
+
+
+@pytest.fixture(scope="module")
+def user():
+    subid_files = ["/etc/subuid", "/etc/subgid"]
+    saved = {path: Path(path).read_bytes() if os.path.exists(path) else None for path in subid_files}
+    home = Path(tempfile.mkdtemp(prefix="nsbox-rootless-"))
+    os.chmod(home, 0o755)
+    subprocess.run(["userdel", USER], capture_output=True, check=False)  # a crashed earlier run
+    subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-K", "SUB_UID_COUNT=0",
+                    "-K", "SUB_GID_COUNT=0", USER], check=True, capture_output=True)
+    box = None
+    try:
+        start = _free_subid_start([p for p in subid_files if os.path.exists(p)])
+        for path in subid_files:
+            with open(path, "a") as f:
+                f.write(f"{USER}:{start}:65536\n")
+        box = RootlessUser(USER, home)
+        os.chown(home, box.uid, box.gid)
+        # An installation as pip would make one: a venv, nsbox on its path, the launchers.
+        subprocess.run(["runuser", "-u", USER, "--", SYSTEM_PYTHON, "-m", "venv", "--without-pip",
+                        str(home / "venv")], check=True, capture_output=True)
+        site = next((home / "venv" / "lib").glob("python3*/site-packages"))
+        (site / "nsbox.pth").write_text(f"{REPO}\n")
+        for name in ("nsbox", "nsbox-runtime"):
+            text = (REPO / "bin" / name).read_text().split("\n", 1)[1]
+            launcher = home / "venv" / "bin" / name
+            launcher.write_text(f"#!{home}/venv/bin/python\n{text}")
+            os.chmod(launcher, 0o755)
+        for path in (site / "nsbox.pth", home / "venv" / "bin" / "nsbox",
+                     home / "venv" / "bin" / "nsbox-runtime"):
+            os.chown(path, box.uid, box.gid)
+        yield box
+    finally:
+        if box is not None:
+            for _ in range(50):
+                pids = box.processes()
+                if not pids:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.1)
+        subprocess.run(["userdel", USER], capture_output=True, check=False)
+        for path, content in saved.items():
+            if content is not None:
+                Path(path).write_bytes(content)
+        shutil.rmtree(home, ignore_errors=True)
+        assert box is None or not box.processes()
+
+
+@pytest.fixture
+def clean(user):
+    yield user
+    ids = user.run("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
+    if ids:
+        user.run("rm", "-f", *ids, check=False)
+
+
+@pytest.fixture
+def tun_for_users():
+    """/dev/net/tun as Debian's udev leaves it (0666); this VM has no udev and keeps 0600."""
+    before = stat.S_IMODE(os.stat(TUN).st_mode)
+    os.chmod(TUN, 0o666)
+    yield
+    os.chmod(TUN, before)
+
+
+def test_container_root_is_the_user(clean):
+    proc = clean.run("run", "--rm", "--network", "none", "busybox", "sh", "-c",
+                     "id -u; head -1 /proc/self/uid_map; stat -c %u /bin/busybox")
+    lines = proc.stdout.split("\n")
+    assert lines[0] == "0"
+    assert lines[1].split() == ["0", str(clean.uid), "1"]
+    assert lines[2] == "0"  # image files owned by root inside, by the user on disk
+    info = clean.run("info").stdout
+    assert "Rootless: yes" in info and str(clean.home) in info
+    # On the host, the container's processes belong to the user.
+    cid = clean.run("run", "-d", "--network", "none", "busybox", "sleep", "300").stdout.strip()
+    pid = int(clean.run("inspect", "-f", "{{.State.Pid}}", cid).stdout)
+    assert os.stat(f"/proc/{pid}").st_uid == clean.uid
+    root_dir = clean.home / ".local" / "share" / "nsbox"
+    assert root_dir.is_dir() and root_dir.stat().st_uid == clean.uid
+
+
+def test_core_commands(clean):
+    clean.run("run", "-d", "--name", "web", "--network", "none", "busybox", "sh", "-c",
+              "echo started; exec sleep 300")
+    ps = clean.run("ps").stdout
+    assert "web" in ps and "Up" in ps
+    assert clean.run("exec", "web", "sh", "-c", "echo in-$(hostname)").stdout.startswith("in-")
+    assert clean.run("logs", "web").stdout == "started\n"
+    assert clean.run("inspect", "-f", "{{.State.Status}}", "web").stdout.strip() == "running"
+    clean.run("stop", "-t", "1", "web")
+    assert clean.run("inspect", "-f", "{{.State.Status}}", "web").stdout.strip() == "exited"
+    clean.run("start", "web")
+    assert clean.run("inspect", "-f", "{{.State.Status}}", "web").stdout.strip() == "running"
+    clean.run("rm", "-f", "web")
+    assert clean.run("ps", "-a", "-q").stdout == ""
+    # Exit codes, volumes, images.
+    assert clean.run("run", "--rm", "--network", "none", "busybox", "sh", "-c", "exit 3",
+                     check=False).returncode == 3
+    clean.run("volume", "create", "data")
+    clean.run("run", "--rm", "--network", "none", "-v", "data:/data", "busybox", "sh", "-c",
+              "echo kept > /data/f")
+    assert clean.run("run", "--rm", "--network", "none", "-v", "data:/data", "busybox",
+                     "cat", "/data/f").stdout == "kept\n"
+    clean.run("volume", "rm", "data")
+    assert "busybox" in clean.run("images").stdout
+
+
+def test_limits_are_refused_without_delegation(clean):
+    proc = clean.run("run", "--rm", "-m", "64m", "--pids-limit", "10", "busybox", "true",
+                     check=False)
+    assert proc.returncode == 125
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "rootless" in lines[0] and "memory" in lines[0], proc.stderr
+    assert "delegated" in lines[0]
+    assert clean.run("ps", "-a", "-q").stdout == ""
+
+
+def test_missing_subordinate_ids_is_a_clear_error(clean, tmp_path):
+    saved = Path("/etc/subuid").read_bytes()
+    try:
+        Path("/etc/subuid").write_text("".join(
+            line for line in saved.decode().splitlines(keepends=True)
+            if not line.startswith(f"{USER}:")))
+        # A fresh run root: no pause process yet, so one must be made (and cannot).
+        run_root = Path(tempfile.mkdtemp(prefix="nsbox-rootless-run-"))
+        os.chown(run_root, clean.uid, clean.gid)
+        proc = clean.run("--runroot", str(run_root), "ps", check=False)
+        shutil.rmtree(run_root, ignore_errors=True)
+    finally:
+        Path("/etc/subuid").write_bytes(saved)
+    assert proc.returncode == 125
+    assert "no subordinate uid range" in proc.stderr and "usermod" in proc.stderr
+
+
+def _serve_once(sock: socket.socket) -> None:
+    sock.settimeout(30)
+    try:
+        conn, _ = sock.accept()
+        conn.sendall(b"hello from the host\n")
+        conn.close()
+    except OSError:
+        pass
+
+
+def test_slirp4netns_network(clean, tun_for_users):
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns is not installed")
+    proc = clean.run("run", "--rm", "busybox", "sh", "-c",
+                     "ip -4 addr show tap0 | grep -o 'inet [0-9.]*'; ip route; cat /etc/resolv.conf")
+    assert "inet 10.0.2.100" in proc.stdout
+    assert "default via 10.0.2.2" in proc.stdout
+    assert "nameserver 10.0.2.3" in proc.stdout
+    assert "network: slirp4netns" in clean.run("info").stdout
+    # The host's loopback (a listener of this test) only with allow_host_loopback=true.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    server = threading.Thread(target=_serve_once, args=(listener,), daemon=True)
+    server.start()
+    try:
+        refused = clean.run("run", "--rm", "busybox", "sh", "-c", f"nc -w 3 10.0.2.2 {port}",
+                            check=False)
+        assert refused.returncode != 0 and "hello" not in refused.stdout
+        allowed = clean.run("run", "--rm", "--network", "slirp4netns:allow_host_loopback=true",
+                            "busybox", "sh", "-c", f"nc -w 3 10.0.2.2 {port}")
+        assert allowed.stdout == "hello from the host\n"
+    finally:
+        listener.close()
+    # Nothing of slirp4netns outlives its containers.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(
+            _comm(pid) == "slirp4netns" for pid in clean.processes()):
+        time.sleep(0.1)
+    assert not [pid for pid in clean.processes() if _comm(pid) == "slirp4netns"]
+
+
+def test_slirp4netns_without_tun_access_says_why(clean):
+    if stat.S_IMODE(os.stat(TUN).st_mode) & 0o006 == 0o006:
+        pytest.skip(f"{TUN} is usable by everyone on this host")
+    proc = clean.run("run", "--rm", "--network", "slirp4netns", "busybox", "true", check=False)
+    assert proc.returncode == 125
+    assert TUN in proc.stderr and "0600" in proc.stderr
+    # The default network then is loopback only, and still runs.
+    proc = clean.run("run", "--rm", "busybox", "sh", "-c", "ip -o link | grep -c ': lo'")
+    assert proc.stdout == "1\n"
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
