@@ -97,6 +97,21 @@ def make_netns(run_root: str, cid: str) -> str:
     return path
 
 
+def _wait_gone(pid: int, timeout: float = 2.0) -> None:
+    """Until PID has exited (a zombie counts: it is not ours to reap)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] in ("Z", "X"):
+                    return
+        except OSError:
+            return
+        time.sleep(0.005)
+
+
 def _unmount_netns(path: str) -> None:
     from nsbox.runtime import syscalls as sc
 
@@ -163,6 +178,7 @@ def stop(run_root: str, cid: str) -> None:
         with open(f"/proc/{pid}/comm") as f:
             if f.read().strip() == "slirp4netns":
                 os.kill(pid, signal.SIGTERM)
+                _wait_gone(pid)
     except (OSError, ValueError):
         pass
     try:
