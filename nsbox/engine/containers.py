@@ -227,6 +227,86 @@ def _spawn_monitor(args: tuple, done_w: int) -> Callable[[], object]:
     return lambda: os.waitpid(pid, 0)
 
 
+# What a monitor and its helpers import to create and watch a container: a
+# preforked monitor imports them while the engine is still making the container.
+_MONITOR_MODULES = (
+    "sqlite3", "nsbox.engine.monitor", "nsbox.engine.storage", "nsbox.engine.oci",
+    "nsbox.runtime.container", "nsbox.runtime.init",
+    "nsbox.runtime.rootfs", "nsbox.runtime.process", "nsbox.runtime.cgroups.manager",
+    "nsbox.runtime.cgroups.resources", "nsbox.runtime.security.capabilities",
+    "nsbox.runtime.security.seccomp", "nsbox.runtime.security.lsm", "resource",
+)
+
+
+class PreforkedMonitor:
+    """A container monitor forked before its container exists (single-threaded callers).
+
+    Forking a monitor and importing the runtime into it take ~10 ms, on the
+    way from `start` to the container's process.  Forked first, the child
+    does that on the other CPU while the caller creates the container, and
+    then waits for start(..., monitor=this) to send its arguments.  If they
+    never come (the caller failed, or called cancel()), it exits.
+    NOTIFY: the monitor will hold DONE_R's write end until it is done.
+    """
+
+    def __init__(self, notify: bool) -> None:
+        close_all_connections()  # none should be open yet; a fork must not share one
+        self.ready_r, self.ready_w = os.pipe()
+        self.done_r, self.done_w = os.pipe() if notify else (-1, -1)
+        args_r, self._args_w = os.pipe()
+        env_path = os.pathsep.join(p for p in [_package_parent(), os.environ.get("PYTHONPATH")] if p)
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - child
+            try:
+                _forked_monitor_hygiene(keep=(args_r, self.ready_w, self.done_w))
+                os.environ["PYTHONPATH"] = env_path
+                os.chdir("/")
+                for name in _MONITOR_MODULES:
+                    with contextlib_suppress(ImportError):
+                        __import__(name)
+                chunks = []
+                while chunk := os.read(args_r, 65536):
+                    chunks.append(chunk)
+                if chunks:
+                    from nsbox.engine.monitor import detach_and_run
+                    detach_and_run(*_json.loads(b"".join(chunks).decode()))
+                os._exit(0)
+            finally:
+                os._exit(1)
+        os.close(args_r)
+        os.close(self.ready_w)
+        if self.done_w >= 0:
+            os.close(self.done_w)
+
+    def go(self, args: tuple) -> None:
+        """Send the monitor its detach_and_run() arguments; it becomes the daemon."""
+        data = _json.dumps(list(args)).encode()
+        while data:
+            data = data[os.write(self._args_w, data):]
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Let the child go without a container (after go(): just reap it)."""
+        if self._args_w >= 0:
+            os.close(self._args_w)
+            self._args_w = -1
+            os.waitpid(self.pid, 0)
+
+    def close(self) -> None:
+        """cancel(), and close the pipes nobody will read."""
+        self.cancel()
+        for fd in (self.ready_r, self.done_r):
+            if fd >= 0:
+                with contextlib_suppress(OSError):
+                    os.close(fd)
+        self.ready_r = self.done_r = -1
+
+
+def prefork_monitor(notify: bool) -> PreforkedMonitor | None:
+    """A PreforkedMonitor where forking is safe (a single thread), else None."""
+    return PreforkedMonitor(notify) if _single_threaded() else None
+
+
 def _forked_monitor_hygiene(keep: tuple[int, ...]) -> None:
     """In a child forked to become a monitor: drop every inherited fd but 0-2 and KEEP.
 
@@ -708,14 +788,23 @@ class Engine:
             merged = merged or self.storage.rootfs(c.id).merged
             fill_from_image(merged, target, data)
 
-    def start(self, ref: str, notify: bool = False) -> int | None:
+    def start(self, ref: str, notify: bool = False,
+              monitor: PreforkedMonitor | None = None) -> int | None:
         """Start the container under a new monitor; returns once its process runs (NsboxError if not).
 
         With NOTIFY the monitor stays a Python process for this run instead of
         handing over to its small C loop, and the return value is the read end
         of a pipe that reaches end-of-file when the monitor is done (the exit
         is recorded): what an attached `run` waits on.  Otherwise None.
+        MONITOR: a prefork_monitor(NOTIFY) to use; this call takes it over.
         """
+        try:
+            return self._start(ref, notify, monitor)
+        finally:
+            if monitor is not None:
+                monitor.close()
+
+    def _start(self, ref: str, notify: bool, monitor: PreforkedMonitor | None) -> int | None:
         c = self.get(ref)
         if c.state in (RUNNING, RESTARTING):
             return None
@@ -729,18 +818,25 @@ class Engine:
             os.unlink(_exit_file(self.run_root, c.id))
         spec = c.spec
         loop_bin = "" if notify else self._loop_binary()
-        read_end, write_end = os.pipe()
-        done_r, done_w = os.pipe() if notify else (-1, -1)
+        if monitor is not None:
+            read_end, write_end, done_r = monitor.ready_r, monitor.ready_w, monitor.done_r
+            monitor.ready_r = monitor.done_r = -1  # ours now
+        else:
+            read_end, write_end = os.pipe()
+            done_r, done_w = os.pipe() if notify else (-1, -1)
         args = (self.root, self.run_root, c.id, write_end, c.log_path, spec.log_driver,
                 _parse_size(spec.log_opts.get("max-size")),
                 int(spec.log_opts.get("max-file", "1")), spec.tty, loop_bin)
-        if _single_threaded():
-            close_all_connections()  # the monitor will be a fork of this process
-        reap_starter = _spawn_monitor(args, done_w)
-        os.close(write_end)
-        if done_w >= 0:
-            os.close(done_w)
-        reap_starter()
+        if monitor is not None:
+            monitor.go(args)
+        else:
+            if _single_threaded():
+                close_all_connections()  # the monitor will be a fork of this process
+            reap_starter = _spawn_monitor(args, done_w)
+            os.close(write_end)
+            if done_w >= 0:
+                os.close(done_w)
+            reap_starter()
         with os.fdopen(read_end, "rb") as pipe:
             answer = pipe.read().decode(errors="replace").strip()
         if not answer.startswith("ok "):

@@ -28,12 +28,12 @@ def make_spec(args, command_name: str):  # noqa: ANN001, ANN201
     return flags.build_spec(image, command or None, args.flags)
 
 
-def prepare(args, ctx, command_name: str):  # noqa: ANN001, ANN201
-    """The spec from the flags and the engine, with the image in place (built if offline)."""
+def prepare(args, ctx, command_name: str, spec=None):  # noqa: ANN001, ANN201
+    """The spec from the flags (or SPEC) and the engine, with the image in place (built if offline)."""
     from nsbox import api
     from nsbox.engine.cli._format import Progress
 
-    spec = make_spec(args, command_name)
+    spec = spec or make_spec(args, command_name)
     if spec.privileged:
         from nsbox.engine.security import PRIVILEGED_WARNING
         sys.stderr.write(PRIVILEGED_WARNING + "\n")
@@ -47,11 +47,27 @@ def prepare(args, ctx, command_name: str):  # noqa: ANN001, ANN201
 
 
 def run(args, ctx) -> int:  # noqa: ANN001
+    spec = make_spec(args, "run")
+    detach = bool(args["detach"])
+    foreground = not detach and (spec.tty or spec.interactive)
+    monitor = None
+    if not foreground:
+        # Forked now, the monitor gets ready while the container is being made.
+        from nsbox.engine.containers import prefork_monitor
+        monitor = prefork_monitor(notify=not detach)
+    try:
+        return _run(args, ctx, spec, detach, foreground, monitor)
+    finally:
+        if monitor is not None:
+            monitor.close()
+
+
+def _run(args, ctx, spec, detach: bool, foreground: bool, monitor) -> int:  # noqa: ANN001
     from nsbox import api
     from nsbox.engine.cli._common import reraise_invoke
     from nsbox.errors import ContainerExists, NsboxError
 
-    spec, engine = prepare(args, ctx, "run")
+    spec, engine = prepare(args, ctx, "run", spec)
     if spec.name:
         try:
             engine.get(spec.name)
@@ -59,9 +75,8 @@ def run(args, ctx) -> int:  # noqa: ANN001
             pass
         else:
             raise api.name_conflict(engine, spec.name)
-    detach = bool(args["detach"])
     try:
-        if not detach and (spec.tty or spec.interactive):
+        if foreground:
             # A terminal or stdin: the runtime runs in the foreground, in our terminal.
             return engine.run_foreground(spec)
         # Attached without a terminal: --rm is done here, after the output is read,
@@ -76,7 +91,7 @@ def run(args, ctx) -> int:  # noqa: ANN001
             raise api.name_conflict(engine, spec.name) from None
         raise
     try:
-        done_fd = engine.start(container.id, notify=not detach)
+        done_fd = engine.start(container.id, notify=not detach, monitor=monitor)
     except NsboxError as exc:
         if auto_remove:  # a container that never ran is not left behind with --rm
             with suppress(NsboxError):
