@@ -255,6 +255,10 @@ class PreforkedMonitor:
         self.done_r, self.done_w = os.pipe() if notify else (-1, -1)
         args_r, self._args_w = os.pipe()
         env_path = os.pathsep.join(p for p in [_package_parent(), os.environ.get("PYTHONPATH")] if p)
+        import gc
+        # Both processes go on working: a collection walking the objects they
+        # share would copy every page it touches.
+        gc.freeze()
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - child
             try:
@@ -279,18 +283,24 @@ class PreforkedMonitor:
             os.close(self.done_w)
 
     def go(self, args: tuple) -> None:
-        """Send the monitor its detach_and_run() arguments; it becomes the daemon."""
+        """Send the monitor its detach_and_run() arguments; it becomes the daemon.
+
+        The child exits once it has forked the daemon; close() reaps it, later,
+        so that waiting for that fork stays off the way to the container."""
         data = _json.dumps(list(args)).encode()
         while data:
             data = data[os.write(self._args_w, data):]
-        self.cancel()
+        os.close(self._args_w)
+        self._args_w = -1
 
     def cancel(self) -> None:
-        """Let the child go without a container (after go(): just reap it)."""
+        """Let the child go without a container (it exits), and reap it."""
         if self._args_w >= 0:
             os.close(self._args_w)
             self._args_w = -1
+        if self.pid > 0:
             os.waitpid(self.pid, 0)
+            self.pid = 0
 
     def close(self) -> None:
         """cancel(), and close the pipes nobody will read."""
