@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import helpers
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -214,6 +215,40 @@ def test_missing_subordinate_ids_is_a_clear_error(clean, tmp_path):
         Path("/etc/subuid").write_bytes(saved)
     assert proc.returncode == 125
     assert "no subordinate uid range" in proc.stderr and "usermod" in proc.stderr
+
+
+def test_keep_id(clean, tmp_path):
+    """--userns=keep-id: the user's own uid and name inside, image owners kept (from a
+    chowned copy of the layers, dropped with the image), files written to a bind mount
+    the user's on the host."""
+    shared = Path(tempfile.mkdtemp(prefix="nsbox-keepid-"))
+    os.chown(shared, clean.uid, clean.gid)
+    tree = helpers.build_busybox_rootfs(tmp_path / "rootfs")
+    tarball = shared / "image.tar"
+    subprocess.run(["tar", "-C", str(tree), "-cf", str(tarball), "."], check=True)
+    os.chown(tarball, clean.uid, clean.gid)
+    shifted = clean.home / ".local" / "share" / "nsbox" / "shifted"
+    try:
+        clean.run("import", str(tarball), "localhost/keepid:1")
+        before = set(os.listdir(shifted)) if shifted.exists() else set()
+        proc = clean.run("run", "--rm", "--network", "none", "--userns=keep-id",
+                         "-v", f"{shared}:/shared", "localhost/keepid:1", "sh", "-c",
+                         "id -u; id -g; whoami; stat -c '%u:%g' /bin/busybox /; "
+                         "echo mine > /shared/out")
+        assert proc.stdout.split() == [str(clean.uid), str(clean.gid), clean.name, "0:0", "0:0"]
+        st = os.stat(shared / "out")
+        assert (st.st_uid, st.st_gid) == (clean.uid, clean.gid)
+        cid = clean.run("run", "-d", "--network", "none", "--userns=keep-id",
+                        "localhost/keepid:1", "sleep", "300").stdout.strip()
+        assert clean.run("exec", cid, "id", "-u").stdout.strip() == str(clean.uid)
+        pid = int(clean.run("inspect", "-f", "{{.State.Pid}}", cid).stdout)
+        assert os.stat(f"/proc/{pid}").st_uid == clean.uid
+        clean.run("rm", "-f", cid)
+        assert set(os.listdir(shifted)) > before
+        clean.run("rmi", "localhost/keepid:1")
+        assert set(os.listdir(shifted)) <= before
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def _serve_once(sock: socket.socket) -> None:

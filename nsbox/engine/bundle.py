@@ -44,6 +44,8 @@ class BundleInputs:
     idmap: list = list
     # A network namespace the engine makes and keeps at this path (slirp4netns), or ""
     netns_path: str = ""
+    # --userns=keep-id: rootless.KeepId (the maps, and the user's uid and gid), or None
+    keep_id: object = None
 
 
 def command_of(spec: ContainerSpec, image_section: dict) -> list[str]:
@@ -238,8 +240,12 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
     process["cwd"] = spec.workdir or image_section.get("WorkingDir") or "/"
     if not process["cwd"].startswith("/"):
         raise ConfigError(f"the working directory {process['cwd']!r} is not an absolute path")
-    uid, gid, extra = resolve_user(spec.user if spec.user is not None else
-                                   (image_section.get("User") or ""), inputs.layer_dirs)
+    keep_id = inputs.keep_id
+    if keep_id is not None and spec.user is None:
+        uid, gid, extra = keep_id.uid, keep_id.gid, []  # keep-id: the user's own ids
+    else:
+        uid, gid, extra = resolve_user(spec.user if spec.user is not None else
+                                       (image_section.get("User") or ""), inputs.layer_dirs)
     process["user"] = {"uid": uid, "gid": gid}
     if extra:
         process["user"]["additionalGids"] = extra
@@ -328,6 +334,14 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
         from nsbox.engine.userns import oci_mappings
         namespaces["user"] = {"type": "user"}
         linux["uidMappings"], linux["gidMappings"] = oci_mappings(inputs.idmap)
+    elif keep_id is not None:
+        namespaces["user"] = {"type": "user"}
+        linux["uidMappings"] = [{"containerID": c, "hostID": h, "size": n} for c, h, n in keep_id.uid_map]
+        linux["gidMappings"] = [{"containerID": c, "hostID": h, "size": n} for c, h, n in keep_id.gid_map]
+        for target, source in keep_id.write_account_files(inputs.userdata, inputs.layer_dirs).items():
+            if target not in user_targets:
+                config["mounts"].append({"destination": target, "type": "bind", "source": source,
+                                         "options": ["rbind", "rprivate"]})
     elif spec.userns_mode not in ("host", ""):
         raise ConfigError(f"userns mode {spec.userns_mode!r} is not supported")
     linux["namespaces"] = list(namespaces.values())

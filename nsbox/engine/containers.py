@@ -709,6 +709,11 @@ class Engine:
                 taken = [c.extra.get("idmap") for c in self.list(all=True) if c.id != cid]
                 idmap = userns.allocate(spec.userns_mode, [m for m in taken if m])
                 self.storage.set_idmap(cid, idmap)
+            keep_id = None
+            if spec.userns_mode == "keep-id":
+                from nsbox.engine.rootless import KeepId
+                keep_id = KeepId()
+                self.storage.set_shifted(cid, keep_id.uid_map, keep_id.gid_map)
             os.makedirs(userdata, mode=0o700)
             volume_paths, volume_names = {}, {}
             for m in spec.mounts:
@@ -732,10 +737,13 @@ class Engine:
             inputs = bundle_mod.BundleInputs(
                 container_id=cid, rootfs=info.merged, layer_dirs=[info.upper] + info.lower_dirs,
                 userdata=userdata, runtime=runtime, volume_paths=volume_paths, peer_pids=peer_pids,
-                idmap=idmap, netns_path=_netns_path(self.run_root, cid, spec.network_mode))
+                idmap=idmap, netns_path=_netns_path(self.run_root, cid, spec.network_mode),
+                keep_id=keep_id)
             config = bundle_mod.build_config(spec, image.section, inputs)
             if idmap:
                 self._open_to_mapped_root(userdata, volume_paths, idmap)
+            elif keep_id is not None:
+                self._open_to_mapped_root(userdata, volume_paths, list(keep_id.ours(0, 0)))
             with open(os.path.join(userdata, "config.json"), "w") as f:
                 f.write(_json.dumps_pretty(config, indent=" "))  # as json.dump(indent=1)
             extra = {"anonymous_volumes": anonymous, "volumes": volume_names, "path": config["process"]["args"][0],

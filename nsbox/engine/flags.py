@@ -475,10 +475,11 @@ def parse_namespace_mode(flag: str, value: str) -> str:
             return "host"
         if text in ("remap", "auto"):
             return text
-        if text == "keep-id" or text.startswith("keep-id:"):
-            raise bad(flag, value, "--userns=keep-id is not supported: use remap or auto "
-                      "(rootless containers already run as you on the host)")
-        allowed = ("host", "private", "remap", "auto")
+        if text == "keep-id":
+            return text
+        if text.startswith("keep-id:"):
+            raise bad(flag, value, "keep-id takes no options here: use --userns=keep-id")
+        allowed = ("host", "private", "remap", "auto", "keep-id")
     if text in allowed:
         return text
     if text.startswith("container:") and len(text) > 10 and flag != "network":

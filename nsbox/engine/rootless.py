@@ -277,3 +277,86 @@ def report_line(facts: dict) -> str:
                else "no delegated cgroup, so resource limits are refused")
     network = facts["Network"] or f"loopback only, {facts['NetworkUnavailable']}"
     return f"Rootless: yes (uid {facts['HostUID']}; {cgroups}; network: {network})"
+
+
+class KeepId:
+    """`--userns=keep-id`: the container's own user namespace, where the user keeps their ids.
+
+    Inside, the user's uid and gid are the same numbers as on the host and
+    map to this user namespace's 0 (the user); 0..uid-1 map to the first
+    subordinate ids and the ids above the user's to themselves, so root and
+    the image's other owners stay distinct.  The image's layers are used as
+    chowned copies (Storage.set_shifted), since the layers' filesystem does
+    not allow idmapped mounts from here, and the container's /etc/passwd and
+    /etc/group get an entry for the user.
+    """
+
+    def __init__(self) -> None:
+        if not active():
+            raise ConfigError("--userns=keep-id is for rootless mode (nsbox run by an "
+                              "unprivileged user); as root, use --userns=remap or auto")
+        self.uid, self.gid = host_uid(), host_gid()
+        self.uid_map = _keep_id_map(self.uid, _inside_ids("/proc/self/uid_map"))
+        self.gid_map = _keep_id_map(self.gid, _inside_ids("/proc/self/gid_map"))
+
+    def ours(self, uid: int, gid: int) -> tuple[int, int]:
+        """Our ids for the container's UID and GID."""
+        from nsbox.engine.userns import map_id
+
+        return map_id(self.uid_map, uid), map_id(self.gid_map, gid)
+
+    def write_account_files(self, userdata: str, layer_dirs: list[str]) -> dict[str, str]:
+        """passwd and group of the image plus the user's entries: target -> file in USERDATA."""
+        import pwd
+
+        try:
+            entry = pwd.getpwuid(self.uid)
+            name, home = entry.pw_name, entry.pw_dir
+        except KeyError:
+            name, home = f"user{self.uid}", "/"
+        out = {}
+        for base, line, key in (
+                ("passwd", f"{name}:x:{self.uid}:{self.gid}:{name}:{home}:/bin/sh\n", self.uid),
+                ("group", f"{name}:x:{self.gid}:\n", self.gid)):
+            text = ""
+            for layer in layer_dirs:
+                path = os.path.join(layer, "etc", base)
+                if os.path.isfile(path) and not os.path.islink(path):
+                    with open(path, errors="replace") as f:
+                        text = f.read()
+                    break
+            if not any(fields[2:3] == [str(key)] for fields in
+                       (row.split(":") for row in text.splitlines())):
+                text = (text + "\n" if text and not text.endswith("\n") else text) + line
+            path = os.path.join(userdata, base)
+            with open(path, "w") as f:
+                f.write(text)
+            out[f"/etc/{base}"] = path
+        return out
+
+
+def host_gid() -> int:
+    """The host gid this process runs as (its gid 0 maps to it when inside)."""
+    if os.geteuid() != 0:
+        return os.getegid()
+    with open("/proc/self/gid_map") as f:
+        line = f.readline().split()
+    return int(line[1]) if line and line[0] == "0" else 0
+
+
+def _inside_ids(path: str) -> int:
+    """How many ids this user namespace has (0..N-1): the user and the subordinate range."""
+    with open(path) as f:
+        return max(int(inside) + int(size) for inside, _, size in
+                   (line.split() for line in f if line.strip()))
+
+
+def _keep_id_map(own: int, count: int) -> list[list[int]]:
+    """[container id, our id, size] triples: OWN -> 0, the rest onto 1..COUNT-1."""
+    subordinate = count - 1
+    if own <= subordinate:
+        maps = [[0, 1, own], [own, 0, 1]]
+        if subordinate > own:
+            maps.append([own + 1, own + 1, subordinate - own])
+        return [m for m in maps if m[2] > 0]
+    return [[0, 1, subordinate], [own, 0, 1]]

@@ -46,6 +46,9 @@ ROOTFS_RECORD = "rootfs.json"
 # The kernel copies mount options into one page; keep a margin for the flags it adds.
 MOUNT_OPTIONS_LIMIT = 4000
 OVERLAY_EXTRA_OPTIONS = "index=off"
+SHIFTED_DIR = "shifted"  # layer copies with shifted owners (Storage.set_shifted)
+SOURCE_SUFFIX = ".source"
+SHORT_NAME = 16
 # Container ids: [A-Za-z0-9][A-Za-z0-9_.-]{0,127}, checked without re (see _valid_id).
 _ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _ID_CHARS = _ID_FIRST | frozenset("_.-")
@@ -68,6 +71,21 @@ class RootfsInfo:
     lower_dirs: list[str]    # absolute layer dirs, top-most first (overlay order)
     lower_links: list[str]   # the same as `l/<hex>` aliases relative to <root>/layers
     idmap: list = list       # [uid_base, gid_base, size]: lowers mounted idmapped (userns.py)
+    shifted_dirs: list = list  # chowned copies of lower_dirs used instead (set_shifted)
+
+
+def drop_orphan_shifted(root: str) -> None:
+    """Delete the shifted layer copies under ROOT whose layer is gone (under the layout lock)."""
+    base = os.path.join(root, SHIFTED_DIR)
+    with suppress(FileNotFoundError):
+        for name in os.listdir(base):
+            if not name.endswith(SOURCE_SUFFIX):
+                continue
+            with open(os.path.join(base, name)) as f:
+                source = f.read()
+            if not os.path.isdir(source):
+                remove_tree(os.path.join(base, name.removesuffix(SOURCE_SUFFIX)))
+                os.unlink(os.path.join(base, name))
 
 
 def _valid_id(text: str) -> bool:
@@ -189,6 +207,64 @@ class Storage:
             info.idmap = list(idmap)
             self._write_record(info)
 
+    def set_shifted(self, container_id: str, uid_map: list[list[int]],
+                    gid_map: list[list[int]]) -> None:
+        """Use copies of the image's layers with owners shifted for a user namespace.
+
+        UID_MAP and GID_MAP are OCI mappings [container id, our id, size]: a
+        file that belongs to N in the image belongs to N's id on our side in
+        the copy, so it shows as N's inside.  Where idmapped mounts are not
+        allowed (rootless mode: the layers' filesystem belongs to the host's
+        user namespace) this is the way for `--userns=keep-id`.  Copies are
+        made once per layer and mapping, under <root>/shifted/, and dropped
+        with their layer (drop_orphan_shifted).
+        """
+        import hashlib
+
+        from nsbox.engine.fscopy import copy_tree
+        from nsbox.engine.userns import map_id
+        info = self.rootfs(container_id)
+
+        def uid_of(uid: int) -> int:
+            return map_id(uid_map, uid)
+
+        def gid_of(gid: int) -> int:
+            return map_id(gid_map, gid)
+        key = _json.dumps([uid_map, gid_map])
+        base = os.path.join(self.root, SHIFTED_DIR)
+        shifted = []
+        with self.layout.locked():
+            os.makedirs(base, mode=0o711, exist_ok=True)
+            for lower in info.lower_dirs:
+                target = os.path.join(base, hashlib.sha256(f"{lower}\0{key}".encode())
+                                      .hexdigest()[:SHORT_NAME])
+                if not os.path.isdir(target):
+                    staging = _mkdtemp(base, ".new-")
+                    try:
+                        fd = os.open(lower, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                        try:
+                            copy_tree(fd, staging, lambda u, g: (uid_of(u), gid_of(g)),
+                                      devices=True)
+                            st = os.fstat(fd)
+                        finally:
+                            os.close(fd)
+                        os.chown(staging, uid_of(st.st_uid), gid_of(st.st_gid))
+                        os.chmod(staging, st.st_mode & 0o7777)
+                        with open(staging + SOURCE_SUFFIX, "w") as f:
+                            f.write(lower)
+                        os.rename(staging, target)
+                        os.rename(staging + SOURCE_SUFFIX, target + SOURCE_SUFFIX)
+                    except BaseException:
+                        remove_tree(staging)
+                        with suppress(FileNotFoundError):
+                            os.unlink(staging + SOURCE_SUFFIX)
+                        raise
+                shifted.append(target)
+            for path in (info.upper, info.work):
+                os.chown(path, uid_of(0), gid_of(0))
+            info.shifted_dirs = shifted
+            self._write_record(info)
+
     def _idmapped_lowers(self, info: RootfsInfo) -> list[str]:
         """Mount each lower layer idmapped under <dir>/idl/N; their paths, top-most first."""
         from nsbox.engine import userns
@@ -253,6 +329,8 @@ class Storage:
                     raise KernelError(f"cannot mount the rootfs of {container_id}: "
                                       f"{os.strerror(err.errno or 0)}", err.errno or 0) from None
                 return info.merged
+            if info.shifted_dirs:
+                info.lower_dirs, info.lower_links = info.shifted_dirs, []
             options = self._options(info, relative=False)
             if len(options) <= MOUNT_OPTIONS_LIMIT:
                 try:

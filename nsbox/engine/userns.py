@@ -43,6 +43,14 @@ def subid_ranges(path: str, user: str) -> list[tuple[int, int]]:
     return out
 
 
+def map_id(mappings: list[list[int]], inside: int) -> int:
+    """The outer id of INSIDE by MAPPINGS ([inside start, outer start, size]); unmapped: 65534."""
+    for start, outer, size in mappings:
+        if start <= inside < start + size:
+            return outer + inside - start
+    return 65534
+
+
 def allocate(mode: str, taken: list[list[int]]) -> list[int]:
     """[uid_base, gid_base, size] for a new container in MODE; TAKEN: other containers' maps."""
     user = remap_user()

@@ -127,7 +127,9 @@ def fill_from_image(rootfs: str, target: str, data_dir: str) -> bool:
     finally:
         os.close(root_fd)
     try:
-        _copy_dir_contents(src_fd, data_dir)
+        from nsbox.engine.fscopy import copy_tree
+
+        copy_tree(src_fd, data_dir)
         st = os.fstat(src_fd)
         os.chown(data_dir, st.st_uid, st.st_gid)
         os.chmod(data_dir, st.st_mode & 0o7777)
@@ -136,41 +138,3 @@ def fill_from_image(rootfs: str, target: str, data_dir: str) -> bool:
     finally:
         os.close(src_fd)
     return True
-
-
-def _copy_dir_contents(src_fd: int, dest: str) -> None:
-    import stat
-
-    for entry in os.scandir(src_fd):
-        st = entry.stat(follow_symlinks=False)
-        path = os.path.join(dest, entry.name)
-        if stat.S_ISDIR(st.st_mode):
-            os.mkdir(path, 0o700)
-            fd = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=src_fd)
-            try:
-                _copy_dir_contents(fd, path)
-            finally:
-                os.close(fd)
-        elif stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(entry.name, dir_fd=src_fd), path)
-        elif stat.S_ISREG(st.st_mode):
-            fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_fd)
-            try:
-                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                              | os.O_CLOEXEC, 0o600)
-                try:
-                    while os.sendfile(out, fd, None, 1 << 20):
-                        pass
-                finally:
-                    os.close(out)
-            finally:
-                os.close(fd)
-        elif stat.S_ISFIFO(st.st_mode):
-            os.mkfifo(path, 0o600)
-        else:
-            continue  # sockets and device nodes are not copied
-        os.lchown(path, st.st_uid, st.st_gid)
-        if not stat.S_ISLNK(st.st_mode):
-            os.chmod(path, stat.S_IMODE(st.st_mode))
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)

@@ -754,6 +754,9 @@ class ImageStore:
             if not os.path.exists(link):
                 with suppress(FileNotFoundError):
                     os.unlink(link)
+        if removed_layers:
+            from nsbox.engine.storage import drop_orphan_shifted
+            drop_orphan_shifted(self.root)
         return {"blobs": removed_blobs, "layers": removed_layers}
 
 
