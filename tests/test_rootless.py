@@ -162,6 +162,11 @@ def test_container_root_is_the_user(clean):
     assert os.stat(f"/proc/{pid}").st_uid == clean.uid
     root_dir = clean.home / ".local" / "share" / "nsbox"
     assert root_dir.is_dir() and root_dir.stat().st_uid == clean.uid
+    # One small pause process holds the user's namespaces, and the container is in them.
+    pauses = [p for p in clean.processes() if _argv0(p) == "nsbox-pause"]
+    assert len(pauses) == 1
+    assert os.path.basename(os.readlink(f"/proc/{pauses[0]}/exe")) == "sleep"
+    assert os.readlink(f"/proc/{pauses[0]}/ns/user") == os.readlink(f"/proc/{pid}/ns/user")
 
 
 def test_core_commands(clean):
@@ -190,13 +195,14 @@ def test_core_commands(clean):
     assert "busybox" in clean.run("images").stdout
 
 
-def test_limits_are_refused_without_delegation(clean):
+def test_limits_are_refused(clean):
     proc = clean.run("run", "--rm", "-m", "64m", "--pids-limit", "10", "busybox", "true",
                      check=False)
     assert proc.returncode == 125
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "rootless" in lines[0] and "memory" in lines[0], proc.stderr
-    assert "delegated" in lines[0]
+    assert "pids" in lines[0] and "need cgroups" in lines[0]
+    assert "resource limits are refused" in clean.run("info").stdout
     assert clean.run("ps", "-a", "-q").stdout == ""
 
 
@@ -309,5 +315,13 @@ def _comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
             return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _argv0(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[0].decode(errors="replace")
     except OSError:
         return ""

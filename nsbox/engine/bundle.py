@@ -370,7 +370,7 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
     apply_security(config, spec)
     from nsbox.engine import rootless
     if not rootless.cgroups_usable():
-        # Rootless without a delegated cgroup: the runtime makes no cgroup,
+        # Rootless: the runtime makes no cgroup,
         # so there is nothing to put limits (or the default pids limit) in.
         rootless.check_resources(spec)
         linux.pop("resources", None)

@@ -55,7 +55,7 @@ class OciRuntime:
         self.binary = binary
         self.root = state_root(run_root, binary)
         self.name = os.path.basename(binary)
-        # False in rootless mode without a delegated cgroup: nsbox-runtime is
+        # False in rootless mode (no cgroups there): nsbox-runtime is
         # told so; runc and crun notice a rootless caller themselves.
         self.cgroups = cgroups
         self._global = [] if cgroups or self.name != RUNTIME_NAME else ["--cgroup-manager", "disabled"]

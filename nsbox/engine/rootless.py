@@ -1,8 +1,8 @@
 """Rootless mode: the engine run by an unprivileged user, as rootless Podman is.
 
 Every command of one user runs inside the same user namespace and mount
-namespace, which a small pause process (`nsbox-pause`) keeps alive between
-commands.  Inside, uid and gid 0 are the user's own ids and 1..N the
+namespace, which a small pause process (`sleep infinity` named `nsbox-pause`)
+keeps alive between commands.  Inside, uid and gid 0 are the user's own ids and 1..N the
 user's ranges from /etc/subuid and /etc/subgid; the kernel lets an
 unprivileged process map only its own id, so the setuid helpers
 newuidmap and newgidmap (Debian's uidmap package) write the maps.  There
@@ -11,10 +11,11 @@ owners, mounts overlayfs (metadata in user.* xattrs, `userxattr`) and runs
 nsbox-runtime, whose containers share this user namespace.
 
 What does not follow the user in: cgroups.  The v1 hierarchies and an
-undelegated cgroup2 tree belong to the host's root, so containers then run
-without cgroups and a resource limit is refused with a message saying so.
-Under a cgroup2 directory the user owns (systemd's user@.service delegates
-one), the engine creates each container's cgroup there and limits work.
+undelegated cgroup2 tree belong to the host's root, so rootless containers
+run without cgroups and a resource limit is refused with a message saying
+so.  A cgroup2 subtree delegated to the user is not used yet: limits there
+need a parent cgroup free of processes (cgroup v2's no-internal-process
+rule), which Podman gets from the user's systemd as a scope.
 
 Paths: images and containers under $XDG_DATA_HOME/nsbox (~/.local/share/nsbox),
 run state under $XDG_RUNTIME_DIR/nsbox or /tmp/nsbox-run-<uid>.
@@ -26,7 +27,8 @@ import os
 
 from nsbox.errors import ConfigError, KernelError, NsboxError
 
-PAUSE_NAME = "nsbox-pause"
+PAUSE_NAME = "nsbox-pause"  # the pause process's argv[0]
+_SLEEP = "/bin/sleep"
 PAUSE_PID_FILE = "pause.pid"
 
 
@@ -99,8 +101,8 @@ def _running_pause(run_root: str) -> int:
     try:
         with open(os.path.join(run_root, PAUSE_PID_FILE)) as f:
             pid = int(f.read().strip())
-        with open(f"/proc/{pid}/comm") as f:
-            if f.read().strip() != PAUSE_NAME:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if f.read().split(b"\0")[0] != PAUSE_NAME.encode():
                 return 0
         if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
             return 0
@@ -172,8 +174,6 @@ def _start_pause(run_root: str) -> int:
             if os.read(go_r, 1) != b"g":
                 os._exit(1)
             sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-            with open("/proc/self/comm", "w") as f:
-                f.write(PAUSE_NAME)
             os.write(ready_w, b"r")
             devnull = os.open("/dev/null", os.O_RDWR)
             for fd in (0, 1, 2):
@@ -182,10 +182,13 @@ def _start_pause(run_root: str) -> int:
             os.chdir("/")
             import signal
 
+            # Ignored signals stay ignored across execve: a terminal's hangup
+            # or a stray TERM must not end every container's namespaces.
             for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
                 signal.signal(signum, signal.SIG_IGN)
-            while True:
-                signal.pause()
+            # Holding the namespaces needs no Python: a sleeping coreutils
+            # process costs a fraction of this interpreter's memory.
+            os.execv(_SLEEP, [PAUSE_NAME, "infinity"])
         except BaseException:  # noqa: BLE001 - report nothing, just fail the handshake
             pass
         os._exit(code)
@@ -222,38 +225,18 @@ def _start_pause(run_root: str) -> int:
 
 
 def check_resources(spec) -> None:  # noqa: ANN001 - model.ContainerSpec
-    """Refuse a resource limit that the cgroups this user can write cannot apply."""
-    if delegated_cgroup() is not None:
-        return
+    """Refuse a resource limit: rootless containers get no cgroup (see the module doc)."""
     asked = sorted(name for name, value in (spec.resources or {}).items() if value)
     if asked:
         raise ConfigError(
-            f"rootless: resource limits ({', '.join(asked)}) need cgroups, and no cgroup2 "
-            f"directory is delegated to "
-            f"uid {host_uid()} on this host (systemd's user@.service delegates one); run "
-            "without limits, or as root")
+            f"rootless: resource limits ({', '.join(asked)}) need cgroups, and rootless "
+            "containers get none: the host's cgroups belong to root, and nsbox cannot use a "
+            "delegated cgroup2 subtree yet; run without limits, or as root")
 
 
 def cgroups_usable() -> bool:
-    """Whether containers get cgroups: always as root, rootless only when delegated."""
-    return not active() or delegated_cgroup() is not None
-
-
-def delegated_cgroup() -> str | None:
-    """The cgroup2 directory of this process, if the user may create cgroups in it."""
-    from nsbox.runtime import cgroups
-
-    try:
-        paths = {h.key: h for h in cgroups.hierarchies()}
-        unified = paths.get(cgroups.UNIFIED)
-        if unified is None or cgroups.mode() != "v2":
-            return None
-        own = cgroups.own_cgroups().get(cgroups.UNIFIED, "/")
-        path = os.path.normpath(os.path.join(unified.mountpoint,
-                                             os.path.relpath(own, unified.root)))
-        return path if os.access(path, os.W_OK) else None
-    except OSError:
-        return None
+    """Whether containers get cgroups: as root only."""
+    return not active()
 
 
 def report() -> dict:
@@ -262,10 +245,8 @@ def report() -> dict:
         return {"Enabled": False}
     from nsbox.engine.network import slirp
 
-    delegated = delegated_cgroup()
     why = slirp.unavailable()
     return {"Enabled": True, "HostUID": host_uid(),
-            "Cgroups": delegated or "",
             "Network": "slirp4netns" if not why else "",
             "NetworkUnavailable": why}
 
@@ -273,10 +254,9 @@ def report() -> dict:
 def report_line(facts: dict) -> str:
     if not facts.get("Enabled"):
         return "Rootless: no"
-    cgroups = (f"delegated cgroup {facts['Cgroups']}" if facts["Cgroups"]
-               else "no delegated cgroup, so resource limits are refused")
     network = facts["Network"] or f"loopback only, {facts['NetworkUnavailable']}"
-    return f"Rootless: yes (uid {facts['HostUID']}; {cgroups}; network: {network})"
+    return (f"Rootless: yes (uid {facts['HostUID']}; no cgroups, so resource limits are "
+            f"refused; network: {network})")
 
 
 class KeepId:
