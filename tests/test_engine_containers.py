@@ -314,6 +314,13 @@ def test_new_volume_gets_image_content(eng, tmp_path):
                               command=["sh", "-c", "cat /seed/a.txt; ls /seed/sub"]))
     assert eng.wait(c.id) == 0
     assert [line for _, _, line in eng.logs(c.id)] == [b"mine\n"]
+    # Emptied by its container, a volume stays empty when that container starts again.
+    c = eng.run(ContainerSpec(image="localhost/seeded:1", mounts=[MountSpec("volume", "/seed", "againvol")],
+                              command=["sh", "-c", "ls /seed; rm -rf /seed/*"]))
+    assert eng.wait(c.id) == 0
+    eng.start(c.id)
+    assert eng.wait(c.id) == 0
+    assert [line for _, _, line in eng.logs(c.id)] == [b"a.txt\n", b"link\n", b"sub\n"]
     # nocopy, and a mount point reached through an image symlink.
     c = eng.run(ContainerSpec(image="localhost/seeded:1", command=["ls", "-A", "/seed"],
                               mounts=[MountSpec("volume", "/seed", "emptyvol", options=["nocopy"])]))
@@ -326,7 +333,7 @@ def test_new_volume_gets_image_content(eng, tmp_path):
     for c in eng.list(all=True):
         if c.image == "localhost/seeded:1":
             eng.remove(c.id, volumes=True)
-    for name in ("seedvol", "emptyvol", "aliasvol"):
+    for name in ("seedvol", "emptyvol", "aliasvol", "againvol"):
         eng.volumes.remove(name)
     eng.images.remove("localhost/seeded:1")
 

@@ -791,9 +791,10 @@ class Engine:
                 path = os.path.dirname(path)
 
     def _fill_new_volumes(self, c: Container) -> None:
-        """An empty volume gets the image's files at its mount point, as with Docker (not with nocopy)."""
+        """An empty volume gets the image's files at its mount point, as with Docker (not with
+        nocopy); at the container's first start only, so a volume it emptied stays empty."""
         targets = c.extra.get("volumes") or {}
-        if not targets:
+        if not targets or c.started_at:
             return
         from nsbox.engine.volumes import fill_from_image
         nocopy = {os.path.normpath(m.target) for m in c.spec.mounts
