@@ -257,6 +257,16 @@ def test_keep_id(clean, tmp_path):
         shutil.rmtree(shared, ignore_errors=True)
 
 
+def test_run_root_made_by_someone_else_is_refused(clean):
+    run_root = Path(tempfile.mkdtemp(prefix="nsbox-rootless-foreign-"))  # root's, 0700
+    try:
+        proc = clean.run("--runroot", str(run_root), "ps", check=False)
+    finally:
+        shutil.rmtree(run_root, ignore_errors=True)
+    assert proc.returncode == 125
+    assert "not a directory only this user can use" in proc.stderr
+
+
 def _serve_once(sock: socket.socket) -> None:
     sock.settimeout(30)
     try:

@@ -86,6 +86,7 @@ def enter(run_root: str) -> None:
     import fcntl
 
     os.makedirs(run_root, mode=0o700, exist_ok=True)
+    _check_private(run_root)
     lock_fd = os.open(os.path.join(run_root, "pause.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
@@ -95,6 +96,17 @@ def enter(run_root: str) -> None:
         _join(pid)
     finally:
         os.close(lock_fd)
+
+
+def _check_private(path: str) -> None:
+    """PATH must be our own directory, closed to others: under /tmp anyone may make it first."""
+    import stat
+
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise RootlessError(f"rootless: {path} is not a directory only this user can use "
+                            "(someone else made it, or its mode is open); remove it or set "
+                            "XDG_RUNTIME_DIR")
 
 
 def _running_pause(run_root: str) -> int:
@@ -126,7 +138,11 @@ def _join(pid: int) -> None:
     finally:
         for fd in fds:
             os.close(fd)
-    os.chdir(os.getcwd() if os.path.isdir(os.getcwd()) else "/")
+    # The working directory still points into the old mount namespace: look it up again.
+    try:
+        os.chdir(os.getcwd())
+    except OSError:
+        os.chdir("/")
 
 
 def _subid_range(path: str, what: str) -> tuple[int, int]:
