@@ -206,6 +206,18 @@ def test_limits_are_refused(clean):
     assert clean.run("ps", "-a", "-q").stdout == ""
 
 
+def test_fork_bomb_meets_rlimit_nproc(clean):
+    """No pids cgroup in rootless mode: RLIMIT_NPROC (the default pids limit) stops a fork bomb."""
+    # The bomb's shell dies at its first failed fork; counting and killing use builtins.
+    proc = clean.run("run", "--rm", "--network", "none", "busybox", "sh", "-c",
+                     "ulimit -u; ulimit -Hu; sh -c 'while :; do sleep 60 & done' 2>/dev/null; "
+                     "set -- /proc/[0-9]*; echo started $#; kill -9 -1; exit 0", timeout=120)
+    lines = proc.stdout.split("\n")
+    assert lines[0] == "2048" and lines[1] == "2048"
+    started = int(lines[2].split()[1])
+    assert 1000 < started <= 2048, proc.stdout  # it did run, and stopped at the limit
+
+
 def test_missing_subordinate_ids_is_a_clear_error(clean, tmp_path):
     saved = Path("/etc/subuid").read_bytes()
     try:

@@ -375,6 +375,14 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
         rootless.check_resources(spec)
         linux.pop("resources", None)
         linux.pop("cgroupsPath", None)
+        # Without a pids cgroup, a fork bomb meets RLIMIT_NPROC instead: it
+        # counts the processes of one real user (the container's users are
+        # the user's ids), and a capability only inside a user namespace does
+        # not lift it.
+        if not any(r["type"] == "RLIMIT_NPROC" for r in config["process"].get("rlimits", [])):
+            from nsbox.engine.security import DEFAULT_PIDS_LIMIT
+            config["process"].setdefault("rlimits", []).append(
+                {"type": "RLIMIT_NPROC", "soft": DEFAULT_PIDS_LIMIT, "hard": DEFAULT_PIDS_LIMIT})
     return config
 
 
