@@ -279,6 +279,25 @@ def test_run_root_made_by_someone_else_is_refused(clean):
     assert "not a directory only this user can use" in proc.stderr
 
 
+def test_escape_battery_in_rootless_mode(clean):
+    """The container-escape battery (tests/security_battery.py), as the rootless user."""
+    import security_battery as battery
+
+    cache = Path(tempfile.mkdtemp(prefix="nsbox-rootless-probe-"))
+    os.chmod(cache, 0o755)
+    try:
+        probe = battery.build_probe(cache)
+        os.chmod(probe, 0o755)
+        results = battery.run_battery(
+            lambda *args, check=False, timeout=120: clean.run(*args, check=check, timeout=timeout),
+            probe, ["--network", "none"])
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    assert set(results) >= {name for name, _ in battery.CHECKS}
+    unsafe = {name: result for name, result in results.items() if result[0] not in battery.SAFE}
+    assert not unsafe
+
+
 def _serve_once(sock: socket.socket) -> None:
     sock.settimeout(30)
     try:
