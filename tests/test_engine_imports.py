@@ -26,12 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # Never imported by the modules a `run` goes through (each costs milliseconds).
 SLOW_MODULES = ("dataclasses", "inspect", "json", "logging", "secrets", "hmac", "hashlib",
                 "typing", "contextlib", "tempfile", "shutil", "re", "subprocess", "random",
-                "threading", "shlex", "traceback")
+                "threading", "shlex", "traceback", "collections", "weakref")
 RUN_PATH_MODULES = ("nsbox.engine.cli", "nsbox.engine.cli.cmd_run", "nsbox.api",
                     "nsbox.engine.cli._common", "nsbox.engine.cli._format",
                     "nsbox.engine.containers", "nsbox.engine.volumes", "nsbox.engine.images.store",
                     "nsbox.engine.bundle", "nsbox.engine.storage", "nsbox.engine.logs",
-                    "nsbox.engine.monitor")
+                    "nsbox.engine.monitor", "nsbox.engine.oci", "nsbox.engine.rootless",
+                    "nsbox.engine.db")
 
 
 def test_run_path_modules_import_nothing_slow() -> None:

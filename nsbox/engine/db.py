@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-import weakref
+from _weakref import ref as _weakref  # the weakref package costs ~1 ms to import
 
 from nsbox import _json
 from nsbox.errors import NsboxError
@@ -70,7 +70,7 @@ CONTAINER_COLUMNS = ("id", "name", "image", "image_id", "created", "state", "exi
 
 
 _INHERITED: list = []  # connections a forked child inherited; kept open, never used
-_OPEN: weakref.WeakSet = weakref.WeakSet()  # every connection this process opened
+_OPEN: list = []  # weak references to every connection this process opened
 _GENERATION = [0]  # bumped by close_all_connections: kept connections of older ones are closed
 _connection_class = None
 
@@ -97,7 +97,11 @@ def close_all_connections() -> None:
     while the process has a single thread.
     """
     _GENERATION[0] += 1
-    for conn in list(_OPEN):
+    refs = list(_OPEN)
+    del _OPEN[:len(refs)]
+    for conn in (r() for r in refs):
+        if conn is None:
+            continue
         try:
             conn.close()
         except Exception:  # noqa: BLE001, S110 - closing is all we want; a closed one is fine
@@ -118,7 +122,7 @@ class Database:
         import sqlite3
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False, factory=_connection_factory())
-        _OPEN.add(conn)
+        _OPEN.append(_weakref(conn))  # one per connection kept (per thread): few
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         # WAL with NORMAL: a commit is atomic and survives a crash of the

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 
 from nsbox import _json
 from nsbox._lazylog import get_logger
@@ -52,12 +51,13 @@ from .reference import (
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+
+    Progress = Callable[[str, int, int], None]
+    InUse = Callable[[str], bool]
 
 log = get_logger(__name__)
 
-Progress = Callable[[str, int, int], None]
-InUse = Callable[[str], bool]
 
 SHORT_LINK_DIR = "l"
 SHORT_LINK_LENGTH = 20
