@@ -1,18 +1,14 @@
 """Rootless mode: the engine's core commands run by an unprivileged user these tests create.
 
-The user gets its own subordinate id range, a home under /tmp and an
-installation of nsbox in a venv made from Debian's /usr/bin/python3 (the
-development interpreter lives under /root, out of a normal user's reach).
-Everything is undone at the end: the user, its /etc/subuid and /etc/subgid
-lines (the files are restored byte for byte), its processes and its files.
+The user comes from tests/rootless_user.py: its own subordinate id range,
+a home under /tmp, nsbox installed in a venv of /usr/bin/python3, all
+undone at the end.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -23,10 +19,9 @@ from pathlib import Path
 
 import helpers
 import pytest
+from rootless_user import SYSTEM_PYTHON, made_user
 
-REPO = Path(__file__).resolve().parent.parent
 USER = "nsbox-rootless-t"
-SYSTEM_PYTHON = "/usr/bin/python3"
 TUN = "/dev/net/tun"
 
 pytestmark = [
@@ -37,97 +32,10 @@ pytestmark = [
 ]
 
 
-class RootlessUser:
-    def __init__(self, name: str, home: Path) -> None:
-        self.name = name
-        self.home = home
-        entry = pwd.getpwnam(name)
-        self.uid, self.gid = entry.pw_uid, entry.pw_gid
-        self.nsbox = str(home / "venv" / "bin" / "nsbox")
-
-    def run(self, *args: str, check: bool = True, timeout: float = 60, env: dict | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002
-        environment = {"HOME": str(self.home), "PATH": "/usr/bin:/bin", **(env or {})}
-        proc = subprocess.run(["runuser", "-u", self.name, "--", "env", "-i",
-                               *(f"{k}={v}" for k, v in environment.items()), self.nsbox, *args],
-                              capture_output=True, text=True, timeout=timeout, input=input,
-                              cwd="/")
-        if check and proc.returncode != 0:
-            raise AssertionError(f"nsbox {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
-        return proc
-
-    def processes(self) -> list[int]:
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.stat(f"/proc/{entry}").st_uid == self.uid:
-                        pids.append(int(entry))
-                except FileNotFoundError:
-                    pass
-        return pids
-
-
-def _free_subid_start(paths: list[str]) -> int:
-    end = 400000
-    for path in paths:
-        with open(path) as f:
-            for line in f:
-                fields = line.strip().split(":")
-                if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
-                    end = max(end, int(fields[1]) + int(fields[2]))
-    return end
-
-
 @pytest.fixture(scope="module")
 def user():
-    subid_files = ["/etc/subuid", "/etc/subgid"]
-    saved = {path: Path(path).read_bytes() if os.path.exists(path) else None for path in subid_files}
-    home = Path(tempfile.mkdtemp(prefix="nsbox-rootless-"))
-    os.chmod(home, 0o755)
-    subprocess.run(["userdel", USER], capture_output=True, check=False)  # a crashed earlier run
-    subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-K", "SUB_UID_COUNT=0",
-                    "-K", "SUB_GID_COUNT=0", USER], check=True, capture_output=True)
-    box = None
-    try:
-        start = _free_subid_start([p for p in subid_files if os.path.exists(p)])
-        for path in subid_files:
-            with open(path, "a") as f:
-                f.write(f"{USER}:{start}:65536\n")
-        box = RootlessUser(USER, home)
-        os.chown(home, box.uid, box.gid)
-        # An installation as pip would make one: a venv, nsbox on its path, the launchers.
-        subprocess.run(["runuser", "-u", USER, "--", SYSTEM_PYTHON, "-m", "venv", "--without-pip",
-                        str(home / "venv")], check=True, capture_output=True)
-        site = next((home / "venv" / "lib").glob("python3*/site-packages"))
-        (site / "nsbox.pth").write_text(f"{REPO}\n")
-        for name in ("nsbox", "nsbox-runtime"):
-            text = (REPO / "bin" / name).read_text().split("\n", 1)[1]
-            launcher = home / "venv" / "bin" / name
-            launcher.write_text(f"#!{home}/venv/bin/python\n{text}")
-            os.chmod(launcher, 0o755)
-        for path in (site / "nsbox.pth", home / "venv" / "bin" / "nsbox",
-                     home / "venv" / "bin" / "nsbox-runtime"):
-            os.chown(path, box.uid, box.gid)
+    with made_user(USER) as box:
         yield box
-    finally:
-        if box is not None:
-            for _ in range(50):
-                pids = box.processes()
-                if not pids:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.1)
-        subprocess.run(["userdel", USER], capture_output=True, check=False)
-        for path, content in saved.items():
-            if content is not None:
-                Path(path).write_bytes(content)
-        shutil.rmtree(home, ignore_errors=True)
-        assert box is None or not box.processes()
 
 
 @pytest.fixture

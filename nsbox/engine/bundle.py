@@ -369,7 +369,15 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
     linux["cgroupsPath"] = cgroups_path(cid, inputs.runtime)
     apply_security(config, spec)
     from nsbox.engine import rootless
-    if not rootless.cgroups_usable():
+    delegated = rootless.delegated_parent() if rootless.active() else None
+    if delegated is not None:
+        # Rootless under a delegated cgroup2 subtree: the container's cgroup
+        # goes there.  A device filter is a BPF program, which only the
+        # host's root may attach; the shared user namespace has no device
+        # nodes to open anyway.
+        linux["cgroupsPath"] = rootless.delegated_cgroups_path(delegated, f"nsbox-{cid}")
+        linux["resources"].pop("devices", None)
+    elif not rootless.cgroups_usable():
         # Rootless: the runtime makes no cgroup,
         # so there is nothing to put limits (or the default pids limit) in.
         rootless.check_resources(spec)

@@ -10,12 +10,13 @@ the engine is root over its own files: it unpacks image layers with their
 owners, mounts overlayfs (metadata in user.* xattrs, `userxattr`) and runs
 nsbox-runtime, whose containers share this user namespace.
 
-What does not follow the user in: cgroups.  The v1 hierarchies and an
-undelegated cgroup2 tree belong to the host's root, so rootless containers
-run without cgroups and a resource limit is refused with a message saying
-so.  A cgroup2 subtree delegated to the user is not used yet: limits there
-need a parent cgroup free of processes (cgroup v2's no-internal-process
-rule), which Podman gets from the user's systemd as a scope.
+Cgroups follow the user only as far as the host delegates them.  The v1
+hierarchies and an undelegated cgroup2 tree belong to the host's root:
+rootless containers then run without cgroups, and a resource limit is
+refused with a message saying so.  On a cgroup v2 host that delegates a
+subtree to the user (a writable cgroup free of processes above the user's
+own, as systemd's user@.service is), each container gets its cgroup there
+and limits work (delegated_parent).
 
 Paths: images and containers under $XDG_DATA_HOME/nsbox (~/.local/share/nsbox),
 run state under $XDG_RUNTIME_DIR/nsbox or /tmp/nsbox-run-<uid>.
@@ -241,18 +242,60 @@ def _start_pause(run_root: str) -> int:
 
 
 def check_resources(spec) -> None:  # noqa: ANN001 - model.ContainerSpec
-    """Refuse a resource limit: rootless containers get no cgroup (see the module doc)."""
+    """Refuse a resource limit where rootless containers get no cgroup (see the module doc)."""
     asked = sorted(name for name, value in (spec.resources or {}).items() if value)
-    if asked:
+    if asked and delegated_parent() is None:
         raise ConfigError(
-            f"rootless: resource limits ({', '.join(asked)}) need cgroups, and rootless "
-            "containers get none: the host's cgroups belong to root, and nsbox cannot use a "
-            "delegated cgroup2 subtree yet; run without limits, or as root")
+            f"rootless: resource limits ({', '.join(asked)}) need cgroups, and no cgroup2 "
+            f"subtree is delegated to uid {host_uid()} here (a writable cgroup free of "
+            "processes above this one, as systemd's user@.service is); run without "
+            "limits, or as root")
 
 
 def cgroups_usable() -> bool:
-    """Whether containers get cgroups: as root only."""
-    return not active()
+    """Whether containers get cgroups: as root, and rootless under a delegated subtree."""
+    return not active() or delegated_parent() is not None
+
+
+def delegated_parent() -> str | None:
+    """Where rootless containers get their cgroups, if cgroup delegation allows: a directory.
+
+    The highest cgroup2 ancestor of our own cgroup that we may write and
+    that holds no process itself.  cgroup v2 lets only a cgroup free of
+    processes pass controllers to its children, and moves a process only
+    by someone who may write the cgroup.procs of the two cgroups' common
+    ancestor: so a container's cgroup goes next to ours, below that one.
+    """
+    from nsbox.runtime import cgroups
+
+    try:
+        if cgroups.mode() != "v2":
+            return None
+        unified = next(h for h in cgroups.hierarchies() if h.key == cgroups.UNIFIED)
+        own = cgroups.own_cgroups().get(cgroups.UNIFIED, "/")
+        path = os.path.normpath(os.path.join(unified.mountpoint,
+                                             os.path.relpath(own, unified.root)))
+        found = None
+        while path != unified.mountpoint and path.startswith(unified.mountpoint + "/"):
+            if not (os.access(path, os.W_OK)
+                    and os.access(os.path.join(path, "cgroup.procs"), os.W_OK)):
+                break
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                if not f.read().strip():
+                    found = path
+            path = os.path.dirname(path)
+        return found
+    except (OSError, StopIteration):
+        return None
+
+
+def delegated_cgroups_path(directory: str, name: str) -> str:
+    """The OCI cgroupsPath of cgroup NAME in the delegated cgroup2 DIRECTORY."""
+    from nsbox.runtime import cgroups
+
+    unified = next(h for h in cgroups.hierarchies() if h.key == cgroups.UNIFIED)
+    return os.path.normpath(os.path.join(unified.root, os.path.relpath(directory, unified.mountpoint),
+                                         name))
 
 
 def report() -> dict:
@@ -262,7 +305,7 @@ def report() -> dict:
     from nsbox.engine.network import slirp
 
     why = slirp.unavailable()
-    return {"Enabled": True, "HostUID": host_uid(),
+    return {"Enabled": True, "HostUID": host_uid(), "Cgroups": delegated_parent() or "",
             "Network": "slirp4netns" if not why else "",
             "NetworkUnavailable": why}
 
@@ -271,8 +314,9 @@ def report_line(facts: dict) -> str:
     if not facts.get("Enabled"):
         return "Rootless: no"
     network = facts["Network"] or f"loopback only, {facts['NetworkUnavailable']}"
-    return (f"Rootless: yes (uid {facts['HostUID']}; no cgroups, so resource limits are "
-            f"refused; network: {network})")
+    cgroups = (f"cgroups under {facts['Cgroups']}" if facts["Cgroups"]
+               else "no delegated cgroup, so resource limits are refused")
+    return f"Rootless: yes (uid {facts['HostUID']}; {cgroups}; network: {network})"
 
 
 class KeepId:
