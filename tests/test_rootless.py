@@ -103,15 +103,35 @@ def test_core_commands(clean):
     assert "busybox" in clean.run("images").stdout
 
 
+def test_host_namespaces_and_refused_modes(clean):
+    # --pid host: the host's /proc (a procfs needs a pid namespace of our own), still masked.
+    proc = clean.run("run", "--rm", "--pid", "host", "--network", "none", "busybox", "sh", "-c",
+                     "cat /proc/1/comm; head -c 5 /proc/kcore | wc -c")
+    with open("/proc/1/comm") as f:
+        assert proc.stdout.split("\n")[:2] == [f.read().strip(), "0"]
+    # --network host: the host's interfaces.
+    proc = clean.run("run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net")
+    assert sorted(proc.stdout.split()) == sorted(os.listdir("/sys/class/net"))
+    for mode in ("remap", "auto"):
+        proc = clean.run("run", "--rm", f"--userns={mode}", "busybox", "true", check=False)
+        assert proc.returncode == 125 and "is for root" in proc.stderr
+
+
 def test_limits_are_refused(clean):
     proc = clean.run("run", "--rm", "-m", "64m", "--pids-limit", "10", "busybox", "true",
                      check=False)
     assert proc.returncode == 125
-    lines = proc.stderr.strip().splitlines()
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1 and "rootless" in lines[0] and "memory" in lines[0], proc.stderr
     assert "pids" in lines[0] and "need cgroups" in lines[0]
     assert "resource limits are refused" in clean.run("info").stdout
-    assert clean.run("ps", "-a", "-q").stdout == ""
+    assert clean.run("ps", "-a", "-q").stdout == ""  # nothing left of the refused run
+    # pause and update need the cgroup the container does not have: a clear refusal.
+    clean.run("run", "-d", "--name", "nocg", "--network", "none", "busybox", "sleep", "300")
+    for args in (("pause", "nocg"), ("update", "--memory", "64m", "nocg")):
+        proc = clean.run(*args, check=False)
+        assert proc.returncode == 125 and "rootless containers get no cgroup" in proc.stderr
+    assert clean.run("inspect", "-f", "{{.State.Status}}", "nocg").stdout.strip() == "running"
 
 
 def test_fork_bomb_meets_rlimit_nproc(clean):

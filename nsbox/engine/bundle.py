@@ -377,6 +377,13 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
         # nodes to open anyway.
         linux["cgroupsPath"] = rootless.delegated_cgroups_path(delegated, f"nsbox-{cid}")
         linux["resources"].pop("devices", None)
+    if rootless.active() and spec.pid_mode == "host":
+        # A procfs may only be mounted for a pid namespace of our own user
+        # namespace: with the host's, the container gets the host's /proc.
+        for mount in config["mounts"]:
+            if mount["destination"] == "/proc" and mount["type"] == "proc":
+                mount.update(type="bind", source="/proc",
+                             options=["rbind", "nosuid", "noexec", "nodev"])
     elif not rootless.cgroups_usable():
         # Rootless: the runtime makes no cgroup,
         # so there is nothing to put limits (or the default pids limit) in.

@@ -373,6 +373,14 @@ def _netns_path(run_root: str, cid: str, network_mode: str) -> str:
     return slirp.netns_path(run_root, cid)
 
 
+def _need_cgroups(c: Container, what: str) -> None:
+    """UnsupportedError for WHAT on a container without a cgroup (rootless mode, undelegated)."""
+    from nsbox.engine import rootless
+    if not rootless.cgroups_usable():
+        raise UnsupportedError(f"cannot {what} container {c.name}: rootless containers get no "
+                               "cgroup here (no cgroup2 subtree is delegated to this user)")
+
+
 def _stdin_fifo(run_root: str, cid: str) -> str:
     """Where a detached `run -i` container's stdin comes from (`attach` writes into it)."""
     return os.path.join(run_root, "stdin", cid)
@@ -705,7 +713,11 @@ class Engine:
             info = self.storage.create_rootfs(cid, image)
             idmap: list[int] = []
             if spec.userns_mode in ("remap", "auto"):
-                from nsbox.engine import userns
+                from nsbox.engine import rootless, userns
+                if rootless.active():
+                    raise ConfigError(f"--userns={spec.userns_mode} is for root: rootless "
+                                      "containers already run in your user namespace "
+                                      "(--userns=keep-id keeps your uid inside)")
                 taken = [c.extra.get("idmap") for c in self.list(all=True) if c.id != cid]
                 idmap = userns.allocate(spec.userns_mode, [m for m in taken if m])
                 self.storage.set_idmap(cid, idmap)
@@ -980,6 +992,7 @@ class Engine:
         c = self.get(ref)
         if c.state != RUNNING:
             raise InvalidState(f"container {c.name} is not running")
+        _need_cgroups(c, "pause")
         self.oci(c.runtime).pause(c.id)
         self.db.update_container(c.id, state=PAUSED)
 
@@ -1077,6 +1090,7 @@ class Engine:
     def update(self, ref: str, resources: dict) -> None:
         """Change linux.resources (OCI names) now if running, and for later starts."""
         c = self.get(ref)
+        _need_cgroups(c, "update the limits of")
         if c.state in (RUNNING, PAUSED):
             self.oci(c.runtime).update(c.id, resources)
         c.spec.resources = {**c.spec.resources, **resources}
