@@ -374,6 +374,7 @@ def test_modes_owners_times_and_xattrs(store: ImageStore, tmp_path: Path) -> Non
         ("srv/cap", "file", b"c", {"pax_headers": {
             "SCHILY.xattr.user.note": "hello",
             "SCHILY.xattr.trusted.overlay.redirect": "/evil",
+            "SCHILY.xattr.user.overlay.opaque": "y",  # what rootless overlays read
         }}),
     ])
     image = store.import_rootfs(str(_write(tmp_path / "m.tar", layer)), "modes:1")
@@ -390,6 +391,7 @@ def test_modes_owners_times_and_xattrs(store: ImageStore, tmp_path: Path) -> Non
     assert os.getxattr(root / "srv/cap", "user.note") == b"hello"
     # Overlay metadata never comes from an image.
     assert "trusted.overlay.redirect" not in os.listxattr(root / "srv/cap")
+    assert "user.overlay.opaque" not in os.listxattr(root / "srv/cap")
 
 
 # =========================================================================== hostile input

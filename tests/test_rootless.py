@@ -117,6 +117,31 @@ def test_host_namespaces_and_refused_modes(clean):
         assert proc.returncode == 125 and "is for root" in proc.stderr
 
 
+def test_layers_with_whiteouts_and_opaque_dirs(clean):
+    """Overlay metadata of a multi-layer image in user.* xattrs (userxattr): the upper layer's
+    whiteouts and opaque directories hide the lower content inside the container."""
+    from test_engine_images import tar_bytes, write_docker_archive
+
+    lower = tar_bytes([("a", "dir"), ("a/file", "file", b"gone"), ("a/other", "file", b"stays"),
+                       ("opq", "dir"), ("opq/lower.txt", "file", b"hidden"),
+                       ("redo", "dir"), ("redo/old", "file", b"old")])
+    upper = tar_bytes([("a", "dir"), ("a/.wh.file", "file"), ("opq", "dir"),
+                       ("opq/.wh..wh..opq", "file"), ("opq/upper.txt", "file", b"new"),
+                       (".wh.redo", "file"), ("redo", "dir"), ("redo/new", "file", b"new")])
+    shared = Path(tempfile.mkdtemp(prefix="nsbox-rootless-wh-"))
+    os.chmod(shared, 0o755)
+    try:
+        archive = write_docker_archive(shared / "wh.tar", [([lower, upper], ["wh:test"], None)])
+        os.chmod(archive, 0o644)
+        clean.run("load", "-i", str(archive))
+        proc = clean.run("run", "--rm", "--network", "none", "-v", "/bin/busybox:/bin/busybox:ro",
+                         "wh:test", "/bin/busybox", "sh", "-c", "/bin/busybox ls -A /a /opq /redo")
+        assert proc.stdout.split() == ["/a:", "other", "/opq:", "upper.txt", "/redo:", "new"]
+        clean.run("rmi", "wh:test")
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
 def test_limits_are_refused(clean):
     proc = clean.run("run", "--rm", "-m", "64m", "--pids-limit", "10", "busybox", "true",
                      check=False)

@@ -74,6 +74,13 @@ class RootfsInfo:
     shifted_dirs: list = list  # chowned copies of lower_dirs used instead (set_shifted)
 
 
+def overlay_options() -> str:
+    """Options after the layer dirs; in rootless mode overlayfs keeps its metadata (opaque
+    directories) in user.* xattrs, the only ones a user namespace may set (`userxattr`)."""
+    from nsbox.engine import rootless
+    return OVERLAY_EXTRA_OPTIONS + (",userxattr" if rootless.active() else "")
+
+
 def drop_orphan_shifted(root: str) -> None:
     """Delete the shifted layer copies under ROOT whose layer is gone (under the layout lock)."""
     base = os.path.join(root, SHIFTED_DIR)
@@ -305,7 +312,7 @@ class Storage:
 
     def _options(self, info: RootfsInfo, relative: bool) -> str:
         lower = ":".join(info.lower_links if relative else info.lower_dirs)
-        return f"lowerdir={lower},upperdir={info.upper},workdir={info.work},{OVERLAY_EXTRA_OPTIONS}"
+        return f"lowerdir={lower},upperdir={info.upper},workdir={info.work},{overlay_options()}"
 
     def mount(self, container_id: str) -> str:
         """Mount the container's overlay (if not mounted yet); returns the merged path."""
@@ -320,7 +327,7 @@ class Storage:
             if info.idmap:
                 lowers = self._idmapped_lowers(info)
                 options = (f"lowerdir={':'.join(lowers)},upperdir={info.upper},"
-                           f"workdir={info.work},{OVERLAY_EXTRA_OPTIONS}")
+                           f"workdir={info.work},{overlay_options()}")
                 try:
                     syscalls.mount("overlay", info.merged, "overlay", 0, options)
                 except OSError as err:

@@ -5,6 +5,7 @@ translated into what overlayfs understands:
 
     .wh.<name>         -> a 0:0 character device named <name> (an overlay whiteout)
     <dir>/.wh..wh..opq -> the xattr trusted.overlay.opaque=y on <dir>
+                          (user.overlay.opaque in rootless mode)
 
 Safety: the tar is untrusted.  Every member path is split into components;
 absolute paths and `..` are refused, and the parent directories are walked one
@@ -45,10 +46,21 @@ OPAQUE_MARKER = ".wh..wh..opq"
 # Other .wh..wh.* names are aufs bookkeeping (hard-link dirs and such); skipped.
 AUFS_META_PREFIX = ".wh..wh."
 OPAQUE_XATTR = "trusted.overlay.opaque"
+# Rootless: only the user.* namespace is ours, and overlayfs mounted with
+# `userxattr` (storage.overlay_options) reads its metadata from there.
+USER_OPAQUE_XATTR = "user.overlay.opaque"
+
+
+def opaque_xattr() -> str:
+    """The xattr that marks an opaque directory for the overlays this process mounts."""
+    from nsbox.engine import rootless
+    return USER_OPAQUE_XATTR if rootless.active() else OPAQUE_XATTR
 PAX_XATTR_PREFIX = "SCHILY.xattr."
 # xattrs a layer may carry: file capabilities (ping, ...) and the user namespace.
 ALLOWED_XATTR_PREFIXES = ("user.",)
 ALLOWED_XATTRS = frozenset({"security.capability"})
+# ...but never overlayfs metadata, which rootless overlays read from user.*
+FORBIDDEN_XATTR_PREFIXES = ("user.overlay.",)
 
 # What to do with a character or block device in a layer:
 #   reject: refuse the layer (the default: image layers come from anywhere)
@@ -209,7 +221,8 @@ class _LayerWriter:
             if not key.startswith(PAX_XATTR_PREFIX):
                 continue
             attr = key[len(PAX_XATTR_PREFIX):]
-            if attr not in ALLOWED_XATTRS and not attr.startswith(ALLOWED_XATTR_PREFIXES):
+            if (attr not in ALLOWED_XATTRS and not attr.startswith(ALLOWED_XATTR_PREFIXES)) \
+                    or attr.startswith(FORBIDDEN_XATTR_PREFIXES):
                 log.debug("layer entry %s: xattr %s not allowed, skipped", path, attr)
                 continue
             raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
@@ -221,7 +234,7 @@ class _LayerWriter:
     def _set_opaque_at(self, parent_fd: int, name: str) -> None:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
         try:
-            os.setxattr(fd, OPAQUE_XATTR, b"y")
+            os.setxattr(fd, opaque_xattr(), b"y")
         finally:
             os.close(fd)
 
@@ -279,7 +292,7 @@ class _LayerWriter:
             self._chown(fd, None, member.uid, member.gid)
             os.fchmod(fd, stat.S_IMODE(member.mode))
             if previous is not None and _is_whiteout_device(previous):
-                os.setxattr(fd, OPAQUE_XATTR, b"y")
+                os.setxattr(fd, opaque_xattr(), b"y")
             self._set_xattrs(fd, member, "/".join(parts))
         finally:
             os.close(fd)
