@@ -130,6 +130,8 @@ def made_user(name: str):
             with open(path, "a") as f:
                 f.write(f"{name}:{start}:65536\n")
         user = RootlessUser(name, home)
+        # The default run root of a user without XDG_RUNTIME_DIR (rootless.default_run_root).
+        stack.callback(shutil.rmtree, f"/tmp/nsbox-run-{user.uid}", ignore_errors=True)
         stack.callback(user.kill_all)  # runs first: before the account goes
         os.chown(home, user.uid, user.gid)
         # An installation as pip would make one: a venv, nsbox on its path, the launchers.
