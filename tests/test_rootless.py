@@ -91,6 +91,9 @@ def test_core_commands(clean):
     assert clean.run("inspect", "-f", "{{.State.Status}}", "web").stdout.strip() == "running"
     clean.run("rm", "-f", "web")
     assert clean.run("ps", "-a", "-q").stdout == ""
+    # In the foreground (-i): the runtime's own `run`, told there are no cgroups.
+    assert clean.run("run", "-i", "--rm", "--network", "none", "busybox", "sh", "-c",
+                     "read x; echo got $x", input="hello\n").stdout == "got hello\n"
     # Exit codes, volumes, images.
     assert clean.run("run", "--rm", "--network", "none", "busybox", "sh", "-c", "exit 3",
                      check=False).returncode == 3
@@ -286,7 +289,11 @@ def test_slirp4netns_network(clean, tun_for_users):
         assert allowed.stdout == "hello from the host\n"
     finally:
         listener.close()
-    # Nothing of slirp4netns outlives its containers.
+    # In the foreground too (slirp4netns set up before the runtime's `run`).
+    proc = clean.run("run", "-i", "--rm", "busybox", "sh", "-c", "read x; ip -o link | grep -c tap0",
+                     input="go\n")
+    assert proc.stdout == "1\n"
+    # Nothing of slirp4netns outlives its containers, not even a zombie.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(
             _comm(pid) == "slirp4netns" for pid in clean.processes()):

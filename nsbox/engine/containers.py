@@ -897,13 +897,38 @@ class Engine:
 
         Restart policies do not apply here; --rm does.
         """
-        import subprocess
         c = self.create(spec)
         self.storage.mount(c.id)
         os.makedirs(runtime_root(self.run_root, c.runtime), mode=0o700, exist_ok=True)
         pid_file = os.path.join(c.bundle, "init.pid")
-        proc = subprocess.Popen([c.runtime, "--root", runtime_root(self.run_root, c.runtime), "run",
-                                 "--bundle", c.bundle, "--pid-file", pid_file, c.id])
+        oci = self.oci(c.runtime)
+        uses_slirp = c.spec.network_mode.startswith("slirp4netns")
+        if uses_slirp:
+            # The network namespace is the engine's, so slirp4netns can set it up
+            # before the runtime's `run` puts the container into it.
+            from nsbox.engine.network import slirp
+            try:
+                slirp.make_netns(self.run_root, c.id)
+                slirp.start(self.run_root, c.id, c.spec.network_mode)
+            except NsboxError:
+                slirp.stop(self.run_root, c.id)
+                with contextlib_suppress(NsboxError):
+                    self._remove_now(c.id, volumes=True)
+                raise
+        try:
+            code = self._run_foreground(c, oci, pid_file)
+        finally:
+            if uses_slirp:
+                slirp.stop(self.run_root, c.id)
+        if spec.auto_remove:
+            self._remove_now(c.id, volumes=True)
+        return code
+
+    def _run_foreground(self, c: Container, oci, pid_file: str) -> int:  # noqa: ANN001
+        import subprocess
+        proc = subprocess.Popen([c.runtime, "--root", runtime_root(self.run_root, c.runtime),
+                                 *oci.global_args, "run", "--bundle", c.bundle, "--pid-file",
+                                 pid_file, c.id])
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:
             try:
@@ -915,12 +940,10 @@ class Engine:
             except (OSError, ValueError):
                 time.sleep(0.01)
         code = proc.wait()
-        self.oci(c.runtime).delete(c.id)
+        oci.delete(c.id)
         with contextlib_suppress(NsboxError):
             self.storage.unmount(c.id)
         self.db.update_container(c.id, state=EXITED, pid=0, exit_code=code, finished_at=time.time())
-        if spec.auto_remove:
-            self._remove_now(c.id, volumes=True)
         return code
 
     def _loop_binary(self) -> str:
@@ -1241,7 +1264,8 @@ class Engine:
         args += [c.id, *cmd]
         if stdin is None and not interactive:
             stdin = subprocess.DEVNULL
-        result = subprocess.run([c.runtime, "--root", runtime_root(self.run_root, c.runtime), *args],
+        result = subprocess.run([c.runtime, "--root", runtime_root(self.run_root, c.runtime),
+                                 *self.oci(c.runtime).global_args, *args],
                                 stdin=stdin, stdout=stdout, stderr=stderr, check=False)
         return result.returncode
 

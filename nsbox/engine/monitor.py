@@ -216,6 +216,7 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
     """
     if resume_code is not None:
         code, _ = _helper("monitor_finish", root, run_root, cid, str(resume_code), "0")
+        _reap_others(-1)  # as below
         if code != RESTART:
             return
         time.sleep(0.1)
@@ -295,6 +296,9 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
         _reap_others(init_pid)
         exit_code = 255 if status is None else (128 - status if status < 0 else status)
         code, _ = _helper("monitor_finish", root, run_root, cid, str(exit_code), "0")
+        # The finish stopped the container's slirp4netns, our child since the
+        # start helper left: reap it, this host's init may not.
+        _reap_others(-1)
         if code != RESTART:
             return
         time.sleep(0.1)

@@ -58,14 +58,15 @@ class OciRuntime:
         # False in rootless mode (no cgroups there): nsbox-runtime is
         # told so; runc and crun notice a rootless caller themselves.
         self.cgroups = cgroups
-        self._global = [] if cgroups or self.name != RUNTIME_NAME else ["--cgroup-manager", "disabled"]
+        self.global_args = [] if cgroups or self.name != RUNTIME_NAME else \
+            ["--cgroup-manager", "disabled"]  # before the command, in every call
 
     # ---------------------------------------------------------- the command
     def command(self, *args: str, input: bytes | None = None,  # noqa: A002
                 check: bool = True, capture: bool = True):  # noqa: ANN201 - CompletedProcess
         import subprocess
 
-        result = subprocess.run([self.binary, "--root", self.root, *self._global, *args], input=input,
+        result = subprocess.run([self.binary, "--root", self.root, *self.global_args, *args], input=input,
                                 stdout=subprocess.PIPE if capture else None,
                                 stderr=subprocess.PIPE if capture else None, check=False)
         if check and result.returncode != 0:
@@ -83,7 +84,7 @@ class OciRuntime:
         with open(log_path, "w"):
             pass
         created = subprocess.run(
-            [self.binary, "--root", self.root, *self._global, "--log", log_path, "create", "--bundle", bundle,
+            [self.binary, "--root", self.root, *self.global_args, "--log", log_path, "create", "--bundle", bundle,
              "--pid-file", pid_file, *(["--console-socket", console_socket] if console_socket else []),
              cid],
             stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], check=False)

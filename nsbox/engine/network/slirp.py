@@ -179,6 +179,10 @@ def stop(run_root: str, cid: str) -> None:
             if f.read().strip() == "slirp4netns":
                 os.kill(pid, signal.SIGTERM)
                 _wait_gone(pid)
+                try:
+                    os.waitpid(pid, os.WNOHANG)  # ours when `run -it` started it
+                except ChildProcessError:
+                    pass
     except (OSError, ValueError):
         pass
     try:
