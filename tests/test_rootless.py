@@ -115,6 +115,9 @@ def test_host_namespaces_and_refused_modes(clean):
     # --network host: the host's interfaces.
     proc = clean.run("run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net")
     assert sorted(proc.stdout.split()) == sorted(os.listdir("/sys/class/net"))
+    # A limit is refused with the host's pid namespace as well.
+    proc = clean.run("run", "--rm", "--pid", "host", "-m", "64m", "busybox", "true", check=False)
+    assert proc.returncode == 125 and "need cgroups" in proc.stderr
     for mode in ("remap", "auto"):
         proc = clean.run("run", "--rm", f"--userns={mode}", "busybox", "true", check=False)
         assert proc.returncode == 125 and "is for root" in proc.stderr

@@ -369,24 +369,25 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
     linux["cgroupsPath"] = cgroups_path(cid, inputs.runtime)
     apply_security(config, spec)
     from nsbox.engine import rootless
-    delegated = rootless.delegated_parent() if rootless.active() else None
+    if rootless.active():
+        _adjust_for_rootless(config, spec)
+    return config
+
+
+def _adjust_for_rootless(config: dict, spec: ContainerSpec) -> None:
+    """What rootless mode changes in CONFIG (see nsbox/engine/rootless.py)."""
+    from nsbox.engine import rootless
+    linux = config["linux"]
+    delegated = rootless.delegated_parent()
     if delegated is not None:
-        # Rootless under a delegated cgroup2 subtree: the container's cgroup
-        # goes there.  A device filter is a BPF program, which only the
-        # host's root may attach; the shared user namespace has no device
-        # nodes to open anyway.
-        linux["cgroupsPath"] = rootless.delegated_cgroups_path(delegated, f"nsbox-{cid}")
+        # Under a delegated cgroup2 subtree the container's cgroup goes there.
+        # A device filter is a BPF program, which only the host's root may
+        # attach; the shared user namespace has no device nodes to open anyway.
+        linux["cgroupsPath"] = rootless.delegated_cgroups_path(
+            delegated, os.path.basename(linux["cgroupsPath"]))
         linux["resources"].pop("devices", None)
-    if rootless.active() and spec.pid_mode == "host":
-        # A procfs may only be mounted for a pid namespace of our own user
-        # namespace: with the host's, the container gets the host's /proc.
-        for mount in config["mounts"]:
-            if mount["destination"] == "/proc" and mount["type"] == "proc":
-                mount.update(type="bind", source="/proc",
-                             options=["rbind", "nosuid", "noexec", "nodev"])
-    elif not rootless.cgroups_usable():
-        # Rootless: the runtime makes no cgroup,
-        # so there is nothing to put limits (or the default pids limit) in.
+    else:
+        # No cgroup: nothing to put limits (or the default pids limit) in.
         rootless.check_resources(spec)
         linux.pop("resources", None)
         linux.pop("cgroupsPath", None)
@@ -398,7 +399,13 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
             from nsbox.engine.security import DEFAULT_PIDS_LIMIT
             config["process"].setdefault("rlimits", []).append(
                 {"type": "RLIMIT_NPROC", "soft": DEFAULT_PIDS_LIMIT, "hard": DEFAULT_PIDS_LIMIT})
-    return config
+    if spec.pid_mode == "host":
+        # A procfs may only be mounted for a pid namespace of our own user
+        # namespace: with the host's, the container gets the host's /proc.
+        for mount in config["mounts"]:
+            if mount["destination"] == "/proc" and mount["type"] == "proc":
+                mount.update(type="bind", source="/proc",
+                             options=["rbind", "nosuid", "noexec", "nodev"])
 
 
 def peer_pid_or_fail(lookup, mode: str) -> int:  # noqa: ANN001 - Engine.get
