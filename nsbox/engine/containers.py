@@ -192,39 +192,29 @@ def _single_threaded() -> bool:
     return len(os.listdir("/proc/self/task")) == 1
 
 
-def _spawn_monitor(args: tuple, done_w: int) -> Callable[[], object]:
-    """Start the monitor daemon (monitor.detach_and_run(*ARGS)); a function that reaps its starter.
+def _monitor_env_path() -> str:
+    """PYTHONPATH for a monitor: the C loop's later `--resume` starts Python afresh and must find us."""
+    return os.pathsep.join(p for p in [_package_parent(), os.environ.get("PYTHONPATH")] if p)
 
-    In a single-threaded process (the CLI) the monitor is a fork of this
-    one, with everything imported already.  A threaded program (the Python
-    API) must not fork into more Python: another thread may hold a lock,
-    an import among them, that the child would wait for forever.  There the
-    monitor is a new interpreter.  DONE_W, if >= 0, stays open in the
-    monitor until it is done.
+
+def _spawn_monitor(args: tuple, done_w: int) -> Callable[[], object]:
+    """Start the monitor daemon as `python -m nsbox.engine.monitor`; a function that reaps its starter.
+
+    For threaded programs (the Python API), which must not fork into more
+    Python: another thread may hold a lock, an import among them, that the
+    child would wait for forever.  A single-threaded caller forks instead
+    (PreforkedMonitor).  DONE_W, if >= 0, stays open in the monitor until it
+    is done.
     """
-    env_path = os.pathsep.join(p for p in [_package_parent(), os.environ.get("PYTHONPATH")] if p)
-    if not _single_threaded():
-        import subprocess
-        env = dict(os.environ, PYTHONPATH=env_path)
-        keep = (args[3],) + ((done_w,) if done_w >= 0 else ())
-        argv = [sys.executable, "-m", "nsbox.engine.monitor", *map(str, args[:3]), str(args[3]),
-                args[4], args[5], str(args[6]), str(args[7]), "1" if args[8] else "0", args[9],
-                str(done_w)]
-        return subprocess.Popen(argv, pass_fds=keep, start_new_session=True,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=env, cwd="/").wait
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            _forked_monitor_hygiene(keep=(args[3], done_w))
-            # Only the C loop's later `--resume` starts Python afresh: it must find us.
-            os.environ["PYTHONPATH"] = env_path
-            os.chdir("/")
-            from nsbox.engine.monitor import detach_and_run
-            detach_and_run(*args)
-        finally:
-            os._exit(1)
-    return lambda: os.waitpid(pid, 0)
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=_monitor_env_path())
+    keep = (args[3],) + ((done_w,) if done_w >= 0 else ())
+    argv = [sys.executable, "-m", "nsbox.engine.monitor", *map(str, args[:3]), str(args[3]),
+            args[4], args[5], str(args[6]), str(args[7]), "1" if args[8] else "0", args[9],
+            str(done_w)]
+    return subprocess.Popen(argv, pass_fds=keep, start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, cwd="/").wait
 
 
 # What a monitor and its helpers import to create and watch a container: a
@@ -239,14 +229,17 @@ _MONITOR_MODULES = (
 
 
 class PreforkedMonitor:
-    """A container monitor forked before its container exists (single-threaded callers).
+    """A container monitor forked from this (single-threaded) process, before it has its arguments.
 
-    Forking a monitor and importing the runtime into it take ~10 ms, on the
-    way from `start` to the container's process.  Forked first, the child
-    does that on the other CPU while the caller creates the container, and
-    then waits for start(..., monitor=this) to send its arguments.  If they
-    never come (the caller failed, or called cancel()), it exits.
-    NOTIFY: the monitor will hold DONE_R's write end until it is done.
+    A fork has everything imported already, so no second Python starts.
+    Forking a monitor and importing the runtime into it still take ~10 ms
+    on the way from `start` to the container's process: forked early (as
+    `nsbox run` does), the child does that on the other CPU while the
+    caller creates the container.  It then waits for start(...,
+    monitor=this) to send its arguments; if they never come (the caller
+    failed, or called cancel()), it exits.  start() without one forks one
+    itself.  NOTIFY: the monitor will hold DONE_R's write end until it is
+    done.
     """
 
     def __init__(self, notify: bool) -> None:
@@ -254,10 +247,11 @@ class PreforkedMonitor:
         self.ready_r, self.ready_w = os.pipe()
         self.done_r, self.done_w = os.pipe() if notify else (-1, -1)
         args_r, self._args_w = os.pipe()
-        env_path = os.pathsep.join(p for p in [_package_parent(), os.environ.get("PYTHONPATH")] if p)
+        env_path = _monitor_env_path()
         import gc
         # Both processes go on working: a collection walking the objects they
-        # share would copy every page it touches.
+        # share would copy every page it touches.  close() undoes it, so a
+        # long-lived program still collects what it had then.
         gc.freeze()
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - child
@@ -304,6 +298,9 @@ class PreforkedMonitor:
 
     def close(self) -> None:
         """cancel(), and close the pipes nobody will read."""
+        if self.pid > 0:
+            import gc
+            gc.unfreeze()
         self.cancel()
         for fd in (self.ready_r, self.done_r):
             if fd >= 0:
@@ -847,8 +844,20 @@ class Engine:
         self.db.update_container(c.id, stopped_by_user=0, error="", oom_killed=0)
         with contextlib_suppress(FileNotFoundError):
             os.unlink(_exit_file(self.run_root, c.id))
-        spec = c.spec
         loop_bin = "" if notify else self._loop_binary()
+        owned = None
+        if monitor is None and _single_threaded():
+            monitor = owned = PreforkedMonitor(notify)
+        try:
+            return self._hand_over(c, notify, monitor, loop_bin)
+        finally:
+            if owned is not None:
+                owned.close()
+
+    def _hand_over(self, c: Container, notify: bool, monitor: PreforkedMonitor | None,
+                   loop_bin: str) -> int | None:
+        """Give C to MONITOR (or a new monitor process); start()'s answer once it runs."""
+        spec = c.spec
         if monitor is not None:
             read_end, write_end, done_r = monitor.ready_r, monitor.ready_w, monitor.done_r
             monitor.ready_r = monitor.done_r = -1  # ours now
@@ -861,8 +870,6 @@ class Engine:
         if monitor is not None:
             monitor.go(args)
         else:
-            if _single_threaded():
-                close_all_connections()  # the monitor will be a fork of this process
             reap_starter = _spawn_monitor(args, done_w)
             os.close(write_end)
             if done_w >= 0:
