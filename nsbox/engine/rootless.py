@@ -37,15 +37,15 @@ class RootlessError(NsboxError):
     """Rootless mode cannot be set up (no subordinate ids, no newuidmap, ...)."""
 
 
-def _uid_map_line() -> list[str]:
-    with open("/proc/self/uid_map") as f:
+def _first_map_line(kind: str) -> list[str]:
+    with open(f"/proc/self/{kind}_map") as f:
         return f.readline().split()
 
 
 def in_user_namespace() -> bool:
     """Whether this process runs in a user namespace other than the host's."""
     try:
-        line = _uid_map_line()
+        line = _first_map_line("uid")
     except OSError:
         return False
     return line != ["0", "0", "4294967295"]
@@ -58,9 +58,18 @@ def active() -> bool:
 
 def host_uid() -> int:
     """The host uid this process runs as (its uid 0 maps to it when inside)."""
+    return _host_id("uid", os.geteuid())
+
+
+def host_gid() -> int:
+    """The host gid this process runs as (its gid 0 maps to it when inside)."""
+    return _host_id("gid", os.getegid())
+
+
+def _host_id(kind: str, own: int) -> int:
     if os.geteuid() != 0:
-        return os.geteuid()
-    line = _uid_map_line()
+        return own
+    line = _first_map_line(kind)
     return int(line[1]) if line and line[0] == "0" else 0
 
 
@@ -242,9 +251,9 @@ def _start_pause(run_root: str) -> int:
 
 
 def check_resources(spec) -> None:  # noqa: ANN001 - model.ContainerSpec
-    """Refuse a resource limit where rootless containers get no cgroup (see the module doc)."""
+    """Refuse a resource limit: for a rootless container without a cgroup (no delegated_parent)."""
     asked = sorted(name for name, value in (spec.resources or {}).items() if value)
-    if asked and delegated_parent() is None:
+    if asked:
         raise ConfigError(
             f"rootless: resource limits ({', '.join(asked)}) need cgroups, and no cgroup2 "
             f"subtree is delegated to uid {host_uid()} here (a writable cgroup free of "
@@ -271,7 +280,7 @@ def delegated_parent() -> str | None:
     try:
         if cgroups.mode() != "v2":
             return None
-        unified = next(h for h in cgroups.hierarchies() if h.key == cgroups.UNIFIED)
+        unified = _unified()
         own = cgroups.own_cgroups().get(cgroups.UNIFIED, "/")
         path = os.path.normpath(os.path.join(unified.mountpoint,
                                              os.path.relpath(own, unified.root)))
@@ -289,11 +298,15 @@ def delegated_parent() -> str | None:
         return None
 
 
-def delegated_cgroups_path(directory: str, name: str) -> str:
-    """The OCI cgroupsPath of cgroup NAME in the delegated cgroup2 DIRECTORY."""
+def _unified():  # noqa: ANN202 - cgroups.Hierarchy
     from nsbox.runtime import cgroups
 
-    unified = next(h for h in cgroups.hierarchies() if h.key == cgroups.UNIFIED)
+    return next(h for h in cgroups.hierarchies() if h.key == cgroups.UNIFIED)
+
+
+def delegated_cgroups_path(directory: str, name: str) -> str:
+    """The OCI cgroupsPath of cgroup NAME in the delegated cgroup2 DIRECTORY."""
+    unified = _unified()
     return os.path.normpath(os.path.join(unified.root, os.path.relpath(directory, unified.mountpoint),
                                          name))
 
@@ -373,15 +386,6 @@ class KeepId:
                 f.write(text)
             out[f"/etc/{base}"] = path
         return out
-
-
-def host_gid() -> int:
-    """The host gid this process runs as (its gid 0 maps to it when inside)."""
-    if os.geteuid() != 0:
-        return os.getegid()
-    with open("/proc/self/gid_map") as f:
-        line = f.readline().split()
-    return int(line[1]) if line and line[0] == "0" else 0
 
 
 def _inside_ids(path: str) -> int:

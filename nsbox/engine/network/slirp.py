@@ -19,10 +19,7 @@ import signal
 
 from nsbox.errors import ConfigError, NsboxError
 
-MODE = "slirp4netns"
 _OPTIONS = {"allow_host_loopback": "bool", "enable_ipv6": "bool", "mtu": "int", "cidr": "str"}
-
-
 TUN = "/dev/net/tun"
 
 
@@ -98,17 +95,13 @@ def make_netns(run_root: str, cid: str) -> str:
 
 
 def _wait_gone(pid: int, timeout: float = 2.0) -> None:
-    """Until PID has exited (a zombie counts: it is not ours to reap)."""
+    """Until PID has exited (a zombie counts: it may not be ours to reap)."""
     import time
 
+    from nsbox.engine.containers import _pid_alive
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rpartition(")")[2].split()[0] in ("Z", "X"):
-                    return
-        except OSError:
-            return
+    while _pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.005)
 
 
