@@ -340,7 +340,11 @@ def test_run_reports_death_by_signal_as_128_plus_signal(bundle, run_runtime, con
                             stderr=subprocess.PIPE)
     try:
         wait_for(pid_file.exists)
-        os.kill(int(pid_file.read_text()), 9)
+        pid = int(pid_file.read_text())
+        # The pid file comes with `create`: kill the process once `start` ran it,
+        # not while it still waits for start (then `run` fails to start it).
+        wait_for(lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "sleep")
+        os.kill(pid, 9)
         assert proc.wait(timeout=10) == 137
     finally:
         if proc.poll() is None:
