@@ -293,6 +293,12 @@ def test_oom_killed_is_reported_by_inspect(nsbox):
     assert nsbox("wait", cid).stdout.strip() == "137"
     state = json.loads(nsbox("inspect", cid).stdout)[0]["State"]
     assert state["OOMKilled"] is True and state["ExitCode"] == 137
+    # Attached, the CLI records the exit itself: the OOM kill too.
+    proc = nsbox("run", "--name", "hog-attached", "--memory", "32m", "busybox", "sh", "-c", hog,
+                 check=False)
+    assert proc.returncode == 137 and "survived" not in proc.stdout
+    state = json.loads(nsbox("inspect", "hog-attached").stdout)[0]["State"]
+    assert state["OOMKilled"] is True and state["Status"] == "exited"
     fine = nsbox("run", "-d", "busybox", "true").stdout.strip()
     nsbox("wait", fine)
     assert json.loads(nsbox("inspect", fine).stdout)[0]["State"]["OOMKilled"] is False
@@ -301,3 +307,16 @@ def test_oom_killed_is_reported_by_inspect(nsbox):
     nsbox("kill", sleeper)
     assert nsbox("wait", sleeper).stdout.strip() == "137"
     assert json.loads(nsbox("inspect", sleeper).stdout)[0]["State"]["OOMKilled"] is False
+
+
+def test_killed_attached_run_leaves_the_finish_to_the_monitor(nsbox):
+    proc = subprocess.Popen([*nsbox.prefix, "run", "--name", "orphan", "busybox", "sh", "-c",
+                             "echo started; sleep 1; exit 5"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "started\n"
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    assert nsbox("wait", "orphan").stdout.strip() == "5"
+    state = json.loads(nsbox("inspect", "orphan").stdout)[0]["State"]
+    assert (state["Status"], state["ExitCode"]) == ("exited", 5)
+    assert nsbox("logs", "orphan").stdout == "started\n"

@@ -179,6 +179,59 @@ def test_auto_remove(eng):
         eng.get(c.id)
 
 
+def _merged_mounted(eng: Engine, cid: str) -> bool:
+    return os.path.join(eng.storage.containers_dir, cid, "merged") in mount_points()
+
+
+def test_attached_run_is_finished_by_its_caller(eng):
+    c = eng.create(sh("echo one; echo two >&2; exit 4"))
+    attached = eng.start_attached(c.id)
+    assert [(s, line) for _, s, line in attached.logs()] == [("stdout", b"one\n"),
+                                                              ("stderr", b"two\n")]
+    assert attached.exit_code == 4  # told by the monitor, which now waits for us
+    assert eng.get(c.id).state == RUNNING and _merged_mounted(eng, c.id)
+    assert attached.finish() == 4
+    c = eng.get(c.id)
+    assert (c.state, c.exit_code, c.pid) == (EXITED, 4, 0)
+    assert eng.oci(c.runtime).state(c.id) is None and not _merged_mounted(eng, c.id)
+    assert wait_for(lambda: not _pid_alive(c.monitor_pid))
+
+
+def test_attached_run_with_rm_is_removed_by_its_caller(eng):
+    c = eng.create(sh("exit 6", auto_remove=True))
+    attached = eng.start_attached(c.id)
+    list(attached.logs())
+    assert attached.finish(remove=True) == 6
+    with pytest.raises(ContainerNotFound):
+        eng.get(c.id)
+    assert not os.path.exists(os.path.join(eng.storage.containers_dir, c.id))
+
+
+def test_attached_caller_gone_leaves_the_finish_to_the_monitor(eng):
+    # The caller learns the exit code and goes away before it finishes the container.
+    c = eng.create(sh("exit 9"))
+    attached = eng.start_attached(c.id)
+    list(attached.logs())
+    assert attached.exit_code == 9
+    attached.close()
+    assert wait_for(lambda: eng._lookup(c.id).state == EXITED)
+    c = eng.get(c.id)
+    assert c.exit_code == 9 and not _merged_mounted(eng, c.id)
+    # Gone before the container even exited: the same.
+    c = eng.create(sh("sleep 0.3; exit 8"))
+    eng.start_attached(c.id).close()
+    assert eng.wait(c.id) == 8 and not _merged_mounted(eng, eng.get(c.id).id)
+
+
+def test_attached_run_with_restart_policy_stays_with_the_monitor(eng):
+    c = eng.create(sh("echo try; exit 1", restart=RestartPolicy("on-failure", 1)))
+    attached = eng.start_attached(c.id)
+    assert [line for _, _, line in attached.logs()] == [b"try\n", b"try\n"]
+    assert attached.finish() == 1
+    c = eng.get(c.id)
+    assert (c.state, c.restart_count) == (EXITED, 1)
+
+
 def test_exec_code_env_user(eng):
     c = eng.run(sh("sleep 100", env={"BASE": "1"}))
     assert eng.exec(c.id, ["sh", "-c", "exit 4"]) == 4

@@ -30,7 +30,7 @@ from nsbox import _json
 from nsbox._lazylog import get_logger
 from nsbox._record import as_dict, record
 from nsbox.engine import DEFAULT_ROOT
-from nsbox.engine.db import Database, close_all_connections
+from nsbox.engine.db import Database, close_all_connections, sqlite
 from nsbox.engine.model import (
     CREATED,
     DEAD,
@@ -197,21 +197,21 @@ def _monitor_env_path() -> str:
     return os.pathsep.join(p for p in [_package_parent(), os.environ.get("PYTHONPATH")] if p)
 
 
-def _spawn_monitor(args: tuple, done_w: int) -> Callable[[], object]:
+def _spawn_monitor(args: tuple) -> Callable[[], object]:
     """Start the monitor daemon as `python -m nsbox.engine.monitor`; a function that reaps its starter.
 
     For threaded programs (the Python API), which must not fork into more
     Python: another thread may hold a lock, an import among them, that the
     child would wait for forever.  A single-threaded caller forks instead
-    (PreforkedMonitor).  DONE_W, if >= 0, stays open in the monitor until it
-    is done.
+    (PreforkedMonitor).  ARGS are detach_and_run()'s.
     """
     import subprocess
     env = dict(os.environ, PYTHONPATH=_monitor_env_path())
-    keep = (args[3],) + ((done_w,) if done_w >= 0 else ())
+    done_w, ack_r = args[10], args[11]
+    keep = (args[3],) + tuple(fd for fd in (done_w, ack_r) if fd >= 0)
     argv = [sys.executable, "-m", "nsbox.engine.monitor", *map(str, args[:3]), str(args[3]),
             args[4], args[5], str(args[6]), str(args[7]), "1" if args[8] else "0", args[9],
-            str(done_w)]
+            str(done_w), str(ack_r)]
     return subprocess.Popen(argv, pass_fds=keep, start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env, cwd="/").wait
@@ -220,7 +220,7 @@ def _spawn_monitor(args: tuple, done_w: int) -> Callable[[], object]:
 # What a monitor and its helpers import to create and watch a container: a
 # preforked monitor imports them while the engine is still making the container.
 _MONITOR_MODULES = (
-    "sqlite3", "nsbox.engine.monitor", "nsbox.engine.storage", "nsbox.engine.oci",
+    "_sqlite3", "nsbox.engine.monitor", "nsbox.engine.storage", "nsbox.engine.oci",
     "nsbox.runtime.container", "nsbox.runtime.init",
     "nsbox.runtime.rootfs", "nsbox.runtime.process", "nsbox.runtime.cgroups.manager",
     "nsbox.runtime.cgroups.resources", "nsbox.runtime.security.capabilities",
@@ -239,13 +239,14 @@ class PreforkedMonitor:
     monitor=this) to send its arguments; if they never come (the caller
     failed, or called cancel()), it exits.  start() without one forks one
     itself.  NOTIFY: the monitor will hold DONE_R's write end until it is
-    done.
+    done, and can be handed the finish of the container's exit (ACK_W).
     """
 
     def __init__(self, notify: bool) -> None:
         close_all_connections()  # none should be open yet; a fork must not share one
         self.ready_r, self.ready_w = os.pipe()
         self.done_r, self.done_w = os.pipe() if notify else (-1, -1)
+        self.ack_r, self.ack_w = os.pipe() if notify else (-1, -1)
         args_r, self._args_w = os.pipe()
         env_path = _monitor_env_path()
         import gc
@@ -256,7 +257,7 @@ class PreforkedMonitor:
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - child
             try:
-                _forked_monitor_hygiene(keep=(args_r, self.ready_w, self.done_w))
+                _forked_monitor_hygiene(keep=(args_r, self.ready_w, self.done_w, self.ack_r))
                 os.environ["PYTHONPATH"] = env_path
                 os.chdir("/")
                 for name in _MONITOR_MODULES:
@@ -273,8 +274,9 @@ class PreforkedMonitor:
                 os._exit(1)
         os.close(args_r)
         os.close(self.ready_w)
-        if self.done_w >= 0:
-            os.close(self.done_w)
+        for fd in (self.done_w, self.ack_r):
+            if fd >= 0:
+                os.close(fd)
 
     def go(self, args: tuple) -> None:
         """Send the monitor its detach_and_run() arguments; it becomes the daemon.
@@ -302,11 +304,11 @@ class PreforkedMonitor:
             import gc
             gc.unfreeze()
         self.cancel()
-        for fd in (self.ready_r, self.done_r):
+        for fd in (self.ready_r, self.done_r, self.ack_w):
             if fd >= 0:
                 with contextlib_suppress(OSError):
                     os.close(fd)
-        self.ready_r = self.done_r = -1
+        self.ready_r = self.done_r = self.ack_w = -1
 
 
 def prefork_monitor(notify: bool) -> PreforkedMonitor | None:
@@ -468,40 +470,8 @@ def monitor_finish(root: str, run_root: str, cid: str, exit_code: str, failed: s
                    status_fd: int) -> int:
     """Record the exit, delete the runtime state, apply the restart policy (3 = restart)."""
     from nsbox.engine.monitor import RESTART
-    db = Database(root)
-    row = db.container(cid)
-    code = int(exit_code)
-    if row is None:
-        return 0
-    oci = runtime_for(run_root, row["runtime"])
-    # Before delete removes the cgroup: was the container's process OOM-killed?
-    oom_killed = code == 137 and failed != "1" and oci.oom_kills(cid) > 0
-    oci.delete(cid)
-    spec = spec_from_json(row["spec"])
-    if spec.network_mode.startswith("slirp4netns"):
-        from nsbox.engine.network import slirp
-        slirp.stop(run_root, cid)
-    os.makedirs(os.path.join(run_root, "exits"), exist_ok=True)
-    with open(_exit_file(run_root, cid), "w") as f:
-        f.write(str(code if failed != "1" else 127))
-    if failed != "1" and not row["stopped_by_user"] and _should_restart(spec.restart, code,
-                                                                       row["restart_count"]):
-        db.update_container(cid, exit_code=code, finished_at=time.time(), pid=0,
-                            oom_killed=oom_killed)
-        db.increment_restart(cid)
-        db.update_container(cid, state=RESTARTING)
-        return RESTART
-    engine = Engine(root, run_root)
-    with contextlib_suppress(NsboxError):
-        engine.storage.unmount(cid)
-    if failed == "1":
-        db.update_container(cid, state=CREATED, pid=0, exit_code=127)
-    else:
-        db.update_container(cid, state=EXITED, pid=0, exit_code=code, finished_at=time.time(),
-                            oom_killed=oom_killed)
-    if spec.auto_remove:
-        engine._remove_now(cid, volumes=True)
-    return 0
+    restart = Engine(root, run_root)._finish_exit(cid, int(exit_code), failed == "1")
+    return RESTART if restart else 0
 
 
 def _should_restart(policy: RestartPolicy, code: int, count: int) -> bool:
@@ -662,9 +632,8 @@ class Engine:
         Raises ImageNotFound, ContainerExists (name in use), BundleError (bind
         source missing) or ConfigError, leaving nothing behind.
         """
-        import sqlite3
-
         from nsbox.engine import bundle as bundle_mod
+        sqlite3 = sqlite()
         runtime = find_runtime(spec.runtime or self.default_runtime)
         bundle_mod.check_mounts(spec)
         if spec.name is not None:
@@ -827,12 +796,34 @@ class Engine:
         MONITOR: a prefork_monitor(NOTIFY) to use; this call takes it over.
         """
         try:
-            return self._start(ref, notify, monitor)
+            fds = self._start(ref, notify, monitor, finish_here=False)
         finally:
             if monitor is not None:
                 monitor.close()
+        return fds[0] if fds is not None else None
 
-    def _start(self, ref: str, notify: bool, monitor: PreforkedMonitor | None) -> int | None:
+    def start_attached(self, ref: str, monitor: PreforkedMonitor | None = None) -> AttachedRun:
+        """Start the container for a caller that follows it to its end (an attached `run`).
+
+        The caller reads the output with AttachedRun.logs() and then calls
+        AttachedRun.finish(), which records the exit here rather than in a
+        helper of the monitor: the engine is loaded already.  A container
+        with a restart policy or slirp4netns is finished by its monitor.
+        """
+        c = self._lookup(ref)
+        finish_here = (c.spec.restart.name == "no"
+                       and not c.spec.network_mode.startswith("slirp4netns"))
+        try:
+            fds = self._start(ref, True, monitor, finish_here)
+        finally:
+            if monitor is not None:
+                monitor.close()
+        if fds is None:
+            raise InvalidState(f"container {c.name} is already running")
+        return AttachedRun(self, c.id, *fds)
+
+    def _start(self, ref: str, notify: bool, monitor: PreforkedMonitor | None,
+               finish_here: bool) -> tuple[int, int] | None:
         c = self.get(ref)
         if c.state in (RUNNING, RESTARTING):
             return None
@@ -849,40 +840,90 @@ class Engine:
         if monitor is None and _single_threaded():
             monitor = owned = PreforkedMonitor(notify)
         try:
-            return self._hand_over(c, notify, monitor, loop_bin)
+            return self._hand_over(c, notify, monitor, loop_bin, finish_here)
         finally:
             if owned is not None:
                 owned.close()
 
     def _hand_over(self, c: Container, notify: bool, monitor: PreforkedMonitor | None,
-                   loop_bin: str) -> int | None:
-        """Give C to MONITOR (or a new monitor process); start()'s answer once it runs."""
+                   loop_bin: str, finish_here: bool) -> tuple[int, int]:
+        """Give C to MONITOR (or a new monitor process) once it runs: (done_r, ack_w), -1 if unused.
+
+        DONE_R reaches end-of-file when the monitor is gone (NOTIFY);
+        ACK_W is the starter's end of the finish handover (FINISH_HERE).
+        """
         spec = c.spec
         if monitor is not None:
-            read_end, write_end, done_r = monitor.ready_r, monitor.ready_w, monitor.done_r
-            monitor.ready_r = monitor.done_r = -1  # ours now
+            read_end, write_end = monitor.ready_r, monitor.ready_w
+            done_r, done_w, ack_r, ack_w = monitor.done_r, monitor.done_w, monitor.ack_r, monitor.ack_w
+            monitor.ready_r = monitor.done_r = monitor.ack_w = -1  # ours now
         else:
             read_end, write_end = os.pipe()
             done_r, done_w = os.pipe() if notify else (-1, -1)
+            ack_r, ack_w = os.pipe() if notify else (-1, -1)
+        if not finish_here and ack_w >= 0:
+            os.close(ack_w)
+            ack_w = -1
         args = (self.root, self.run_root, c.id, write_end, c.log_path, spec.log_driver,
                 _parse_size(spec.log_opts.get("max-size")),
-                int(spec.log_opts.get("max-file", "1")), spec.tty, loop_bin)
+                int(spec.log_opts.get("max-file", "1")), spec.tty, loop_bin,
+                done_w, ack_r if finish_here else -1)
         if monitor is not None:
             monitor.go(args)
         else:
-            reap_starter = _spawn_monitor(args, done_w)
-            os.close(write_end)
-            if done_w >= 0:
-                os.close(done_w)
+            reap_starter = _spawn_monitor(args)
+            for fd in (write_end, done_w, ack_r):
+                if fd >= 0:
+                    os.close(fd)
             reap_starter()
         with os.fdopen(read_end, "rb") as pipe:
             answer = pipe.read().decode(errors="replace").strip()
         if not answer.startswith("ok "):
-            if done_r >= 0:
-                os.close(done_r)
+            for fd in (done_r, ack_w):
+                if fd >= 0:
+                    os.close(fd)
             message = answer.removeprefix("err ").strip() or "the monitor failed to start"
             raise NsboxError(f"cannot start container {c.name}: {message}")
-        return done_r if notify else None
+        return done_r, ack_w
+
+    def _finish_exit(self, cid: str, code: int, failed: bool = False) -> bool:
+        """Record CID's exit CODE (FAILED: it never started) and delete its runtime state.
+
+        True if its restart policy restarts it; else its rootfs is unmounted,
+        and with --rm it is removed.
+        """
+        db = self.db
+        row = db.container(cid)
+        if row is None:
+            return False
+        oci = self.oci(row["runtime"])
+        # Before delete removes the cgroup: was the container's process OOM-killed?
+        oom_killed = code == 137 and not failed and oci.oom_kills(cid) > 0
+        oci.delete(cid)
+        spec = spec_from_json(row["spec"])
+        if spec.network_mode.startswith("slirp4netns"):
+            from nsbox.engine.network import slirp
+            slirp.stop(self.run_root, cid)
+        os.makedirs(os.path.join(self.run_root, "exits"), exist_ok=True)
+        with open(_exit_file(self.run_root, cid), "w") as f:
+            f.write(str(code if not failed else 127))
+        if not failed and not row["stopped_by_user"] and _should_restart(spec.restart, code,
+                                                                         row["restart_count"]):
+            db.update_container(cid, exit_code=code, finished_at=time.time(), pid=0,
+                                oom_killed=oom_killed)
+            db.increment_restart(cid)
+            db.update_container(cid, state=RESTARTING)
+            return True
+        with contextlib_suppress(NsboxError):
+            self.storage.unmount(cid)
+        if failed:
+            db.update_container(cid, state=CREATED, pid=0, exit_code=127)
+        else:
+            db.update_container(cid, state=EXITED, pid=0, exit_code=code, finished_at=time.time(),
+                                oom_killed=oom_killed)
+        if spec.auto_remove:
+            self._remove_now(cid, volumes=True)
+        return False
 
     def run(self, spec: ContainerSpec, detach: bool = True) -> Container:
         """create + start.  The caller (CLI) attaches by following logs() and wait()."""
@@ -1109,7 +1150,7 @@ class Engine:
         return removed
 
     def rename(self, ref: str, new_name: str) -> None:
-        import sqlite3
+        sqlite3 = sqlite()
         c = self.get(ref)
         _check_name(new_name)
         try:
@@ -1484,6 +1525,85 @@ class Engine:
         except OSError:
             pass
         return out
+
+
+class AttachedRun:
+    """A container started by Engine.start_attached(): follow logs(), then finish().
+
+    When the monitor hands the finish over (see nsbox.engine.monitor), it
+    says `exit CODE` on the done pipe once the output is in the log, and
+    waits on the ack pipe for `done`.  Closing the ack pipe without it
+    (close(), or the process dies) leaves the finish to the monitor.
+    """
+
+    def __init__(self, engine: Engine, cid: str, done_fd: int, ack_fd: int) -> None:
+        self.engine = engine
+        self.id = cid
+        self._done_fd = done_fd
+        self._ack_fd = ack_fd
+        self._said = b""
+        self._monitor_gone = False
+        self.exit_code: int | None = None  # once the monitor has told it
+
+    def _listen(self, timeout: float | None) -> None:
+        """Take in what the monitor says on the done pipe within TIMEOUT seconds (None: until it does)."""
+        if self._monitor_gone or self.exit_code is not None:
+            return
+        if timeout is not None:
+            import select
+            readable, _, _ = select.select([self._done_fd], [], [], timeout)
+            if not readable:
+                return
+        try:
+            chunk = os.read(self._done_fd, 64)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._monitor_gone = True
+            return
+        self._said += chunk
+        if self._said.startswith(b"exit ") and self._said.endswith(b"\n"):
+            self.exit_code = int(self._said[5:])
+
+    def _following(self) -> bool:
+        self._listen(0)
+        return self.exit_code is None and not self._monitor_gone
+
+    def logs(self) -> Iterator[tuple[str, str, bytes]]:
+        """The container's output from the start until its process has exited."""
+        if self._ack_fd < 0:
+            return self.engine.logs(self.id, follow=True, wake_fd=self._done_fd)
+        from nsbox.engine.logs import read_logs
+        c = self.engine._lookup(self.id)
+        return read_logs(c.log_path, c.spec.log_driver, True, None, None, self._following,
+                         sleep=self._listen)
+
+    def finish(self, remove: bool = False) -> int:
+        """Wait for the exit, record it (REMOVE: remove the container, as --rm); the exit code."""
+        try:
+            while self._ack_fd >= 0 and self.exit_code is None and not self._monitor_gone:
+                self._listen(None)
+            if self.exit_code is None:  # the monitor records it (or is gone)
+                code = self.engine.wait(self.id, wake_fd=-1 if self._monitor_gone else self._done_fd)
+                if remove:
+                    self.engine.remove(self.id, force=True, volumes=True)
+                return code
+            if remove:
+                self.engine._remove_now(self.id, volumes=True)
+            else:
+                self.engine._finish_exit(self.id, self.exit_code)
+            os.write(self._ack_fd, b"done\n")
+            return self.exit_code
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop attending: the monitor records the exit itself."""
+        for fd in (self._done_fd, self._ack_fd):
+            if fd >= 0:
+                with contextlib_suppress(OSError):
+                    os.close(fd)
+        self._done_fd = self._ack_fd = -1
 
 
 def asdict_row(c: Container) -> dict:

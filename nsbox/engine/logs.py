@@ -57,11 +57,13 @@ def _files(path: str) -> list[str]:
 
 def read_logs(path: str, driver: str, follow: bool, tail: int | None, since: float | None,
               running: Callable[[], bool], poll: float = 0.1,
-              wake_fd: int = -1) -> Iterator[tuple[str, str, bytes]]:
+              wake_fd: int = -1, sleep: Callable[[float], object] | None = None
+              ) -> Iterator[tuple[str, str, bytes]]:
     """Lines of the log (oldest first); with FOLLOW, keep going while RUNNING() says so.
 
     WAKE_FD, if given, is a pipe whose end-of-file means the writer is done:
     following stops waiting the moment it comes instead of at the next poll.
+    SLEEP(POLL), if given, is how to wait between reads instead.
     """
     def wanted(entry: tuple[str, str, bytes] | None) -> bool:
         return entry is not None and (since is None or _parse_time(entry[0]) >= since)
@@ -106,6 +108,8 @@ def read_logs(path: str, driver: str, follow: bool, tail: int | None, since: flo
                     yield entry
         elif not alive:
             return
+        elif sleep is not None:
+            sleep(poll)
         else:
             wake_fd = nap(wake_fd, poll)
 

@@ -17,6 +17,13 @@ One cycle per (re)start:
    on the restart policy (exit status 3 = restart), or unmounts the rootfs
    and, for --rm, removes the container.
 
+An attached starter (`nsbox run` without -d) may take step 3 over, since it
+has the engine loaded already and saves a helper its start-up: it hands
+the monitor an ACK pipe.  The monitor then writes `exit CODE` on the DONE
+pipe once the output is in the log, and waits: `done` on ACK means the
+starter finished the container; end-of-file without it (the starter died)
+means the monitor finishes it itself, as without a starter.
+
 Keeping sqlite3 and the engine in the helpers keeps the idle monitor
 small: it imports only os, sys, select, time and the C half of json.
 """
@@ -141,8 +148,16 @@ def _drain(fds: dict[int, str], buffers: dict[int, bytes], log: LogWriter) -> No
     fds.clear()
 
 
-def _helper(func_name: str, *args: str) -> tuple[int, bytes]:
-    """Run nsbox.engine.containers.<func_name>(*args, status_fd) in a child; (exit status, message)."""
+_UNREAPED: list[int] = []  # helpers whose answer came before their exit
+
+
+def _helper(func_name: str, *args: str, answer_only: bool = False) -> tuple[int, bytes]:
+    """Run nsbox.engine.containers.<func_name>(*args, status_fd) in a child; (exit status, message).
+
+    ANSWER_ONLY: an `ok ...` line means success at once, without waiting for
+    the child's exit (the teardown of a forked Python takes milliseconds);
+    _reap_helpers() collects it later.
+    """
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
@@ -165,9 +180,21 @@ def _helper(func_name: str, *args: str) -> tuple[int, bytes]:
         if not chunk:
             break
         chunks.append(chunk)
+        if answer_only and chunks[0].startswith(b"ok ") and chunk.endswith(b"\n"):
+            os.close(r)
+            _UNREAPED.append(pid)
+            return 0, b"".join(chunks)
     os.close(r)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), b"".join(chunks)
+
+
+def _reap_helpers() -> None:
+    while _UNREAPED:
+        try:
+            os.waitpid(_UNREAPED.pop(), 0)
+        except ChildProcessError:
+            pass
 
 
 def _reap_others(keep: int) -> None:
@@ -206,13 +233,29 @@ def loop_binary(run_root: str) -> str:
     return target
 
 
+def _hand_exit(done_fd: int, ack_fd: int, exit_code: int) -> bool:
+    """Tell the attached starter the exit code; True once it says it finished the container."""
+    try:
+        os.write(done_fd, f"exit {exit_code}\n".encode())
+        answer = b""
+        while chunk := os.read(ack_fd, 64):
+            answer += chunk
+            if answer.endswith(b"\n"):
+                break
+    except OSError:
+        return False  # the starter is gone
+    return answer == b"done\n"
+
+
 def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver: str,
         max_size: int, max_file: int, tty: bool, loop_bin: str,
-        resume_code: int | None = None) -> None:
+        resume_code: int | None = None, done_fd: int = -1, ack_fd: int = -1) -> None:
     """Start/watch/finish cycles until the container stays down.
 
     With LOOP_BIN the watching is done by the C loop, which execs us again
-    with `--resume` and the exit code (RESUME_CODE).
+    with `--resume` and the exit code (RESUME_CODE).  With ACK_FD the
+    starter finishes the first exit (see the module's docstring), told on
+    DONE_FD.
     """
     if resume_code is not None:
         code, _ = _helper("monitor_finish", root, run_root, cid, str(resume_code), "0")
@@ -231,7 +274,7 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
             console = os.path.join(run_root, "tty", cid[:32])
             listener = listen(console)
         code, message = _helper("monitor_start", root, run_root, cid, str(out_w), str(err_w),
-                                console)
+                                console, answer_only=True)
         os.close(out_w)
         os.close(err_w)
         text = message.decode(errors="replace").strip()
@@ -265,6 +308,7 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
             os.write(ready_fd, (text or "err the monitor's helper failed").encode() + b"\n")
             os.close(ready_fd)
             first = False
+        _reap_helpers()
         if text == "cancel" or failed:
             return
         init_pid = int(text.split()[1])
@@ -295,6 +339,9 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
             status = None  # not our child (should not happen): the helper asks the runtime
         _reap_others(init_pid)
         exit_code = 255 if status is None else (128 - status if status < 0 else status)
+        if ack_fd >= 0 and _hand_exit(done_fd, ack_fd, exit_code):
+            _reap_others(-1)
+            return
         code, _ = _helper("monitor_finish", root, run_root, cid, str(exit_code), "0")
         # The finish stopped the container's slirp4netns, our child since the
         # start helper left: reap it, this host's init may not.
@@ -310,7 +357,8 @@ def monitor_name(cid: str) -> str:
 
 
 def detach_and_run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str,
-                   driver: str, max_size: int, max_file: int, tty: bool, loop_bin: str) -> None:
+                   driver: str, max_size: int, max_file: int, tty: bool, loop_bin: str,
+                   done_fd: int = -1, ack_fd: int = -1) -> None:
     """Become the container's monitor daemon and run it; the calling process exits at once.
 
     Called in a child of whoever starts the container (the engine forks one,
@@ -318,6 +366,7 @@ def detach_and_run(root: str, run_root: str, cid: str, ready_fd: int, log_path: 
     is nobody's child, leaves the session and the terminal, and becomes a
     child subreaper.  Every way out is os._exit: a forked engine process must
     not run its parent's finalizers (SQLite connections among them).
+    DONE_FD, ACK_FD: see run().
     """
     if os.fork() != 0:
         os._exit(0)  # the starter waits for this one; the daemon lives on, reparented
@@ -337,7 +386,8 @@ def detach_and_run(root: str, run_root: str, cid: str, ready_fd: int, log_path: 
                 f.write(monitor_name(cid))
         except OSError:
             pass
-        run(root, run_root, cid, ready_fd, log_path, driver, max_size, max_file, tty, loop_bin)
+        run(root, run_root, cid, ready_fd, log_path, driver, max_size, max_file, tty, loop_bin,
+            done_fd=done_fd, ack_fd=ack_fd)
     finally:
         os._exit(0)
 
@@ -354,11 +404,13 @@ def main(argv: list[str]) -> int:
             resume_code=int(argv[10]))
         return 0
     done_fd = int(argv[10]) if len(argv) > 10 else -1
-    if done_fd >= 0:
-        # Held, not passed on: the starter sees end-of-file when we are gone.
-        os.set_inheritable(done_fd, False)
+    ack_fd = int(argv[11]) if len(argv) > 11 else -1
+    for fd in (done_fd, ack_fd):
+        if fd >= 0:
+            # Held, not passed on: the starter sees end-of-file when we are gone.
+            os.set_inheritable(fd, False)
     detach_and_run(root, run_root, cid, ready_fd, log_path, driver, max_size, max_file, tty,
-                   loop_bin)
+                   loop_bin, done_fd, ack_fd)
     return 0
 
 

@@ -43,7 +43,9 @@ class Volumes:
                anonymous: bool = False) -> dict:
         """Create volume NAME (random if None); an existing named volume is returned as is."""
         import re
-        import sqlite3
+
+        from nsbox.engine.db import sqlite
+        sqlite3 = sqlite()
         if name is None:
             name = os.urandom(32).hex()
         if not re.fullmatch(_NAME, name):

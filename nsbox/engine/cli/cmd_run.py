@@ -8,7 +8,6 @@ Takes every `docker run` resource, mount, namespace and process flag
 
 from __future__ import annotations
 
-import os
 import sys
 
 from nsbox._lite import suppress
@@ -91,7 +90,10 @@ def _run(args, ctx, spec, detach: bool, foreground: bool, monitor) -> int:  # no
             raise api.name_conflict(engine, spec.name) from None
         raise
     try:
-        done_fd = engine.start(container.id, notify=not detach, monitor=monitor)
+        if detach:
+            engine.start(container.id, monitor=monitor)
+        else:
+            attached = engine.start_attached(container.id, monitor=monitor)
     except NsboxError as exc:
         if auto_remove:  # a container that never ran is not left behind with --rm
             with suppress(NsboxError):
@@ -103,10 +105,10 @@ def _run(args, ctx, spec, detach: bool, foreground: bool, monitor) -> int:  # no
     from nsbox.engine.cli._common import stream_logs
 
     try:
-        stream_logs(engine.logs(container.id, follow=True, wake_fd=done_fd))
-        return engine.wait(container.id, wake_fd=done_fd)
-    finally:
-        if done_fd is not None:
-            os.close(done_fd)
+        stream_logs(attached.logs())
+    except BaseException:
+        attached.close()
         if remove_after:
             engine.remove(container.id, force=True, volumes=True)
+        raise
+    return attached.finish(remove=remove_after)
