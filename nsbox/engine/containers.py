@@ -228,6 +228,11 @@ _MONITOR_MODULES = (
 )
 
 
+# What an attached starter needs to finish the container (AttachedRun.finish):
+# imported while the monitor creates the container, on the other CPU.
+_FINISH_MODULES = ("nsbox.engine.logs", "nsbox.runtime.syscalls", "nsbox.runtime.container")
+
+
 class PreforkedMonitor:
     """A container monitor forked from this (single-threaded) process, before it has its arguments.
 
@@ -403,15 +408,20 @@ def _open_stdin_fifo(run_root: str, cid: str) -> int:
 # monitor itself never imports sqlite3 or the engine.
 def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, console: str,
                   status_fd: int) -> int:
-    """Create and start the container; write 'ok PID', 'cancel' or 'err MESSAGE' to STATUS_FD."""
-    db = Database(root)
+    """Mount, create and start the container; write 'ok PID', 'cancel' or 'err MESSAGE' to STATUS_FD.
+
+    The rootfs is mounted here rather than by the starter, which then need
+    not load the syscall layer (ctypes) before the container runs.
+    """
+    engine = Engine(root, run_root)
+    db = engine.db
     row = db.container(cid)
     if row is None:
         os.write(status_fd, b"err the container was removed\n")
         return 1
     if row["stopped_by_user"] and row["state"] == RESTARTING:
         with contextlib_suppress(NsboxError):
-            Engine(root, run_root).storage.unmount(cid)
+            engine.storage.unmount(cid)
         db.update_container(cid, state=EXITED, pid=0)
         os.write(status_fd, b"cancel\n")
         return 0
@@ -429,6 +439,8 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
     network = spec.get("network_mode") or ""
     null = _open_stdin_fifo(run_root, cid) if interactive else os.open("/dev/null", os.O_RDONLY)
     try:
+        engine.storage.mount(cid)  # already mounted on a restart
+        engine._fill_new_volumes(Container.from_row(row))
         if network.startswith("slirp4netns"):
             from nsbox.engine.network import slirp
             slirp.make_netns(run_root, cid)
@@ -830,8 +842,7 @@ class Engine:
         if c.state == PAUSED:
             raise InvalidState(f"container {c.name} is paused: unpause it")
         self._wait_monitor_gone(c)
-        self.storage.mount(c.id)
-        self._fill_new_volumes(c)
+        # The rootfs is mounted by the monitor's start helper (monitor_start).
         self.db.update_container(c.id, stopped_by_user=0, error="", oom_killed=0)
         with contextlib_suppress(FileNotFoundError):
             os.unlink(_exit_file(self.run_root, c.id))
@@ -876,8 +887,13 @@ class Engine:
                 if fd >= 0:
                     os.close(fd)
             reap_starter()
+        if finish_here:
+            for name in _FINISH_MODULES:
+                __import__(name)
+        # One line, not end-of-file: the monitor's start helper may hold the
+        # pipe a little longer while it exits.
         with os.fdopen(read_end, "rb") as pipe:
-            answer = pipe.read().decode(errors="replace").strip()
+            answer = pipe.readline().decode(errors="replace").strip()
         if not answer.startswith("ok "):
             for fd in (done_r, ack_w):
                 if fd >= 0:

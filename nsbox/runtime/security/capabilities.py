@@ -36,7 +36,9 @@ from nsbox._lazylog import get_logger
 from nsbox._lite import once
 from nsbox._record import record
 from nsbox.errors import ConfigError, KernelError
-from nsbox.runtime import syscalls
+
+# nsbox.runtime.syscalls (ctypes, ~2 ms) is imported inside the functions that call
+# the kernel: the engine only needs the names and numbers.
 
 TYPE_CHECKING = False  # typing itself is slow to import
 if TYPE_CHECKING:
@@ -106,6 +108,7 @@ def last_cap() -> int:
         pass
     # /proc may be missing (e.g. inside init before it is mounted): probe the
     # bounding set, which answers EINVAL for numbers past the last capability.
+    from nsbox.runtime import syscalls
     number = 0
     while number < 63:
         try:
@@ -219,6 +222,7 @@ def validate(caps: Capabilities | None, *, strict: bool = True) -> CapSets:
 
 
 def _bounding_now() -> int:
+    from nsbox.runtime import syscalls
     mask = 0
     for number in range(last_cap() + 1):
         if syscalls.prctl(syscalls.PR_CAPBSET_READ, number) == 1:
@@ -228,6 +232,7 @@ def _bounding_now() -> int:
 
 def drop_bounding(caps: Capabilities | None) -> None:
     """Remove from the bounding set every capability the config does not list."""
+    from nsbox.runtime import syscalls
     keep = _resolve_in_init(caps).bounding
     for number in range(last_cap() + 1):
         if keep >> number & 1:
@@ -246,6 +251,7 @@ def drop_bounding(caps: Capabilities | None) -> None:
 
 def prepare_identity_change() -> None:
     """Keep the permitted set when the caller next switches from uid 0 to another uid."""
+    from nsbox.runtime import syscalls
     try:
         syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 1)
     except OSError as e:
@@ -258,6 +264,7 @@ def apply_sets(caps: Capabilities | None) -> None:
     Capabilities the process no longer holds cannot be granted; they are
     dropped from the request with a warning instead of failing.
     """
+    from nsbox.runtime import syscalls
     sets = _resolve_in_init(caps)
     _, held_permitted, held_inheritable = syscalls.capget()
 
@@ -288,6 +295,7 @@ def apply_sets(caps: Capabilities | None) -> None:
 
 
 def _apply_ambient(wanted: int, raisable: int, consistent: int) -> None:
+    from nsbox.runtime import syscalls
     try:
         syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError as e:

@@ -15,7 +15,6 @@ import os
 from nsbox._lazylog import get_logger
 from nsbox._lite import once
 from nsbox.errors import KernelError, UnsupportedError
-from nsbox.runtime import syscalls
 
 log = get_logger(__name__)
 
@@ -54,6 +53,8 @@ def _enabled_lsms() -> tuple[str, ...]:
             return tuple(name for name in f.read().strip().split(",") if name)
     except OSError:
         pass  # securityfs is often not mounted
+    from nsbox.runtime import syscalls  # ctypes: only where securityfs is not mounted
+
     try:
         ids = syscalls.lsm_list_modules()
     except OSError as e:
