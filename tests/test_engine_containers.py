@@ -188,13 +188,14 @@ def test_attached_run_is_finished_by_its_caller(eng):
     attached = eng.start_attached(c.id)
     assert [(s, line) for _, s, line in attached.logs()] == [("stdout", b"one\n"),
                                                               ("stderr", b"two\n")]
-    assert attached.exit_code == 4  # told by the monitor, which now waits for us
-    assert eng.get(c.id).state == RUNNING and _merged_mounted(eng, c.id)
-    assert attached.finish() == 4
+    # Told by the monitor, and recorded by us at once, before the rest of the output.
+    assert attached.exit_code == 4
     c = eng.get(c.id)
     assert (c.state, c.exit_code, c.pid) == (EXITED, 4, 0)
     assert eng.oci(c.runtime).state(c.id) is None and not _merged_mounted(eng, c.id)
     assert wait_for(lambda: not _pid_alive(c.monitor_pid))
+    assert attached.finish() == 4
+    assert eng.get(c.id).state == EXITED
 
 
 def test_attached_run_with_rm_is_removed_by_its_caller(eng):
@@ -208,11 +209,11 @@ def test_attached_run_with_rm_is_removed_by_its_caller(eng):
 
 
 def test_attached_caller_gone_leaves_the_finish_to_the_monitor(eng):
-    # The caller learns the exit code and goes away before it finishes the container.
+    # The caller hears the exit code and dies before it records the exit.
     c = eng.create(sh("exit 9"))
     attached = eng.start_attached(c.id)
-    list(attached.logs())
-    assert attached.exit_code == 9
+    assert os.read(attached._done_fd, 64) == b"exit 9\n"
+    assert eng._lookup(c.id).state == RUNNING  # the monitor waits for the caller
     attached.close()
     assert wait_for(lambda: eng._lookup(c.id).state == EXITED)
     c = eng.get(c.id)

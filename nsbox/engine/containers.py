@@ -902,11 +902,12 @@ class Engine:
             raise NsboxError(f"cannot start container {c.name}: {message}")
         return done_r, ack_w
 
-    def _finish_exit(self, cid: str, code: int, failed: bool = False) -> bool:
+    def _finish_exit(self, cid: str, code: int, failed: bool = False,
+                     auto_remove: bool = True) -> bool:
         """Record CID's exit CODE (FAILED: it never started) and delete its runtime state.
 
         True if its restart policy restarts it; else its rootfs is unmounted,
-        and with --rm it is removed.
+        and with --rm (unless not AUTO_REMOVE) it is removed.
         """
         db = self.db
         row = db.container(cid)
@@ -937,7 +938,7 @@ class Engine:
         else:
             db.update_container(cid, state=EXITED, pid=0, exit_code=code, finished_at=time.time(),
                                 oom_killed=oom_killed)
-        if spec.auto_remove:
+        if spec.auto_remove and auto_remove:
             self._remove_now(cid, volumes=True)
         return False
 
@@ -1548,8 +1549,11 @@ class AttachedRun:
 
     When the monitor hands the finish over (see nsbox.engine.monitor), it
     says `exit CODE` on the done pipe once the output is in the log, and
-    waits on the ack pipe for `done`.  Closing the ack pipe without it
-    (close(), or the process dies) leaves the finish to the monitor.
+    waits on the ack pipe for `done`.  The exit is recorded the moment it
+    is heard, before the rest of the output is read (a slow reader of
+    ours must not keep the container `running`), and then `done` is sent.
+    Closing the ack pipe without it (close(), or the process dies) leaves
+    the finish to the monitor.
     """
 
     def __init__(self, engine: Engine, cid: str, done_fd: int, ack_fd: int) -> None:
@@ -1579,7 +1583,14 @@ class AttachedRun:
             return
         self._said += chunk
         if self._said.startswith(b"exit ") and self._said.endswith(b"\n"):
-            self.exit_code = int(self._said[5:])
+            self._record(int(self._said[5:]))
+
+    def _record(self, code: int) -> None:
+        self.exit_code = code
+        # No --rm removal yet: the log is still being read.
+        self.engine._finish_exit(self.id, code, auto_remove=False)
+        with contextlib_suppress(OSError):  # a monitor that is gone already needs no answer
+            os.write(self._ack_fd, b"done\n")
 
     def _following(self) -> bool:
         self._listen(0)
@@ -1606,9 +1617,6 @@ class AttachedRun:
                 return code
             if remove:
                 self.engine._remove_now(self.id, volumes=True)
-            else:
-                self.engine._finish_exit(self.id, self.exit_code)
-            os.write(self._ack_fd, b"done\n")
             return self.exit_code
         finally:
             self.close()
