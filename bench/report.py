@@ -14,6 +14,7 @@ from pathlib import Path
 
 BASELINES = ("runc", "crun")
 SUBJECT = "nsbox-runtime"
+FLOOR = "python-floor"  # bare interpreter starts, no work (see render())
 
 
 @dataclass
@@ -124,6 +125,11 @@ def render(args: argparse.Namespace) -> str:
         "- nsbox-runtime is called through the venv's console script"
         " (`.venv/bin/nsbox-runtime`, whose `#!` is the real interpreter), never through a"
         " pyenv shim, which would add a bash script and a second Python start to each call.",
+        f"- **`{FLOOR}`** is not a runtime: it starts the same interpreter with nothing to"
+        " do (`python -S -c pass`), once in the `run` table and three times in the"
+        " lifecycle table. It is the least any Python command line can cost here, whatever"
+        " it does: when its row is above runc's, no runtime written in Python can match"
+        " runc on this machine.",
         "",
         "## Results: `run`",
         "",

@@ -156,6 +156,10 @@ for rt in "${measured[@]}"; do
         "$rt_cmd create --bundle $bundle bench-$rt && $rt_cmd start bench-$rt && $rt_cmd delete --force bench-$rt")
     run_args+=(-n "$rt" "$rt_cmd run --bundle $bundle run-$rt")
 done
+# The floor of any Python command line: the interpreter starting with nothing to do.
+bare="$(q "$py") -S -c pass"
+run_args+=(-n python-floor "$bare")
+lifecycle_args+=(-n python-floor "$bare && $bare && $bare")
 
 mkdir -p "$results"
 common=(--style basic --warmup "$warmup" --runs "$runs")
