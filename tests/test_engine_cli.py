@@ -48,10 +48,12 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_run_rm_echo(nsbox):
+def test_run_rm_echo(nsbox, tmp_path):
     out = nsbox("run", "--rm", "busybox", "echo", "hi")
     assert out.stdout == "hi\n"
     assert nsbox.ids() == []
+    exits = tmp_path / "run" / "exits"
+    assert not exits.exists() or list(exits.iterdir()) == []  # no state left behind
 
 
 def test_container_exit_code_and_stderr(nsbox):

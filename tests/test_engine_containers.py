@@ -206,6 +206,7 @@ def test_attached_run_with_rm_is_removed_by_its_caller(eng):
     with pytest.raises(ContainerNotFound):
         eng.get(c.id)
     assert not os.path.exists(os.path.join(eng.storage.containers_dir, c.id))
+    assert not os.path.exists(os.path.join(eng.run_root, "exits", c.id))  # the caller has the code
 
 
 def test_attached_caller_gone_leaves_the_finish_to_the_monitor(eng):

@@ -808,7 +808,7 @@ class Engine:
         MONITOR: a prefork_monitor(NOTIFY) to use; this call takes it over.
         """
         try:
-            fds = self._start(ref, notify, monitor, finish_here=False)
+            fds = self._start(self.get(ref), notify, monitor, finish_here=False)
         finally:
             if monitor is not None:
                 monitor.close()
@@ -822,11 +822,11 @@ class Engine:
         helper of the monitor: the engine is loaded already.  A container
         with a restart policy or slirp4netns is finished by its monitor.
         """
-        c = self._lookup(ref)
-        finish_here = (c.spec.restart.name == "no"
-                       and not c.spec.network_mode.startswith("slirp4netns"))
         try:
-            fds = self._start(ref, True, monitor, finish_here)
+            c = self.get(ref)
+            finish_here = (c.spec.restart.name == "no"
+                           and not c.spec.network_mode.startswith("slirp4netns"))
+            fds = self._start(c, True, monitor, finish_here)
         finally:
             if monitor is not None:
                 monitor.close()
@@ -834,9 +834,8 @@ class Engine:
             raise InvalidState(f"container {c.name} is already running")
         return AttachedRun(self, c.id, *fds)
 
-    def _start(self, ref: str, notify: bool, monitor: PreforkedMonitor | None,
+    def _start(self, c: Container, notify: bool, monitor: PreforkedMonitor | None,
                finish_here: bool) -> tuple[int, int] | None:
-        c = self.get(ref)
         if c.state in (RUNNING, RESTARTING):
             return None
         if c.state == PAUSED:
@@ -939,7 +938,7 @@ class Engine:
             db.update_container(cid, state=EXITED, pid=0, exit_code=code, finished_at=time.time(),
                                 oom_killed=oom_killed)
         if spec.auto_remove and auto_remove:
-            self._remove_now(cid, volumes=True)
+            self._remove_now(cid, volumes=True, keep_exit_code=True)
         return False
 
     def run(self, spec: ContainerSpec, detach: bool = True) -> Container:
@@ -1134,10 +1133,13 @@ class Engine:
             self._terminate(c, "KILL", 0)
         self._wait_monitor_gone(c)
         self._remove_now(c.id, volumes)
-        with contextlib_suppress(FileNotFoundError):
-            os.unlink(_exit_file(self.run_root, c.id))
 
-    def _remove_now(self, cid: str, volumes: bool) -> None:
+    def _remove_now(self, cid: str, volumes: bool, keep_exit_code: bool = False) -> None:
+        """Remove CID and its state now; KEEP_EXIT_CODE leaves its exit file for wait()
+        (a --rm container its monitor removes may still be waited for by id)."""
+        if not keep_exit_code:
+            with contextlib_suppress(FileNotFoundError):
+                os.unlink(_exit_file(self.run_root, cid))
         row = self.db.container(cid)
         if row is None:
             return
