@@ -2,7 +2,7 @@
 
 Used to fill a new volume from the image (volumes.fill_from_image) and to
 make an image layer whose owners are shifted for a container's user
-namespace (storage.Storage.set_keep_id).  The source is walked through
+namespace (storage.Storage.set_shifted).  The source is walked through
 directory fds with O_NOFOLLOW, so a symlink inside it is copied as a link
 and never followed out of the tree.
 """
