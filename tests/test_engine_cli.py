@@ -322,3 +322,116 @@ def test_killed_attached_run_leaves_the_finish_to_the_monitor(nsbox):
     state = json.loads(nsbox("inspect", "orphan").stdout)[0]["State"]
     assert (state["Status"], state["ExitCode"]) == ("exited", 5)
     assert nsbox("logs", "orphan").stdout == "started\n"
+
+
+# ---------------------------------------------------------------- --help
+def _engine_commands() -> list[tuple[list[str], str]]:
+    """(argv prefix, module name) of every engine command and group sub-command."""
+    from nsbox.engine import cli
+
+    out = [([name], module) for name, module in cli.COMMANDS.items()]
+    out += [([group, sub], module) for group, subs in cli.GROUPS.items()
+            for sub, module in subs.items()]
+    return out
+
+
+def _cmd_module(module_name: str):  # noqa: ANN202
+    import importlib
+
+    return importlib.import_module(f"nsbox.engine.cli.cmd_{module_name}")
+
+
+@pytest.mark.parametrize(("argv", "module_name"), _engine_commands(),
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_help_lists_every_flag(argv, module_name, capsys) -> None:  # noqa: ANN001
+    from nsbox.engine.cli import main
+
+    module = _cmd_module(module_name)
+    assert main([*argv, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage:")
+    lines = out.split("\nOptions:\n", 1)[1].splitlines()
+    listed = {line.split("--", 1)[1].split()[0]: line for line in lines}
+    expected = set(module.FLAGS) | {"help"}
+    assert set(listed) == expected
+    shorts = {long: short for short, long in (getattr(module, "ALIASES", None) or {}).items()}
+    for name, line in listed.items():
+        if name in shorts:
+            assert line.startswith(f"  -{shorts[name]}, --{name}"), line
+        if name != "help" and module.FLAGS[name] != "bool":
+            assert len(line.split("--", 1)[1].split()) >= 3, line  # a value name, a description
+
+
+def test_every_engine_flag_has_a_description() -> None:
+    missing = sorted(f"{module_name}: --{flag}" for _, module_name in _engine_commands()
+                     for flag in _cmd_module(module_name).FLAGS
+                     if not (getattr(_cmd_module(module_name), "HELP", None) or {}).get(flag))
+    assert not missing
+
+
+def test_help_spot_checks() -> None:
+    out = subprocess.run([NSBOX, "run", "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "Usage:  nsbox run [OPTIONS] IMAGE [COMMAND] [ARG...]" in text
+    assert "  -m, --memory bytes" in text
+    assert "      --rm " in text
+    assert "      --device list" in text
+    assert "  -d, --detach " in text
+    from nsbox.engine.flags import RUN_ALIASES
+
+    assert ("-p, --publish" in text) == ("p" in RUN_ALIASES)
+    top = subprocess.run([NSBOX, "--help"], capture_output=True, text=True, timeout=30)
+    assert top.returncode == 0
+    from nsbox.engine.cli import COMMANDS, GLOBAL_FLAGS, GROUPS
+
+    commands = {line.split()[0] for line in top.stdout.split("Commands:\n")[1]
+                .split("\n\n")[0].splitlines()}
+    assert commands == set(COMMANDS) | set(GROUPS)
+    for flag in GLOBAL_FLAGS:
+        assert f"--{flag}" in top.stdout.split("Global options:")[1]
+    group = subprocess.run([NSBOX, "volume", "--help"], capture_output=True, text=True,
+                           timeout=30)
+    assert group.returncode == 0 and "  prune " in group.stdout
+
+
+def _runtime_commands() -> list[str]:
+    from nsbox.runtime.cli import COMMANDS
+
+    return list(COMMANDS)
+
+
+@pytest.mark.parametrize("command", _runtime_commands())
+def test_runtime_help_lists_every_flag(command, capsys) -> None:  # noqa: ANN001
+    import importlib
+
+    from nsbox.runtime.cli import main
+
+    module = importlib.import_module(f"nsbox.runtime.cli.cmd_{command}")
+    aliases = getattr(module, "ALIASES", None) or {}
+    if getattr(module, "STOP_AFTER", None) == 0:
+        pytest.skip(f"{command} takes no flags")
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: nsbox-runtime")
+    lines = out.split("\nflags:\n", 1)[1].splitlines()
+    listed = {line.split()[0].removeprefix("--").rstrip(","): line for line in lines}
+    expected = {name for name in module.FLAGS if not (name in aliases and aliases[name] in module.FLAGS)}
+    assert set(listed) == expected
+    for name, line in listed.items():
+        assert (getattr(module, "HELP", None) or {}).get(name), f"--{name} has no description"
+        for alias, target in aliases.items():
+            if target == name:
+                assert ("-" if len(alias) == 1 else "--") + alias in line
+
+
+def test_runtime_main_help_lists_global_flags() -> None:
+    from nsbox.runtime.cli import _ALIASES, GLOBAL_FLAGS
+
+    runtime = str(Path(NSBOX).with_name("nsbox-runtime"))
+    out = subprocess.run([runtime, "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    flags_part = out.stdout.split("global flags:\n")[1]
+    for flag in GLOBAL_FLAGS:
+        if flag not in _ALIASES:
+            assert f"  --{flag}" in flags_part

@@ -3,9 +3,10 @@
 Flags follow Docker's (pflag) rules: `--flag value`, `--flag=value`, `-f value`,
 `-fvalue`, combined boolean shorthands (`-dit`), repeatable list flags, and
 `--` to end the flags.  Each command is a module `cmd_<name>.py` with FLAGS
-(name -> "bool" | "str" | "list"), optional ALIASES (short -> long) and
-STOP_AFTER (positionals after which everything is the container's command),
-and `run(args, ctx) -> int`.  Commands only parse and print: the work is
+(name -> "bool" | "str" | "list"), optional ALIASES (short -> long), HELP
+(name -> one-line description, or (value name, description); `--help` lists
+every flag of FLAGS with it, see _help.py), STOP_AFTER (positionals after
+which everything is the container's command), and `run(args, ctx) -> int`.  Commands only parse and print: the work is
 done by nsbox.api / nsbox.engine.
 
 Exit codes follow Docker: 125 for errors of nsbox itself, 126/127 when the
@@ -44,6 +45,15 @@ GROUPS = {
 GLOBAL_FLAGS = {"root": "str", "runroot": "str", "runtime": "str", "log-level": "str",
                 "help": "bool", "version": "bool", "debug": "bool"}
 GLOBAL_ALIASES = {"v": "version", "D": "debug"}
+GLOBAL_HELP = {
+    "root": ("DIR", "Engine storage (default /var/lib/nsbox, or $NSBOX_ROOT)"),
+    "runroot": ("DIR", "Runtime state (default /run/nsbox, or $NSBOX_RUNROOT)"),
+    "runtime": ("PATH", "OCI runtime (default nsbox-runtime, or $NSBOX_RUNTIME)"),
+    "log-level": ("LEVEL", "Log level: debug, info, warn or error"),
+    "debug": "Log debug messages (--log-level debug)",
+    "help": "Print usage",
+    "version": "Print the version and exit",
+}
 
 DEFAULT_RUNROOT = "/run/nsbox"
 
@@ -184,53 +194,6 @@ def fail(message: str, code: int = 125) -> int:
     return code
 
 
-USAGE = """Usage:  nsbox [OPTIONS] COMMAND
-
-A daemonless, Docker-compatible container engine.
-
-Commands:
-  run        Create and run a new container from an image
-  create     Create a new container
-  start      Start one or more stopped containers
-  stop       Stop one or more running containers
-  restart    Restart one or more containers
-  kill       Kill one or more running containers
-  rm         Remove one or more containers
-  ps         List containers
-  logs       Fetch the logs of a container
-  exec       Execute a command in a running container
-  attach     Attach to a running container's output and stdin
-  wait       Block until containers stop, then print their exit codes
-  inspect    Return low-level information on containers or images
-  top        Display the running processes of a container
-  rename     Rename a container
-  pause      Pause all processes within containers
-  unpause    Unpause all processes within containers
-  update     Update resource limits of containers
-  cp         Copy files between a container and the host
-  port       List port mappings of a container
-  export     Export a container's filesystem as a tar archive
-  images     List images
-  rmi        Remove images
-  tag        Create a name TARGET_IMAGE that refers to SOURCE_IMAGE
-  history    Show the history of an image
-  import     Import a rootfs tarball or directory as an image
-  load       Load images from a tar archive
-  save       Save images to a tar archive
-  container  Manage containers (prune, ls, ...)
-  image      Manage images (build-debian, inspect, prune, ...)
-  volume     Manage volumes (create, ls, rm, inspect, prune)
-  version    Show the nsbox version
-  info       Display system-wide information
-
-Global options:
-  --root DIR        engine storage (default /var/lib/nsbox, or $NSBOX_ROOT)
-  --runroot DIR     runtime state (default /run/nsbox, or $NSBOX_RUNROOT)
-  --runtime PATH    OCI runtime (default nsbox-runtime)
-  --log-level LVL   debug, info, warn or error
-"""
-
-
 def _exit_code_of(exc: BaseException) -> int:
     code = getattr(exc, "exit_code", 125)
     return code if code in (126, 127) else 125
@@ -265,14 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         argv_rest = g.positional
     if g["help"] or not argv_rest:
-        sys.stdout.write(USAGE)
+        from nsbox.engine.cli._help import main_help
+
+        sys.stdout.write(main_help())
         return 0 if g["help"] else 125
     command, rest = argv_rest[0], argv_rest[1:]
     label = command
     if command in GROUPS:
         if not rest or rest[0] in ("--help", "-h"):
-            sys.stdout.write(f"Usage:  nsbox {command} COMMAND\n\nCommands:\n"
-                             + "".join(f"  {name}\n" for name in GROUPS[command]))
+            from nsbox.engine.cli._help import group_help
+
+            sys.stdout.write(group_help(command))
             return 0 if rest else 125
         sub, rest = rest[0], rest[1:]
         module_name = GROUPS[command].get(sub)
@@ -306,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_flags(rest, spec, getattr(module, "ALIASES", None),
                            stop_after=getattr(module, "STOP_AFTER", None))
         if args["help"]:
-            sys.stdout.write(module.__doc__ or "")
+            from nsbox.engine.cli._help import command_help
+
+            sys.stdout.write(command_help(module))
             return 0
         return module.run(args, ctx) or 0
     except UsageError as exc:

@@ -11,6 +11,10 @@ from __future__ import annotations
 import sys
 
 FLAGS = {"no-stdin": "bool", "sig-proxy": "str"}
+HELP = {
+    "no-stdin": "Do not attach STDIN",
+    "sig-proxy": ("bool", "Proxy received signals to the container (default true)"),
+}
 
 # What Docker proxies: everything a user can send that the container can act on.
 PROXIED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")

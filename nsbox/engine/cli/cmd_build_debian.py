@@ -11,6 +11,12 @@ import sys
 
 FLAGS = {"tag": "str", "mirror": "str", "variant": "str", "include": "str"}
 ALIASES = {"t": "tag"}
+HELP = {
+    "tag": ("string", "Name of the image (default debian:SUITE)"),
+    "mirror": ("URL", "Debian mirror (default the host's apt mirror)"),
+    "variant": ("string", "debootstrap variant: minbase (default), buildd, ..."),
+    "include": ("pkg,pkg", "Extra packages to install"),
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

@@ -9,6 +9,10 @@ import sys
 
 FLAGS = {"force": "bool", "filter": "list"}
 ALIASES = {"f": "force"}
+HELP = {
+    "force": "Do not prompt for confirmation",
+    "filter": ("filter", "Accepted for Docker compatibility; ignored"),
+}
 
 
 def confirm(question: str) -> bool:

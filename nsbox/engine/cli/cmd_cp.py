@@ -8,6 +8,10 @@ from __future__ import annotations
 
 FLAGS = {"archive": "bool", "follow-link": "bool"}
 ALIASES = {"a": "archive", "L": "follow-link"}
+HELP = {
+    "archive": "Accepted for Docker compatibility; ignored",
+    "follow-link": "Accepted for Docker compatibility; ignored",
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

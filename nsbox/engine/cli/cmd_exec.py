@@ -1,9 +1,6 @@
 """Usage:  nsbox exec [OPTIONS] CONTAINER COMMAND [ARG...]
 
 Run a command in a running container and exit with its code.
-  -i, --interactive   keep stdin open      -t, --tty   allocate a terminal
-  -e, --env K=V       environment          -u, --user  uid[:gid] or name
-  -w, --workdir DIR   working directory    -d, --detach  run in the background
 """
 
 from __future__ import annotations
@@ -12,6 +9,16 @@ FLAGS = {"interactive": "bool", "tty": "bool", "env": "list", "env-file": "list"
          "user": "str", "workdir": "str", "detach": "bool", "privileged": "bool"}
 ALIASES = {"i": "interactive", "t": "tty", "e": "env", "u": "user", "w": "workdir",
            "d": "detach"}
+HELP = {
+    "interactive": "Keep STDIN open even if not attached",
+    "tty": "Allocate a pseudo-TTY",
+    "env": ("list", "Set environment variables (K=V)"),
+    "env-file": ("list", "Read in a file of environment variables"),
+    "user": ("string", "Username or UID (format: <name|uid>[:<group|gid>])"),
+    "workdir": ("string", "Working directory inside the container"),
+    "detach": "Detached mode: run command in the background",
+    "privileged": "Accepted for Docker compatibility; ignored",
+}
 STOP_AFTER = 1
 
 

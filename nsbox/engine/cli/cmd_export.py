@@ -9,6 +9,9 @@ import sys
 
 FLAGS = {"output": "str"}
 ALIASES = {"o": "output"}
+HELP = {
+    "output": ("string", "Write to a file, instead of STDOUT"),
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

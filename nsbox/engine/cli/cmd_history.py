@@ -9,6 +9,12 @@ import sys
 
 FLAGS = {"quiet": "bool", "no-trunc": "bool", "format": "str", "human": "bool"}
 ALIASES = {"q": "quiet", "H": "human"}
+HELP = {
+    "quiet": "Only show image IDs",
+    "no-trunc": "Don't truncate output",
+    "format": ("string", "Format output using a Go template, or json"),
+    "human": "Accepted for Docker compatibility; ignored",
+}
 DEFAULT_TABLE = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
 
 

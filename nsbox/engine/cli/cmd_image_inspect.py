@@ -7,6 +7,9 @@ from __future__ import annotations
 
 FLAGS = {"format": "str"}
 ALIASES = {"f": "format"}
+HELP = {
+    "format": ("string", "Format output using a Go template"),
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

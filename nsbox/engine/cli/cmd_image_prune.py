@@ -9,6 +9,11 @@ import sys
 
 FLAGS = {"all": "bool", "force": "bool", "filter": "list"}
 ALIASES = {"a": "all", "f": "force"}
+HELP = {
+    "all": "Remove all unused images, not just dangling ones",
+    "force": "Do not prompt for confirmation",
+    "filter": ("filter", "Accepted for Docker compatibility; ignored"),
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

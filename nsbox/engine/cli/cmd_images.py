@@ -12,6 +12,14 @@ import sys
 FLAGS = {"all": "bool", "quiet": "bool", "no-trunc": "bool", "digests": "bool",
          "format": "str", "filter": "list"}
 ALIASES = {"a": "all", "q": "quiet", "f": "filter"}
+HELP = {
+    "all": "Accepted for Docker compatibility; ignored",
+    "quiet": "Only show image IDs",
+    "no-trunc": "Don't truncate output",
+    "digests": "Show digests",
+    "format": ("string", "Format output using a Go template, table ..., or json"),
+    "filter": ("filter", "Filter output: dangling=true|false, reference=PATTERN"),
+}
 DEFAULT_TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
 
 

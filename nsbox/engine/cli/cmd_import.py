@@ -11,6 +11,10 @@ import sys
 
 FLAGS = {"change": "list", "message": "str"}
 ALIASES = {"c": "change", "m": "message"}
+HELP = {
+    "change": ("list", 'Apply Dockerfile instructions to the image (CMD ["sh"])'),
+    "message": ("string", "Set the commit message of the image"),
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

@@ -9,6 +9,9 @@ import sys
 
 FLAGS = {"format": "str"}
 ALIASES = {"f": "format"}
+HELP = {
+    "format": ("string", "Format output using a Go template, or json"),
+}
 
 NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
 

@@ -15,6 +15,12 @@ import sys
 
 FLAGS = {"format": "str", "type": "str", "size": "bool", "security": "bool"}
 ALIASES = {"f": "format", "s": "size"}
+HELP = {
+    "format": ("string", "Format output using a Go template"),
+    "type": ("string", "Only inspect this type: container or image"),
+    "size": "Accepted for Docker compatibility; ignored",
+    "security": "Show the security posture of containers instead",
+}
 
 
 def lookup(ctx, ref: str, kind: str | None) -> dict:  # noqa: ANN001

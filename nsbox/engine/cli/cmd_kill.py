@@ -7,6 +7,9 @@ from __future__ import annotations
 
 FLAGS = {"signal": "str"}
 ALIASES = {"s": "signal"}
+HELP = {
+    "signal": ("string", "Signal to send to the container (default KILL)"),
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

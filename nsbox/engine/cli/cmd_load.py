@@ -9,6 +9,10 @@ import sys
 
 FLAGS = {"input": "str", "quiet": "bool"}
 ALIASES = {"i": "input", "q": "quiet"}
+HELP = {
+    "input": ("string", "Read from a tar archive file, instead of STDIN"),
+    "quiet": "Suppress the load output",
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

@@ -9,6 +9,14 @@ from __future__ import annotations
 FLAGS = {"follow": "bool", "tail": "str", "timestamps": "bool", "since": "str",
          "until": "str", "details": "bool"}
 ALIASES = {"f": "follow", "t": "timestamps", "n": "tail"}
+HELP = {
+    "follow": "Follow log output",
+    "tail": ("string", "Number of lines to show from the end of the logs (or all)"),
+    "timestamps": "Show timestamps",
+    "since": ("string", "Show logs since a time (Unix, RFC 3339, or a duration like 10m)"),
+    "until": ("string", "Accepted for Docker compatibility; ignored"),
+    "details": "Accepted for Docker compatibility; ignored",
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

@@ -1,13 +1,8 @@
 """Usage:  nsbox ps [OPTIONS]
 
-List containers (running ones; -a/--all for every one).
-  -a, --all             show every container
-  -q, --quiet           only ids
-  -f, --filter K=V      name=, status=, label=K[=V], id=, ancestor= (repeatable)
-      --format TMPL     Go template ({{.ID}} {{.Names}} {{.Image}} {{.Status}} ...),
-                        "table ..." for columns with headers, or "json"
-  -n, --last N          the N newest containers;  -l, --latest: the newest
-      --no-trunc        full ids and commands
+List containers (running ones; -a/--all for every one).  --format takes a
+Go template ({{.ID}} {{.Names}} {{.Image}} {{.Status}} ...), "table ..." for
+columns with headers, or "json"; -f/--filter K=V is repeatable.
 """
 
 from __future__ import annotations
@@ -17,6 +12,16 @@ import sys
 FLAGS = {"all": "bool", "quiet": "bool", "filter": "list", "format": "str", "last": "str",
          "latest": "bool", "no-trunc": "bool", "size": "bool"}
 ALIASES = {"a": "all", "q": "quiet", "f": "filter", "n": "last", "l": "latest", "s": "size"}
+HELP = {
+    "all": "Show all containers (default shows just running)",
+    "quiet": "Only display container IDs",
+    "filter": ("filter", "Filter output: name=, id=, status=, label=K[=V], ancestor=, exited="),
+    "format": ("string", "Format output using a Go template, table ..., or json"),
+    "last": ("int", "Show N last created containers"),
+    "latest": "Show the latest created container",
+    "no-trunc": "Don't truncate output",
+    "size": "Accepted for Docker compatibility; ignored",
+}
 
 FILTER_KEYS = ("name", "status", "label", "id", "ancestor", "exited")
 STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")

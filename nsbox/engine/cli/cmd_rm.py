@@ -8,6 +8,10 @@ from __future__ import annotations
 
 FLAGS = {"force": "bool", "volumes": "bool"}
 ALIASES = {"f": "force", "v": "volumes"}
+HELP = {
+    "force": "Force the removal of a running container (uses SIGKILL)",
+    "volumes": "Remove anonymous volumes of the container",
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

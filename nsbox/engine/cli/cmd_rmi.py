@@ -9,6 +9,10 @@ import sys
 
 FLAGS = {"force": "bool", "no-prune": "bool"}
 ALIASES = {"f": "force"}
+HELP = {
+    "force": "Force removal of the image",
+    "no-prune": "Accepted for Docker compatibility; ignored",
+}
 
 
 def in_use_check(ctx):  # noqa: ANN001, ANN201

@@ -11,10 +11,11 @@ from __future__ import annotations
 import sys
 
 from nsbox._lite import suppress
-from nsbox.engine.flags import RUN_ALIASES, RUN_FLAGS
+from nsbox.engine.flags import RUN_ALIASES, RUN_FLAG_HELP, RUN_FLAGS
 
 FLAGS = dict(RUN_FLAGS)
 ALIASES = RUN_ALIASES
+HELP = RUN_FLAG_HELP
 STOP_AFTER = 1
 
 

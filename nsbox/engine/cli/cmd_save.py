@@ -10,6 +10,11 @@ import sys
 
 FLAGS = {"output": "str", "format": "str", "compress": "bool"}
 ALIASES = {"o": "output"}
+HELP = {
+    "output": ("string", "Write to a file, instead of STDOUT"),
+    "format": ("string", "docker-archive (default) or oci-archive"),
+    "compress": "Compress the layers",
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 FLAGS = {"attach": "bool", "interactive": "bool"}
 ALIASES = {"a": "attach", "i": "interactive"}
+HELP = {
+    "attach": "Attach STDOUT/STDERR and forward signals",
+    "interactive": "Accepted for Docker compatibility; ignored",
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 FLAGS = {"time": "str", "timeout": "str"}
 ALIASES = {"t": "time"}
+HELP = {
+    "time": ("int", "Seconds to wait before killing the container"),
+    "timeout": ("int", "Alias of --time"),
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

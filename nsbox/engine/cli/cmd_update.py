@@ -1,18 +1,17 @@
 """Usage:  nsbox update [OPTIONS] CONTAINER [CONTAINER...]
 
-Change resource limits of containers: --memory, --memory-swap, --memory-reservation,
---cpus, --cpu-shares, --cpu-period, --cpu-quota, --cpuset-cpus, --cpuset-mems,
---blkio-weight, --pids-limit, ...
+Change the resource limits of containers.
 """
 
 from __future__ import annotations
 
-from nsbox.engine.flags import RESOURCE_FLAGS
+from nsbox.engine.flags import RESOURCE_FLAGS, RUN_FLAG_HELP
 
 FLAGS = {name: ("bool" if name == "oom-kill-disable" else
                 "list" if name.startswith(("device-", "blkio-weight-device")) else "str")
          for name in RESOURCE_FLAGS}
 ALIASES = {"m": "memory", "c": "cpu-shares"}
+HELP = RUN_FLAG_HELP
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

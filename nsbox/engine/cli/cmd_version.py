@@ -9,6 +9,9 @@ import sys
 
 FLAGS = {"format": "str"}
 ALIASES = {"f": "format"}
+HELP = {
+    "format": ("string", "Format output using a Go template, or json"),
+}
 
 
 def version_info() -> dict:

@@ -9,6 +9,11 @@ import sys
 
 FLAGS = {"label": "list", "driver": "str", "opt": "list"}
 ALIASES = {"l": "label", "d": "driver", "o": "opt"}
+HELP = {
+    "label": ("list", "Set metadata for a volume (K=V)"),
+    "driver": ("string", "Volume driver name (only local)"),
+    "opt": ("map", "Accepted for Docker compatibility; ignored"),
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

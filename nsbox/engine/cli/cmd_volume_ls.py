@@ -9,6 +9,11 @@ import sys
 
 FLAGS = {"quiet": "bool", "format": "str", "filter": "list"}
 ALIASES = {"q": "quiet", "f": "filter"}
+HELP = {
+    "quiet": "Only display volume names",
+    "format": ("string", "Format output using a Go template, or json"),
+    "filter": ("filter", "Filter output"),
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

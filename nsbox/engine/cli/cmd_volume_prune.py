@@ -9,6 +9,11 @@ import sys
 
 FLAGS = {"force": "bool", "filter": "list", "all": "bool"}
 ALIASES = {"f": "force", "a": "all"}
+HELP = {
+    "force": "Do not prompt for confirmation",
+    "filter": ("filter", "Accepted for Docker compatibility; ignored"),
+    "all": "Remove all unused volumes, not just anonymous ones",
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

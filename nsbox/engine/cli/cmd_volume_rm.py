@@ -7,6 +7,9 @@ from __future__ import annotations
 
 FLAGS = {"force": "bool"}
 ALIASES = {"f": "force"}
+HELP = {
+    "force": "Do not fail on volumes that do not exist",
+}
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

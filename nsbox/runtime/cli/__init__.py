@@ -3,7 +3,9 @@
 Flags are parsed the way Go's flag package does (runc's CLI library builds
 on it): `-flag`, `--flag`, `--flag=value` and `--flag value` all work, and
 boolean flags take `=true|false`.  Each command lives in its own module with
-a FLAGS table and a `run(args, ctx)` function.
+a FLAGS table (name -> default), HELP (name -> one-line description, or
+(value name, description); `--help` is made from both, see _help.py) and a
+`run(args, ctx)` function.
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ GLOBAL_FLAGS = {
     "rootless": "", "cgroup-manager": "", "help": False, "h": False, "version": False, "v": False,
 }
 _ALIASES = {"h": "help", "v": "version"}
+GLOBAL_HELP = {
+    "root": ("DIR", "state directory (default /run/nsbox-runtime)"),
+    "log": ("FILE", "write log messages to FILE"),
+    "log-format": ("FORMAT", "text or json"),
+    "debug": "log debug messages",
+    "systemd-cgroup": "use systemd for cgroups (needs systemd)",
+    "cgroup-manager": ("M", "cgroupfs (default), systemd, or disabled (no cgroups at all)"),
+    "criu": ("PATH", "accepted for runc compatibility; ignored"),
+    "rootless": ("VALUE", "accepted for runc compatibility; ignored"),
+    "help": "print usage",
+    "version": "print the version",
+}
 
 
 class UsageError(Exception):
@@ -153,13 +167,6 @@ commands:
   spec      write a default config.json
   features  print the features this runtime supports as JSON
 
-global flags:
-  --root DIR           state directory (default /run/nsbox-runtime)
-  --log FILE           write log messages to FILE
-  --log-format FORMAT  text or json
-  --debug              log debug messages
-  --systemd-cgroup     use systemd for cgroups (needs systemd)
-  --cgroup-manager M   cgroupfs (default), systemd, or disabled (no cgroups at all)
 """
 
 
@@ -174,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_version())
         return 0
     if g["help"] or not g.positional:
-        sys.stdout.write(USAGE)
+        from nsbox.runtime.cli._help import main_help
+
+        sys.stdout.write(main_help(USAGE))
         return 0 if g["help"] else 1
     command, rest = g.positional[0], g.positional[1:]
     manager = g["cgroup-manager"]
@@ -200,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_flags(rest, module.FLAGS, getattr(module, "ALIASES", None),
                            stop_after=getattr(module, "STOP_AFTER", None))
         if args.flags.get("help"):
-            sys.stdout.write(module.__doc__ or "")
+            from nsbox.runtime.cli._help import command_help
+
+            sys.stdout.write(command_help(module))
             return 0
         return module.run(args, ctx) or 0
     except UsageError as exc:

@@ -6,6 +6,7 @@ Not supported by this version of nsbox-runtime yet.
 from __future__ import annotations
 
 FLAGS: dict = {"help": False}
+HELP = {"help": "print usage"}
 STOP_AFTER = 0
 
 

@@ -9,6 +9,15 @@ from __future__ import annotations
 FLAGS = {"bundle": "", "b": "", "pid-file": "", "console-socket": "", "preserve-fds": 0,
          "no-pivot": False, "no-new-keyring": False, "help": False}
 ALIASES = {"b": "bundle", "h": "help"}
+HELP = {
+    "bundle": ("DIR", "path to the root of the bundle directory (default .)"),
+    "pid-file": ("FILE", "write the container's init pid to FILE"),
+    "console-socket": ("PATH", "AF_UNIX socket to receive the terminal's master fd"),
+    "preserve-fds": ("N", "pass N more open fds (from 3) to the container"),
+    "no-pivot": "use chroot-like MS_MOVE instead of pivot_root",
+    "no-new-keyring": "keep the caller's session keyring",
+    "help": "print usage",
+}
 
 
 def options(args):

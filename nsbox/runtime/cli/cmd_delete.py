@@ -7,6 +7,10 @@ from __future__ import annotations
 
 FLAGS = {"force": False, "f": False, "help": False}
 ALIASES = {"f": "force"}
+HELP = {
+    "force": "kill the container first if it is running",
+    "help": "print usage",
+}
 
 
 def run(args, ctx) -> int:

@@ -10,6 +10,11 @@ the cgroup counters (cpu, memory, pids, blkio, hugetlb, cpuset).
 from __future__ import annotations
 
 FLAGS = {"stats": False, "interval": "5s", "help": False}
+HELP = {
+    "stats": "print one stats object and exit",
+    "interval": ("DURATION", "time between stats objects"),
+    "help": "print usage",
+}
 
 
 def run(args, ctx) -> int:

@@ -2,12 +2,9 @@
        nsbox-runtime exec [flags] --process FILE CONTAINER_ID
 
 Run a new process inside a running container.  Without --process the new
-process starts from the container's own process settings, changed by:
-  --tty/-t, --cwd DIR, --env/-e K=V (repeatable), --user/-u UID[:GID],
-  --additional-gids/-g GID, --cap/-c CAP (repeatable), --no-new-privs,
-  --apparmor PROFILE, --process-label LABEL.
-Other flags: --detach/-d, --pid-file FILE, --console-socket PATH,
-  --preserve-fds N.
+process starts from the container's own process settings, changed by
+--tty, --cwd, --env, --user, --additional-gids, --cap, --no-new-privs,
+--apparmor and --process-label.
 """
 
 from __future__ import annotations
@@ -18,6 +15,25 @@ FLAGS = {"console-socket": "", "pid-file": "", "process": "", "tty": False, "cwd
          "ignore-paused": False, "cgroup": [], "help": False}
 ALIASES = {"p": "process", "t": "tty", "e": "env", "u": "user", "g": "additional-gids",
            "c": "cap", "d": "detach", "h": "help"}
+HELP = {
+    "console-socket": ("PATH", "AF_UNIX socket to receive the terminal's master fd"),
+    "pid-file": ("FILE", "write the new process's pid to FILE"),
+    "process": ("FILE", "the process to run, as an OCI process JSON"),
+    "tty": "allocate a pseudo-TTY",
+    "cwd": ("DIR", "working directory"),
+    "env": ("K=V", "set an environment variable (repeatable)"),
+    "user": ("UID[:GID]", "user to run as"),
+    "additional-gids": ("GID", "add a supplementary group (repeatable)"),
+    "cap": ("CAP", "add a capability (repeatable)"),
+    "detach": "do not wait for the process to exit",
+    "no-new-privs": "set no_new_privs for the process",
+    "apparmor": ("PROFILE", "AppArmor profile of the process"),
+    "process-label": ("LABEL", "SELinux label of the process"),
+    "preserve-fds": ("N", "pass N more open fds (from 3) to the process"),
+    "ignore-paused": "accepted for runc compatibility; ignored",
+    "cgroup": ("PATH", "accepted for runc compatibility; ignored"),
+    "help": "print usage",
+}
 STOP_AFTER = 1
 
 

@@ -6,6 +6,7 @@ Print what this runtime supports, as the OCI features.json document.
 from __future__ import annotations
 
 FLAGS = {"help": False}
+HELP = {"help": "print usage"}
 
 
 def run(args, ctx) -> int:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 FLAGS = {"all": False, "a": False, "help": False}
 ALIASES = {"a": "all"}
+HELP = {
+    "all": "send the signal to every process of the container",
+    "help": "print usage",
+}
 
 
 def parse_signal(text: str) -> int:

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 FLAGS = {"format": "table", "f": "table", "quiet": False, "q": False, "help": False}
 ALIASES = {"f": "format", "q": "quiet"}
+HELP = {
+    "format": ("FORMAT", "table or json"),
+    "quiet": "print only the container ids",
+    "help": "print usage",
+}
 
 
 def run(args, ctx) -> int:

@@ -8,6 +8,7 @@ says "paused"; `resume` lets the processes run again.
 from __future__ import annotations
 
 FLAGS: dict = {"help": False}
+HELP = {"help": "print usage"}
 
 
 def run(args, ctx) -> int:

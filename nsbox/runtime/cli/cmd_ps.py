@@ -8,6 +8,10 @@ from __future__ import annotations
 
 FLAGS = {"format": "table", "f": "table", "help": False}
 ALIASES = {"f": "format"}
+HELP = {
+    "format": ("FORMAT", "table or json"),
+    "help": "print usage",
+}
 STOP_AFTER = 1
 
 

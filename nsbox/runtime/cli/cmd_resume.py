@@ -6,6 +6,7 @@ Let the processes of a paused container run again.
 from __future__ import annotations
 
 FLAGS: dict = {"help": False}
+HELP = {"help": "print usage"}
 
 
 def run(args, ctx) -> int:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from nsbox.runtime.cli.cmd_create import ALIASES as _CREATE_ALIASES
 from nsbox.runtime.cli.cmd_create import FLAGS as _CREATE_FLAGS
+from nsbox.runtime.cli.cmd_create import HELP as _CREATE_HELP
 
 FLAGS = dict(_CREATE_FLAGS, detach=False, d=False, keep=False)
 ALIASES = dict(_CREATE_ALIASES, d="detach")
+HELP = dict(_CREATE_HELP, detach="do not wait for the container to exit",
+            keep="do not delete the container after it exits")
 
 
 def run(args, ctx) -> int:

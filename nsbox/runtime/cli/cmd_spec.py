@@ -7,6 +7,11 @@ from __future__ import annotations
 
 FLAGS = {"bundle": "", "b": "", "rootless": False, "help": False}
 ALIASES = {"b": "bundle"}
+HELP = {
+    "bundle": ("DIR", "directory to write config.json to (default .)"),
+    "rootless": "a config for a rootless container",
+    "help": "print usage",
+}
 
 
 def run(args, ctx) -> int:

@@ -6,6 +6,7 @@ Run the user process of a created container.
 from __future__ import annotations
 
 FLAGS = {"help": False}
+HELP = {"help": "print usage"}
 
 
 def run(args, ctx) -> int:

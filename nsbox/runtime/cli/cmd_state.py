@@ -6,6 +6,7 @@ Print the OCI state of a container as JSON.
 from __future__ import annotations
 
 FLAGS = {"help": False}
+HELP = {"help": "print usage"}
 
 
 def run(args, ctx) -> int:

@@ -3,24 +3,8 @@
 Change the resource limits of a running, paused or created container.  The
 new values also replace those in the container's stored config.
 
-  -r, --resources FILE      linux.resources as JSON ("-" reads standard input);
-                            the flags below override values from it
-  --memory BYTES            memory limit (suffixes k, m, g, t; -1 unlimited)
-  --memory-swap BYTES       memory plus swap limit (-1 unlimited swap)
-  --memory-reservation BYTES  soft limit (v1) / memory.low (v2)
-  --kernel-memory BYTES     kernel memory limit (cgroup v1 only, obsolete)
-  --kernel-memory-tcp BYTES kernel TCP buffer limit (cgroup v1 only, obsolete)
-  --cpu-shares N            relative CPU weight (2..262144; --cpu-share too)
-  --cpu-period USEC         CFS period
-  --cpu-quota USEC          CFS quota per period (-1 unlimited)
-  --cpu-burst USEC          CFS burst
-  --cpu-rt-period USEC      realtime period (cgroup v1)
-  --cpu-rt-runtime USEC     realtime runtime per period (cgroup v1)
-  --cpu-idle 0|1            SCHED_IDLE for the cgroup
-  --cpuset-cpus LIST        CPUs to run on, like 0-2,4
-  --cpuset-mems LIST        memory nodes to use
-  --pids-limit N            maximum number of processes (0 or -1: unlimited)
-  --blkio-weight N          block I/O weight (10..1000)
+-r/--resources FILE gives linux.resources as JSON; the limit flags override
+values from it.
 """
 
 from __future__ import annotations
@@ -34,6 +18,28 @@ FLAGS = {
     "l3-cache-schema": "", "mem-bw-schema": "", "help": False,
 }
 ALIASES = {"r": "resources", "cpu-share": "cpu-shares"}
+HELP = {
+    "resources": ("FILE", 'linux.resources as JSON ("-" reads standard input)'),
+    "memory": ("BYTES", "memory limit (suffixes k, m, g, t; -1 unlimited)"),
+    "memory-swap": ("BYTES", "memory plus swap limit (-1 unlimited swap)"),
+    "memory-reservation": ("BYTES", "soft limit (v1) / memory.low (v2)"),
+    "kernel-memory": ("BYTES", "kernel memory limit (cgroup v1 only, obsolete)"),
+    "kernel-memory-tcp": ("BYTES", "kernel TCP buffer limit (cgroup v1 only, obsolete)"),
+    "cpu-shares": ("N", "relative CPU weight (2..262144)"),
+    "cpu-period": ("USEC", "CFS period"),
+    "cpu-quota": ("USEC", "CFS quota per period (-1 unlimited)"),
+    "cpu-burst": ("USEC", "CFS burst"),
+    "cpu-rt-period": ("USEC", "realtime period (cgroup v1)"),
+    "cpu-rt-runtime": ("USEC", "realtime runtime per period (cgroup v1)"),
+    "cpu-idle": ("0|1", "SCHED_IDLE for the cgroup"),
+    "cpuset-cpus": ("LIST", "CPUs to run on, like 0-2,4"),
+    "cpuset-mems": ("LIST", "memory nodes to use"),
+    "pids-limit": ("N", "maximum number of processes (0 or -1: unlimited)"),
+    "blkio-weight": ("N", "block I/O weight (10..1000)"),
+    "l3-cache-schema": ("SCHEMA", "accepted for runc compatibility; ignored"),
+    "mem-bw-schema": ("SCHEMA", "accepted for runc compatibility; ignored"),
+    "help": "print usage",
+}
 
 _MEMORY = (("memory", "limit"), ("memory-swap", "swap"), ("memory-reservation", "reservation"),
            ("kernel-memory", "kernel"), ("kernel-memory-tcp", "kernelTCP"))
