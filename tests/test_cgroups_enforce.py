@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import helpers
+import host_features
 import pytest
 from helpers import wait_for, with_mknod
 from runtime_leaks import assert_nothing_left
@@ -88,8 +90,20 @@ def test_fork_bomb_stops_at_pids_max(start, run_runtime, container_id, cg_path):
 HOG = 'x=$(head -c 67108864 /dev/zero | tr "\\0" a); echo survived ${#x}'  # ~64 MiB in a shell variable
 
 
+def require_oom_without_swap() -> None:
+    """With swap on, a memory limit alone swaps the hog out instead of OOM-killing it."""
+    if host_features.swap_active():
+        pytest.skip("swap is on here: a memory limit without a swap limit swaps out, "
+                    "it need not OOM-kill")
+
+
+def has_memsw() -> bool:
+    return "memory.memsw.limit_in_bytes" in host_features.cgroup_v1_child_files("memory")
+
+
 def test_memory_limit_oom_kills_and_events_report_it(start, run_runtime, runtime, container_id,
                                                      cg_path, tmp_path):
+    require_oom_without_swap()
     start(["sleep", "1000"], {"memory": {"limit": 32 * MiB}})
     mem_dir = controller_dir("memory", cg_path)
     assert read(mem_dir / "memory.limit_in_bytes") == str(32 * MiB)
@@ -118,6 +132,7 @@ def test_memory_limit_oom_kills_and_events_report_it(start, run_runtime, runtime
 
 
 def test_memory_limit_oom_kills_the_init(bundle_factory, run_runtime, container_id, cg_path):
+    require_oom_without_swap()
     bundle = bundle_factory(args=["sh", "-c", HOG], mutate=lambda s: s["linux"].update(
         cgroupsPath=cg_path, resources={"memory": {"limit": 32 * MiB}}))
     result = run_runtime("run", "--bundle", str(bundle), container_id, check=False)
@@ -126,6 +141,8 @@ def test_memory_limit_oom_kills_the_init(bundle_factory, run_runtime, container_
 
 # ------------------------------------------------------------------ cpu
 def test_cpu_quota_caps_a_busy_loop_at_half_a_cpu(start, container_id, cg_path):
+    if "cpu.cfs_quota_us" not in host_features.cgroup_v1_child_files("cpu"):
+        pytest.skip("the kernel offers no cpu.cfs_quota_us (CONFIG_CFS_BANDWIDTH)")
     pid = start(["sh", "-c", "while :; do :; done"],
                 {"cpu": {"quota": 50000, "period": 100000}})
     cpu_dir, acct_dir = controller_dir("cpu", cg_path), controller_dir("cpuacct", cg_path)
@@ -183,8 +200,15 @@ DEVICE_PROBE = ("mknod /dev/l0 b 7 0 && echo mknod0-ok; mknod /dev/l1 b 7 1 && e
 
 
 
+def require_loop_driver() -> None:
+    # DEVICE_PROBE opens loop0 and loop1: without the driver that is ENXIO either way.
+    if not host_features.registered_driver("loop"):
+        pytest.skip("the kernel has no loop driver (CONFIG_BLK_DEV_LOOP, modprobe loop)")
+
+
 def test_device_rules_refuse_a_device_and_allow_another(bundle_factory, run_runtime,
                                                         container_id, cg_path):
+    require_loop_driver()
     rules = [{"allow": False, "access": "rwm"},
              {"allow": True, "type": "b", "major": 7, "minor": 0, "access": "r"}]
 
@@ -204,6 +228,7 @@ def test_device_rules_refuse_a_device_and_allow_another(bundle_factory, run_runt
 def test_without_device_rules_the_same_open_works(bundle_factory, run_runtime, container_id,
                                                   cg_path):
     """The control for the test above: the EPERM came from the device cgroup."""
+    require_loop_driver()
     def edit(spec: dict) -> None:
         with_mknod(spec)
         spec["linux"].update(cgroupsPath=cg_path, resources={})
@@ -225,52 +250,171 @@ def test_device_rules_are_written_in_order_from_deny_all(start, cg_path):
     assert "b 7:0 r" not in listed
 
 
+# A device node of the config (linux.devices) is usable only as far as the rules say:
+# the runtime adds no rule for it (runc neither).  10:229 is fuse; the runtime makes
+# the node itself, so the host needs no /dev/fuse, only for an open to get past ENXIO.
+FUSE_NODE = {"path": "/dev/myfuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o666}
+FUSE_PROBE = ("(: > /dev/myfuse) 2>&1 && echo write-ok;"
+              " dd if=/dev/myfuse of=/dev/null count=0 2>&1 && echo read-ok;"
+              " (: <> /dev/myfuse) 2>&1 && echo rdwr-ok; true")
+
+
+def fuse_driver_present() -> bool:
+    try:
+        return os.stat("/dev/fuse").st_rdev == os.makedev(10, 229)
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("access", ["r", "w", "rw", "m"])
+def test_linux_devices_get_only_the_access_their_rule_grants(start, run_runtime, container_id,
+                                                             cg_path, access):
+    start(["sleep", "1000"], {"devices": [
+        {"allow": False, "access": "rwm"},
+        {"allow": True, "type": "c", "major": 10, "minor": 229, "access": access}]},
+        mutate=lambda s: s["linux"].update(devices=[FUSE_NODE]))
+    listed = read(controller_dir("devices", cg_path) / "devices.list").splitlines()
+    assert [line for line in listed if line.startswith("c 10:229 ")] == [f"c 10:229 {access}"]
+    out = run_runtime("exec", container_id, "sh", "-c", FUSE_PROBE).stdout
+    for op, letters in (("write", "w"), ("read", "r"), ("rdwr", "rw")):
+        granted = set(letters) <= set(access)
+        if granted and fuse_driver_present():
+            assert f"{op}-ok" in out, (op, out)
+        elif not granted:
+            assert f"{op}-ok" not in out, (op, out)
+    refused = sum(1 for op in ("write", "read", "rdwr") if not set(
+        {"write": "w", "read": "r", "rdwr": "rw"}[op]) <= set(access))
+    assert out.count("Operation not permitted") == refused, out
+
+
+def test_mknod_of_a_linux_device_follows_the_runtimes_default_rule(start, run_runtime,
+                                                                   container_id, cg_path):
+    """Without m in its rule, mknod of the node is still allowed by the default
+    "c *:* m" (as with runc); it is CAP_MKNOD that keeps it from a container."""
+    def mutate(spec: dict) -> None:
+        with_mknod(spec)
+        spec["linux"]["devices"] = [FUSE_NODE]
+
+    start(["sleep", "1000"], {"devices": [
+        {"allow": False, "access": "rwm"},
+        {"allow": True, "type": "c", "major": 10, "minor": 229, "access": "rw"}]}, mutate=mutate)
+    out = run_runtime("exec", container_id, "sh", "-c",
+                      "mknod /dev/f c 10 229 2>&1 && echo mknod-ok; mknod /dev/b b 7 0 2>&1 && echo mknodb-ok;"
+                      " dd if=/dev/b of=/dev/null count=0 2>&1; true").stdout
+    assert "mknod-ok" in out and "mknodb-ok" in out, out
+    assert "Operation not permitted" in out, out  # b 7:0 may be made, not opened
+
+
 # ------------------------------------------------------------------ block I/O
-def test_blkio_weight_and_throttle_values_reach_the_files(start, cg_path):
+# Which of these files a cgroup has depends on the kernel: blkio.weight came with
+# CFQ (gone since 5.0), blkio.bfq.weight comes with BFQ (CONFIG_BFQ_GROUP_IOSCHED).
+WEIGHT_FILES = ("blkio.weight", "blkio.bfq.weight")
+WEIGHT_DEVICE_FILES = ("blkio.weight_device", "blkio.bfq.weight_device")
+THROTTLE_FILES = ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device",
+                  "blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device")
+
+
+def require_blkio_throttle() -> None:
+    missing = [n for n in THROTTLE_FILES if n not in host_features.cgroup_v1_child_files("blkio")]
+    if missing:
+        pytest.skip(f"the kernel offers no {', '.join(missing)} (CONFIG_BLK_DEV_THROTTLING)")
+
+
+def test_blkio_throttle_values_reach_the_files(start, cg_path):
+    require_blkio_throttle()
     major, minor = whole_disk_of("/")
     dev = f"{major}:{minor}"
     start(["sleep", "1000"], {"blockIO": {
-        "weight": 300,
         "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 2 * MiB}],
         "throttleWriteBpsDevice": [{"major": major, "minor": minor, "rate": 3 * MiB}],
         "throttleReadIOPSDevice": [{"major": major, "minor": minor, "rate": 400}],
         "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 300}]}})
     blkio = controller_dir("blkio", cg_path)
-    weight_file = next(blkio / n for n in ("blkio.weight", "blkio.bfq.weight")
-                       if (blkio / n).exists())
-    assert read(weight_file).split()[-1] == "300"  # bfq prints "default 300"
     assert read(blkio / "blkio.throttle.read_bps_device") == f"{dev} {2 * MiB}"
     assert read(blkio / "blkio.throttle.write_bps_device") == f"{dev} {3 * MiB}"
     assert read(blkio / "blkio.throttle.read_iops_device") == f"{dev} 400"
     assert read(blkio / "blkio.throttle.write_iops_device") == f"{dev} 300"
 
 
-def test_blkio_weight_device_is_set_or_clearly_refused(bundle_factory, run_runtime,
-                                                      runtime_root, container_id, cg_path):
-    """A per-device weight needs CFQ/BFQ on that device; without it the kernel says
-    EOPNOTSUPP, which create reports, leaving nothing behind."""
+@pytest.mark.parametrize("host_has_weight", [True, False], ids=["weight-offered", "no-weight"])
+def test_blkio_weight_and_throttle_values_reach_the_files(start, bundle_factory, run_runtime,
+                                                          runtime_root, container_id, cg_path,
+                                                          host_has_weight):
+    """With a weight file (CFQ/BFQ) weight and throttle values reach the files; without
+    one the runtime refuses the weight, naming the field and the files, and leaves
+    nothing.  The case this host is not is skipped, with the reason."""
+    require_blkio_throttle()
+    offered = host_features.first_offered("blkio", *WEIGHT_FILES)
+    if host_has_weight != bool(offered):
+        pytest.skip(f"the kernel offers {offered} here" if offered else
+                    f"the kernel offers no {' or '.join(WEIGHT_FILES)} here (no BFQ/CFQ)")
     major, minor = whole_disk_of("/")
+    dev = f"{major}:{minor}"
+    block_io = {
+        "weight": 300,
+        "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 2 * MiB}],
+        "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 300}]}
+    if not offered:
+        bundle = bundle_factory(args=["sleep", "1000"], mutate=lambda s: s["linux"].update(
+            cgroupsPath=cg_path, resources={"blockIO": block_io}))
+        result = run_runtime("run", "--detach", "--bundle", str(bundle), container_id,
+                             check=False)
+        assert result.returncode == 1, result
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "linux.resources.blockIO.weight:" in result.stderr, result.stderr
+        assert all(name in result.stderr for name in WEIGHT_FILES), result.stderr
+        assert re.search(r"offers no|not supported", result.stderr), result.stderr
+        assert_nothing_left(runtime_root, bundle, container_id)
+        assert not controller_dir("blkio", cg_path).exists()
+        return
+    start(["sleep", "1000"], {"blockIO": block_io})
+    blkio = controller_dir("blkio", cg_path)
+    assert read(blkio / offered).split()[-1] == "300"  # bfq prints "default 300"
+    assert read(blkio / "blkio.throttle.read_bps_device") == f"{dev} {2 * MiB}"
+    assert read(blkio / "blkio.throttle.write_iops_device") == f"{dev} 300"
+
+
+@pytest.mark.parametrize("case", ["set", "refused-by-scheduler", "no-weight-files"])
+def test_blkio_weight_device_is_set_or_clearly_refused(bundle_factory, run_runtime, runtime_root,
+                                                      container_id, cg_path, case):
+    """A per-device weight needs the weight_device files (CFQ/BFQ in the kernel) and BFQ
+    (or CFQ) as that device's scheduler.  Without the files create refuses up front;
+    with them but another scheduler the kernel says EOPNOTSUPP, which create reports.
+    Either way nothing is left.  The cases this host is not are skipped, with the reason."""
+    major, minor = whole_disk_of("/")
+    offered = host_features.first_offered("blkio", *WEIGHT_DEVICE_FILES)
+    scheduler = host_features.io_scheduler(major, minor)
+    host_case = ("no-weight-files" if not offered else
+                 "set" if scheduler in ("bfq", "cfq") else "refused-by-scheduler")
+    if case != host_case:
+        pytest.skip(f"this host is case {host_case!r}: weight_device file "
+                    f"{offered or 'absent (no BFQ/CFQ in the kernel)'}, "
+                    f"scheduler of {major}:{minor} {scheduler!r}")
     bundle = bundle_factory(args=["sleep", "100"], mutate=lambda s: s["linux"].update(
         cgroupsPath=cg_path, resources={"blockIO": {"weightDevice": [
             {"major": major, "minor": minor, "weight": 200}]}}))
     result = run_runtime("run", "--detach", "--bundle", str(bundle), container_id, check=False)
-    scheduler = Path(f"/sys/dev/block/{major}:{minor}/queue/scheduler").read_text()
-    if "[bfq]" in scheduler or "[cfq]" in scheduler:
+    if case == "set":
         assert result.returncode == 0, result.stderr
         blkio = controller_dir("blkio", cg_path)
-        assert any(f"{major}:{minor} 200" in read(blkio / n) for n in
-                   ("blkio.weight_device", "blkio.bfq.weight_device") if (blkio / n).exists())
+        assert f"{major}:{minor} 200" in read(blkio / offered)
+        return
+    assert result.returncode == 1, result
+    assert "linux.resources.blockIO.weightDevice[0]" in result.stderr, result.stderr
+    if case == "no-weight-files":
+        assert all(name in result.stderr for name in WEIGHT_DEVICE_FILES), result.stderr
+        assert re.search(r"offers no|not supported", result.stderr), result.stderr
     else:
-        assert result.returncode == 1
-        assert "linux.resources.blockIO.weightDevice[0]" in result.stderr, result.stderr
         assert "not supported" in result.stderr.lower(), result.stderr
-        assert_nothing_left(runtime_root, bundle, container_id)
+    assert_nothing_left(runtime_root, bundle, container_id)
 
 
 @pytest.fixture
 def loop_device(tmp_path: Path) -> Iterator[tuple[str, int, int]]:
     """A loop device over an 8 MiB file of our own (the host's disk cannot be opened here)."""
     losetup = helpers.require_binary("losetup")
+    if not host_features.registered_driver("loop"):
+        pytest.skip("the kernel has no loop driver (CONFIG_BLK_DEV_LOOP, modprobe loop)")
     backing = tmp_path / "loop.img"
     with open(backing, "wb") as f:
         f.truncate(8 * MiB)
@@ -392,15 +536,20 @@ def test_update_memory_and_cpu_from_flags_and_resources_file(start, run_runtime,
                                                                      "period": 100000}})
     mem = controller_dir("memory", cg_path)
     cpu = controller_dir("cpu", cg_path)
-    # Raising memory above the old memory+swap needs memsw written first.
-    run_runtime("update", "--memory", "128m", "--memory-swap", "256m", container_id)
+    # Raising memory above the old memory+swap needs memsw written first.  Without
+    # swap accounting (no memory.memsw.*) the runtime refuses any swap value, so the
+    # swap parts are left out there.
+    memsw = has_memsw()
+    swap_flags = ["--memory-swap", "256m"] if memsw else []
+    run_runtime("update", "--memory", "128m", *swap_flags, container_id)
     assert read(mem / "memory.limit_in_bytes") == str(128 * MiB)
-    if (mem / "memory.memsw.limit_in_bytes").exists():
+    if memsw:
         assert read(mem / "memory.memsw.limit_in_bytes") == str(256 * MiB)
     # A lone --cpu-period keeps the quota.
     run_runtime("update", "--cpu-period", "50000", container_id)
     assert read(cpu / "cpu.cfs_period_us") == "50000" and read(cpu / "cpu.cfs_quota_us") == "20000"
-    resources = {"memory": {"limit": 96 * MiB, "swap": 96 * MiB}, "pids": {"limit": 33}}
+    resources = {"memory": {"limit": 96 * MiB, **({"swap": 96 * MiB} if memsw else {})},
+                 "pids": {"limit": 33}}
     run_runtime("update", "-r", "-", container_id, input=json.dumps(resources))
     assert read(mem / "memory.limit_in_bytes") == str(96 * MiB)
     assert read(controller_dir("pids", cg_path) / "pids.max") == "33"
