@@ -7,6 +7,12 @@ being written.  Every client gets a private tree under /tmp: its own config,
 storage, runtime state and sockets, so nothing under /var/lib, /run or /etc is
 written and everything can be torn down by removing that tree.
 
+Nor is the host's network touched: every podman command and the containerd
+daemon run in a network namespace of their own (``unshare --net``), podman's
+default network mode is "none", its CNI config and plugin directories are
+empty directories in the tree, and both teardowns check (and undo) any new
+host link named cni-*/podman*, /var/lib/cni or /run/netns.
+
 Switches (environment):
   NSBOX_TEST_RUNTIME         path of the runtime (absolute, or a name on PATH)
   NSBOX_TEST_CLIENT_CGROUPS  "1" lets the clients place containers in cgroups
@@ -388,6 +394,74 @@ def remove_cgroup_dirs(relative: str) -> None:
 
 
 # --------------------------------------------------------------------------
+# The host's network state
+# --------------------------------------------------------------------------
+
+# Runs the command in a new network namespace (util-linux).
+PRIVATE_NET = ("unshare", "--net", "--")
+# Bridges a container client makes on the host for its default network (podman's
+# CNI bridge is cni-podman0, netavark's podman0); deleted when they appear.
+CLIENT_BRIDGE_PREFIXES = ("cni-", "podman")
+# Directories CNI and podman's netns package create on the host.
+CNI_DIR = "/var/lib/cni"
+NETNS_DIR = "/run/netns"
+
+
+@dataclass(frozen=True)
+class HostNet:
+    links: frozenset[str]
+    dirs: frozenset[str]
+
+
+def _link_names() -> frozenset[str]:
+    return frozenset(os.listdir("/sys/class/net"))
+
+
+def host_net_state() -> HostNet:
+    """What of the host's network a client could leave behind, as it is now."""
+    return HostNet(links=_link_names(),
+                   dirs=frozenset(d for d in (CNI_DIR, NETNS_DIR) if os.path.lexists(d)))
+
+
+def _remove_new_netns_dir(who: str) -> str:
+    """Undo a /run/netns podman made: its cni-* namespaces, then the self bind mount
+    (podman, like `ip netns add`, bind-mounts the directory on itself)."""
+    netns = Path(NETNS_DIR)
+    for entry in netns.glob("cni-*"):
+        with contextlib.suppress(OSError):
+            syscalls.umount2(str(entry), syscalls.MNT_DETACH)
+        with contextlib.suppress(OSError):
+            entry.unlink()
+    left = sorted(p.name for p in netns.iterdir())
+    if left:  # someone else's namespaces: not ours to remove
+        return f"{who} made {NETNS_DIR} on the host; left as it now holds {left}"
+    for _ in range(5):
+        if NETNS_DIR not in mountpoints_under(netns):
+            break
+        with contextlib.suppress(OSError):
+            syscalls.umount2(NETNS_DIR, syscalls.MNT_DETACH)
+    with contextlib.suppress(OSError):
+        netns.rmdir()
+    return f"{who} made {NETNS_DIR} on the host (removed)"
+
+
+def undo_host_net_changes(before: HostNet, who: str) -> list[str]:
+    """Remove client-made bridges and network directories that are new since BEFORE;
+    returns a problem line for each (their appearance is the bug, not the cleanup)."""
+    problems = []
+    for link in sorted(_link_names() - before.links):
+        if link.startswith(CLIENT_BRIDGE_PREFIXES):
+            subprocess.run(["ip", "link", "delete", link], check=False, capture_output=True)
+            problems.append(f"{who} made host network link {link} (deleted)")
+    if CNI_DIR not in before.dirs and os.path.lexists(CNI_DIR):
+        shutil.rmtree(CNI_DIR, ignore_errors=True)  # only CNI plugins write there
+        problems.append(f"{who} made {CNI_DIR} on the host (removed)")
+    if NETNS_DIR not in before.dirs and os.path.isdir(NETNS_DIR):
+        problems.append(_remove_new_netns_dir(who))
+    return problems
+
+
+# --------------------------------------------------------------------------
 # Pseudo-terminal driver
 # --------------------------------------------------------------------------
 
@@ -461,10 +535,13 @@ class Podman:
     env: dict[str, str]
     cgroup_parent: str | None = None
     var_lib_containers_existed: bool = False
+    host_net_before: HostNet | None = None
 
     @property
     def global_args(self) -> list[str]:
-        return ["podman", "--runtime", str(self.runtime_wrapper)]
+        # A network namespace of its own per command: whatever podman (or a CNI
+        # plugin it might call) sets up lands there and goes away with it.
+        return [*PRIVATE_NET, "podman", "--runtime", str(self.runtime_wrapper)]
 
     def container_args(self) -> list[str]:
         """Options every `run`/`create` gets: no network, and cgroup placement if on."""
@@ -541,6 +618,8 @@ class Podman:
         shutil.rmtree(self.tree, ignore_errors=True)
         if not self.var_lib_containers_existed and Path("/var/lib/containers").exists():
             problems.append("/var/lib/containers appeared during the run")
+        if self.host_net_before is not None:
+            problems += undo_host_net_changes(self.host_net_before, "podman")
         return problems
 
 
@@ -553,7 +632,8 @@ def _enter_private_var_lib() -> None:
 
 def make_podman(tree: Path, runtime: Path) -> Podman:
     """Write a containers.conf/storage.conf/registries.conf world under tree."""
-    for sub in ("conf", "graph", "run", "tmp", "tmpfiles", "net", "hooks", "home/.config/containers"):
+    for sub in ("conf", "graph", "run", "tmp", "tmpfiles", "net", "cni-plugins", "hooks",
+                "home/.config/containers"):
         (tree / sub).mkdir(parents=True, exist_ok=True)
     wrapper = write_runtime_wrapper(runtime, tree / "bin", tree / "runtime-state")
     known_runtimes = sorted({"crun", "runc", runtime.name})
@@ -582,6 +662,8 @@ runtime_supports_nocgroup = {_toml_list(known_runtimes)}
 [network]
 network_backend = "cni"
 network_config_dir = "{tree}/net"
+# No plugins: a bridge network (cni-podman0, /var/lib/cni IPAM) cannot be set up.
+cni_plugin_dirs = ["{tree}/cni-plugins"]
 """
     storage_conf = f"""\
 [storage]
@@ -613,7 +695,8 @@ runroot = "{tree}/run"
         cgroup_parent = f"{own_cgroup_base()}/nsboxtest-{tree.name}"
     return Podman(tree=tree, runtime=runtime, runtime_wrapper=wrapper, env=env,
                   cgroup_parent=cgroup_parent,
-                  var_lib_containers_existed=Path("/var/lib/containers").exists())
+                  var_lib_containers_existed=Path("/var/lib/containers").exists(),
+                  host_net_before=host_net_state())
 
 
 @contextlib.contextmanager
@@ -646,6 +729,7 @@ class Containerd:
     process: subprocess.Popen[bytes]
     cgroup_base: str | None = None
     container_ids: set[str] = field(default_factory=set)
+    host_net_before: HostNet | None = None
 
     @property
     def socket(self) -> Path:
@@ -755,18 +839,21 @@ class Containerd:
         if self.cgroup_base:
             remove_cgroup_dirs(self.cgroup_base)
         shutil.rmtree(self.tree, ignore_errors=True)
+        if self.host_net_before is not None:
+            problems += undo_host_net_changes(self.host_net_before, "containerd")
         return problems
 
 
 def _enter_private_run() -> None:
-    """Give containerd (and so its shims and the runtime) a private, empty /run.
+    """Give containerd (and so its shims and the runtime) a private, empty /run
+    and a network namespace of its own.
 
     containerd 1.6 hard-codes the shims' sockets under /run/containerd/s
     whatever its state directory is; in a private mount namespace they land
     in a throwaway tmpfs, concurrent test sessions cannot trip over each
     other, and every mount the shims make dies with the namespace.
     """
-    syscalls.unshare(syscalls.CLONE_NEWNS)
+    syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWNET)
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     syscalls.mount("tmpfs", "/run", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0755")
 
@@ -823,6 +910,7 @@ def containerd_world(runtime: Path) -> Iterator[Containerd]:
         (tree / sub).mkdir()
     config = tree / "config.toml"
     config.write_text(_containerd_config(tree))
+    host_net_before = host_net_state()
     log_file = open(tree / "containerd.log", "wb")  # noqa: SIM115 - lives as long as the daemon
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
            "TMPDIR": str(tree / "tmp"), "HOME": str(tree)}
@@ -831,7 +919,8 @@ def containerd_world(runtime: Path) -> Iterator[Containerd]:
                                start_new_session=True, preexec_fn=_enter_private_run)
     log_file.close()
     cgroup_base = f"{own_cgroup_base()}/nsboxtest-{tree.name}" if cgroups_enabled() else None
-    daemon = Containerd(tree=tree, runtime=runtime, process=process, cgroup_base=cgroup_base)
+    daemon = Containerd(tree=tree, runtime=runtime, process=process, cgroup_base=cgroup_base,
+                        host_net_before=host_net_before)
     try:
         _wait_for_socket(daemon.socket, process, timeout=20)
         rootfs = build_busybox_rootfs(tree / "rootfs")

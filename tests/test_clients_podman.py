@@ -17,10 +17,12 @@ import pytest
 from clients import (
     IMAGE_REF,
     Podman,
+    host_net_state,
     missing_binaries,
     podman_world,
     run_in_pty,
     runtime_under_test,
+    undo_host_net_changes,
 )
 
 _missing = missing_binaries("podman", "conmon")
@@ -176,3 +178,12 @@ def test_wait_reports_exit_code(podman: Podman) -> None:
         assert podman.run("logs", name).stdout == "bye\n"
     finally:
         podman.run("rm", "--force", name, check=False)
+
+
+def test_default_network_is_none_and_the_host_network_is_untouched(podman: Podman) -> None:
+    """Without --network the container still gets only a loopback (containers.conf
+    says netns "none"), and podman leaves no bridge, /var/lib/cni or /run/netns."""
+    before = host_net_state()
+    proc = podman.run("run", "--rm", IMAGE_REF, "ls", "/sys/class/net")
+    assert proc.stdout.split() == ["lo"], proc.stdout
+    assert undo_host_net_changes(before, "podman") == []
