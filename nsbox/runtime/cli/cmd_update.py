@@ -36,8 +36,8 @@ HELP = {
     "cpuset-mems": ("LIST", "memory nodes to use"),
     "pids-limit": ("N", "maximum number of processes (0 or -1: unlimited)"),
     "blkio-weight": ("N", "block I/O weight (10..1000)"),
-    "l3-cache-schema": ("SCHEMA", "accepted for runc compatibility; ignored"),
-    "mem-bw-schema": ("SCHEMA", "accepted for runc compatibility; ignored"),
+    "l3-cache-schema": ("SCHEMA", "Intel RDT: refused (not supported)"),
+    "mem-bw-schema": ("SCHEMA", "Intel RDT: refused (not supported)"),
     "help": "print usage",
 }
 
