@@ -9,18 +9,26 @@ Typical runtime test::
 
 Every container left in a test's private --root is force-deleted after the
 test, and a mount leaked below the test's tmp_path fails it.
+
+The host is snapshotted before the first test and after the last (see
+tests/host_state.py); anything new left outside the temp dirs (a network link,
+mount, test-named cgroup, nft table, changed sysctl, /run/netns, /var/lib/cni)
+fails the session.  NSBOX_HOST_CHECK=0 turns that off, =warn only reports.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import cgroupv2
 import helpers
+import host_state
 import pytest
 
 MARKERS = {
@@ -31,6 +39,53 @@ MARKERS = {
 # Runtime argv prefixes (each with its --root) handed out during one test,
 # read back by the cleanup fixture.
 RUNTIME_PREFIXES_KEY = pytest.StashKey[list[list[str]]]()
+# The host before the first test, and the session-end report.
+HOST_BEFORE_KEY = pytest.StashKey[host_state.Snapshot]()
+HOST_REPORT_KEY = pytest.StashKey[str]()
+HOST_CHECK_ENV = "NSBOX_HOST_CHECK"
+# Things a test has just stopped (a lazily unmounted tree, an exiting process's
+# cgroup) may take a moment to go: the session-end check retries this long.
+HOST_CHECK_GRACE = 5.0
+
+
+# ------------------------------------------------------------- the host, before and after
+def _host_check_mode() -> str:
+    mode = os.environ.get(HOST_CHECK_ENV, "1").lower()
+    return "off" if mode in ("0", "off", "no", "false") else "warn" if mode == "warn" else "fail"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Not in xdist workers (the controller checks) and not for --collect-only.
+    if _host_check_mode() == "off" or hasattr(session.config, "workerinput"):
+        return
+    session.config.stash[HOST_BEFORE_KEY] = host_state.take()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(HOST_BEFORE_KEY, None)
+    if before is None or session.config.option.collectonly:
+        return
+    deadline = time.monotonic() + HOST_CHECK_GRACE
+    while (problems := host_state.new_items(before, host_state.take())) \
+            and time.monotonic() < deadline:
+        time.sleep(0.25)
+    if not problems:
+        return
+    report = ("the tests left these on the host (new since the session started; "
+              f"{HOST_CHECK_ENV}=0 turns this check off):\n" + host_state.describe(problems))
+    session.config.stash[HOST_REPORT_KEY] = report
+    if _host_check_mode() == "fail" and session.exitstatus in (pytest.ExitCode.OK,
+                                                               pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    report = config.stash.get(HOST_REPORT_KEY, None)
+    if report:
+        fatal = _host_check_mode() == "fail"
+        terminalreporter.section("host state check: " + ("FAILED" if fatal else "warning"),
+                                 sep="=", red=fatal, yellow=not fatal, bold=True)
+        terminalreporter.line(report)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
