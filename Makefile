@@ -1,5 +1,7 @@
 # nsbox developer entry points. Run as root on Debian 12.
-#   make demo   install everything, then run a busybox container with nsbox-runtime
+#   make demo   install everything, then run a busybox container with nsbox-runtime and with nsbox
+#   make install  install nsbox for every user: a venv in /opt/nsbox, commands in /usr/local/bin
+#   make uninstall  remove what make install installed
 #   make test   run the test suite
 #   make test-v2  run the cgroup v2 tests in a qemu guest with a pure cgroup v2 kernel
 #   make lint   ruff
@@ -13,11 +15,24 @@ SHELL := /bin/bash
 
 VENV       := .venv
 VENV_PY    := $(VENV)/bin/python
-# Rebuilt when pyproject.toml changes; lives in the venv so deleting .venv resets it.
+# Rebuilt when the packaging or the monitor's C loop (compiled by setup.py) changes;
+# lives in the venv so deleting .venv resets it.
 DEPS_STAMP := $(VENV)/.nsbox-deps-installed
+DEPS_INPUTS := pyproject.toml setup.py nsbox/engine/monitor_loop.c
+
+# `make install`: a venv for every user, and its two commands on everyone's PATH.
+INSTALL_DIR ?= /opt/nsbox
+BIN_DIR     ?= /usr/local/bin
+# Extra `pip install` arguments for `make install`, e.g. --no-build-isolation offline.
+INSTALL_PIP_ARGS ?=
+INSTALL_ABS  = $(abspath $(INSTALL_DIR))
+BIN_ABS      = $(abspath $(BIN_DIR))
+INSTALL_CMDS := nsbox nsbox-runtime
 
 # The runtime the demo drives; `make demo RUNTIME=runc` shows the reference behaviour.
 RUNTIME    ?= $(VENV)/bin/nsbox-runtime
+# The engine half of the demo uses its default runtime unless RUNTIME is given.
+ENGINE_RUNTIME = $(if $(filter file,$(origin RUNTIME)),,$(RUNTIME))
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k hooks -x"`.
 PYTEST_ARGS ?=
 # Per-test limit (pytest-timeout): a hung container must not eat CI's time budget.
@@ -31,10 +46,12 @@ DEMO_SCRIPT := echo "hostname: $$(hostname)"; echo "pid: $$$$"; echo "uid: $$(id
 
 REAL_PYTHON = $(shell python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
 
-.PHONY: help deps apt-deps demo test test-v2 lint bench bench-engine security-report clean
+.PHONY: help deps apt-deps demo install uninstall test test-v2 lint bench bench-engine security-report clean
 
 help:
-	@echo "make demo   install apt + pip dependencies, run a busybox container"
+	@echo "make demo   install apt + pip dependencies, run a busybox container (runtime, then engine)"
+	@echo "make install  venv in INSTALL_DIR=$(INSTALL_DIR), nsbox + nsbox-runtime in BIN_DIR=$(BIN_DIR)"
+	@echo "make uninstall  remove them again (container data in /var/lib/nsbox stays)"
 	@echo "make test   run the tests (.venv/bin/pytest)"
 	@echo "make test-v2  the cgroupv2-marked tests in a qemu cgroup v2 guest (tests/v2lane)"
 	@echo "make lint   ruff check nsbox tests bench"
@@ -46,7 +63,7 @@ help:
 apt-deps:
 	@scripts/install-deps.sh scripts/apt-packages.txt
 
-$(DEPS_STAMP): pyproject.toml
+$(DEPS_STAMP): $(DEPS_INPUTS)
 	@if ! $(VENV_PY) -c 'import sys' 2>/dev/null; then \
 	    py="$(REAL_PYTHON)"; \
 	    echo "creating $(VENV) from $$py"; \
@@ -72,6 +89,41 @@ demo: deps
 	id="demo-$$$$"; \
 	echo "+ $(RUNTIME) --root $$tmp/state run --bundle $$tmp/bundle $$id"; \
 	$(RUNTIME) --root "$$tmp/state" run --bundle "$$tmp/bundle" "$$id"
+	@echo
+	@scripts/demo-engine.sh $(VENV)/bin/nsbox $(ENGINE_RUNTIME)
+
+# Not editable, and from the real interpreter: users other than root run these
+# commands, so nothing may point into this clone (which may be under /root).
+install:
+	@umask 022; \
+	dir="$(INSTALL_ABS)"; bin="$(BIN_ABS)"; \
+	if [ -e "$$dir" ] && [ ! -f "$$dir/pyvenv.cfg" ] && [ -n "$$(ls -A "$$dir")" ]; then \
+	    echo "install: $$dir exists and is not a venv; not touching it" >&2; exit 1; \
+	fi; \
+	py="$(REAL_PYTHON)"; \
+	echo "creating $$dir from $$py"; \
+	"$$py" -m venv --clear "$$dir"; \
+	echo "$$dir/bin/pip install ."; \
+	"$$dir/bin/python" -m pip install --quiet --disable-pip-version-check $(INSTALL_PIP_ARGS) .; \
+	mkdir -p "$$bin"; \
+	for cmd in $(INSTALL_CMDS); do \
+	    ln -sfn "$$dir/bin/$$cmd" "$$bin/$$cmd"; \
+	    echo "$$bin/$$cmd -> $$dir/bin/$$cmd"; \
+	done; \
+	"$$dir/bin/python" -I -c 'from nsbox.engine.monitor import loop_binary as b; \
+	    print(f"monitor: C loop ({b()})" if b() else \
+	          "monitor: Python (the C loop was not built: is cc installed?)")'
+
+uninstall:
+	@dir="$(INSTALL_ABS)"; bin="$(BIN_ABS)"; \
+	for cmd in $(INSTALL_CMDS); do \
+	    if [ -L "$$bin/$$cmd" ] && [ "$$(readlink "$$bin/$$cmd")" = "$$dir/bin/$$cmd" ]; then \
+	        rm -f "$$bin/$$cmd"; echo "removed $$bin/$$cmd"; \
+	    fi; \
+	done; \
+	if [ -f "$$dir/pyvenv.cfg" ]; then \
+	    rm -rf --one-file-system "$$dir"; echo "removed $$dir"; \
+	fi
 
 test: deps
 	@rc=0; $(VENV)/bin/pytest -ra --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS) || rc=$$?; \

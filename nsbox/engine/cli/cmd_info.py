@@ -1,6 +1,6 @@
 """Usage:  nsbox info [OPTIONS]
 
-Display system-wide information: cgroup mode, namespaces, runtime, storage.
+Display system-wide information: cgroup mode, namespaces, runtime, monitor, storage.
 """
 
 from __future__ import annotations
@@ -27,6 +27,29 @@ def cgroup_mode() -> str:
     return "v1"
 
 
+def monitor_report() -> dict:
+    """Which loop a detached container's monitor waits in: the C loop shipped with the package
+    (built from monitor_loop.c at install time) or the Python fallback, and why."""
+    import os
+
+    from nsbox.engine import monitor
+
+    if os.environ.get("NSBOX_MONITOR_PYTHON"):
+        return {"Loop": "python", "Path": "", "Reason": "NSBOX_MONITOR_PYTHON is set"}
+    path = monitor.loop_binary()
+    if path:
+        return {"Loop": "c", "Path": path, "Reason": ""}
+    expected = os.path.join(os.path.dirname(os.path.abspath(monitor.__file__)), monitor.LOOP_BINARY)
+    return {"Loop": "python", "Path": "",
+            "Reason": f"no compiled loop shipped: {expected} is missing or not executable"}
+
+
+def monitor_line(report: dict) -> str:
+    if report["Loop"] == "c":
+        return f"Monitor: C loop ({report['Path']})"
+    return f"Monitor: Python ({report['Reason']})"
+
+
 def gather(ctx) -> dict:  # noqa: ANN001
     import os
     import platform
@@ -41,6 +64,7 @@ def gather(ctx) -> dict:  # noqa: ANN001
         "RunRoot": ctx.runroot,
         "DefaultRuntime": ctx.runtime or "nsbox-runtime",
         "RuntimePath": ctx.runtime or shutil.which("nsbox-runtime") or "nsbox-runtime",
+        "Monitor": monitor_report(),
         "CgroupVersion": "2" if cgroup_mode() == "v2" else "1",
         "CgroupMode": cgroup_mode(),
         "Namespaces": [ns for ns in NAMESPACES if os.path.exists(f"/proc/self/ns/{ns}")],
@@ -103,6 +127,7 @@ def run(args, ctx) -> int:  # noqa: ANN001
              f"Cgroup Version: {info['CgroupVersion']} ({info['CgroupMode']})",
              f"Namespaces: {' '.join(info['Namespaces'])}",
              f"Default Runtime: {info['DefaultRuntime']} ({info['RuntimePath']})",
+             monitor_line(info["Monitor"]),
              f"Kernel Version: {info['KernelVersion']}",
              f"Operating System: {info['OperatingSystem']}",
              f"Architecture: {info['Architecture']}", f"CPUs: {info['NCPU']}",

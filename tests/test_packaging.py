@@ -1,0 +1,194 @@
+"""Packaging: the monitor's C loop is compiled when the package is built and
+shipped inside it; `make install` / `make uninstall`; the engine half of
+`make demo`.
+
+The install tests run `make install` from a copy of the source tree (so the
+build never touches this clone's build/ directory, which other runs may use)
+into INSTALL_DIR/BIN_DIR under a temporary directory: a real, non-editable
+`pip install .` into a fresh venv, the way /opt/nsbox is made.  pip builds
+with build isolation, so it fetches setuptools from PyPI (or its cache).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+NSBOX = REPO / ".venv" / "bin" / "nsbox"
+# .venv/bin/python is a symlink to the interpreter the venv was made from.
+REAL_PYTHON = os.path.realpath(VENV_PYTHON)
+LOOP = "nsbox-monitor-loop"
+SOURCE_FILES = ("Makefile", "pyproject.toml", "setup.py", "README.md", "bin", "nsbox")
+
+
+def copy_source(dest: Path) -> Path:
+    """The files a build needs, without caches or an editable build's loop binary."""
+    dest.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", LOOP)
+    for name in SOURCE_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def run(argv: list, check: bool = True, env: dict | None = None, timeout: float = 120,
+        **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{argv} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class Install:
+    def __init__(self, base: Path) -> None:
+        self.src = copy_source(base / "src")
+        self.dir = base / "opt" / "nsbox"
+        self.bin = base / "bin"
+        self.data = base / "data"
+
+    def make(self, target: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(["make", "--no-print-directory", "-C", self.src, target,
+                    f"INSTALL_DIR={self.dir}", f"BIN_DIR={self.bin}", f"REAL_PYTHON={REAL_PYTHON}"],
+                   check=check)
+
+    def nsbox(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return run([self.bin / "nsbox", "--root", self.data / "root", "--runroot",
+                    self.data / "run", *args], env=env)
+
+    def python(self, code: str) -> str:
+        # -I: not this clone (the working directory) nor PYTHONPATH, only the install.
+        return run([self.dir / "bin" / "python", "-I", "-c", code]).stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory):
+    inst = Install(tmp_path_factory.mktemp("install"))
+    proc = inst.make("install")
+    assert "monitor: C loop" in proc.stdout, proc.stdout + proc.stderr
+    yield inst
+    inst.make("uninstall", check=False)
+
+
+def test_install_ships_the_compiled_loop_in_the_package(installed: Install) -> None:
+    out = installed.python("import nsbox.engine.monitor as m; print(m.__file__); "
+                           "print(m.loop_binary())").splitlines()
+    module, loop = Path(out[0]), Path(out[1])
+    site = next((installed.dir / "lib").glob("python3*/site-packages"))
+    # Installed for real, not pointing back into a source tree.
+    assert module.is_relative_to(site), module
+    assert loop == site / "nsbox" / "engine" / LOOP
+    assert loop.read_bytes()[:4] == b"\x7fELF"
+    # Every user may run it: the venv is world-readable, the loop executable by all.
+    assert loop.stat().st_mode & 0o755 == 0o755
+    for part in (installed.dir, site, loop.parent):
+        assert part.stat().st_mode & 0o005 == 0o005, part
+    assert not list(site.glob("__editable__*")), "an editable install"
+    wheel_meta = next(site.glob("nsbox-*.dist-info")) / "WHEEL"
+    text = wheel_meta.read_text()
+    assert "Root-Is-Purelib: false" in text
+    assert re.search(r"^Tag: py3-none-linux_\w+$", text, re.M), text
+
+
+def test_installed_commands_are_linked_and_info_reports_the_c_loop(installed: Install) -> None:
+    for cmd in ("nsbox", "nsbox-runtime"):
+        link = installed.bin / cmd
+        assert link.is_symlink() and os.readlink(link) == str(installed.dir / "bin" / cmd)
+    assert "nsbox-runtime version" in run([installed.bin / "nsbox-runtime", "--version"]).stdout
+    loop = installed.python("import nsbox.engine.monitor as m; print(m.loop_binary())").strip()
+    info = installed.nsbox("info").stdout
+    assert f"Monitor: C loop ({loop})\n" in info, info
+    assert installed.nsbox("info", "--format", "{{.Monitor.Loop}}").stdout.strip() == "c"
+    python = installed.nsbox("info", env={"NSBOX_MONITOR_PYTHON": "1"}).stdout
+    assert "Monitor: Python (NSBOX_MONITOR_PYTHON is set)" in python, python
+
+
+def test_info_reports_the_python_fallback_without_the_loop(installed: Install) -> None:
+    loop = Path(installed.python("import nsbox.engine.monitor as m; print(m.loop_binary())").strip())
+    aside = loop.with_name(LOOP + ".aside")
+    loop.rename(aside)
+    try:
+        assert installed.python("import nsbox.engine.monitor as m; print(repr(m.loop_binary()))"
+                                ).strip() == "''"
+        info = installed.nsbox("info").stdout
+        assert f"Monitor: Python (no compiled loop shipped: {loop} is missing" in info, info
+        assert installed.nsbox("info", "--format", "{{.Monitor.Loop}}").stdout.strip() == "python"
+    finally:
+        aside.rename(loop)
+
+
+def test_uninstall_removes_the_venv_and_its_links_only(installed: Install) -> None:
+    foreign = installed.bin / "other"
+    foreign.symlink_to("/bin/true")
+    installed.make("uninstall")
+    assert not installed.dir.exists()
+    assert sorted(p.name for p in installed.bin.iterdir()) == ["other"]
+    installed.make("uninstall")  # again: nothing to do, no error
+
+
+def test_install_refuses_a_directory_that_is_not_a_venv(tmp_path: Path) -> None:
+    inst = Install(tmp_path)
+    inst.dir.mkdir(parents=True)
+    (inst.dir / "precious").write_text("keep me")
+    proc = inst.make("install", check=False)
+    assert proc.returncode != 0
+    assert "is not a venv; not touching it" in proc.stderr
+    assert (inst.dir / "precious").read_text() == "keep me"
+    assert not inst.bin.exists()
+
+
+def test_wheel_without_a_compiler_builds_without_the_loop(tmp_path: Path) -> None:
+    src = copy_source(tmp_path / "src")
+    proc = run([VENV_PYTHON, "-m", "pip", "wheel", "-v", "--no-deps", "--disable-pip-version-check",
+                "-w", tmp_path / "dist", src], env={"CC": "false"})
+    assert "cannot compile" in proc.stdout + proc.stderr
+    (wheel,) = (tmp_path / "dist").glob("nsbox-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "nsbox/engine/monitor.py" in names
+    assert not [n for n in names if n.endswith(LOOP)], names
+
+
+def test_editable_install_has_the_loop_and_detached_containers_use_it(tmp_path: Path) -> None:
+    loop = run([VENV_PYTHON, "-c", "import nsbox.engine.monitor as m; print(m.loop_binary())"],
+               cwd="/").stdout.strip()
+    assert loop == str(REPO / "nsbox" / "engine" / LOOP)
+    box = [NSBOX, "--root", tmp_path / "root", "--runroot", tmp_path / "run"]
+    cid = run([*box, "run", "-d", "busybox", "sleep", "60"]).stdout.strip()
+    try:
+        exes = set()
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if cid.encode() in cmdline:
+                    exes.add(os.readlink(f"/proc/{pid}/exe"))
+            except OSError:
+                continue
+        assert loop in exes, exes
+    finally:
+        run([*box, "rm", "-f", cid], check=False)
+
+
+def test_engine_demo_shows_namespaces_and_limits() -> None:
+    proc = run([REPO / "scripts" / "demo-engine.sh", NSBOX])
+    out = proc.stdout
+    root = re.search(r"^\+ nsbox --root (\S+)/root ", out, re.M)
+    assert root, out
+    assert not Path(root.group(1)).exists(), "the demo left its directory behind"
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if re.match(r"^(cgroup|ipc|mnt|net|pid|uts)\s", line)}
+    for ns in ("ipc", "mnt", "pid", "uts"):
+        assert rows[ns][-1] == "new", out
+    assert re.search(r"^  memory\s+67108864 bytes \(64 MiB\)\s+/sys/fs/cgroup/\S+$", out, re.M), out
+    assert re.search(r"^  pids\s+64\s+/sys/fs/cgroup/\S+$", out, re.M), out
+
