@@ -218,16 +218,28 @@ def test_plan_devices_v1_lines_and_v2_bpf():
     rules = [{"allow": False, "access": "rwm"},
              {"allow": True, "type": "b", "major": 7, "minor": 0, "access": "r"},
              {"allow": False, "type": "a", "major": 1, "access": "w"}]
-    plan = res.plan({"devices": rules}, FakeLayout(V1_PATHS), devices=[
-        {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}])
+    plan = res.plan({"devices": rules}, FakeLayout(V1_PATHS))
     lines = [(w.choices[0][0], w.choices[0][1]) for w in plan.writes]
     assert lines[:4] == [("devices.deny", "a"), ("devices.allow", "b 7:0 r"),
                          ("devices.deny", "c 1:* w"), ("devices.deny", "b 1:* w")]
     assert ("devices.allow", "c 1:3 rwm") in lines  # the container's own /dev/null
-    assert lines[-1] == ("devices.allow", "c 10:229 rwm")  # from linux.devices
+    assert lines[-1] == ("devices.allow", "c 136:* rwm")  # the defaults come last
     plan2 = res.plan({"devices": rules}, FakeLayout(V2_PATHS, v2=V2_ALL))
     assert plan2.writes == [] and plan2.bpf_devices[0] == {"allow": False, "type": "a",
                                                             "access": "rwm"}
+
+
+@pytest.mark.parametrize("access", ["r", "w", "m", "rw", "rm", "wm", "rwm"])
+def test_plan_devices_keep_the_access_of_a_rule_exactly(access):
+    """The rule for a --device (the engine writes it) keeps its access; like runc, the
+    runtime adds no rule of its own for the node (linux.devices is not a permission)."""
+    rules = [{"allow": False, "access": "rwm"},
+             {"allow": True, "type": "c", "major": 10, "minor": 229, "access": access}]
+    lines = [w.choices[0][1] for w in res.plan({"devices": rules}, FakeLayout(V1_PATHS)).writes]
+    assert [line for line in lines if line.startswith("c 10:229")] == [f"c 10:229 {access}"]
+    bpf = res.plan({"devices": rules}, FakeLayout(V2_PATHS, v2=V2_ALL)).bpf_devices
+    assert [r for r in bpf if r.get("major") == 10] == [
+        {"allow": True, "type": "c", "major": 10, "minor": 229, "access": access}]
 
 
 def test_plan_without_device_rules_leaves_devices_alone():

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from nsbox.errors import ConfigError, KernelError
+from nsbox.runtime.cgroups import UNIFIED
 from nsbox.runtime.cgroups import devices_bpf as dev
+from nsbox.runtime.cgroups import resources as res
 
 DENY_ALL = {"allow": False, "access": "rwm"}
 ALLOW_ALL = {"allow": True, "access": "rwm"}
@@ -27,6 +29,15 @@ ALLOW_ALL = {"allow": True, "access": "rwm"}
 
 def char(major: int | None, minor: int | None, access: str, allow: bool = True) -> dict:
     return {"allow": allow, "type": "c", "major": major, "minor": minor, "access": access}
+
+
+def device_flag_rules(major: int, minor: int, access: str) -> list[dict]:
+    """The rules the runtime hands the BPF program for `nsbox run --device HOST:CTR:ACCESS`:
+    the engine's deny-all and allow rule, then the runtime's defaults (from the real plan)."""
+    plan = res.plan({"devices": [DENY_ALL, char(major, minor, access)]},
+                    res.Layout({UNIFIED: "/sys/fs/cgroup/nsbox-not-used"}))
+    assert plan.bpf_devices is not None and plan.writes == []
+    return plan.bpf_devices
 
 
 # ------------------------------------------------------------- interpreter
@@ -193,6 +204,37 @@ def test_describe() -> None:
 def test_decisions(rules: list[dict], request_: tuple, expected: bool) -> None:
     assert decision(dev.program_for(rules), *request_) is expected
     assert reference_decision(rules, False, *request_) is expected
+
+
+# A --device rule grants exactly its letters.  mknod of any node stays allowed by the
+# runtime's default "c *:* m" (runc's too); whether it is refused is CAP_MKNOD's call.
+@pytest.mark.parametrize("access,allowed", [
+    ("r", {"r", "m", "rm"}),
+    ("w", {"w", "m", "wm"}),
+    ("m", {"m"}),
+    ("rw", set(REQUESTS)),
+    ("rwm", set(REQUESTS)),
+])
+def test_device_flag_access_is_honoured_exactly(access: str, allowed: set[str]) -> None:
+    rules = device_flag_rules(10, 229, access)
+    assert [r for r in rules if r.get("major") == 10] == [char(10, 229, access)]  # no added rwm
+    program = dev.program_for(rules)
+    check_cfg(program)
+    for request_ in REQUESTS:
+        want = request_ in allowed
+        assert decision(program, "c", 10, 229, request_) is want, request_
+        assert reference_decision(rules, False, "c", 10, 229, request_) is want, request_
+    # The neighbouring device and the block device of the same numbers get nothing but mknod.
+    assert not decision(program, "c", 10, 230, "r") and decision(program, "c", 10, 230, "m")
+    assert not decision(program, "b", 10, 229, "r")
+
+
+def test_device_rule_without_m_refuses_mknod_without_the_default() -> None:
+    """The m bit is its own: a rule of "rw" alone does not let mknod through."""
+    program = dev.program_for([DENY_ALL, char(10, 229, "rw")])
+    assert decision(program, "c", 10, 229, "rw") and not decision(program, "c", 10, 229, "m")
+    program = dev.program_for([DENY_ALL, char(10, 229, "m")])
+    assert decision(program, "c", 10, 229, "m") and not decision(program, "c", 10, 229, "r")
 
 
 def test_random_rule_sets_match_the_reference() -> None:
@@ -365,6 +407,25 @@ def test_mknod_needs_m(cgroup: str, nodes: dict[str, str]) -> None:
     dev.replace(cgroup, dev.program_for([DENY_ALL, char(1, 3, "rwm")]))
     assert probe(cgroup, [("mknod", target, "c", 1, 3)]) == ["ok"]
     assert not os.path.exists(target)
+
+
+@pytest.mark.parametrize("access,expected", [
+    ("r", ["ENXIO", "EPERM", "EPERM", "ok"]),
+    ("w", ["EPERM", "ENXIO", "EPERM", "ok"]),
+    ("rw", ["ENXIO", "ENXIO", "ENXIO", "ok"]),
+    ("m", ["EPERM", "EPERM", "EPERM", "ok"]),
+])
+def test_device_flag_rules_on_the_kernel(cgroup: str, nodes: dict[str, str], access: str,
+                                         expected: list[str]) -> None:
+    """What the runtime attaches for `--device ...:ACCESS` on c 240:1 (no driver: an
+    allowed open fails with ENXIO, a refused one with EPERM)."""
+    dev.attach(cgroup, dev.program_for(device_flag_rules(240, 1, access)))
+    target = os.path.join(nodes["mknod_dir"], "c240_1")
+    result = probe(cgroup, [("open", nodes["c240_1"], R), ("open", nodes["c240_1"], W),
+                            ("open", nodes["c240_1"], RW), ("mknod", target, "c", 240, 1)])
+    assert result == expected
+    assert probe(cgroup, [("open", nodes["b240_1"], R), ("open", "/dev/null", RW)]) == [
+        "EPERM", "ok"]
 
 
 def test_wildcards(cgroup: str, nodes: dict[str, str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -417,6 +418,55 @@ def test_without_cgroup_namespace_the_host_path_shows(bundle, run_runtime, conta
     lines = run_runtime("run", "--bundle", str(bundle), container_id).stdout.splitlines()
     unified = next(line for line in lines if line.startswith("0::"))
     assert unified.endswith(f"/nsbox-{container_id}")
+
+
+# ------------------------------------------------------------------ network: loopback
+# lo's flags and addresses, and a TCP round trip over 127.0.0.1.
+LOOPBACK_PROBE = ("ip -o addr show lo; echo flags $(ip -o link show lo);"
+                  " timeout 5 nc -l -p 7777 -e echo over-loopback & for i in 1 2 3 4 5 6 7 8 9 10;"
+                  " do nc 127.0.0.1 7777 </dev/null 2>/dev/null && break; sleep 0.1; done; wait")
+
+
+@pytest.mark.parametrize("with_userns", [False, True], ids=["netns", "userns+netns"])
+def test_a_new_network_namespace_has_loopback_up(userns_bundle_factory, run_runtime, container_id,
+                                                 with_userns):
+    """Like runc, the runtime brings lo up in a network namespace it creates."""
+    bundle = userns_bundle_factory(["sh", "-c", LOOPBACK_PROBE])
+
+    def mutate(spec: dict) -> None:
+        if with_userns:
+            set_namespaces(spec, ["user", "network", "mount", "pid", "ipc", "uts"])
+            host_proc_only(spec)
+
+    write_config(bundle, mutate)
+    out = run_runtime("run", "--bundle", str(bundle), container_id).stdout
+    assert "inet 127.0.0.1/8" in out, out
+    link = next(line for line in out.splitlines() if line.startswith("flags "))
+    assert "<LOOPBACK,UP,LOWER_UP>" in link, out
+    assert out.splitlines()[-1] == "over-loopback", out
+
+
+def test_a_joined_network_namespace_keeps_its_loopback_as_it_is(bundle, run_runtime,
+                                                                container_id):
+    """A network namespace given by path belongs to someone else: lo stays down."""
+    unshare = helpers.require_binary("unshare")
+    holder = subprocess.Popen([unshare, "--net", "sleep", "100"])
+    try:
+        net = f"/proc/{holder.pid}/ns/net"
+        assert wait_for(lambda: os.readlink(net) != os.readlink("/proc/self/ns/net"))
+
+        def mutate(spec: dict) -> None:
+            spec["process"]["args"] = ["sh", "-c", "ip -o link show lo; ip -o addr show lo"]
+            spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"]
+                                           if n["type"] != "network"]
+            spec["linux"]["namespaces"].append({"type": "network", "path": net})
+
+        write_config(bundle, mutate)
+        out = run_runtime("run", "--bundle", str(bundle), container_id).stdout
+        assert "<LOOPBACK>" in out and "127.0.0.1" not in out, out
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # ------------------------------------------------------------------ nesting

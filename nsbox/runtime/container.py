@@ -404,12 +404,7 @@ class Runtime:
             # Values that go to one file together (cpu.max, memory.swap.max)
             # are rebuilt from the merged section, so a lone --cpu-period keeps the quota.
             partial = {name: merged[name] for name in resources if name in merged}
-            devices = None
-            if "devices" in resources:
-                from nsbox.runtime.spec import parse_spec
-
-                devices = parse_spec(st.config).linux.devices
-            mgr.apply(partial, devices, updating=True)
+            mgr.apply(partial, updating=True)
             linux["resources"] = merged
             self.store.save(st)
 
@@ -557,7 +552,7 @@ def _cgroup_plan(spec: Spec, cgroup_paths: dict[str, str]):
         return None
     from nsbox.runtime.cgroups.manager import Manager
 
-    return Manager(cgroup_paths).validate(spec.linux.resources, spec.linux.devices)
+    return Manager(cgroup_paths).validate(spec.linux.resources)
 
 
 def _merge_resources(old: dict, new: dict) -> dict:

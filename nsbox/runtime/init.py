@@ -134,6 +134,14 @@ def _stage1(ctx: InitContext, chan: ch.Channel) -> None:
     others = plan.new_flags & ~(sc.CLONE_NEWUSER | sc.CLONE_NEWCGROUP)
     if others:
         nsmod.unshare(others)
+        if others & sc.CLONE_NEWNET:
+            # Like runc: a network namespace we create gets its loopback up
+            # (one joined by path is left as its owner made it).
+            try:
+                sc.interface_up("lo")
+            except OSError as exc:
+                raise KernelError(f"bring up lo in the new network namespace: {exc.strerror}",
+                                  exc.errno) from None
     if linux.time_offsets:
         # setresuid() above made us non-dumpable, which hands /proc/self to the
         # host's root: unwritable from the new user namespace until undone.

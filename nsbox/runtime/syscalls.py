@@ -175,6 +175,38 @@ def set_no_new_privs() -> None:
     prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
+# --- network interfaces (ioctl on a socket) ---------------------------------
+
+AF_INET = 2
+SOCK_DGRAM = 2
+SOCK_CLOEXEC = 0o2000000
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+_IFREQ_SIZE = 40  # struct ifreq: char ifr_name[16], then a 24-byte union (ifr_flags: short)
+_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+
+
+def interface_up(name: str = "lo") -> None:
+    """Set IFF_UP on interface NAME of the calling thread's network namespace.
+
+    A new network namespace has only `lo`, and it is down (no 127.0.0.1);
+    the kernel adds the loopback addresses as soon as it is up.  Two ioctls
+    on a throwaway datagram socket: SIOCGIFFLAGS, then SIOCSIFFLAGS with
+    IFF_UP added.  Needs CAP_NET_ADMIN over the namespace.
+    """
+    fd = _check(_libc.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket")
+    try:
+        ifr = ctypes.create_string_buffer(name.encode(), _IFREQ_SIZE)
+        _check(_libc.ioctl(fd, SIOCGIFFLAGS, ifr), f"ioctl SIOCGIFFLAGS {name}")
+        flags = int.from_bytes(ifr.raw[16:18], "little")
+        if not flags & IFF_UP:
+            ctypes.memmove(ctypes.addressof(ifr) + 16, (flags | IFF_UP).to_bytes(2, "little"), 2)
+            _check(_libc.ioctl(fd, SIOCSIFFLAGS, ifr), f"ioctl SIOCSIFFLAGS {name}")
+    finally:
+        os.close(fd)
+
+
 class _CloneArgs(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint64) for name in (
         "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",

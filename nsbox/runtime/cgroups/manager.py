@@ -67,10 +67,9 @@ class Manager:
         return self.paths[key] if key is not None else None
 
     # ------------------------------------------------------------ lifecycle
-    def validate(self, resources: dict | None, devices: list | None = None,
-                 updating: bool = False) -> res.Plan:
+    def validate(self, resources: dict | None, updating: bool = False) -> res.Plan:
         """Check RESOURCES against this host before anything is created; returns the plan."""
-        return res.plan(resources, self.layout(), devices, updating=updating)
+        return res.plan(resources, self.layout(), updating=updating)
 
     def create(self) -> list[str]:
         """Make the directories (and on pure v2 pass the controllers down); returns those made."""
@@ -82,10 +81,9 @@ class Manager:
     def add(self, pid: int) -> None:
         cgroups.add_process(self.paths, pid)
 
-    def apply(self, resources: dict | None, devices: list | None = None,
-              updating: bool = False) -> None:
+    def apply(self, resources: dict | None, updating: bool = False) -> None:
         """Enforce an OCI linux.resources section (validated here too)."""
-        self.apply_plan(self.validate(resources, devices, updating=updating), updating=updating)
+        self.apply_plan(self.validate(resources, updating=updating), updating=updating)
 
     def apply_plan(self, plan: res.Plan, updating: bool = False) -> None:
         if plan.v2_controllers:

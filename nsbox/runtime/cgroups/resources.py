@@ -239,13 +239,11 @@ def supported_page_sizes() -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- the planner
-def plan(resources: dict | None, layout: Layout, devices: list | None = None,
-         updating: bool = False) -> Plan:
+def plan(resources: dict | None, layout: Layout, updating: bool = False) -> Plan:
     """Validate RESOURCES and list the writes that enforce them on LAYOUT.
 
-    DEVICES are the config's linux.devices (records or dicts with type, major,
-    minor): the container is allowed to use them.  UPDATING: the values
-    replace live ones, so explicit defaults (false, 0) are written too.
+    UPDATING: the values replace live ones, so explicit defaults (false, 0)
+    are written too.
     """
     out = Plan()
     if not resources:
@@ -255,7 +253,7 @@ def plan(resources: dict | None, layout: Layout, devices: list | None = None,
     for name in resources:
         if name not in KNOWN_SECTIONS:
             log.warning("ignoring unknown field linux.resources.%s", name)
-    _plan_devices(resources, layout, devices, out)
+    _plan_devices(resources, layout, out)
     _plan_cpu(resources, layout, out)
     _plan_memory(resources, layout, out, updating)
     _plan_pids(resources, layout, out)
@@ -272,7 +270,7 @@ def plan(resources: dict | None, layout: Layout, devices: list | None = None,
     return out
 
 
-def _plan_devices(resources: dict, layout: Layout, devices: list | None, out: Plan) -> None:
+def _plan_devices(resources: dict, layout: Layout, out: Plan) -> None:
     rules = resources.get("devices")
     if rules is None:
         return
@@ -281,14 +279,9 @@ def _plan_devices(resources: dict, layout: Layout, devices: list | None, out: Pl
     normalized = [_device_rule(rule, i) for i, rule in enumerate(rules)]
     if not normalized:
         return
+    # Like runc, linux.devices adds no rule: a device the config creates is
+    # usable only as far as its own rules (the engine's --device rule) allow.
     normalized.extend(dict(r) for r in DEFAULT_DEVICE_RULES)
-    for dev in devices or ():
-        dtype = getattr(dev, "type", None) if not isinstance(dev, dict) else dev.get("type")
-        major = getattr(dev, "major", None) if not isinstance(dev, dict) else dev.get("major")
-        minor = getattr(dev, "minor", None) if not isinstance(dev, dict) else dev.get("minor")
-        if dtype in ("c", "u", "b") and major is not None and minor is not None:
-            normalized.append({"allow": True, "type": "c" if dtype == "u" else dtype,
-                               "major": major, "minor": minor, "access": "rwm"})
     key = layout.v1_key("devices")
     if key is not None:
         for index, rule in enumerate(normalized):
