@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import stat
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -111,3 +113,18 @@ def swap_active() -> bool:
         return len(Path("/proc/swaps").read_text().splitlines()) > 1
     except OSError:
         return False
+
+
+def seccomp_actions() -> frozenset[str]:
+    """The seccomp return actions this kernel offers (user_notif since 5.0, log since 4.14)."""
+    try:
+        return frozenset(Path("/proc/sys/kernel/seccomp/actions_avail").read_text().split())
+    except OSError:
+        return frozenset()
+
+
+def runc_version(runc: str) -> tuple[int, ...]:
+    """runc's version as numbers ("runc version 1.1.5+ds1" -> (1, 1, 5)); () if unknown."""
+    out = subprocess.run([runc, "--version"], capture_output=True, text=True, check=False).stdout
+    match = re.search(r"version (\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(n) for n in match.groups()) if match else ()

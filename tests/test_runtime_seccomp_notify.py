@@ -16,7 +16,12 @@ import socket
 import struct
 import threading
 
+import host_features
 import pytest
+
+pytestmark = pytest.mark.skipif("user_notif" not in host_features.seccomp_actions(),
+                                reason="the kernel offers no SECCOMP_RET_USER_NOTIF "
+                                       "(/proc/sys/kernel/seccomp/actions_avail; Linux >= 5.0)")
 
 NOTIF_RECV = 0xC0502100  # SECCOMP_IOCTL_NOTIF_RECV
 NOTIF_SEND = 0xC0182101  # SECCOMP_IOCTL_NOTIF_SEND

@@ -21,6 +21,7 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
+import host_features
 import pytest
 
 from nsbox.errors import ConfigError, KernelError
@@ -244,6 +245,8 @@ def _send_response(fd: int, notif_id: int, value: int) -> None:
     fcntl.ioctl(fd, 0xC0182101, bytearray(struct.pack("<QqiI", notif_id, value, 0, 0)))
 
 
+@pytest.mark.skipif("user_notif" not in host_features.seccomp_actions(),
+                    reason="the kernel offers no SECCOMP_RET_USER_NOTIF (Linux >= 5.0)")
 def test_notify_hands_the_listener_to_an_agent(tmp_path):
     listener_path = str(tmp_path / "agent.sock")
     section = {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": listener_path,
