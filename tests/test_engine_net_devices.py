@@ -74,6 +74,24 @@ def fuse_device(tmp_path: Path) -> tuple[str, bool]:
     return str(node), False
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("/dev/fuse", ("/dev/fuse", "/dev/fuse", "rwm")),
+    ("/dev/fuse:/dev/myfuse", ("/dev/fuse", "/dev/myfuse", "rwm")),
+    ("/dev/fuse:/dev/myfuse:r", ("/dev/fuse", "/dev/myfuse", "r")),
+    ("/dev/fuse:/dev/myfuse:mw", ("/dev/fuse", "/dev/myfuse", "mw")),
+    ("/dev/fuse:rw", ("/dev/fuse", "/dev/fuse", "rw")),
+])
+def test_device_value_becomes_one_rule_with_its_letters(fuse_device, text, expected):
+    from nsbox.engine import bundle
+
+    assert bundle.device_mapping(text) == expected
+    host, _driver = fuse_device
+    node, rule = bundle._device(text.replace("/dev/fuse", host, 1))
+    assert (node["path"], node["type"], node["major"], node["minor"]) == (
+        expected[1].replace("/dev/fuse", host, 1), "c", 10, 229)
+    assert rule == {"allow": True, "type": "c", "major": 10, "minor": 229, "access": expected[2]}
+
+
 # Each open in a subshell: "<op>-ok" when it worked, the shell's error otherwise.
 PROBE = ("(: > /dev/myfuse) 2>&1 && echo write-ok;"
          " dd if=/dev/myfuse of=/dev/null count=0 2>&1 && echo read-ok;"

@@ -142,13 +142,28 @@ def stop_signal(spec: ContainerSpec, image_section: dict) -> str:
     return _signal_name(spec.stop_signal, image_section.get("StopSignal") or "")
 
 
-def _device(text: str) -> tuple[dict, dict]:
+def device_mapping(text: str) -> tuple[str, str, str]:
+    """(host path, container path, cgroup permissions) of a --device value.
+
+    HOST, HOST:CONTAINER, HOST:CONTAINER:PERMS or HOST:PERMS; PERMS are
+    letters of "rwm" (default "rwm"), kept exactly as given.
+    """
     parts = text.split(":")
     host = parts[0]
     target = parts[1] if len(parts) > 1 and parts[1] else host
     access = parts[2] if len(parts) > 2 and parts[2] else "rwm"
-    if len(parts) == 2 and set(parts[1]) <= set("rwm") and not parts[1].startswith("/"):
+    if len(parts) == 2 and parts[1] and set(parts[1]) <= set("rwm") and not parts[1].startswith("/"):
         target, access = host, parts[1]
+    return host, target, access
+
+
+def _device(text: str) -> tuple[dict, dict]:
+    """The linux.devices node and its linux.resources.devices rule for one --device.
+
+    The rule is the only access the container gets to the node: the runtime
+    adds none for linux.devices (runc neither).
+    """
+    host, target, access = device_mapping(text)
     try:
         st = os.stat(host)
     except OSError as err:
