@@ -46,6 +46,11 @@ class BundleInputs:
     netns_path: str = ""
     # --userns=keep-id: rootless.KeepId (the maps, and the user's uid and gid), or None
     keep_id: object = None
+    # "container:NAME" -> that container's record (its hostname and /etc files); when
+    # empty, what peer_pid_or_fail looked up in this process
+    peers: dict = dict
+    # The engine's run root (the runtimes' ociVersion cache); "" = the storage root
+    run_root: str = ""
 
 
 def command_of(spec: ContainerSpec, image_section: dict) -> list[str]:
@@ -125,8 +130,8 @@ def _own_cgroup() -> str:
 
 def cgroups_path(container_id: str, runtime: str) -> str:
     """Where the container's cgroup goes: always below the caller's own cgroup."""
-    if os.path.basename(runtime) == "runc":
-        # runc reads an absolute path from the hierarchy root; make it ours.
+    if os.path.basename(runtime) in ("runc", "crun"):
+        # runc and crun read an absolute path from the hierarchy root; make it ours.
         return os.path.join(_own_cgroup(), f"nsbox-{container_id}")
     return f"nsbox-{container_id}"  # nsbox-runtime resolves relative paths under its caller's
 
@@ -244,7 +249,16 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
 
     # Env: runtime default PATH, then the image's, then the user's (later wins).
     env: dict[str, str] = {}
-    hostname = spec.hostname or cid[:12]
+    # Another container's network brings its hostname and /etc files (as Docker);
+    # the host's UTS namespace its hostname.
+    net_peer = _peer(spec.network_mode, inputs)
+    uts_peer = _peer(spec.uts_mode, inputs)
+    if uts_peer is not None or net_peer is not None:
+        hostname = _hostname_of(uts_peer if uts_peer is not None else net_peer)
+    elif spec.uts_mode == "host":
+        hostname = os.uname().nodename
+    else:
+        hostname = spec.hostname or cid[:12]
     for item in [DEFAULT_PATH, f"HOSTNAME={hostname}"] + list(image_section.get("Env") or []):
         key, _, value = item.partition("=")
         env[key] = value
@@ -285,8 +299,12 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
             mount["options"].append(f"size={max(shm // 1024, 4)}k")
     user_targets = {os.path.normpath(m.target) for m in spec.mounts}
     slirp = spec.network_mode.startswith("slirp4netns")
-    for target, source in write_etc_files(inputs.userdata, hostname,
-                                          "10.0.2.3" if slirp else "").items():
+    etc_files = write_etc_files(inputs.userdata, hostname, "10.0.2.3" if slirp else "")
+    if net_peer is not None:
+        etc_files.update((target, os.path.join(net_peer.bundle, name)) for target, name in (
+            ("/etc/hosts", "hosts"), ("/etc/resolv.conf", "resolv.conf"),
+            ("/etc/hostname", "hostname")) if os.path.isfile(os.path.join(net_peer.bundle, name)))
+    for target, source in etc_files.items():
         if target not in user_targets:
             config["mounts"].append({"destination": target, "type": "bind", "source": source,
                                      "options": ["rbind", "rprivate"]})
@@ -359,9 +377,16 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
                                          "options": ["rbind", "rprivate"]})
     elif spec.userns_mode not in ("host", ""):
         raise ConfigError(f"userns mode {spec.userns_mode!r} is not supported")
+    if spec.timens_mode == "private" or spec.time_offsets:
+        namespaces["time"] = {"type": "time"}
+        if spec.time_offsets:
+            linux["timeOffsets"] = {clock: {"secs": int(secs), "nanosecs": 0}
+                                    for clock, secs in spec.time_offsets.items()}
+    elif spec.timens_mode not in ("host", ""):
+        raise ConfigError(f"timens mode {spec.timens_mode!r} is not supported")
     linux["namespaces"] = list(namespaces.values())
-    if "uts" not in namespaces:
-        config.pop("hostname", None)
+    if "uts" not in namespaces or namespaces["uts"].get("path"):
+        config.pop("hostname", None)  # not the container's own UTS namespace: not its to set
     if "cgroup" not in namespaces:
         pass  # /sys/fs/cgroup then shows the host's hierarchy, read-only
 
@@ -372,6 +397,7 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
             resources["devices"] = resources.get("devices", []) + list(value)
         else:
             resources[key] = value
+    _drop_unsupported(resources)
     devices = []
     for text in spec.devices:
         node, rule = _device(text)
@@ -383,10 +409,51 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
         linux["sysctl"] = dict(spec.sysctls)
     linux["cgroupsPath"] = cgroups_path(cid, inputs.runtime)
     apply_security(config, spec)
+    from nsbox.engine.oci import spec_version_for
+    version = spec_version_for(inputs.runtime, inputs.run_root or os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.abspath(inputs.userdata)))))
+    if version:
+        config["ociVersion"] = version  # what that runtime accepts (crun 1.8 refuses 1.2.0)
     from nsbox.engine import rootless
     if rootless.active():
         _adjust_for_rootless(config, spec)
     return config
+
+
+def _drop_unsupported(resources: dict) -> None:
+    """Leave out what the kernel cannot enforce, as Docker does (flags.py warned already):
+    a block I/O weight without a weight file, a swap limit without swap accounting."""
+    blkio = resources.get("blockIO") or {}
+    memory = resources.get("memory") or {}
+    if not (blkio.get("weight") or blkio.get("weightDevice") or memory.get("swap")):
+        return
+    from nsbox.engine import hostcaps
+    if (blkio.get("weight") or blkio.get("weightDevice")) and not hostcaps.blkio_weight_supported():
+        resources["blockIO"] = blkio = {k: v for k, v in blkio.items()
+                                        if k not in ("weight", "weightDevice")}
+        if not blkio:
+            del resources["blockIO"]
+    if memory.get("swap") and not hostcaps.swap_limit_supported():
+        resources["memory"] = {k: v for k, v in memory.items() if k != "swap"}
+
+
+def _peer(mode: str, inputs: BundleInputs):  # noqa: ANN202 - a Container, or None
+    """The container a `container:NAME` MODE names (looked up by the engine), else None."""
+    if not mode.startswith("container:"):
+        return None
+    return inputs.peers.get(mode) or _looked_up_peers.get(mode)
+
+
+def _hostname_of(peer) -> str:  # noqa: ANN001 - a Container
+    """A container's hostname: as recorded at its creation, else its /etc/hostname file."""
+    name = (getattr(peer, "extra", None) or {}).get("hostname") or ""
+    if not name:
+        try:
+            with open(os.path.join(peer.bundle, "hostname")) as f:
+                name = f.read().strip()
+        except OSError:
+            name = os.uname().nodename
+    return name
 
 
 def _adjust_for_rootless(config: dict, spec: ContainerSpec) -> None:
@@ -423,6 +490,11 @@ def _adjust_for_rootless(config: dict, spec: ContainerSpec) -> None:
                              options=["rbind", "nosuid", "noexec", "nodev"])
 
 
+# "container:NAME" -> the Container peer_pid_or_fail found, for build_config in the same
+# create (BundleInputs.peers, when the engine passes it, comes first).
+_looked_up_peers: dict[str, object] = {}
+
+
 def peer_pid_or_fail(lookup, mode: str) -> int:  # noqa: ANN001 - Engine.get
     """Pid of the running container a `container:NAME` mode names."""
     ref = mode.split(":", 1)[1]
@@ -432,4 +504,5 @@ def peer_pid_or_fail(lookup, mode: str) -> int:  # noqa: ANN001 - Engine.get
         raise ContainerNotFound(f"{mode}: no such container") from None
     if peer.state != "running" or not peer.pid:
         raise InvalidState(f"{mode}: that container is not running")
+    _looked_up_peers[mode] = peer
     return peer.pid

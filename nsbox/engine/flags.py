@@ -13,6 +13,7 @@ with a message naming the flag and the value, as Docker words it.
 from __future__ import annotations
 
 import os
+import sys
 
 from nsbox.errors import ConfigError
 
@@ -30,6 +31,7 @@ RUN_FLAGS: dict[str, str] = {
     "volume": "list", "mount": "list", "env": "list", "env-file": "list", "label": "list",
     "restart": "str", "pid": "str", "ipc": "str", "uts": "str", "network": "str", "net": "str",
     "userns": "str", "cgroupns": "str", "stop-signal": "str", "stop-timeout": "str",
+    "timens": "str", "time-offset": "list",
     "user": "str", "workdir": "str", "hostname": "str", "entrypoint": "str", "name": "str",
     "read-only": "bool", "init": "bool", "rm": "bool", "detach": "bool", "interactive": "bool",
     "tty": "bool", "cap-add": "list", "cap-drop": "list", "security-opt": "list",
@@ -78,6 +80,8 @@ RUN_FLAG_HELP: dict[str, str | tuple[str, str]] = {
     "net": ("network", "Alias of --network"),
     "userns": ("string", "User namespace to use (host, remap, auto, keep-id)"),
     "cgroupns": ("string", "Cgroup namespace to use (host, private)"),
+    "timens": ("string", "Time namespace to use (host, private)"),
+    "time-offset": ("list", "Clock offsets of a new time namespace (monotonic=S,boottime=S)"),
     "stop-signal": ("string", "Signal to stop the container"),
     "stop-timeout": ("int", "Seconds to wait for the stop signal before SIGKILL"),
     "user": ("string", "Username or UID (format: <name|uid>[:<group|gid>])"),
@@ -118,6 +122,16 @@ _LOG_OPTS = ("max-size", "max-file")
 def bad(flag: str, value: object, why: str) -> ConfigError:
     """The Docker wording for a flag value that does not parse."""
     return ConfigError(f'invalid argument "{value}" for "--{flag}" flag: {why}')
+
+
+def warn(text: str) -> None:
+    """A warning on stderr (Docker prints these and goes on)."""
+    sys.stderr.write(f"WARNING: {text}\n")
+
+
+def _host():  # noqa: ANN202 - the hostcaps module, imported when a flag needs it
+    from nsbox.engine import hostcaps
+    return hostcaps
 
 
 def _as_list(value: object) -> list:
@@ -206,6 +220,17 @@ def parse_cpuset(value: object, flag: str) -> str:
     return text
 
 
+def _check_online(cpuset: str, flag: str) -> None:
+    """Refuse CPUs or memory nodes the host does not have online (Docker's create-time check)."""
+    host = _host()
+    cpus = flag == "cpuset-cpus"
+    missing, have = host.unavailable(cpuset, host.CPU_ONLINE if cpus else host.NODE_ONLINE)
+    if missing:
+        what = ("CPU" if cpus else "memory node") + ("s" if len(missing) > 1 else "")
+        raise bad(flag, cpuset, f"{what} {host.format_list(missing)} not available on this host "
+                  f"(online: {have})")
+
+
 def device_numbers(path: str, flag: str) -> tuple[int, int]:
     """(major, minor) of the device node PATH."""
     import stat
@@ -259,6 +284,9 @@ def build_resources(opts: dict) -> dict:
             if memory["swap"] < memory["limit"]:
                 raise ConfigError("Minimum memoryswap limit should be larger than memory "
                                   "limit, see usage")
+        if memory["swap"] > 0 and not _host().swap_limit_supported():
+            warn(_host().SWAP_LIMIT_WARNING)
+            memory["swap"] = -1  # as Docker: unlimited (the bundle leaves it out)
     if opts.get("memory-swappiness") not in (None, ""):
         value = opts["memory-swappiness"]
         number = parse_int(value, "memory-swappiness")
@@ -287,8 +315,10 @@ def build_resources(opts: dict) -> dict:
         cpu["quota"] = quota
     if opts.get("cpuset-cpus") not in (None, ""):
         cpu["cpus"] = parse_cpuset(opts["cpuset-cpus"], "cpuset-cpus")
+        _check_online(cpu["cpus"], "cpuset-cpus")
     if opts.get("cpuset-mems") not in (None, ""):
         cpu["mems"] = parse_cpuset(opts["cpuset-mems"], "cpuset-mems")
+        _check_online(cpu["mems"], "cpuset-mems")
     if cpu:
         res["cpu"] = cpu
 
@@ -315,6 +345,10 @@ def build_resources(opts: dict) -> dict:
                             ("device-write-iops", "throttleWriteIOPSDevice", True)):
         for entry in _as_list(opts.get(flag)):
             blkio.setdefault(key, []).append(_device_rate(entry, flag, iops))
+    if (blkio.get("weight") or blkio.get("weightDevice")) and not _host().blkio_weight_supported():
+        warn(_host().BLKIO_WEIGHT_WARNING)  # Docker discards the weight and runs the container
+        blkio.pop("weight", None)
+        blkio.pop("weightDevice", None)
     if blkio:
         res["blockIO"] = blkio
 
@@ -543,10 +577,49 @@ def parse_namespace_mode(flag: str, value: str) -> str:
         allowed = ("host", "private", "remap", "auto", "keep-id")
     if text in allowed:
         return text
-    if text.startswith("container:") and len(text) > 10 and flag != "network":
+    if text.startswith("container:") and len(text) > 10:
         return text
-    raise bad(flag, value, f"invalid {flag} mode: use " + ", ".join(allowed)
-              + ("" if flag == "network" else " or container:NAME"))
+    raise bad(flag, value, f"invalid {flag} mode: use " + ", ".join(allowed) + " or container:NAME")
+
+
+_CLOCKS = ("monotonic", "boottime")
+
+
+def parse_time_offsets(entries: object) -> dict[str, int]:
+    """--time-offset monotonic=SECONDS,boottime=SECONDS (repeatable) -> {clock: seconds}."""
+    if isinstance(entries, dict):
+        entries = [f"{k}={v}" for k, v in entries.items()]
+    out: dict[str, int] = {}
+    for entry in _as_list(entries):
+        for item in str(entry).split(","):
+            clock, eq, amount = item.strip().partition("=")
+            if clock not in _CLOCKS or not eq:
+                raise bad("time-offset", entry, "expected monotonic=SECONDS and/or boottime=SECONDS")
+            try:
+                out[clock] = int(amount.strip().removesuffix("s"))
+            except ValueError:
+                raise bad("time-offset", entry, f"invalid number of seconds: {amount!r}") from None
+    return out
+
+
+# Flags Docker refuses with --network container:NAME, the network being another container's.
+_NOT_WITH_CONTAINER_NETWORK = ("hostname", "publish", "publish-all", "expose", "dns",
+                               "dns-search", "dns-option", "mac-address", "add-host", "link")
+
+
+def _check_namespace_conflicts(spec: ContainerSpec, opts: dict) -> None:
+    """Docker's conflicts between namespace modes and flags that need a namespace of one's own."""
+    if spec.hostname and (spec.uts_mode == "host" or spec.uts_mode.startswith("container:")):
+        raise ConfigError(f"Conflicting options: --hostname and --uts {spec.uts_mode} (the "
+                          "hostname belongs to that UTS namespace)")
+    if spec.network_mode.startswith("container:"):
+        for flag in _NOT_WITH_CONTAINER_NETWORK:
+            if opts.get(flag) not in (None, False, "", []):
+                raise ConfigError(f"Conflicting options: --{flag} and --network "
+                                  f"{spec.network_mode} (the network is that container's)")
+    if spec.time_offsets and spec.timens_mode == "host":
+        raise ConfigError("Conflicting options: --time-offset and --timens host (offsets need a "
+                          "time namespace of the container's own)")
 
 
 def parse_stop_signal(value: str) -> str:
@@ -633,6 +706,9 @@ def build_spec(image: str, command: list[str] | None, opts: dict,
     if get("stop-timeout") not in (None, ""):
         spec.stop_timeout = parse_int(opts["stop-timeout"], "stop-timeout", -1)
     spec.resources = build_resources(opts)
+    memory = spec.resources.get("memory") or {}
+    if memory.get("limit", 0) > 0 and "swap" not in memory and _host().swap_limit_supported():
+        memory["swap"] = 2 * memory["limit"]  # Docker's default: as much swap as memory
     for entry in _as_list(opts.get("ulimit")):
         name, limits = parse_ulimit(entry)
         spec.ulimits[name] = limits
@@ -663,6 +739,14 @@ def build_spec(image: str, command: list[str] | None, opts: dict,
     for flag, attr in _NS_FLAGS.items():
         if get(flag) not in (None, "") or (flag == "userns" and flag in opts):
             setattr(spec, attr, parse_namespace_mode(flag, opts.get(flag) or ""))
+    if get("timens") not in (None, ""):
+        if opts["timens"] not in ("host", "private"):
+            raise bad("timens", opts["timens"], "invalid timens mode: use host or private")
+        spec.timens_mode = opts["timens"]
+    spec.time_offsets = parse_time_offsets(get("time-offset", []))
+    if spec.time_offsets and get("timens") in (None, ""):
+        spec.timens_mode = "private"  # offsets imply a time namespace of the container's own
+    _check_namespace_conflicts(spec, opts)
     spec.cap_add = [str(c) for c in _as_list(opts.get("cap-add"))]
     spec.cap_drop = [str(c) for c in _as_list(opts.get("cap-drop"))]
     spec.security_opt = [str(s) for s in _as_list(opts.get("security-opt"))]

@@ -60,9 +60,12 @@ class ContainerSpec:
     pid_mode: str = "private"
     ipc_mode: str = "private"
     uts_mode: str = "private"
-    network_mode: str = "private"  # "none" and "private" mean a new, empty netns for now
+    network_mode: str = "private"  # "none" and "private" mean a new, empty netns for now;
+    # "container:NAME" also takes NAME's /etc/hosts, /etc/resolv.conf and hostname
     userns_mode: str = "host"
     cgroupns_mode: str = "private"
+    timens_mode: str = "host"  # "private": a new time namespace (--timens, --time-offset)
+    time_offsets: dict[str, int] = dict  # clock ("monotonic", "boottime") -> seconds
     cap_add: list[str] = list
     cap_drop: list[str] = list
     security_opt: list[str] = list

@@ -34,6 +34,75 @@ def own_runtime_binary() -> str | None:
     return candidate if os.access(candidate, os.X_OK) else None
 
 
+# The ociVersion written for a runtime that cannot say what it accepts (no `features`
+# command, as crun 1.8): the newest 1.0.x, which runc 1.1 and crun 1.8 both take.
+SAFE_OCI_VERSION = "1.0.2"
+OCI_VERSION_CACHE = "oci-versions.json"
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    numbers = []
+    for part in text.split("-", 1)[0].split("."):
+        numbers.append(int(part) if part.isdigit() else 0)
+    return tuple(numbers)
+
+
+def ask_oci_version(binary: str, ours: str) -> str:
+    """The ociVersion to write for BINARY: its `features` ociVersionMax, capped at OURS
+    (the version our config follows); SAFE_OCI_VERSION when it cannot tell."""
+    import subprocess
+
+    try:
+        result = subprocess.run([binary, "features"], capture_output=True, timeout=10, check=False)
+        newest = _json.loads(result.stdout).get("ociVersionMax") if result.returncode == 0 else None
+    except (OSError, ValueError, AttributeError, subprocess.SubprocessError):
+        newest = None
+    if not isinstance(newest, str) or not newest.startswith("1."):
+        return SAFE_OCI_VERSION
+    return newest if _version_key(newest) < _version_key(ours) else ours
+
+
+def spec_version_for(binary: str, cache_dir: str) -> str | None:
+    """The ociVersion config.json must carry for the runtime BINARY; None for nsbox-runtime
+    (it takes the version default_spec writes).  Asked once per binary (path, mtime and
+    size) and kept in CACHE_DIR/oci-versions.json, so a run costs a stat and a small read."""
+    if os.path.basename(binary) == RUNTIME_NAME:
+        return None
+    own = own_runtime_binary()
+    real = os.path.realpath(binary)
+    if own is not None and real == os.path.realpath(own):
+        return None
+    try:
+        st = os.stat(real)
+    except OSError:
+        return SAFE_OCI_VERSION
+    key = f"{real}:{st.st_mtime_ns}:{st.st_size}"
+    path = os.path.join(cache_dir, OCI_VERSION_CACHE)
+    try:
+        with open(path) as f:
+            cache = _json.loads(f.read())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    version = cache.get(key)
+    if isinstance(version, str):
+        return version
+    from nsbox.runtime.spec import SPEC_VERSION
+    version = ask_oci_version(binary, SPEC_VERSION)
+    cache = {k: v for k, v in cache.items() if not k.startswith(real + ":")}
+    cache[key] = version
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(_json.dumps(cache))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # no cache: asked again next time
+    return version
+
+
 def runtime_for(run_root: str, binary: str) -> OciRuntime:
     """The driver for BINARY: in-process for our own nsbox-runtime, else its command line."""
     from nsbox.engine import rootless

@@ -257,6 +257,7 @@ class SecurityOptions:
     def __init__(self, opts: list[str]) -> None:
         self.seccomp: str | None = None  # None: default, "unconfined", or a file path
         self.no_new_privileges = True
+        self.no_new_privileges_given = False  # set explicitly (it then wins over --privileged)
         self.label: list[str] = []
         self.apparmor: str | None = None
         self.mask: list[str] = []
@@ -273,6 +274,7 @@ class SecurityOptions:
                 if value not in ("", "true", "false", "1", "0"):
                     raise ConfigError(f"invalid --security-opt no-new-privileges value {value!r}")
                 self.no_new_privileges = value in ("", "true", "1")
+                self.no_new_privileges_given = True
             elif key == "label":
                 self.label.append(value)
             elif key == "apparmor":
@@ -356,7 +358,10 @@ def apply(config: dict, cap_add: list[str], cap_drop: list[str], privileged: boo
     process, linux = config["process"], config["linux"]
     caps = capability_set(cap_add, cap_drop, privileged)
     process["capabilities"] = {kind: list(caps) for kind in ("bounding", "effective", "permitted")}
-    process["noNewPrivileges"] = opts.no_new_privileges
+    # --privileged clears no_new_privs, as Docker and Podman do (setuid tools such as sudo
+    # work there), unless --security-opt no-new-privileges asks for it.
+    process["noNewPrivileges"] = opts.no_new_privileges if opts.no_new_privileges_given or \
+        not privileged else False
     masked, readonly = list(MASKED_PATHS), list(READONLY_PATHS)
     if privileged:
         masked, readonly = [], []
@@ -449,7 +454,12 @@ def posture(config: dict, pid: int = 0, peers: dict[str, str] | None = None) -> 
         item("seccomp default action", profile.get("defaultAction"), allow_all,
              "a denylist profile: unlisted calls are allowed" if allow_all else "")
     nnp = bool(process.get("noNewPrivileges"))
-    item("no_new_privs", nnp, not nnp, "setuid binaries can gain privileges" if not nnp else "")
+    devices_all = any(d.get("allow") and not d.get("type") and d.get("major") is None
+                      for d in (linux.get("resources") or {}).get("devices") or [])
+    privileged = devices_all and not linux.get("maskedPaths") and not linux.get("seccomp")
+    item("no_new_privs", nnp, not nnp, "" if nnp else (
+        "cleared by --privileged, as Docker and Podman do: " if privileged else "")
+        + "setuid binaries can gain privileges")
     namespaces = {ns.get("type"): ns.get("path", "") for ns in linux.get("namespaces") or []}
     for ns_type in _NAMESPACE_TYPES:
         if ns_type == "user" and ns_type not in namespaces:
