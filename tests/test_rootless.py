@@ -7,8 +7,10 @@ undone at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -73,7 +75,7 @@ def test_container_root_is_the_user(clean):
     # One small pause process holds the user's namespaces, and the container is in them.
     pauses = [p for p in clean.processes() if _argv0(p) == "nsbox-pause"]
     assert len(pauses) == 1
-    assert os.path.basename(os.readlink(f"/proc/{pauses[0]}/exe")) == "sleep"
+    assert os.readlink(f"/proc/{pauses[0]}/exe") == os.path.realpath("/bin/sh")
     assert os.readlink(f"/proc/{pauses[0]}/ns/user") == os.readlink(f"/proc/{pid}/ns/user")
 
 
@@ -313,6 +315,122 @@ def test_slirp4netns_without_tun_access_says_why(clean):
     # The default network then is loopback only, and still runs.
     proc = clean.run("run", "--rm", "busybox", "sh", "-c", "ip -o link | grep -c ': lo'")
     assert proc.stdout == "1\n"
+
+
+def _subordinate_start(path: str) -> int:
+    with open(path) as f:
+        return next(int(line.split(":")[1]) for line in f if line.startswith(f"{USER}:"))
+
+
+def test_inspect_security_reports_the_rootless_mapping_and_nproc(clean):
+    """Container root is the unprivileged user (not host root), and RLIMIT_NPROC is the pids limit."""
+    clean.run("run", "-d", "--name", "post", "--network", "none", "busybox", "sleep", "300")
+    clean.run("create", "--name", "post-created", "--network", "none", "busybox", "true")
+    clean.run("run", "-d", "--name", "post-keepid", "--network", "none", "--userns=keep-id",
+              "busybox", "sleep", "300")
+    reports = {}
+    for name in ("post", "post-created", "post-keepid"):
+        report = json.loads(clean.run("inspect", "--security", "-f", "{{json .}}", name).stdout)
+        reports[name] = {i["item"]: i for i in report["items"]}
+        assert report["weaker"] == [], (name, report["weaker"])
+    for name in ("post", "post-created"):  # live (/proc/PID/uid_map) and from the config
+        mapping = reports[name]["user mapping"]
+        assert mapping["value"] == f"container root = host uid {clean.uid} (rootless)", mapping
+        assert not mapping["weaker"] and "unprivileged" in mapping["why"]
+        pids = reports[name]["pids limit"]
+        assert pids["value"] == "RLIMIT_NPROC 2048" and not pids["weaker"], pids
+        assert str(clean.uid) in pids["why"]
+    # keep-id: the container's root is the first subordinate id.
+    mapping = reports["post-keepid"]["user mapping"]
+    assert mapping["value"] == (f"container root = host uid "
+                                f"{_subordinate_start('/etc/subuid')} (rootless)"), mapping
+    text = clean.run("inspect", "--security", "post").stdout
+    assert "container root is host root" not in text and "unlimited" not in text
+    assert "0 item(s) weaker" in text
+
+
+def test_pause_process_ends_on_term_only_without_containers(clean):
+    clean.run("run", "-d", "--name", "keeper", "--network", "none", "busybox", "sleep", "300")
+    pause = _pause_pid(clean)
+    os.kill(pause, signal.SIGTERM)
+    time.sleep(1)
+    assert _alive(pause), "the pause process ended under a running container"
+    assert clean.run("exec", "keeper", "echo", "still").stdout == "still\n"
+    clean.run("rm", "-f", "keeper")
+    assert _pause_pid(clean) == pause
+    os.kill(pause, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _alive(pause) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pause), f"an idle pause process outlived SIGTERM: {_sharing(pause)}"
+    deadline = time.monotonic() + 10
+    while clean.processes() and time.monotonic() < deadline:
+        time.sleep(0.05)  # until reaped
+    assert not clean.processes()
+    # The next command makes a new one.
+    assert clean.run("run", "--rm", "--network", "none", "busybox", "echo", "again").stdout == "again\n"
+    assert _pause_pid(clean) != pause
+
+
+def test_system_reset(clean):
+    """`system reset` as the user: no container, process, storage or mount of the user is left."""
+    clean.run("run", "-d", "--name", "r1", "--network", "none", "busybox", "sleep", "300")
+    clean.run("run", "--name", "r2", "--network", "none", "-v", "rdata:/data", "busybox", "true")
+    clean.run("volume", "create", "rvol")
+    pid = int(clean.run("inspect", "-f", "{{.State.Pid}}", "r1").stdout)
+    pause = _pause_pid(clean)
+    with open(f"/proc/{pause}/mountinfo") as f:
+        assert str(clean.home) in f.read()  # the container's overlay, in the user's namespace
+    root_dir = clean.home / ".local" / "share" / "nsbox"
+    run_root = Path(f"/tmp/nsbox-run-{clean.uid}")
+    assert root_dir.is_dir() and run_root.is_dir()
+    # Without -f and without a terminal: a one-line refusal, nothing removed.
+    proc = clean.run("system", "reset", check=False)
+    assert proc.returncode == 125
+    assert proc.stderr.startswith("Error:") and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "--force" in proc.stderr
+    assert _alive(pid) and root_dir.is_dir()
+    proc = clean.run("system", "reset", "-f")
+    assert proc.stderr == ""
+    deadline = time.monotonic() + 10
+    while clean.processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not clean.processes()
+    assert not root_dir.exists() and not run_root.exists()
+    with open("/proc/self/mountinfo") as f:
+        assert str(clean.home) not in f.read()
+    # A fresh start works.
+    assert clean.run("ps", "-a", "-q").stdout == ""
+    assert clean.run("volume", "ls", "-q").stdout == ""
+    assert clean.run("run", "--rm", "--network", "none", "busybox", "echo", "new").stdout == "new\n"
+
+
+def _pause_pid(user) -> int:  # noqa: ANN001 - RootlessUser
+    pauses = [p for p in user.processes() if _argv0(p) == "nsbox-pause"]
+    assert len(pauses) == 1, pauses
+    return pauses[0]
+
+
+def _sharing(pid: int) -> list[str]:
+    """Processes in PID's user or mount namespace (PID's own left out)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != pid:
+            try:
+                if any(os.stat(f"/proc/{entry}/ns/{ns}").st_ino == os.stat(f"/proc/{pid}/ns/{ns}").st_ino
+                       for ns in ("user", "mnt")):
+                    found.append(f"{entry} {_argv0(int(entry))}")
+            except OSError:
+                pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def _comm(pid: int) -> str:

@@ -1,8 +1,9 @@
 """Rootless mode: the engine run by an unprivileged user, as rootless Podman is.
 
 Every command of one user runs inside the same user namespace and mount
-namespace, which a small pause process (`sleep infinity` named `nsbox-pause`)
-keeps alive between commands.  Inside, uid and gid 0 are the user's own ids and 1..N the
+namespace, which a small pause process (a /bin/sh loop named `nsbox-pause`,
+_PAUSE_SCRIPT) keeps alive between commands; it ends on SIGTERM once no
+other process is left in those namespaces.  Inside, uid and gid 0 are the user's own ids and 1..N the
 user's ranges from /etc/subuid and /etc/subgid; the kernel lets an
 unprivileged process map only its own id, so the setuid helpers
 newuidmap and newgidmap (Debian's uidmap package) write the maps.  There
@@ -29,8 +30,40 @@ import os
 from nsbox.errors import ConfigError, KernelError, NsboxError
 
 PAUSE_NAME = "nsbox-pause"  # the pause process's argv[0]
-_SLEEP = "/bin/sleep"
+_SHELL = "/bin/sh"
 PAUSE_PID_FILE = "pause.pid"
+PAUSE_LOCK_FILE = "pause.lock"
+# The pause process: a shell blocked in `read` on a pipe whose writing end it
+# holds itself (fd 3), so it never reads anything and needs no child.  On
+# SIGTERM it takes pause.lock (fd 4, the lock `enter` holds from finding the
+# pause process to joining it, so no command can be half-way in) and exits
+# only when no other process shares its user or mount namespace: no
+# container, monitor or nsbox command of the user is left.  A zombie still
+# shows the user namespace of its credentials until it is reaped: it does
+# not count.  Otherwise the
+# TERM is ignored, as a container's namespaces must outlive a stray signal.
+# $1 is flock(1), or empty when it is missing (then no lock is taken).
+_PAUSE_SCRIPT = r"""trap on_term TERM
+lock=$1
+alone() {
+  for p in /proc/[0-9]*; do
+    [ "$p" = "/proc/$$" ] && continue
+    [ "$p/ns/mnt" -ef "/proc/$$/ns/mnt" ] && return 1
+    [ "$p/ns/user" -ef "/proc/$$/ns/user" ] || continue
+    read -r stat 2>/dev/null <"$p/stat" || continue
+    state=${stat##*) }
+    case $state in Z*|X*) continue ;; esac
+    return 1
+  done
+  return 0
+}
+on_term() {
+  [ -z "$lock" ] || "$lock" 4
+  alone && exit 0
+  [ -z "$lock" ] || "$lock" -u 4
+}
+while :; do read -r _; done
+"""
 
 
 class RootlessError(NsboxError):
@@ -97,13 +130,20 @@ def enter(run_root: str) -> None:
 
     os.makedirs(run_root, mode=0o700, exist_ok=True)
     _check_private(run_root)
-    lock_fd = os.open(os.path.join(run_root, "pause.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock_path = os.path.join(run_root, PAUSE_LOCK_FILE)
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         pid = _running_pause(run_root)
         if pid == 0:
-            pid = _start_pause(run_root)
-        _join(pid)
+            pid = _start_pause(run_root, lock_path)
+        try:
+            _join(pid)
+        except KernelError:
+            if _running_pause(run_root) == pid:
+                raise
+            # Killed between the look-up and the join (SIGKILL: a TERM waits for the lock).
+            _join(_start_pause(run_root, lock_path))
     finally:
         os.close(lock_fd)
 
@@ -131,6 +171,36 @@ def _running_pause(run_root: str) -> int:
         return pid
     except (OSError, ValueError):
         return 0
+
+
+def pause_pid(run_root: str) -> int:
+    """The pid of this user's pause process, or 0 if none runs."""
+    return _running_pause(run_root)
+
+
+def end_pause(pid: int) -> int:
+    """Kill the pause process PID (from pause_pid, for `system reset`); PID, or 0 if none.
+
+    SIGKILL, not TERM: the caller is itself in the namespaces, so the pause
+    process would stay.  They go when the caller's last process exits.
+    """
+    import signal
+    import time
+
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return pid
+        for _ in range(200):  # its parent (init) reaps it
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                        break
+            except OSError:
+                break
+            time.sleep(0.01)
+    return pid
 
 
 def _join(pid: int) -> None:
@@ -173,7 +243,7 @@ def _subid_range(path: str, what: str) -> tuple[int, int]:
     return max(ranges, key=lambda r: r[1])
 
 
-def _start_pause(run_root: str) -> int:
+def _start_pause(run_root: str, lock_path: str) -> int:
     """Fork the pause process into new user and mount namespaces and map its ids."""
     import shutil
     import subprocess
@@ -186,6 +256,7 @@ def _start_pause(run_root: str) -> int:
         raise RootlessError(f"rootless: {' and '.join(missing)} not found: install the uidmap package")
     sub_uid = _subid_range("/etc/subuid", "uid")
     sub_gid = _subid_range("/etc/subgid", "gid")
+    flock = shutil.which("flock") or ""
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     pid = os.fork()
@@ -201,20 +272,27 @@ def _start_pause(run_root: str) -> int:
                 os._exit(1)
             sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
             os.write(ready_w, b"r")
-            devnull = os.open("/dev/null", os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            sc.close_range(3)
+            # fd 0: a pipe nobody writes to (its writing end stays open as
+            # fd 3), 1 and 2: /dev/null, 4: the lock file (_PAUSE_SCRIPT).
+            lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            pipe_r, pipe_w = os.pipe()
+            devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+            fds = [os.dup(fd) for fd in (pipe_r, devnull, devnull, pipe_w, lock)]
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target, inheritable=True)
+            sc.close_range(5)
             os.chdir("/")
             import signal
 
-            # Ignored signals stay ignored across execve: a terminal's hangup
-            # or a stray TERM must not end every container's namespaces.
-            for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
+            # Ignored signals stay ignored across execve (a shell cannot
+            # trap them): a terminal's hangup must not end every
+            # container's namespaces.  TERM is the script's to handle.
+            for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
                 signal.signal(signum, signal.SIG_IGN)
-            # Holding the namespaces needs no Python: a sleeping coreutils
-            # process costs a fraction of this interpreter's memory.
-            os.execv(_SLEEP, [PAUSE_NAME, "infinity"])
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # Holding the namespaces needs no Python: a shell blocked in
+            # `read` costs a fraction of this interpreter's memory.
+            os.execv(_SHELL, [PAUSE_NAME, "-c", _PAUSE_SCRIPT, PAUSE_NAME, flock])
         except BaseException:  # noqa: BLE001 - report nothing, just fail the handshake
             pass
         os._exit(code)

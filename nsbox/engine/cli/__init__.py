@@ -41,6 +41,7 @@ GROUPS = {
     "volume": {"create": "volume_create", "ls": "volume_ls", "list": "volume_ls",
                "rm": "volume_rm", "remove": "volume_rm", "inspect": "volume_inspect",
                "prune": "volume_prune"},
+    "system": {"reset": "system_reset"},
 }
 GLOBAL_FLAGS = {"root": "str", "runroot": "str", "runtime": "str", "log-level": "str",
                 "help": "bool", "version": "bool", "debug": "bool"}

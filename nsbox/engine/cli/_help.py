@@ -42,6 +42,7 @@ COMMAND_SUMMARIES = {
     "container": "Manage containers",
     "image": "Manage images",
     "volume": "Manage volumes",
+    "system": "Manage nsbox (reset)",
     "version": "Show the nsbox version",
     "info": "Display system-wide information",
 }
@@ -56,6 +57,7 @@ SUB_SUMMARIES = {
     "volume_rm": "Remove volumes",
     "volume_inspect": "Display detailed information on volumes",
     "volume_prune": "Remove unused volumes",
+    "system_reset": "Remove all containers, images, volumes and storage",
 }
 HELP_FLAG = "Print usage"
 
