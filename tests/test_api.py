@@ -89,4 +89,4 @@ def test_bad_kwargs_raise_config_error_and_leave_nothing(engine):
 def test_images_lists_busybox(engine):
     nsbox.create("busybox", ["true"], engine=engine).remove()
     tags = [tag for image in nsbox.images(engine=engine) for tag in image.repo_tags]
-    assert "busybox:latest" in tags
+    assert "localhost/busybox:latest" in tags

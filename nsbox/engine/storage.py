@@ -26,6 +26,17 @@ from nsbox._lazylog import get_logger
 from nsbox._lite import suppress
 from nsbox._record import as_dict, record
 from nsbox.engine import DEFAULT_ROOT
+from nsbox.engine.images.layout import (  # noqa: F401 - drop_orphan_shifted: also imported from here
+    CONTAINERS_DIR,
+    LAYERS_DIR,
+    ROOTFS_RECORD,
+    SHIFTED_DIR,
+    SHORT_LINK_DIR,
+    SHORT_LINK_LENGTH,
+    SOURCE_SUFFIX,
+    Layout,
+    drop_orphan_shifted,
+)
 from nsbox.errors import (
     ConfigError,
     ContainerExists,
@@ -41,13 +52,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-CONTAINERS_DIR = "containers"
-ROOTFS_RECORD = "rootfs.json"
 # The kernel copies mount options into one page; keep a margin for the flags it adds.
 MOUNT_OPTIONS_LIMIT = 4000
 OVERLAY_EXTRA_OPTIONS = "index=off"
-SHIFTED_DIR = "shifted"  # layer copies with shifted owners (Storage.set_shifted)
-SOURCE_SUFFIX = ".source"
 SHORT_NAME = 16
 # Container ids: [A-Za-z0-9][A-Za-z0-9_.-]{0,127}, checked without re (see _valid_id).
 _ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
@@ -81,20 +88,6 @@ def overlay_options() -> str:
     return OVERLAY_EXTRA_OPTIONS + (",userxattr" if rootless.active() else "")
 
 
-def drop_orphan_shifted(root: str) -> None:
-    """Delete the shifted layer copies under ROOT whose layer is gone (under the layout lock)."""
-    base = os.path.join(root, SHIFTED_DIR)
-    with suppress(FileNotFoundError):
-        for name in os.listdir(base):
-            if not name.endswith(SOURCE_SUFFIX):
-                continue
-            with open(os.path.join(base, name)) as f:
-                source = f.read()
-            if not os.path.isdir(source):
-                remove_tree(os.path.join(base, name.removesuffix(SOURCE_SUFFIX)))
-                os.unlink(os.path.join(base, name))
-
-
 def _valid_id(text: str) -> bool:
     """TEXT matches [A-Za-z0-9][A-Za-z0-9_.-]{0,127}."""
     return (0 < len(text) <= _ID_MAX and text[0] in _ID_FIRST
@@ -123,13 +116,12 @@ class Storage:
     """Overlay root filesystems for containers under ROOT (the same root as the ImageStore)."""
 
     def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT) -> None:
-        from nsbox.engine.images.layout import Layout
         self.root = os.path.abspath(os.fspath(root))
         if any(ch in self.root for ch in _UNSAFE_PATH_CHARS):
             raise ConfigError(f"storage root {self.root!r} contains a character overlayfs options "
                               "cannot carry (',', ':' or '\\')")
         self.layout = Layout(self.root)
-        self.layers_dir = os.path.join(self.root, "layers")
+        self.layers_dir = os.path.join(self.root, LAYERS_DIR)
         self.containers_dir = os.path.join(self.root, CONTAINERS_DIR)
         os.makedirs(self.containers_dir, mode=0o700, exist_ok=True)
 
@@ -160,7 +152,6 @@ class Storage:
 
     def create_rootfs(self, container_id: str, image) -> RootfsInfo:  # noqa: ANN001 - images.Image
         """Make the upper/work/merged dirs of a new container on top of IMAGE's layers."""
-        from nsbox.engine.images.store import SHORT_LINK_DIR, SHORT_LINK_LENGTH
         path = self._dir(container_id)
         with self.layout.locked():
             for layer in image.layers:

@@ -2,7 +2,8 @@
 
 List images.  -a/--all, -q/--quiet (ids only), --no-trunc, --digests,
 --format TMPL ({{.Repository}} {{.Tag}} {{.ID}} {{.CreatedSince}} {{.Size}}, "table ...", "json"),
--f/--filter dangling=true|false / reference=PATTERN.
+-f/--filter dangling=true|false / reference=PATTERN.  A pattern matches a name
+in any spelling: `busybox` and `localhost/busybox` both match localhost/busybox:latest.
 """
 
 from __future__ import annotations
@@ -47,9 +48,7 @@ def run(args, ctx) -> int:  # noqa: ANN001
         if dangling is not None and summary.dangling != dangling:
             continue
         for row in image_row(summary):
-            name = f"{row['Repository']}:{row['Tag']}"
-            if patterns and not any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(row["Repository"], p)
-                                    for p in patterns):
+            if patterns and not _matches(f"{row['Repository']}:{row['Tag']}", patterns, fnmatch):
                 continue
             if args["no-trunc"]:
                 row["ID"] = row["FullID"]
@@ -66,3 +65,22 @@ def run(args, ctx) -> int:  # noqa: ANN001
         template = template.replace("{{.Tag}}\t", "{{.Tag}}\t{{.Digest}}\t")
     print_formatted(template, rows)
     return 0
+
+
+def _matches(name: str, patterns: list[str], fnmatch) -> bool:  # noqa: ANN001 - the module
+    """Whether a row's NAME (familiar `repo:tag`) matches a PATTERN in any of its spellings."""
+    from nsbox.engine.images.reference import parse_reference, short_name_spellings
+    from nsbox.errors import ConfigError
+
+    if name == "<none>:<none>":
+        return False
+    try:
+        spellings = short_name_spellings(parse_reference(name).name)
+    except ConfigError:
+        spellings = [name]
+    for spelling in spellings:
+        repository = spelling.rpartition(":")[0]
+        for pattern in patterns:
+            if fnmatch.fnmatch(spelling, pattern) or fnmatch.fnmatch(repository, pattern):
+                return True
+    return False

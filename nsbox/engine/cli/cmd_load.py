@@ -1,6 +1,7 @@
 """Usage:  nsbox load [OPTIONS]
 
-Load images from a docker-archive or OCI archive: -i/--input FILE (or stdin).
+Load images from a docker-archive or OCI archive: -i/--input FILE, or stdin
+(without -i, or with -i -).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def run(args, ctx) -> int:  # noqa: ANN001
     source = args["input"]
     store = ctx.images()
     tmp = None
-    if not source:
+    if not source or source == "-":
         if sys.stdin.isatty():
             raise ConfigError("requested load from stdin, but stdin is empty")
         fd, tmp = tempfile.mkstemp(prefix="load-", dir=store.layout.tmp_dir)

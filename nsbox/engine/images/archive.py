@@ -41,16 +41,17 @@ from .layout import (
     canonical_json,
     detect_compression,
     digest_hex,
+    layer_media_type,
+    oci_architecture,
     open_decompressed,
     sha256_digest,
 )
 from .reference import familiar_name, parse_reference
-from .store import Image, Layer, layer_media_type, oci_architecture
 
 if TYPE_CHECKING:
     import tarfile
 
-    from .store import ImageStore, Progress, _Transaction
+    from .store import Image, ImageStore, Layer, Progress, _Transaction
 
 log = get_logger(__name__)
 

@@ -14,13 +14,7 @@ from nsbox._lazylog import get_logger
 from nsbox.errors import ImageError, ImageNotFound, UnsupportedError
 
 from .config import format_time
-from .reference import (
-    DEFAULT_DOMAIN,
-    LOCAL_DOMAIN,
-    OFFICIAL_REPO_PREFIX,
-    Reference,
-    parse_reference,
-)
+from .reference import parse_name
 from .store import Image, ImageStore
 
 log = get_logger(__name__)
@@ -45,13 +39,6 @@ _BUSYBOX_DIRS = (
     ("sbin", 0o755, 0), ("sys", 0o555, 0), ("tmp", 0o1777, 0), ("usr", 0o755, 0),
     ("usr/bin", 0o755, 0), ("usr/sbin", 0o755, 0), ("var", 0o755, 0), ("var/tmp", 0o1777, 0),
 )
-
-
-def _local_alias(ref: Reference) -> Reference | None:
-    """`localhost/busybox:latest` for `docker.io/library/busybox:latest`, as podman names it."""
-    if ref.domain != DEFAULT_DOMAIN:
-        return None
-    return Reference(LOCAL_DOMAIN, ref.path.removeprefix(OFFICIAL_REPO_PREFIX), ref.tag, None, True)
 
 
 def busybox_applets(busybox: str = BUSYBOX) -> list[str]:
@@ -114,14 +101,13 @@ def write_busybox_layer(out: io.BufferedIOBase, busybox: str = BUSYBOX) -> int:
 
 def ensure_busybox(store: ImageStore, busybox: str = BUSYBOX, ref: str = BUSYBOX_REF,
                    progress: Progress | None = None) -> Image:
-    """The offline default image: busybox:latest (also localhost/busybox:latest), built if missing.
+    """The offline default image: localhost/busybox:latest (REF, named by reference.parse_name), built if missing.
 
     Static busybox with every applet symlinked, /etc/passwd and /etc/group
     (root, user 1000, nobody), /tmp 1777, CMD ["sh"].  Deterministic: the same
     busybox binary gives the same image id on any machine.
     """
-    target = parse_reference(ref)
-    alias = _local_alias(target)
+    target = parse_name(ref)
     try:
         image = store.resolve(target.name)
     except ImageNotFound:
@@ -141,8 +127,6 @@ def ensure_busybox(store: ImageStore, busybox: str = BUSYBOX, ref: str = BUSYBOX
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(layer_path)
-    if alias is not None and alias.name not in image.names:
-        image = store.tag(image.id, alias.name)
     return image
 
 
@@ -320,12 +304,13 @@ def build_debian(store: ImageStore, suite: str = "bookworm", ref: str | None = N
                  variant: str = "minbase", include: list[str] | None = None) -> Image:
     """A Debian image made by debootstrap from the host's apt mirror; kept, so built once.
 
-    REF defaults to `debian:<suite>`.  PROGRESS gets debootstrap's phases as
+    REF defaults to `debian:<suite>` (stored as localhost/debian:<suite>).  PROGRESS gets debootstrap's phases as
     (message, done, total) — total 0 for plain messages — then the import's bytes.
     """
-    target = parse_reference(ref or f"debian:{suite}")
+    ref = ref or f"debian:{suite}"
+    target = parse_name(ref)
     with contextlib.suppress(ImageNotFound):
-        return store.resolve(target.name)
+        return store.resolve(ref)  # also one an older version named docker.io/library/debian
     mirror = mirror or debian_mirror(suite)
     work = tempfile.mkdtemp(prefix="debootstrap-", dir=store.layout.tmp_dir)
     try:

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 OCI_LAYOUT_VERSION = "1.0.0"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME_ANNOTATION = "io.containerd.image.name"
+# On index.json itself: its names follow reference.py's rule (short names under
+# localhost/).  An index without it may hold the docker.io/library/ twins older
+# versions gave local images; read_index drops them.
+NAMING_ANNOTATION = "io.nsbox.naming"
+NAMING_VERSION = "localhost-short-names"
 
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -45,6 +50,16 @@ MEDIA_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 MEDIA_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 MANIFEST_TYPES = (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
 INDEX_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_MANIFEST_LIST)
+
+# The rest of the root, shared by the image store (store.py) and container
+# storage (storage.py): both import these names from here.
+LAYERS_DIR = "layers"
+SHORT_LINK_DIR = "l"            # <root>/layers/l/<20 hex> -> ../<hex>, for short lowerdirs
+SHORT_LINK_LENGTH = 20
+CONTAINERS_DIR = "containers"
+ROOTFS_RECORD = "rootfs.json"   # in each container dir; names the layers it mounts
+SHIFTED_DIR = "shifted"         # layer copies with shifted owners (Storage.set_shifted)
+SOURCE_SUFFIX = ".source"       # <shifted>/<name>.source: the layer dir it is a copy of
 
 COPY_CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -129,6 +144,33 @@ class HashingReader(io.RawIOBase):
     @property
     def digest(self) -> str:
         return "sha256:" + self.hasher.hexdigest()
+
+
+def oci_architecture() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
+
+
+def layer_media_type(compression: str) -> str:
+    return {"gzip": MEDIA_OCI_LAYER_GZIP, "zstd": MEDIA_OCI_LAYER_ZSTD}.get(compression, MEDIA_OCI_LAYER)
+
+
+def drop_orphan_shifted(root: str) -> None:
+    """Delete the shifted layer copies under ROOT whose layer is gone (under the layout lock).
+
+    Storage.set_shifted makes them; the image store's garbage collector calls this.
+    """
+    base = os.path.join(root, SHIFTED_DIR)
+    with suppress(FileNotFoundError):
+        for name in os.listdir(base):
+            if not name.endswith(SOURCE_SUFFIX):
+                continue
+            with open(os.path.join(base, name)) as f:
+                source = f.read()
+            if not os.path.isdir(source):
+                import shutil
+                shutil.rmtree(os.path.join(base, name.removesuffix(SOURCE_SUFFIX)), ignore_errors=True)
+                os.unlink(os.path.join(base, name))
 
 
 def detect_compression(head: bytes) -> str:
@@ -389,11 +431,14 @@ class Layout:
                                       name=annotations.get(REF_NAME_ANNOTATION),
                                       media_type=item.get("mediaType", MEDIA_OCI_MANIFEST),
                                       platform=item.get("platform")))
+        if (index.get("annotations") or {}).get(NAMING_ANNOTATION) != NAMING_VERSION:
+            entries = _without_legacy_twins(entries)
         return entries
 
     def write_index(self, entries: list[IndexEntry]) -> None:
         ordered = sorted(entries, key=lambda e: (e.name or "", e.digest))
         index = {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX,
+                 "annotations": {NAMING_ANNOTATION: NAMING_VERSION},
                  "manifests": [entry.to_json() for entry in ordered]}
         import json
         self._write_atomic(self.index_path, json.dumps(index, indent=2, sort_keys=True).encode())
@@ -410,3 +455,17 @@ class Layout:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def _without_legacy_twins(entries: list[IndexEntry]) -> list[IndexEntry]:
+    """ENTRIES less the docker.io names that only repeat a localhost/ name of the same image.
+
+    The index is rewritten so by the next change to it (write_index marks it).
+    """
+    from .reference import legacy_duplicate
+    names: dict[str, set[str]] = {}
+    for entry in entries:
+        if entry.name:
+            names.setdefault(entry.digest, set()).add(entry.name)
+    return [entry for entry in entries
+            if not (entry.name and legacy_duplicate(entry.name, names[entry.digest]))]

@@ -1,11 +1,21 @@
 """Image references: `busybox`, `busybox:1`, `localhost/busybox:test`, `docker.io/library/busybox@sha256:...`.
 
-Names are stored in their full, normalised form (`docker.io/library/busybox:latest`)
-and shown in the short "familiar" form Docker users know (`busybox:latest`).
-A name typed without a registry is a *short name*: it matches its Docker
-normalisation first, then `localhost/<name>` the way podman names locally made
-images, then the same repository path under any other registry if exactly one
-image has it.
+The naming rule lives here, and only here (Podman's):
+
+* A name whose first component has a `.` or `:` or is `localhost` starts with
+  a registry host; any other name is a *short name*.
+* A name given to an image made or tagged here (`import`, `tag`, the
+  builders) is stored fully qualified by `parse_name`: a short name goes
+  under `localhost/` (`busybox` -> `localhost/busybox:latest`), and a full
+  one stays as it is (`docker.io/library/busybox:1`).
+* A name read from a docker-archive is Docker's (`parse_reference`):
+  `busybox:latest` there is `docker.io/library/busybox:latest`.
+* A short name looked up (`lookup_candidates`) means `localhost/<name>` first,
+  then its Docker normalisation, then the same repository path under any
+  other registry if exactly one image has it (the store does that last step).
+* Names are shown in the "familiar" form (`familiar_name`): only Docker's
+  implicit `docker.io/library/` and `docker.io/` are dropped, so a local
+  image shows as `localhost/busybox:latest` and Docker Hub's as `busybox:latest`.
 """
 
 from __future__ import annotations
@@ -136,10 +146,54 @@ def _split_domain(name: str) -> tuple[str, str, bool]:
 
 
 def parse_reference(text: str, default_tag: str | None = DEFAULT_TAG) -> Reference:
-    """Parse and normalise TEXT; a reference without tag or digest gets DEFAULT_TAG.
+    """Parse TEXT and normalise it as Docker does (`busybox` -> `docker.io/library/busybox:latest`).
 
-    Raises ConfigError for anything Docker would call an invalid reference format.
+    A reference without tag or digest gets DEFAULT_TAG.  For names in
+    docker-archives and full names; a name for an image made here goes
+    through parse_name.  Raises ConfigError for anything Docker would call an
+    invalid reference format.
     """
+    return _normalised(*_parse(text), default_tag)
+
+
+def parse_name(text: str, default_tag: str | None = DEFAULT_TAG) -> Reference:
+    """The full name an image made or tagged here gets for TEXT (Podman's rule).
+
+    A short name goes under localhost/ as typed (`busybox` ->
+    `localhost/busybox:latest`, `team/app:1` -> `localhost/team/app:1`); a
+    name with a registry is normalised as Docker does (`docker.io/busybox`
+    -> `docker.io/library/busybox:latest`).
+    """
+    domain, path, tag, digest, explicit = _parse(text)
+    return _normalised(domain if explicit else LOCAL_DOMAIN, path, tag, digest, explicit, default_tag)
+
+
+def lookup_candidates(text: str) -> list[Reference]:
+    """The full names TEXT may mean, most likely first; ConfigError if it is no reference.
+
+    A name with a registry means exactly itself.  A short name means
+    `localhost/<name>` (what parse_name stores), then Docker's normalisation.
+    """
+    domain, path, tag, digest, explicit = _parse(text)
+    docker = _normalised(domain, path, tag, digest, explicit, DEFAULT_TAG)
+    if explicit:
+        return [docker]
+    return [_normalised(LOCAL_DOMAIN, path, tag, digest, False, DEFAULT_TAG), docker]
+
+
+def _normalised(domain: str, path: str, tag: str | None, digest: str | None, explicit: bool,
+                default_tag: str | None) -> Reference:
+    if domain == DEFAULT_DOMAIN and "/" not in path:
+        path = OFFICIAL_REPO_PREFIX + path
+    if len(domain) + 1 + len(path) > MAX_NAME_LENGTH:
+        raise ConfigError(f"invalid reference format: name longer than {MAX_NAME_LENGTH} characters")
+    if tag is None and digest is None:
+        tag = default_tag
+    return Reference(domain, path, tag, digest, explicit)
+
+
+def _parse(text: str) -> tuple[str, str, str | None, str | None, bool]:
+    """(domain, path as typed, tag, digest, whether a registry was given): checked, not normalised."""
     if not isinstance(text, str) or not text:
         raise ConfigError("invalid reference format: empty image name")
     remainder, digest = text, None
@@ -163,13 +217,7 @@ def parse_reference(text: str, default_tag: str | None = DEFAULT_TAG) -> Referen
         raise ConfigError(f"invalid reference format: {text!r}")
     if not explicit and len(path) == 64 and _is_hex(path):
         raise ConfigError(f"invalid reference format: {text!r} looks like an image id, not a name")
-    if domain == DEFAULT_DOMAIN and "/" not in path:
-        path = OFFICIAL_REPO_PREFIX + path
-    if len(domain) + 1 + len(path) > MAX_NAME_LENGTH:
-        raise ConfigError(f"invalid reference format: name longer than {MAX_NAME_LENGTH} characters")
-    if tag is None and digest is None:
-        tag = default_tag
-    return Reference(domain, path, tag, digest, explicit)
+    return domain, path, tag, digest, explicit
 
 
 def familiar_name(full: str) -> str:
@@ -184,18 +232,34 @@ def familiar_name(full: str) -> str:
     return full
 
 
-def short_name_candidates(ref: Reference) -> list[Reference]:
-    """The full names a reference may mean, most likely first.
+def short_name_spellings(full: str) -> list[str]:
+    """Every way a user may write the stored name FULL, for matching `images` patterns.
 
-    An explicit registry means exactly itself.  A short name means its Docker
-    normalisation, then `localhost/<path>` (podman's name for local images).
+    `localhost/busybox:latest` -> itself and `busybox:latest`;
+    `docker.io/library/busybox:latest` -> itself, `library/busybox:latest`
+    and `busybox:latest`; a name under another registry -> itself and its path.
     """
-    if ref.explicit_domain:
-        return [ref]
-    candidates = [ref]
-    local_path = ref.path.removeprefix(OFFICIAL_REPO_PREFIX) if ref.domain == DEFAULT_DOMAIN else ref.path
-    candidates.append(Reference(LOCAL_DOMAIN, local_path, ref.tag, ref.digest, True))
-    return candidates
+    ref = parse_reference(full)
+    suffix = full[len(ref.repository):]
+    spellings = [full, ref.path + suffix]
+    if ref.domain == DEFAULT_DOMAIN and ref.path.startswith(OFFICIAL_REPO_PREFIX):
+        spellings.append(ref.path.removeprefix(OFFICIAL_REPO_PREFIX) + suffix)
+    return spellings
+
+
+def legacy_duplicate(full: str, same_image: set[str] | list[str]) -> bool:
+    """Whether FULL is the docker.io twin of a localhost/ name of the same image.
+
+    Stores written before the naming rule above gave a local image both
+    `docker.io/library/busybox:latest` and `localhost/busybox:latest`; the
+    docker.io one goes (see layout.Layout.read_index).
+    """
+    prefix = f"{DEFAULT_DOMAIN}/"
+    if not full.startswith(prefix):
+        return False
+    rest = full[len(prefix):]
+    return (f"{LOCAL_DOMAIN}/{rest.removeprefix(OFFICIAL_REPO_PREFIX)}" in same_image
+            or f"{LOCAL_DOMAIN}/{rest}" in same_image)
 
 
 def path_matches_short_name(full: Reference, short: Reference) -> bool:

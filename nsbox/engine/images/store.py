@@ -26,44 +26,45 @@ from nsbox.engine import DEFAULT_ROOT
 from nsbox.errors import ConfigError, ImageError, ImageInUse, ImageNotFound
 
 from . import config as imgconfig
-from .layout import (
+from .layout import (  # noqa: F401 - oci_architecture, layer_media_type: also imported from here
+    CONTAINERS_DIR,
+    LAYERS_DIR,
     MANIFEST_TYPES,
     MEDIA_OCI_CONFIG,
     MEDIA_OCI_LAYER,
-    MEDIA_OCI_LAYER_GZIP,
-    MEDIA_OCI_LAYER_ZSTD,
     MEDIA_OCI_MANIFEST,
+    ROOTFS_RECORD,
+    SHORT_LINK_DIR,
+    SHORT_LINK_LENGTH,
     IndexEntry,
     Layout,
     canonical_json,
     detect_compression,
     digest_hex,
+    drop_orphan_shifted,
+    layer_media_type,
     lazy_contextmanager,
+    oci_architecture,
 )
 from .reference import (
     Reference,
     familiar_name,
     looks_like_id,
+    lookup_candidates,
+    parse_name,
     parse_reference,
     path_matches_short_name,
-    short_name_candidates,
 )
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from typing import BinaryIO
 
     Progress = Callable[[str, int, int], None]
     InUse = Callable[[str], bool]
 
 log = get_logger(__name__)
-
-
-SHORT_LINK_DIR = "l"
-SHORT_LINK_LENGTH = 20
-CONTAINERS_DIR = "containers"
-# Written by storage.py in each container dir; names the layers it mounts.
-ROOTFS_RECORD = "rootfs.json"
 
 
 def chain_ids(diff_ids: list[str]) -> list[str]:
@@ -76,15 +77,6 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
             import hashlib
             chains.append("sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest())
     return chains
-
-
-def oci_architecture() -> str:
-    machine = os.uname().machine
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
-
-
-def layer_media_type(compression: str) -> str:
-    return {"gzip": MEDIA_OCI_LAYER_GZIP, "zstd": MEDIA_OCI_LAYER_ZSTD}.get(compression, MEDIA_OCI_LAYER)
 
 
 @record
@@ -239,7 +231,7 @@ class ImageStore:
     def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.layout = Layout(self.root)
-        self.layers_dir = os.path.join(self.root, "layers")
+        self.layers_dir = os.path.join(self.root, LAYERS_DIR)
         self.links_dir = os.path.join(self.layers_dir, SHORT_LINK_DIR)
         self.containers_dir = os.path.join(self.root, CONTAINERS_DIR)
         os.makedirs(self.root, mode=0o711, exist_ok=True)
@@ -314,16 +306,17 @@ class ImageStore:
         ref = ref.strip()
         by_manifest = self._names_by_manifest()
         by_name = {name: digest for digest, names in by_manifest.items() for name in names}
-        parsed: Reference | None = None
+        candidates: list[Reference] = []
         with suppress(ConfigError):
-            parsed = parse_reference(ref)
-        if parsed is not None:
+            candidates = lookup_candidates(ref)
+        if candidates:
+            parsed = candidates[-1]  # Docker's reading: the path any registry may have
             if parsed.digest:
                 for digest, names in by_manifest.items():
                     if digest == parsed.digest:
                         return self._image(digest, names), None
             else:
-                for candidate in short_name_candidates(parsed):
+                for candidate in candidates:
                     digest = by_name.get(candidate.name)
                     if digest is not None:
                         return self._image(digest, by_manifest[digest]), candidate.name
@@ -357,8 +350,9 @@ class ImageStore:
     def resolve(self, ref: str) -> Image:
         """The image REF names: a name (short or full), `name@digest`, or an id (prefix).
 
-        `busybox` means docker.io/library/busybox:latest, then localhost/busybox:latest,
-        then busybox:latest under any single registry.  Raises ImageNotFound.
+        `busybox` means localhost/busybox:latest, then docker.io/library/busybox:latest,
+        then busybox:latest under any single registry (reference.lookup_candidates).
+        Raises ImageNotFound.
         """
         return self._resolve(ref)[0]
 
@@ -556,25 +550,38 @@ class ImageStore:
         return self._image(manifest_digest, self._names_by_manifest(entries)[manifest_digest])
 
     # ------------------------------------------------------------ import
-    def import_rootfs(self, source: str, ref: str | None, config: dict | None = None,
+    def import_rootfs(self, source: str | BinaryIO, ref: str | None, config: dict | None = None,
                       changes: list[str] | None = None, *, progress: Progress | None = None,
                       created: str | None = None, author: str = "", comment: str = "",
                       devices: str = "reject", created_by: str | None = None) -> Image:
         """Make a one-layer image from a rootfs directory or a tarball (tar, tar.gz, tar.zst).
 
+        SOURCE is a path, or a binary stream of the tarball read to its end
+        (stdin for `nsbox import -`; it need not be seekable).
         CONFIG is the config section (Docker keys: Cmd, Env, ...); CHANGES are
         Dockerfile-style instructions applied on top (`CMD ["sh"]`, `ENV A=b`).
         REF names the image (None leaves it dangling).  A directory's device
         nodes are skipped; a tarball's follow DEVICES (see unpack.DEVICE_POLICIES).
         CREATED (RFC 3339) defaults to now; pass a fixed one for reproducible ids.
         """
-        target = parse_reference(ref) if ref else None
+        target = parse_name(ref) if ref else None
         section = imgconfig.clean_section(imgconfig.apply_changes(config or {}, changes or []))
-        if not os.path.exists(source):
-            raise ImageError(f"{source}: no such file or directory")
+        stream = None if isinstance(source, (str, os.PathLike)) else source
+        if stream is None:
+            source = os.fspath(source)
+            if not os.path.exists(source):
+                raise ImageError(f"{source}: no such file or directory")
+        else:
+            source = "-"
         created = created or imgconfig.format_time(time.time())
         with self._transaction() as txn:
-            if os.path.isdir(source):
+            if stream is not None:
+                head = stream.read(4)
+                compression = detect_compression(head)
+                blob_digest, blob_size = self.layout.put_blob_stream(
+                    _Prepended(head, stream), created=txn.blobs,
+                    on_read=_progress_counter(progress, "copying stdin", 0))
+            elif os.path.isdir(source):
                 blob_digest, blob_size = self._blob_from_tree(txn, source, progress)
                 compression = ""
             else:
@@ -644,7 +651,7 @@ class ImageStore:
     # ------------------------------------------------------------ names
     def tag(self, src: str, new_ref: str) -> Image:
         """Give the image SRC the name NEW_REF (taken from any image that had it)."""
-        target = parse_reference(new_ref)
+        target = parse_name(new_ref)
         if target.digest:
             raise ConfigError(f"cannot tag with a digest reference: {new_ref!r}")
         with self._transaction():
@@ -755,7 +762,6 @@ class ImageStore:
                 with suppress(FileNotFoundError):
                     os.unlink(link)
         if removed_layers:
-            from nsbox.engine.storage import drop_orphan_shifted
             drop_orphan_shifted(self.root)
         return {"blobs": removed_blobs, "layers": removed_layers}
 
@@ -801,6 +807,22 @@ def _uncompressed_digest(blob_path: str) -> str:
         while chunk := stream.read(COPY_CHUNK):
             hasher.update(chunk)
     return "sha256:" + hasher.hexdigest()
+
+
+class _Prepended:
+    """A stream read as HEAD (already read from it) followed by the rest of STREAM."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self.head, self.stream = head, stream
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.stream.read(size)
+        if size < 0:
+            data, self.head = self.head + self.stream.read(), b""
+            return data
+        data, self.head = self.head[:size], self.head[size:]
+        return data
 
 
 def _progress_counter(progress: Progress | None, label: str, total: int) -> Callable[[int], None] | None:
