@@ -33,7 +33,8 @@ import select
 import sys
 import time
 
-RESTART = 3
+from nsbox.engine.monitor_protocol import RESTART, monitor_name
+
 MAX_LINE = 16 * 1024
 
 
@@ -152,7 +153,7 @@ _UNREAPED: list[int] = []  # helpers whose answer came before their exit
 
 
 def _helper(func_name: str, *args: str, answer_only: bool = False) -> tuple[int, bytes]:
-    """Run nsbox.engine.containers.<func_name>(*args, status_fd) in a child; (exit status, message).
+    """Run lifecycle.monitor_helpers.<func_name>(*args, status_fd) in a child; (exit status, message).
 
     ANSWER_ONLY: an `ok ...` line means success at once, without waiting for
     the child's exit (the teardown of a forked Python takes milliseconds);
@@ -164,8 +165,8 @@ def _helper(func_name: str, *args: str, answer_only: bool = False) -> tuple[int,
         os.close(r)
         code = 1
         try:
-            from nsbox.engine import containers
-            code = getattr(containers, func_name)(*args, w) or 0
+            from nsbox.engine.lifecycle import monitor_helpers
+            code = getattr(monitor_helpers, func_name)(*args, w) or 0
         except BaseException as err:  # noqa: BLE001 - reported through the pipe
             try:
                 os.write(w, f"err {err}\n".encode())
@@ -339,11 +340,6 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
         if code != RESTART:
             return
         time.sleep(0.1)
-
-
-def monitor_name(cid: str) -> str:
-    """The process name (15 characters at most) of CID's monitor while it runs Python."""
-    return "nsbmon-" + cid[:8]
 
 
 def detach_and_run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str,

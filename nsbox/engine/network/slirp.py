@@ -98,10 +98,10 @@ def _wait_gone(pid: int, timeout: float = 2.0) -> None:
     """Until PID has exited (a zombie counts: it may not be ours to reap)."""
     import time
 
-    from nsbox.engine.containers import _pid_alive
+    from nsbox.engine.procs import pid_alive
 
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.005)
 
 

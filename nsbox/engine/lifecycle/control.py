@@ -1,0 +1,130 @@
+"""Acting on an existing container: stop, kill, pause, unpause, update its limits, rename it.
+
+stop and kill mark the container as stopped by the user, so its monitor
+applies no restart policy (lifecycle/finish.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from nsbox import _json
+from nsbox._lite import suppress
+from nsbox.engine.db import sqlite
+from nsbox.engine.lifecycle.record import (
+    ACTIVE,
+    DEFAULT_STOP_TIMEOUT,
+    Container,
+    check_name,
+    spec_to_json,
+)
+from nsbox.engine.model import PAUSED, RUNNING
+from nsbox.errors import ContainerExists, InvalidState, NsboxError, UnsupportedError
+
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from nsbox.engine.lifecycle.state import EngineBase
+
+
+def stop(engine: EngineBase, ref: str, timeout: int | None = None) -> None:
+    """The stop signal, then SIGKILL after TIMEOUT seconds (spec.stop_timeout, else 10)."""
+    c = engine.get(ref)
+    if c.state not in ACTIVE:
+        return
+    engine.db.update_container(c.id, stopped_by_user=1)
+    if timeout is None:
+        timeout = c.spec.stop_timeout if c.spec.stop_timeout is not None else DEFAULT_STOP_TIMEOUT
+    terminate(engine, c, c.extra.get("stop_signal") or "SIGTERM", max(timeout, 0))
+
+
+def terminate(engine: EngineBase, c: Container, signal_name: str, timeout: float) -> None:
+    """Signal the init until the container is down (SIGKILL after TIMEOUT), then its monitor.
+
+    A container caught between restarts may come up once more; it is
+    signalled again (stopped_by_user is set, so the monitor then stops).
+    """
+    signalled_pid, kill_at = 0, 0.0
+    deadline = time.monotonic() + timeout + 30
+    while time.monotonic() < deadline:
+        row = engine.db.container(c.id)
+        if row is None:
+            return
+        current = engine._reconcile(Container.from_row(row))
+        if current.state not in ACTIVE:
+            break
+        now = time.monotonic()
+        if current.state in (RUNNING, PAUSED) and current.pid != signalled_pid:
+            with suppress(NsboxError):
+                engine.oci(c.runtime).kill(c.id, signal_name)
+            if current.state == PAUSED:
+                with suppress(NsboxError):
+                    engine.oci(c.runtime).resume(c.id)
+            signalled_pid, kill_at = current.pid, now + timeout
+        elif signalled_pid and now >= kill_at:
+            with suppress(NsboxError):
+                engine.oci(c.runtime).kill(c.id, "KILL")
+            kill_at = now + 1
+        time.sleep(0.02)
+    engine._wait_monitor_gone(c)
+
+
+def kill(engine: EngineBase, ref: str, signal: str | int = "KILL") -> None:
+    """Send SIGNAL to the container's init (the restart policy then does not apply)."""
+    c = engine.get(ref)
+    if c.state not in (RUNNING, PAUSED):
+        raise InvalidState(f"container {c.name} is not running")
+    engine.db.update_container(c.id, stopped_by_user=1)
+    engine.oci(c.runtime).kill(c.id, str(signal))
+
+
+def pause(engine: EngineBase, ref: str) -> None:
+    c = engine.get(ref)
+    if c.state != RUNNING:
+        raise InvalidState(f"container {c.name} is not running")
+    need_cgroups(c, "pause")
+    engine.oci(c.runtime).pause(c.id)
+    engine.db.update_container(c.id, state=PAUSED)
+
+
+def unpause(engine: EngineBase, ref: str) -> None:
+    c = engine.get(ref)
+    if c.state != PAUSED:
+        raise InvalidState(f"container {c.name} is not paused")
+    engine.oci(c.runtime).resume(c.id)
+    engine.db.update_container(c.id, state=RUNNING)
+
+
+def update(engine: EngineBase, ref: str, resources: dict) -> None:
+    """Change linux.resources (OCI names) now if running, and for later starts."""
+    c = engine.get(ref)
+    need_cgroups(c, "update the limits of")
+    if c.state in (RUNNING, PAUSED):
+        engine.oci(c.runtime).update(c.id, resources)
+    c.spec.resources = {**c.spec.resources, **resources}
+    path = os.path.join(c.bundle, "config.json")
+    with open(path) as f:
+        config = _json.loads(f.read())
+    config["linux"].setdefault("resources", {}).update(resources)
+    with open(path + ".tmp", "w") as f:
+        f.write(_json.dumps_pretty(config, indent=" "))  # as json.dump(indent=1)
+    os.replace(path + ".tmp", path)
+    engine.db.update_container(c.id, spec=spec_to_json(c.spec))
+
+
+def rename(engine: EngineBase, ref: str, new_name: str) -> None:
+    sqlite3 = sqlite()
+    c = engine.get(ref)
+    check_name(new_name)
+    try:
+        engine.db.update_container(c.id, name=new_name)
+    except sqlite3.IntegrityError:
+        raise ContainerExists(f"the container name {new_name!r} is already in use") from None
+
+
+def need_cgroups(c: Container, what: str) -> None:
+    """UnsupportedError for WHAT on a container without a cgroup (rootless mode, undelegated)."""
+    from nsbox.engine import rootless
+    if not rootless.cgroups_usable():
+        raise UnsupportedError(f"cannot {what} container {c.name}: rootless containers get no "
+                               "cgroup here (no cgroup2 subtree is delegated to this user)")

@@ -1,0 +1,192 @@
+"""`docker create`: the record, the rootfs, the volumes and the bundle, but no process yet.
+
+A failed create leaves nothing behind: no database row, no container
+directory, no mount, no volume.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from nsbox import _json
+from nsbox._lite import suppress
+from nsbox.engine.db import sqlite
+from nsbox.engine.lifecycle.host import find_runtime
+from nsbox.engine.lifecycle.record import USERDATA, Container, check_name, new_id, spec_to_json
+from nsbox.engine.model import CREATED, ContainerSpec
+from nsbox.errors import ConfigError, ContainerExists, NsboxError
+
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from nsbox.engine.lifecycle.state import EngineBase
+
+_ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid",
+               "merry", "nimble", "proud", "quiet", "rapid", "sharp", "tidy", "vivid", "witty",
+               "zen", "bold", "clever", "dreamy", "fervent", "hopeful")
+_NOUNS = ("turing", "hopper", "lovelace", "knuth", "ritchie", "thompson", "torvalds", "shannon",
+          "dijkstra", "hamilton", "liskov", "lamport", "kay", "backus", "curie", "noether",
+          "euler", "gauss", "pike", "wirth", "cerf", "allen", "goldberg", "perlman")
+
+
+def _randbelow(n: int) -> int:
+    """A random int in [0, N) from os.urandom (what `secrets` would do, without importing it)."""
+    return int.from_bytes(os.urandom(8), "big") % n
+
+
+def _choice(items: tuple[str, ...]) -> str:
+    return items[_randbelow(len(items))]
+
+
+def create(engine: EngineBase, spec: ContainerSpec,
+           make_id: Callable[[], str] = new_id) -> Container:
+    """`docker create`: the record, the rootfs and the bundle, but no process yet.
+
+    Raises ImageNotFound, ContainerExists (name in use), BundleError (bind
+    source missing) or ConfigError, leaving nothing behind.
+    """
+    from nsbox.engine import bundle as bundle_mod
+    sqlite3 = sqlite()
+    runtime = find_runtime(spec.runtime or engine.default_runtime)
+    bundle_mod.check_mounts(spec)
+    if spec.name is not None:
+        check_name(spec.name)
+        if any(r["name"] == spec.name for r in engine.db.find_containers(spec.name)):
+            raise ContainerExists(f"the container name {spec.name!r} is already in use")
+    image = engine.images.resolve(spec.image)
+    peer_pids = {}
+    for attr, _ in bundle_mod.NAMESPACE_MODES:
+        mode = getattr(spec, attr) or ""
+        if mode.startswith("container:"):
+            peer_pids[mode] = bundle_mod.peer_pid_or_fail(engine.get, mode)
+    bundle_mod.command_of(spec, image.section)  # "no command" fails before anything exists
+
+    if spec.network_mode == "private":
+        from nsbox.engine import rootless
+        if rootless.active():
+            from nsbox.engine.network import slirp
+            if not slirp.unavailable():
+                spec.network_mode = "slirp4netns"  # rootless Podman's default network
+    cid = make_id()
+    userdata = os.path.join(engine.storage.containers_dir, cid, USERDATA)
+    name = spec.name
+    for attempt in range(100):
+        if spec.name is None:
+            name = f"{_choice(_ADJECTIVES)}_{_choice(_NOUNS)}"
+            if attempt > 10:
+                name += f"_{_randbelow(10 ** 6)}"
+        row = {"id": cid, "name": name, "image": spec.image, "image_id": image.id,
+               "created": time.time(), "state": CREATED, "spec": spec_to_json(spec),
+               "bundle": userdata, "runtime": runtime, "extra": {}}
+        try:
+            engine.db.insert_container(row)
+            break
+        except sqlite3.IntegrityError:
+            if spec.name is not None:
+                raise ContainerExists(f"the container name {spec.name!r} is already in use") \
+                    from None
+    else:
+        raise NsboxError("could not find a free container name")
+    anonymous: list[str] = []
+    try:
+        info = engine.storage.create_rootfs(cid, image)
+        idmap: list[int] = []
+        if spec.userns_mode in ("remap", "auto"):
+            from nsbox.engine import rootless, userns
+            if rootless.active():
+                raise ConfigError(f"--userns={spec.userns_mode} is for root: rootless "
+                                  "containers already run in your user namespace "
+                                  "(--userns=keep-id keeps your uid inside)")
+            taken = [c.extra.get("idmap") for c in engine.list(all=True) if c.id != cid]
+            idmap = userns.allocate(spec.userns_mode, [m for m in taken if m])
+            engine.storage.set_idmap(cid, idmap)
+        keep_id = None
+        if spec.userns_mode == "keep-id":
+            from nsbox.engine.rootless import KeepId
+            keep_id = KeepId()
+            engine.storage.set_shifted(cid, keep_id.uid_map, keep_id.gid_map)
+        os.makedirs(userdata, mode=0o700)
+        volume_paths, volume_names = {}, {}
+        for m in spec.mounts:
+            if m.type == "volume":
+                vol = engine.volumes.create(m.source or None,
+                                            labels=None if m.source else {"nsbox.anonymous-for": cid},
+                                            anonymous=not m.source)
+                if not m.source:
+                    anonymous.append(vol["Name"])
+                volume_paths[os.path.normpath(m.target)] = vol["Mountpoint"]
+                volume_names[os.path.normpath(m.target)] = vol["Name"]
+        covered = {os.path.normpath(m.target) for m in spec.mounts}
+        for target in image.volumes:
+            target = os.path.normpath(target)
+            if target not in covered:
+                vol = engine.volumes.create(None, labels={"nsbox.anonymous-for": cid},
+                                            anonymous=True)
+                anonymous.append(vol["Name"])
+                volume_paths[target] = vol["Mountpoint"]
+                volume_names[target] = vol["Name"]
+        inputs = bundle_mod.BundleInputs(
+            container_id=cid, rootfs=info.merged, layer_dirs=[info.upper] + info.lower_dirs,
+            userdata=userdata, runtime=runtime, volume_paths=volume_paths, peer_pids=peer_pids,
+            idmap=idmap, netns_path=netns_path(engine.run_root, cid, spec.network_mode),
+            keep_id=keep_id)
+        config = bundle_mod.build_config(spec, image.section, inputs)
+        if idmap:
+            open_to_mapped_root(engine, userdata, volume_paths, idmap)
+        elif keep_id is not None:
+            open_to_mapped_root(engine, userdata, volume_paths, list(keep_id.ours(0, 0)))
+        with open(os.path.join(userdata, "config.json"), "w") as f:
+            f.write(_json.dumps_pretty(config, indent=" "))  # as json.dump(indent=1)
+        extra = {"anonymous_volumes": anonymous, "volumes": volume_names, "path": config["process"]["args"][0],
+                 "args": config["process"]["args"][1:],
+                 "stop_signal": bundle_mod.stop_signal(spec, image.section),
+                 "hostname": config.get("hostname", ""),
+                 "env": config["process"]["env"], "cwd": config["process"]["cwd"],
+                 "user": spec.user if spec.user is not None else image.user,
+                 "image_entrypoint": image.entrypoint, "image_cmd": image.cmd,
+                 "idmap": idmap}
+        engine.db.update_container(cid, extra=extra)
+    except BaseException:
+        import shutil
+        with suppress(Exception):
+            engine.storage.remove(cid)
+        shutil.rmtree(os.path.join(engine.storage.containers_dir, cid), ignore_errors=True)
+        for vol in anonymous:
+            with suppress(Exception):
+                engine.db.delete_volume(vol)
+                shutil.rmtree(os.path.join(engine.volumes.dir, vol), ignore_errors=True)
+        engine.db.delete_container(cid)
+        raise
+    return engine.get(cid)
+
+
+def open_to_mapped_root(engine: EngineBase, userdata: str, volume_paths: dict[str, str],
+                        idmap: list[int]) -> None:
+    """Let a remapped container's root reach its bind sources: search permission on the
+    directories above them (not read), and its /etc files and new volumes its own."""
+    uid, gid = idmap[0], idmap[1]
+    for name in ("hosts", "hostname", "resolv.conf"):
+        path = os.path.join(userdata, name)
+        if os.path.exists(path):
+            os.chown(path, uid, gid)
+    for path in [userdata, *volume_paths.values()]:
+        if path in volume_paths.values() and not os.listdir(path):
+            os.chown(path, uid, gid)  # a new volume belongs to the container's root
+        path = os.path.dirname(path) if path in volume_paths.values() else path
+        while path.startswith(engine.root) and path != os.path.dirname(path):
+            mode = os.stat(path).st_mode & 0o777
+            if mode & 0o011 != 0o011:
+                os.chmod(path, mode | 0o011)
+            if path == engine.root:
+                break
+            path = os.path.dirname(path)
+
+
+def netns_path(run_root: str, cid: str, network_mode: str) -> str:
+    """The engine-made network namespace a slirp4netns container joins, else ""."""
+    if not network_mode.startswith("slirp4netns"):
+        return ""
+    from nsbox.engine.network import slirp
+    return slirp.netns_path(run_root, cid)

@@ -1,0 +1,104 @@
+"""A container's exit: the exit record, the restart policy, --rm, and wait().
+
+finish_exit runs once per exit of the container's process: in a helper of
+its monitor (monitor_helpers.monitor_finish), or in an attached starter the
+monitor handed the finish to (lifecycle/start.py, AttachedRun).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from nsbox._lite import suppress
+from nsbox.engine.lifecycle.host import exit_file
+from nsbox.engine.lifecycle.record import Container, spec_from_json
+from nsbox.engine.lifecycle.remove import remove_now
+from nsbox.engine.model import CREATED, DEAD, EXITED, RESTARTING, RestartPolicy
+from nsbox.errors import ContainerNotFound, NsboxError
+
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from nsbox.engine.lifecycle.state import EngineBase
+
+
+def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
+                auto_remove: bool = True) -> bool:
+    """Record CID's exit CODE (FAILED: it never started) and delete its runtime state.
+
+    True if its restart policy restarts it; else its rootfs is unmounted,
+    and with --rm (unless not AUTO_REMOVE) it is removed.
+    """
+    db = engine.db
+    row = db.container(cid)
+    if row is None:
+        return False
+    oci = engine.oci(row["runtime"])
+    # Before delete removes the cgroup: was the container's process OOM-killed?
+    oom_killed = code == 137 and not failed and oci.oom_kills(cid) > 0
+    oci.delete(cid)
+    spec = spec_from_json(row["spec"])
+    if spec.network_mode.startswith("slirp4netns"):
+        from nsbox.engine.network import slirp
+        slirp.stop(engine.run_root, cid)
+    os.makedirs(os.path.join(engine.run_root, "exits"), exist_ok=True)
+    with open(exit_file(engine.run_root, cid), "w") as f:
+        f.write(str(code if not failed else 127))
+    if not failed and not row["stopped_by_user"] and should_restart(spec.restart, code,
+                                                                    row["restart_count"]):
+        db.update_container(cid, exit_code=code, finished_at=time.time(), pid=0,
+                            oom_killed=oom_killed)
+        db.increment_restart(cid)
+        db.update_container(cid, state=RESTARTING)
+        return True
+    with suppress(NsboxError):
+        engine.storage.unmount(cid)
+    if failed:
+        db.update_container(cid, state=CREATED, pid=0, exit_code=127)
+    else:
+        db.update_container(cid, state=EXITED, pid=0, exit_code=code, finished_at=time.time(),
+                            oom_killed=oom_killed)
+    if spec.auto_remove and auto_remove:
+        remove_now(engine, cid, volumes=True, keep_exit_code=True)
+    return False
+
+
+def should_restart(policy: RestartPolicy, code: int, count: int) -> bool:
+    if policy.name in ("always", "unless-stopped"):
+        return True
+    if policy.name == "on-failure":
+        return code != 0 and (policy.max_retries <= 0 or count < policy.max_retries)
+    return False
+
+
+def wait(engine: EngineBase, ref: str, wake_fd: int = -1) -> int:
+    """Block until the container is not running (or is removed by --rm); its exit code.
+
+    WAKE_FD: the pipe start(notify=True) returned, to notice the exit at once.
+    """
+    from nsbox.engine.logs import nap
+    try:
+        c = engine.get(ref)
+    except ContainerNotFound:
+        # A --rm container may be gone already; its exit code stays behind by full id.
+        try:
+            with open(exit_file(engine.run_root, os.path.basename(ref))) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            raise ContainerNotFound(f"no such container: {ref}") from None
+    while True:
+        row = engine.db.container(c.id)
+        try:
+            if row is None:
+                raise ContainerNotFound(c.id)
+            c = engine._reconcile(Container.from_row(row))
+        except ContainerNotFound:
+            # Removed (--rm) meanwhile, maybe while being reconciled.
+            try:
+                with open(exit_file(engine.run_root, c.id)) as f:
+                    return int(f.read().strip())
+            except (OSError, ValueError):
+                return c.exit_code
+        if c.state in (EXITED, DEAD) or (c.state == CREATED and c.started_at):
+            return c.exit_code
+        wake_fd = nap(wake_fd, 0.05)

@@ -1,0 +1,110 @@
+"""What a container's monitor runs in its short-lived helper children (see monitor.py).
+
+The monitor itself never imports sqlite3 or the engine: it forks a helper
+that calls one of these functions with the monitor's arguments and a
+STATUS_FD to answer on, and reads the helper's answer and exit status
+(docs/engine.md, "The monitor hand-over").  Each builds its own EngineBase
+from ROOT and RUN_ROOT.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from nsbox import _json
+from nsbox._lite import suppress
+from nsbox.engine.lifecycle.finish import finish_exit
+from nsbox.engine.lifecycle.host import open_stdin_fifo, runtime_root
+from nsbox.engine.lifecycle.record import Container
+from nsbox.engine.lifecycle.state import EngineBase
+from nsbox.engine.model import EXITED, RESTARTING, RUNNING
+from nsbox.engine.monitor_protocol import RESTART
+from nsbox.engine.oci import runtime_for
+from nsbox.errors import NsboxError
+
+
+def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, console: str,
+                  status_fd: int) -> int:
+    """Mount, create and start the container; write 'ok PID', 'cancel' or 'err MESSAGE' to STATUS_FD.
+
+    The rootfs is mounted here rather than by the starter, which then need
+    not load the syscall layer (ctypes) before the container runs.
+    """
+    engine = EngineBase(root, run_root)
+    db = engine.db
+    row = db.container(cid)
+    if row is None:
+        os.write(status_fd, b"err the container was removed\n")
+        return 1
+    if row["stopped_by_user"] and row["state"] == RESTARTING:
+        with suppress(NsboxError):
+            engine.storage.unmount(cid)
+        db.update_container(cid, state=EXITED, pid=0)
+        os.write(status_fd, b"cancel\n")
+        return 0
+    runtime, bundle = row["runtime"], row["bundle"]
+    os.makedirs(runtime_root(run_root, runtime), mode=0o700, exist_ok=True)
+    oci = runtime_for(run_root, runtime)
+    if oci.state(cid) is not None:
+        oci.delete(cid)
+    pid_file = os.path.join(bundle, "init.pid")
+    runtime_log = os.path.join(bundle, "runtime.log")
+    with suppress(FileNotFoundError):
+        os.unlink(pid_file)
+    spec = _json.loads(row["spec"] or "{}")
+    interactive = not console and spec.get("interactive", False)
+    network = spec.get("network_mode") or ""
+    null = open_stdin_fifo(run_root, cid) if interactive else os.open("/dev/null", os.O_RDONLY)
+    try:
+        engine.storage.mount(cid)  # already mounted on a restart
+        fill_new_volumes(engine, Container.from_row(row))
+        if network.startswith("slirp4netns"):
+            from nsbox.engine.network import slirp
+            slirp.make_netns(run_root, cid)
+        oci.create(cid, bundle, pid_file, console, (null, int(out_w), int(err_w)), runtime_log)
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+        if network.startswith("slirp4netns"):
+            slirp.start(run_root, cid, network)
+        oci.start(cid)
+    except NsboxError as exc:
+        reason = str(exc).strip() or "the runtime failed"  # create's already has its --log error
+        if network.startswith("slirp4netns"):
+            from nsbox.engine.network import slirp
+            slirp.stop(run_root, cid)
+        oci.delete(cid)
+        db.update_container(cid, error=reason)
+        os.write(status_fd, f"err {reason}\n".encode())
+        return 1
+    finally:
+        os.close(null)
+    db.update_container(cid, state=RUNNING, pid=pid, started_at=time.time(), finished_at=0,
+                        exit_code=0, monitor_pid=os.getppid(), error="")
+    os.write(status_fd, f"ok {pid}\n".encode())
+    return 0
+
+
+def fill_new_volumes(engine: EngineBase, c: Container) -> None:
+    """An empty volume gets the image's files at its mount point, as with Docker (not with
+    nocopy); at the container's first start only, so a volume it emptied stays empty."""
+    targets = c.extra.get("volumes") or {}
+    if not targets or c.started_at:
+        return
+    from nsbox.engine.volumes import fill_from_image
+    nocopy = {os.path.normpath(m.target) for m in c.spec.mounts
+              if m.type == "volume" and "nocopy" in m.options}
+    merged = None
+    for target, name in targets.items():
+        data = os.path.join(engine.volumes.dir, name, "_data")
+        if target in nocopy or not os.path.isdir(data) or os.listdir(data):
+            continue
+        merged = merged or engine.storage.rootfs(c.id).merged
+        fill_from_image(merged, target, data)
+
+
+def monitor_finish(root: str, run_root: str, cid: str, exit_code: str, failed: str,
+                   status_fd: int) -> int:
+    """Record the exit, delete the runtime state, apply the restart policy (3 = restart)."""
+    restart = finish_exit(EngineBase(root, run_root), cid, int(exit_code), failed == "1")
+    return RESTART if restart else 0

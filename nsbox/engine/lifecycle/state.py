@@ -1,0 +1,175 @@
+"""The engine's stores, and the truth of a container's record: what every stage starts from.
+
+EngineBase holds the database, the volumes, the image store and the
+container storage over one root, and the OCI runtime drivers; get() looks a
+container up and reconciles its record with the processes (docs/engine.md,
+"State truth").  The stage modules are functions of an EngineBase: the
+public Engine (nsbox.engine.containers) in the engine, a plain EngineBase
+in the monitor's helpers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from nsbox import _json
+from nsbox._lite import suppress
+from nsbox.engine import DEFAULT_ROOT
+from nsbox.engine.db import Database
+from nsbox.engine.lifecycle.host import monitor_alive
+from nsbox.engine.lifecycle.record import ACTIVE, Container, asdict_row, spec_from_json
+from nsbox.engine.model import EXITED, PAUSED, RESTARTING, RUNNING
+from nsbox.engine.oci import OciRuntime, runtime_for
+from nsbox.engine.procs import pid_alive
+from nsbox.errors import ContainerNotFound, NsboxError
+
+DEFAULT_RUN_ROOT = "/run/nsbox"
+
+
+class EngineBase:
+    """The stores over ROOT (persistent data) and RUN_ROOT (runtime state), and container lookup."""
+
+    def __init__(self, root: str = DEFAULT_ROOT, run_root: str = DEFAULT_RUN_ROOT,
+                 runtime: str | None = None) -> None:
+        from nsbox.engine.volumes import Volumes
+        self.root = os.path.abspath(root)
+        self.run_root = os.path.abspath(run_root)
+        self.default_runtime = runtime
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        os.makedirs(self.run_root, mode=0o700, exist_ok=True)
+        self.db = Database(self.root)
+        self.volumes = Volumes(self.root, self.db, users=self._volume_users)
+        self._images = None
+        self._storage = None
+        self._loop_bin: str | None = None  # lifecycle.start.loop_binary's answer
+
+    @property
+    def images(self):  # noqa: ANN201 - ImageStore, imported lazily
+        if self._images is None:
+            from nsbox.engine.images.store import ImageStore
+            self._images = ImageStore(self.root)
+        return self._images
+
+    @property
+    def storage(self):  # noqa: ANN201 - Storage, imported lazily
+        if self._storage is None:
+            from nsbox.engine.storage import Storage
+            self._storage = Storage(self.root)
+        return self._storage
+
+    def oci(self, runtime: str) -> OciRuntime:
+        """The driver of the OCI runtime binary RUNTIME (see oci.py)."""
+        return runtime_for(self.run_root, runtime)
+
+    def get(self, ref: str) -> Container:
+        """The container with full id REF, name REF, or unique id prefix REF; ContainerNotFound else."""
+        return self._reconcile(self._lookup(ref))
+
+    def _lookup(self, ref: str) -> Container:
+        """get() without reconciling: the record as it stands."""
+        ref = ref.lstrip("/") if isinstance(ref, str) else ref
+        if not ref:
+            raise ContainerNotFound("no container named ''")
+        rows = self.db.find_containers(ref)
+        if not rows:
+            raise ContainerNotFound(f"no such container: {ref}")
+        if len(rows) > 1:
+            raise ContainerNotFound(f"container id prefix {ref!r} is ambiguous ({len(rows)} matches)")
+        return Container.from_row(rows[0])
+
+    def _reconcile(self, c: Container) -> Container:
+        """Make C's state true: a dead init or a vanished monitor is noticed here."""
+        if c.state not in ACTIVE:
+            return c
+        if monitor_alive(c.monitor_pid, c.id):
+            if c.state == RESTARTING or pid_alive(c.pid):
+                return c
+            # The init died; its monitor is about to record it: give it a moment.
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                time.sleep(0.02)
+                row = self.db.container(c.id)
+                if row is None:
+                    raise ContainerNotFound(f"no such container: {c.id}")
+                if row["state"] not in (RUNNING, PAUSED):
+                    return Container.from_row(row)
+                if not monitor_alive(c.monitor_pid, c.id):
+                    break
+            else:
+                # Still finishing (slow under load): its record will be the truth,
+                # so do not guess an exit code over its head.
+                return Container.from_row(self.db.container(c.id) or asdict_row(c))
+            c = Container.from_row(self.db.container(c.id) or asdict_row(c))
+        # The monitor may have recorded the exit just before it went away.
+        row = self.db.container(c.id)
+        if row is not None and row["state"] not in ACTIVE:
+            return Container.from_row(row)
+        # No monitor: ask the runtime what is left.
+        oci = self.oci(c.runtime)
+        state = oci.state(c.id)
+        if state is not None and state.get("status") in ("running", "paused"):
+            return c  # alive without its monitor: still true
+        if state is not None:
+            oci.delete(c.id)
+        with suppress(NsboxError):
+            self.storage.unmount(c.id)
+        code = c.exit_code if c.state == RESTARTING else 137
+        self.db.update_container(c.id, state=EXITED, pid=0, exit_code=code,
+                                 finished_at=time.time())
+        c.state, c.pid, c.exit_code = EXITED, 0, code
+        return c
+
+    def list(self, all: bool = False, filters: dict | None = None) -> list[Container]:  # noqa: A002
+        """Running containers (every one with ALL), newest first, matching FILTERS.
+
+        Filters (Docker's names): id, name (substring), status, label ("k" or "k=v"),
+        ancestor (image ref or id), exited (exit code).  A value may be a list.
+        """
+        out = []
+        for row in self.db.containers():
+            c = self._reconcile(Container.from_row(row))
+            if not all and c.state not in ACTIVE:
+                continue
+            if filters and not _matches(c, filters):
+                continue
+            out.append(c)
+        return out
+
+    def _wait_monitor_gone(self, c: Container, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while monitor_alive(c.monitor_pid, c.id) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _volume_users(self, name: str) -> list[str]:
+        users = []
+        for row in self.db.containers():
+            spec = spec_from_json(row["spec"])
+            extra = _json.loads(row["extra"] or "{}")
+            if any(m.type == "volume" and m.source == name for m in spec.mounts) or \
+                    name in extra.get("anonymous_volumes", []):
+                users.append(row["id"])
+        return users
+
+
+def _matches(c: Container, filters: dict) -> bool:
+    for key, wanted in filters.items():
+        values = wanted if isinstance(wanted, (list, tuple, set)) else [wanted]
+        if key == "id" and not any(c.id.startswith(v) for v in values):
+            return False
+        if key == "name" and not any(v.lstrip("/") in c.name for v in values):
+            return False
+        if key == "status" and c.state not in values:
+            return False
+        if key == "exited" and (c.state != EXITED or str(c.exit_code) not in map(str, values)):
+            return False
+        if key == "label":
+            for v in values:
+                k, eq, val = v.partition("=")
+                if k not in c.spec.labels or (eq and c.spec.labels[k] != val):
+                    return False
+        if key == "ancestor" and not any(v in (c.image, c.image_id) or
+                                         c.image_id.removeprefix("sha256:").startswith(v)
+                                         for v in values):
+            return False
+    return True
