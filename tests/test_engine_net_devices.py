@@ -7,6 +7,7 @@ force-removed afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -146,3 +147,14 @@ def test_device_mknod_follows_cap_mknod_like_docker(nsbox, fuse_device):
     assert "mknod-ok" in out, out
     assert not any(f"{op}-ok" in out for op in ("read", "write", "rdwr")), out
     assert out.count("Operation not permitted") == 3, out
+
+
+def test_inspect_shows_the_device_permissions_asked_for(nsbox, fuse_device):
+    host, _ = fuse_device
+    nsbox("create", "--name", "dev-inspect", "--device", f"{host}:/dev/myfuse:r",
+          "--device", host, "busybox", "true")
+    out = nsbox("inspect", "--format", "{{json .HostConfig.Devices}}", "dev-inspect").stdout
+    assert json.loads(out) == [
+        {"PathOnHost": host, "PathInContainer": "/dev/myfuse", "CgroupPermissions": "r"},
+        {"PathOnHost": host, "PathInContainer": host, "CgroupPermissions": "rwm"},
+    ]

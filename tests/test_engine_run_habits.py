@@ -421,7 +421,6 @@ def test_crun_runs_with_an_oci_version_it_accepts(nsbox, crun):
     assert proc.returncode == 0 and proc.stdout == "crun-ok\n", proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="the message lives in Engine.exec (containers.py)")
 def test_exec_into_paused_container(nsbox):
     nsbox("run", "-d", "--name", "paused1", "busybox", "sleep", "60")
     nsbox("pause", "paused1")

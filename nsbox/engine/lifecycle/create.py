@@ -131,7 +131,7 @@ def create(engine: EngineBase, spec: ContainerSpec,
             container_id=cid, rootfs=info.merged, layer_dirs=[info.upper] + info.lower_dirs,
             userdata=userdata, runtime=runtime, volume_paths=volume_paths, peer_pids=peer_pids,
             idmap=idmap, netns_path=netns_path(engine.run_root, cid, spec.network_mode),
-            keep_id=keep_id)
+            keep_id=keep_id, run_root=engine.run_root)
         config = bundle_mod.build_config(spec, image.section, inputs)
         if idmap:
             open_to_mapped_root(engine, userdata, volume_paths, idmap)

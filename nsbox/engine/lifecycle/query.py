@@ -77,6 +77,7 @@ def port(engine: EngineBase, ref: str) -> dict:
 
 def inspect(engine: EngineBase, ref: str) -> dict:
     """Docker-shaped inspect JSON, plus "Namespaces" and "Cgroups" (nsbox's additions)."""
+    from nsbox.engine.bundle import device_mapping
     from nsbox.engine.images.config import format_time
     c = engine.get(ref)
     spec, extra = c.spec, c.extra
@@ -158,9 +159,8 @@ def inspect(engine: EngineBase, ref: str) -> dict:
             "CpusetMems": cpu.get("mems", "") or "",
             "PidsLimit": (res.get("pids") or {}).get("limit") or None,
             "BlkioWeight": (res.get("blockIO") or {}).get("weight", 0) or 0,
-            "Devices": [{"PathOnHost": d.split(":")[0], "PathInContainer":
-                         (d.split(":") + [d.split(":")[0]])[1], "CgroupPermissions": "rwm"}
-                        for d in spec.devices],
+            "Devices": [dict(zip(("PathOnHost", "PathInContainer", "CgroupPermissions"),
+                                 device_mapping(d), strict=True)) for d in spec.devices],
             "Ulimits": [{"Name": k, "Soft": v[0], "Hard": v[1]} for k, v in spec.ulimits.items()],
             "Init": spec.init,
         },
