@@ -10,7 +10,7 @@ from nsbox import _json
 from nsbox.engine.lifecycle.host import runtime_root, secure_join, stdin_fifo
 from nsbox.engine.lifecycle.query import logs
 from nsbox.engine.lifecycle.record import ACTIVE, Container
-from nsbox.engine.model import RUNNING
+from nsbox.engine.model import PAUSED, RUNNING
 from nsbox.errors import CommandError, ConfigError, InvalidState, UnsupportedError
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
@@ -34,6 +34,8 @@ def exec_in(engine: EngineBase, ref: str, cmd: list[str], tty: bool = False,
 
     from nsbox.engine.bundle import resolve_user
     c = engine.get(ref)
+    if c.state == PAUSED:
+        raise InvalidState(f"container {c.name} is paused, unpause the container before exec")
     if c.state != RUNNING:
         raise InvalidState(f"container {c.name} is not running")
     args = ["exec"]
