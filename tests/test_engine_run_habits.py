@@ -428,3 +428,17 @@ def test_exec_into_paused_container(nsbox):
     nsbox("unpause", "paused1")
     assert proc.returncode != 0
     assert "is paused, unpause the container before exec" in proc.stderr
+
+
+def test_top_passes_ps_options_and_shows_only_the_container(nsbox):
+    nsbox("run", "-d", "--name", "top1", "busybox", "sleep", "60")
+    out = nsbox("top", "top1", "-o", "pid,comm").stdout.splitlines()
+    assert out[0].split() == ["PID", "COMMAND"]
+    assert [line.split()[1] for line in out[1:]] == ["sleep"]
+
+
+def test_top_without_a_pid_column_is_a_clear_error(nsbox):
+    nsbox("run", "-d", "--name", "top2", "busybox", "sleep", "60")
+    proc = nsbox("top", "top2", "-o", "comm", check=False)
+    assert proc.returncode != 0
+    assert "PID column" in proc.stderr

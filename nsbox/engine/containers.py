@@ -161,10 +161,10 @@ class Engine(EngineBase):
         from nsbox.engine.lifecycle import query
         return query.logs(self, ref, follow, tail, timestamps, since, wake_fd)
 
-    def top(self, ref: str) -> list[list[str]]:
-        """Processes of the container: a header row (UID PID PPID CMD), then one row each."""
+    def top(self, ref: str, ps_args: list[str] | None = None) -> list[list[str]]:
+        """Processes of the container: a header row, then one row each (PS_ARGS: ps options)."""
         from nsbox.engine.lifecycle import query
-        return query.top(self, ref)
+        return query.top(self, ref, ps_args)
 
     def port(self, ref: str) -> dict:
         """Published ports: none until networking exists."""

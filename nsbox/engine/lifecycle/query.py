@@ -12,7 +12,7 @@ from nsbox import _json
 from nsbox.engine.lifecycle.host import monitor_alive, runtime_root
 from nsbox.engine.lifecycle.record import ACTIVE, DEFAULT_STOP_TIMEOUT, Container
 from nsbox.engine.model import DEAD, PAUSED, RESTARTING, RUNNING
-from nsbox.errors import ContainerNotFound, InvalidState, NsboxError
+from nsbox.errors import ConfigError, ContainerNotFound, InvalidState, NsboxError
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
@@ -50,13 +50,21 @@ def logs(engine: EngineBase, ref: str, follow: bool = False, tail: int | None = 
                      wake_fd=wake_fd)
 
 
-def top(engine: EngineBase, ref: str) -> list[list[str]]:
-    """Processes of the container: a header row (UID PID PPID CMD), then one row each."""
+def top(engine: EngineBase, ref: str, ps_args: list[str] | None = None) -> list[list[str]]:
+    """Processes of the container: a header row, then one row each.
+
+    Without PS_ARGS the columns are UID PID PPID CMD, read from /proc; with
+    them the host's ps(1) runs with those options, as `docker top C -o ...`
+    does, and only the rows of the container's processes are kept.
+    """
     c = engine.get(ref)
     if c.state not in (RUNNING, PAUSED):
         raise InvalidState(f"container {c.name} is not running")
+    pids = engine.oci(c.runtime).pids(c.id)
+    if ps_args:
+        return _ps_rows(ps_args, pids)
     rows = [["UID", "PID", "PPID", "CMD"]]
-    for pid in engine.oci(c.runtime).pids(c.id):
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/status") as f:
                 status = dict(line.split(":", 1) for line in f if ":" in line)
@@ -66,6 +74,38 @@ def top(engine: EngineBase, ref: str) -> list[list[str]]:
             continue
         rows.append([status["Uid"].split()[0], str(pid), status["PPid"].strip(),
                      cmdline or f"[{status['Name'].strip()}]"])
+    return rows
+
+
+def _ps_rows(ps_args: list[str], pids: list[int]) -> list[list[str]]:
+    """ps PS_ARGS on the host, rows filtered to PIDS by the output's PID column."""
+    import subprocess
+    wanted = {str(pid) for pid in pids}
+    # procps' -q selects just these pids (fast); a few options (forest, f) refuse
+    # to go with it, and then ps lists everything and the filter below selects.
+    attempts = [[*ps_args, "-q", ",".join(sorted(wanted, key=int))], ps_args] if wanted else [ps_args]
+    result = None
+    for argv in attempts:
+        try:
+            result = subprocess.run(["ps", *argv], capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise NsboxError(f"top: cannot run ps: {exc}") from None
+        if result.returncode == 0:
+            break
+    if result is None or result.returncode != 0:
+        detail = (result.stderr.strip().splitlines() or [""])[0] if result else ""
+        raise ConfigError(f"top: ps {' '.join(ps_args)} failed: {detail}")
+    lines = result.stdout.splitlines()
+    header = lines[0].split() if lines else []
+    if "PID" not in header:
+        raise ConfigError(f"top: ps {' '.join(ps_args)} prints no PID column; "
+                          "add pid to its output fields")
+    column = header.index("PID")
+    rows = [header]
+    for line in lines[1:]:
+        fields = line.split(None, len(header) - 1)
+        if len(fields) > column and fields[column] in wanted:
+            rows.append(fields)
     return rows
 
 
