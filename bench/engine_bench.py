@@ -387,7 +387,7 @@ def write_report(out: Path, timings: list[Timing], memory: list[MemoryResult],
         "`/proc/PID/smaps_rollup` summed over every process in the host's pid namespace "
         "whose command line contains the container's full id (the processes inside the "
         "container are in their own pid namespace and not counted). For nsbox that is the "
-        "monitor (`nsbox-monitor-loop-*`, the compiled C loop), for podman `conmon`.",
+        "monitor (`nsbox-monitor-loop`, the C loop shipped with the package), for podman `conmon`.",
         "",
         "| engine | processes / container | process | PSS mean KiB (MiB) | PSS min–max KiB "
         "| RSS mean KiB (MiB) |",
