@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if g["help"] or not argv_rest:
         from nsbox.engine.cli._help import main_help
 
-        sys.stdout.write(main_help())
+        sys.stdout.write(main_help(COMMANDS, GROUPS, GLOBAL_FLAGS, GLOBAL_ALIASES, GLOBAL_HELP))
         return 0 if g["help"] else 125
     command, rest = argv_rest[0], argv_rest[1:]
     label = command
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         if not rest or rest[0] in ("--help", "-h"):
             from nsbox.engine.cli._help import group_help
 
-            sys.stdout.write(group_help(command))
+            sys.stdout.write(group_help(command, GROUPS[command]))
             return 0 if rest else 125
         sub, rest = rest[0], rest[1:]
         module_name = GROUPS[command].get(sub)

@@ -109,26 +109,24 @@ def _command_lines(entries: list[tuple[str, str]]) -> str:
     return "".join(f"  {name.ljust(width)}  {text}\n" for name, text in entries)
 
 
-def main_help() -> str:
-    """`nsbox --help`: every command, then the global options."""
-    from nsbox.engine.cli import COMMANDS, GLOBAL_ALIASES, GLOBAL_FLAGS, GLOBAL_HELP, GROUPS
-
-    names = [n for n in COMMAND_SUMMARIES if n in COMMANDS or n in GROUPS]
-    names += sorted(n for n in (*COMMANDS, *GROUPS) if n not in COMMAND_SUMMARIES)
+def main_help(commands: dict, groups: dict, global_flags: dict, global_aliases: dict,
+              global_help: dict) -> str:
+    """`nsbox --help`: every command, then the global options (the CLI's own tables,
+    passed in so that this module imports nothing of the package above it)."""
+    names = [n for n in COMMAND_SUMMARIES if n in commands or n in groups]
+    names += sorted(n for n in (*commands, *groups) if n not in COMMAND_SUMMARIES)
     entries = [(n, COMMAND_SUMMARIES.get(n, "")) for n in names]
     return ("Usage:  nsbox [OPTIONS] COMMAND\n\nA daemonless, Docker-compatible container engine.\n"
             "\nCommands:\n" + _command_lines(entries)
             + "\nGlobal options:\n"
-            + "\n".join(flag_lines(GLOBAL_FLAGS, GLOBAL_ALIASES, GLOBAL_HELP, help_flag=False))
+            + "\n".join(flag_lines(global_flags, global_aliases, global_help, help_flag=False))
             + "\n\nRun 'nsbox COMMAND --help' for more information on a command.\n")
 
 
-def group_help(group: str) -> str:
-    """`nsbox image --help`: the group's sub-commands."""
-    from nsbox.engine.cli import GROUPS
-
+def group_help(group: str, subcommands: dict[str, str]) -> str:
+    """`nsbox image --help`: the group's SUBCOMMANDS (name -> command module)."""
     entries = []
-    for sub, module_name in GROUPS[group].items():
+    for sub, module_name in subcommands.items():
         text = SUB_SUMMARIES.get(module_name) or COMMAND_SUMMARIES.get(module_name, "")
         entries.append((sub, text))
     return (f"Usage:  nsbox {group} COMMAND\n\n{COMMAND_SUMMARIES.get(group, '')}\n\n"

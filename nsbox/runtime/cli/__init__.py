@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if g["help"] or not g.positional:
         from nsbox.runtime.cli._help import main_help
 
-        sys.stdout.write(main_help(USAGE))
+        sys.stdout.write(main_help(USAGE, GLOBAL_FLAGS, _ALIASES, GLOBAL_HELP))
         return 0 if g["help"] else 1
     command, rest = g.positional[0], g.positional[1:]
     manager = g["cgroup-manager"]

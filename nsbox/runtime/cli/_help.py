@@ -48,8 +48,7 @@ def command_help(module) -> str:  # noqa: ANN001 - a cmd_<name> module
     return text + "\nflags:\n" + "\n".join(lines) + "\n"
 
 
-def main_help(usage: str) -> str:
-    from nsbox.runtime.cli import _ALIASES, GLOBAL_FLAGS, GLOBAL_HELP
-
+def main_help(usage: str, global_flags: dict, aliases: dict, global_help: dict) -> str:
+    """`nsbox-runtime --help`: USAGE, then the global flags (tables passed in by the CLI)."""
     return (usage.rstrip("\n") + "\n\nglobal flags:\n"
-            + "\n".join(flag_lines(GLOBAL_FLAGS, _ALIASES, GLOBAL_HELP)) + "\n")
+            + "\n".join(flag_lines(global_flags, aliases, global_help)) + "\n")
