@@ -100,8 +100,10 @@ class Engine(EngineBase):
         return attached.start_attached(self, ref, monitor)
 
     def restart(self, ref: str, timeout: int | None = None) -> None:
+        """stop + start; a --rm container is not removed in between (as Docker)."""
+        from nsbox.engine.lifecycle import control
         c = self.get(ref)
-        self.stop(c.id, timeout)
+        control.stop(self, c.id, timeout, restarting=True)
         self.start(c.id)
 
     # ----------------------------------------------------------------- control

@@ -259,6 +259,12 @@ class Database:
                 return [dict(r) for r in rows]
         return self._retry(get)
 
+    def container_ids(self) -> set[str]:
+        def get() -> set[str]:
+            with self.connection() as conn:
+                return {r[0] for r in conn.execute("SELECT id FROM container_containers")}
+        return self._retry(get)
+
     def find_containers(self, ref: str) -> list[dict]:
         """Rows whose name is REF, or else whose id starts with REF."""
         def get() -> list[dict]:

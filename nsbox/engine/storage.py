@@ -404,7 +404,8 @@ class Storage:
             # Rename first: a half-deleted dir must not look like a container.
             doomed = _mkdtemp(self.containers_dir, "gone-")
             try:
-                os.rename(path, os.path.join(doomed, "c"))
+                with suppress(FileNotFoundError):  # another removal was first
+                    os.rename(path, os.path.join(doomed, "c"))
             finally:
                 remove_tree(doomed)
 

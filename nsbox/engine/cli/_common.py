@@ -95,19 +95,28 @@ def row_of(engine, container, truncate: bool = True, now: float | None = None) -
     }
 
 
-def for_each(refs: list[str], action, echo: bool = True) -> int:  # noqa: ANN001
-    """Apply ACTION to each ref like `docker stop a b`: print each, report errors, go on."""
-    failed = False
+def for_each(refs: list[str], action, echo: bool = True,  # noqa: ANN001
+             not_found: int = 125) -> int:
+    """Apply ACTION to each ref like `docker stop a b`: print each, report errors, go on.
+
+    The exit code is 125 after an error; NOT_FOUND if every error was a missing container.
+    """
+    from nsbox.errors import ContainerNotFound
+
+    failed = missing = False
     for ref in refs:
         try:
             result = action(ref)
         except NsboxError as exc:
             sys.stderr.write(f"Error: {exc}\n")
-            failed = True
+            if isinstance(exc, ContainerNotFound):
+                missing = True
+            else:
+                failed = True
             continue
         if echo:
             sys.stdout.write(f"{result if isinstance(result, str) else ref}\n")
-    return 125 if failed else 0
+    return 125 if failed else not_found if missing else 0
 
 
 def image_row(summary) -> list[dict]:  # noqa: ANN001

@@ -1,7 +1,8 @@
 """Usage:  nsbox rm [OPTIONS] CONTAINER [CONTAINER...]
 
 Remove containers; -f/--force kills running ones first, -v/--volumes also
-removes their anonymous volumes.
+removes their anonymous volumes.  Exit code 1 if the only errors were
+unknown containers (Docker and Podman), 125 after any other error.
 """
 
 from __future__ import annotations
@@ -21,4 +22,5 @@ def run(args, ctx) -> int:  # noqa: ANN001
     refs = need_args(args, "rm", 1)
     engine = ctx.engine()
     return for_each(refs, lambda ref: engine.remove(ref, force=bool(args["force"]),
-                                                    volumes=bool(args["volumes"])))
+                                                    volumes=bool(args["volumes"])),
+                    not_found=1)

@@ -15,7 +15,7 @@ from nsbox.engine.lifecycle.finish import finish_exit, wait
 from nsbox.engine.lifecycle.remove import remove as remove_container
 from nsbox.engine.lifecycle.remove import remove_now
 from nsbox.engine.lifecycle.start import PreforkedMonitor, start_container
-from nsbox.errors import InvalidState
+from nsbox.errors import ContainerNotFound, InvalidState
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
@@ -116,7 +116,8 @@ class AttachedRun:
             if self.exit_code is None:  # the monitor records it (or is gone)
                 code = wait(self.engine, self.id, wake_fd=-1 if self._monitor_gone else self._done_fd)
                 if remove:
-                    remove_container(self.engine, self.id, force=True, volumes=True)
+                    with suppress(ContainerNotFound):  # a user's rm was first
+                        remove_container(self.engine, self.id, force=True, volumes=True)
                 return code
             if remove:
                 remove_now(self.engine, self.id, volumes=True)

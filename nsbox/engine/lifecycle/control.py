@@ -2,6 +2,10 @@
 
 stop and kill mark the container as stopped by the user, so its monitor
 applies no restart policy (lifecycle/finish.py).
+
+A --rm container may be removed by its monitor while stop, kill or rm acts
+on it: once it was found, its row vanishing means it is down and gone, which
+is what they asked for (docs/engine.md, "Who removes a --rm container").
 """
 
 from __future__ import annotations
@@ -12,27 +16,48 @@ import time
 from nsbox import _json
 from nsbox._lite import suppress
 from nsbox.engine.db import sqlite
+from nsbox.engine.lifecycle.host import monitor_alive
 from nsbox.engine.lifecycle.record import (
     ACTIVE,
     DEFAULT_STOP_TIMEOUT,
+    RESTARTED_BY_USER,
     Container,
     check_name,
     spec_to_json,
 )
-from nsbox.engine.model import PAUSED, RUNNING
-from nsbox.errors import ContainerExists, InvalidState, NsboxError, UnsupportedError
+from nsbox.engine.model import EXITED, PAUSED, RUNNING
+from nsbox.errors import (
+    ContainerExists,
+    ContainerNotFound,
+    InvalidState,
+    NsboxError,
+    UnsupportedError,
+)
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
     from nsbox.engine.lifecycle.state import EngineBase
 
 
-def stop(engine: EngineBase, ref: str, timeout: int | None = None) -> None:
-    """The stop signal, then SIGKILL after TIMEOUT seconds (spec.stop_timeout, else 10)."""
-    c = engine.get(ref)
+def stop(engine: EngineBase, ref: str, timeout: int | None = None,
+         restarting: bool = False) -> None:
+    """The stop signal, then SIGKILL after TIMEOUT seconds (spec.stop_timeout, else 10).
+
+    Returns once it is down (a --rm container: removed).  RESTARTING (`restart`):
+    its --rm does not remove it at this exit.
+    """
+    c = engine._lookup(ref)  # ContainerNotFound: there is no such container
+    try:
+        c = engine._reconcile(c)
+    except ContainerNotFound:
+        return  # it ended and its --rm removed it as we looked: stopped
     if c.state not in ACTIVE:
+        if c.spec.auto_remove:
+            engine._wait_monitor_gone(c)  # its --rm removal may be under way
         return
-    engine.db.update_container(c.id, stopped_by_user=1)
+    if not engine.db.update_container(c.id,
+                                      stopped_by_user=RESTARTED_BY_USER if restarting else 1):
+        return  # removed meanwhile
     if timeout is None:
         timeout = c.spec.stop_timeout if c.spec.stop_timeout is not None else DEFAULT_STOP_TIMEOUT
     terminate(engine, c, c.extra.get("stop_signal") or "SIGTERM", max(timeout, 0))
@@ -43,14 +68,19 @@ def terminate(engine: EngineBase, c: Container, signal_name: str, timeout: float
 
     A container caught between restarts may come up once more; it is
     signalled again (stopped_by_user is set, so the monitor then stops).
+    A container removed meanwhile (its --rm) is down: this returns once its
+    monitor, which removed it, is gone.
     """
     signalled_pid, kill_at = 0, 0.0
     deadline = time.monotonic() + timeout + 30
     while time.monotonic() < deadline:
         row = engine.db.container(c.id)
         if row is None:
-            return
-        current = engine._reconcile(Container.from_row(row))
+            break
+        try:
+            current = engine._reconcile(Container.from_row(row))
+        except ContainerNotFound:
+            break  # removed while being reconciled
         if current.state not in ACTIVE:
             break
         now = time.monotonic()
@@ -70,12 +100,44 @@ def terminate(engine: EngineBase, c: Container, signal_name: str, timeout: float
 
 
 def kill(engine: EngineBase, ref: str, signal: str | int = "KILL") -> None:
-    """Send SIGNAL to the container's init (the restart policy then does not apply)."""
-    c = engine.get(ref)
+    """Send SIGNAL to the container's init (the restart policy then does not apply).
+
+    A --rm container that ends (and is removed) under us, or that has ended and
+    is being removed by its monitor, counts as killed.
+    """
+    c = engine._lookup(ref)  # ContainerNotFound: there is no such container
+    try:
+        c = engine._reconcile(c)
+    except ContainerNotFound:
+        if c.spec.auto_remove:
+            return
+        raise
     if c.state not in (RUNNING, PAUSED):
+        if c.spec.auto_remove and c.state == EXITED and monitor_alive(c.monitor_pid, c.id):
+            return  # on its way out: its monitor is removing it
         raise InvalidState(f"container {c.name} is not running")
-    engine.db.update_container(c.id, stopped_by_user=1)
-    engine.oci(c.runtime).kill(c.id, str(signal))
+    if not engine.db.update_container(c.id, stopped_by_user=1):
+        if c.spec.auto_remove:
+            return
+        raise ContainerNotFound(f"no such container: {ref}")
+    try:
+        engine.oci(c.runtime).kill(c.id, str(signal))
+    except NsboxError:
+        if not _down(engine, c):
+            raise
+        if not c.spec.auto_remove:
+            raise InvalidState(f"container {c.name} is not running") from None
+
+
+def _down(engine: EngineBase, c: Container) -> bool:
+    """Whether C has ended (or is removed) since it was found running."""
+    row = engine.db.container(c.id)
+    if row is None:
+        return True
+    try:
+        return engine._reconcile(Container.from_row(row)).state not in (RUNNING, PAUSED)
+    except ContainerNotFound:
+        return True
 
 
 def pause(engine: EngineBase, ref: str) -> None:

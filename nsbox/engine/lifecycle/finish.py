@@ -12,7 +12,7 @@ import time
 
 from nsbox._lite import suppress
 from nsbox.engine.lifecycle.host import exit_file
-from nsbox.engine.lifecycle.record import Container, spec_from_json
+from nsbox.engine.lifecycle.record import RESTARTED_BY_USER, Container, spec_from_json
 from nsbox.engine.lifecycle.remove import remove_now
 from nsbox.engine.model import CREATED, DEAD, EXITED, RESTARTING, RestartPolicy
 from nsbox.errors import ContainerNotFound, NsboxError
@@ -27,7 +27,9 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
     """Record CID's exit CODE (FAILED: it never started) and delete its runtime state.
 
     True if its restart policy restarts it; else its rootfs is unmounted,
-    and with --rm (unless not AUTO_REMOVE) it is removed.
+    and with --rm (unless not AUTO_REMOVE, or `restart` stopped it) it is
+    removed, its exit file kept for wait() (lifecycle/remove.py).  A user's
+    rm may remove it first: then there is nothing left to do.
     """
     db = engine.db
     row = db.container(cid)
@@ -58,7 +60,7 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
     else:
         db.update_container(cid, state=EXITED, pid=0, exit_code=code, finished_at=time.time(),
                             oom_killed=oom_killed)
-    if spec.auto_remove and auto_remove:
+    if spec.auto_remove and auto_remove and row["stopped_by_user"] != RESTARTED_BY_USER:
         remove_now(engine, cid, volumes=True, keep_exit_code=True)
     return False
 

@@ -12,6 +12,9 @@ from nsbox.errors import ConfigError
 USERDATA = "userdata"  # <root>/containers/<id>/userdata: the bundle
 DEFAULT_STOP_TIMEOUT = 10
 ACTIVE = (RUNNING, PAUSED, RESTARTING)
+# stopped_by_user: 1 = stop/kill/rm (no restart policy); RESTARTED_BY_USER = `restart`
+# (no restart policy and no --rm removal at this exit: it starts again, as Docker).
+RESTARTED_BY_USER = 2
 
 
 @record

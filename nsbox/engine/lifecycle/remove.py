@@ -1,8 +1,17 @@
-"""Removing containers: remove (rm, rm -f), the removal itself, and prune."""
+"""Removing containers: remove (rm, rm -f), the removal itself, and prune.
+
+A --rm container is removed by whoever comes first: its monitor (at its exit,
+lifecycle/finish.py) or the user's rm; either way once, and the other one
+finds nothing left to do.  The exit file <run_root>/exits/<id> (read by
+wait) goes with a user's removal; the monitor's --rm removal keeps it for
+`wait ID`, and any removal or prune drops those of removed containers older
+than EXIT_FILE_TTL, so exits/ holds only recent ones (docs/engine.md).
+"""
 
 from __future__ import annotations
 
 import os
+import time
 
 from nsbox import _json
 from nsbox._lite import suppress
@@ -14,28 +23,44 @@ TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
     from nsbox.engine.lifecycle.state import EngineBase
 
+# How long the exit file of a container removed by its --rm stays for `wait ID`.
+EXIT_FILE_TTL = 300.0
+
 
 def remove(engine: EngineBase, ref: str, force: bool = False, volumes: bool = False) -> None:
-    """Delete the container (FORCE kills a running one); VOLUMES also drops its anonymous volumes."""
-    c = engine.get(ref)
-    if c.state in ACTIVE:
-        if not force:
-            raise InvalidState(f"cannot remove container {c.name}: it is {c.state}; "
-                               "stop it first or force the removal")
-        # Imported here: `run --rm` removes a container that is down already.
-        from nsbox.engine.lifecycle.control import terminate
-        engine.db.update_container(c.id, stopped_by_user=1)
-        terminate(engine, c, "KILL", 0)
+    """Delete the container (FORCE kills a running one); VOLUMES also drops its anonymous volumes.
+
+    Once found, a container its --rm removes meanwhile is removed: no error.
+    """
+    c = engine._lookup(ref)  # ContainerNotFound: there is no such container
+    try:
+        c = engine._reconcile(c)
+    except ContainerNotFound:
+        pass  # its --rm removed it as we looked: what is left of it goes below
+    else:
+        if c.state in ACTIVE:
+            if not force:
+                raise InvalidState(f"cannot remove container {c.name}: it is {c.state}; "
+                                   "stop it first or force the removal")
+            # Imported here: `run --rm` removes a container that is down already.
+            from nsbox.engine.lifecycle.control import terminate
+            engine.db.update_container(c.id, stopped_by_user=1)
+            terminate(engine, c, "KILL", 0)
+    # A --rm container's monitor may be removing it now: let it finish first.
     engine._wait_monitor_gone(c)
     remove_now(engine, c.id, volumes)
 
 
 def remove_now(engine: EngineBase, cid: str, volumes: bool, keep_exit_code: bool = False) -> None:
     """Remove CID and its state now; KEEP_EXIT_CODE leaves its exit file for wait()
-    (a --rm container its monitor removes may still be waited for by id)."""
+    (a --rm container its monitor removes may still be waited for by id).
+
+    Safe to race with another removal of CID: each step is a no-op once done.
+    """
     if not keep_exit_code:
         with suppress(FileNotFoundError):
             os.unlink(exit_file(engine.run_root, cid))
+    drop_stale_exit_files(engine)
     row = engine.db.container(cid)
     if row is None:
         return
@@ -55,6 +80,28 @@ def remove_now(engine: EngineBase, cid: str, volumes: bool, keep_exit_code: bool
                 engine.volumes.remove(name, force=True)
 
 
+def drop_stale_exit_files(engine: EngineBase) -> None:
+    """Delete the exit files of removed containers older than EXIT_FILE_TTL."""
+    directory = os.path.join(engine.run_root, "exits")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    limit = time.time() - EXIT_FILE_TTL
+    old = []
+    for name in names:
+        with suppress(OSError):
+            if os.stat(os.path.join(directory, name)).st_mtime < limit:
+                old.append(name)
+    if not old:
+        return
+    existing = engine.db.container_ids()
+    for name in old:
+        if name not in existing:
+            with suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+
+
 def prune(engine: EngineBase) -> list[str]:
     """Remove every container that is not running; their ids."""
     removed = []
@@ -63,4 +110,5 @@ def prune(engine: EngineBase) -> list[str]:
             with suppress(ContainerNotFound):
                 remove(engine, c.id)
                 removed.append(c.id)
+    drop_stale_exit_files(engine)
     return removed

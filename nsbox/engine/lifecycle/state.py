@@ -128,7 +128,10 @@ class EngineBase:
         """
         out = []
         for row in self.db.containers():
-            c = self._reconcile(Container.from_row(row))
+            try:
+                c = self._reconcile(Container.from_row(row))
+            except ContainerNotFound:
+                continue  # removed meanwhile (--rm, another rm)
             if not all and c.state not in ACTIVE:
                 continue
             if filters and not _matches(c, filters):
