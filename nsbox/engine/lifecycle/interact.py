@@ -1,4 +1,4 @@
-"""Reaching into a running container: exec, attach, and cp between it and the host."""
+"""Reaching into a running container: exec, attach, and cp between it and the host (lifecycle/copy.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import stat
 import time
 
 from nsbox import _json
-from nsbox.engine.lifecycle.host import runtime_root, secure_join, stdin_fifo
+from nsbox.engine.lifecycle.host import runtime_root, stdin_fifo
 from nsbox.engine.lifecycle.query import logs
-from nsbox.engine.lifecycle.record import ACTIVE, Container
+from nsbox.engine.lifecycle.record import Container
 from nsbox.engine.model import PAUSED, RUNNING
 from nsbox.errors import CommandError, ConfigError, InvalidState, UnsupportedError
 
@@ -158,41 +158,10 @@ def _copy_into(source, fd: int) -> None:  # noqa: ANN001 - a binary file or an f
         os.close(fd)
 
 
-def cp(engine: EngineBase, src: str, dst: str) -> None:
+def cp(engine: EngineBase, src: str, dst: str, **options) -> None:  # noqa: ANN003
     """Copy between the host and a container's filesystem; "CTR:/path" on either side.
 
-    Mounted volumes are not seen (the copy goes through the overlay rootfs).
+    The container's mounts are seen as Docker does: see lifecycle/copy.py.
     """
-    src_ctr, src_path = _split_cp(src)
-    dst_ctr, dst_path = _split_cp(dst)
-    if (src_ctr is None) == (dst_ctr is None):
-        raise ConfigError("cp: exactly one of SRC and DST must be CONTAINER:PATH")
-    c = engine.get(src_ctr or dst_ctr)
-    was_mounted = engine.storage.is_mounted(c.id)
-    merged = engine.storage.mount(c.id)
-    try:
-        if src_ctr is not None:
-            source = secure_join(merged, src_path)
-            target = os.path.abspath(dst_path)
-        else:
-            source = os.path.abspath(src_path)
-            target = secure_join(merged, dst_path)
-        if not os.path.lexists(source):
-            raise ConfigError(f"cp: {src}: no such file or directory")
-        if os.path.isdir(target) and not os.path.islink(target):
-            target = os.path.join(target, os.path.basename(source.rstrip("/")))
-        import shutil
-        if os.path.isdir(source) and not os.path.islink(source):
-            shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
-        else:
-            shutil.copy2(source, target, follow_symlinks=False)
-    finally:
-        if not was_mounted and engine.get(c.id).state not in ACTIVE:
-            engine.storage.unmount(c.id)
-
-
-def _split_cp(text: str) -> tuple[str | None, str]:
-    head, sep, tail = text.partition(":")
-    if sep and head and "/" not in head:
-        return head, tail or "/"
-    return None, text
+    from nsbox.engine.lifecycle import copy
+    copy.cp(engine, src, dst, **options)
