@@ -128,12 +128,57 @@ def _own_cgroup() -> str:
     return paths.get("memory") or paths.get("") or "/"
 
 
-def cgroups_path(container_id: str, runtime: str) -> str:
-    """Where the container's cgroup goes: always below the caller's own cgroup."""
+# Where containers go by default on a pure cgroup v2 host (Docker's /docker):
+# a top-level cgroup of our own, an absolute path from the hierarchy's root.
+DEFAULT_V2_PARENT = "/nsbox"
+DEFAULT_SYSTEMD_SLICE = "machine.slice"  # Podman's, with --cgroup-manager systemd
+CGROUP_MANAGERS = ("cgroupfs", "systemd")
+
+
+def cgroup_manager() -> str:
+    """The engine's cgroup manager: `nsbox --cgroup-manager`, else $NSBOX_CGROUP_MANAGER."""
+    manager = os.environ.get("NSBOX_CGROUP_MANAGER") or "cgroupfs"
+    if manager not in CGROUP_MANAGERS:
+        raise ConfigError(f"cgroup manager {manager!r}: use cgroupfs or systemd")
+    return manager
+
+
+def cgroups_path(container_id: str, runtime: str, parent: str | None = None) -> str:
+    """The OCI cgroupsPath of a container.
+
+    PARENT: --cgroup-parent, else $NSBOX_CGROUP_PARENT (the configured default).
+    - systemd manager: `SLICE:nsbox:ID` (a transient scope nsbox-ID.scope in
+      the slice, default machine.slice);
+    - a cgroupfs parent: `/PARENT/nsbox-ID`, absolute (a relative parent is
+      taken from the hierarchy's root, as Docker does);
+    - no parent on a pure cgroup v2 host: `/nsbox/nsbox-ID`, so controllers
+      can be enabled top-down from the root: the caller's own cgroup (a login
+      scope) holds processes and may pass none down;
+    - no parent on a v1/hybrid host: below the caller's own cgroup, as
+      before (there a cgroup that holds processes can still have children
+      with limits).
+    """
+    if parent is None:
+        parent = os.environ.get("NSBOX_CGROUP_PARENT") or ""
+    name = f"nsbox-{container_id}"
+    if cgroup_manager() == "systemd":
+        slice_name = parent or DEFAULT_SYSTEMD_SLICE
+        if not slice_name.endswith(".slice") or "/" in slice_name or ":" in slice_name:
+            raise ConfigError(f"--cgroup-parent {parent!r}: with the systemd cgroup manager the "
+                              "parent is a slice name (machine.slice, a-b.slice)")
+        return f"{slice_name}:nsbox:{container_id}"
+    if parent:
+        if ".." in parent.split("/") or ":" in parent:
+            raise ConfigError(f"--cgroup-parent {parent!r}: expected a cgroup path such as /nsbox")
+        return os.path.join("/", parent.strip("/"), name)
+    from nsbox.runtime import cgroups
+
+    if cgroups.mode() == "v2":
+        return os.path.join(DEFAULT_V2_PARENT, name)
     if os.path.basename(runtime) in ("runc", "crun"):
         # runc and crun read an absolute path from the hierarchy root; make it ours.
-        return os.path.join(_own_cgroup(), f"nsbox-{container_id}")
-    return f"nsbox-{container_id}"  # nsbox-runtime resolves relative paths under its caller's
+        return os.path.join(_own_cgroup(), name)
+    return name  # nsbox-runtime resolves relative paths under its caller's
 
 
 def _signal_name(value: str | None, image_value: str) -> str:
@@ -407,7 +452,7 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
         linux["devices"] = devices
     if spec.sysctls:
         linux["sysctl"] = dict(spec.sysctls)
-    linux["cgroupsPath"] = cgroups_path(cid, inputs.runtime)
+    linux["cgroupsPath"] = cgroups_path(cid, inputs.runtime, spec.cgroup_parent)
     apply_security(config, spec)
     from nsbox.engine.oci import spec_version_for
     version = spec_version_for(inputs.runtime, inputs.run_root or os.path.dirname(
@@ -460,6 +505,9 @@ def _adjust_for_rootless(config: dict, spec: ContainerSpec) -> None:
     """What rootless mode changes in CONFIG (see nsbox/engine/rootless.py)."""
     from nsbox.engine import rootless
     linux = config["linux"]
+    if spec.cgroup_parent or cgroup_manager() == "systemd":
+        raise ConfigError("rootless mode puts containers in its delegated cgroup (or none): "
+                          "--cgroup-parent and --cgroup-manager systemd need root")
     delegated = rootless.delegated_parent()
     if delegated is not None:
         # Under a delegated cgroup2 subtree the container's cgroup goes there.

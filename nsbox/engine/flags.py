@@ -622,6 +622,25 @@ def _check_namespace_conflicts(spec: ContainerSpec, opts: dict) -> None:
                           "time namespace of the container's own)")
 
 
+def _check_sysctls(spec: ContainerSpec) -> None:
+    """Docker's --sysctl rules: the names its CLI allows (the ipc ones and net.*), each only
+    with a namespace of the container's own; the rules are the runtime's (runtime/sysctl.py)."""
+    if not spec.sysctls:
+        return
+    from nsbox.runtime import sysctl
+
+    modes = {"ipc": spec.ipc_mode, "network": spec.network_mode}
+    for key, value in spec.sysctls.items():
+        name = sysctl.normalize(key)
+        if name is None or sysctl.namespace_of(name) not in modes:
+            # kernel.hostname/domainname too: Docker has --hostname and --domainname.
+            raise bad("sysctl", f"{key}={value}", f"sysctl '{key}={value}' is not allowed")
+        why = sysctl.refusal(key, lambda ns_type: modes[ns_type] != "host")
+        if why:
+            flag = "--network" if name.startswith("net.") else "--ipc"
+            raise ConfigError(f"{why} ({flag} host)")
+
+
 def parse_stop_signal(value: str) -> str:
     import signal
 
@@ -747,6 +766,7 @@ def build_spec(image: str, command: list[str] | None, opts: dict,
     if spec.time_offsets and get("timens") in (None, ""):
         spec.timens_mode = "private"  # offsets imply a time namespace of the container's own
     _check_namespace_conflicts(spec, opts)
+    _check_sysctls(spec)
     spec.cap_add = [str(c) for c in _as_list(opts.get("cap-add"))]
     spec.cap_drop = [str(c) for c in _as_list(opts.get("cap-drop"))]
     spec.security_opt = [str(s) for s in _as_list(opts.get("security-opt"))]

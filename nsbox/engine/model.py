@@ -73,6 +73,7 @@ class ContainerSpec:
     log_driver: str = "json-file"  # or "k8s-file"
     log_opts: dict[str, str] = dict  # max-size, max-file
     runtime: str | None = None  # OCI runtime binary or name; None: nsbox-runtime
+    cgroup_parent: str | None = None  # --cgroup-parent; None: $NSBOX_CGROUP_PARENT or the default
 
 
 # Container states as Docker names them (docker ps / inspect .State.Status).

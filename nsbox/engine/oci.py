@@ -129,6 +129,8 @@ class OciRuntime:
         self.cgroups = cgroups
         self.global_args = [] if cgroups or self.name != RUNTIME_NAME else \
             ["--cgroup-manager", "disabled"]  # before the command, in every call
+        if cgroups and os.environ.get("NSBOX_CGROUP_MANAGER") == "systemd":
+            self.global_args.append("--systemd-cgroup")  # runc and crun need it for slice:prefix:name
 
     # ---------------------------------------------------------- the command
     def command(self, *args: str, input: bytes | None = None,  # noqa: A002

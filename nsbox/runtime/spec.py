@@ -135,7 +135,9 @@ class Mount:
 class Hook:
     path: str
     args: list[str] = list
-    env: list[str] = list
+    # None: no "env" in config.json, the hook gets the runtime's environment (as
+    # with runc and crun); a list, even an empty one, is exactly its environment.
+    env: list[str] | None = None
     timeout: int | None = None
 
 
@@ -379,7 +381,8 @@ def parse_spec(data: object) -> Spec:
             timeout = _get(item, "timeout", int, w)
             if timeout is not None and timeout <= 0:
                 raise ConfigError(f"config.json: {w}timeout must be positive")
-            hooks[kind].append(Hook(path, _str_list(item, "args", w), _str_list(item, "env", w), timeout))
+            env = _str_list(item, "env", w) if item.get("env") is not None else None
+            hooks[kind].append(Hook(path, _str_list(item, "args", w), env, timeout))
     annotations = _get(data, "annotations", dict, "", default={})
     linux_obj = _get(data, "linux", dict, "", default={})
     return Spec(

@@ -44,13 +44,15 @@ GROUPS = {
     "system": {"reset": "system_reset"},
 }
 GLOBAL_FLAGS = {"root": "str", "runroot": "str", "runtime": "str", "log-level": "str",
-                "help": "bool", "version": "bool", "debug": "bool"}
+                "cgroup-manager": "str", "help": "bool", "version": "bool", "debug": "bool"}
 GLOBAL_ALIASES = {"v": "version", "D": "debug"}
 GLOBAL_HELP = {
     "root": ("DIR", "Engine storage (default /var/lib/nsbox, or $NSBOX_ROOT)"),
     "runroot": ("DIR", "Runtime state (default /run/nsbox, or $NSBOX_RUNROOT)"),
     "runtime": ("PATH", "OCI runtime (default nsbox-runtime, or $NSBOX_RUNTIME)"),
     "log-level": ("LEVEL", "Log level: debug, info, warn or error"),
+    "cgroup-manager": ("MANAGER", "Cgroup manager: cgroupfs (default) or systemd (a scope in "
+                       "machine.slice; or $NSBOX_CGROUP_MANAGER)"),
     "debug": "Log debug messages (--log-level debug)",
     "help": "Print usage",
     "version": "Print the version and exit",
@@ -224,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging("debug" if g["debug"] else (g["log-level"] or ""))
     except UsageError as exc:
         return fail(str(exc))
+    if g["cgroup-manager"] is not None:
+        if g["cgroup-manager"] not in ("cgroupfs", "systemd"):
+            return fail(f'invalid argument "{g["cgroup-manager"]}" for "--cgroup-manager" flag: '
+                        "use cgroupfs or systemd")
+        # Read where containers are built and the runtime is called (bundle, oci).
+        os.environ["NSBOX_CGROUP_MANAGER"] = g["cgroup-manager"]
     if g["version"]:
         argv_rest = ["version"]
     else:

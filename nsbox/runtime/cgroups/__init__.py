@@ -12,6 +12,7 @@ only when needed:
 - `convert`: the v1 <-> v2 value conversions (pure functions);
 - `v1`, `v2`: what is specific to each version (freezer, stats, OOM
   notification; on v2 enabling controllers and the BPF device filter);
+- `systemd`: the systemd driver (a transient scope over D-Bus, cgroup v2 only);
 - `devices_bpf`: the cgroup2 device filter as a BPF program.
 """
 
@@ -22,7 +23,7 @@ import os
 import time
 
 from nsbox._lite import once, suppress
-from nsbox.errors import ConfigError, KernelError, UnsupportedError
+from nsbox.errors import ConfigError, KernelError
 
 UNIFIED = ""  # key of the cgroup2 hierarchy in path maps
 
@@ -99,10 +100,7 @@ def own_cgroups(pid: int | str = "self") -> dict[str, str]:
 def resolve(cgroups_path: str, container_id: str, systemd: bool = False) -> dict[str, str]:
     """Map an OCI cgroupsPath to an absolute directory per hierarchy."""
     if systemd or (cgroups_path.count(":") == 2 and not cgroups_path.startswith("/")):
-        if not os.path.isdir("/run/systemd/system"):
-            raise UnsupportedError(
-                f"systemd cgroup path {cgroups_path!r} requested, but systemd is not running on this host")
-        raise UnsupportedError("the systemd cgroup driver is not supported yet")
+        return _resolve_systemd(cgroups_path, container_id)
     if ".." in cgroups_path.split("/"):
         raise ConfigError(f"config.json: linux.cgroupsPath must not contain '..': {cgroups_path!r}")
     mine = own_cgroups()
@@ -120,32 +118,66 @@ def resolve(cgroups_path: str, container_id: str, systemd: bool = False) -> dict
     return out
 
 
+# cgroup2 directory -> (slice, unit, description) of a systemd scope that
+# resolve() planned and create() is to start (the same process does both).
+_SYSTEMD_SCOPES: dict[str, tuple[str, str, str]] = {}
+
+
+def _resolve_systemd(cgroups_path: str, container_id: str) -> dict[str, str]:
+    from nsbox.runtime.cgroups import systemd as sd
+
+    sd.check_usable()  # systemd as init, cgroup v2, the D-Bus client: else a clear error
+    slice_name, unit = sd.parse(cgroups_path, container_id)
+    mount = next(h for h in hierarchies() if h.key == UNIFIED)
+    rel = os.path.join(sd.expand_slice(slice_name), unit)
+    path = os.path.normpath(os.path.join(mount.mountpoint, os.path.relpath(rel, mount.root)))
+    _SYSTEMD_SCOPES[path] = (slice_name, unit, f"nsbox container {container_id}")
+    return {UNIFIED: path}
+
+
 def create(paths: dict[str, str]) -> list[str]:
     """Make every directory; returns those this call created (to remove on failure)."""
     created = []
     for key, path in paths.items():
+        scope = _SYSTEMD_SCOPES.pop(path, None) if key == UNIFIED else None
+        if scope is not None:
+            from nsbox.runtime.cgroups import systemd as sd
+
+            sd.start(path, *scope)  # systemd makes the cgroup, delegated to us
+            created.append(path)
+            continue
         offered = None
         if key == UNIFIED and mode() == "v2":
             from nsbox.runtime.cgroups import v2
 
             # What the nearest existing ancestor can pass down, known only before mkdir.
             offered = v2.available_controllers(path)
-        missing = []
-        p = path
-        while not os.path.isdir(p):
-            missing.append(p)
-            p = os.path.dirname(p)
-        for d in reversed(missing):
+        for attempt in range(5):
+            missing = []
+            p = path
+            while not os.path.isdir(p):
+                missing.append(p)
+                p = os.path.dirname(p)
             try:
-                os.mkdir(d)
-                created.append(d)
-            except FileExistsError:
-                pass
+                for d in reversed(missing):
+                    try:
+                        os.mkdir(d)
+                        created.append(d)
+                    except FileExistsError:
+                        pass
+                    if "cpuset" in key.split(","):
+                        _inherit_cpuset(d)
+                break
+            except FileNotFoundError:
+                # A shared parent (/nsbox) that another container's delete just
+                # removed, being empty: make it again.
+                if attempt < 4:
+                    continue
+                remove_dirs(created)
+                raise KernelError(f"create cgroup {path}: a parent kept disappearing") from None
             except OSError as exc:
                 remove_dirs(created)
                 raise KernelError(f"create cgroup {d}: {exc.strerror}", exc.errno) from None
-            if "cpuset" in key.split(","):
-                _inherit_cpuset(d)
         if offered:
             # Pass every controller the nearest ancestor offers down to the
             # new directory, so limits, stats and OOM events have their files.

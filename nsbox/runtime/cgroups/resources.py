@@ -197,6 +197,12 @@ def _list(obj: dict, key: str, where: str) -> list:
 def _need(layout: Layout, controller: str, field: str) -> str:
     key = layout.where(controller)
     if key is None:
+        if layout.has_unified:
+            from nsbox.runtime.cgroups import v2
+
+            raise UnsupportedError(f"{PREFIX}{field}: no {controller} cgroup controller for this "
+                                   f"container (mode {_mode_name(layout)}): "
+                                   f"{v2.unavailable_reason(layout.paths[UNIFIED], controller)}")
         raise UnsupportedError(f"{PREFIX}{field}: this host has no {controller} cgroup controller "
                                f"(mode {_mode_name(layout)})")
     return key

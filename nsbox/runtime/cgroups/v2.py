@@ -4,7 +4,9 @@ In cgroup2 a directory only has a controller's files when its parent lists
 the controller in cgroup.subtree_control, and a cgroup that holds processes
 (other than the root) may not enable controllers for its children.  So the
 runtime enables what it needs from the nearest ancestor that already offers
-it, and never climbs above its own cgroup.
+it: for a cgroupsPath below the caller's own cgroup it never climbs above
+that cgroup; for an absolute path elsewhere it climbs up to the hierarchy's
+root, as runc, crun, Docker and Podman do (see climb_limit).
 """
 
 from __future__ import annotations
@@ -33,33 +35,96 @@ def _is_root(path: str) -> bool:
     return not os.path.exists(os.path.join(path, "cgroup.type"))
 
 
+def _unified_mount():  # noqa: ANN202 - cgroups.Hierarchy or None
+    from nsbox.runtime.cgroups import UNIFIED, hierarchies
+
+    return next((h for h in hierarchies() if h.key == UNIFIED), None)
+
+
+def own_dir() -> str | None:
+    """The caller's own cgroup2 directory, or None without a visible cgroup2 mount."""
+    from nsbox.runtime.cgroups import UNIFIED, own_cgroups
+
+    mount = _unified_mount()
+    if mount is None:
+        return None
+    own_rel = own_cgroups().get(UNIFIED, "/")
+    if not own_rel.startswith(mount.root):
+        return mount.mountpoint
+    return os.path.normpath(os.path.join(mount.mountpoint, os.path.relpath(own_rel, mount.root)))
+
+
+def root_dir(path: str) -> str:
+    """The root of the cgroup2 hierarchy PATH is in (the mountpoint)."""
+    mount = _unified_mount()
+    if mount is not None:
+        return os.path.normpath(mount.mountpoint)
+    current = os.path.normpath(path)
+    while not _is_root(current) and current != "/":
+        current = _parent(current)
+    return current
+
+
 def climb_limit(path: str) -> str:
     """The highest directory whose subtree_control may change for PATH's sake.
 
-    Our own cgroup when PATH is below it (the runtime never reaches above
-    the cgroup it was started in), otherwise PATH's nearest existing
-    ancestor (an explicit absolute cgroupsPath elsewhere).
+    - PATH below the caller's own cgroup (a relative cgroupsPath, or an
+      absolute one that points there): our own cgroup, never above it;
+    - anywhere else (an absolute cgroupsPath such as /nsbox/ID): the
+      hierarchy's root, as runc, crun, Docker and Podman do, so controllers
+      are enabled top-down from the root (which is exempt from the
+      no-internal-process rule) into each ancestor.  Not as root user (a
+      delegated subtree), the climb stops below the first ancestor whose
+      cgroup.subtree_control we may not write.
     """
-    from nsbox.runtime.cgroups import UNIFIED, hierarchies, own_cgroups
-
     path = os.path.normpath(path)
-    mount = next((h for h in hierarchies() if h.key == UNIFIED), None)
-    if mount is not None:
-        own_rel = own_cgroups().get(UNIFIED, "/")
-        own = mount.mountpoint
-        if own_rel.startswith(mount.root):
-            own = os.path.normpath(os.path.join(mount.mountpoint, os.path.relpath(own_rel, mount.root)))
-        if path == own or path.startswith(own.rstrip("/") + "/"):
-            return own
-    nearest = _parent(path)
-    while not os.path.isdir(nearest):
-        nearest = _parent(nearest)
-    return nearest
+    own = own_dir()
+    if own is not None and (path == own or path.startswith(own.rstrip("/") + "/")):
+        return own
+    root = root_dir(path)
+    current = _parent(path)
+    while not os.path.isdir(current):
+        current = _parent(current)
+    if os.geteuid() == 0:
+        return root
+    while current != root and os.access(os.path.join(_parent(current), "cgroup.subtree_control"),
+                                        os.W_OK):
+        current = _parent(current)
+    return current
 
 
 def available_controllers(path: str, top: str | None = None) -> set[str]:
     """Controllers the cgroup PATH (existing or not) can be given: what TOP offers."""
     return _controllers(top or climb_limit(path), "cgroup.controllers")
+
+
+def unavailable_reason(path: str, controller: str) -> str:
+    """Why the cgroup2 directory PATH cannot get CONTROLLER (for error messages)."""
+    top = climb_limit(path)
+    root = root_dir(path)
+    at_root = _controllers(root, "cgroup.controllers")
+    if controller not in at_root:
+        return (f"the kernel offers no {controller} controller on cgroup v2 (it is not in "
+                f"{os.path.join(root, 'cgroup.controllers')}: {' '.join(sorted(at_root)) or 'none'})")
+    if top != root:
+        own = own_dir()
+        if top == own:
+            return (f"{controller} is available at the cgroup v2 root but not delegated to "
+                    f"{top}, the caller's own cgroup (its parent does not list it in "
+                    "cgroup.subtree_control), and a cgroupsPath below the caller's cgroup stays "
+                    "below it; use an absolute cgroupsPath outside it (e.g. /nsbox/NAME), which "
+                    "is taken from the root and gets the controllers enabled top-down")
+        return (f"{controller} is available at the cgroup v2 root but not in {top}, the highest "
+                "cgroup whose cgroup.subtree_control this user may write")
+    return f"{controller} is not available in {top}"
+
+
+def _holders(directory: str) -> str:
+    pids = (_files.read(os.path.join(directory, "cgroup.procs")) or "").split()
+    if not pids:
+        return "processes"
+    shown = " ".join(pids[:5]) + (" ..." if len(pids) > 5 else "")
+    return f"{len(pids)} process{'es' if len(pids) > 1 else ''} (pid {shown})"
 
 
 def enable_controllers(path: str, wanted: set[str], strict: bool = True,
@@ -68,9 +133,12 @@ def enable_controllers(path: str, wanted: set[str], strict: bool = True,
 
     Walks up from PATH's parent only as far as the first directory whose
     cgroup.controllers already holds every wanted controller, and never past
-    TOP (default: climb_limit(PATH)); then writes cgroup.subtree_control
-    top-down.  strict: raise when one cannot be enabled; otherwise skip it
-    (placement still works without controllers).
+    TOP (default: climb_limit(PATH), the root for a path outside our own
+    cgroup); then writes cgroup.subtree_control top-down.  strict: raise
+    when one cannot be enabled, saying why (absent from the kernel, not
+    delegated to our own cgroup, or an intermediate cgroup that holds
+    processes); otherwise skip it (placement still works without
+    controllers).
     """
     top = os.path.normpath(top or climb_limit(path))
     have = _controllers(path, "cgroup.controllers")
@@ -88,8 +156,9 @@ def enable_controllers(path: str, wanted: set[str], strict: bool = True,
     top_offers = _controllers(chain[-1], "cgroup.controllers")
     unavailable = missing - top_offers
     if unavailable and strict:
-        raise UnsupportedError(f"cgroup v2 controller(s) {' '.join(sorted(unavailable))} are not "
-                               f"available in {chain[-1]}")
+        reasons = "; ".join(unavailable_reason(path, c) for c in sorted(unavailable))
+        raise UnsupportedError(f"cgroup v2 controller(s) {' '.join(sorted(unavailable))} "
+                               f"unavailable for {path}: {reasons}")
     to_enable = missing - unavailable
     for directory in reversed(chain):
         already = _controllers(directory, "cgroup.subtree_control")
@@ -102,14 +171,24 @@ def enable_controllers(path: str, wanted: set[str], strict: bool = True,
         except OSError as exc:
             if exc.errno == errno.EBUSY:
                 message = (f"cannot enable {' '.join(sorted(needed))} in {directory}: it holds "
-                           "processes itself, and cgroup v2 lets only cgroups without processes "
-                           "pass controllers to children")
+                           f"{_holders(directory)} itself, and cgroup v2 lets only the root and "
+                           "cgroups without processes pass controllers to children (the "
+                           "no-internal-process rule)")
+                if directory == own_dir():
+                    message += ("; it is the caller's own cgroup: use an absolute cgroupsPath "
+                                "outside it (e.g. /nsbox/NAME), whose controllers are enabled "
+                                "top-down from the root")
+                else:
+                    message += f"; move those processes into a leaf cgroup below {directory}"
+            elif exc.errno in (errno.EACCES, errno.EPERM):
+                message = (f"cannot enable {' '.join(sorted(needed))} in {directory}: "
+                           f"{exc.strerror} (not delegated to this user)")
             else:
                 message = f"enable {' '.join(sorted(needed))} in {control}: {exc.strerror}"
             if strict:
                 raise KernelError(message, exc.errno) from None
             log.debug("%s", message)
-            return have & wanted
+            return _controllers(path, "cgroup.controllers") & wanted
     return _controllers(path, "cgroup.controllers") & wanted
 
 
