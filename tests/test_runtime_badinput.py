@@ -295,3 +295,15 @@ def test_nothing_left_detects_leftovers(bundle_factory, run_runtime, runtime_roo
     assert "state dir" in text and "process:" in text and "cgroup:" in text, text
     run_runtime("delete", "--force", container_id)
     assert_nothing_left(runtime_root, b, container_id)
+
+
+@pytest.mark.parametrize("fmt", ["xml", "JSON", "yaml"])
+def test_unknown_log_format(bundle_factory, run_runtime, runtime_root, container_id, tmp_path,
+                            fmt):
+    """As runc: --log-format is text or json; anything else fails before the command runs."""
+    b = bundle_factory()
+    log = tmp_path / "log"
+    line = one_line_error(run_runtime("--log", str(log), "--log-format", fmt, "run",
+                                      "--bundle", str(b), container_id, check=False))
+    assert_mentions(line, "log-format", fmt)
+    assert_nothing_left(runtime_root, b, container_id)

@@ -200,6 +200,60 @@ def test_hook_gets_only_its_env(bundle_factory, run_runtime, container_id, tmp_p
     assert lines == ["ONLY=this"], lines
 
 
+def _env_names(path: Path) -> dict[str, str]:
+    """The environment a hook dumped with `env`, minus what sh itself sets."""
+    env = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    for name in ("PWD", "OLDPWD", "SHLVL", "_"):
+        env.pop(name, None)
+    return env
+
+
+def _env_hooks(out_dir: Path) -> dict:
+    """createRuntime hooks dumping their env: one without `env`, one with `env: []`."""
+    def hook(name: str, **extra) -> dict:
+        return {"path": "/bin/sh", "args": ["sh", "-c", f"/usr/bin/env > {out_dir}/{name}"],
+                **extra}
+    return {"createRuntime": [hook("inherited"), hook("empty", env=[])]}
+
+
+def test_hook_without_env_gets_the_runtimes_environment(bundle_factory, run_runtime,
+                                                        container_id, tmp_path):
+    """As runc and crun: no `env` means the runtime's environment; `env: []` means none."""
+    b = bundle_factory(mutate=lambda s: s.update(hooks=_env_hooks(tmp_path)))
+    env = dict(os.environ, CALLER_VAR="from the caller", LISTEN_FDS="1", LISTEN_PID="1")
+    run_runtime("run", "--bundle", str(b), container_id, env=env)
+    inherited = _env_names(tmp_path / "inherited")
+    assert inherited["CALLER_VAR"] == "from the caller"
+    assert inherited["PATH"] == os.environ["PATH"]
+    # Socket activation addressed the runtime, not its hooks (runc unsets these too).
+    assert "LISTEN_FDS" not in inherited and "LISTEN_PID" not in inherited
+    assert _env_names(tmp_path / "empty") == {}
+
+
+def test_hook_env_matches_runc(bundle_factory, run_runtime, container_id, tmp_path, runc,
+                               register_runtime):
+    import helpers
+
+    env = dict(os.environ, CALLER_VAR="from the caller")
+    results = {}
+    for name, prefix in (("nsbox", None), ("runc", register_runtime(
+            helpers.runtime_argv(tmp_path / "runc-root", runc)))):
+        out_dir = tmp_path / name
+        out_dir.mkdir()
+        with helpers.cgroup_under_own(f"hookenv-{name}-{container_id}") as cgroup:
+            def mutate(spec: dict, d: Path = out_dir, c: str = cgroup) -> None:
+                spec.update(hooks=_env_hooks(d), ociVersion="1.0.2")
+                spec["linux"]["cgroupsPath"] = c
+
+            b = bundle_factory(name=f"b-{name}", mutate=mutate)
+            if prefix is None:
+                run_runtime("run", "--bundle", str(b), container_id, env=env)
+            else:
+                helpers.run_cli(prefix, "run", "--bundle", str(b), container_id + "-r", env=env)
+        results[name] = (_env_names(out_dir / "inherited"), _env_names(out_dir / "empty"))
+    assert results["nsbox"] == results["runc"]
+
+
 # ================================================================= seccomp
 def seccomp_profile(*rules: dict, default: str = "SCMP_ACT_ALLOW") -> dict:
     return {"defaultAction": default,

@@ -611,9 +611,23 @@ def test_features_is_valid_json_with_the_oci_keys(run_runtime):
 
 
 def test_version(run_runtime):
+    """runc's shape: `NAME version X`, then `key: value` lines, among them the spec
+    version and the version of the libseccomp the runtime loads."""
+    import ctypes
+    import re
+
+    from nsbox.runtime.security import seccomp
+
     out = run_runtime("--version").stdout
-    assert out.splitlines()[0].startswith("nsbox-runtime version ")
-    assert any(line.startswith("spec: 1.") for line in out.splitlines())
+    lines = out.splitlines()
+    assert re.fullmatch(r"nsbox-runtime version \S+", lines[0]), out
+    assert all(re.fullmatch(r"[a-z]+: \S+", line) for line in lines[1:]), out
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    assert re.fullmatch(r"1\.\d+\.\d+(-\S+)?", fields["spec"])
+    # seccomp_version() of the library seccomp.py loads, asked here independently.
+    lib = ctypes.CDLL(seccomp._library_path() or "libseccomp.so.2")
+    lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)
+    assert fields["libseccomp"] == ".".join(map(str, lib.seccomp_version().contents))
     assert run_runtime("-v").stdout == out
 
 

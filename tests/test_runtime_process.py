@@ -443,3 +443,58 @@ def test_exec_preserve_fds(bundle, runtime, run_runtime, container_id, tmp_path)
                           ["exec", "--preserve-fds", "1", container_id, "sh", "-c", "cat <&3"])
     assert result.returncode == 0, result.stderr
     assert result.stdout == "exec fd 3\n"
+
+
+def test_listen_fds_with_preserve_fds_as_runc(bundle_factory, container_id, tmp_path, runc,
+                                              register_runtime):
+    """Socket activation plus --preserve-fds: the activation fds come first, the
+    preserved ones after them, and LISTEN_PID comes with LISTEN_FDS (sd_listen_fds
+    wants both): 1, the process's pid in its new pid namespace.  runc does the same."""
+    import helpers
+
+    activation, preserved = tmp_path / "activation", tmp_path / "preserved"
+    activation.write_text("activated\n")
+    preserved.write_text("preserved\n")
+    outputs = {}
+    for name, prefix in (("nsbox", helpers.runtime_argv(tmp_path / "state")),
+                         ("runc", helpers.runtime_argv(tmp_path / "runc-root", runc))):
+        register_runtime(prefix)
+        with helpers.cgroup_under_own(f"listen-{name}-{container_id}") as cgroup:
+            def mutate(spec: dict, c: str = cgroup) -> None:
+                spec["ociVersion"] = "1.0.2"
+                spec["linux"]["cgroupsPath"] = c
+                spec["process"]["args"] = [
+                    "sh", "-c", 'echo "$LISTEN_FDS $LISTEN_PID $$"; cat <&3; cat <&4']
+
+            b = bundle_factory(name=f"b-{name}", mutate=mutate)
+            result = run_with_fds(prefix, {3: activation, 4: preserved},
+                                  ["run", "--preserve-fds", "1", "--bundle", str(b),
+                                   f"{container_id}-{name}"],
+                                  env=dict(os.environ, LISTEN_FDS="1"), listen_pid="self")
+        assert result.returncode == 0, result.stderr
+        outputs[name] = result.stdout.splitlines()
+    assert outputs["nsbox"] == ["1 1 1", "activated", "preserved"]
+    assert outputs["runc"] == outputs["nsbox"]
+
+
+# ------------------------------------------------------------------ exec and no_new_privs
+@pytest.mark.parametrize("how", ["flag", "process-file"])
+def test_exec_no_new_privs_takes_effect(bundle, run_runtime, container_id, tmp_path, how):
+    """exec --no-new-privs, or a process file with noNewPrivileges: true, in a
+    container whose own process runs without it."""
+    write_config(bundle, lambda s: s["process"].update(args=["sleep", "100"],
+                                                       noNewPrivileges=False))
+    run_runtime("run", "--detach", "--bundle", str(bundle), container_id)
+    grep = ["grep", "^NoNewPrivs:", "/proc/self/status"]
+    assert run_runtime("exec", container_id, *grep).stdout.split() == ["NoNewPrivs:", "0"]
+    if how == "flag":
+        out = run_runtime("exec", "--no-new-privs", container_id, *grep).stdout
+    else:
+        import json
+
+        process = json.loads((bundle / "config.json").read_text())["process"]
+        process.update(args=grep, noNewPrivileges=True)
+        (tmp_path / "process.json").write_text(json.dumps(process))
+        out = run_runtime("exec", "--process", str(tmp_path / "process.json"),
+                          container_id).stdout
+    assert out.split() == ["NoNewPrivs:", "1"]

@@ -78,6 +78,12 @@ def _validate_for_create(spec: Spec, bundle: str) -> None:
     lsm.validate_labels(spec.process.apparmor_profile, spec.process.selinux_label, spec.linux.mount_label)
     if spec.hostname and not spec.has_new_namespace("uts"):
         raise ConfigError("config.json: hostname needs a new uts namespace")
+    if spec.domainname and not spec.has_new_namespace("uts"):
+        raise ConfigError("config.json: domainname needs a new uts namespace")
+    if spec.linux.sysctl:
+        from nsbox.runtime import sysctl
+
+        sysctl.validate(spec)
     if spec.linux.seccomp is not None:
         from nsbox.runtime.security import seccomp
 

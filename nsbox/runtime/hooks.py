@@ -8,6 +8,10 @@ knows how to run one list of hooks, and is written to be safe in both places:
 no threads, no subprocess module, just fork/exec and a poll loop on a pidfd,
 so it works in a freshly forked (single-threaded) init as well.
 
+Environment: a hook's `env` is its whole environment (an empty list: none);
+without `env` it inherits the runtime's (as runc and crun do), minus the
+socket-activation variables LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES.
+
 I/O of a hook:
   * stdin   the container state as compact JSON, then end of file;
   * stdout and stderr  captured through pipes, never mixed into the runtime's
@@ -128,7 +132,7 @@ def _execute(what: str, hook: Hook, state_json: bytes, cwd: str | None) -> HookR
     from nsbox.runtime import syscalls  # noqa: F401
 
     argv = list(hook.args) if hook.args else [hook.path]
-    env = _env_mapping(what, hook.env)
+    env = _runtime_env() if hook.env is None else _env_mapping(what, hook.env)
 
     # All our ends are close-on-exec (the Python default); the child dups its
     # ends onto 0-2, which clears the flag on those copies only.
@@ -336,6 +340,19 @@ def _kill_hook(pid: int) -> None:
             kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+# Socket activation names fds of the runtime, which a hook does not get (runc
+# unsets these at create, as go-systemd's activation.Files does).
+_NOT_INHERITED = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+def _runtime_env() -> dict[str, str]:
+    """A hook without `env` runs with the runtime's environment, as with runc and crun."""
+    env = dict(os.environ)
+    for name in _NOT_INHERITED:
+        env.pop(name, None)
+    return env
 
 
 def _env_mapping(what: str, entries: Sequence[str]) -> dict[str, str]:

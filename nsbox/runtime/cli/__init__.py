@@ -139,11 +139,17 @@ def need_id(args: Args, command: str) -> str:
 
 
 def _version() -> str:
+    """runc's shape: name and version, then `key: value` lines (go -> python)."""
     from nsbox import __version__
+    from nsbox.runtime.security.seccomp import libseccomp_version
     from nsbox.runtime.spec import SPEC_VERSION
 
-    return (f"nsbox-runtime version {__version__}\nspec: {SPEC_VERSION}\n"
-            f"python: {sys.version.split()[0]}\n")
+    out = (f"nsbox-runtime version {__version__}\nspec: {SPEC_VERSION}\n"
+           f"python: {sys.version.split()[0]}\n")
+    seccomp = libseccomp_version()  # seccomp_version() of the library create would load
+    if seccomp:
+        out += f"libseccomp: {seccomp}\n"
+    return out
 
 
 USAGE = """usage: nsbox-runtime [global flags] COMMAND [flags] [args]
@@ -186,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(main_help(USAGE, GLOBAL_FLAGS, _ALIASES, GLOBAL_HELP))
         return 0 if g["help"] else 1
     command, rest = g.positional[0], g.positional[1:]
+    if g["log-format"] not in ("", "text", "json"):
+        sys.stderr.write(f"nsbox-runtime: invalid --log-format {g['log-format']!r}: "
+                         "use text or json\n")
+        return 1
     manager = g["cgroup-manager"]
     if manager not in ("", "cgroupfs", "systemd", "disabled"):
         sys.stderr.write(f"nsbox-runtime: unknown --cgroup-manager {manager!r}: "
