@@ -240,3 +240,48 @@ def test_engine_global_cgroup_manager_flag(monkeypatch, capsys):
     assert cli.main(["--cgroup-manager", "nope", "version"]) == 125
     assert "--cgroup-manager" in capsys.readouterr().err
     assert "cgroup-manager" in cli.GLOBAL_HELP
+
+
+# ---------------------------------------------------------------- the engine, end to end
+def test_engine_cgroup_parent_end_to_end(tmp_path):
+    """--cgroup-parent puts the container there, limits included (below our own cgroup, as
+    this host asks; the default /nsbox placement is tested in the v2 lane)."""
+    import subprocess
+    from pathlib import Path
+
+    import helpers
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    nsbox = [str(Path(__file__).resolve().parent.parent / ".venv/bin/nsbox"),
+             "--root", str(tmp_path / "lib"), "--runroot", str(tmp_path / "run")]
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*nsbox, *args], capture_output=True, text=True, timeout=120)
+        assert not check or proc.returncode == 0, proc.stderr
+        return proc
+
+    with helpers.cgroup_under_own(f"nsbox-cgparent-{os.getpid()}") as parent:
+        cid = ""
+        try:
+            cid = run("run", "-d", "--network", "none", "--cgroup-parent", parent, "--memory", "32m",
+                      "--pids-limit", "20", "busybox", "sleep", "300").stdout.strip()
+            pid = int(run("inspect", "-f", "{{.State.Pid}}", cid).stdout)
+            path = f"{parent}/nsbox-{cid}"
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+            assert all(line.endswith(path) for line in lines), lines
+            if cgroups.mode() == "v2":
+                cg = Path("/sys/fs/cgroup" + path)
+                assert (cg / "memory.max").read_text().strip() == str(32 << 20)
+                assert (cg / "pids.max").read_text().strip() == "20"
+            else:
+                memory = Path("/sys/fs/cgroup/memory" + path)
+                assert (memory / "memory.limit_in_bytes").read_text().strip() == str(32 << 20)
+                assert (Path("/sys/fs/cgroup/pids" + path) / "pids.max").read_text().strip() == "20"
+            run("rm", "-f", cid)
+            cid = ""
+            assert not os.path.exists("/sys/fs/cgroup/memory" + path)
+        finally:
+            if cid:
+                run("rm", "-f", cid, check=False)
+            run("system", "reset", "--force", check=False)
