@@ -36,6 +36,7 @@ RUN_FLAGS: dict[str, str] = {
     "read-only": "bool", "init": "bool", "rm": "bool", "detach": "bool", "interactive": "bool",
     "tty": "bool", "cap-add": "list", "cap-drop": "list", "security-opt": "list",
     "privileged": "bool", "log-driver": "str", "log-opt": "list", "runtime": "str",
+    "cgroup-parent": "str",
 }
 RUN_ALIASES = {"m": "memory", "c": "cpu-shares", "v": "volume", "e": "env", "l": "label",
                "u": "user", "w": "workdir", "h": "hostname", "d": "detach", "i": "interactive",
@@ -62,6 +63,8 @@ RUN_FLAG_HELP: dict[str, str | tuple[str, str]] = {
     "device-read-iops": ("list", "Limit the read rate from a device (DEVICE:IO per second)"),
     "device-write-iops": ("list", "Limit the write rate to a device (DEVICE:IO per second)"),
     "pids-limit": ("int", "Tune the container's pids limit (-1 for unlimited)"),
+    "cgroup-parent": ("string", "Parent cgroup of the container's cgroup (/nsbox, a-b.slice "
+                      "with --cgroup-manager systemd)"),
     "ulimit": ("ulimit", "Ulimit options (nofile=1024:2048)"),
     "shm-size": ("bytes", "Size of /dev/shm"),
     "device": ("list", "Add a host device to the container (HOST[:CONTAINER[:rwm]])"),
@@ -724,6 +727,10 @@ def build_spec(image: str, command: list[str] | None, opts: dict,
         spec.stop_signal = parse_stop_signal(opts["stop-signal"])
     if get("stop-timeout") not in (None, ""):
         spec.stop_timeout = parse_int(opts["stop-timeout"], "stop-timeout", -1)
+    if get("cgroup-parent") not in (None, ""):
+        spec.cgroup_parent = str(opts["cgroup-parent"])
+        if ".." in spec.cgroup_parent.split("/"):
+            raise bad("cgroup-parent", spec.cgroup_parent, "must not contain '..'")
     spec.resources = build_resources(opts)
     memory = spec.resources.get("memory") or {}
     if memory.get("limit", 0) > 0 and "swap" not in memory and _host().swap_limit_supported():
