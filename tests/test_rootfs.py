@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nsbox.errors import BundleError, ConfigError, SecurityError, UnsupportedError
+from nsbox.errors import BundleError, ConfigError, SecurityError
 from nsbox.runtime import syscalls as sc
 from nsbox.runtime.rootfs import (
     PROC_SUPER_MAGIC,
@@ -83,9 +83,9 @@ def test_parse_recursive_and_special():
                                   | sc.MOUNT_ATTR_NOATIME)
     assert opts.recursive_clear == sc.MOUNT_ATTR__ATIME
     assert parse_mount_options(["tmpcopyup"]).copy_up
-    for option in ("idmap", "ridmap"):
-        with pytest.raises(UnsupportedError):
-            parse_mount_options([option])
+    assert parse_mount_options(["idmap"]).idmap
+    assert not parse_mount_options(["idmap"]).idmap_recursive
+    assert parse_mount_options(["rbind", "ridmap"]).idmap_recursive
     devpts = parse_mount_options(["nosuid", "newinstance", "ptmxmode=0666", "gid=5"])
     assert devpts.data == "newinstance,ptmxmode=0666,gid=5"
 
@@ -100,8 +100,20 @@ def test_check_mount_sources(tmp_path):
     (tmp_path / "vol").mkdir()
     check_mount_sources(spec, bundle=str(tmp_path))
     data["mounts"].append({"destination": "/", "type": "tmpfs", "source": "tmpfs"})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="a mount on / must be a bind mount"):
         check_mount_sources(parse_spec(data), bundle=str(tmp_path))
+    data["mounts"][-1] = {"destination": "/", "type": "bind", "source": "vol"}
+    check_mount_sources(parse_spec(data), bundle=str(tmp_path))
+    # An idmapped mount needs mappings: its own or a container user namespace's.
+    data["mounts"][-1] = {"destination": "/data", "type": "bind", "source": "vol",
+                          "options": ["idmap"]}
+    with pytest.raises(ConfigError, match="idmap needs uidMappings"):
+        check_mount_sources(parse_spec(data), bundle=str(tmp_path))
+    data["mounts"][-1]["uidMappings"] = [{"containerID": 0, "hostID": 1000, "size": 1}]
+    with pytest.raises(ConfigError, match="both uidMappings and gidMappings"):
+        check_mount_sources(parse_spec(data), bundle=str(tmp_path))
+    data["mounts"][-1]["gidMappings"] = [{"containerID": 0, "hostID": 1000, "size": 1}]
+    check_mount_sources(parse_spec(data), bundle=str(tmp_path))
 
 
 # ---------------------------------------------------------------- child helpers

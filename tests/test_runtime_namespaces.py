@@ -151,13 +151,24 @@ def test_a_namespace_not_asked_for_is_the_hosts(userns_bundle, run_runtime, cont
     def mutate(spec: dict) -> None:
         host_proc_only(spec)
         set_namespaces(spec, types)
-        # Without a mount namespace there is no pivot: the process runs in the
-        # host's root, where busybox is at the same path.
-        spec["process"]["args"] = ["/bin/busybox", "sh", "-c", PRINT_NS.replace(
-            "readlink", "/bin/busybox readlink")]
+        if ns_type == "mount":
+            # Without a mount namespace nothing is mounted (the mount table is the
+            # host's) and the process is chrooted into its root: no /proc to read
+            # there, so the host reads the links of the running process.
+            spec["mounts"] = []
+            spec["root"]["readonly"] = False
+            spec["process"]["args"] = ["sleep", "30"]
+        else:
+            spec["process"]["args"] = ["sh", "-c", PRINT_NS]
 
     write_config(bundle, mutate)
-    inside = parse_ns(run_runtime("run", "--bundle", str(bundle), container_id).stdout)
+    if ns_type == "mount":
+        run_runtime("run", "--detach", "--bundle", str(bundle), container_id)
+        pid = state_of(run_runtime, container_id)["pid"]
+        inside = {name: os.readlink(f"/proc/{pid}/ns/{name}") for name in PROC_NAMES.values()}
+        run_runtime("delete", "--force", container_id)
+    else:
+        inside = parse_ns(run_runtime("run", "--bundle", str(bundle), container_id).stdout)
     host = host_ns()
     for spec_type, name in PROC_NAMES.items():
         if spec_type == ns_type:
@@ -206,22 +217,35 @@ def test_joining_namespaces_by_path_shares_them(userns_bundle_factory, run_runti
     assert lines[-1] == "nsbox"  # the owner's hostname, through its uts namespace
 
 
-def test_joining_the_mount_namespace_sees_the_owners_root(bundle_factory, run_runtime):
+def test_joining_the_mount_namespace_still_runs_in_root_path(bundle_factory, run_runtime):
+    """Joined by path, the mount namespace is the owner's, but the process runs in its own
+    root.path (as with runc and crun), and nothing is mounted in the owner's namespace."""
     owner_id, joiner_id = helpers.new_container_id("owner"), helpers.new_container_id("join")
     owner = bundle_factory(["sleep", "100"], name="owner")
-    (owner / "rootfs" / "owner-marker").write_text("owner\n")
+    (owner / "rootfs" / "marker").write_text("owner\n")
     run_runtime("run", "--detach", "--bundle", str(owner), owner_id)
     owner_pid = state_of(run_runtime, owner_id)["pid"]
+    owner_mounts = Path(f"/proc/{owner_pid}/mountinfo").read_text()
 
-    joiner = bundle_factory(["cat", "/owner-marker"], name="joiner")
+    joiner = bundle_factory(["sh", "-c", "cat /marker; sleep 30"], name="joiner")
+    (joiner / "rootfs" / "marker").write_text("joiner\n")
 
     def mutate(spec: dict) -> None:
         set_namespaces(spec, ["network"], {"mount": f"/proc/{owner_pid}/ns/mnt",
                                             "pid": f"/proc/{owner_pid}/ns/pid"})
         spec.pop("hostname", None)
+        spec["mounts"] = []
+        spec["linux"]["maskedPaths"] = spec["linux"]["readonlyPaths"] = []
+        spec["root"]["readonly"] = False
 
     write_config(joiner, mutate)
-    assert run_runtime("run", "--bundle", str(joiner), joiner_id).stdout == "owner\n"
+    run_runtime("run", "--detach", "--bundle", str(joiner), joiner_id)
+    pid = state_of(run_runtime, joiner_id)["pid"]
+    assert os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink(f"/proc/{owner_pid}/ns/mnt")
+    wait_for(lambda: os.path.samestat(os.stat(f"/proc/{pid}/root/marker"),
+                                      os.stat(joiner / "rootfs" / "marker")))
+    assert Path(f"/proc/{owner_pid}/mountinfo").read_text() == owner_mounts
+    run_runtime("delete", "--force", joiner_id)
 
 
 def test_joining_a_missing_namespace_path_fails(bundle, run_runtime, container_id, runtime_root):
@@ -302,11 +326,16 @@ def test_user_namespace_maps_container_root_to_the_host_id(userns_bundle, run_ru
     assert (st.st_uid, st.st_gid) == (200005, 200005)
 
 
-def test_new_user_namespace_needs_mappings(bundle, run_runtime, container_id, runtime_root):
-    write_config(bundle, lambda s: s["linux"]["namespaces"].append({"type": "user"}))
+def test_new_user_namespace_needs_both_mappings_or_neither(bundle, run_runtime, container_id,
+                                                           runtime_root):
+    def mutate(spec: dict) -> None:
+        spec["linux"]["namespaces"].append({"type": "user"})
+        spec["linux"]["uidMappings"] = SIMPLE_MAP
+
+    write_config(bundle, mutate)
     result = run_runtime("run", "--bundle", str(bundle), container_id, check=False)
     assert result.returncode != 0
-    assert "Mappings" in result.stderr or "mapping" in result.stderr
+    assert "both uidMappings and gidMappings" in result.stderr
     assert helpers.list_container_ids(runtime_root) == []
 
 

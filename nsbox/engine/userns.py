@@ -8,8 +8,8 @@ one no other container of this engine uses, like Podman's `auto`.
 
 The image's layers stay owned by the ids in the archive and shared by every
 container: the overlay is built on idmapped mounts of them (mount_setattr
-with MOUNT_ATTR_IDMAP), so the container sees its files owned by its own
-root and users.  Only the container's upper and work directories are owned
+with MOUNT_ATTR_IDMAP; the code is the runtime's, nsbox/runtime/rootfs/sources.py),
+so the container sees its files owned by its own root and users.  Only the container's upper and work directories are owned
 by the mapped ids on disk.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from nsbox.errors import ConfigError, KernelError
+from nsbox.errors import ConfigError
 
 SLICE = 65536
 REMAP_USER_ENV = "NSBOX_REMAP_USER"
@@ -80,58 +80,14 @@ def oci_mappings(idmap: list[int]) -> tuple[list[dict], list[dict]]:
 
 def userns_fd(idmap: list[int]) -> int:
     """An fd of a new user namespace with IDMAP (for MOUNT_ATTR_IDMAP); the caller closes it."""
-    from nsbox.runtime import syscalls as sc
+    from nsbox.runtime.rootfs import sources
 
     uid_base, gid_base, size = idmap
-    ready_r, ready_w = os.pipe()
-    hold_r, hold_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            os.close(ready_r)
-            os.close(hold_w)
-            sc.unshare(sc.CLONE_NEWUSER)
-            os.write(ready_w, b"x")
-            os.read(hold_r, 1)  # stay until the parent holds the namespace
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(ready_w)
-    os.close(hold_r)
-    try:
-        if os.read(ready_r, 1) != b"x":
-            raise KernelError("user namespace for an idmapped mount: the helper failed")
-        with open(f"/proc/{pid}/uid_map", "w") as f:
-            f.write(f"0 {uid_base} {size}\n")
-        with open(f"/proc/{pid}/setgroups", "w") as f:
-            f.write("deny")
-        with open(f"/proc/{pid}/gid_map", "w") as f:
-            f.write(f"0 {gid_base} {size}\n")
-        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise KernelError(f"user namespace for an idmapped mount: {exc.strerror}",
-                          exc.errno or 0) from None
-    finally:
-        os.close(ready_r)
-        os.close(hold_w)
-        os.waitpid(pid, 0)
+    return sources.userns_fd([(0, uid_base, size)], [(0, gid_base, size)])
 
 
 def idmapped_bind(source: str, target: str, nsfd: int) -> None:
-    """Mount an idmapped copy of the mount tree at SOURCE on TARGET."""
-    from nsbox.runtime import syscalls as sc
+    """Mount an idmapped copy of the mount tree at SOURCE on TARGET (the runtime's code)."""
+    from nsbox.runtime.rootfs import sources
 
-    open_tree_clone, open_tree_cloexec, move_mount_f_empty_path = 1, 0o2000000, 4
-    try:
-        fd = sc.syscall(sc.SYS_open_tree, -100, os.fsencode(source),
-                        open_tree_clone | open_tree_cloexec)
-    except OSError as exc:
-        raise KernelError(f"open_tree {source}: {exc.strerror}", exc.errno or 0) from None
-    try:
-        sc.mount_setattr(fd, "", sc.AT_EMPTY_PATH, attr_set=sc.MOUNT_ATTR_IDMAP, userns_fd=nsfd)
-        sc.syscall(sc.SYS_move_mount, fd, b"", -100, os.fsencode(target), move_mount_f_empty_path)
-    except OSError as exc:
-        raise KernelError(f"idmapped mount of {source}: {exc.strerror}", exc.errno or 0) from None
-    finally:
-        os.close(fd)
+    sources.idmapped_bind(source, target, nsfd)

@@ -76,8 +76,8 @@ def _validate_for_create(spec: Spec, bundle: str) -> None:
 
     capabilities.validate(spec.process.capabilities, strict=False)
     lsm.validate_labels(spec.process.apparmor_profile, spec.process.selinux_label, spec.linux.mount_label)
-    if spec.hostname and not spec.has_new_namespace("uts"):
-        raise ConfigError("config.json: hostname needs a new uts namespace")
+    if spec.hostname and spec.linux.namespace("uts") is None:
+        raise ConfigError("config.json: hostname needs a uts namespace (new or joined by path)")
     if spec.domainname and not spec.has_new_namespace("uts"):
         raise ConfigError("config.json: domainname needs a new uts namespace")
     if spec.linux.sysctl:

@@ -25,7 +25,7 @@ def features() -> dict:
             "apparmor": lsm.features()["apparmor"],
             "selinux": lsm.features()["selinux"],
             "intelRdt": {"enabled": False},
-            "mountExtensions": {"idmap": {"enabled": False}},
+            "mountExtensions": {"idmap": {"enabled": True}},
         },
         "annotations": {
             "org.opencontainers.runtime-spec.features.nsbox.version": __version__,

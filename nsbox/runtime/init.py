@@ -56,6 +56,7 @@ class InitContext:
     runtime_exe: tuple[int, int] = (0, 0)
     extra_env: dict[str, str] | None = None
     cgroup_paths: dict[str, str] | None = None  # stage 1 joins their v1 hierarchies itself
+    mount_trees: dict[int, int] | None = None  # detached bind sources, taken by stage 1
 
 
 def stage1(ctx: InitContext, chan: ch.Channel) -> None:
@@ -114,6 +115,12 @@ def _stage1(ctx: InitContext, chan: ch.Channel) -> None:
         # First, while still in the host's namespaces; the runtime moves us
         # into the cgroup2 hierarchy meanwhile (cgroups.join_v1 says why).
         cgroups.join_v1(ctx.cgroup_paths)
+    if ctx.spec.mounts and plan.creates("mount"):
+        # Still the host's root in the host's namespaces: take the bind sources the
+        # container's user namespace may not reach, and idmap mounts (rootfs/sources.py).
+        from nsbox.runtime import rootfs
+
+        ctx.mount_trees = rootfs.open_mount_sources(ctx.spec, ctx.bundle, plan.has("user"))
     for ns_type, path in plan.join:
         if ns_type in ("mount", "cgroup"):
             continue  # joined by stage 2: mount changes our root, cgroup must follow placement
@@ -125,7 +132,8 @@ def _stage1(ctx: InitContext, chan: ch.Channel) -> None:
     # A joined user namespace too: our host ids may have no mapping there, and
     # files we create (a tmpfs mountpoint, a device) need an owner it knows.
     in_user_ns = plan.creates("user") or any(t == "user" for t, _ in plan.join)
-    if in_user_ns:
+    # A new user namespace without mappings stays unmapped: there is no uid 0 to become.
+    if in_user_ns and not (plan.creates("user") and not linux.uid_mappings):
         try:
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
@@ -186,6 +194,11 @@ def _stage2(ctx: InitContext, chan: ch.Channel) -> None:
         nsmod.join("cgroup", joined["cgroup"])
     elif plan.creates("cgroup"):
         nsmod.unshare(sc.CLONE_NEWCGROUP)
+    root_fd = -1
+    if not plan.creates("mount"):
+        # The root is the bundle's, even in a mount namespace joined by path that cannot
+        # see it: take it before joining (rootfs.enter_root chroots into it).
+        root_fd = os.open(ctx.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     if "mount" in joined:
         nsmod.join("mount", joined["mount"])
 
@@ -201,10 +214,14 @@ def _stage2(ctx: InitContext, chan: ch.Channel) -> None:
         from nsbox.runtime import rootfs
 
         rootfs.prepare_rootfs(spec, ctx.rootfs, no_pivot=ctx.no_pivot, before_pivot=before_pivot,
-                              bundle=ctx.bundle)
+                              bundle=ctx.bundle, trees=ctx.mount_trees)
     else:
+        # The mount namespace is joined by path or the runtime's own: chroot, as runc does.
+        from nsbox.runtime import rootfs
+
         before_pivot()
-    if plan.creates("uts"):
+        rootfs.enter_root(root_fd, ctx.rootfs)
+    if plan.creates("uts") or "uts" in joined:
         if spec.hostname:
             sc.sethostname(spec.hostname)
         if spec.domainname:

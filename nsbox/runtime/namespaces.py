@@ -42,6 +42,13 @@ class NamespacePlan:
     def creates(self, ns_type: str) -> bool:
         return bool(self.new_flags & NAMESPACES[ns_type][0])
 
+    def joins(self, ns_type: str) -> bool:
+        return any(t == ns_type for t, _ in self.join)
+
+    def has(self, ns_type: str) -> bool:
+        """The container has a NS_TYPE namespace of its own (new or joined by path)."""
+        return self.creates(ns_type) or self.joins(ns_type)
+
 
 def plan(linux: Linux) -> NamespacePlan:
     flags = 0
@@ -55,8 +62,9 @@ def plan(linux: Linux) -> NamespacePlan:
             flags |= NAMESPACES[ns.type][0]
     if (linux.uid_mappings or linux.gid_mappings) and "user" not in joins and not flags & sc.CLONE_NEWUSER:
         raise ConfigError("config.json: uidMappings/gidMappings need a new user namespace")
-    if flags & sc.CLONE_NEWUSER and not (linux.uid_mappings and linux.gid_mappings):
-        raise ConfigError("config.json: a new user namespace needs uidMappings and gidMappings")
+    if flags & sc.CLONE_NEWUSER and bool(linux.uid_mappings) != bool(linux.gid_mappings):
+        raise ConfigError("config.json: a new user namespace needs both uidMappings and "
+                          "gidMappings, or neither (unmapped: every id is the overflow id)")
     if linux.time_offsets and not flags & sc.CLONE_NEWTIME:
         raise ConfigError("config.json: timeOffsets need a new time namespace")
     order = [(t, joins[t]) for t in JOIN_ORDER if t in joins]
@@ -90,15 +98,21 @@ def _map_text(mappings: list[IdMapping]) -> str:
 
 def write_id_maps(pid: int, uid_mappings: list[IdMapping], gid_mappings: list[IdMapping],
                   deny_setgroups: bool = False) -> None:
-    """Write PID's uid_map/gid_map from the parent user namespace (the parent's job)."""
+    """Write PID's uid_map/gid_map from the parent user namespace (the parent's job).
+
+    Without mappings nothing is written: the namespace stays unmapped, every id in it is the
+    overflow id (65534), as with crun.
+    """
     try:
         if deny_setgroups:
             with open(f"/proc/{pid}/setgroups", "w") as f:
                 f.write("deny")
-        with open(f"/proc/{pid}/uid_map", "w") as f:
-            f.write(_map_text(uid_mappings))
-        with open(f"/proc/{pid}/gid_map", "w") as f:
-            f.write(_map_text(gid_mappings))
+        if uid_mappings:
+            with open(f"/proc/{pid}/uid_map", "w") as f:
+                f.write(_map_text(uid_mappings))
+        if gid_mappings:
+            with open(f"/proc/{pid}/gid_map", "w") as f:
+                f.write(_map_text(gid_mappings))
     except OSError as exc:
         raise KernelError(f"write id mappings of {pid}: {exc.strerror}", exc.errno) from None
 

@@ -139,7 +139,20 @@ def switch_user(process: Process, setgroups_allowed: bool = True) -> None:
         os.setresgid(user.gid, user.gid, user.gid)
         os.setresuid(user.uid, user.uid, user.uid)
     except OSError as exc:
+        if _unmapped_root(user):
+            return  # nothing to switch to: the ids stay the overflow id
         raise KernelError(f"switch to uid {user.uid} gid {user.gid}: {exc.strerror}", exc.errno) from None
+
+
+def _unmapped_root(user) -> bool:
+    """True for the default user (uid and gid 0) in a user namespace without mappings."""
+    if user.uid or user.gid or user.additional_gids:
+        return False
+    try:
+        with open("/proc/self/uid_map") as f:
+            return not f.read().strip()
+    except OSError:
+        return False
 
 
 def setgroups_allowed() -> bool:

@@ -129,6 +129,9 @@ class Mount:
     type: str = ""
     source: str = ""
     options: list[str] = list
+    # An idmapped mount (runtime-spec 1.1): source ids (containerID) appear as hostID.
+    uid_mappings: list[IdMapping] = list
+    gid_mappings: list[IdMapping] = list
 
 
 @record
@@ -367,7 +370,9 @@ def parse_spec(data: object) -> Spec:
         if not dest.startswith("/"):
             raise ConfigError(f"config.json: {w}destination must be an absolute path: {dest!r}")
         mounts.append(Mount(dest, _get(item, "type", str, w, default=""),
-                            _get(item, "source", str, w, default=""), _str_list(item, "options", w)))
+                            _get(item, "source", str, w, default=""), _str_list(item, "options", w),
+                            _parse_mappings(item, "uidMappings", w),
+                            _parse_mappings(item, "gidMappings", w)))
     hooks: dict[str, list[Hook]] = {}
     hooks_obj = _get(data, "hooks", dict, "", default={})
     for kind, _ in hooks_obj.items():

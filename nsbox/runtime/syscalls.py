@@ -426,3 +426,27 @@ def bpf(cmd: int, attr: ctypes.Structure) -> int:
     ret = _libc.syscall(ctypes.c_long(SYS_bpf), ctypes.c_long(cmd), ctypes.byref(attr),
                         ctypes.c_uint(ctypes.sizeof(attr)))
     return _check(ret, f"bpf({cmd})")
+
+
+# --- detached mounts (open_tree, move_mount) ----------------------------------
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+AT_FDCWD = -100
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    """open_tree(2); with OPEN_TREE_CLONE, an fd of a detached copy of the mount at PATH
+    (AT_RECURSIVE: with its submounts).  O_CLOEXEC is always added."""
+    ret = _libc.syscall(ctypes.c_long(SYS_open_tree), ctypes.c_long(dirfd), _b(path),
+                        ctypes.c_uint(flags | os.O_CLOEXEC))
+    return _check(ret, "open_tree", path)
+
+
+def move_mount(from_fd: int, to_path: str = "", to_dirfd: int = AT_FDCWD) -> None:
+    """move_mount(2) of the (detached) mount FROM_FD onto TO_PATH, or onto TO_DIRFD itself
+    when TO_PATH is empty (MOVE_MOUNT_T_EMPTY_PATH: an O_PATH fd of the destination)."""
+    flags = MOVE_MOUNT_F_EMPTY_PATH | (0 if to_path else MOVE_MOUNT_T_EMPTY_PATH)
+    ret = _libc.syscall(ctypes.c_long(SYS_move_mount), ctypes.c_long(from_fd), b"",
+                        ctypes.c_long(to_dirfd), _b(to_path), ctypes.c_uint(flags))
+    _check(ret, "move_mount", to_path or None)

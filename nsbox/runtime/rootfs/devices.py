@@ -15,6 +15,7 @@ from nsbox.runtime import syscalls as sc
 from nsbox.runtime.rootfs.options import is_bind_mount
 from nsbox.runtime.rootfs.resolve import (
     DEVPTS_SUPER_MAGIC,
+    bind_remount,
     do_mount,
     ensure_in_root,
     fd_path,
@@ -108,6 +109,32 @@ def _bind_host_device(parent_fd: int, name: str, host_path: str, what: str) -> N
         do_mount(host_path, fd_path(fd), None, sc.MS_BIND, None, what)
     finally:
         os.close(fd)
+    # As runc does: the host's node, but no set-id programs or executables through it.
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    try:
+        bind_remount(fd_path(fd), sc.fstatfs(fd).f_flags, sc.MS_NOSUID | sc.MS_NOEXEC, 0, what)
+    finally:
+        os.close(fd)
+
+
+def check_host_nodes(spec: Spec) -> None:
+    """Create-time check for a container in a user namespace, where no device node can be
+    made and each is bound from the host: the host node must exist and be that device."""
+    for device in spec.linux.devices:
+        if device.type == "p":
+            continue  # a fifo is made, not bound
+        where = f"config.json: linux.devices {device.path}"
+        try:
+            st = os.stat(device.path)
+        except OSError as exc:
+            raise ConfigError(f"{where}: a user namespace cannot create device nodes, and the "
+                              f"host's {device.path} to bind instead is unusable: "
+                              f"{exc.strerror}") from None
+        kind = stat.S_ISBLK if device.type == "b" else stat.S_ISCHR
+        if not kind(st.st_mode) or st.st_rdev != os.makedev(device.major, device.minor):
+            raise ConfigError(f"{where}: a user namespace cannot create device nodes, and the "
+                              f"host's {device.path} to bind instead is not device "
+                              f"{device.type} {device.major}:{device.minor}")
 
 
 def _create_dev_links(root_fd: int) -> None:

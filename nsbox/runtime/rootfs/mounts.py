@@ -19,9 +19,10 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import stat
 
 from nsbox._lazylog import get_logger
-from nsbox.errors import BundleError, KernelError, SecurityError, UnsupportedError
+from nsbox.errors import BundleError, ConfigError, KernelError, SecurityError, UnsupportedError
 from nsbox.runtime import syscalls as sc
 from nsbox.runtime.rootfs.mountinfo import (
     CgroupLine,
@@ -44,6 +45,7 @@ from nsbox.runtime.rootfs.resolve import (
     ms_flags_from_statfs,
     open_in_root,
 )
+from nsbox.runtime.rootfs.sources import attach
 
 TYPE_CHECKING = False  # typing itself is slow to import
 if TYPE_CHECKING:
@@ -83,8 +85,10 @@ class MountBuilder:
             if strict and exc.errno == errno.ELOOP:
                 raise SecurityError(f"mount {mount.type} on {dest}: the destination is or goes "
                                     "through a symlink in the rootfs; refusing") from None
+            hint = (" (a user namespace without uid/gid mappings cannot create files on a "
+                    "filesystem mounted in it)") if exc.errno == errno.EOVERFLOW else ""
             raise KernelError(f"mount {mount.type or 'bind'} on {dest}: cannot create the "
-                              f"destination: {os.strerror(exc.errno)}", exc.errno) from None
+                              f"destination: {os.strerror(exc.errno)}{hint}", exc.errno) from None
 
     def _check_not_in_proc(self, mount: Mount, target_fd: int) -> None:
         if sc.fstatfs(target_fd).f_type != PROC_SUPER_MAGIC:
@@ -100,7 +104,7 @@ class MountBuilder:
                             "refusing")
 
     def _check_not_over_proc(self, mount: Mount, target_fd: int, source: str,
-                             is_bind: bool) -> None:
+                             is_bind: bool, tree_fd: int = -1) -> None:
         """Only procfs may sit at the container's /proc (CVE-2019-16884): anything else
         there (a tmpfs, a bind of a plain directory, reached directly or through a
         symlink) would turn the runtime's later writes to /proc into writes to fake files."""
@@ -112,12 +116,14 @@ class MountBuilder:
             over_proc = os.path.samestat(os.fstat(proc_fd), os.fstat(target_fd))
         finally:
             os.close(proc_fd)
-        if not over_proc or (is_bind and sc.statfs(source).f_type == PROC_SUPER_MAGIC):
+        if not over_proc or (is_bind and (sc.fstatfs(tree_fd) if tree_fd >= 0
+                                          else sc.statfs(source)).f_type == PROC_SUPER_MAGIC):
             return
         raise SecurityError(f"mount {mount.type or 'bind'} on {mount.destination}: only procfs "
                             "may be mounted at /proc; refusing")
 
-    def mount_entry(self, mount: Mount) -> None:
+    def mount_entry(self, mount: Mount, tree_fd: int = -1) -> None:
+        """Mount MOUNT; TREE_FD, when given, is its source as a detached tree (sources.py)."""
         options = parse_mount_options(mount.options)
         if mount.type == "cgroup":
             self._mount_cgroup(mount, options)
@@ -125,29 +131,72 @@ class MountBuilder:
         is_bind = options.is_bind or mount.type == "bind"
         if is_bind:
             source = bind_source(mount, self.bundle)
-            if not os.path.exists(source):
+            if tree_fd >= 0:
+                is_dir = stat.S_ISDIR(os.fstat(tree_fd).st_mode)
+            elif not os.path.exists(source):
                 raise BundleError(f"mount source {source} does not exist")
-            is_dir = os.path.isdir(source)
+            else:
+                is_dir = os.path.isdir(source)
             what = f"bind mount {source} on {mount.destination}"
         else:
             source = mount.source or mount.type
             is_dir = True
             what = f"mount {mount.type} on {mount.destination}"
+            if mount.type == "tmpfs" and not any(o.startswith("mode=")
+                                                 for o in options.data.split(",")):
+                options.data = self._keep_mode(mount.destination, options.data)
         strict = mount.type in ("proc", "sysfs")
         target_fd = self._open_destination(mount, is_dir, strict)
         try:
             if mount.type != "proc":
                 self._check_not_in_proc(mount, target_fd)
-                self._check_not_over_proc(mount, target_fd, source, is_bind)
-            self._do_mount(mount, options, source, is_bind, target_fd, what)
+                self._check_not_over_proc(mount, target_fd, source, is_bind, tree_fd)
+            self._do_mount(mount, options, source, is_bind, target_fd, what, tree_fd)
         finally:
             os.close(target_fd)
 
+    def _keep_mode(self, dest: str, data: str) -> str:
+        """A tmpfs without mode= takes the mode of the directory it covers (as with runc)."""
+        try:
+            fd = open_in_root(self.root_fd, dest)
+        except OSError:
+            return data  # created by the mount: the tmpfs default
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        return f"mode={mode:04o}" + ("," + data if data else "")
+
+    def mount_root(self, mount: Mount, tree_fd: int = -1) -> None:
+        """A bind mount whose destination is "/": it covers the rootfs itself, and what
+        follows (later mounts, /dev, the root switch) happens on top of it."""
+        options = parse_mount_options(mount.options)
+        if not (options.is_bind or mount.type == "bind"):
+            raise ConfigError("config.json: a mount destination of / must be a bind mount")
+        source = bind_source(mount, self.bundle)
+        what = f"bind mount {source} on /"
+        if tree_fd >= 0:
+            attach(tree_fd, self.root_fd, what)
+        else:
+            do_mount(source, fd_path(self.root_fd), None, sc.MS_BIND | (options.flags & sc.MS_REC),
+                     None, what)
+        old_fd = self.root_fd
+        try:
+            self.root_fd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise KernelError(f"{what}: {os.strerror(exc.errno)}", exc.errno) from None
+        os.close(old_fd)
+        if not stat.S_ISDIR(os.fstat(self.root_fd).st_mode):
+            raise ConfigError(f"config.json: {what}: the source is not a directory")
+        self._after_bind(self.root_fd, options, what, tree_fd >= 0)
+
     def _do_mount(self, mount: Mount, options: MountFlags, source: str, is_bind: bool,
-                  target_fd: int, what: str) -> None:
+                  target_fd: int, what: str, tree_fd: int = -1) -> None:
         target = fd_path(target_fd)
         flags = options.flags
-        if is_bind:
+        if tree_fd >= 0:
+            attach(tree_fd, target_fd, what)
+        elif is_bind:
             do_mount(source, target, None, sc.MS_BIND | (flags & sc.MS_REC), None, what)
         else:
             try:
@@ -179,18 +228,37 @@ class MountBuilder:
             if options.copy_up and mount.type == "tmpfs":
                 self._copy_up(target_fd, top, what)
             if is_bind:
-                self._remount_bind_if_needed(top_fd, options, what)
-            if options.recursive_set or options.recursive_clear:
-                try:
-                    sc.mount_setattr(top_fd, "", sc.AT_EMPTY_PATH | sc.AT_RECURSIVE,
-                                     options.recursive_set, options.recursive_clear)
-                except OSError as exc:
-                    raise KernelError(f"{what}: setting recursive attributes: "
-                                      f"{os.strerror(exc.errno)}", exc.errno) from None
-            for propagation in options.propagation:
-                do_mount(None, top, None, propagation, None, f"{what}: propagation")
+                self._after_bind(top_fd, options, what, tree_fd >= 0)
+            else:
+                self._set_recursive_and_propagation(top_fd, options, what)
         finally:
             os.close(top_fd)
+
+    def _after_bind(self, top_fd: int, options: MountFlags, what: str, attached: bool) -> None:
+        top = fd_path(top_fd)
+        if attached:
+            # A detached copy keeps the peer group of the host mount it was taken from;
+            # give it the propagation a bind made in the init would have had.
+            requested = self.spec.linux.rootfs_propagation
+            if requested not in ("shared", "rshared"):
+                do_mount(None, top, None, sc.MS_SLAVE | sc.MS_REC, None, f"{what}: propagation")
+                if requested in ("private", "rprivate"):
+                    do_mount(None, top, None, sc.MS_PRIVATE | sc.MS_REC, None,
+                             f"{what}: propagation")
+        self._remount_bind_if_needed(top_fd, options, what)
+        self._set_recursive_and_propagation(top_fd, options, what)
+
+    @staticmethod
+    def _set_recursive_and_propagation(top_fd: int, options: MountFlags, what: str) -> None:
+        if options.recursive_set or options.recursive_clear:
+            try:
+                sc.mount_setattr(top_fd, "", sc.AT_EMPTY_PATH | sc.AT_RECURSIVE,
+                                 options.recursive_set, options.recursive_clear)
+            except OSError as exc:
+                raise KernelError(f"{what}: setting recursive attributes: "
+                                  f"{os.strerror(exc.errno)}", exc.errno) from None
+        for propagation in options.propagation:
+            do_mount(None, fd_path(top_fd), None, propagation, None, f"{what}: propagation")
 
     def _reopen(self, dest: str, what: str, strict: bool = False) -> int:
         try:

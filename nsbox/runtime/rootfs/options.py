@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 from nsbox._record import record
-from nsbox.errors import UnsupportedError
 from nsbox.runtime import syscalls as sc
 
 TYPE_CHECKING = False  # typing itself is slow to import
@@ -62,7 +61,8 @@ _RECURSIVE_OPTIONS: dict[str, tuple[int, int]] = {
 
 def known_mount_options() -> list[str]:
     """Every mount option prepare_rootfs understands (for the features document)."""
-    return sorted({*_FLAG_OPTIONS, *PROPAGATION_OPTIONS, *_RECURSIVE_OPTIONS, "tmpcopyup"})
+    return sorted({*_FLAG_OPTIONS, *PROPAGATION_OPTIONS, *_RECURSIVE_OPTIONS, "tmpcopyup", "idmap",
+                   "ridmap"})
 
 
 @record
@@ -78,6 +78,8 @@ class MountFlags:
     recursive_set: int = 0         # MOUNT_ATTR_* for mount_setattr(AT_RECURSIVE)
     recursive_clear: int = 0
     copy_up: bool = False          # "tmpcopyup": seed a tmpfs with what it covers
+    idmap: bool = False            # "idmap"/"ridmap" (or mappings on the mount): sources.py
+    idmap_recursive: bool = False  # "ridmap": idmap the submounts of an rbind too
 
 
 def parse_mount_options(options: list[str]) -> MountFlags:
@@ -96,7 +98,8 @@ def parse_mount_options(options: list[str]) -> MountFlags:
             result.recursive_clear = (result.recursive_clear & ~to_set) | to_clear
             result.recursive_set = (result.recursive_set & ~to_clear) | to_set
         elif option in ("idmap", "ridmap"):
-            raise UnsupportedError(f"mount option {option!r} (idmapped mounts) is not supported yet")
+            result.idmap = True
+            result.idmap_recursive = option == "ridmap"
         elif option == "tmpcopyup":
             result.copy_up = True
         elif option.startswith("x-"):
