@@ -148,6 +148,18 @@ def test_inherited_mount_namespace_runs_in_root_path(bundle_factory, run_runtime
     assert_nothing_left(runtime_root, b, container_id)
 
 
+def test_exec_without_a_mount_namespace_shares_the_inits_root(bundle_factory, run_runtime,
+                                                              container_id, holder):
+    mnt = holder("--mount", "--propagation", "private")
+    for joins in ({}, {"mount": f"/proc/{mnt.pid}/ns/mnt"}):
+        b = bundle_factory(["sleep", "30"], mutate=lambda s, j=joins: no_mount_namespace(s, j))
+        (b / "rootfs" / "marker").write_text(f"exec {sorted(joins)}\n")
+        run_runtime("run", "--detach", "--bundle", str(b), container_id)
+        out = run_runtime("exec", container_id, "cat", "/marker").stdout
+        run_runtime("delete", "--force", container_id)
+        assert out == f"exec {sorted(joins)}\n"
+
+
 @pytest.mark.parametrize("field", ["mounts", "linux.maskedPaths", "root.readonly",
                                    "linux.devices"])
 def test_without_a_mount_namespace_mount_changes_are_refused(bundle_factory, run_runtime,

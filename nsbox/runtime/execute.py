@@ -125,8 +125,17 @@ def _child(st, spec, process, joins, chan, opts, seccomp_bpf, runtime_exe, conso
         sc.set_pdeathsig(signal.SIGKILL)
         if st.cgroup_paths:
             cgroups.join(st.cgroup_paths, born_in_unified)
+        # Without a mount namespace of its own the init is chrooted (rootfs.enter_root):
+        # share its root, taken before joining.
+        root_fd = -1
+        if not spec.has_new_namespace("mount"):
+            root_fd = os.open(f"/proc/{st.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         for ns_type, path in joins:
             nsmod.join(ns_type, path)
+        if root_fd >= 0:
+            os.fchdir(root_fd)
+            os.chroot(".")
+            os.close(root_fd)
         os.chdir("/")
         agent = None
         pid_pipe = None
