@@ -175,8 +175,15 @@ def test_auto_remove(eng):
     c = eng.run(sh("exit 5", auto_remove=True))
     assert eng.wait(c.id) == 5
     assert wait_for(lambda: not os.path.exists(os.path.join(eng.storage.containers_dir, c.id)))
-    with pytest.raises(ContainerNotFound):
-        eng.get(c.id)
+
+    def gone() -> bool:
+        # The monitor drops the record last (after the files), so it may take a moment.
+        try:
+            eng.get(c.id)
+        except ContainerNotFound:
+            return True
+        return False
+    assert wait_for(gone)
 
 
 def _merged_mounted(eng: Engine, cid: str) -> bool:

@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -432,9 +433,16 @@ def test_exec_into_paused_container(nsbox):
 
 def test_top_passes_ps_options_and_shows_only_the_container(nsbox):
     nsbox("run", "-d", "--name", "top1", "busybox", "sleep", "60")
-    out = nsbox("top", "top1", "-o", "pid,comm").stdout.splitlines()
+    # run -d returns once the container is started; its init may not have exec'd yet.
+    deadline = time.monotonic() + 10
+    while True:
+        out = nsbox("top", "top1", "-o", "pid,comm").stdout.splitlines()
+        commands = [line.split()[1] for line in out[1:]]
+        if commands == ["sleep"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert out[0].split() == ["PID", "COMMAND"]
-    assert [line.split()[1] for line in out[1:]] == ["sleep"]
+    assert commands == ["sleep"]
 
 
 def test_top_without_a_pid_column_is_a_clear_error(nsbox):
