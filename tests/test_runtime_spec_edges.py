@@ -253,8 +253,39 @@ def test_bind_source_only_root_can_reach_in_a_user_namespace(open_bundle_factory
     assert host_mounts(b, tmp_path) == before
 
 
-def _ids_of(output: str) -> list[str]:
-    return output.split()
+def test_reachable_bind_source_keeps_its_locked_flags_in_a_user_namespace(
+        open_bundle_factory, run_runtime, container_id):
+    """A source the container's root can reach is bound by path, so the kernel locks the
+    read-only flag of the host mount it copies: even with CAP_SYS_ADMIN the container
+    cannot remount it read-write."""
+    base = Path(tempfile.mkdtemp(prefix="nsbox-locked-"))
+    base.chmod(0o755)
+    (base / "fs").mkdir()
+    (base / "ro").mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=777", "tmpfs", str(base / "fs")],
+                       check=True)
+        subprocess.run(["mount", "--bind", "-o", "ro", str(base / "fs"), str(base / "ro")],
+                       check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(base / "ro")], check=True)
+
+        def mutate(spec: dict) -> None:
+            userns(spec)
+            for kind in ("bounding", "effective", "permitted"):
+                spec["process"]["capabilities"][kind].append("CAP_SYS_ADMIN")
+            spec["mounts"].append({"destination": "/ro", "type": "bind",
+                                   "source": str(base / "ro"), "options": ["bind"]})
+
+        b = open_bundle_factory(["sh", "-c", "mount -o remount,bind,rw /ro && echo remounted;"
+                                             " touch /ro/x && echo wrote; true"], mutate=mutate)
+        (b / "rootfs" / "ro").mkdir()
+        result = run_runtime("run", "--bundle", str(b), container_id)
+        assert "remounted" not in result.stdout and "wrote" not in result.stdout, result
+        assert not (base / "fs" / "x").exists()
+    finally:
+        subprocess.run(["umount", str(base / "ro")], check=False)
+        subprocess.run(["umount", str(base / "fs")], check=False)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_idmapped_mount_with_its_own_mappings(bundle_factory, run_runtime, container_id,

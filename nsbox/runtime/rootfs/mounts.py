@@ -45,7 +45,7 @@ from nsbox.runtime.rootfs.resolve import (
     ms_flags_from_statfs,
     open_in_root,
 )
-from nsbox.runtime.rootfs.sources import attach
+from nsbox.runtime.rootfs.sources import attach, wants_idmap
 
 TYPE_CHECKING = False  # typing itself is slow to import
 if TYPE_CHECKING:
@@ -59,6 +59,14 @@ _PROC_OVERRIDE_ALLOWED = frozenset(
     f"/proc/{name}" for name in ("cpuinfo", "diskstats", "meminfo", "stat", "swaps", "uptime",
                                  "loadavg", "slabinfo", "pressure/cpu", "pressure/io",
                                  "pressure/memory"))
+
+
+def _reachable(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return True
 
 
 class MountBuilder:
@@ -131,6 +139,10 @@ class MountBuilder:
         is_bind = options.is_bind or mount.type == "bind"
         if is_bind:
             source = bind_source(mount, self.bundle)
+            if tree_fd >= 0 and not wants_idmap(mount) and _reachable(source):
+                # Bound by path when we can: the kernel then locks the flags and submounts
+                # of what crosses into this user namespace; a detached copy is not locked.
+                tree_fd = -1
             if tree_fd >= 0:
                 is_dir = stat.S_ISDIR(os.fstat(tree_fd).st_mode)
             elif not os.path.exists(source):

@@ -5,8 +5,10 @@ directory only the host's root can search), and only the host's root may idmap a
 needs CAP_SYS_ADMIN over the source's filesystem).  So stage 1, still the host's root in the
 host's namespaces, takes a detached copy of each such source with open_tree(OPEN_TREE_CLONE),
 idmaps it with mount_setattr(MOUNT_ATTR_IDMAP) where asked, and the init attaches it at its
-destination with move_mount (`attach`).  A plain bind outside a user namespace is still made
-by path in the init, after the mounts before it.
+destination with move_mount (`attach`).  A plain bind is still made by path in the init when
+the init can reach its source: the kernel locks the flags (ro, nosuid...) and the submounts
+of a mount that crosses into a user namespace that way, and not those of a detached copy,
+which the container's root could then remount or unmount.
 
 An idmapped mount ("idmap", "ridmap", or uidMappings/gidMappings on the mount) uses the
 mount's own mappings, or else the container's user namespace (its mappings, or the namespace
