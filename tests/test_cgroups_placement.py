@@ -267,6 +267,7 @@ def test_engine_cgroup_parent_end_to_end(tmp_path):
             cid = run("run", "-d", "--network", "none", "--cgroup-parent", parent, "--memory", "32m",
                       "--pids-limit", "20", "busybox", "sleep", "300").stdout.strip()
             pid = int(run("inspect", "-f", "{{.State.Pid}}", cid).stdout)
+            assert run("inspect", "-f", "{{.HostConfig.CgroupParent}}", cid).stdout.strip() == parent
             path = f"{parent}/nsbox-{cid}"
             lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
             assert all(line.endswith(path) for line in lines), lines

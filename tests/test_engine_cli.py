@@ -262,6 +262,7 @@ def test_version_info_and_usage(nsbox):
     assert nsbox("version").stdout.startswith("nsbox version ")
     info = nsbox("info").stdout
     assert "Cgroup Version:" in info and "Namespaces:" in info
+    assert "Cgroup Driver: cgroupfs (containers at " in info
     proc = nsbox("frobnicate", check=False)
     assert proc.returncode == 125 and "unknown command" in one_line_error(proc)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from nsbox.errors import NsboxError
+
 FLAGS = {"format": "str"}
 ALIASES = {"f": "format"}
 HELP = {
@@ -50,6 +52,19 @@ def monitor_line(report: dict) -> str:
     return f"Monitor: Python ({report['Reason']})"
 
 
+def cgroup_driver() -> str:
+    """`cgroupfs` or `systemd` (--cgroup-manager), with the default parent of containers."""
+    from nsbox.engine.bundle import cgroup_manager, cgroups_path
+    try:
+        manager = cgroup_manager()
+        where = cgroups_path("ID", "nsbox-runtime")
+    except NsboxError as exc:
+        return f"invalid ({exc})"
+    if not where.startswith("/") and ":" not in where:
+        where = f"<the caller's own cgroup>/{where}"  # v1/hybrid without a parent
+    return f"{manager} (containers at {where})"
+
+
 def gather(ctx) -> dict:  # noqa: ANN001
     import os
     import platform
@@ -67,6 +82,7 @@ def gather(ctx) -> dict:  # noqa: ANN001
         "Monitor": monitor_report(),
         "CgroupVersion": "2" if cgroup_mode() == "v2" else "1",
         "CgroupMode": cgroup_mode(),
+        "CgroupDriver": cgroup_driver(),
         "Namespaces": [ns for ns in NAMESPACES if os.path.exists(f"/proc/self/ns/{ns}")],
         "KernelVersion": platform.release(),
         "OperatingSystem": platform.freedesktop_os_release().get("PRETTY_NAME", "Linux")
@@ -125,6 +141,7 @@ def run(args, ctx) -> int:  # noqa: ANN001
     lines = [f"Server Version: {info['ServerVersion']}", f"Storage Driver: {info['Driver']}",
              f"Root Dir: {info['DockerRootDir']}", f"Run Root: {info['RunRoot']}",
              f"Cgroup Version: {info['CgroupVersion']} ({info['CgroupMode']})",
+             f"Cgroup Driver: {info['CgroupDriver']}",
              f"Namespaces: {' '.join(info['Namespaces'])}",
              f"Default Runtime: {info['DefaultRuntime']} ({info['RuntimePath']})",
              monitor_line(info["Monitor"]),

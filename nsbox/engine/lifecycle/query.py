@@ -182,6 +182,7 @@ def inspect(engine: EngineBase, ref: str) -> dict:
             "CapAdd": list(spec.cap_add), "CapDrop": list(spec.cap_drop),
             "IpcMode": spec.ipc_mode, "PidMode": spec.pid_mode, "UTSMode": spec.uts_mode,
             "UsernsMode": spec.userns_mode, "CgroupnsMode": spec.cgroupns_mode,
+            "CgroupParent": spec.cgroup_parent or "",
             "OomScoreAdj": spec.oom_score_adj or 0,
             "Privileged": spec.privileged, "ReadonlyRootfs": spec.read_only,
             "SecurityOpt": list(spec.security_opt),
