@@ -17,7 +17,7 @@ HELP = RUN_FLAG_HELP
 def run(args, ctx) -> int:  # noqa: ANN001
     from nsbox.engine.cli import need_args
     from nsbox.engine.cli._common import for_each
-    from nsbox.engine.flags import build_resources
+    from nsbox.engine.resource_flags import build_resources
     from nsbox.errors import ConfigError
 
     refs = need_args(args, "update", 1)
