@@ -51,7 +51,8 @@ from .reference import familiar_name, parse_reference
 if TYPE_CHECKING:
     import tarfile
 
-    from .store import Image, ImageStore, Layer, Progress, _Transaction
+    from .staging import Transaction
+    from .store import Image, ImageStore, Layer, Progress
 
 log = get_logger(__name__)
 
@@ -116,7 +117,7 @@ def _norm(name: str) -> str:
     return "/".join(part for part in name.split("/") if part not in ("", "."))
 
 
-def _plain_archive(txn: _Transaction, path: str) -> str:
+def _plain_archive(txn: Transaction, path: str) -> str:
     """PATH itself if it is an uncompressed tar, else a decompressed copy in the store's tmp."""
     with open(path, "rb") as f:
         compression = detect_compression(f.read(4))
@@ -153,7 +154,7 @@ def load_archive(store: ImageStore, archive: str, progress: Progress | None) -> 
         raise ImageError(f"{archive}: corrupt or truncated archive: {err}") from None
 
 
-def _add_layer(store: ImageStore, txn: _Transaction, contents: _Archive, member: str,
+def _add_layer(store: ImageStore, txn: Transaction, contents: _Archive, member: str,
                expected_digest: str | None, media_type: str | None, diff_id: str,
                parents: list[Layer], progress: Progress | None) -> Layer:
     total = contents.size(member)
@@ -212,7 +213,7 @@ def _report(image: Image, names: list[str]) -> list[str]:
     return [familiar_name(name) for name in names] or [image.id]
 
 
-def _load_docker(store: ImageStore, txn: _Transaction, contents: _Archive,
+def _load_docker(store: ImageStore, txn: Transaction, contents: _Archive,
                  progress: Progress | None) -> list[str]:
     manifest = contents.read_json("manifest.json")
     if not isinstance(manifest, list) or not manifest:
@@ -291,7 +292,7 @@ def _read_blob(contents: _Archive, digest: str) -> bytes:
     return data
 
 
-def _load_oci(store: ImageStore, txn: _Transaction, contents: _Archive,
+def _load_oci(store: ImageStore, txn: Transaction, contents: _Archive,
               progress: Progress | None) -> list[str]:
     by_manifest: dict[str, tuple[bytes, list[str]]] = {}
     for digest, data, name in _oci_manifests(contents):

@@ -469,3 +469,30 @@ def _without_legacy_twins(entries: list[IndexEntry]) -> list[IndexEntry]:
             names.setdefault(entry.digest, set()).add(entry.name)
     return [entry for entry in entries
             if not (entry.name and legacy_duplicate(entry.name, names[entry.digest]))]
+
+
+def renamed_entries(entries: list[IndexEntry], manifest_digest: str, add: list[str] = (),  # type: ignore[assignment]
+             remove: list[str] = ()) -> list[IndexEntry]:  # type: ignore[assignment]
+    """Index entries with ADD names moved onto MANIFEST_DIGEST and REMOVE names dropped.
+
+    Keeps the invariant: a manifest with names has one entry per name; one
+    without has exactly one unnamed entry (a dangling image).
+    """
+    moving = set(add) | set(remove)
+    template: dict[str, IndexEntry] = {}
+    names: dict[str, list[str]] = {}
+    for entry in entries:
+        template.setdefault(entry.digest, entry)
+        names.setdefault(entry.digest, [])
+        if entry.name and entry.name not in moving:
+            names[entry.digest].append(entry.name)
+    names.setdefault(manifest_digest, [])
+    names[manifest_digest].extend(name for name in add if name not in names[manifest_digest])
+    result = []
+    for digest, image_names in names.items():
+        base = template[digest]
+        if not image_names:
+            result.append(IndexEntry(base.digest, base.size, None, base.media_type, base.platform))
+        for name in image_names:
+            result.append(IndexEntry(base.digest, base.size, name, base.media_type, base.platform))
+    return result

@@ -44,6 +44,7 @@ from .layout import (  # noqa: F401 - oci_architecture, layer_media_type: also i
     layer_media_type,
     lazy_contextmanager,
     oci_architecture,
+    renamed_entries,
 )
 from .records import Image, ImageSummary, Layer, chain_ids  # noqa: F401 - also imported from here
 from .reference import (
@@ -55,6 +56,7 @@ from .reference import (
     parse_reference,
     path_matches_short_name,
 )
+from .staging import Prepended, Transaction, progress_counter, uncompressed_digest
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
@@ -65,45 +67,6 @@ if TYPE_CHECKING:
     InUse = Callable[[str], bool]
 
 log = get_logger(__name__)
-
-
-class _Transaction:
-    """What one store operation created, so a failure can take it all back."""
-
-    def __init__(self, store: ImageStore) -> None:
-        self.store = store
-        self.blobs: list[str] = []      # blob paths
-        self.layers: list[str] = []     # chain ids
-        self.tmp_paths: list[str] = []  # staging files/dirs, always removed
-
-    def temp_dir(self, prefix: str) -> str:
-        import tempfile
-        path = tempfile.mkdtemp(prefix=prefix, dir=self.store.layout.tmp_dir)
-        self.tmp_paths.append(path)
-        return path
-
-    def temp_file(self, prefix: str) -> str:
-        import tempfile
-        fd, path = tempfile.mkstemp(prefix=prefix, dir=self.store.layout.tmp_dir)
-        os.close(fd)
-        self.tmp_paths.append(path)
-        return path
-
-    def rollback(self) -> None:
-        for chain_id in self.layers:
-            self.store._delete_layer(chain_id)
-        for path in self.blobs:
-            with suppress(FileNotFoundError):
-                os.unlink(path)
-
-    def cleanup(self) -> None:
-        for path in self.tmp_paths:
-            if os.path.isdir(path) and not os.path.islink(path):
-                import shutil
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with suppress(FileNotFoundError):
-                    os.unlink(path)
 
 
 class ImageStore:
@@ -307,10 +270,10 @@ class ImageStore:
 
     # ================================================================ writing
     @lazy_contextmanager
-    def _transaction(self) -> Iterator[_Transaction]:
+    def _transaction(self) -> Iterator[Transaction]:
         """Hold the store lock; undo what was created if the body fails."""
         with self.layout.locked():
-            txn = _Transaction(self)
+            txn = Transaction(self)
             try:
                 yield txn
             except BaseException:
@@ -337,7 +300,7 @@ class ImageStore:
             os.rename(path, os.path.join(doomed, "layer"))
             shutil.rmtree(doomed, ignore_errors=True)
 
-    def _ensure_layer(self, txn: _Transaction, blob_digest: str, media_type: str, blob_size: int,
+    def _ensure_layer(self, txn: Transaction, blob_digest: str, media_type: str, blob_size: int,
                       parents: list[Layer], expected_diff_id: str | None,
                       devices: str, progress: Progress | None, verify_blob: bool,
                       label: str | None = None) -> Layer:
@@ -357,7 +320,7 @@ class ImageStore:
             chain_id = chain_of(expected_diff_id)
             if os.path.isdir(self.layer_path(chain_id)):
                 if verify_blob:
-                    actual = _uncompressed_digest(self.layout.blob_path(blob_digest))
+                    actual = uncompressed_digest(self.layout.blob_path(blob_digest))
                     if actual != expected_diff_id:
                         raise ImageError(f"{label}: content digest {actual} does not match the "
                                          f"image config's {expected_diff_id}")
@@ -393,7 +356,7 @@ class ImageStore:
                      blob_size=blob_size, path=self.layer_path(chain_id),
                      size=int(meta.get("size", 0)))
 
-    def _commit(self, txn: _Transaction, config_bytes: bytes, layers: list[Layer],
+    def _commit(self, txn: Transaction, config_bytes: bytes, layers: list[Layer],
                 names: list[str], manifest_bytes: bytes | None = None) -> Image:
         """Store config and manifest blobs and give the image NAMES in the index.
 
@@ -426,7 +389,7 @@ class ImageStore:
                                       media_type=media_type,
                                       platform={"architecture": config.get("architecture", ""),
                                                 "os": config.get("os", "")}))
-        entries = _renamed(entries, manifest_digest, add=names)
+        entries = renamed_entries(entries, manifest_digest, add=names)
         self.layout.write_index(entries)
         return self._image(manifest_digest, self._names_by_manifest(entries)[manifest_digest])
 
@@ -460,8 +423,8 @@ class ImageStore:
                 head = stream.read(4)
                 compression = detect_compression(head)
                 blob_digest, blob_size = self.layout.put_blob_stream(
-                    _Prepended(head, stream), created=txn.blobs,
-                    on_read=_progress_counter(progress, "copying stdin", 0))
+                    Prepended(head, stream), created=txn.blobs,
+                    on_read=progress_counter(progress, "copying stdin", 0))
             elif os.path.isdir(source):
                 blob_digest, blob_size = self._blob_from_tree(txn, source, progress)
                 compression = ""
@@ -472,7 +435,7 @@ class ImageStore:
                     total = os.fstat(stream.fileno()).st_size
                     label = f"copying {os.path.basename(source)}"
                     blob_digest, blob_size = self.layout.put_blob_stream(
-                        stream, created=txn.blobs, on_read=_progress_counter(progress, label, total))
+                        stream, created=txn.blobs, on_read=progress_counter(progress, label, total))
             # An uncompressed tar is its own diff: its digest is the diff id, so a
             # layer unpacked before is found without unpacking again.
             layer = self._ensure_layer(txn, blob_digest, layer_media_type(compression), blob_size,
@@ -496,7 +459,7 @@ class ImageStore:
             return self._commit(txn, canonical_json(document), [layer],
                                 [target.name] if target else [])
 
-    def _blob_from_tree(self, txn: _Transaction, source: str,
+    def _blob_from_tree(self, txn: Transaction, source: str,
                         progress: Progress | None) -> tuple[str, int]:
         from .tarwrite import HashingWriter, write_tree_tar
         staging = txn.temp_file("tree-")
@@ -537,7 +500,7 @@ class ImageStore:
             raise ConfigError(f"cannot tag with a digest reference: {new_ref!r}")
         with self._transaction():
             image = self.resolve(src)
-            entries = _renamed(self.layout.read_index(), image.manifest_digest, add=[target.name])
+            entries = renamed_entries(self.layout.read_index(), image.manifest_digest, add=[target.name])
             self.layout.write_index(entries)
             return self._image(image.manifest_digest, self._names_by_manifest(entries)[image.manifest_digest])
 
@@ -547,7 +510,7 @@ class ImageStore:
             image, name = self._resolve(ref)
             if name is None:
                 raise ConfigError(f"{ref!r} is an image id, not a name")
-            self.layout.write_index(_renamed(self.layout.read_index(), image.manifest_digest,
+            self.layout.write_index(renamed_entries(self.layout.read_index(), image.manifest_digest,
                                              remove=[name]))
 
     def remove(self, ref: str, force: bool = False, in_use: InUse | None = None) -> list[dict]:
@@ -561,7 +524,7 @@ class ImageStore:
         with self._transaction():
             image, name = self._resolve(ref)
             if name is not None and len(image.names) > 1:
-                self.layout.write_index(_renamed(self.layout.read_index(), image.manifest_digest,
+                self.layout.write_index(renamed_entries(self.layout.read_index(), image.manifest_digest,
                                                  remove=[name]))
                 return [{"Untagged": familiar_name(name)}]
             if not force:
@@ -647,76 +610,9 @@ class ImageStore:
         return {"blobs": removed_blobs, "layers": removed_layers}
 
 
-def _renamed(entries: list[IndexEntry], manifest_digest: str, add: list[str] = (),  # type: ignore[assignment]
-             remove: list[str] = ()) -> list[IndexEntry]:  # type: ignore[assignment]
-    """Index entries with ADD names moved onto MANIFEST_DIGEST and REMOVE names dropped.
-
-    Keeps the invariant: a manifest with names has one entry per name; one
-    without has exactly one unnamed entry (a dangling image).
-    """
-    moving = set(add) | set(remove)
-    template: dict[str, IndexEntry] = {}
-    names: dict[str, list[str]] = {}
-    for entry in entries:
-        template.setdefault(entry.digest, entry)
-        names.setdefault(entry.digest, [])
-        if entry.name and entry.name not in moving:
-            names[entry.digest].append(entry.name)
-    names.setdefault(manifest_digest, [])
-    names[manifest_digest].extend(name for name in add if name not in names[manifest_digest])
-    result = []
-    for digest, image_names in names.items():
-        base = template[digest]
-        if not image_names:
-            result.append(IndexEntry(base.digest, base.size, None, base.media_type, base.platform))
-        for name in image_names:
-            result.append(IndexEntry(base.digest, base.size, name, base.media_type, base.platform))
-    return result
-
-
 def _history_comment(config: dict) -> str:
     history = config.get("history") or []
     return (history[-1].get("comment") or "") if history else ""
-
-
-def _uncompressed_digest(blob_path: str) -> str:
-    import hashlib
-
-    from .layout import COPY_CHUNK, open_decompressed
-    hasher = hashlib.sha256()
-    with open_decompressed(blob_path) as stream:
-        while chunk := stream.read(COPY_CHUNK):
-            hasher.update(chunk)
-    return "sha256:" + hasher.hexdigest()
-
-
-class _Prepended:
-    """A stream read as HEAD (already read from it) followed by the rest of STREAM."""
-
-    def __init__(self, head: bytes, stream: BinaryIO) -> None:
-        self.head, self.stream = head, stream
-
-    def read(self, size: int = -1) -> bytes:
-        if not self.head:
-            return self.stream.read(size)
-        if size < 0:
-            data, self.head = self.head + self.stream.read(), b""
-            return data
-        data, self.head = self.head[:size], self.head[size:]
-        return data
-
-
-def _progress_counter(progress: Progress | None, label: str, total: int) -> Callable[[int], None] | None:
-    if progress is None:
-        return None
-    state = {"done": 0, "reported": -1}
-
-    def on_read(size: int) -> None:
-        state["done"] += size
-        if state["done"] - state["reported"] >= (1 << 20) or state["done"] >= total:
-            state["reported"] = state["done"]
-            progress(label, state["done"], total)
-    return on_read
 
 
 def is_manifest_type(media_type: str | None) -> bool:
