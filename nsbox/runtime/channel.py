@@ -8,6 +8,7 @@ print one line and clean up.
 from __future__ import annotations
 
 import _socket
+import os
 
 from nsbox import _json
 from nsbox.errors import KernelError, NsboxError
@@ -44,7 +45,10 @@ class Channel:
     def send(self, msg_type: str, **fields) -> None:
         fields["type"] = msg_type
         try:
-            self.sock.send(_json.dumps(fields).encode())
+            # write(2), not send(2): the init and the exec process send their
+            # last messages with the container's seccomp filter loaded, and
+            # any profile must let a process write to an fd.
+            os.write(self.sock.fileno(), _json.dumps(fields).encode())
         except (BrokenPipeError, ConnectionResetError):
             # The peer is gone; if it said why before exiting, that is the error to report.
             self._raise_pending_error()
@@ -76,7 +80,63 @@ class Channel:
             raise KernelError(f"container setup: expected {msg_type}, got {msg['type']}")
         return msg
 
+    def recv_until_exec(self, pid: int, before: tuple[int, int] | None) -> dict | None:
+        """After the process reported ready: None once it has execve()d (our
+        close-on-exec socket reaches EOF), or the message it sent instead
+        (an error).  `pid` (whose exe is BEFORE until it execs) is checked as well, in case a fork elsewhere in this
+        process keeps a copy of the peer socket open."""
+        done = wait_for_exec(self.sock.fileno(), POLLIN, pid, before)
+        if not done:
+            return None
+        self.sock.setblocking(False)
+        try:
+            data = self.sock.recv(65536)
+        except OSError:
+            return None
+        finally:
+            self.sock.setblocking(True)
+        return _json.loads(data) if data else None
+
     def close(self) -> None:
         self.sock.close()
 
 
+POLLIN, POLLERR, POLLHUP = 0x001, 0x008, 0x010
+
+
+def exe_identity(pid: int | str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def wait_for_exec(fd: int, events: int, pid: int, before: tuple[int, int] | None,
+                  unknown_limit: float = 10.0) -> bool:
+    """Wait until the process `pid` has execve()d or died.
+
+    The fast path is FD: the other end of a pipe or socket that only the
+    process holds, close-on-exec, so it reports POLLERR/POLLHUP (or EVENTS:
+    data, an error message) the moment the process execs or exits.  Every
+    50 ms the process's /proc/<pid>/exe is compared with BEFORE, its
+    identity before the exec (`exe_identity`), in case a stray fork elsewhere holds a copy of that end.  Returns
+    True when FD became ready (read it for a message), False when the
+    process was seen to have exec'd or gone first.  Where /proc/<pid>/exe
+    cannot be read (rootless), it gives up after `unknown_limit` seconds.
+    """
+    import select
+    import time
+
+    poller = select.poll()
+    poller.register(fd, events)
+    deadline = time.monotonic() + unknown_limit
+    while True:
+        if poller.poll(50):
+            return True
+        now = exe_identity(pid)
+        if before is not None:
+            if now != before:  # exec'd, or gone
+                return bool(poller.poll(0))
+        elif time.monotonic() > deadline:
+            return bool(poller.poll(0))

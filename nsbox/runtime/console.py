@@ -6,7 +6,8 @@ The flow, split over two processes:
      lets the container init inherit that connected socket;
   2. the init, after /dev/pts is mounted in the container, opens a pty pair
      there (`open_pty`), sizes it (`set_window_size`), makes the slave its
-     controlling terminal and stdio (`make_controlling_tty`), and sends the
+     controlling terminal and stdio (`make_controlling_tty`) once it belongs
+     to the process's user (`give_tty_to`), and sends the
      master to the socket with SCM_RIGHTS (`send_console_fd`) in a single
      message whose payload is the slave's name inside the container.
 
@@ -88,6 +89,25 @@ def make_controlling_tty(slave_fd: int) -> None:
                           err.errno) from err
     if slave_fd > 2:
         os.close(slave_fd)
+
+
+def give_tty_to(slave_fd: int, uid: int) -> None:
+    """Make the pty slave belong to the process's user (its group stays: devpts's tty group).
+
+    As runc does for the process's stdio: otherwise a non-root process could
+    not reopen its own terminal (`tty`, /proc/self/fd/0, ssh-style checks).
+    Skipped when the owner or the uid has no mapping in a user namespace
+    (EINVAL, EPERM) or the devpts is read-only (EROFS), as runc skips it.
+    """
+    import errno
+
+    try:
+        if os.fstat(slave_fd).st_uid == uid:
+            return
+        os.fchown(slave_fd, uid, -1)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EPERM, errno.EROFS):
+            raise KernelError(f"chown the console to uid {uid}: {err.strerror}", err.errno) from err
 
 
 def set_window_size(fd: int, rows: int, cols: int) -> None:

@@ -159,7 +159,9 @@ class Runtime:
         sdir = self.store.dir(state.id)
         fifo = os.path.join(sdir, EXEC_FIFO)
         os.mkfifo(fifo, 0o600)
-        fifo_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # Read-write: the init reads start's byte from it and, should its
+        # execve fail, writes the reason back for `start` to print.
+        fifo_fd = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
         cleanup.fds.append(fifo_fd)
         console_fd = -1
         if spec.process.terminal:
@@ -259,10 +261,16 @@ class Runtime:
             except OSError as exc:
                 raise InvalidState(f"cannot start container {container_id}: init is gone ({exc.strerror})") from None
             try:
+                from nsbox.runtime import channel as ch
+
+                before = ch.exe_identity(state.pid)  # the init's, until it execs
                 os.write(fd, b"0")
+                os.unlink(fifo)
+                error = _await_exec(fd, state.pid, before)
             finally:
                 os.close(fd)
-            os.unlink(fifo)
+            if error:
+                raise ch.ChildFailed(error)
         hooks = state.config.get("hooks", {}).get("poststart")
         if hooks:
             from nsbox.runtime import hooks as hookmod
@@ -570,6 +578,33 @@ def _merge_resources(old: dict, new: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+def _await_exec(fifo_wfd: int, pid: int, before: tuple[int, int] | None) -> str:
+    """After start's byte: "" once the init has execve()d, else why it did not.
+
+    The init holds the fifo's only read end, close-on-exec: our write end
+    sees POLLERR when it execs or exits.  If it failed, its message is in the
+    fifo, which we read through a second, read-only open of our fd.
+    """
+    from nsbox.runtime import channel as ch
+
+    if not ch.wait_for_exec(fifo_wfd, 0, pid, before):
+        return ""
+    try:
+        rfd = os.open(f"/proc/self/fd/{fifo_wfd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        data = os.read(rfd, 65536)
+    except BlockingIOError:
+        data = b""
+    finally:
+        os.close(rfd)
+    if data.startswith(b"0"):
+        # Our own byte, unread: the init was gone before it took it.
+        return "the container's init exited before its process started"
+    return data.decode(errors="replace").strip()
 
 
 def _reap(pid: int) -> int:

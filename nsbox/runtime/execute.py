@@ -70,6 +70,7 @@ def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int
     # Subreaper: the process is our grandchild and must be re-parented to us.
     sc.set_child_subreaper(True)
     runtime_exe = procmod.runtime_exe_identity()
+    runtime_exe_now = ch.exe_identity("self")  # the process's /proc/<pid>/exe until it execs
     parent_chan, child_chan = ch.Channel.pair()
     pid, born_in_unified = cgroups.fork_into(st.cgroup_paths or {})
     if pid == 0:
@@ -94,6 +95,11 @@ def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int
                 target = msg["pid"]
             elif msg["type"] == ch.CREATED:
                 created = True
+        # Ready; an execve that fails still has its say, until the socket
+        # (close-on-exec in the process) reaches EOF.
+        msg = parent_chan.recv_until_exec(target, runtime_exe_now)
+        if msg is not None and msg.get("type") == ch.ERROR:
+            raise ch.ChildFailed(msg["message"])
     except NsboxError:
         with contextlib.suppress(ProcessLookupError):
             if target:
@@ -165,6 +171,7 @@ def _grandchild(spec, process, chan, opts, seccomp_bpf, runtime_exe, console_fd,
     code = 1
     try:
         sc.set_dumpable(False)
+        os.setsid()  # like runc: its own session and process group, with or without a tty
         procmod.write_oom_score_adj(process.oom_score_adj)
         if process.terminal:
             import socket
@@ -178,13 +185,15 @@ def _grandchild(spec, process, chan, opts, seccomp_bpf, runtime_exe, console_fd,
             console.send_console_fd(sock, master, name)
             sock.close()
             os.close(master)
+            console.give_tty_to(slave, process.user.uid)
             console.make_controlling_tty(slave)
-        procmod.lookup_executable(process.args[0], procmod.env_dict(process.env), process.cwd)
+        # Everything that can fail happens before "created", so `exec` reports
+        # it; the channel stays open (close-on-exec) to report a failing execve.
+        path, env = procmod.prepare_process(spec, process, preserve_fds=opts.preserve_fds,
+                                            seccomp_bpf=seccomp_bpf, runtime_exe=runtime_exe,
+                                            extra_env=opts.extra_env or None, seccomp_agent=agent)
         chan.send(ch.CREATED)
-        chan.close()
-        procmod.finish_and_exec(spec, process, preserve_fds=opts.preserve_fds,
-                                seccomp_bpf=seccomp_bpf, runtime_exe=runtime_exe,
-                                extra_env=opts.extra_env or None, seccomp_agent=agent)
+        procmod.exec_process(path, process.args, env)
     except NsboxError as exc:
         _report_late(chan, str(exc))
     except Exception as exc:  # noqa: BLE001
@@ -197,8 +206,8 @@ def _report_late(chan: ch.Channel, message: str) -> None:
     try:
         chan.send(ch.ERROR, message=message)
     except OSError:
-        # Past "created" the runtime has stopped listening: the process's
-        # stderr is the only place left to say why it did not start.
+        # The runtime is gone: the process's stderr is the only place left
+        # to say why it did not start.
         with contextlib.suppress(OSError):
             os.write(2, f"nsbox-runtime: {message}\n".encode())
 

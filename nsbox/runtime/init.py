@@ -19,7 +19,6 @@ objects; the Channel carries only the synchronisation and errors.
 from __future__ import annotations
 
 import os
-import select
 
 from nsbox import _json
 from nsbox._lazylog import get_logger
@@ -45,7 +44,7 @@ class InitContext:
     rootfs: str
     bundle: str
     ns_plan: nsmod.NamespacePlan
-    fifo_fd: int  # read end of the exec fifo, opened O_NONBLOCK by the runtime
+    fifo_fd: int  # the exec fifo, opened O_RDWR by the runtime: start's byte in, our error out
     state_json: str  # container state for createContainer/startContainer hooks
     no_pivot: bool = False
     no_new_keyring: bool = False
@@ -75,14 +74,20 @@ def stage1(ctx: InitContext, chan: ch.Channel) -> None:
         os._exit(code)
 
 
-def _report(chan: ch.Channel, message: str) -> None:
+def _report(chan: ch.Channel, message: str, fifo_fd: int = -1) -> None:
     try:
         chan.send(ch.ERROR, message=message)
+        return
     except OSError:
-        # After `created` nobody listens on the channel: the container's
-        # stderr is the only place left to say why the process did not start.
+        pass
+    # After `created` nobody listens on the channel: `start` reads the
+    # message from the exec fifo once we are gone (Runtime.start).
+    if fifo_fd >= 0:
         with suppress(OSError):
-            os.write(2, f"nsbox-runtime: {message}\n".encode())
+            os.write(fifo_fd, message.encode()[:4000])
+            return
+    with suppress(OSError):
+        os.write(2, f"nsbox-runtime: {message}\n".encode())
 
 
 def preload(spec: Spec) -> None:
@@ -174,12 +179,12 @@ def stage2(ctx: InitContext, chan: ch.Channel) -> None:
         sc.set_dumpable(False)
         _stage2(ctx, chan)
     except NsboxError as exc:
-        _report(chan, str(exc))
+        _report(chan, str(exc), ctx.fifo_fd)
     except OSError as exc:
-        _report(chan, f"container init: {exc}")
+        _report(chan, f"container init: {exc}", ctx.fifo_fd)
         log.debug("container init failed", exc_info=True)
     except Exception as exc:  # noqa: BLE001
-        _report(chan, f"container init: {exc.__class__.__name__}: {exc}")
+        _report(chan, f"container init: {exc.__class__.__name__}: {exc}", ctx.fifo_fd)
         log.debug("container init failed", exc_info=True)
     finally:
         os._exit(code)
@@ -189,6 +194,7 @@ def _stage2(ctx: InitContext, chan: ch.Channel) -> None:
     spec, plan = ctx.spec, ctx.ns_plan
     process = spec.process
     assert process is not None
+    os.setsid()  # like runc: the init leads its own session and process group
     joined = dict(plan.join)
     if "cgroup" in joined:
         nsmod.join("cgroup", joined["cgroup"])
@@ -245,8 +251,18 @@ def _stage2(ctx: InitContext, chan: ch.Channel) -> None:
     procmod.write_oom_score_adj(process.oom_score_adj)
     if process.terminal:
         _setup_terminal(ctx, process)
-    # Fail at create, not at start, when the program cannot be found.
-    procmod.lookup_executable(process.args[0], procmod.env_dict(process.env), process.cwd)
+    agent = None
+    if ctx.seccomp_agent_fd >= 0:
+        state = _state(ctx)
+        agent = procmod.SeccompAgent(ctx.seccomp_agent_fd, state, lambda: state["pid"])
+    os.set_blocking(ctx.fifo_fd, True)  # read after the seccomp filter: no poll() then
+    # Like runc, everything up to execve happens before we report ready, so a
+    # failure (rlimits, user, capabilities, cwd, a missing program, seccomp)
+    # is create's error.  From the seccomp filter on, only write, read, close
+    # and execve (and startContainer hooks) are left.
+    path, env = procmod.prepare_process(spec, process, preserve_fds=ctx.preserve_fds,
+                                        seccomp_bpf=ctx.seccomp_bpf, runtime_exe=ctx.runtime_exe,
+                                        extra_env=ctx.extra_env, seccomp_agent=agent)
     chan.send(ch.CREATED)
     chan.close()
     _wait_for_start(ctx.fifo_fd)
@@ -254,14 +270,9 @@ def _stage2(ctx: InitContext, chan: ch.Channel) -> None:
         from nsbox.runtime import hooks
 
         hooks.run_hooks("startContainer", spec.hooks["startContainer"], _state(ctx))
-    agent = None
-    if ctx.seccomp_agent_fd >= 0:
-        state = _state(ctx)
-        state["status"] = "running"
-        agent = procmod.SeccompAgent(ctx.seccomp_agent_fd, state, lambda: state["pid"])
-    procmod.finish_and_exec(spec, process, preserve_fds=ctx.preserve_fds,
-                            seccomp_bpf=ctx.seccomp_bpf, runtime_exe=ctx.runtime_exe,
-                            extra_env=ctx.extra_env, seccomp_agent=agent)
+    # The fifo stays open (close-on-exec) until execve: `start` waits for
+    # that, and reads our error from it if execve fails.
+    procmod.exec_process(path, process.args, env)
 
 
 def _state(ctx: InitContext) -> dict:
@@ -295,20 +306,20 @@ def _setup_terminal(ctx: InitContext, process) -> None:
     finally:
         sock.close()
         os.close(master)
+    console.give_tty_to(slave, process.user.uid)
     console.make_controlling_tty(slave)
 
 
 def _wait_for_start(fifo_fd: int) -> None:
-    """Block until `start` writes a byte into the exec fifo."""
-    poller = select.poll()
-    poller.register(fifo_fd, select.POLLIN)
+    """Block until `start` writes a byte into the exec fifo.
+
+    A plain blocking read(2), since the seccomp filter may already be loaded.
+    We hold the fifo read-write (see Runtime._create), so it never reads EOF.
+    """
     while True:
-        events = poller.poll()
-        for _fd, ev in events:
-            if ev & select.POLLIN:
-                data = os.read(fifo_fd, 1)
-                if data:
-                    os.close(fifo_fd)
-                    return
-            if ev & (select.POLLHUP | select.POLLERR):
-                raise KernelError("exec fifo closed without a start")
+        try:
+            if os.read(fifo_fd, 1):
+                return
+        except InterruptedError:
+            continue
+        raise KernelError("exec fifo closed without a start")

@@ -1,16 +1,19 @@
 """The last steps before a container process execve()s its program.
 
 Shared by the container's init and by `exec`.  The order matters:
-rlimits and oom_score_adj while privileged; seccomp early only when
-no_new_privs is off (loading it is then a privileged operation); the bounding
-set dropped before the identity change; capabilities set after it;
-no_new_privs and then seccomp as late as possible; every fd outside the
-preserved range closed and the cwd checked to be inside the root right
-before execve (CVE-2024-21626).
+rlimits and oom_score_adj while privileged; every fd outside the preserved
+range marked close-on-exec (CVE-2024-21626) before any seccomp filter;
+seccomp early only when no_new_privs is off (loading it is then a privileged
+operation); the bounding set dropped before the identity change; capabilities
+set after it; the cwd checked to be inside the root (CVE-2024-21626);
+no_new_privs and then seccomp as late as possible.  `prepare_process` does
+all of that, before the process is reported ready; `exec_process` is the
+execve alone.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -176,6 +179,23 @@ def finish_and_exec(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
                     runtime_exe: tuple[int, int], extra_env: dict[str, str] | None = None,
                     seccomp_agent: SeccompAgent | None = None) -> None:
     """Apply the process attributes and execve it; only returns by raising."""
+    path, env = prepare_process(spec, process, preserve_fds=preserve_fds, seccomp_bpf=seccomp_bpf,
+                                runtime_exe=runtime_exe, extra_env=extra_env,
+                                seccomp_agent=seccomp_agent)
+    exec_process(path, process.args, env)
+
+
+def prepare_process(spec: Spec, process: Process, *, preserve_fds: int, seccomp_bpf: bytes | None,
+                    runtime_exe: tuple[int, int], extra_env: dict[str, str] | None = None,
+                    seccomp_agent: SeccompAgent | None = None) -> tuple[str, dict[str, str]]:
+    """Everything before execve that can fail; returns (program path, environment).
+
+    The caller runs this before it reports the process ready, so each failure is
+    the error of `create` (or `exec`), as with runc.  Once the seccomp filter is
+    loaded only the caller's last messages (write, read, close) and execve
+    remain: a filter written before close_range, openat2 or faccessat2 existed
+    must not stop the runtime, so nothing here uses them after it.
+    """
     from nsbox.runtime.security import capabilities, lsm
 
     env = env_dict(process.env)
@@ -188,18 +208,24 @@ def finish_and_exec(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
         os.umask(process.user.umask)
     else:
         os.umask(0o022)
+    # Everything the runtime has open is closed at execve; the caller's
+    # preserved fds (3 .. 3+N-1) are the only ones the program inherits.
+    # Marked now, before any seccomp filter: whatever the runtime opens from
+    # here on is close-on-exec anyway (Python's default).
+    mark_fds_cloexec(3, preserve_fds)
     seccomp_section = spec.linux.seccomp or {}
     if seccomp_bpf is not None and not process.no_new_privileges:
         _load_seccomp(seccomp_bpf, seccomp_section, seccomp_agent)
         seccomp_bpf = None
+    # Like runc: enter the cwd while still root, so a directory only root can
+    # enter works; once more after the identity change if root was refused.
+    chdir_pending = not _chdir(process.cwd, retry_as_user=True)
     capabilities.drop_bounding(process.capabilities)
     capabilities.prepare_identity_change()
     switch_user(process, setgroups_allowed())
     capabilities.apply_sets(process.capabilities)
-    try:
-        os.chdir(process.cwd)
-    except OSError as exc:
-        raise BundleError(f"chdir to cwd {process.cwd!r} set in config.json failed: {exc.strerror}") from None
+    if chdir_pending:
+        _chdir(process.cwd, retry_as_user=False)
     try:
         outside = os.getcwd().startswith("(unreachable)")
     except FileNotFoundError:
@@ -213,20 +239,65 @@ def finish_and_exec(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
         sc.personality(PERSONALITY_DOMAINS[spec.linux.personality["domain"]])
     if process.no_new_privileges:
         sc.set_no_new_privs()
-    # Everything the runtime opened is closed at execve; the caller's
-    # preserved fds (3 .. 3+N-1) are the only ones the program inherits.
-    for fd in range(3, 3 + preserve_fds):
+    if seccomp_bpf is not None:
+        _load_seccomp(seccomp_bpf, seccomp_section, seccomp_agent)
+    return path, env
+
+
+def exec_process(path: str, args: list[str], env: dict[str, str]) -> None:
+    """execve; only returns by raising."""
+    try:
+        os.execve(path, args, env)
+    except OSError as exc:
+        raise KernelError(f"exec {path}: {exc.strerror}", exc.errno) from None
+
+
+def _chdir(cwd: str, retry_as_user: bool) -> bool:
+    """chdir(cwd); False if it was refused and should be tried again as the user."""
+    try:
+        os.chdir(cwd)
+    except PermissionError:
+        if retry_as_user:
+            return False
+        raise BundleError(f"chdir to cwd {cwd!r} set in config.json failed: permission denied") from None
+    except OSError as exc:
+        raise BundleError(f"chdir to cwd {cwd!r} set in config.json failed: {exc.strerror}") from None
+    return True
+
+
+def mark_fds_cloexec(first: int, preserve_fds: int = 0) -> None:
+    """Mark every fd from first + preserve_fds on close-on-exec; make the preserved ones inheritable.
+
+    close_range(CLOSE_RANGE_CLOEXEC) needs Linux 5.11 and may be filtered
+    (the runtime itself can run under a seccomp profile that predates it);
+    then, like runc, walk /proc/self/fd with fcntl(F_SETFD).
+    """
+    for fd in range(first, first + preserve_fds):
         try:
             os.set_inheritable(fd, True)
         except OSError:
             pass
-    sc.close_range(3 + preserve_fds, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC)
-    if seccomp_bpf is not None:
-        _load_seccomp(seccomp_bpf, seccomp_section, seccomp_agent)
+    start = first + preserve_fds
     try:
-        os.execve(path, process.args, env)
+        sc.close_range(start, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC)
+        return
     except OSError as exc:
-        raise KernelError(f"exec {path}: {exc.strerror}", exc.errno) from None
+        if exc.errno not in (errno.EPERM, errno.ENOSYS, errno.EINVAL):
+            raise KernelError(f"close_range: {exc.strerror}", exc.errno) from None
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError as exc:
+        raise KernelError(f"list /proc/self/fd to close the runtime's fds: {exc.strerror}",
+                          exc.errno) from None
+    for name in names:
+        fd = int(name)
+        if fd >= start:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError as exc:
+                if exc.errno != errno.EBADF:  # the listing's own fd, closed by now
+                    raise KernelError(f"mark fd {fd} close-on-exec: {exc.strerror}",
+                                      exc.errno) from None
 
 
 def _load_seccomp(bpf: bytes, section: dict, agent: SeccompAgent | None) -> None:
