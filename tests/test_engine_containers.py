@@ -18,7 +18,6 @@ from nsbox.engine import bundle as bundle_mod
 from nsbox.engine.containers import (
     Engine,
     _pid_alive,
-    _secure_join,
     spec_from_json,
     spec_to_json,
 )
@@ -84,11 +83,14 @@ def test_spec_round_trip():
     assert spec_from_json(spec_to_json(spec)) == spec
 
 
-def test_secure_join_stays_inside(tmp_path):
+def test_container_paths_resolve_inside_the_root(tmp_path):
+    from nsbox.engine.lifecycle.copy import View
+
     (tmp_path / "etc").mkdir()
     os.symlink("/../../etc", tmp_path / "up")
-    assert _secure_join(str(tmp_path), "/up/passwd") == str(tmp_path / "etc" / "passwd")
-    assert _secure_join(str(tmp_path), "../../x") == str(tmp_path / "x")
+    view = View(str(tmp_path))
+    assert view.host(view.resolve("/up/passwd", True)) == str(tmp_path / "etc" / "passwd")
+    assert view.host(view.resolve("../../x", True)) == str(tmp_path / "x")
 
 
 def test_command_of_follows_docker_rules():

@@ -27,7 +27,6 @@ On disk, per container:
 from __future__ import annotations
 
 from nsbox.engine.lifecycle.host import find_runtime, runtime_root
-from nsbox.engine.lifecycle.host import secure_join as _secure_join
 from nsbox.engine.lifecycle.record import Container, new_id, spec_from_json, spec_to_json
 from nsbox.engine.lifecycle.start import PreforkedMonitor, prefork_monitor
 from nsbox.engine.lifecycle.state import DEFAULT_RUN_ROOT, EngineBase
@@ -42,7 +41,7 @@ if TYPE_CHECKING:
 
 # Names other modules and tests import from here.
 __all__ = ["DEFAULT_RUN_ROOT", "Container", "Engine", "PreforkedMonitor", "_new_id", "_pid_alive",
-           "_secure_join", "find_runtime", "prefork_monitor", "runtime_root", "spec_from_json",
+           "find_runtime", "prefork_monitor", "runtime_root", "spec_from_json",
            "spec_to_json"]
 
 _new_id = new_id  # Engine.create's id maker (tests replace it here)

@@ -85,28 +85,3 @@ def rmtree(path: str) -> None:
     """shutil.rmtree(PATH, ignore_errors=True), without importing shutil."""
     from nsbox.engine.storage import remove_tree
     remove_tree(path)
-
-
-def secure_join(root: str, path: str) -> str:
-    """ROOT/PATH with every symlink resolved as if ROOT were / (no escaping it)."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        if os.path.islink(candidate) and parts is not None:
-            hops += 1
-            if hops > 40:
-                raise ConfigError(f"cp: too many symlinks in {path}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    return os.path.join(root, *resolved)
