@@ -18,7 +18,8 @@ VENV_PY    := $(VENV)/bin/python
 # Rebuilt when the packaging or the monitor's C loop (compiled by setup.py) changes;
 # lives in the venv so deleting .venv resets it.
 DEPS_STAMP := $(VENV)/.nsbox-deps-installed
-DEPS_INPUTS := pyproject.toml setup.py nsbox/engine/monitor_loop.c
+# The launchers too: pip copies them into the venv, so an edit needs a reinstall.
+DEPS_INPUTS := pyproject.toml setup.py nsbox/engine/monitor_loop.c bin/nsbox-runtime bin/nsbox
 
 # `make install`: a venv for every user, and its two commands on everyone's PATH.
 INSTALL_DIR ?= /opt/nsbox

@@ -111,6 +111,13 @@ def preload(spec: Spec) -> None:
         from nsbox.runtime import hooks  # noqa: F401
 
         hooks.preload()
+    if spec.has_new_namespace("mount"):
+        # Here rather than in stage 1: a forked child pays for every page its
+        # imports touch (copy-on-write), which made the same imports take
+        # ~1.5 ms there against ~0.6 ms here.
+        from nsbox.runtime import rootfs
+
+        rootfs.load()
 
 
 def _stage1(ctx: InitContext, chan: ch.Channel) -> None:

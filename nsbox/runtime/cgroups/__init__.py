@@ -340,8 +340,9 @@ def destroy(paths: dict[str, str], created: list[str] | None = None) -> None:
     """
     ours = set(created) if created is not None else set(paths.values())
     owned = {k: p for k, p in paths.items() if p in ours}
-    if owned:
-        for pid in pids(owned):
+    left = pids(owned) if owned else []
+    if left:
+        for pid in left:
             with suppress(ProcessLookupError):
                 os.kill(pid, 9)  # SIGKILL
         thaw(owned)
@@ -349,6 +350,13 @@ def destroy(paths: dict[str, str], created: list[str] | None = None) -> None:
         while pids(owned) and time.monotonic() < deadline:
             time.sleep(0.005)
     for path in owned.values():
+        try:
+            os.rmdir(path)  # the usual case: no sub-cgroups, nothing left inside
+            continue
+        except FileNotFoundError:
+            continue
+        except OSError:
+            pass  # sub-cgroups, or a task still on its way out: children first, with retries
         if not os.path.isdir(path):
             continue
         subdirs = [dp for dp, _, _ in os.walk(path)]

@@ -24,12 +24,26 @@ def run(args, ctx) -> int:
     cid = need_id(args, "run")
     opts = options(args)
     rt = ctx.runtime()
-    if not args["detach"] and not opts.console_socket:
-        from nsbox.runtime.spec import load_bundle_config
+    if not args["detach"] and not opts.console_socket and _wants_terminal(opts.bundle):
+        from nsbox.runtime.cli import _terminal
 
-        spec, _ = load_bundle_config(opts.bundle)
-        if spec.process is not None and spec.process.terminal:
-            from nsbox.runtime.cli import _terminal
-
-            return _terminal.run_with_terminal(rt, cid, opts, keep=args["keep"])
+        return _terminal.run_with_terminal(rt, cid, opts, keep=args["keep"])
     return rt.run(cid, opts, detach=args["detach"], keep=args["keep"])
+
+
+def _wants_terminal(bundle: str) -> bool:
+    """process.terminal of the bundle's config.json, looked up without parsing the spec.
+
+    create parses and checks it (and reports any error in it); doing that here
+    as well cost every `run` a second parse.
+    """
+    import os
+
+    from nsbox import _json
+
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            process = _json.loads(f.read()).get("process")
+    except (OSError, ValueError, AttributeError):
+        return False  # create reports it
+    return isinstance(process, dict) and process.get("terminal") is True

@@ -59,7 +59,7 @@ log = get_logger(__name__)
 def load() -> None:
     """Import the modules that build the rootfs.  `create` itself needs only the checks;
     the init needs these before it pivots (after that the host's library is out of reach),
-    and stage 1 loads them while the runtime moves it into its cgroups."""
+    and the runtime loads them before it forks (init.preload says why)."""
     from nsbox.runtime.rootfs import devices, masking, mounts, switch  # noqa: F401
 
 

@@ -1,0 +1,116 @@
+"""The part of ctypes that syscalls.py uses, built on the `_ctypes` extension alone.
+
+`import ctypes` costs about 1.4 ms on this kind of host: it imports `struct`
+and `types`, defines some thirty C types, checks their sizes and creates a
+callback, before the first system call is made.  Every runtime command that
+makes one (create, run, exec, kill, delete) paid it.  This module, with the
+dozen names below, costs about 0.6 ms, half of it loading `_ctypes` itself.  They are the same `_ctypes` machinery, so their
+instances mix with real ctypes objects where the C layer accepts any C data
+(byref, sizeof, Structure fields); for anything not defined here the module
+falls back to the real `ctypes` (PEP 562 `__getattr__`), so a new use in
+syscalls.py works unchanged, just without the saving.
+
+Only for x86_64 Linux, like the syscall numbers in syscalls.py: long and
+pointers are 64 bits, int 32.
+"""
+
+from __future__ import annotations
+
+import _ctypes
+from _ctypes import (  # noqa: F401  (re-exported: syscalls.py uses them as ctypes.X)
+    POINTER,
+    Structure,
+    _SimpleCData,
+    addressof,
+    byref,
+    get_errno,
+    sizeof,
+)
+
+
+class c_int(_SimpleCData):  # noqa: N801 - ctypes' names
+    _type_ = "i"
+
+
+class c_uint(_SimpleCData):  # noqa: N801
+    _type_ = "I"
+
+
+class c_long(_SimpleCData):  # noqa: N801
+    _type_ = "l"
+
+
+class c_ulong(_SimpleCData):  # noqa: N801
+    _type_ = "L"
+
+
+class c_char(_SimpleCData):  # noqa: N801
+    _type_ = "c"
+
+
+class c_char_p(_SimpleCData):  # noqa: N801
+    _type_ = "z"
+
+
+class c_void_p(_SimpleCData):  # noqa: N801
+    _type_ = "P"
+
+
+c_int32, c_uint32 = c_int, c_uint
+c_int64, c_uint64 = c_long, c_ulong
+c_size_t, c_ssize_t = c_ulong, c_long
+
+
+def create_string_buffer(init: bytes, size: int | None = None):
+    """A c_char array holding INIT, NUL-padded to SIZE bytes (ctypes' function)."""
+    buf = (c_char * (len(init) + 1 if size is None else size))()
+    buf.value = init
+    return buf
+
+
+class CDLL:
+    """A loaded library whose attributes are its C functions (ctypes.CDLL, cdecl, int result)."""
+
+    _func_flags_ = _ctypes.FUNCFLAG_CDECL
+
+    def __init__(self, name: str | None, use_errno: bool = False) -> None:
+        class _FuncPtr(_ctypes.CFuncPtr):
+            _flags_ = self._func_flags_ | (_ctypes.FUNCFLAG_USE_ERRNO if use_errno else 0)
+            _restype_ = c_int
+
+        self._FuncPtr = _FuncPtr
+        self._name = name
+        self._handle = _ctypes.dlopen(name, _ctypes.RTLD_LOCAL)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        func = self._FuncPtr((name, self))
+        func.__name__ = name
+        setattr(self, name, func)
+        return func
+
+
+class PyDLL(CDLL):
+    """Like CDLL, but the GIL stays held across each call (ctypes.PyDLL)."""
+
+    _func_flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_PYTHONAPI
+
+
+class _MemmoveType(_ctypes.CFuncPtr):
+    _flags_ = _ctypes.FUNCFLAG_CDECL
+    _restype_ = c_void_p
+    _argtypes_ = (c_void_p, c_void_p, c_size_t)
+
+
+memmove = _MemmoveType(_ctypes._memmove_addr)
+
+
+def __getattr__(name: str):
+    if name == "pythonapi":
+        api = PyDLL(None)
+        globals()["pythonapi"] = api
+        return api
+    import ctypes
+
+    return getattr(ctypes, name)
