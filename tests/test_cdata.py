@@ -18,7 +18,7 @@ def test_syscalls_do_not_import_ctypes():
 
 def test_types_have_their_c_sizes():
     sizes = {_cdata.c_int: 4, _cdata.c_uint: 4, _cdata.c_long: 8, _cdata.c_ulong: 8,
-             _cdata.c_char_p: 8, _cdata.c_void_p: 8, _cdata.c_char: 1}
+             _cdata.c_char_p: 8, _cdata.c_void_p: 8, _cdata.c_char: 1, _cdata.c_ushort: 2}
     assert {t: _cdata.sizeof(t) for t in sizes} == sizes
 
 
@@ -46,4 +46,4 @@ def test_structures_mix_with_real_ctypes():
 
     assert sc.statfs("/").f_bsize > 0
     assert _cdata.sizeof(sc.StatFs) == ctypes.sizeof(sc.StatFs) == 120
-    assert _cdata.c_ushort is ctypes.c_ushort  # anything else comes from ctypes itself
+    assert _cdata.c_double is ctypes.c_double  # anything else comes from ctypes itself

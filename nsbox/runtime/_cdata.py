@@ -8,7 +8,10 @@ dozen names below, costs about 0.6 ms, half of it loading `_ctypes` itself.  The
 instances mix with real ctypes objects where the C layer accepts any C data
 (byref, sizeof, Structure fields); for anything not defined here the module
 falls back to the real `ctypes` (PEP 562 `__getattr__`), so a new use in
-syscalls.py works unchanged, just without the saving.
+syscalls.py works unchanged, just without the saving.  Not in the
+container's init after pivot_root, though, where the host's library is out
+of reach: whatever the init calls must be defined here (seccomp.load uses
+this module too).
 
 Only for x86_64 Linux, like the syscall numbers in syscalls.py: long and
 pointers are 64 bits, int 32.
@@ -28,7 +31,11 @@ from _ctypes import (  # noqa: F401  (re-exported: syscalls.py uses them as ctyp
 )
 
 
-class c_int(_SimpleCData):  # noqa: N801 - ctypes' names
+class c_ushort(_SimpleCData):  # noqa: N801 - ctypes' names
+    _type_ = "H"
+
+
+class c_int(_SimpleCData):  # noqa: N801
     _type_ = "i"
 
 

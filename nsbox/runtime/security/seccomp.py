@@ -509,8 +509,9 @@ def load_filter(program: bytes, flags: list[str] | None = None, *,
     asks for a notify fd exactly when the program has SCMP_ACT_NOTIFY rules;
     the fd is returned then (close-on-exec), otherwise None.
     """
-    import ctypes
-
+    # _cdata, not ctypes: the init runs this after pivot_root, where only what
+    # the runtime imported before forking is there, and ctypes is not.
+    from nsbox.runtime import _cdata as ctypes
     from nsbox.runtime import syscalls
 
     _check_program(program)
@@ -583,7 +584,7 @@ def send_to_agent(sock_fd: int, seccomp_fd: int, *, pid: int, state: dict,
     sendmsg, then the connection is closed (the OCI seccomp agent protocol).
     """
     import _socket
-    import struct
+    import sys
 
     from nsbox.runtime.spec import SPEC_VERSION
 
@@ -595,7 +596,7 @@ def send_to_agent(sock_fd: int, seccomp_fd: int, *, pid: int, state: dict,
     payload = _json.dumps(document).encode()
     sock = _socket.socket(fileno=sock_fd)
     try:
-        rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", seccomp_fd))]
+        rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, seccomp_fd.to_bytes(4, sys.byteorder))]
         sent = sock.sendmsg([payload], rights)
         if sent < len(payload):
             sock.sendall(payload[sent:])
