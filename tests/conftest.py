@@ -196,6 +196,23 @@ def crun() -> str:
     return helpers.require_binary("crun")
 
 
+# ------------------------------------------------------------------- network tests
+@pytest.fixture
+def net_host(tmp_path: Path) -> Iterator[Any]:
+    """A nethost.NetHost: the engine runs in a network namespace of its own with an
+    upstream namespace behind it (tests/nethost.py); the test fails if the engine
+    leaves links or processes there once its containers are removed."""
+    import nethost
+
+    host = nethost.NetHost(tmp_path / "nethost").start()
+    try:
+        yield host
+    finally:
+        problems = host.close()
+    if problems:
+        pytest.fail("nethost cleanup: " + "; ".join(problems), pytrace=False)
+
+
 # ------------------------------------------------------------------- cleanup
 @pytest.fixture(autouse=True)
 def _cleanup_containers_and_mounts(request: pytest.FixtureRequest) -> Iterator[None]:

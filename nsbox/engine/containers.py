@@ -162,6 +162,11 @@ class Engine(EngineBase):
         from nsbox.engine.lifecycle import query
         return query.logs(self, ref, follow, tail, timestamps, since, wake_fd)
 
+    def log_drops(self, ref: str) -> tuple[int, int]:
+        """(lines, bytes) of output the monitor dropped: the log could not be written (disk full)."""
+        from nsbox.engine.lifecycle import query
+        return query.log_drops(self, ref)
+
     def top(self, ref: str, ps_args: list[str] | None = None) -> list[list[str]]:
         """Processes of the container: a header row, then one row each (PS_ARGS: ps options)."""
         from nsbox.engine.lifecycle import query

@@ -10,6 +10,19 @@ UNIQUE column, so two racing `run --name x` cannot both win.
 
 Tables are prefixed `container_` and `volume_`; the image store may keep its
 own `image_` tables in the same file.
+
+A full filesystem: <root>/nsbox.db-reserve is a preallocated file
+(RESERVE_SIZE, env NSBOX_DB_RESERVE; 0 turns it off).  When SQLite answers
+SQLITE_FULL (or SQLITE_IOERR with the filesystem full: its -shm or -wal
+cannot grow), the reserve is cut by RESERVE_CHUNK, which gives SQLite room,
+and the operation is retried, so removing a container, recording an exit
+and reading the records still work on a full disk; a chunk at a time, so a
+container still writing cannot take all of it at once.  A later
+Database() makes the reserve whole again once the filesystem has room for
+it twice over.  Nothing is checked on the way in: one stat() per
+Database().  Past the reserve, DatabaseFull: the commands that free space
+go on without the write they could not make (docs/engine.md, "A full
+disk").
 """
 
 from __future__ import annotations
@@ -31,6 +44,16 @@ if TYPE_CHECKING:
 DB_FILE = "nsbox.db"
 BUSY_TIMEOUT_S = 30.0
 _RETRIES = 50
+RESERVE_SUFFIX = "-reserve"  # <root>/nsbox.db-reserve
+RESERVE_SIZE = 1 << 20
+RESERVE_CHUNK = 256 << 10  # given back per full disk
+RESERVE_ENV = "NSBOX_DB_RESERVE"
+_SQLITE_IOERR, _SQLITE_FULL = 10, 13  # primary result codes
+_FULL_RETRIES = 4  # tries after a full disk, each with a chunk of the reserve
+
+
+class DatabaseFull(NsboxError):
+    """SQLite could not write: the filesystem of the root is full, and the reserve used up."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS container_containers (
@@ -127,9 +150,11 @@ class Database:
     def __init__(self, root: str) -> None:
         import _thread
         self.path = os.path.join(root, DB_FILE)
+        self.reserve_path = self.path + RESERVE_SUFFIX
         self._local = _thread._local()
         os.makedirs(root, mode=0o700, exist_ok=True)
         self._retry(self._init_schema)
+        keep_reserve(self.reserve_path)
 
     def _connect(self):  # noqa: ANN202 - sqlite3.Connection, imported lazily
         sqlite3 = sqlite()
@@ -192,10 +217,27 @@ class Database:
 
     def _retry(self, func: Callable[[], T]) -> T:
         sqlite3 = sqlite()
+        full = 0
         for attempt in range(_RETRIES):
             try:
                 return func()
             except sqlite3.OperationalError as err:
+                code = (getattr(err, "sqlite_errorcode", 0) or 0) & 0xFF
+                if code in (_SQLITE_FULL, _SQLITE_IOERR):
+                    # The filesystem may be full: make room (the reserve) and try again.
+                    self._discard_connection()
+                    full += 1
+                    released = release_reserve(self.reserve_path, code == _SQLITE_FULL)
+                    if released and full <= _FULL_RETRIES:
+                        continue
+                    if code == _SQLITE_FULL or _filesystem_full(self.path):
+                        if full <= 2:
+                            time.sleep(0.05)  # another process's removal may free space
+                            continue
+                        raise DatabaseFull(f"{self.path}: {err} (the filesystem is full: remove "
+                                           "containers, volumes or images to free space)") from None
+                    if full <= 1:
+                        continue  # once more, on a new connection
                 if "locked" not in str(err) and "busy" not in str(err):
                     raise NsboxError(f"{self.path}: {err}") from None
                 if attempt == _RETRIES - 1:
@@ -203,6 +245,18 @@ class Database:
                 import random
                 time.sleep(0.01 + random.random() * 0.05)
         raise AssertionError("unreachable")
+
+    def _discard_connection(self) -> None:
+        """Close this thread's kept connection (after a failed write it may hold a transaction)."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or getattr(local, "pid", 0) != os.getpid() or local.busy:
+            return
+        local.conn = None
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001, S110 - it is dropped either way
+            pass
 
     # ------------------------------------------------------------- containers
     def insert_container(self, row: dict) -> None:
@@ -333,13 +387,125 @@ class _Connection:
     def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
         (conn, owned), self._conn = self._conn, None
         try:
-            if self._transaction:
-                conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+            if self._transaction and exc_type is None:
+                try:
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)  # a failed COMMIT (a full disk) leaves it open
+                    raise
+            elif exc_type is not None:
+                _rollback(conn)  # never hide the error with one of the rollback's
             elif conn.in_transaction:
                 conn.execute("ROLLBACK")
         finally:
             self._db._release(conn, owned)
         return False
+
+
+def _rollback(conn) -> None:  # noqa: ANN001
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except Exception:  # noqa: BLE001, S110 - Database._retry drops the connection if need be
+        pass
+
+
+def reserve_size() -> int:
+    """The reserve's size: NSBOX_DB_RESERVE (bytes, or with a k/m suffix), else RESERVE_SIZE."""
+    text = os.environ.get(RESERVE_ENV, "").strip().lower().rstrip("b")
+    if not text:
+        return RESERVE_SIZE
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1], 1)
+    try:
+        return max(0, int(float(text[:-1] if scale > 1 else text) * scale))
+    except ValueError:
+        return RESERVE_SIZE
+
+
+def keep_reserve(path: str) -> None:
+    """Make PATH the reserve's size again if it is short and the filesystem has room twice over."""
+    size = reserve_size()
+    if size <= 0:
+        return
+    try:
+        if os.stat(path).st_size >= size:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    try:
+        st = os.statvfs(os.path.dirname(path))
+        if st.f_bavail * st.f_frsize < 2 * size:
+            return  # not now: a full disk would only be fuller
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            if err.errno not in (95, 22):  # EOPNOTSUPP, EINVAL: no fallocate here
+                raise
+            os.lseek(fd, 0, 0)
+            zeros = bytes(65536)
+            for _ in range(0, size, len(zeros)):
+                os.write(fd, zeros)
+            os.ftruncate(fd, size)
+    except OSError:
+        try:
+            os.ftruncate(fd, 0)  # ENOSPC meanwhile: hold nothing half-way
+        except OSError:
+            pass
+    finally:
+        os.close(fd)
+
+
+def check_room(root: str) -> None:
+    """DatabaseFull if ROOT's filesystem has less than twice the reserve free: nothing new then.
+
+    Making a container there would take the room the reserve keeps for
+    removing one (create calls this; one statvfs).
+    """
+    size = reserve_size()
+    if size <= 0:
+        return
+    try:
+        st = os.statvfs(root)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < 2 * size:
+        raise DatabaseFull(f"no space left in {root} ({free >> 10} KiB free, "
+                           f"{(2 * size) >> 10} KiB needed): remove containers, volumes or images "
+                           "to free space")
+
+
+def _filesystem_full(path: str) -> bool:
+    """Has PATH's filesystem less than RESERVE_CHUNK free?"""
+    try:
+        st = os.statvfs(os.path.dirname(path))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < RESERVE_CHUNK
+
+
+def release_reserve(path: str, full: bool) -> bool:
+    """Give a chunk of the reserve back to the filesystem; True if there was any.
+
+    FULL: SQLite said the disk is full; else (an I/O error) only if the
+    filesystem is (nearly) full.
+    """
+    try:
+        if not full and not _filesystem_full(path):
+            return False
+        size = os.stat(path).st_size
+        if size == 0:
+            return False
+        os.truncate(path, max(0, size - RESERVE_CHUNK))
+    except OSError:
+        return False
+    return True
 
 
 def _encode(value: Any) -> Any:

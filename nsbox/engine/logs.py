@@ -14,6 +14,12 @@ if TYPE_CHECKING:
 
 LOG_FILE = "ctr.log"
 MAX_FILES_SCAN = 100
+# The default limits of a container's log, set at create unless --log-opt
+# gives max-size (docs/engine.md, "Logs"); "0" or "-1" in the environment: unlimited.
+LOG_MAX_SIZE_ENV, LOG_MAX_FILE_ENV = "NSBOX_LOG_MAX_SIZE", "NSBOX_LOG_MAX_FILE"
+DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_MAX_FILE = "10m", "2"
+# The monitor's count of output it could not write (a full disk): "LINES BYTES".
+DROPS_SUFFIX = ".dropped"
 
 
 def parse_size(text: str | None) -> int:
@@ -25,6 +31,42 @@ def parse_size(text: str | None) -> int:
     if text and text[-1] in units:
         return int(float(text[:-1]) * units[text[-1]])
     return int(text)
+
+
+def log_limits(opts: dict[str, str], environ: dict[str, str] | None = None) -> dict[str, str]:
+    """OPTS (--log-opt) with the effective max-size and max-file filled in.
+
+    Without max-size: NSBOX_LOG_MAX_SIZE (default 10m; 0 or -1: unlimited)
+    and, unless given, max-file NSBOX_LOG_MAX_FILE (default 2).  With
+    max-size but no max-file: 1, as Docker.  ValueError for a bad variable.
+    """
+    env = os.environ if environ is None else environ
+    out = dict(opts)
+    if "max-size" not in out:
+        size = env.get(LOG_MAX_SIZE_ENV, "").strip() or DEFAULT_LOG_MAX_SIZE
+        if size.lstrip("-") == "0" or size == "-1":
+            return out  # unlimited
+        if parse_size(size) <= 0:
+            raise ValueError(f"{LOG_MAX_SIZE_ENV}={size}: not a size")
+        out["max-size"] = size
+        if "max-file" not in out:
+            count = env.get(LOG_MAX_FILE_ENV, "").strip() or DEFAULT_LOG_MAX_FILE
+            if int(count) < 1:
+                raise ValueError(f"{LOG_MAX_FILE_ENV}={count}: not a count of files")
+            out["max-file"] = count
+    elif "max-file" not in out:
+        out["max-file"] = "1"
+    return out
+
+
+def read_drops(log_path: str) -> tuple[int, int]:
+    """(lines, bytes) of output the monitor dropped because the log could not be written."""
+    try:
+        with open(log_path + DROPS_SUFFIX, "rb") as f:
+            fields = f.read(64).split()
+        return (int(fields[0]), int(fields[1])) if len(fields) == 2 else (0, 0)
+    except (OSError, ValueError):
+        return 0, 0
 
 
 def _parse_time(text: str) -> float:

@@ -7,6 +7,16 @@
  * A Python process costs several MiB per container; this costs a few
  * hundred KiB.
  *
+ * A log that cannot be written (a full disk) never stops the container nor
+ * spins the loop: the output is read and dropped, counted in LOG.dropped
+ * ("LINES BYTES", rewritten in place; inspect's State.LogDropped), and a
+ * write is tried again after a back-off (100 ms doubling to 1 s) once the
+ * filesystem has LOW_WATER free.  Meanwhile the pipes are drained at most
+ * every DRAIN_MS, so a flooding container is slowed, not blocked.  Every
+ * CHECK_EVERY bytes written the free space is looked at too, so the log
+ * leaves the filesystem's last LOW_WATER to the metadata.  monitor.py's
+ * LogWriter does the same.
+ *
  * usage: monitor-loop INIT_PID OUT_FD ERR_FD LOG DRIVER MAX_SIZE MAX_FILE CMD [ARGS...]
  */
 #define _GNU_SOURCE
@@ -17,16 +27,28 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MAX_LINE (16 * 1024)
+#define LOW_WATER (2LL << 20)       /* resume writing with this much free */
+#define CHECK_EVERY (256LL * 1024)  /* look at the free space this often (bytes written) */
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 1000
+#define DRAIN_MS 20                 /* while dropping: read the pipes at most this often */
 
 static const char *log_path, *driver;
+static char drops_path[4096];
 static long long max_size, size;
 static int max_file, log_fd = -1;
+
+/* Dropping: the log cannot be written; output is counted and discarded. */
+static int dropping, drop_fd = -1;
+static long long dropped_lines, dropped_bytes, saved_lines = -1, saved_bytes = -1;
+static long long since_check, next_try_ms, backoff_ms = BACKOFF_MIN_MS;
 
 struct stream {
     int fd;
@@ -39,6 +61,77 @@ static void open_log(void) {
     struct stat st;
     log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     size = (log_fd >= 0 && fstat(log_fd, &st) == 0) ? st.st_size : 0;
+}
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* LOG.dropped: "LINES BYTES", a fixed-width record rewritten in place (no new blocks). */
+static void open_drops(void) {
+    char text[64] = {0};
+    drop_fd = open(drops_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (drop_fd < 0)
+        return;
+    if (pread(drop_fd, text, sizeof text - 1, 0) > 0)
+        sscanf(text, "%lld %lld", &dropped_lines, &dropped_bytes);
+    saved_lines = saved_bytes = -1;
+}
+
+static void save_drops(void) {
+    char text[64];
+    int n;
+    if (dropped_lines == saved_lines && dropped_bytes == saved_bytes)
+        return;
+    if (drop_fd < 0)
+        open_drops();
+    if (drop_fd < 0)
+        return;
+    n = snprintf(text, sizeof text, "%20lld %20lld\n", dropped_lines, dropped_bytes);
+    if (pwrite(drop_fd, text, (size_t)n, 0) == n) {
+        saved_lines = dropped_lines;
+        saved_bytes = dropped_bytes;
+    }
+}
+
+/* Is there LOW_WATER free on the log's filesystem? */
+static int room(void) {
+    struct statvfs st;
+    if (log_fd < 0 || fstatvfs(log_fd, &st) != 0)
+        return 0;
+    return (long long)st.f_bavail * (long long)st.f_frsize >= LOW_WATER;
+}
+
+static void start_dropping(void) {
+    if (!dropping)
+        backoff_ms = BACKOFF_MIN_MS;
+    else if ((backoff_ms *= 2) > BACKOFF_MAX_MS)
+        backoff_ms = BACKOFF_MAX_MS;
+    dropping = 1;
+    next_try_ms = now_ms() + backoff_ms;
+    save_drops();
+}
+
+/* While dropping: is it time to write again?  (Tries at most once per back-off.) */
+static int may_write(void) {
+    if (!dropping)
+        return 1;
+    if (now_ms() < next_try_ms)
+        return 0;
+    if (log_fd < 0)
+        open_log();
+    if (!room()) {
+        start_dropping();
+        return 0;
+    }
+    return 1;
+}
+
+static void drop(long long lines, long long bytes) {
+    dropped_lines += lines;
+    dropped_bytes += bytes;
 }
 
 static void rotate(void) {
@@ -59,17 +152,22 @@ static void rotate(void) {
     open_log();
 }
 
-static void write_all(const char *data, size_t len) {
-    while (len > 0) {
-        ssize_t n = write(log_fd, data, len);
+/* 0, or -1 with nothing of DATA left in the log (a part written is cut off again). */
+static int write_all(const char *data, size_t len) {
+    long long start = size;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = log_fd < 0 ? -1 : write(log_fd, data + done, len - done);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return;
+            if (done > 0)
+                ftruncate(log_fd, start);
+            return -1;
         }
-        data += n;
-        len -= (size_t)n;
+        done += (size_t)n;
     }
+    return 0;
 }
 
 /* One log line: TEXT (with its newline unless PARTIAL) from stream NAME. */
@@ -80,6 +178,10 @@ static void emit(const char *name, const char *text, size_t len, int partial) {
     struct tm tm;
     size_t o = 0;
 
+    if (!may_write()) {
+        drop(1, (long long)len);
+        return;
+    }
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
@@ -118,8 +220,24 @@ static void emit(const char *name, const char *text, size_t len, int partial) {
     }
     if (max_size > 0 && size > 0 && size + (long long)o > max_size)
         rotate();
-    write_all(out, o);
+    if ((since_check += (long long)o) >= CHECK_EVERY) {
+        since_check = 0;
+        if (!room()) {  /* leave the rest of the filesystem to the metadata */
+            drop(1, (long long)len);
+            start_dropping();
+            return;
+        }
+    }
+    if (write_all(out, o) < 0) {
+        drop(1, (long long)len);
+        start_dropping();
+        return;
+    }
     size += (long long)o;
+    if (dropping) {  /* written again: say so in the counts' file */
+        dropping = 0;
+        save_drops();
+    }
 }
 
 /* Read what FD has; returns 0 at EOF (the stream is then closed and flushed). */
@@ -135,6 +253,16 @@ static int pump(struct stream *s) {
         close(s->fd);
         s->fd = -1;
         return 0;
+    }
+    if (dropping && now_ms() < next_try_ms) {
+        /* Not writing now: count what came (lines by their newlines) and discard it. */
+        long long lines = 0;
+        for (const char *p = chunk; (p = memchr(p, '\n', (size_t)(chunk + n - p))); p++)
+            lines++;
+        if (s->len && lines)  /* the line begun before ends in this chunk */
+            s->len = 0;
+        drop(lines, (long long)n);
+        return 1;
     }
     for (ssize_t i = 0; i < n; i++) {
         s->buf[s->len++] = chunk[i];
@@ -168,7 +296,10 @@ int main(int argc, char **argv) {
     driver = argv[5];
     max_size = atoll(argv[6]);
     max_file = atoi(argv[7]);
+    snprintf(drops_path, sizeof drops_path, "%s.dropped", log_path);
     open_log();
+    open_drops();
+    save_drops();  /* its block is taken now, while there is room */
 
     pidfd = (int)syscall(SYS_pidfd_open, init_pid, 0);
     for (;;) {
@@ -204,6 +335,10 @@ int main(int argc, char **argv) {
         }
         if (exited)
             break;
+        if (dropping) {  /* let the pipes fill: a flood costs a read per DRAIN_MS, not a spin */
+            struct timespec pause = {0, DRAIN_MS * 1000000L};
+            nanosleep(&pause, NULL);
+        }
     }
     /* The init is gone and with it its pid namespace: the pipes reach EOF soon. */
     for (int round = 0; round < 10 && (out.fd >= 0 || err.fd >= 0); round++) {
@@ -235,6 +370,9 @@ int main(int argc, char **argv) {
         close(out.fd);
     if (err.fd >= 0)
         close(err.fd);
+    save_drops();
+    if (drop_fd >= 0)
+        close(drop_fd);
     close(log_fd);
     if (pidfd >= 0)
         close(pidfd);

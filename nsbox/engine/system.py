@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 
 # What the engine creates in its root (db.py, images/layout.py, storage.py, volumes.py).
-ROOT_ENTRIES = ("nsbox.db", "nsbox.db-wal", "nsbox.db-shm", "nsbox.db-journal", "containers",
-                "images", "layers", "volumes", "shifted", "tmp", "storage.lock")
+ROOT_ENTRIES = ("nsbox.db", "nsbox.db-wal", "nsbox.db-shm", "nsbox.db-journal", "nsbox.db-reserve",
+                "containers", "images", "layers", "volumes", "shifted", "tmp", "storage.lock")
 # ... and in its run root; plus one state directory per OCI runtime (its basename).
 RUN_ROOT_ENTRIES = ("exits", "stdin", "tty", "bin", "netns", "slirp4netns", "pause.lock",
                     "pause.pid", "pause.pid.tmp")

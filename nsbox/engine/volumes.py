@@ -95,7 +95,15 @@ class Volumes:
         if users:
             raise VolumeInUse(f"volume {name} is in use by container {users[0][:12]}")
         import shutil
-        self.db.delete_volume(name)
+
+        from nsbox.engine.db import DatabaseFull
+        try:
+            self.db.delete_volume(name)
+        except DatabaseFull:
+            # A full disk: the data goes first, which frees the room the record needs.
+            shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+            self.db.delete_volume(name)
+            return
         shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
 
     def prune(self) -> list[str]:

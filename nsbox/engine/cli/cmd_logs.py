@@ -33,4 +33,14 @@ def run(args, ctx) -> int:  # noqa: ANN001
     records = engine.logs(ref, follow=bool(args["follow"]), tail=tail,
                           timestamps=bool(args["timestamps"]), since=parse_since(args["since"]))
     stream_logs(records, bool(args["timestamps"]))
+    from nsbox.errors import NsboxError
+    try:
+        lines, size = engine.log_drops(ref)
+    except NsboxError:  # removed meanwhile (--rm)
+        lines = size = 0
+    if lines or size:
+        import sys
+        sys.stdout.flush()
+        print(f"nsbox: {lines} lines ({size} bytes) of output were dropped: the log could not "
+              "be written (disk full?)", file=sys.stderr)
     return 0

@@ -26,6 +26,7 @@ from nsbox.engine.lifecycle.record import (
     spec_to_json,
 )
 from nsbox.engine.model import EXITED, PAUSED, RUNNING
+from nsbox.engine.procs import pid_alive
 from nsbox.errors import (
     ContainerExists,
     ContainerNotFound,
@@ -48,19 +49,31 @@ def stop(engine: EngineBase, ref: str, timeout: int | None = None,
     """
     c = engine._lookup(ref)  # ContainerNotFound: there is no such container
     try:
-        c = engine._reconcile(c)
+        c = engine._reconcile_to_read(c)
     except ContainerNotFound:
         return  # it ended and its --rm removed it as we looked: stopped
     if c.state not in ACTIVE:
         if c.spec.auto_remove:
             engine._wait_monitor_gone(c)  # its --rm removal may be under way
         return
-    if not engine.db.update_container(c.id,
-                                      stopped_by_user=RESTARTED_BY_USER if restarting else 1):
+    if not mark_stopped(engine, c.id, RESTARTED_BY_USER if restarting else 1):
         return  # removed meanwhile
     if timeout is None:
         timeout = c.spec.stop_timeout if c.spec.stop_timeout is not None else DEFAULT_STOP_TIMEOUT
     terminate(engine, c, c.extra.get("stop_signal") or "SIGTERM", max(timeout, 0))
+
+
+def mark_stopped(engine: EngineBase, cid: str, how: int = 1) -> bool:
+    """Record that the user stopped CID (no restart follows); False if it no longer exists.
+
+    On a full disk past the reserve (DatabaseFull) the container is stopped
+    all the same: the signal, and a removal's freeing of space, matter more.
+    """
+    from nsbox.engine.db import DatabaseFull
+    try:
+        return engine.db.update_container(cid, stopped_by_user=how)
+    except DatabaseFull:
+        return True
 
 
 def terminate(engine: EngineBase, c: Container, signal_name: str, timeout: float) -> None:
@@ -78,11 +91,14 @@ def terminate(engine: EngineBase, c: Container, signal_name: str, timeout: float
         if row is None:
             break
         try:
-            current = engine._reconcile(Container.from_row(row))
+            current = engine._reconcile_to_read(Container.from_row(row))
         except ContainerNotFound:
             break  # removed while being reconciled
         if current.state not in ACTIVE:
             break
+        if current.pid and not pid_alive(current.pid) \
+                and not monitor_alive(current.monitor_pid, current.id):
+            break  # down, with an exit nobody could record (a full disk)
         now = time.monotonic()
         if current.state in (RUNNING, PAUSED) and current.pid != signalled_pid:
             with suppress(NsboxError):
@@ -107,7 +123,7 @@ def kill(engine: EngineBase, ref: str, signal: str | int = "KILL") -> None:
     """
     c = engine._lookup(ref)  # ContainerNotFound: there is no such container
     try:
-        c = engine._reconcile(c)
+        c = engine._reconcile_to_read(c)
     except ContainerNotFound:
         if c.spec.auto_remove:
             return
@@ -116,7 +132,7 @@ def kill(engine: EngineBase, ref: str, signal: str | int = "KILL") -> None:
         if c.spec.auto_remove and c.state == EXITED and monitor_alive(c.monitor_pid, c.id):
             return  # on its way out: its monitor is removing it
         raise InvalidState(f"container {c.name} is not running")
-    if not engine.db.update_container(c.id, stopped_by_user=1):
+    if not mark_stopped(engine, c.id):
         if c.spec.auto_remove:
             return
         raise ContainerNotFound(f"no such container: {ref}")
@@ -135,7 +151,7 @@ def _down(engine: EngineBase, c: Container) -> bool:
     if row is None:
         return True
     try:
-        return engine._reconcile(Container.from_row(row)).state not in (RUNNING, PAUSED)
+        return engine._reconcile_to_read(Container.from_row(row)).state not in (RUNNING, PAUSED)
     except ContainerNotFound:
         return True
 

@@ -62,6 +62,13 @@ def create(engine: EngineBase, spec: ContainerSpec,
         if mode.startswith("container:"):
             peer_pids[mode] = bundle_mod.peer_pid_or_fail(engine.get, mode)
     bundle_mod.command_of(spec, image.section)  # "no command" fails before anything exists
+    from nsbox.engine.db import check_room
+    check_room(engine.root)  # a full disk: the reserve is for removals
+    from nsbox.engine.logs import log_limits
+    try:
+        spec.log_opts = log_limits(spec.log_opts)  # the default limits, kept with the record
+    except ValueError as err:
+        raise ConfigError(f"log limits: {err}") from None
 
     if spec.network_mode == "private":
         from nsbox.engine import rootless

@@ -50,6 +50,12 @@ def logs(engine: EngineBase, ref: str, follow: bool = False, tail: int | None = 
                      wake_fd=wake_fd)
 
 
+def log_drops(engine: EngineBase, ref: str) -> tuple[int, int]:
+    """(lines, bytes) of REF's output its monitor dropped: its log could not be written."""
+    from nsbox.engine.logs import read_drops
+    return read_drops(engine._lookup(ref).log_path)
+
+
 def top(engine: EngineBase, ref: str, ps_args: list[str] | None = None) -> list[list[str]]:
     """Processes of the container: a header row, then one row each.
 
@@ -149,6 +155,8 @@ def inspect(engine: EngineBase, ref: str) -> dict:
             mounts.append({"Type": "volume", "Name": name, "Driver": "local",
                            "Source": os.path.join(engine.volumes.dir, name, "_data"), "RW": True})
     running = c.state in (RUNNING, PAUSED)
+    from nsbox.engine.logs import read_drops
+    dropped_lines, dropped_bytes = read_drops(c.log_path)
     return {
         "Id": c.id,
         "Created": format_time(c.created),
@@ -161,6 +169,8 @@ def inspect(engine: EngineBase, ref: str) -> dict:
             "Error": c.error,
             "StartedAt": format_time(c.started_at) if c.started_at else "0001-01-01T00:00:00Z",
             "FinishedAt": format_time(c.finished_at) if c.finished_at else "0001-01-01T00:00:00Z",
+            # nsbox: output the monitor could not write to the log (a full disk)
+            "LogDropped": dropped_lines, "LogDroppedBytes": dropped_bytes,
         },
         "Image": c.image_id,
         "ResolvConfPath": os.path.join(c.bundle, "resolv.conf"),

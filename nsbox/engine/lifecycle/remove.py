@@ -43,8 +43,8 @@ def remove(engine: EngineBase, ref: str, force: bool = False, volumes: bool = Fa
                 raise InvalidState(f"cannot remove container {c.name}: it is {c.state}; "
                                    "stop it first or force the removal")
             # Imported here: `run --rm` removes a container that is down already.
-            from nsbox.engine.lifecycle.control import terminate
-            engine.db.update_container(c.id, stopped_by_user=1)
+            from nsbox.engine.lifecycle.control import mark_stopped, terminate
+            mark_stopped(engine, c.id)
             terminate(engine, c, "KILL", 0)
     # A --rm container's monitor may be removing it now: let it finish first.
     engine._wait_monitor_gone(c)

@@ -64,7 +64,19 @@ class EngineBase:
 
     def get(self, ref: str) -> Container:
         """The container with full id REF, name REF, or unique id prefix REF; ContainerNotFound else."""
-        return self._reconcile(self._lookup(ref))
+        return self._reconcile_to_read(self._lookup(ref))
+
+    def _reconcile_to_read(self, c: Container) -> Container:
+        """_reconcile(C), or C as recorded if the truth cannot be written (a full disk).
+
+        Reading never fails for want of space: ps and inspect answer.
+        """
+        try:
+            return self._reconcile(c)
+        except ContainerNotFound:
+            raise
+        except NsboxError:
+            return c
 
     def _lookup(self, ref: str) -> Container:
         """get() without reconciling: the record as it stands."""
@@ -129,7 +141,7 @@ class EngineBase:
         out = []
         for row in self.db.containers():
             try:
-                c = self._reconcile(Container.from_row(row))
+                c = self._reconcile_to_read(Container.from_row(row))
             except ContainerNotFound:
                 continue  # removed meanwhile (--rm, another rm)
             if not all and c.state not in ACTIVE:
