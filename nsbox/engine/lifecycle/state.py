@@ -76,6 +76,12 @@ class EngineBase:
         except ContainerNotFound:
             raise
         except NsboxError:
+            if c.state in (RUNNING, PAUSED) and not pid_alive(c.pid) \
+                    and not monitor_alive(c.monitor_pid, c.id):
+                # Down, and nobody could record it: say so, with the code its
+                # monitor left in <run_root>/exits if it got that far.
+                c.state, c.pid = EXITED, 0
+                c.exit_code = _exit_code_left(self.run_root, c)
             return c
 
     def _lookup(self, ref: str) -> Container:
@@ -165,6 +171,22 @@ class EngineBase:
                     name in extra.get("anonymous_volumes", []):
                 users.append(row["id"])
         return users
+
+
+def _exit_code_left(run_root: str, c: Container) -> int:
+    """The code of C's last exit in <run_root>/exits/<id> if written since its start, else 137.
+
+    The monitor's finish writes that file before the record, so the code is
+    there even when the record could not be written (a full disk).
+    """
+    from nsbox.engine.lifecycle.host import exit_file
+    try:
+        with open(exit_file(run_root, c.id)) as f:
+            if os.fstat(f.fileno()).st_mtime >= c.started_at:
+                return int(f.read().strip())
+    except (OSError, ValueError):
+        pass
+    return 137
 
 
 def _matches(c: Container, filters: dict) -> bool:
