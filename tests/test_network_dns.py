@@ -235,3 +235,68 @@ def test_other_names_are_forwarded_to_the_hosts_resolvers(lab):
     net1, _ = _three_containers(lab)
     assert lab.lookup("c1", OUTSIDE_NAME, net1["gateway"]) == OUTSIDE_IP
     assert lab.lookup("c1", "unknown.example", net1["gateway"]) is None
+
+
+# ------------------------------------------------------------------ end to end
+def _aardvarks(host: nethost.NetHost) -> list[int]:
+    return [pid for pid in host.host_pids() if nethost._comm(pid) == "aardvark-dns"]
+
+
+def _retry(host: nethost.NetHost, *args: str, tries: int = 20) -> str:
+    """`nsbox ARGS` until it exits 0 (a server just started may miss the first query)."""
+    for _ in range(tries):
+        proc = host.nsbox(*args, check=False)
+        if proc.returncode == 0:
+            return proc.stdout
+        time.sleep(0.2)
+    raise AssertionError(f"nsbox {' '.join(args)} -> {proc.returncode}\n{proc.stdout}"
+                         f"\n{proc.stderr}")
+
+
+def test_engine_containers_resolve_and_connect_by_name_and_alias(net_host, aardvark):
+    h = net_host
+    h.start_resolver({OUTSIDE_NAME: OUTSIDE_IP})
+    h.nsbox("network", "create", "front")
+    h.nsbox("network", "create", "back")
+    web = h.nsbox("run", "-d", "--name", "web", "--network", "front", "--network-alias",
+                  "www", "busybox", "nc", "-ll", "-p", "8080", "-e", "echo", "hello-from-web"
+                  ).stdout.strip()
+    h.nsbox("run", "-d", "--name", "idle", "--network", "back", "busybox", "sleep", "600")
+    web_ip = json.loads(h.nsbox("inspect", web).stdout)[0]["NetworkSettings"]["Networks"][
+        "front"]["IPAddress"]
+    gateway = json.loads(h.nsbox("network", "inspect", "front").stdout)[0]["IPAM"]["Config"][
+        0]["Gateway"]
+    client = ["run", "--rm", "--network", "front", "busybox", "sh", "-c"]
+    resolv = h.nsbox(*client, "cat /etc/resolv.conf").stdout
+    assert f"nameserver {gateway}" in resolv, resolv
+    for name in ("web", "www", web[:12]):
+        out = _retry(h, *client, f"nslookup -type=a {name} && nc {name} 8080 </dev/null")
+        assert web_ip in out and "hello-from-web" in out, (name, out)
+    # Outside names are forwarded to the engine's (here: the fake upstream) resolvers.
+    out = _retry(h, *client, f"nslookup -type=a {OUTSIDE_NAME}")
+    assert OUTSIDE_IP in out, out
+    # From another network the names are unknown; its own container's name resolves.
+    other = h.nsbox("run", "--rm", "--network", "back", "busybox", "sh", "-c",
+                    "nslookup -type=a web; nslookup -type=a www; nslookup -type=a idle",
+                    check=False).stdout
+    assert web_ip not in other and other.count("NXDOMAIN") == 2, other
+    # The default bridge has no container DNS: the host's resolvers, not a gateway.
+    resolv = h.nsbox("run", "--rm", "busybox", "cat", "/etc/resolv.conf").stdout
+    assert gateway not in resolv and "nameserver" in resolv, resolv
+    assert len(_aardvarks(h)) == 1
+
+
+def test_network_rm_leaves_no_aardvark(net_host, aardvark):
+    h = net_host
+    h.nsbox("network", "create", "solo")
+    cid = h.nsbox("run", "-d", "--network", "solo", "--name", "lonely", "busybox",
+                  "sleep", "600").stdout.strip()
+    assert len(_aardvarks(h)) == 1
+    h.nsbox("rm", "-f", cid)
+    h.nsbox("network", "rm", "solo")
+    deadline = time.monotonic() + 5
+    while _aardvarks(h) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _aardvarks(h) == []
+    cfg = h.runroot / "networks" / "aardvark"
+    assert not cfg.exists() or os.listdir(cfg) == []
