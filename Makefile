@@ -47,7 +47,7 @@ DEMO_SCRIPT := echo "hostname: $$(hostname)"; echo "pid: $$$$"; echo "uid: $$(id
 
 REAL_PYTHON = $(shell python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
 
-.PHONY: help deps apt-deps demo install uninstall test test-v2 lint bench bench-engine security-report clean
+.PHONY: help deps apt-deps demo install uninstall test test-v2 lint bench bench-engine security-report clean stress
 
 help:
 	@echo "make demo   install apt + pip dependencies, run a busybox container (runtime, then engine)"
@@ -58,6 +58,7 @@ help:
 	@echo "make lint   ruff check nsbox tests bench"
 	@echo "make bench  hyperfine: nsbox-runtime vs runc vs crun -> docs/benchmarks.md"
 	@echo "make bench-engine  nsbox vs podman: run --rm time, idle memory -> docs/benchmarks-engine.md"
+	@echo "make stress  timed SIGKILLs of nsbox run and its monitor, STRESS_TRIALS at STRESS_CONCURRENCY (docs/reliability.md)"
 	@echo "make security-report  the escape battery -> docs/security.md"
 	@echo "variables:  RUNTIME=$(RUNTIME) PYTEST_ARGS=... TEST_TIMEOUT=$(TEST_TIMEOUT)"
 
@@ -143,6 +144,11 @@ bench: deps
 
 bench-engine: deps
 	$(VENV_PY) bench/engine_bench.py
+
+STRESS_TRIALS ?= 300
+STRESS_CONCURRENCY ?= 50
+stress: deps
+	$(VENV_PY) tests/stress.py --trials $(STRESS_TRIALS) --concurrency $(STRESS_CONCURRENCY)
 
 security-report: deps
 	$(VENV_PY) tests/security_battery.py --out docs/security.md

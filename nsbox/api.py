@@ -115,8 +115,10 @@ def name_conflict(engine, name: str) -> ConfigError:  # noqa: ANN001
                        "that name.")
 
 
-def create_container(engine, spec):  # noqa: ANN001, ANN201
-    """engine.create with the offline image and Docker's name-conflict message."""
+def create_container(engine, spec, then_start: bool = False):  # noqa: ANN001, ANN201
+    """engine.create with the offline image and Docker's name-conflict message.
+
+    THEN_START: the caller starts it next (`run`): see Engine.create."""
     ensure_image(engine.images, spec.image)
     if spec.name:
         try:
@@ -126,7 +128,7 @@ def create_container(engine, spec):  # noqa: ANN001, ANN201
         else:
             raise name_conflict(engine, spec.name)
     try:
-        return engine.create(spec)
+        return engine.create(spec, then_start=then_start)
     except ContainerExists:
         if spec.name:
             raise name_conflict(engine, spec.name) from None

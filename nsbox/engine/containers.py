@@ -58,17 +58,20 @@ class Engine(EngineBase):
     """
 
     # ------------------------------------------------------------------ create
-    def create(self, spec: ContainerSpec) -> Container:
-        """`docker create`: the record, the rootfs and the bundle, but no process yet."""
+    def create(self, spec: ContainerSpec, then_start: bool = False) -> Container:
+        """`docker create`: the record, the rootfs and the bundle, but no process yet.
+
+        THEN_START: this process starts it next (run): until then it stays
+        `creating`, so that if we die first the next command removes it."""
         from nsbox.engine.lifecycle import create
-        return create.create(self, spec, _new_id)
+        return create.create(self, spec, _new_id, then_start)
 
     def run(self, spec: ContainerSpec, detach: bool = True) -> Container:
         """create + start.  The caller (CLI) attaches by following logs() and wait()."""
         from nsbox._lite import suppress
         from nsbox.engine.lifecycle.remove import remove_now
         from nsbox.errors import ContainerNotFound, NsboxError
-        c = self.create(spec)
+        c = self.create(spec, then_start=True)
         try:
             self.start(c.id)
         except NsboxError:

@@ -75,7 +75,11 @@ CREATE TABLE IF NOT EXISTS container_containers (
     spec TEXT NOT NULL,
     bundle TEXT NOT NULL,
     runtime TEXT NOT NULL,
-    extra TEXT NOT NULL DEFAULT '{}'
+    extra TEXT NOT NULL DEFAULT '{}',
+    owner_pid INTEGER NOT NULL DEFAULT 0,
+    reader_pid INTEGER NOT NULL DEFAULT 0,
+    cgroup_parent TEXT NOT NULL DEFAULT '',
+    exit_unknown INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS volume_volumes (
     name TEXT PRIMARY KEY,
@@ -89,7 +93,23 @@ CREATE TABLE IF NOT EXISTS volume_volumes (
 
 CONTAINER_COLUMNS = ("id", "name", "image", "image_id", "created", "state", "exit_code", "pid",
                      "monitor_pid", "started_at", "finished_at", "restart_count",
-                     "stopped_by_user", "oom_killed", "error", "spec", "bundle", "runtime", "extra")
+                     "stopped_by_user", "oom_killed", "error", "spec", "bundle", "runtime", "extra",
+                     "owner_pid", "reader_pid", "cgroup_parent", "exit_unknown")
+
+# Columns added after the first release, with their definitions: a database
+# made before them gets them on first open (see Database._init_schema).
+# owner_pid: the process creating or starting the container (its state is
+# `creating`/`starting` meanwhile); reader_pid: an attached `run` that reads
+# the output to the end and then removes a --rm container itself;
+# cgroup_parent: the starter's /proc/self/cgroup, recorded before the
+# runtime makes the container's cgroups below it; exit_unknown: nobody saw
+# the exit (the monitor was gone), `error` says why.  docs/engine.md,
+# "Crash safety".
+_ADDED_CONTAINER_COLUMNS = (("owner_pid", "INTEGER NOT NULL DEFAULT 0"),
+                            ("reader_pid", "INTEGER NOT NULL DEFAULT 0"),
+                            ("cgroup_parent", "TEXT NOT NULL DEFAULT ''"),
+                            ("exit_unknown", "INTEGER NOT NULL DEFAULT 0"))
+_SCHEMA_VERSION = 1  # PRAGMA user_version once the columns above are in
 
 
 _INHERITED: list = []  # connections a forked child inherited; kept open, never used
@@ -203,6 +223,22 @@ class Database:
             if mode.lower() != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
+            if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+                self._add_columns(conn)
+
+    @staticmethod
+    def _add_columns(conn) -> None:  # noqa: ANN001
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            have = {r[1] for r in conn.execute("PRAGMA table_info(container_containers)")}
+            for name, definition in _ADDED_CONTAINER_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE container_containers ADD COLUMN {name} {definition}")
+            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def connection(self) -> _Connection:
         """`with db.connection() as conn:` a connection, closed at the end."""
@@ -279,6 +315,19 @@ class Database:
         def update() -> bool:
             with self.transaction() as conn:
                 cur = conn.execute(sql, [_encode(v) for v in fields.values()] + [container_id])
+                return cur.rowcount > 0
+        return self._retry(update)
+
+    def update_container_if(self, container_id: str, states: tuple[str, ...], **fields: Any) -> bool:
+        """Set FIELDS of one container if its state is one of STATES; True if it was."""
+        marks = ",".join("?" for _ in states)
+        sql = (f"UPDATE container_containers SET {','.join(f'{k}=?' for k in fields)} "
+               f"WHERE id=? AND state IN ({marks})")
+
+        def update() -> bool:
+            with self.transaction() as conn:
+                cur = conn.execute(sql, [_encode(v) for v in fields.values()] + [container_id,
+                                                                                 *states])
                 return cur.rowcount > 0
         return self._retry(update)
 

@@ -34,6 +34,7 @@ import sys
 import time
 
 from nsbox.engine.monitor_protocol import RESTART, monitor_name
+from nsbox.engine.procs import crashpoint
 
 MAX_LINE = 16 * 1024
 # A log that cannot be written (a full disk): output is dropped and counted
@@ -286,10 +287,14 @@ def _drain(fds: dict[int, str], buffers: dict[int, bytes], log: LogWriter) -> No
 
 
 _UNREAPED: list[int] = []  # helpers whose answer came before their exit
+_WATCHING = [0]  # the init this monitor watches now: killed if the monitor must give up
 
 
-def _helper(func_name: str, *args: str, answer_only: bool = False) -> tuple[int, bytes]:
+def _helper(func_name: str, *args: str, answer_only: bool = False,
+            keep: tuple[int, ...] = ()) -> tuple[int, bytes]:
     """Run lifecycle.monitor_helpers.<func_name>(*args, status_fd) in a child; (exit status, message).
+
+    The child keeps only the fds in KEEP (and 0-2, and its status pipe).
 
     ANSWER_ONLY: an `ok ...` line means success at once, without waiting for
     the child's exit (the teardown of a forked Python takes milliseconds);
@@ -299,6 +304,10 @@ def _helper(func_name: str, *args: str, answer_only: bool = False) -> tuple[int,
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         os.close(r)
+        # The container's processes are forked from here: none may hold the
+        # monitor's pipes (ready, done, ack), or their readers would wait on
+        # a container that never starts for end-of-file.
+        _close_all_but((w, *keep))
         code = 1
         try:
             from nsbox.engine.lifecycle import monitor_helpers
@@ -312,18 +321,45 @@ def _helper(func_name: str, *args: str, answer_only: bool = False) -> tuple[int,
         os._exit(code)
     os.close(w)
     chunks = []
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = -1
     while True:
+        if pidfd >= 0 and r not in select.select([r, pidfd], [], [])[0]:
+            # The helper is gone without end-of-file: the container it was
+            # making holds the pipe (a helper killed halfway).  Take what it said.
+            os.set_blocking(r, False)
+            try:
+                chunks.append(os.read(r, 65536))
+            except OSError:
+                pass
+            break
         chunk = os.read(r, 65536)
         if not chunk:
             break
         chunks.append(chunk)
         if answer_only and chunks[0].startswith(b"ok ") and chunk.endswith(b"\n"):
             os.close(r)
+            if pidfd >= 0:
+                os.close(pidfd)
             _UNREAPED.append(pid)
             return 0, b"".join(chunks)
     os.close(r)
+    if pidfd >= 0:
+        os.close(pidfd)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), b"".join(chunks)
+
+
+def _close_all_but(keep: tuple[int, ...]) -> None:
+    """Close every fd above 2 but KEEP."""
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= 3):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
 
 
 def _reap_helpers() -> None:
@@ -385,6 +421,7 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
     DONE_FD.
     """
     if resume_code is not None:
+        crashpoint("monitor.resume")
         code, _ = _helper("monitor_finish", root, run_root, cid, str(resume_code), "0")
         _reap_others(-1)  # as below
         if code != RESTART:
@@ -401,7 +438,7 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
             console = os.path.join(run_root, "tty", cid[:32])
             listener = listen(console)
         code, message = _helper("monitor_start", root, run_root, cid, str(out_w), str(err_w),
-                                console, answer_only=True)
+                                console, answer_only=True, keep=(out_w, err_w))
         os.close(out_w)
         os.close(err_w)
         text = message.decode(errors="replace").strip()
@@ -432,13 +469,18 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
                 _helper("monitor_finish", root, run_root, cid, "-1", "1")
         if first:
             # Answered after a failure is cleaned up, so the engine never sees it half-done.
-            os.write(ready_fd, (text or "err the monitor's helper failed").encode() + b"\n")
+            crashpoint("monitor.before_ready")
+            try:
+                os.write(ready_fd, (text or "err the monitor's helper failed").encode() + b"\n")
+            except OSError:
+                pass  # EPIPE: the starter is gone; the container is ours all the same
             os.close(ready_fd)
             first = False
         _reap_helpers()
         if text == "cancel" or failed:
             return
-        init_pid = int(text.split()[1])
+        init_pid = _WATCHING[0] = int(text.split()[1])
+        crashpoint("monitor.watching")
         if loop_bin:
             log.close()
             os.set_inheritable(out_r, True)
@@ -466,6 +508,7 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
         except ChildProcessError:
             status = None  # not our child (should not happen): the helper asks the runtime
         _reap_others(init_pid)
+        _WATCHING[0] = 0
         exit_code = 255 if status is None else (128 - status if status < 0 else status)
         if ack_fd >= 0 and _hand_exit(done_fd, ack_fd, exit_code):
             _reap_others(-1)
@@ -500,19 +543,58 @@ def detach_and_run(root: str, run_root: str, cid: str, ready_fd: int, log_path: 
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         os.close(devnull)
+        # From here the container is ours whatever happens to the starter: its
+        # pipes' EPIPE is an error return (never a signal), a hang-up is ignored.
+        import _signal  # the signal module costs an import of enum
+        _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)  # kept across execve by the C loop
+        _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
         from nsbox.runtime import syscalls
         syscalls.set_child_subreaper(True)  # survives execve, so the C loop keeps it
-        try:
-            # A forked monitor shows its starter's command line, not CID:
-            # the name is how the engine tells it from a recycled pid.
-            with open("/proc/self/comm", "w") as f:
-                f.write(monitor_name(cid))
-        except OSError:
-            pass
+        name_process(cid)
+        crashpoint("monitor.after_detach")
         run(root, run_root, cid, ready_fd, log_path, driver, max_size, max_file, tty, loop_bin,
             done_fd=done_fd, ack_fd=ack_fd)
+    except BaseException as err:  # noqa: BLE001 - a monitor that cannot go on
+        _give_up(root, run_root, cid, f"the monitor failed: {err.__class__.__name__}: {err}")
     finally:
         os._exit(0)
+
+
+def _give_up(root: str, run_root: str, cid: str, reason: str) -> None:
+    """The monitor cannot go on: stop the container it watches, and record why.
+
+    A container nobody watches would run on with its output and exit lost.
+    The helper kills what is left (runtime delete), records REASON in
+    State.Error and honours --rm (lifecycle/recover.py, abandon).
+    """
+    with _suppress_all():
+        if _WATCHING[0]:
+            os.kill(_WATCHING[0], 9)
+    with _suppress_all():
+        _helper("monitor_abandon", root, run_root, cid, reason)
+        _reap_others(-1)
+
+
+class _suppress_all:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
+
+
+def name_process(cid: str) -> None:
+    """Name this process after CID's monitor (/proc/PID/comm).
+
+    A forked monitor shows its starter's command line, not CID: the name is
+    how the engine tells it from a recycled pid, and finds it before it has
+    recorded its pid (lifecycle/host.py, monitor_processes).
+    """
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(monitor_name(cid))
+    except OSError:
+        pass
 
 
 def main(argv: list[str]) -> int:

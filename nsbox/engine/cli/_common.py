@@ -60,7 +60,9 @@ def status_of(container, now: float | None = None) -> str:  # noqa: ANN001
         return f"Restarting ({container.exit_code}) {ago(container.finished_at, now)}".rstrip()
     if state == "dead":
         return "Dead"
-    return f"Exited ({container.exit_code}) {ago(container.finished_at, now)}".rstrip()
+    # Nobody saw the exit (its monitor was gone): no code is made up.
+    code = "unknown" if getattr(container, "exit_unknown", False) else container.exit_code
+    return f"Exited ({code}) {ago(container.finished_at, now)}".rstrip()
 
 
 def ports_of(engine, container) -> str:  # noqa: ANN001

@@ -79,13 +79,13 @@ def _run(args, ctx, spec, detach: bool, foreground: bool, monitor) -> int:  # no
         if foreground:
             # A terminal or stdin: the runtime runs in the foreground, in our terminal.
             return engine.run_foreground(spec)
-        # Attached without a terminal: --rm is done here, after the output is read,
-        # so the logs are not removed under our feet.
+        # Attached without a terminal: --rm is done here, after the output is
+        # read, so the logs are not removed under our feet.  The record keeps
+        # the intent all the same: should we die, the monitor (or the next
+        # command) removes it (docs/engine.md, "Crash safety").
         auto_remove = spec.auto_remove
         remove_after = auto_remove and not detach
-        if remove_after:
-            spec.auto_remove = False
-        container = api.create_container(engine, spec)
+        container = api.create_container(engine, spec, then_start=True)
     except ContainerExists:
         if spec.name:
             raise api.name_conflict(engine, spec.name) from None

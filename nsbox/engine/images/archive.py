@@ -91,7 +91,9 @@ class _Archive:
         return stream
 
     def size(self, name: str) -> int:
-        member = self.members[_norm(name)]
+        member = self.members.get(_norm(name))
+        if member is None:
+            raise ImageError(f"{self.source}: {name!r} is missing from the archive")
         if member.issym() or member.islnk():
             return 0
         return member.size

@@ -15,6 +15,7 @@ from nsbox.engine.lifecycle.finish import finish_exit, wait
 from nsbox.engine.lifecycle.remove import remove as remove_container
 from nsbox.engine.lifecycle.remove import remove_now
 from nsbox.engine.lifecycle.start import PreforkedMonitor, start_container
+from nsbox.engine.procs import crashpoint
 from nsbox.errors import ContainerNotFound, InvalidState
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
@@ -37,7 +38,7 @@ def start_attached(engine: EngineBase, ref: str,
         c = engine.get(ref)
         finish_here = (c.spec.restart.name == "no"
                        and not c.spec.network_mode.startswith("slirp4netns"))
-        fds = start_container(engine, c, True, monitor, finish_here)
+        fds = start_container(engine, c, True, monitor, finish_here, reader=True)
     finally:
         if monitor is not None:
             monitor.close()
@@ -91,6 +92,7 @@ class AttachedRun:
         self.exit_code = code
         # No --rm removal yet: the log is still being read.
         finish_exit(self.engine, self.id, code, auto_remove=False)
+        crashpoint("attached.after_exit_record")
         with suppress(OSError):  # a monitor that is gone already needs no answer
             os.write(self._ack_fd, b"done\n")
 
@@ -108,8 +110,13 @@ class AttachedRun:
         return read_logs(c.log_path, c.spec.log_driver, True, None, None, self._following,
                          sleep=self._listen)
 
-    def finish(self, remove: bool = False) -> int:
-        """Wait for the exit, record it (REMOVE: remove the container, as --rm); the exit code."""
+    def finish(self, remove: bool | None = None) -> int:
+        """Wait for the exit, record it (REMOVE: remove the container; None: if it is --rm); the exit code."""
+        if remove is None:
+            try:
+                remove = self.engine._lookup(self.id).spec.auto_remove
+            except ContainerNotFound:
+                remove = False
         try:
             while self._ack_fd >= 0 and self.exit_code is None and not self._monitor_gone:
                 self._listen(None)
@@ -120,6 +127,7 @@ class AttachedRun:
                         remove_container(self.engine, self.id, force=True, volumes=True)
                 return code
             if remove:
+                crashpoint("attached.before_remove")
                 remove_now(self.engine, self.id, volumes=True)
             return self.exit_code
         finally:

@@ -13,8 +13,16 @@ from nsbox import _json
 from nsbox._lite import suppress
 from nsbox.engine.db import sqlite
 from nsbox.engine.lifecycle.host import find_runtime
-from nsbox.engine.lifecycle.record import USERDATA, Container, check_name, new_id, spec_to_json
+from nsbox.engine.lifecycle.record import (
+    CREATING,
+    USERDATA,
+    Container,
+    check_name,
+    new_id,
+    spec_to_json,
+)
 from nsbox.engine.model import CREATED, ContainerSpec
+from nsbox.engine.procs import crashpoint
 from nsbox.errors import ConfigError, ContainerExists, NsboxError
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
@@ -41,11 +49,14 @@ def _choice(items: tuple[str, ...]) -> str:
 
 
 def create(engine: EngineBase, spec: ContainerSpec,
-           make_id: Callable[[], str] = new_id) -> Container:
+           make_id: Callable[[], str] = new_id, then_start: bool = False) -> Container:
     """`docker create`: the record, the rootfs and the bundle, but no process yet.
 
     Raises ImageNotFound, ContainerExists (name in use), BundleError (bind
-    source missing) or ConfigError, leaving nothing behind.
+    source missing) or ConfigError, leaving nothing behind.  The row comes
+    first, `creating` and owned by this process, so that a crash halfway
+    leaves a record the next command cleans up (lifecycle/state.py).
+    THEN_START (`run`): it stays `creating`, ours, until start() takes it.
     """
     from nsbox.engine import bundle as bundle_mod
     sqlite3 = sqlite()
@@ -85,8 +96,8 @@ def create(engine: EngineBase, spec: ContainerSpec,
             if attempt > 10:
                 name += f"_{_randbelow(10 ** 6)}"
         row = {"id": cid, "name": name, "image": spec.image, "image_id": image.id,
-               "created": time.time(), "state": CREATED, "spec": spec_to_json(spec),
-               "bundle": userdata, "runtime": runtime, "extra": {}}
+               "created": time.time(), "state": CREATING, "spec": spec_to_json(spec),
+               "bundle": userdata, "runtime": runtime, "extra": {}, "owner_pid": os.getpid()}
         try:
             engine.db.insert_container(row)
             break
@@ -98,7 +109,9 @@ def create(engine: EngineBase, spec: ContainerSpec,
         raise NsboxError("could not find a free container name")
     anonymous: list[str] = []
     try:
+        crashpoint("create.after_insert")
         info = engine.storage.create_rootfs(cid, image)
+        crashpoint("create.after_rootfs")
         idmap: list[int] = []
         if spec.userns_mode in ("remap", "auto"):
             from nsbox.engine import rootless, userns
@@ -153,8 +166,12 @@ def create(engine: EngineBase, spec: ContainerSpec,
                  "env": config["process"]["env"], "cwd": config["process"]["cwd"],
                  "user": spec.user if spec.user is not None else image.user,
                  "image_entrypoint": image.entrypoint, "image_cmd": image.cmd,
-                 "idmap": idmap}
-        engine.db.update_container(cid, extra=extra)
+                 "idmap": idmap,
+                 # Where the runtime will put its cgroups (below the starter's
+                 # own, recorded at start): found again after a crash.
+                 "cgroups_path": config.get("linux", {}).get("cgroupsPath", "")}
+        crashpoint("create.after_bundle")
+        engine.db.update_container(cid, extra=extra, state=CREATING if then_start else CREATED)
     except BaseException:
         import shutil
         with suppress(Exception):

@@ -15,6 +15,7 @@ from nsbox.engine.lifecycle.host import exit_file
 from nsbox.engine.lifecycle.record import RESTARTED_BY_USER, Container, spec_from_json
 from nsbox.engine.lifecycle.remove import remove_now
 from nsbox.engine.model import CREATED, DEAD, EXITED, RESTARTING, RestartPolicy
+from nsbox.engine.procs import crashpoint, pid_alive
 from nsbox.errors import ContainerNotFound, NsboxError
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
@@ -39,6 +40,7 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
     # Before delete removes the cgroup: was the container's process OOM-killed?
     oom_killed = code == 137 and not failed and oci.oom_kills(cid) > 0
     oci.delete(cid)
+    crashpoint("finish.after_runtime_delete")
     spec = spec_from_json(row["spec"])
     if spec.network_mode.startswith("slirp4netns"):
         from nsbox.engine.network import slirp
@@ -60,7 +62,12 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
     else:
         db.update_container(cid, state=EXITED, pid=0, exit_code=code, finished_at=time.time(),
                             oom_killed=oom_killed)
-    if spec.auto_remove and auto_remove and row["stopped_by_user"] != RESTARTED_BY_USER:
+    crashpoint("finish.after_exit_record")
+    # An attached `run` still reading the output removes it itself, after;
+    # should it die first, the next command does (lifecycle/recover.py).
+    reader = row.get("reader_pid", 0)
+    if spec.auto_remove and auto_remove and row["stopped_by_user"] != RESTARTED_BY_USER and \
+            not (reader and reader != os.getpid() and pid_alive(reader)):
         remove_now(engine, cid, volumes=True, keep_exit_code=True)
     return False
 

@@ -14,7 +14,7 @@ from nsbox._lite import suppress
 from nsbox.engine.monitor_protocol import monitor_name
 from nsbox.engine.oci import own_runtime_binary, state_root
 from nsbox.engine.procs import pid_alive
-from nsbox.errors import ConfigError
+from nsbox.errors import ConfigError, NsboxError
 
 
 def find_runtime(name: str | None) -> str:
@@ -53,6 +53,73 @@ def monitor_alive(pid: int, cid: str) -> bool:
             return f.read().strip() == monitor_name(cid)
     except OSError:
         return False
+
+
+def monitor_processes(cid: str) -> list[int]:
+    """Pids of every live process of CID's monitor (the daemon, its helpers, its C loop).
+
+    Found by name, not by the record: a monitor that is still starting the
+    container has not recorded its pid yet.  Reads all of /proc: only for
+    records whose owner is dead (lifecycle/recover.py).
+    """
+    name = monitor_name(cid).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                comm = f.read().strip()
+            if comm != name:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                # The C loop and the Python monitor it resumes name the id in their argv.
+                if cid.encode() not in cmdline or b"nsbox.engine.monitor\0--resume" not in cmdline:
+                    continue
+        except OSError:
+            continue
+        if pid_alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def cgroup_dirs(cid: str, cgroups_path: str, parent: str) -> dict[str, str]:
+    """The container's cgroup directory per hierarchy, as the runtime resolved CGROUPS_PATH.
+
+    PARENT is the starter's /proc/self/cgroup text: a relative path goes
+    below it (nsbox.runtime.cgroups.resolve does the same with its own).
+    A systemd path (slice:prefix:name) is the unit's: systemd removes it.
+    """
+    if cgroups_path.count(":") == 2 and not cgroups_path.startswith("/"):
+        return {}
+    if not parent and not cgroups_path.startswith("/"):
+        return {}
+    from nsbox.runtime import cgroups
+    base = {}
+    for line in parent.splitlines():
+        hid, ctrls, path = line.split(":", 2)
+        base[cgroups.UNIFIED if hid == "0" else ",".join(sorted(ctrls.split(",")))] = path
+    out = {}
+    for h in cgroups.hierarchies():
+        rel = cgroups_path if cgroups_path.startswith("/") else \
+            os.path.join(base.get(h.key, "/"), cgroups_path or f"nsbox-{cid}")
+        if not rel.startswith(h.root):
+            rel = os.path.join(h.root, rel.lstrip("/"))
+        out[h.key] = os.path.normpath(os.path.join(h.mountpoint, os.path.relpath(rel, h.root)))
+    return out
+
+
+def remove_cgroups(row: dict) -> None:
+    """Kill what is left in the row's recorded cgroups and remove them (no-op once gone)."""
+    from nsbox import _json
+    extra = _json.loads(row.get("extra") or "{}")
+    dirs = cgroup_dirs(row["id"], extra.get("cgroups_path", f"nsbox-{row['id']}"),
+                       row.get("cgroup_parent") or "")
+    existing = {k: p for k, p in dirs.items() if os.path.isdir(p)}
+    if existing:
+        from nsbox.runtime import cgroups
+        with suppress(NsboxError, OSError):
+            cgroups.destroy(existing)
 
 
 def single_threaded() -> bool:

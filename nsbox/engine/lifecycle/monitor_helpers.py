@@ -16,11 +16,12 @@ from nsbox import _json
 from nsbox._lite import suppress
 from nsbox.engine.lifecycle.finish import finish_exit
 from nsbox.engine.lifecycle.host import open_stdin_fifo, runtime_root
-from nsbox.engine.lifecycle.record import Container
+from nsbox.engine.lifecycle.record import STARTING, Container
 from nsbox.engine.lifecycle.state import EngineBase
 from nsbox.engine.model import EXITED, RESTARTING, RUNNING
 from nsbox.engine.monitor_protocol import RESTART
 from nsbox.engine.oci import runtime_for
+from nsbox.engine.procs import crashpoint
 from nsbox.errors import NsboxError
 
 
@@ -36,6 +37,10 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
     row = db.container(cid)
     if row is None:
         os.write(status_fd, b"err the container was removed\n")
+        return 1
+    if row["state"] not in (STARTING, RESTARTING):
+        # Our starter died and the next command undid the start (recover.py).
+        os.write(status_fd, b"err the start was abandoned\n")
         return 1
     if row["stopped_by_user"] and row["state"] == RESTARTING:
         with suppress(NsboxError):
@@ -63,6 +68,7 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
             from nsbox.engine.network import slirp
             slirp.make_netns(run_root, cid)
         oci.create(cid, bundle, pid_file, console, (null, int(out_w), int(err_w)), runtime_log)
+        crashpoint("helper.after_create")
         with open(pid_file) as f:
             pid = int(f.read().strip())
         if network.startswith("slirp4netns"):
@@ -81,7 +87,15 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
         os.close(null)
     db.update_container(cid, state=RUNNING, pid=pid, started_at=time.time(), finished_at=0,
                         exit_code=0, monitor_pid=os.getppid(), error="")
-    os.write(status_fd, f"ok {pid}\n".encode())
+    crashpoint("helper.after_running")
+    try:
+        os.write(status_fd, f"ok {pid}\n".encode())
+    except OSError:
+        # EPIPE: our monitor died while we started the container, and nobody
+        # would watch it: stop it again and say why (its starter sees EOF).
+        from nsbox.engine.lifecycle.recover import abandon
+        abandon(engine, cid, "the monitor died while starting the container")
+        return 1
     return 0
 
 
@@ -108,3 +122,10 @@ def monitor_finish(root: str, run_root: str, cid: str, exit_code: str, failed: s
     """Record the exit, delete the runtime state, apply the restart policy (3 = restart)."""
     restart = finish_exit(EngineBase(root, run_root), cid, int(exit_code), failed == "1")
     return RESTART if restart else 0
+
+
+def monitor_abandon(root: str, run_root: str, cid: str, reason: str, status_fd: int) -> int:
+    """The monitor cannot go on: stop the container, record REASON, honour --rm (recover.abandon)."""
+    from nsbox.engine.lifecycle.recover import abandon
+    abandon(EngineBase(root, run_root), cid, reason)
+    return 0

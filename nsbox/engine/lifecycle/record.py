@@ -6,12 +6,25 @@ import os
 
 from nsbox import _json
 from nsbox._record import as_dict, record
-from nsbox.engine.model import PAUSED, RESTARTING, RUNNING, ContainerSpec, MountSpec, RestartPolicy
+from nsbox.engine.model import (
+    CREATED,
+    PAUSED,
+    RESTARTING,
+    RUNNING,
+    ContainerSpec,
+    MountSpec,
+    RestartPolicy,
+)
 from nsbox.errors import ConfigError
 
 USERDATA = "userdata"  # <root>/containers/<id>/userdata: the bundle
 DEFAULT_STOP_TIMEOUT = 10
 ACTIVE = (RUNNING, PAUSED, RESTARTING)
+# The engine's own states, held only while a process is making or starting
+# the container (owner_pid); Docker's view of both is `created` (Container.state),
+# the record's own one is Container.phase.  docs/engine.md, "Crash safety".
+CREATING, STARTING = "creating", "starting"
+TRANSITIONAL = (CREATING, STARTING)
 # stopped_by_user: 1 = stop/kill/rm (no restart policy); RESTARTED_BY_USER = `restart`
 # (no restart policy and no --rm removal at this exit: it starts again, as Docker).
 RESTARTED_BY_USER = 2
@@ -40,6 +53,11 @@ class Container:
     oom_killed: bool = False
     error: str = ""
     extra: dict = dict
+    phase: str = ""  # CREATING or STARTING while owner_pid makes or starts it; else ""
+    owner_pid: int = 0
+    reader_pid: int = 0  # an attached `run` that removes it (--rm) after reading its output
+    cgroup_parent: str = ""  # the starter's /proc/self/cgroup (the container's cgroups go below)
+    exit_unknown: bool = False  # nobody saw the exit; `error` says why
 
     @property
     def short_id(self) -> str:
@@ -55,20 +73,28 @@ class Container:
 
     @classmethod
     def from_row(cls, row: dict) -> Container:
+        state = row["state"]
+        phase = state if state in TRANSITIONAL else ""
         return cls(id=row["id"], name=row["name"], image=row["image"], image_id=row["image_id"],
-                   created=row["created"], state=row["state"], exit_code=row["exit_code"],
+                   created=row["created"], state=CREATED if phase else state,
+                   exit_code=row["exit_code"],
                    pid=row["pid"], started_at=row["started_at"], finished_at=row["finished_at"],
                    restart_count=row["restart_count"], spec=spec_from_json(row["spec"]),
                    bundle=row["bundle"], runtime=row["runtime"], monitor_pid=row["monitor_pid"],
                    stopped_by_user=bool(row["stopped_by_user"]), oom_killed=bool(row["oom_killed"]),
-                   error=row["error"], extra=_json.loads(row["extra"] or "{}"))
+                   error=row["error"], extra=_json.loads(row["extra"] or "{}"), phase=phase,
+                   owner_pid=row.get("owner_pid", 0), reader_pid=row.get("reader_pid", 0),
+                   cgroup_parent=row.get("cgroup_parent", ""),
+                   exit_unknown=bool(row.get("exit_unknown", 0)))
 
 
 def asdict_row(c: Container) -> dict:
     row = {k: getattr(c, k) for k in ("id", "name", "image", "image_id", "created", "state",
                                       "exit_code", "pid", "monitor_pid", "started_at",
                                       "finished_at", "restart_count", "stopped_by_user",
-                                      "oom_killed", "error", "bundle", "runtime")}
+                                      "oom_killed", "error", "bundle", "runtime", "owner_pid",
+                                      "reader_pid", "cgroup_parent", "exit_unknown")}
+    row["state"] = c.phase or c.state
     row["spec"] = spec_to_json(c.spec)
     row["extra"] = _json.dumps(c.extra)
     return row

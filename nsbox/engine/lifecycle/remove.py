@@ -15,8 +15,9 @@ import time
 
 from nsbox import _json
 from nsbox._lite import suppress
-from nsbox.engine.lifecycle.host import exit_file, rmtree, stdin_fifo
+from nsbox.engine.lifecycle.host import exit_file, remove_cgroups, rmtree, stdin_fifo
 from nsbox.engine.lifecycle.record import ACTIVE
+from nsbox.engine.procs import crashpoint
 from nsbox.errors import ContainerNotFound, InvalidState, NsboxError
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
@@ -34,7 +35,16 @@ def remove(engine: EngineBase, ref: str, force: bool = False, volumes: bool = Fa
     """
     c = engine._lookup(ref)  # ContainerNotFound: there is no such container
     try:
-        c = engine._reconcile(c)
+        c = engine._reconcile(c)  # a dead owner's create or start is undone here
+        if c.phase:
+            # A live process is making or starting it: let it get there first.
+            if not force:
+                raise InvalidState(f"cannot remove container {c.name}: it is {c.phase}; "
+                                   "wait or force the removal")
+            deadline = time.monotonic() + 30
+            while c.phase and time.monotonic() < deadline:
+                time.sleep(0.02)
+                c = engine.get(c.id)
     except ContainerNotFound:
         pass  # its --rm removed it as we looked: what is left of it goes below
     else:
@@ -65,6 +75,8 @@ def remove_now(engine: EngineBase, cid: str, volumes: bool, keep_exit_code: bool
     if row is None:
         return
     engine.oci(row["runtime"]).delete(cid)
+    remove_cgroups(row)  # a start cut short leaves cgroups the runtime never recorded
+    crashpoint("remove.after_runtime_delete")
     engine.storage.remove(cid)
     rmtree(os.path.join(engine.storage.containers_dir, cid))
     with suppress(FileNotFoundError):
@@ -72,7 +84,7 @@ def remove_now(engine: EngineBase, cid: str, volumes: bool, keep_exit_code: bool
     if '"slirp4netns' in (row["spec"] or ""):
         from nsbox.engine.network import slirp
         slirp.stop(engine.run_root, cid)
-    engine.db.delete_container(cid)
+    engine.db.delete_container(cid)  # the record goes last: a crash before leaves it to redo
     extra = _json.loads(row["extra"] or "{}")
     if volumes:
         for name in extra.get("anonymous_volumes", []):
@@ -103,12 +115,18 @@ def drop_stale_exit_files(engine: EngineBase) -> None:
 
 
 def prune(engine: EngineBase) -> list[str]:
-    """Remove every container that is not running; their ids."""
+    """Remove every container that is not running, and the cgroups crashes left; their ids.
+
+    list() has already undone the creates and starts whose owner died
+    (lifecycle/recover.py); a container being made or started now is left.
+    """
     removed = []
     for c in engine.list(all=True):
-        if c.state not in ACTIVE:
+        if c.state not in ACTIVE and not c.phase:
             with suppress(ContainerNotFound):
                 remove(engine, c.id)
                 removed.append(c.id)
+    from nsbox.engine.lifecycle.recover import prune_orphans
+    prune_orphans(engine)
     drop_stale_exit_files(engine)
     return removed

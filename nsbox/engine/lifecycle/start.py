@@ -16,8 +16,9 @@ from nsbox import _json
 from nsbox._lite import suppress
 from nsbox.engine.db import close_all_connections
 from nsbox.engine.lifecycle.host import exit_file, single_threaded
-from nsbox.engine.lifecycle.record import Container
-from nsbox.engine.model import PAUSED, RESTARTING, RUNNING
+from nsbox.engine.lifecycle.record import CREATING, STARTING, Container
+from nsbox.engine.model import CREATED, EXITED, PAUSED, RESTARTING, RUNNING
+from nsbox.engine.procs import crashpoint
 from nsbox.errors import ConfigError, InvalidState, NsboxError
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
@@ -60,14 +61,35 @@ def start(engine: EngineBase, ref: str, notify: bool = False,
 
 
 def start_container(engine: EngineBase, c: Container, notify: bool,
-                    monitor: PreforkedMonitor | None, finish_here: bool) -> tuple[int, int] | None:
+                    monitor: PreforkedMonitor | None, finish_here: bool,
+                    reader: bool = False) -> tuple[int, int] | None:
+    """Record the start, hand C to a monitor; (done_r, ack_w) once it runs, None if it ran already.
+
+    READER: this process reads the output to the end and then removes a
+    --rm container itself (AttachedRun); its monitor leaves that to it
+    while it lives.
+    """
     if c.state in (RUNNING, RESTARTING):
         return None
     if c.state == PAUSED:
         raise InvalidState(f"container {c.name} is paused: unpause it")
+    if c.phase == STARTING or (c.phase == CREATING and c.owner_pid != os.getpid()):
+        raise InvalidState(f"container {c.name} is being {'started' if c.phase == STARTING else 'created'}")
     engine._wait_monitor_gone(c)
-    # The rootfs is mounted by the monitor's start helper (monitor_start).
-    engine.db.update_container(c.id, stopped_by_user=0, error="", oom_killed=0)
+    # The record first, in the one write a start makes: `starting`, ours, and
+    # the cgroup the runtime will make the container's below (the monitor's
+    # is ours), so a crash from here on leaves what the next command needs
+    # to undo it (lifecycle/recover.py).  The rootfs is mounted by the
+    # monitor's start helper (monitor_start).
+    with open("/proc/self/cgroup") as f:
+        cgroup_parent = f.read()
+    if not engine.db.update_container_if(
+            c.id, (CREATED, EXITED, CREATING), state=STARTING, owner_pid=os.getpid(),
+            reader_pid=os.getpid() if reader else 0,
+            cgroup_parent=cgroup_parent, stopped_by_user=0, error="", oom_killed=0,
+            exit_unknown=0):
+        raise InvalidState(f"container {c.name} is being started or removed")
+    crashpoint("start.after_record")
     with suppress(FileNotFoundError):
         os.unlink(exit_file(engine.run_root, c.id))
     loop_bin = "" if notify else _loop_binary(engine)
@@ -106,6 +128,7 @@ def _hand_over(engine: EngineBase, c: Container, notify: bool, monitor: Preforke
             done_w, ack_r if finish_here else -1)
     if monitor is not None:
         monitor.go(args)
+        crashpoint("start.after_hand_over")
     else:
         reap_starter = _spawn_monitor(args)
         for fd in (write_end, done_w, ack_r):
@@ -123,7 +146,14 @@ def _hand_over(engine: EngineBase, c: Container, notify: bool, monitor: Preforke
         for fd in (done_r, ack_w):
             if fd >= 0:
                 os.close(fd)
-        message = answer.removeprefix("err ").strip() or "the monitor failed to start"
+        message = answer.removeprefix("err ").strip()
+        if not message:
+            # End-of-file: the monitor and its helpers are all gone (each held
+            # the pipe), so nothing of this start can go on; undo what it made.
+            message = "the monitor failed to start"
+            from nsbox.engine.lifecycle.recover import abandon
+            abandon(engine, c.id, "the monitor died while starting the container",
+                    states=(STARTING, RUNNING))
         raise NsboxError(f"cannot start container {c.name}: {message}")
     return done_r, ack_w
 
@@ -166,6 +196,10 @@ class PreforkedMonitor:
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - child
             try:
+                # Out of the starter's session and process group at once: a
+                # Ctrl-C or hang-up meant for `nsbox run` must not reach the
+                # monitor, which owns the container whatever befalls its starter.
+                os.setsid()
                 _forked_monitor_hygiene(keep=(args_r, self.ready_w, self.done_w, self.ack_r))
                 os.environ["PYTHONPATH"] = env_path
                 os.chdir("/")
@@ -176,8 +210,10 @@ class PreforkedMonitor:
                 while chunk := os.read(args_r, 65536):
                     chunks.append(chunk)
                 if chunks:
-                    from nsbox.engine.monitor import detach_and_run
-                    detach_and_run(*_json.loads(b"".join(chunks).decode()))
+                    from nsbox.engine.monitor import detach_and_run, name_process
+                    args = _json.loads(b"".join(chunks).decode())
+                    name_process(args[2])  # found by name from now on (host.monitor_processes)
+                    detach_and_run(*args)
                 os._exit(0)
             finally:
                 os._exit(1)

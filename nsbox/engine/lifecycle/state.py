@@ -25,6 +25,10 @@ from nsbox.engine.procs import pid_alive
 from nsbox.errors import ContainerNotFound, NsboxError
 
 DEFAULT_RUN_ROOT = "/run/nsbox"
+# A container whose exit nobody saw (its monitor was gone): inspect's ExitCode
+# (an int, as Docker clients expect) and State.Error; ps shows "Exited (unknown)".
+EXIT_UNKNOWN = 255
+UNKNOWN_EXIT_ERROR = "exit code unknown: the monitor was not running when the container exited"
 
 
 class EngineBase:
@@ -97,8 +101,31 @@ class EngineBase:
         return Container.from_row(rows[0])
 
     def _reconcile(self, c: Container) -> Container:
-        """Make C's state true: a dead init or a vanished monitor is noticed here."""
+        """Make C's state true: a dead init or a vanished monitor is noticed here.
+
+        So is what a crash left: a create or start whose owner died is
+        undone, an exited --rm container nobody will remove any more is
+        removed (lifecycle/recover.py; ContainerNotFound then).
+        """
+        if c.phase:
+            if c.owner_pid == os.getpid():
+                return c
+            from nsbox.engine.lifecycle import recover
+            if recover.held(c):
+                return c
+            if recover.settle(self, c):
+                raise ContainerNotFound(f"no such container: {c.id}")
+            row = self.db.container(c.id)
+            if row is None:
+                raise ContainerNotFound(f"no such container: {c.id}")
+            return self._reconcile(Container.from_row(row))
         if c.state not in ACTIVE:
+            if c.state == EXITED and c.spec.auto_remove:
+                from nsbox.engine.lifecycle import recover
+                if recover.collectable(self, c):
+                    from nsbox.engine.lifecycle.remove import remove_now
+                    remove_now(self, c.id, volumes=True, keep_exit_code=True)
+                    raise ContainerNotFound(f"no such container: {c.id}")
             return c
         if monitor_alive(c.monitor_pid, c.id):
             if c.state == RESTARTING or pid_alive(c.pid):
@@ -128,14 +155,31 @@ class EngineBase:
         state = oci.state(c.id)
         if state is not None and state.get("status") in ("running", "paused"):
             return c  # alive without its monitor: still true
+        # Nobody saw the exit: an OOM kill the memory cgroup still counts is
+        # the one exit code known; otherwise it is unknown, not invented.
+        fields = {}
+        if c.state != RESTARTING:
+            oom = False
+            if state is not None:
+                with suppress(Exception):
+                    oom = oci.oom_kills(c.id) > 0
+            fields = {"exit_code": 137, "oom_killed": True} if oom else \
+                {"exit_code": EXIT_UNKNOWN, "exit_unknown": True, "error": UNKNOWN_EXIT_ERROR}
         if state is not None:
             oci.delete(c.id)
+        from nsbox.engine.lifecycle.host import remove_cgroups
+        remove_cgroups(asdict_row(c))
         with suppress(NsboxError):
             self.storage.unmount(c.id)
-        code = c.exit_code if c.state == RESTARTING else 137
-        self.db.update_container(c.id, state=EXITED, pid=0, exit_code=code,
-                                 finished_at=time.time())
-        c.state, c.pid, c.exit_code = EXITED, 0, code
+        if not self.db.update_container_if(c.id, ACTIVE, state=EXITED, pid=0,
+                                           finished_at=time.time(), **fields):
+            row = self.db.container(c.id)
+            if row is None:
+                raise ContainerNotFound(f"no such container: {c.id}")
+            return Container.from_row(row)  # its monitor's finish got there first
+        c = Container.from_row(self.db.container(c.id) or asdict_row(c))
+        if c.spec.auto_remove:
+            return self._reconcile(c)  # removed now if nobody else will
         return c
 
     def list(self, all: bool = False, filters: dict | None = None) -> list[Container]:  # noqa: A002
