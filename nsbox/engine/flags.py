@@ -49,11 +49,11 @@ RUN_FLAGS: dict[str, str] = {
     "read-only": "bool", "init": "bool", "rm": "bool", "detach": "bool", "interactive": "bool",
     "tty": "bool", "cap-add": "list", "cap-drop": "list", "security-opt": "list",
     "privileged": "bool", "log-driver": "str", "log-opt": "list", "runtime": "str",
-    "cgroup-parent": "str",
+    "cgroup-parent": "str", "publish": "list", "publish-all": "bool", "expose": "list",
 }
 RUN_ALIASES = {"m": "memory", "c": "cpu-shares", "v": "volume", "e": "env", "l": "label",
                "u": "user", "w": "workdir", "h": "hostname", "d": "detach", "i": "interactive",
-               "t": "tty"}
+               "t": "tty", "p": "publish", "P": "publish-all"}
 # One line of `nsbox run --help` per flag: "description", or (value name, description)
 # for a flag that takes a value.  Keep in step with RUN_FLAGS (tests/test_engine_cli.py).
 RUN_FLAG_HELP: dict[str, str | tuple[str, str]] = {
@@ -118,6 +118,10 @@ RUN_FLAG_HELP: dict[str, str | tuple[str, str]] = {
     "log-driver": ("string", "Logging driver: json-file or k8s-file"),
     "log-opt": ("list", "Log driver options (max-size=10m, max-file=3)"),
     "runtime": ("string", "OCI runtime to use for this container"),
+    "publish": ("list", "Publish a container's port(s) to the host "
+                "([IP:][HOST_PORT]:CONTAINER_PORT[/udp], ranges 8000-8002:80-82)"),
+    "publish-all": "Publish all exposed ports to free host ports",
+    "expose": ("list", "Expose a port or a range of ports (80, 8000-8002/udp)"),
 }
 # The resource flags `update` accepts.
 RESOURCE_FLAGS = ("memory", "memory-reservation", "memory-swap", "memory-swappiness",
@@ -542,6 +546,12 @@ def build_spec(image: str, command: list[str] | None, opts: dict,
     if spec.time_offsets and get("timens") in (None, ""):
         spec.timens_mode = "private"  # offsets imply a time namespace of the container's own
     _check_namespace_conflicts(spec, opts)
+    if any(opts.get(f) not in (None, False, "", []) for f in ("publish", "publish-all", "expose")):
+        from nsbox.engine.network import ports
+        spec.publish = ports.parse_publish(get("publish", []))
+        spec.publish_all = parse_bool(get("publish-all", False), "publish-all")
+        spec.expose = ports.parse_expose(get("expose", []))
+        ports.check_network_mode(spec, lambda text: warn(text.removeprefix("WARNING: ")))
     _check_sysctls(spec)
     spec.cap_add = [str(c) for c in _as_list(opts.get("cap-add"))]
     spec.cap_drop = [str(c) for c in _as_list(opts.get("cap-drop"))]

@@ -74,6 +74,11 @@ class ContainerSpec:
     log_opts: dict[str, str] = dict  # max-size, max-file
     runtime: str | None = None  # OCI runtime binary or name; None: nsbox-runtime
     cgroup_parent: str | None = None  # --cgroup-parent; None: $NSBOX_CGROUP_PARENT or the default
+    # -p: one dict per container port, {"container_port": 80, "proto": "tcp", "host_ip": "",
+    # "host_port": "" (any free one) | "8080" | "8000-8010" (one of)}; network/ports.py
+    publish: list[dict] = list
+    publish_all: bool = False  # -P: every exposed port to a free host port
+    expose: list[str] = list  # --expose: ["80/tcp", ...]
 
 
 # Container states as Docker names them (docker ps / inspect .State.Status).

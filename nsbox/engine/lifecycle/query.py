@@ -115,10 +115,22 @@ def _ps_rows(ps_args: list[str], pids: list[int]) -> list[list[str]]:
     return rows
 
 
-def port(engine: EngineBase, ref: str) -> dict:
-    """Published ports: none until networking exists."""
-    engine.get(ref)
-    return {}
+def port(engine: EngineBase, ref: str) -> dict[str, list[str]]:
+    """Published ports while it runs: "80/tcp" -> ["0.0.0.0:8080", ...] (network/ports.py)."""
+    c = engine.get(ref)
+    if not (c.spec.publish or c.spec.publish_all) or c.state not in (RUNNING, PAUSED):
+        return {}
+    from nsbox.engine.network import ports
+    return ports.port_lines(engine, c)
+
+
+def _ports_views(engine: EngineBase, c: Container) -> tuple[dict, dict]:
+    """(HostConfig.PortBindings, NetworkSettings.Ports) of C."""
+    if not (c.spec.publish or c.spec.publish_all or c.spec.expose):
+        return {}, {}
+    from nsbox.engine.network import ports
+    running = c.state in (RUNNING, PAUSED)
+    return ports.port_bindings(c.spec), ports.network_ports(engine, c) if running else {}
 
 
 def inspect(engine: EngineBase, ref: str) -> dict:
@@ -155,6 +167,7 @@ def inspect(engine: EngineBase, ref: str) -> dict:
             mounts.append({"Type": "volume", "Name": name, "Driver": "local",
                            "Source": os.path.join(engine.volumes.dir, name, "_data"), "RW": True})
     running = c.state in (RUNNING, PAUSED)
+    port_bindings, network_ports = _ports_views(engine, c)
     from nsbox.engine.logs import read_drops
     dropped_lines, dropped_bytes = read_drops(c.log_path)
     return {
@@ -186,6 +199,7 @@ def inspect(engine: EngineBase, ref: str) -> dict:
                       for m in spec.mounts if m.type in ("bind", "volume") and m.source],
             "LogConfig": {"Type": spec.log_driver, "Config": dict(spec.log_opts)},
             "NetworkMode": spec.network_mode,
+            "PortBindings": port_bindings, "PublishAllPorts": spec.publish_all,
             "RestartPolicy": {"Name": spec.restart.name,
                               "MaximumRetryCount": spec.restart.max_retries},
             "AutoRemove": spec.auto_remove,
@@ -234,7 +248,7 @@ def inspect(engine: EngineBase, ref: str) -> dict:
             "StopTimeout": spec.stop_timeout if spec.stop_timeout is not None
             else DEFAULT_STOP_TIMEOUT,
         },
-        "NetworkSettings": {},
+        "NetworkSettings": {"Ports": network_ports},
         "Namespaces": namespaces(c.pid) if running else {},
         "Cgroups": cgroups(engine, c) if running else {},
     }

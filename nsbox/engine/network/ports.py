@@ -1,0 +1,322 @@
+"""Published ports: `-p`, `-P`, `--expose`, `nsbox port`, and their inspect views.
+
+A container's request stays in its spec as Docker's flags gave it
+(ContainerSpec.publish: one entry per container port, `host_port` "" for
+"any free one", "8080", or a range "8000-8010" to pick one from).  At each
+start, `publish()` turns it into concrete mappings: it picks free host
+ports, checks every host port with a bind on the host (TCP or UDP, on the
+given host IP or all) and against the ports other nsbox containers publish,
+hands them to the firewall (firewall.ports_added: DNAT in one nft batch) and
+records them in <run_root>/ports/<id>.json, what `nsbox port` and inspect's
+NetworkSettings.Ports show.  At stop `unpublish()` takes them back.  Errors
+are one line (ConfigError, exit 125) and leave nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+from nsbox import _json
+from nsbox.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nsbox.engine.lifecycle.record import Container
+    from nsbox.engine.lifecycle.state import EngineBase
+    from nsbox.engine.model import ContainerSpec
+
+PROTOCOLS = ("tcp", "udp")
+
+
+# ================================================================ flags
+def _port_range(text: str, what: str, entry: str) -> tuple[int, int]:
+    lo, dash, hi = text.partition("-")
+    try:
+        first, last = int(lo), int(hi) if dash else int(lo)
+    except ValueError:
+        raise ConfigError(f"invalid {what}: {text} (in {entry!r})") from None
+    if not (0 < first <= last <= 65535):
+        raise ConfigError(f"invalid {what}: {text} (in {entry!r})")
+    return first, last
+
+
+def _split_proto(text: str, entry: str) -> tuple[str, str]:
+    port, _, proto = text.partition("/")
+    proto = proto.lower() or "tcp"
+    if proto not in PROTOCOLS:
+        raise ConfigError(f"invalid protocol {proto!r} in {entry!r}: use tcp or udp")
+    return port, proto
+
+
+def parse_publish(entries: object) -> list[dict]:
+    """-p [[IP:][HOST_PORT[-END]]:]CONTAINER_PORT[-END][/PROTO], each -> one dict per
+    container port: {"container_port", "proto", "host_ip", "host_port"}."""
+    from nsbox.engine.resource_flags import _as_list
+    out: list[dict] = []
+    for raw in _as_list(entries):
+        entry = str(raw)
+        rest, proto = _split_proto(entry, entry)
+        if rest.startswith("["):
+            raise ConfigError(f"invalid publish spec {entry!r}: IPv6 host addresses are not "
+                              "supported (bridge networks are IPv4)")
+        parts = rest.split(":")
+        if len(parts) > 3 or not parts[-1]:
+            raise ConfigError(f"invalid publish spec {entry!r}: use "
+                              "[[IP:][HOST_PORT]:]CONTAINER_PORT[/tcp|udp]")
+        host_ip = parts[0] if len(parts) == 3 else ""
+        host = parts[-2] if len(parts) >= 2 else ""
+        if host_ip:
+            import socket
+            try:
+                socket.inet_aton(host_ip)
+            except OSError:
+                raise ConfigError(f"invalid IP address {host_ip!r} in {entry!r}") from None
+            if host_ip.count(".") != 3:
+                raise ConfigError(f"invalid IP address {host_ip!r} in {entry!r}")
+        c_lo, c_hi = _port_range(parts[-1], "containerPort", entry)
+        count = c_hi - c_lo + 1
+        if host:
+            h_lo, h_hi = _port_range(host, "hostPort", entry)
+            if count > 1 and h_hi - h_lo + 1 != count:
+                raise ConfigError(f"Invalid ranges specified for container and host Ports: "
+                                  f"{parts[-1]} and {host}")
+        for i in range(count):
+            if not host:
+                host_port = ""
+            elif count > 1:
+                host_port = str(h_lo + i)
+            else:
+                host_port = str(h_lo) if h_lo == h_hi else f"{h_lo}-{h_hi}"
+            item = {"container_port": c_lo + i, "proto": proto, "host_ip": host_ip,
+                    "host_port": host_port}
+            if item not in out:
+                out.append(item)
+    return out
+
+
+def parse_expose(entries: object) -> list[str]:
+    """--expose PORT[-END][/PROTO] -> ["80/tcp", ...]."""
+    from nsbox.engine.resource_flags import _as_list
+    out: list[str] = []
+    for raw in _as_list(entries):
+        entry = str(raw)
+        port, proto = _split_proto(entry, entry)
+        lo, hi = _port_range(port, "port", entry)
+        out += [f"{p}/{proto}" for p in range(lo, hi + 1) if f"{p}/{proto}" not in out]
+    return out
+
+
+def check_network_mode(spec: ContainerSpec, warn=None) -> None:  # noqa: ANN001
+    """Docker's rules for published ports and the network mode: with --network host
+    they are dropped with a warning; with none or container:X they are an error."""
+    if not spec.publish and not spec.publish_all:
+        return
+    mode = spec.network_mode
+    if mode == "host":
+        if warn is not None:
+            warn("WARNING: Published ports are discarded when using host network mode")
+        spec.publish, spec.publish_all = [], False
+    elif mode == "none" or mode.startswith("container:"):
+        flag = "--publish" if spec.publish else "--publish-all"
+        raise ConfigError(f"Conflicting options: {flag} and --network {mode} (the container "
+                          "has no network of its own to publish from)")
+
+
+# ================================================================ at start and stop
+def exposed(engine: EngineBase, c: Container) -> list[str]:
+    """The container's exposed ports: the image's ExposedPorts and --expose, "80/tcp" each."""
+    ports = list(c.extra.get("exposed_ports") or [])
+    if not ports:
+        try:
+            ports = list(engine.images.resolve(c.image_id).exposed_ports)
+        except Exception:  # the image is gone (rmi -f): its config too
+            ports = []
+    for port in c.spec.expose:
+        if port not in ports:
+            ports.append(port)
+    return [p if "/" in p else f"{p}/tcp" for p in ports]
+
+
+def requested(engine: EngineBase, c: Container) -> list[dict]:
+    """-p entries, and with -P every exposed port not among them (any free host port)."""
+    wanted = [dict(m) for m in c.spec.publish]
+    if c.spec.publish_all:
+        have = {(m["container_port"], m["proto"]) for m in wanted}
+        for port in exposed(engine, c):
+            number, _, proto = port.partition("/")
+            key = (int(number), proto or "tcp")
+            if key not in have:
+                have.add(key)
+                wanted.append({"container_port": key[0], "proto": key[1], "host_ip": "",
+                               "host_port": ""})
+    return wanted
+
+
+def publish(engine: EngineBase, c: Container, ip: str, bridge: str | None = None) -> list[dict]:
+    """Publish C's ports to its address IP (on BRIDGE); the concrete mappings.
+
+    ConfigError (one line, nothing left behind) when a host port is in use on
+    the host or published by another nsbox container.
+    """
+    from nsbox.engine.network import firewall
+    wanted = requested(engine, c)
+    if not wanted:
+        return []
+    for attempt in range(5):
+        taken = {key for key, chain in firewall.published().items()
+                 if chain != firewall.chain_of(c.id)}
+        mappings = _resolve(c, wanted, taken)
+        try:
+            firewall.ports_added(c.id, ip, mappings, bridge=bridge)
+            break
+        except firewall.PortTaken as exc:
+            if attempt == 4 or all(m["host_port"] and "-" not in m["host_port"] for m in wanted):
+                raise ConfigError(f"cannot start container {c.name}: {exc}") from None
+            # A port picked at random was taken meanwhile: pick again.
+        except firewall.FirewallError as exc:
+            raise ConfigError(f"cannot start container {c.name}: {exc}") from None
+    path = _record_path(engine, c.id)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.write(_json.dumps(mappings))
+        os.replace(path + ".tmp", path)
+    except OSError as exc:
+        firewall.ports_removed(c.id)
+        raise ConfigError(f"cannot start container {c.name}: recording its ports: {exc}") from None
+    return mappings
+
+
+def unpublish(engine: EngineBase, cid: str) -> None:
+    """Take back CID's published ports (rules and record).  Idempotent."""
+    from nsbox.engine.network import firewall
+    path = _record_path(engine, cid)
+    if os.path.exists(path) or firewall.state() is not None:
+        firewall.ports_removed(cid)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def current(engine: EngineBase, cid: str) -> list[dict]:
+    """CID's published mappings while it runs (from its record); [] else."""
+    try:
+        with open(_record_path(engine, cid)) as f:
+            return list(_json.loads(f.read()))
+    except (OSError, ValueError):
+        return []
+
+
+def _record_path(engine: EngineBase, cid: str) -> str:
+    return os.path.join(engine.run_root, "ports", cid + ".json")
+
+
+def _resolve(c: Container, wanted: list[dict], taken: set[tuple[int, str]]) -> list[dict]:
+    """Concrete host ports for WANTED: fixed ones checked, free ones picked."""
+    out: list[dict] = []
+    used = set(taken)
+    for m in wanted:
+        proto, host_ip = m["proto"], m.get("host_ip") or ""
+        text = m.get("host_port") or ""
+        where = f"{host_ip or '0.0.0.0'}:{text}"
+        if text and "-" not in text:
+            port = int(text)
+            if (port, proto) in used:
+                raise ConfigError(f"cannot start container {c.name}: Bind for {where} failed: "
+                                  "port is already allocated")
+            problem = bind_test(host_ip, port, proto)
+            if problem:
+                raise ConfigError(f"cannot start container {c.name}: cannot publish "
+                                  f"{where}/{proto}: {problem}")
+        else:
+            port = _pick(host_ip, text, proto, used)
+            if port is None:
+                raise ConfigError(f"cannot start container {c.name}: no free host port "
+                                  f"{'in ' + text if text else 'left'} for "
+                                  f"{m['container_port']}/{proto}")
+        used.add((port, proto))
+        out.append({"container_port": m["container_port"], "proto": proto,
+                    "host_ip": host_ip or "0.0.0.0", "host_port": port})
+    return out
+
+
+def _pick(host_ip: str, text: str, proto: str, used: set[tuple[int, str]]) -> int | None:
+    """A host port free on the host and among nsbox's: from the range TEXT, else the kernel's."""
+    if text:
+        lo, _, hi = text.partition("-")
+        candidates = range(int(lo), int(hi) + 1)
+    else:
+        candidates = range(0)
+        for _ in range(50):  # the kernel's ephemeral choice, skipping nsbox's own
+            port = _ephemeral(host_ip, proto)
+            if port and (port, proto) not in used:
+                return port
+    for port in candidates:
+        if (port, proto) not in used and not bind_test(host_ip, port, proto):
+            return port
+    return None
+
+
+def _socket(proto: str):  # noqa: ANN202
+    import socket
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    return socket.socket(socket.AF_INET, kind)
+
+
+def _ephemeral(host_ip: str, proto: str) -> int:
+    try:
+        with _socket(proto) as s:
+            s.bind((host_ip or "0.0.0.0", 0))
+            return s.getsockname()[1]
+    except OSError:
+        return 0
+
+
+def bind_test(host_ip: str, port: int, proto: str) -> str:
+    """"" if PORT can be bound on HOST_IP (all addresses if "") for PROTO, else why not."""
+    try:
+        with _socket(proto) as s:
+            if proto == "tcp":
+                import socket
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            s.bind((host_ip or "0.0.0.0", port))
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        return f"listen {proto}4 {host_ip or '0.0.0.0'}:{port}: bind: {reason}"
+    return ""
+
+
+# ================================================================ views
+def port_bindings(spec: ContainerSpec) -> dict:
+    """inspect .HostConfig.PortBindings: what -p asked for."""
+    out: dict[str, list] = {}
+    for m in spec.publish:
+        out.setdefault(f"{m['container_port']}/{m['proto']}", []).append(
+            {"HostIp": m.get("host_ip") or "", "HostPort": m.get("host_port") or ""})
+    return out
+
+
+def network_ports(engine: EngineBase, c: Container) -> dict:
+    """inspect .NetworkSettings.Ports: each exposed or published port -> its host bindings
+    (None for exposed only); {} while the container is not running, as Docker."""
+    mappings = current(engine, c.id)
+    if not mappings:
+        return {}
+    out: dict[str, list | None] = {port: None for port in exposed(engine, c)}
+    for m in c.spec.publish:
+        out.setdefault(f"{m['container_port']}/{m['proto']}", None)
+    for m in mappings:
+        key = f"{m['container_port']}/{m['proto']}"
+        out[key] = (out.get(key) or []) + [{"HostIp": m["host_ip"],
+                                            "HostPort": str(m["host_port"])}]
+    return out
+
+
+def port_lines(engine: EngineBase, c: Container) -> dict[str, list[str]]:
+    """`nsbox port`: "80/tcp" -> ["0.0.0.0:8080", ...]."""
+    out: dict[str, list[str]] = {}
+    for m in current(engine, c.id):
+        out.setdefault(f"{m['container_port']}/{m['proto']}", []).append(
+            f"{m['host_ip']}:{m['host_port']}")
+    return out
