@@ -530,6 +530,22 @@ def check_room(root: str) -> None:
                            "to free space")
 
 
+def with_room(root: str, func: Callable[[], T]) -> T:
+    """FUNC(), again with a chunk of ROOT's reserve given back each time it fails with ENOSPC.
+
+    For what frees space without the database but must write a little
+    first (rmi rewrites the image index); FUNC must be safe to run again.
+    """
+    reserve = os.path.join(root, DB_FILE + RESERVE_SUFFIX)
+    for attempt in range(_FULL_RETRIES + 1):
+        try:
+            return func()
+        except OSError as err:
+            if err.errno != 28 or attempt == _FULL_RETRIES or not release_reserve(reserve, True):
+                raise  # not ENOSPC, or no reserve left
+    raise AssertionError("unreachable")
+
+
 def _filesystem_full(path: str) -> bool:
     """Has PATH's filesystem less than RESERVE_CHUNK free?"""
     try:

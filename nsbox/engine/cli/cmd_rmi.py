@@ -26,6 +26,7 @@ def in_use_check(ctx):  # noqa: ANN001, ANN201
 
 def run(args, ctx) -> int:  # noqa: ANN001
     from nsbox.engine.cli import need_args
+    from nsbox.engine.db import with_room
     from nsbox.errors import ImageNotFound, NsboxError
 
     refs = need_args(args, "rmi", 1)
@@ -34,7 +35,9 @@ def run(args, ctx) -> int:  # noqa: ANN001
     failed = False
     for ref in refs:
         try:
-            results = store.remove(ref, force=bool(args["force"]), in_use=in_use)
+            # A full disk: the index is rewritten before the layers go (db.with_room).
+            results = with_room(store.root, lambda ref=ref: store.remove(
+                ref, force=bool(args["force"]), in_use=in_use))
         except ImageNotFound:
             sys.stderr.write(f"Error: No such image: {ref}\n")
             failed = True

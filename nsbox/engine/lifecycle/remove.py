@@ -35,7 +35,7 @@ def remove(engine: EngineBase, ref: str, force: bool = False, volumes: bool = Fa
     """
     c = engine._lookup(ref)  # ContainerNotFound: there is no such container
     try:
-        c = engine._reconcile(c)  # a dead owner's create or start is undone here
+        c = engine._reconcile_to_read(c)  # a dead owner's create or start is undone here
         if c.phase:
             # A live process is making or starting it: let it get there first.
             if not force:
