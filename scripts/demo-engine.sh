@@ -1,5 +1,5 @@
 #!/bin/bash
-# The engine half of `make demo`: one `nsbox run --rm --memory 64m
+# The engine half of `make demo`: one `nsbox run --rm --network none --memory 64m
 # --pids-limit 64 busybox ...` in a private, temporary --root/--runroot,
 # printing the container's namespaces beside the host's and the limits the
 # container reads from its own cgroup files (v1 or v2, whichever it sees).
@@ -60,8 +60,8 @@ limit pids "$pids1/pids.max" /sys/fs/cgroup/pids/pids.max "$v2/pids.max" /sys/fs
 '
 
 echo "# a private image store: busybox:latest is built there from /bin/busybox on first use"
-echo "+ nsbox --root $tmp/root --runroot $tmp/run${runtime:+ --runtime $runtime} run --rm --memory 64m --pids-limit 64 busybox sh -c '<print /proc/1/ns/* and the cgroup limits>'"
-out="$("${nsbox[@]}" run --rm --memory 64m --pids-limit 64 busybox sh -c "$inside")"
+echo "+ nsbox --root $tmp/root --runroot $tmp/run${runtime:+ --runtime $runtime} run --rm --network none --memory 64m --pids-limit 64 busybox sh -c '<print /proc/1/ns/* and the cgroup limits>'"
+out="$("${nsbox[@]}" run --rm --network none --memory 64m --pids-limit 64 busybox sh -c "$inside")"
 
 printf '%-18s %-22s %-22s\n' namespace "in the container" "on the host"
 limits=()

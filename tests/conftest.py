@@ -47,6 +47,14 @@ HOST_CHECK_ENV = "NSBOX_HOST_CHECK"
 # cgroup) may take a moment to go: the session-end check retries this long.
 HOST_CHECK_GRACE = 5.0
 
+# The engine's default network for root is the `bridge` network, which makes
+# links, addresses and firewall rules in the caller's network namespace: the
+# tests must never do that to the real host's.  Every engine the session
+# starts (CLI subprocesses inherit this) defaults to `none`; the network tests
+# run the engine inside a namespace of their own (tests/nethost.py), which
+# drops this variable.
+os.environ["NSBOX_DEFAULT_NETWORK"] = "none"
+
 
 # ------------------------------------------------------------- the host, before and after
 def _host_check_mode() -> str:

@@ -186,7 +186,12 @@ def test_namespace_modes():
              cgroupns="private")
     assert (s.pid_mode, s.ipc_mode, s.uts_mode, s.network_mode, s.userns_mode, s.cgroupns_mode) == (
         "host", "container:db", "host", "none", "host", "private")
-    assert spec(network="bridge").network_mode == "private"
+    assert spec(network="bridge").network_mode == "bridge"
+    assert spec(network="bridge", net="mynet").networks == ["bridge", "mynet"]
+    assert spec(network="mynet").network_mode == "mynet"
+    assert spec().network_mode == "none"  # NSBOX_DEFAULT_NETWORK, set by conftest.py
+    assert "only bridge networks can be combined" in error_of(network=["none", "mynet"])
+    assert "needs a bridge network" in error_of(network="none", ip="10.0.0.2")
     assert spec(net="host").network_mode == "host"
     assert '"--pid"' in error_of(pid="bogus")
     assert spec(network="container:x").network_mode == "container:x"

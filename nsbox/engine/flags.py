@@ -42,7 +42,9 @@ RUN_FLAGS: dict[str, str] = {
     "device-read-iops": "list", "device-write-iops": "list", "pids-limit": "str",
     "ulimit": "list", "shm-size": "str", "device": "list", "sysctl": "list", "tmpfs": "list",
     "volume": "list", "mount": "list", "env": "list", "env-file": "list", "label": "list",
-    "restart": "str", "pid": "str", "ipc": "str", "uts": "str", "network": "str", "net": "str",
+    "restart": "str", "pid": "str", "ipc": "str", "uts": "str", "network": "list", "net": "list",
+    "ip": "str", "mac-address": "str", "network-alias": "list", "dns": "list",
+    "dns-search": "list", "dns-option": "list", "add-host": "list",
     "userns": "str", "cgroupns": "str", "stop-signal": "str", "stop-timeout": "str",
     "timens": "str", "time-offset": "list",
     "user": "str", "workdir": "str", "hostname": "str", "entrypoint": "str", "name": "str",
@@ -92,8 +94,16 @@ RUN_FLAG_HELP: dict[str, str | tuple[str, str]] = {
     "pid": ("string", "PID namespace to use (host, private, container:NAME)"),
     "ipc": ("string", "IPC namespace to use (host, private, container:NAME)"),
     "uts": ("string", "UTS namespace to use (host, private, container:NAME)"),
-    "network": ("network", "Network: none, host, private, slirp4netns[:opts], container:NAME"),
+    "network": ("network", "Connect to a network: bridge (the default), NETWORK, none, host, "
+                "private, slirp4netns[:opts], container:NAME; repeat for more networks"),
     "net": ("network", "Alias of --network"),
+    "ip": ("string", "IPv4 address on the (first) user-defined network (172.31.0.10)"),
+    "mac-address": ("string", "MAC address on the (first) network (02:42:ac:1f:00:0a)"),
+    "network-alias": ("list", "Add a DNS name for the container on user-defined networks"),
+    "dns": ("list", "Set custom DNS servers"),
+    "dns-search": ("list", "Set custom DNS search domains"),
+    "dns-option": ("list", "Set DNS options (ndots:2)"),
+    "add-host": ("list", "Add a custom host-to-IP mapping (HOST:IP, HOST:host-gateway)"),
     "userns": ("string", "User namespace to use (host, remap, auto, keep-id)"),
     "cgroupns": ("string", "Cgroup namespace to use (host, private)"),
     "timens": ("string", "Time namespace to use (host, private)"),
@@ -130,8 +140,11 @@ RESOURCE_FLAGS = ("memory", "memory-reservation", "memory-swap", "memory-swappin
                   "device-read-bps", "device-write-bps", "device-read-iops",
                   "device-write-iops", "pids-limit")
 
-_NS_FLAGS = {"pid": "pid_mode", "ipc": "ipc_mode", "uts": "uts_mode", "network": "network_mode",
+_NS_FLAGS = {"pid": "pid_mode", "ipc": "ipc_mode", "uts": "uts_mode",
              "userns": "userns_mode", "cgroupns": "cgroupns_mode"}
+# --network values that are not bridge networks (nsbox/engine/network/attach.py has the same).
+_NON_BRIDGE_NETWORKS = ("none", "host", "private")
+DEFAULT_NETWORK_ENV = "NSBOX_DEFAULT_NETWORK"
 _RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 _LOG_DRIVERS = ("json-file", "k8s-file")
 _LOG_OPTS = ("max-size", "max-file")
@@ -331,9 +344,7 @@ def parse_namespace_mode(flag: str, value: str) -> str:
     text = str(value)
     allowed = ("host", "private")
     if flag == "network":
-        allowed = ("none", "host", "private", "slirp4netns")
-        if text == "bridge":  # Docker's default name; we give a private netns for now
-            return "private"
+        allowed = ("none", "host", "private", "slirp4netns", "bridge", "NETWORK")
         if text == "slirp4netns" or text.startswith("slirp4netns:"):
             from nsbox.engine.network import slirp
             try:
@@ -355,6 +366,9 @@ def parse_namespace_mode(flag: str, value: str) -> str:
         return text
     if text.startswith("container:") and len(text) > 10:
         return text
+    if flag == "network" and text and text[0].isalnum() and \
+            all(c.isalnum() or c in "_.-" for c in text) and text != "container":
+        return text  # `bridge` or a network's name (looked up at create)
     raise bad(flag, value, f"invalid {flag} mode: use " + ", ".join(allowed) + " or container:NAME")
 
 
@@ -415,6 +429,71 @@ def _check_sysctls(spec: ContainerSpec) -> None:
         if why:
             flag = "--network" if name.startswith("net.") else "--ipc"
             raise ConfigError(f"{why} ({flag} host)")
+
+
+def default_network() -> str:
+    """The network of a container without --network: $NSBOX_DEFAULT_NETWORK (a --network
+    value), else `bridge` for root (Docker) and `private` rootless (made slirp4netns at create)."""
+    value = os.environ.get(DEFAULT_NETWORK_ENV, "")
+    if value:
+        return value
+    return "bridge" if os.geteuid() == 0 else "private"
+
+
+def _network_options(spec: ContainerSpec, opts: dict) -> None:
+    """--network (repeatable), --ip, --mac-address, --network-alias, --dns*, --add-host."""
+    given = [str(v) for v in _as_list(opts.get("network")) + _as_list(opts.get("net"))
+             if str(v) != ""]
+    modes = [parse_namespace_mode("network", v) for v in given or [default_network()]]
+    spec.network_mode = modes[0]
+    bridged = not (modes[0] in _NON_BRIDGE_NETWORKS or
+                   modes[0].startswith(("container:", "slirp4netns")))
+    if len(modes) > 1:
+        if not bridged or any(m in _NON_BRIDGE_NETWORKS or m.startswith(("container:",
+                                                                          "slirp4netns"))
+                              for m in modes[1:]):
+            raise bad("network", ",".join(given), "only bridge networks can be combined: "
+                      "none, host, private, slirp4netns and container: stand alone")
+    spec.networks = list(dict.fromkeys(modes)) if bridged else []
+    for flag, attr in (("ip", "ip"), ("mac-address", "mac_address")):
+        value = opts.get(flag)
+        if value in (None, ""):
+            continue
+        if not bridged:
+            raise ConfigError(f"--{flag} needs a bridge network, not --network {modes[0]}")
+        if flag == "ip":
+            import ipaddress
+            try:
+                value = str(ipaddress.IPv4Address(str(value)))
+            except ValueError:
+                raise bad(flag, value, f"{value} is not an IPv4 address") from None
+        else:
+            value = str(value).lower()
+            parts = value.split(":")
+            if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef"
+                                                              for c in p) for p in parts):
+                raise bad(flag, opts[flag], f"{opts[flag]} is not a valid mac address")
+            if int(parts[0], 16) & 1:
+                raise bad(flag, opts[flag], "a multicast MAC address cannot be used")
+        setattr(spec, attr, value)
+    spec.network_aliases = [str(a) for a in _as_list(opts.get("network-alias"))]
+    if spec.network_aliases and not bridged:
+        raise ConfigError(f"--network-alias needs a bridge network, not --network {modes[0]}")
+    spec.dns = [str(d) for d in _as_list(opts.get("dns"))]
+    if spec.dns:
+        import ipaddress
+        for server in spec.dns:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise bad("dns", server, f"{server} is not an ip address") from None
+    spec.dns_search = [str(d) for d in _as_list(opts.get("dns-search"))]
+    spec.dns_options = [str(d) for d in _as_list(opts.get("dns-option"))]
+    spec.extra_hosts = [str(h) for h in _as_list(opts.get("add-host"))]
+    if spec.extra_hosts:
+        from nsbox.engine.network.etcfiles import parse_add_host
+        for entry in spec.extra_hosts:
+            parse_add_host(entry)
 
 
 def parse_stop_signal(value: str) -> str:
@@ -533,8 +612,7 @@ def build_spec(image: str, command: list[str] | None, opts: dict,
             raise ConfigError(f"Duplicate mount point: {mount.target}")
         seen.add(mount.target)
     spec.mounts = mounts
-    if get("net") and not get("network"):
-        opts = {**opts, "network": opts["net"]}
+    _network_options(spec, opts)
     for flag, attr in _NS_FLAGS.items():
         if get(flag) not in (None, "") or (flag == "userns" and flag in opts):
             setattr(spec, attr, parse_namespace_mode(flag, opts.get(flag) or ""))

@@ -60,8 +60,17 @@ class ContainerSpec:
     pid_mode: str = "private"
     ipc_mode: str = "private"
     uts_mode: str = "private"
-    network_mode: str = "private"  # "none" and "private" mean a new, empty netns for now;
-    # "container:NAME" also takes NAME's /etc/hosts, /etc/resolv.conf and hostname
+    network_mode: str = "private"  # "none" and "private": a new netns with lo only;
+    # "container:NAME" also takes NAME's /etc/hosts, /etc/resolv.conf and hostname;
+    # "bridge" or a network's name: a bridge network (nsbox/engine/network/, the first one)
+    networks: list[str] = list  # every bridge network (--network repeated), network_mode first
+    ip: str | None = None  # --ip: the address on the first network
+    mac_address: str | None = None  # --mac-address, on the first network
+    network_aliases: list[str] = list  # --network-alias: DNS names on user-defined networks
+    dns: list[str] = list  # --dns
+    dns_search: list[str] = list  # --dns-search
+    dns_options: list[str] = list  # --dns-option
+    extra_hosts: list[str] = list  # --add-host HOST:IP (or HOST:host-gateway)
     userns_mode: str = "host"
     cgroupns_mode: str = "private"
     timens_mode: str = "host"  # "private": a new time namespace (--timens, --time-offset)

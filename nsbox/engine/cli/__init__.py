@@ -42,6 +42,10 @@ GROUPS = {
                "rm": "volume_rm", "remove": "volume_rm", "inspect": "volume_inspect",
                "prune": "volume_prune"},
     "system": {"reset": "system_reset"},
+    "network": {"create": "network_create", "ls": "network_ls", "list": "network_ls",
+                "inspect": "network_inspect", "rm": "network_rm", "remove": "network_rm",
+                "prune": "network_prune", "connect": "network_connect",
+                "disconnect": "network_disconnect"},
 }
 GLOBAL_FLAGS = {"root": "str", "runroot": "str", "runtime": "str", "log-level": "str",
                 "cgroup-manager": "str", "help": "bool", "version": "bool", "debug": "bool"}

@@ -73,6 +73,10 @@ def create(engine: EngineBase, spec: ContainerSpec,
         if mode.startswith("container:"):
             peer_pids[mode] = bundle_mod.peer_pid_or_fail(engine.get, mode)
     bundle_mod.command_of(spec, image.section)  # "no command" fails before anything exists
+    nets = None
+    if _bridged(spec.network_mode):
+        from nsbox.engine.network import attach
+        nets = attach.resolve(engine, spec)  # an unknown network or bad --ip: nothing made yet
     from nsbox.engine.db import check_room
     check_room(engine.root)  # a full disk: the reserve is for removals
     from nsbox.engine.logs import log_limits
@@ -147,12 +151,23 @@ def create(engine: EngineBase, spec: ContainerSpec,
                 anonymous.append(vol["Name"])
                 volume_paths[target] = vol["Mountpoint"]
                 volume_names[target] = vol["Name"]
+        leases = []
+        if nets is not None:
+            from nsbox.engine.network import attach
+            leases = attach.setup_container(engine, cid, name, spec, nets)
         inputs = bundle_mod.BundleInputs(
             container_id=cid, rootfs=info.merged, layer_dirs=[info.upper] + info.lower_dirs,
             userdata=userdata, runtime=runtime, volume_paths=volume_paths, peer_pids=peer_pids,
             idmap=idmap, netns_path=netns_path(engine.run_root, cid, spec.network_mode),
             keep_id=keep_id, run_root=engine.run_root)
         config = bundle_mod.build_config(spec, image.section, inputs)
+        if nets is not None:
+            # Docker's: ping without CAP_NET_RAW, in the container's own namespace.
+            config["linux"].setdefault("sysctl", {}).setdefault("net.ipv4.ping_group_range",
+                                                                "0 2147483647")
+        if nets is not None or spec.extra_hosts or spec.dns or spec.dns_search or \
+                spec.dns_options:
+            _write_etc_files(userdata, spec, name, leases, nets)
         if idmap:
             open_to_mapped_root(engine, userdata, volume_paths, idmap)
         elif keep_id is not None:
@@ -174,6 +189,10 @@ def create(engine: EngineBase, spec: ContainerSpec,
         engine.db.update_container(cid, extra=extra, state=CREATING if then_start else CREATED)
     except BaseException:
         import shutil
+        if nets is not None:
+            from nsbox.engine.network import attach
+            with suppress(Exception):
+                attach.teardown_container(engine, cid)
         with suppress(Exception):
             engine.storage.remove(cid)
         shutil.rmtree(os.path.join(engine.storage.containers_dir, cid), ignore_errors=True)
@@ -208,9 +227,40 @@ def open_to_mapped_root(engine: EngineBase, userdata: str, volume_paths: dict[st
             path = os.path.dirname(path)
 
 
+def _bridged(network_mode: str) -> bool:
+    """A bridge network (`bridge` or a network's name; nsbox/engine/network/attach.py)."""
+    return network_mode not in ("none", "host", "private", "", "shareable") and \
+        not network_mode.startswith(("container:", "slirp4netns"))
+
+
+def _write_etc_files(userdata: str, spec: ContainerSpec, name: str, leases: list,
+                     nets: list | None) -> None:
+    """hosts (the container's address, --add-host) and resolv.conf (--dns*, the network's
+    DNS server) over the defaults build_config wrote (nsbox/engine/network/etcfiles.py)."""
+    from nsbox.engine.network import etcfiles
+    try:
+        with open(os.path.join(userdata, "hostname")) as f:
+            hostname = f.read().strip()
+    except OSError:
+        hostname = spec.hostname or ""
+    first = leases[0] if leases else None
+    server = None
+    if nets:
+        from nsbox.engine.network.networks import hook
+        server_for = hook("dns", "server_for")
+        for net in nets:
+            if not net.is_default and server_for is not None:
+                server = server_for(net)
+                if server:
+                    break
+    etcfiles.write(userdata, spec, hostname, name, ip=first.ip if first else "",
+                   gateway=first.gateway if first else "", dns_server=server,
+                   networked=nets is not None)
+
+
 def netns_path(run_root: str, cid: str, network_mode: str) -> str:
-    """The engine-made network namespace a slirp4netns container joins, else ""."""
-    if not network_mode.startswith("slirp4netns"):
+    """The engine-made network namespace a slirp4netns or bridge container joins, else ""."""
+    if not network_mode.startswith("slirp4netns") and not _bridged(network_mode):
         return ""
     from nsbox.engine.network import slirp
     return slirp.netns_path(run_root, cid)

@@ -133,6 +133,13 @@ def _ports_views(engine: EngineBase, c: Container) -> tuple[dict, dict]:
     return ports.port_bindings(c.spec), ports.network_ports(engine, c) if running else {}
 
 
+def network_settings(engine: EngineBase, c: Container) -> dict:
+    """inspect's NetworkSettings: Networks.NAME.{IPAddress, Gateway, MacAddress, ...},
+    SandboxKey (nsbox/engine/network/attach.py)."""
+    from nsbox.engine.network import attach
+    return attach.settings(engine, c.id, c.spec)
+
+
 def inspect(engine: EngineBase, ref: str) -> dict:
     """Docker-shaped inspect JSON, plus "Namespaces" and "Cgroups" (nsbox's additions)."""
     from nsbox.engine.bundle import device_mapping
@@ -248,7 +255,7 @@ def inspect(engine: EngineBase, ref: str) -> dict:
             "StopTimeout": spec.stop_timeout if spec.stop_timeout is not None
             else DEFAULT_STOP_TIMEOUT,
         },
-        "NetworkSettings": {"Ports": network_ports},
+        "NetworkSettings": {**network_settings(engine, c), "Ports": network_ports},
         "Namespaces": namespaces(c.pid) if running else {},
         "Cgroups": cgroups(engine, c) if running else {},
     }

@@ -77,6 +77,10 @@ def remove_now(engine: EngineBase, cid: str, volumes: bool, keep_exit_code: bool
     engine.oci(row["runtime"]).delete(cid)
     remove_cgroups(row)  # a start cut short leaves cgroups the runtime never recorded
     crashpoint("remove.after_runtime_delete")
+    if os.path.lexists(os.path.join(engine.run_root, "netns", cid)) and \
+            '"slirp4netns' not in (row["spec"] or ""):
+        from nsbox.engine.network import attach  # a bridge network's veths, leases, netns
+        attach.teardown_container(engine, cid)
     engine.storage.remove(cid)
     rmtree(os.path.join(engine.storage.containers_dir, cid))
     with suppress(FileNotFoundError):
@@ -128,5 +132,9 @@ def prune(engine: EngineBase) -> list[str]:
                 removed.append(c.id)
     from nsbox.engine.lifecycle.recover import prune_orphans
     prune_orphans(engine)
+    if os.path.isdir(os.path.join(engine.run_root, "netns")):
+        from nsbox.engine.network import attach  # what crashes left of bridge networking
+        with suppress(NsboxError):
+            attach.prune_leftovers(engine)
     drop_stale_exit_files(engine)
     return removed

@@ -1,0 +1,25 @@
+"""Usage:  nsbox network connect [OPTIONS] NETWORK CONTAINER
+
+Connect a container on a bridge network to another network (a new ethN).
+"""
+
+from __future__ import annotations
+
+FLAGS = {"ip": "str", "alias": "list", "ip6": "str", "link": "list", "driver-opt": "list"}
+HELP = {
+    "ip": ("string", "IPv4 address on the network"),
+    "alias": ("list", "Add a DNS name for the container on the network"),
+    "ip6": ("string", "IPv6 address (not supported)"),
+    "link": ("list", "Not supported"),
+    "driver-opt": ("list", "Not supported"),
+}
+
+
+def run(args, ctx) -> int:  # noqa: ANN001
+    from nsbox.engine.cli import need_args
+    from nsbox.engine.network import networks
+
+    net, container = need_args(args, "network connect", 2, 2)
+    networks.connect(ctx.engine(), net, container, ip=args["ip"],
+                     aliases=list(args["alias"] or []))
+    return 0

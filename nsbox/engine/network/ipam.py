@@ -1,0 +1,120 @@
+"""Address management: leases are the `attachments` rows (model.py).
+
+allocate() picks (or checks) an address and records the attachment in one
+BEGIN IMMEDIATE transaction, so two racing `run`s never get the same one
+(UNIQUE(network_id, ip) holds even if they did).  The lease is recorded
+BEFORE anything is made on the host, so a crash leaves a row that names
+what to clean (attach.teardown_container).  reclaim() drops leases whose
+container row is gone (a crash between the removal's steps, or a database
+edited by hand): at allocation when a range is exhausted, and by prune.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+from nsbox import _json
+from nsbox.engine.network import model
+from nsbox.engine.network.model import Attachment, Network, NetworkError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from nsbox.engine.db import Database
+
+
+def mac_for(ip: str) -> str:
+    """Docker's rule: 02:42 and the four bytes of the IPv4 address."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+
+
+def check_ip(net: Network, ip: str) -> str:
+    """IP as a canonical string if it is a usable host address of NET; NetworkError else."""
+    try:
+        addr = ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise NetworkError(f"invalid IPv4 address: {ip}") from None
+    subnet = ipaddress.IPv4Network(net.subnet)
+    if addr not in subnet:
+        raise NetworkError(f"no configured subnet contains IP address {ip} "
+                           f"(network {net.name} is {net.subnet})")
+    if addr in (subnet.network_address, subnet.broadcast_address) or str(addr) == net.gateway:
+        raise NetworkError(f"IP address {ip} is reserved in network {net.name}")
+    return str(addr)
+
+
+def _candidates(net: Network):  # noqa: ANN202 - an iterator of IPv4Address
+    subnet = ipaddress.IPv4Network(net.subnet)
+    pool = ipaddress.IPv4Network(net.ip_range) if net.ip_range else subnet
+    reserved = {subnet.network_address, subnet.broadcast_address,
+                ipaddress.IPv4Address(net.gateway)}
+    for addr in pool:
+        if addr not in reserved:
+            yield addr
+
+
+def allocate(db: Database, net: Network, container_id: str, ifname: str, ip: str | None = None,
+             mac: str | None = None, aliases: list[str] | tuple = (),
+             on_exhausted: Callable[[], int] | None = None) -> Attachment:
+    """Lease an address of NET for CONTAINER_ID (IP if given) and record the attachment.
+
+    ON_EXHAUSTED: called once when no address is free (or IP is taken); it
+    reclaims stale leases (attach.reclaim_stale) and says how many.
+    """
+    wanted = check_ip(net, ip) if ip else None
+    model.ensure_schema(db)
+    for attempt in range(2):
+        def take() -> Attachment | None:
+            with db.transaction() as conn:
+                used = {r[0] for r in conn.execute("SELECT ip FROM attachments WHERE network_id=?",
+                                                   (net.id,))}
+                if conn.execute("SELECT 1 FROM attachments WHERE container_id=? AND network_id=?",
+                                (container_id, net.id)).fetchone():
+                    raise NetworkError(f"container is already connected to network {net.name}")
+                if wanted is not None:
+                    if wanted in used:
+                        return None
+                    address = wanted
+                else:
+                    address = next((str(a) for a in _candidates(net) if str(a) not in used), None)
+                    if address is None:
+                        return None
+                lease = Attachment(container_id=container_id, network_id=net.id, ifname=ifname,
+                                   ip=address, prefix=net.prefix, mac=mac or mac_for(address),
+                                   gateway=net.gateway, aliases=list(aliases), created=time.time())
+                conn.execute("INSERT INTO attachments (container_id, network_id, ifname, ip, "
+                             "prefix, mac, gateway, aliases, created) VALUES (?,?,?,?,?,?,?,?,?)",
+                             (lease.container_id, lease.network_id, lease.ifname, lease.ip,
+                              lease.prefix, lease.mac, lease.gateway, _json.dumps(lease.aliases),
+                              lease.created))
+                return lease
+        lease = db._retry(take)
+        if lease is not None:
+            return lease
+        if attempt == 0 and on_exhausted is not None and on_exhausted():
+            continue
+        break
+    if wanted is not None:
+        raise NetworkError(f"Address already in use: {wanted} in network {net.name}")
+    raise NetworkError(f"no free address left in network {net.name} ({net.ip_range or net.subnet})")
+
+
+def release(db: Database, container_id: str, network_id: str | None = None) -> None:
+    model.delete_attachment(db, container_id, network_id)
+
+
+def stale(db: Database, live: set[str], network_id: str | None = None) -> list[Attachment]:
+    """Leases (of NETWORK_ID, or all) whose container is not in LIVE."""
+    return [a for a in model.attachments(db, network_id=network_id)
+            if a.container_id not in live]
+
+
+def reclaim(db: Database, live: set[str], network_id: str | None = None) -> int:
+    """Drop the leases of containers not in LIVE; how many.  (Their host side, if any,
+    is attach.teardown_container's: callers that can, call it first.)"""
+    gone = stale(db, live, network_id)
+    for lease in gone:
+        release(db, lease.container_id, lease.network_id)
+    return len(gone)

@@ -1,0 +1,349 @@
+"""`nsbox network create|ls|inspect|rm|prune|connect|disconnect`: bridge networks.
+
+The default network `bridge` (bridge nsbox0, 172.30.0.0/16, gateway
+172.30.0.1, a fixed id) is recorded on first use.  A user network gets the
+next free bridge name nsbox1, nsbox2, ... (or `-o com.docker.network.bridge.name=`)
+and, without --subnet, the first /16 of 172.31.0.0/16, 172.32.0.0/16, ...
+that overlaps neither another network nor a route or address of the host.
+An overlapping --subnet is an error.  A network's bridge is made when the
+network is created (the default's on first use) and again when a container
+attaches if it is gone (after a reboot); the firewall (firewall.py) is told
+of each network it has.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+
+from nsbox.engine.network import model
+from nsbox.engine.network.model import (
+    DEFAULT_BRIDGE,
+    DEFAULT_GATEWAY,
+    DEFAULT_ID,
+    DEFAULT_MTU,
+    DEFAULT_NETWORK,
+    DEFAULT_SUBNET,
+    Network,
+    NetworkError,
+    NetworkNotFound,
+)
+from nsbox.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nsbox.engine.lifecycle.state import EngineBase
+
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+MTU_OPTION = "com.docker.network.driver.mtu"
+# Names that are modes of --network, not networks.
+RESERVED_NAMES = ("none", "host", "private", "default", "container", "slirp4netns")
+
+
+def hook(module: str, name: str):  # noqa: ANN201 - the function, or None
+    """firewall.NAME / dns.NAME (other modules of this package), None if not there."""
+    try:
+        mod = __import__(f"nsbox.engine.network.{module}", fromlist=[name])
+    except ImportError:
+        return None
+    return getattr(mod, name, None)
+
+
+def _default() -> Network:
+    return Network(id=DEFAULT_ID, name=DEFAULT_NETWORK, bridge=DEFAULT_BRIDGE,
+                   subnet=DEFAULT_SUBNET, gateway=DEFAULT_GATEWAY, mtu=DEFAULT_MTU,
+                   options={BRIDGE_NAME_OPTION: DEFAULT_BRIDGE}, created=time.time())
+
+
+def get(engine: EngineBase, ref: str) -> Network:
+    """The network REF; the default `bridge` is recorded on first use."""
+    try:
+        return model.find_network(engine.db, ref)
+    except NetworkNotFound:
+        if ref != DEFAULT_NETWORK:
+            raise
+    sqlite3 = __import__("nsbox.engine.db", fromlist=["sqlite"]).sqlite()
+    try:
+        model.insert_network(engine.db, _default())
+    except sqlite3.IntegrityError:
+        pass  # another command recorded it first
+    return model.find_network(engine.db, ref)
+
+
+def list_networks(engine: EngineBase) -> list[Network]:
+    get(engine, DEFAULT_NETWORK)  # `network ls` shows it, as Docker's does
+    return model.networks(engine.db)
+
+
+def _overlaps(subnet: ipaddress.IPv4Network, others: list[str]) -> str | None:
+    for other in others:
+        try:
+            if subnet.overlaps(ipaddress.IPv4Network(other, strict=False)):
+                return other
+        except ValueError:
+            continue
+    return None
+
+
+def _pick_subnet(taken: list[str]) -> str:
+    for second in range(31, 256):
+        candidate = ipaddress.IPv4Network(f"172.{second}.0.0/16")
+        if _overlaps(candidate, taken) is None:
+            return str(candidate)
+    raise NetworkError("no free subnet left in 172.31.0.0 - 172.255.0.0: give --subnet")
+
+
+def create(engine: EngineBase, name: str, subnet: str | None = None, gateway: str | None = None,
+           ip_range: str | None = None, internal: bool = False, ipv6: bool = False,
+           labels: dict | None = None, options: dict | None = None,
+           driver: str = "bridge") -> Network:
+    """A new bridge network (and its bridge); NetworkError/ConfigError leave nothing."""
+    from nsbox.engine.network import netlink
+    if driver not in ("bridge", ""):
+        raise ConfigError(f"network driver {driver!r} is not supported: use bridge")
+    if not name or not (name[0].isalnum() and all(c.isalnum() or c in "_.-" for c in name)):
+        raise ConfigError(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] "
+                          "are allowed")
+    if name in RESERVED_NAMES or name == DEFAULT_NETWORK:
+        raise NetworkError(f"network name {name} is reserved: it is a mode of --network"
+                           if name != DEFAULT_NETWORK else
+                           f"network with name {name} already exists")
+    if ipv6:
+        raise ConfigError("--ipv6 is not supported yet")
+    options = dict(options or {})
+    existing = list_networks(engine)
+    if any(n.name == name for n in existing):
+        raise NetworkError(f"network with name {name} already exists")
+    taken = [n.subnet for n in existing]
+    host = netlink.host_networks()
+    if subnet:
+        try:
+            net = ipaddress.IPv4Network(subnet, strict=False)
+        except ValueError:
+            raise ConfigError(f"invalid subnet {subnet!r}: expected A.B.C.D/N") from None
+        if net.prefixlen > 30:
+            raise ConfigError(f"subnet {subnet} is too small: at most /30")
+        clash = _overlaps(net, taken)
+        if clash is not None:
+            raise NetworkError(f"Pool overlaps with other one on this address space "
+                               f"({subnet} overlaps {clash} of an nsbox network)")
+        clash = _overlaps(net, [h for h in host if not _is_ours(h, existing)])
+        if clash is not None:
+            raise NetworkError(f"Pool overlaps with other one on this address space "
+                               f"({subnet} overlaps the host's {clash})")
+    else:
+        if gateway or ip_range:
+            raise ConfigError("--gateway and --ip-range need --subnet")
+        net = ipaddress.IPv4Network(_pick_subnet(taken + host))
+    if gateway:
+        try:
+            gw = ipaddress.IPv4Address(gateway)
+        except ValueError:
+            raise ConfigError(f"invalid gateway {gateway!r}") from None
+        if gw not in net or gw in (net.network_address, net.broadcast_address):
+            raise ConfigError(f"gateway {gateway} is not a host address of subnet {net}")
+    else:
+        gw = net.network_address + 1
+    if ip_range:
+        try:
+            pool = ipaddress.IPv4Network(ip_range, strict=False)
+        except ValueError:
+            raise ConfigError(f"invalid --ip-range {ip_range!r}") from None
+        if not pool.subnet_of(net):
+            raise ConfigError(f"--ip-range {ip_range} is not within subnet {net}")
+        ip_range = str(pool)
+    mtu = DEFAULT_MTU
+    if MTU_OPTION in options:
+        try:
+            mtu = int(options[MTU_OPTION])
+        except ValueError:
+            raise ConfigError(f"invalid {MTU_OPTION} {options[MTU_OPTION]!r}") from None
+        if not 68 <= mtu <= 65535:
+            raise ConfigError(f"{MTU_OPTION} {mtu} is out of range (68 to 65535)")
+    bridge = options.get(BRIDGE_NAME_OPTION) or _free_bridge_name(existing)
+    if len(bridge) > 15 or not bridge.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"invalid bridge name {bridge!r}")
+    if any(n.bridge == bridge for n in existing):
+        raise NetworkError(f"bridge name {bridge} is used by another network")
+    if bridge in netlink.links_named(bridge) and not bridge.startswith("nsbox"):
+        raise NetworkError(f"a link named {bridge} exists on the host already")
+    record = Network(id=os.urandom(32).hex(), name=name, bridge=bridge, subnet=str(net),
+                     gateway=str(gw), ip_range=ip_range or "", internal=bool(internal),
+                     ipv6=bool(ipv6), mtu=mtu, labels=dict(labels or {}), options=options,
+                     created=time.time())
+    sqlite3 = __import__("nsbox.engine.db", fromlist=["sqlite"]).sqlite()
+    try:
+        model.insert_network(engine.db, record)
+    except sqlite3.IntegrityError:
+        raise NetworkError(f"network with name {name} already exists") from None
+    try:
+        bring_up(record)
+    except BaseException:
+        from nsbox._lite import suppress
+        with suppress(Exception):
+            _take_down(engine, record)
+        model.delete_network(engine.db, record.id)
+        raise
+    return record
+
+
+def _is_ours(host_net: str, existing: list[Network]) -> bool:
+    return any(host_net == n.subnet for n in existing)
+
+
+def _free_bridge_name(existing: list[Network]) -> str:
+    used = {n.bridge for n in existing}
+    for i in range(1, 10000):
+        if f"nsbox{i}" not in used:
+            return f"nsbox{i}"
+    raise NetworkError("no free bridge name")
+
+
+def bring_up(net: Network) -> None:
+    """NET's bridge, and the firewall's rules for it if the bridge was new."""
+    from nsbox.engine.network import netlink
+    made = netlink.ensure_bridge(net)
+    if made:
+        if not net.internal:
+            forwarding = hook("firewall", "ensure_forwarding")
+            if forwarding is not None:
+                forwarding()
+        added = hook("firewall", "network_added")
+        if added is not None:
+            added(net)
+
+
+def _take_down(engine: EngineBase, net: Network) -> None:
+    from nsbox.engine.network import netlink
+    removed = hook("firewall", "network_removed")
+    if removed is not None:
+        removed(net, [n for n in model.networks(engine.db) if n.id != net.id])
+    if not net.is_default:
+        dns_removed = hook("dns", "network_removed")
+        if dns_removed is not None:
+            dns_removed(engine, net)
+    netlink.delete_link(net.bridge)
+
+
+def containers_of(engine: EngineBase, net: Network) -> list[model.Attachment]:
+    """NET's attachments whose container still exists (stale leases are reclaimed first)."""
+    from nsbox.engine.network import attach
+    attach.reclaim_stale(engine, net.id)
+    return model.attachments(engine.db, network_id=net.id)
+
+
+def remove(engine: EngineBase, ref: str) -> Network:
+    net = model.find_network(engine.db, ref) if ref != DEFAULT_NETWORK else get(engine, ref)
+    if net.is_default:
+        raise NetworkError(f"{net.name} is a pre-defined network and cannot be removed")
+    users = containers_of(engine, net)
+    if users:
+        names = []
+        for lease in users:
+            row = engine.db.container(lease.container_id)
+            names.append(row["name"] if row else lease.container_id[:12])
+        raise NetworkError(f"error while removing network: network {net.name} id {net.id} has "
+                           f"active endpoints ({', '.join(names)})")
+    _take_down(engine, net)
+    model.delete_network(engine.db, net.id)
+    return net
+
+
+def prune(engine: EngineBase) -> list[str]:
+    """Remove every user network no container uses; their names."""
+    from nsbox.engine.network import attach
+    attach.reclaim_stale(engine)
+    removed = []
+    for net in model.networks(engine.db):
+        if net.is_default:
+            continue
+        if not model.attachments(engine.db, network_id=net.id):
+            _take_down(engine, net)
+            model.delete_network(engine.db, net.id)
+            removed.append(net.name)
+    return removed
+
+
+def _record_networks(engine: EngineBase, cid: str, names: list[str]) -> None:
+    from nsbox.engine.lifecycle.record import spec_from_json, spec_to_json
+    row = engine.db.container(cid)
+    if row is None:
+        return
+    spec = spec_from_json(row["spec"])
+    spec.networks = names
+    engine.db.update_container(cid, spec=spec_to_json(spec))
+
+
+def connect(engine: EngineBase, net_ref: str, container_ref: str, ip: str | None = None,
+            aliases: list[str] | tuple = ()) -> model.Attachment:
+    """`network connect`: NET as the container's next ethN (it must be on a bridge network)."""
+    from nsbox.engine.network import attach, ipam
+    c = engine.get(container_ref)
+    net = get(engine, net_ref)
+    if not attach.is_bridge_mode(c.spec.network_mode):
+        raise NetworkError(f"container {c.name} has --network {c.spec.network_mode}: only a "
+                           "container on a bridge network can be connected to another")
+    if ip:
+        if net.is_default:
+            raise NetworkError("user specified IP address is supported on user defined "
+                               "networks only")
+        ip = ipam.check_ip(net, ip)
+    try:
+        lease = attach.attach(engine, c.id, c.name, net, ip=ip, aliases=aliases)
+    except BaseException:
+        from nsbox._lite import suppress
+        if model.attachments(engine.db, container_id=c.id, network_id=net.id):
+            with suppress(Exception):
+                attach.detach(engine, c.id, net)
+        raise
+    _record_networks(engine, c.id, [*attach.network_names(c.spec), net.name])
+    return lease
+
+
+def disconnect(engine: EngineBase, net_ref: str, container_ref: str) -> None:
+    """`network disconnect`: the container's interface on NET goes, and its lease."""
+    from nsbox.engine.network import attach
+    c = engine.get(container_ref)
+    net = get(engine, net_ref)
+    attach.detach(engine, c.id, net)
+    names = [n for n in attach.network_names(c.spec) if n not in (net.name, net.id)]
+    _record_networks(engine, c.id, names)
+
+
+def _rfc3339(t: float) -> str:
+    from nsbox.engine.images.config import format_time
+    return format_time(t)
+
+
+def inspect(engine: EngineBase, ref: str) -> dict:
+    """Docker's `network inspect` shape."""
+    net = get(engine, ref)
+    containers = {}
+    for lease in model.attachments(engine.db, network_id=net.id):
+        row = engine.db.container(lease.container_id)
+        if row is None:
+            continue
+        containers[lease.container_id] = {
+            "Name": row["name"], "EndpointID": (lease.container_id + net.id)[:64][::-1],
+            "MacAddress": lease.mac, "IPv4Address": f"{lease.ip}/{lease.prefix}",
+            "IPv6Address": ""}
+    config = {"Subnet": net.subnet, "Gateway": net.gateway}
+    if net.ip_range:
+        config["IPRange"] = net.ip_range
+    return {
+        "Name": net.name, "Id": net.id, "Created": _rfc3339(net.created), "Scope": "local",
+        "Driver": net.driver, "EnableIPv6": net.ipv6,
+        "IPAM": {"Driver": "default", "Options": {}, "Config": [config]},
+        "Internal": net.internal, "Attachable": False, "Ingress": False,
+        "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Containers": containers,
+        "Options": {BRIDGE_NAME_OPTION: net.bridge, **net.options}, "Labels": net.labels,
+    }
+
+
+def summary(engine: EngineBase, net: Network) -> dict:
+    """A row of `network ls`."""
+    return {"ID": net.id[:12], "Name": net.name, "Driver": net.driver, "Scope": "local",
+            "Id": net.id, "Subnet": net.subnet, "Gateway": net.gateway,
+            "Internal": net.internal, "Labels": net.labels,
+            "CreatedAt": _rfc3339(net.created)}
