@@ -151,9 +151,13 @@ def test_full_disk_rm_stop_kill_prune_and_exit_records(small_root: Box, tmp_path
 def test_full_disk_past_the_reserve(small_root: Box, tmp_path: Path) -> None:
     """With the reserve used up, rm -f still frees the space and ps still answers."""
     box = small_root
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
     box("run", "-d", "--name", "victim", "busybox", "sleep", "300")
-    _writer(box, tmp_path / "ctl")
-    _fill(box, tmp_path / "ctl")
+    box("run", "-d", "--name", "late", "-v", f"{ctl}:/ctl", "busybox", "sh", "-c",
+        "while [ ! -e /ctl/go ]; do sleep 0.05; done; exit 5")
+    _writer(box, ctl)
+    _fill(box, ctl)
     reserve = box.root / "nsbox.db-reserve"
     if reserve.exists():
         os.truncate(reserve, 0)
@@ -161,9 +165,14 @@ def test_full_disk_past_the_reserve(small_root: Box, tmp_path: Path) -> None:
     assert "victim" in box("ps", "-a").stdout
     box("kill", "victim")  # the signal goes even if the record cannot be written
     assert box.wait_for(lambda: box.inspect("victim")["State"]["Status"] == "exited")
+    # An exit its monitor cannot record: its code is read back from <runroot>/exits.
+    (ctl / "go").touch()
+    assert box.wait_for(lambda: box.inspect("late")["State"]["Status"] == "exited")
+    assert box.inspect("late")["State"]["ExitCode"] == 5
     box("rm", "-f", "writer")
     assert box.free() > 8 * MiB
-    box("rm", "victim")
+    assert box.inspect("late")["State"]["ExitCode"] == 5  # and now recorded
+    box("rm", "victim", "late")
     assert box("ps", "-a", "-q").stdout.strip() == ""
 
 

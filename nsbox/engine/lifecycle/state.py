@@ -85,7 +85,11 @@ class EngineBase:
                 # Down, and nobody could record it: say so, with the code its
                 # monitor left in <run_root>/exits if it got that far.
                 c.state, c.pid = EXITED, 0
-                c.exit_code = _exit_code_left(self.run_root, c)
+                left = _exit_code_left(self.run_root, c)
+                if left is None:
+                    c.exit_code, c.exit_unknown, c.error = EXIT_UNKNOWN, True, UNKNOWN_EXIT_ERROR
+                else:
+                    c.exit_code = left
             return c
 
     def _lookup(self, ref: str) -> Container:
@@ -163,7 +167,9 @@ class EngineBase:
             if state is not None:
                 with suppress(Exception):
                     oom = oci.oom_kills(c.id) > 0
+            left = _exit_code_left(self.run_root, c)  # its monitor saw it, but could not record it
             fields = {"exit_code": 137, "oom_killed": True} if oom else \
+                {"exit_code": left} if left is not None else \
                 {"exit_code": EXIT_UNKNOWN, "exit_unknown": True, "error": UNKNOWN_EXIT_ERROR}
         if state is not None:
             oci.delete(c.id)
@@ -217,8 +223,8 @@ class EngineBase:
         return users
 
 
-def _exit_code_left(run_root: str, c: Container) -> int:
-    """The code of C's last exit in <run_root>/exits/<id> if written since its start, else 137.
+def _exit_code_left(run_root: str, c: Container) -> int | None:
+    """The code of C's last exit in <run_root>/exits/<id> if written since its start, else None.
 
     The monitor's finish writes that file before the record, so the code is
     there even when the record could not be written (a full disk).
@@ -226,11 +232,11 @@ def _exit_code_left(run_root: str, c: Container) -> int:
     from nsbox.engine.lifecycle.host import exit_file
     try:
         with open(exit_file(run_root, c.id)) as f:
-            if os.fstat(f.fileno()).st_mtime >= c.started_at:
+            if c.started_at and os.fstat(f.fileno()).st_mtime >= c.started_at:
                 return int(f.read().strip())
     except (OSError, ValueError):
         pass
-    return 137
+    return None
 
 
 def _matches(c: Container, filters: dict) -> bool:
