@@ -7,9 +7,13 @@ Two measurements, in one run:
 2. Host memory per idle detached container: 50 `sleep 3600` containers per
    engine, and the PSS/RSS of every process outside the containers that exists
    for one container (nsbox's monitor, podman's conmon).
+3. Bridge networking (bench/engine_bench_net.py): `run --rm` on the default
+   bridge (nsbox's nsbox0, podman's netavark podman0) in the same hyperfine run,
+   and container-to-container TCP throughput over it.
 
 Run as root: `make bench-engine`, or `/work/main/.venv/bin/python bench/engine_bench.py`.
-The whole run happens in a private mount namespace (see `_enter_namespace`).
+The whole run happens in a private mount namespace and a network namespace of
+its own (see `_enter_namespace`): the host's network is never touched.
 
 Settings (environment): BENCH_WARMUP (3), BENCH_RUNS (20), BENCH_IDLE (50),
 BENCH_OUT (docs/benchmarks-engine.md).
@@ -35,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import clients  # noqa: E402  (tests/clients.py: the isolated podman world)
+import engine_bench_net as netbench  # noqa: E402  (bench/: the bridge rows)
 
 from nsbox.runtime import syscalls  # noqa: E402
 
@@ -60,11 +65,11 @@ class Notes:
 # --------------------------------------------------------------------------
 
 def _enter_namespace() -> None:
-    """Re-exec the script in a private mount namespace, unless already there."""
+    """Re-exec the script in a private mount and network namespace, unless already there."""
     if os.environ.get(NS_ENV) == "1":
         return
     env = dict(os.environ, **{NS_ENV: "1"})
-    os.execvpe("unshare", ["unshare", "--mount", "--propagation", "private",
+    os.execvpe("unshare", ["unshare", "--mount", "--net", "--propagation", "private",
                            sys.executable, *sys.argv], env)
 
 
@@ -73,6 +78,7 @@ def _prepare_namespace(notes: Notes) -> None:
     syscalls.mount("tmpfs", "/run", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0755")
     notes.setup.append("the whole run happens in a private mount namespace with a private tmpfs "
                        "on `/run` (runc's default state directory `/run/runc` under podman)")
+    notes.setup.append(netbench.setup_netns())
 
 
 def _version(argv: list[str]) -> str:
@@ -162,20 +168,27 @@ class Timing:
 
 
 def time_startup(ns: Nsbox, pm: clients.Podman, work: Path, warmup: int,
-                 runs: int) -> list[Timing]:
+                 runs: int, net_env: dict[str, str], notes: Notes) -> list[Timing]:
     commands = {
-        "nsbox (nsbox-runtime)": ns.argv("run", "--rm", IMAGE, "true"),
-        "nsbox, seccomp=unconfined": ns.argv("run", "--rm", "--security-opt",
-                                             "seccomp=unconfined", IMAGE, "true"),
-        "nsbox --runtime runc": ns.argv("run", "--rm", IMAGE, "true",
+        "nsbox (nsbox-runtime)": ns.argv("run", "--rm", "--network", "none", IMAGE, "true"),
+        "nsbox, seccomp=unconfined": ns.argv("run", "--rm", "--network", "none",
+                                             "--security-opt", "seccomp=unconfined", IMAGE,
+                                             "true"),
+        "nsbox --runtime runc": ns.argv("run", "--rm", "--network", "none", IMAGE, "true",
                                         runtime=RUNC),
         "podman (runc)": podman_argv("run", "--rm", *podman_container_args(pm), IMAGE, "true"),
     }
-    for name, cmd in commands.items():
+    bridge_rows = netbench.startup_commands(ns, pm, podman_argv, IMAGE, net_env)
+    commands.update(bridge_rows)
+    for name, cmd in list(commands.items()):
         # One plain run first, so a failure shows its message instead of hyperfine's.
         proc = subprocess.run(cmd, env=pm.env, capture_output=True, text=True, timeout=120,
                               stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
+        if proc.returncode != 0 and name in bridge_rows:
+            notes.problems.append(f"{name} left out: `{shlex.join(cmd)}` exited "
+                                  f"{proc.returncode}: {proc.stderr.strip()[-300:]}")
+            del commands[name]
+        elif proc.returncode != 0:
             raise RuntimeError(f"{name}: {shlex.join(cmd)} exited {proc.returncode}: "
                                f"{proc.stderr.strip()}")
     export = work / "startup.json"
@@ -261,7 +274,8 @@ def measure_idle(engine: str, ids: list[str]) -> MemoryResult:
 
 
 def start_idle_nsbox(ns: Nsbox, count: int) -> list[str]:
-    return [ns.run("run", "-d", "--name", f"bench-idle-{i}", IMAGE, "sleep", "3600").strip()
+    return [ns.run("run", "-d", "--network", "none", "--name", f"bench-idle-{i}", IMAGE,
+                   "sleep", "3600").strip()
             for i in range(count)]
 
 
@@ -322,7 +336,8 @@ def _mib(kib: float) -> str:
 
 
 def write_report(out: Path, timings: list[Timing], memory: list[MemoryResult],
-                 notes: Notes, warmup: int, runs: int, started: str, wall: float) -> None:
+                 notes: Notes, warmup: int, runs: int, started: str, wall: float,
+                 net: list | None = None) -> None:
     by_name = {t.name: t for t in timings}
     podman_t = by_name["podman (runc)"]
     lines = [
@@ -373,6 +388,7 @@ def write_report(out: Path, timings: list[Timing], memory: list[MemoryResult],
         f"**{_ms(by_name['nsbox (nsbox-runtime)'].median - by_name['nsbox, seccomp=unconfined'].median)} ms** "
         "at the median over `--security-opt seccomp=unconfined` (target: at most 10 ms).",
         "",
+        *_bridge_cost_lines(by_name),
         "Exact commands (podman's run with the environment of the podman world, "
         "`CONTAINERS_CONF` etc. pointing into the temporary tree):",
         "",
@@ -412,12 +428,14 @@ def write_report(out: Path, timings: list[Timing], memory: list[MemoryResult],
         "Commands:",
         "",
         "```",
-        f"nsbox --root R --runroot RR run -d --name bench-idle-N {IMAGE} sleep 3600   # x50",
+        f"nsbox --root R --runroot RR run -d --network none --name bench-idle-N {IMAGE} "
+        "sleep 3600   # x50",
         "podman --runtime runc run -d --name bench-idle-N --network none "
         f"--cgroup-parent CGPARENT {IMAGE} sleep 3600   # x50",
         "nsbox --root R --runroot RR rm -f ID...;  podman rm -f --time 0 ID...",
         "```",
         "",
+        *netbench.report_lines(net or []),
         "## Problems found",
         "",
         *([f"- {p}" for p in notes.problems] or ["- none in this run"]),
@@ -425,6 +443,18 @@ def write_report(out: Path, timings: list[Timing], memory: list[MemoryResult],
     ]
     out.write_text("\n".join(lines))
     log.info("wrote %s", out)
+
+
+def _bridge_cost_lines(by_name: dict[str, Timing]) -> list[str]:
+    pairs = [("nsbox", "nsbox, default bridge", "nsbox (nsbox-runtime)"),
+             ("podman", "podman (runc), bridge (netavark)", "podman (runc)")]
+    costs = [f"{who} {_ms(by_name[b].median - by_name[n].median)} ms"
+             for who, b, n in pairs if b in by_name and n in by_name]
+    if not costs:
+        return []
+    return ["The default bridge (address, veth, routes, firewall, /etc/hosts and resolv.conf; "
+            "undone at `--rm`) over `--network none`, at the median: "
+            + ", ".join(costs) + ".", ""]
 
 
 # --------------------------------------------------------------------------
@@ -459,7 +489,13 @@ def main() -> int:
             ns.run("import", "-c", 'CMD ["sh"]', str(layer), IMAGE)
             pm.run_with_private_var_lib("import", "--change", 'CMD ["sh"]', str(layer), IMAGE)
 
-            timings = time_startup(ns, pm, work, warmup, runs)
+            net_env = netbench.netavark_env(pm, work)
+            timings = time_startup(ns, pm, work, warmup, runs, net_env, notes)
+            try:
+                net = netbench.throughput(ns, pm, podman_argv, IMAGE, net_env)
+            except (RuntimeError, subprocess.SubprocessError, KeyError, ValueError) as err:
+                net = []
+                notes.problems.append(f"throughput not measured: {err}")
 
             log.info("starting %d idle nsbox containers", idle)
             try:
@@ -475,12 +511,14 @@ def main() -> int:
                     podman(pm, "rm", "-f", "--time", "0", *podman_ids, timeout=300)
             check_clean("nsbox", nsbox_ids, work, notes)
             check_clean("podman", podman_ids, pm.tree, notes)
+            netbench.cleanup()
     finally:
         leftovers = clients.unmount_all_under(work)
         if leftovers:
             notes.problems.append(f"mounts left under the nsbox root: {leftovers}")
         shutil.rmtree(work, ignore_errors=True)
-    write_report(out, timings, memory, notes, warmup, runs, started, time.monotonic() - t0)
+    write_report(out, timings, memory, notes, warmup, runs, started, time.monotonic() - t0,
+                 net)
     print(out.read_text())
     return 0
 
