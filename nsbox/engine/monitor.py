@@ -231,10 +231,8 @@ def _pump(fds: dict[int, str], buffers: dict[int, bytes], log: LogWriter, pidfd:
         chunk = _read(fd)
         stream = fds[fd]
         if chunk and log.resting():  # not writing now: count and discard
-            lines = chunk.count(b"\n")
-            if lines:
-                buffers[fd] = b""
-            log.drop(lines, len(chunk))
+            log.drop(chunk.count(b"\n"), len(chunk) + len(buffers[fd]))  # a line begun goes too
+            buffers[fd] = b""
             continue
         if not chunk:
             if buffers[fd]:

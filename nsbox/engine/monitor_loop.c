@@ -259,9 +259,8 @@ static int pump(struct stream *s) {
         long long lines = 0;
         for (const char *p = chunk; (p = memchr(p, '\n', (size_t)(chunk + n - p))); p++)
             lines++;
-        if (s->len && lines)  /* the line begun before ends in this chunk */
-            s->len = 0;
-        drop(lines, (long long)n);
+        drop(lines, (long long)n + (long long)s->len);  /* a line begun before goes too */
+        s->len = 0;
         return 1;
     }
     for (ssize_t i = 0; i < n; i++) {
