@@ -42,6 +42,7 @@ COMMAND_SUMMARIES = {
     "container": "Manage containers",
     "image": "Manage images",
     "volume": "Manage volumes",
+    "network": "Manage networks",
     "system": "Manage nsbox (reset)",
     "version": "Show the nsbox version",
     "info": "Display system-wide information",
@@ -57,6 +58,11 @@ SUB_SUMMARIES = {
     "volume_rm": "Remove volumes",
     "volume_inspect": "Display detailed information on volumes",
     "volume_prune": "Remove unused volumes",
+    "network_create": "Create a network", "network_ls": "List networks",
+    "network_inspect": "Display detailed information on one or more networks",
+    "network_rm": "Remove one or more networks", "network_prune": "Remove all unused networks",
+    "network_connect": "Connect a container to a network",
+    "network_disconnect": "Disconnect a container from a network",
     "system_reset": "Remove all containers, images, volumes and storage",
 }
 HELP_FLAG = "Print usage"
