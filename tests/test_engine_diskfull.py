@@ -121,7 +121,9 @@ def test_full_disk_rm_stop_kill_prune_and_exit_records(small_root: Box, tmp_path
 
     # Reads answer; nothing new is made on a full disk (the reserve is for removals).
     assert "writer" in box("ps", "-a").stdout
-    assert box.inspect("writer")["State"]["Running"] is True
+    writer = box.inspect("writer")
+    assert writer["State"]["Running"] is True
+    assert writer["HostConfig"]["LogConfig"]["Config"] == {"max-size": "10m", "max-file": "2"}
     refused = box("run", "-d", "busybox", "true", check=False)
     assert refused.returncode == 125 and "no space left" in refused.stderr, refused.stderr
 
@@ -230,6 +232,8 @@ def test_log_flood_drops_and_backs_off(small_root: Box, tmp_path: Path) -> None:
     line = "a" * 200
     box("run", "-d", "--name", "flood", "--log-opt", "max-size=1g", "busybox", "sh", "-c",
         f"while true; do echo {line}; done")
+    assert box.inspect("flood")["HostConfig"]["LogConfig"]["Config"] == {"max-size": "1g",
+                                                                          "max-file": "1"}
     dropped = box.wait_for(lambda: box.inspect("flood")["State"]["LogDropped"], timeout=20)
     assert dropped > 0
     # The log stops short of the last of the filesystem; the writer takes the rest.
@@ -251,3 +255,34 @@ def test_log_flood_drops_and_backs_off(small_root: Box, tmp_path: Path) -> None:
     box("rm", "-f", "writer")
     assert box("ps", "-a", "-q").stdout.strip() == ""
     assert box.free() > 8 * MiB
+
+
+def test_log_limits_defaults() -> None:
+    from nsbox.engine.logs import log_limits
+
+    assert log_limits({}, {}) == {"max-size": "10m", "max-file": "2"}
+    assert log_limits({"max-file": "5"}, {}) == {"max-size": "10m", "max-file": "5"}
+    assert log_limits({"max-size": "1m"}, {}) == {"max-size": "1m", "max-file": "1"}  # as Docker
+    env = {"NSBOX_LOG_MAX_SIZE": "5m", "NSBOX_LOG_MAX_FILE": "4"}
+    assert log_limits({}, env) == {"max-size": "5m", "max-file": "4"}
+    assert log_limits({}, {"NSBOX_LOG_MAX_SIZE": "0"}) == {}
+    assert log_limits({}, {"NSBOX_LOG_MAX_SIZE": "-1"}) == {}
+    with pytest.raises(ValueError):
+        log_limits({}, {"NSBOX_LOG_MAX_SIZE": "lots"})
+
+
+def test_reserve_is_given_back_in_chunks_and_made_again(tmp_path: Path) -> None:
+    from nsbox.engine import db
+
+    path = str(tmp_path / "nsbox.db-reserve")
+    db.keep_reserve(path)
+    assert os.path.getsize(path) == db.RESERVE_SIZE
+    sizes = []
+    while db.release_reserve(path, full=True):
+        sizes.append(os.path.getsize(path))
+    assert sizes == [db.RESERVE_SIZE - n * db.RESERVE_CHUNK
+                     for n in range(1, db.RESERVE_SIZE // db.RESERVE_CHUNK + 1)]
+    db.keep_reserve(path)
+    assert os.path.getsize(path) == db.RESERVE_SIZE
+    assert not db.release_reserve(path, full=False)  # an I/O error with room: not ours to fix
+    assert os.path.getsize(path) == db.RESERVE_SIZE
