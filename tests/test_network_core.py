@@ -211,3 +211,20 @@ def test_hosts_and_resolv_conf(net_host) -> None:
     default = h.nsbox("run", "--rm", "busybox", "cat", "/etc/resolv.conf").stdout
     assert "nameserver" in default
     assert "127." not in default
+
+
+def test_stop_start_keeps_the_address_and_connect_disconnect(net_host) -> None:
+    h = net_host
+    h.nsbox("run", "-d", "--name", "s", "busybox", "sleep", "100")
+    ip = ips_of(h, "s")["bridge"]
+    h.nsbox("restart", "-t", "0", "s")
+    assert ips_of(h, "s") == {"bridge": ip}
+    h.nsbox("network", "create", "--subnet", "10.55.0.0/24", "n2")
+    h.nsbox("network", "connect", "--ip", "10.55.0.9", "n2", "s")
+    assert "10.55.0.9/24" in h.nsbox("exec", "s", "ip", "-o", "-4", "addr", "show", "eth1").stdout
+    assert ips_of(h, "s") == {"bridge": ip, "n2": "10.55.0.9"}
+    h.nsbox("network", "disconnect", "n2", "s")
+    assert "eth1" not in h.nsbox("exec", "s", "ip", "-o", "link").stdout
+    h.nsbox("rm", "-f", "s")
+    h.nsbox("network", "rm", "n2")
+    assert_nothing_left(h)
