@@ -55,6 +55,10 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
         db.increment_restart(cid)
         db.update_container(cid, state=RESTARTING)
         return True
+    if spec.publish or spec.publish_all:  # released at stop, published again at start
+        from nsbox.engine.network import ports
+        with suppress(Exception):
+            ports.unpublish(engine, cid)
     with suppress(NsboxError):
         engine.storage.unmount(cid)
     if failed:

@@ -90,6 +90,8 @@ def start_container(engine: EngineBase, c: Container, notify: bool,
             exit_unknown=0):
         raise InvalidState(f"container {c.name} is being started or removed")
     crashpoint("start.after_record")
+    if c.spec.publish or c.spec.publish_all:
+        _publish_ports(engine, c)
     with suppress(FileNotFoundError):
         os.unlink(exit_file(engine.run_root, c.id))
     loop_bin = "" if notify else _loop_binary(engine)
@@ -98,9 +100,27 @@ def start_container(engine: EngineBase, c: Container, notify: bool,
         monitor = owned = PreforkedMonitor(notify)
     try:
         return _hand_over(engine, c, notify, monitor, loop_bin, finish_here)
+    except BaseException:
+        if c.spec.publish or c.spec.publish_all:
+            from nsbox.engine.network import ports
+            with suppress(Exception):
+                ports.unpublish(engine, c.id)
+        raise
     finally:
         if owned is not None:
             owned.close()
+
+
+def _publish_ports(engine: EngineBase, c: Container) -> None:
+    """-p/-P: the host ports, DNATed to its address (network/ports.py); a port in use is a
+    one-line error that leaves the container as it was (created or exited)."""
+    from nsbox.engine.network import ports
+    try:
+        ports.publish_container(engine, c)
+    except BaseException:
+        engine.db.update_container_if(c.id, (STARTING,), state=EXITED if c.state == EXITED
+                                      else CREATED, owner_pid=0, reader_pid=0)
+        raise
 
 
 def _hand_over(engine: EngineBase, c: Container, notify: bool, monitor: PreforkedMonitor | None,

@@ -217,9 +217,11 @@ def network_removed(net: Network, remaining: Iterable[Network] | None = None) ->
         current = state()
         if current is None:
             return
-        others = [n.bridge for n in remaining if n.bridge != net.bridge] \
-            if remaining is not None else \
-            [b for b in current["sets"].get("bridges", []) if b != net.bridge]
+        # Only networks the table has count: a recorded network whose bridge was
+        # never brought up (the default `bridge` before its first container) has no rules.
+        others = [b for b in current["sets"].get("bridges", []) if b != net.bridge]
+        if remaining is not None:
+            others = [n.bridge for n in remaining if n.bridge in others]
         if not others:
             nft(f"delete table {t}\n")
             return

@@ -162,6 +162,7 @@ def publish(engine: EngineBase, c: Container, ip: str, bridge: str | None = None
     wanted = requested(engine, c)
     if not wanted:
         return []
+    _drop_stale(engine, c.id)
     for attempt in range(5):
         taken = {key for key, chain in firewall.published().items()
                  if chain != firewall.chain_of(c.id)}
@@ -185,6 +186,46 @@ def publish(engine: EngineBase, c: Container, ip: str, bridge: str | None = None
         firewall.ports_removed(c.id)
         raise ConfigError(f"cannot start container {c.name}: recording its ports: {exc}") from None
     return mappings
+
+
+def publish_container(engine: EngineBase, c: Container) -> list[dict]:
+    """At start: publish C's ports to its address on its first network (none on an
+    internal network, whose traffic never leaves it, or without a bridge network)."""
+    if not (c.spec.publish or c.spec.publish_all):
+        return []
+    from nsbox.engine.network import model
+    leases = model.attachments(engine.db, container_id=c.id)
+    if not leases:
+        return []
+    try:
+        net = model.find_network(engine.db, leases[0].network_id)
+    except model.NetworkNotFound:
+        return []
+    if net.internal:
+        return []
+    return publish(engine, c, leases[0].ip, bridge=net.bridge)
+
+
+def _drop_stale(engine: EngineBase, cid: str) -> None:
+    """Remove the port rules of containers that no longer run (their exit was not seen: a
+    crash, a reboot of the monitor's world) so their host ports are free again."""
+    from nsbox.engine.network import firewall
+    db = getattr(engine, "db", None)
+    owners = {chain[3:] for chain in firewall.published().values()} - {cid[:12]}
+    if db is None or not owners:
+        return
+    ids = {full[:12]: full for full in db.container_ids()}
+    for prefix in owners:
+        row = db.container(ids[prefix]) if prefix in ids else None
+        if row is None or row["state"] not in ("running", "paused", "restarting", "starting"):
+            firewall.ports_removed(prefix)
+            with _suppress_oserror():
+                os.unlink(_record_path(engine, ids.get(prefix, prefix)))
+
+
+def _suppress_oserror():  # noqa: ANN202
+    from nsbox._lite import suppress
+    return suppress(OSError)
 
 
 def unpublish(engine: EngineBase, cid: str) -> None:
