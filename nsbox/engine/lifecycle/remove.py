@@ -79,8 +79,16 @@ def remove_now(engine: EngineBase, cid: str, volumes: bool, keep_exit_code: bool
     crashpoint("remove.after_runtime_delete")
     if os.path.lexists(os.path.join(engine.run_root, "netns", cid)) and \
             '"slirp4netns' not in (row["spec"] or ""):
+        from nsbox.engine.db import DatabaseFull
         from nsbox.engine.network import attach  # a bridge network's veths, leases, netns
-        attach.teardown_container(engine, cid)
+        try:
+            attach.teardown_container(engine, cid)
+        except DatabaseFull:
+            # A full disk past the reserve: the storage goes first, which frees
+            # the room the leases' record needs (docs/engine.md, "A full disk").
+            engine.storage.remove(cid)
+            rmtree(os.path.join(engine.storage.containers_dir, cid))
+            attach.teardown_container(engine, cid)
     engine.storage.remove(cid)
     rmtree(os.path.join(engine.storage.containers_dir, cid))
     with suppress(FileNotFoundError):
