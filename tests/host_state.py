@@ -18,7 +18,7 @@ cgroups   cgroup directories below our own cgroup (every hierarchy) whose name
           is a test's: *nsbox*, a runtime test's container id (t-<12 hex>),
           podman's libpod-* / 64-hex container ids
 nft       nft tables (`nft list tables`; absent when nft is not installed)
-sysctls   fs.mqueue.queues_max, net.ipv4.ping_group_range, kernel.core_pattern
+sysctls   fs.mqueue.queues_max, net.ipv4.ping_group_range, kernel.core_pattern, net.ipv4.ip_forward
 netpaths  /run/netns and /var/lib/cni (and the entries of /run/netns)
 
 It is also a script: `.venv/bin/python tests/host_state.py` prints a snapshot.
@@ -38,7 +38,8 @@ from pathlib import Path
 
 Snapshot = dict[str, frozenset[str]]
 
-SYSCTLS = ("fs.mqueue.queues_max", "net.ipv4.ping_group_range", "kernel.core_pattern")
+SYSCTLS = ("fs.mqueue.queues_max", "net.ipv4.ping_group_range", "kernel.core_pattern",
+           "net.ipv4.ip_forward")
 NET_PATHS = ("/run/netns", "/var/lib/cni")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # How deep below our own cgroup to look (cgroup_under_own nests a few levels).
