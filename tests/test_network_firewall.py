@@ -329,6 +329,9 @@ def test_engine_publish_stop_start(engine_host):
         assert _wait_fetch(h, url) == "hello-w1\n"
     assert h.nsbox("port", "web").stdout == "80/tcp -> 0.0.0.0:8080\n"
     assert h.nsbox("port", "web", "80").stdout == "0.0.0.0:8080\n"
+    assert h.nsbox("ps", "--format", "{{.Ports}}").stdout == "0.0.0.0:8080->80/tcp\n"
+    out = h.nsbox("port", "web", "81", check=False)
+    assert out.returncode == 1 and "No public port '81/tcp' published" in out.stderr
     info = json.loads(h.nsbox("inspect", "web").stdout)[0]
     assert info["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}
     assert info["NetworkSettings"]["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0",

@@ -72,7 +72,8 @@ def ports_of(engine, container) -> str:  # noqa: ANN001
         ports = engine.port(container.id)
     except Exception:  # noqa: BLE001 - the PORTS column is best effort
         return ""
-    return ", ".join(f"{host}->{inside}" for inside, host in sorted(ports.items()))
+    return ", ".join(f"{host}->{inside}" for inside, hosts in sorted(ports.items())
+                     for host in (hosts if isinstance(hosts, list) else [hosts]))
 
 
 def row_of(engine, container, truncate: bool = True, now: float | None = None) -> dict:  # noqa: ANN001
