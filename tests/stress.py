@@ -66,8 +66,12 @@ def check(box: Box, results: list[dict]) -> tuple[list[str], dict[str, int]]:
             break
         time.sleep(0.2)
     failures += [f"--rm container {n} left: {s}" for n, s in left.values()]
-    for cid, (_name, status) in rows.items():
+    # The CLI killed, the monitor lived: the real exit code, never one made up.
+    cli_killed = {r["name"] for r in results if r.get("victim") == "cli"}
+    for cid, (name, status) in rows.items():
         failures += check_consistent(box, cid, status)
+        if name in cli_killed and not (status.startswith("Exited (3)") or status == "Created"):
+            failures.append(f"{name} (CLI killed): {status}, not Exited (3)")
     ids = set(rows)
     rm_ids = {cid for cid, (n, _) in rows.items() if n in rm_names}
     found = leftovers(box, ids, rm_ids)
