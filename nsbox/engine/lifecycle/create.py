@@ -246,11 +246,10 @@ def _write_etc_files(userdata: str, spec: ContainerSpec, name: str, leases: list
     first = leases[0] if leases else None
     server = None
     if nets:
-        from nsbox.engine.network.networks import hook
-        server_for = hook("dns", "server_for")
+        from nsbox.engine.network import dns
         for net in nets:
-            if not net.is_default and server_for is not None:
-                server = server_for(net)
+            if not net.is_default:
+                server = dns.server_for(net)
                 if server:
                     break
     etcfiles.write(userdata, spec, hostname, name, ip=first.ip if first else "",

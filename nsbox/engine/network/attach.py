@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 from nsbox._lite import suppress
-from nsbox.engine.network import ipam, model, netlink, networks
+from nsbox.engine.network import dns, ipam, model, netlink, networks, ports
 from nsbox.engine.network.model import Attachment, Network, NetworkError
 from nsbox.errors import NsboxError
 
@@ -116,9 +116,7 @@ def attach(engine: EngineBase, cid: str, name: str, net: Network, index: int | N
     netlink.plug(net, lease, veth_name(cid, index), path, default_route=index == 0)
     _crashpoint("network.after_veth")
     if not net.is_default:
-        attached = networks.hook("dns", "container_attached")
-        if attached is not None:
-            attached(engine, net, cid, name, list(aliases), lease.ip)
+        dns.container_attached(engine, net, cid, name, list(aliases), lease.ip)
     return lease
 
 
@@ -128,9 +126,7 @@ def detach(engine: EngineBase, cid: str, net: Network) -> None:
     if not leases:
         raise NetworkError(f"container {cid[:12]} is not connected to network {net.name}")
     if not net.is_default:
-        detached = networks.hook("dns", "container_detached")
-        if detached is not None:
-            detached(engine, net, cid)
+        dns.container_detached(engine, net, cid)
     netlink.delete_link(veth_name(cid, _index_of(leases[0].ifname)))
     ipam.release(engine.db, cid, net.id)
 
@@ -145,18 +141,14 @@ def teardown_container(engine: EngineBase, cid: str) -> None:
         except NsboxError:
             continue
         if not net.is_default:
-            detached = networks.hook("dns", "container_detached")
-            if detached is not None:
-                try:
-                    detached(engine, net, cid)
-                except Exception as err:  # noqa: BLE001 - go on removing; say so at the end
-                    errors.append(str(err))
-    ports_removed = networks.hook("firewall", "ports_removed")
-    if ports_removed is not None:
-        try:
-            ports_removed(cid)
-        except Exception as err:  # noqa: BLE001
-            errors.append(str(err))
+            try:
+                dns.container_detached(engine, net, cid)
+            except Exception as err:  # noqa: BLE001 - go on removing; say so at the end
+                errors.append(str(err))
+    try:
+        ports.unpublish(engine, cid)  # its rules and its record
+    except Exception as err:  # noqa: BLE001
+        errors.append(str(err))
     for link in netlink.links_named(VETH_PREFIX + cid[:10]):
         netlink.delete_link(link)
     ipam.release(engine.db, cid)

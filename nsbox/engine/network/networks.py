@@ -41,15 +41,6 @@ MTU_OPTION = "com.docker.network.driver.mtu"
 RESERVED_NAMES = ("none", "host", "private", "default", "container", "slirp4netns")
 
 
-def hook(module: str, name: str):  # noqa: ANN201 - the function, or None
-    """firewall.NAME / dns.NAME (other modules of this package), None if not there."""
-    try:
-        mod = __import__(f"nsbox.engine.network.{module}", fromlist=[name])
-    except ImportError:
-        return None
-    return getattr(mod, name, None)
-
-
 def _default() -> Network:
     return Network(id=DEFAULT_ID, name=DEFAULT_NETWORK, bridge=DEFAULT_BRIDGE,
                    subnet=DEFAULT_SUBNET, gateway=DEFAULT_GATEWAY, mtu=DEFAULT_MTU,
@@ -202,27 +193,19 @@ def _free_bridge_name(existing: list[Network]) -> str:
 
 def bring_up(net: Network) -> None:
     """NET's bridge, and the firewall's rules for it if the bridge was new."""
-    from nsbox.engine.network import netlink
+    from nsbox.engine.network import firewall, netlink
     made = netlink.ensure_bridge(net)
     if made:
         if not net.internal:
-            forwarding = hook("firewall", "ensure_forwarding")
-            if forwarding is not None:
-                forwarding()
-        added = hook("firewall", "network_added")
-        if added is not None:
-            added(net)
+            firewall.ensure_forwarding()
+        firewall.network_added(net)
 
 
 def _take_down(engine: EngineBase, net: Network) -> None:
-    from nsbox.engine.network import netlink
-    removed = hook("firewall", "network_removed")
-    if removed is not None:
-        removed(net, [n for n in model.networks(engine.db) if n.id != net.id])
+    from nsbox.engine.network import dns, firewall, netlink
+    firewall.network_removed(net, [n for n in model.networks(engine.db) if n.id != net.id])
     if not net.is_default:
-        dns_removed = hook("dns", "network_removed")
-        if dns_removed is not None:
-            dns_removed(engine, net)
+        dns.network_removed(engine, net)
     netlink.delete_link(net.bridge)
 
 
