@@ -148,9 +148,9 @@ class Engine(EngineBase):
         remove.remove(self, ref, force, volumes)
 
     def prune(self) -> list[str]:
-        """Remove every container that is not running; their ids."""
-        from nsbox.engine.lifecycle import remove
-        return remove.prune(self)
+        """Remove every container that is not running, and what crashes left; their ids."""
+        from nsbox.engine.lifecycle import recover
+        return recover.prune(self)
 
     # ------------------------------------------------------------ io and info
     def inspect(self, ref: str) -> dict:

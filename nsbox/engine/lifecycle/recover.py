@@ -27,12 +27,13 @@ import os
 import time
 
 from nsbox._lite import suppress
+from nsbox.engine.lifecycle import remove
 from nsbox.engine.lifecycle.host import monitor_processes, remove_cgroups
-from nsbox.engine.lifecycle.record import CREATING, STARTING, spec_from_json
+from nsbox.engine.lifecycle.record import ACTIVE, CREATING, STARTING, spec_from_json
 from nsbox.engine.lifecycle.remove import remove_now
 from nsbox.engine.model import CREATED, EXITED
 from nsbox.engine.procs import pid_alive
-from nsbox.errors import NsboxError
+from nsbox.errors import ContainerNotFound, NsboxError
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
@@ -182,4 +183,25 @@ def prune_orphans(engine: EngineBase) -> list[str]:
         with suppress(NsboxError, OSError):
             cgroups.destroy(dirs)
             removed.append(cid)
+    return removed
+
+
+def prune(engine: EngineBase) -> list[str]:
+    """Remove every container that is not running, and the cgroups crashes left; their ids.
+
+    list() has already undone the creates and starts whose owner died
+    (lifecycle/recover.py); a container being made or started now is left.
+    """
+    removed = []
+    for c in engine.list(all=True):
+        if c.state not in ACTIVE and not c.phase:
+            with suppress(ContainerNotFound):
+                remove.remove(engine, c.id)
+                removed.append(c.id)
+    prune_orphans(engine)
+    if os.path.isdir(os.path.join(engine.run_root, "netns")):
+        from nsbox.engine.network import attach  # what crashes left of bridge networking
+        with suppress(NsboxError):
+            attach.prune_leftovers(engine)
+    remove.drop_stale_exit_files(engine)
     return removed

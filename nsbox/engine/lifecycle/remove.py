@@ -1,4 +1,6 @@
-"""Removing containers: remove (rm, rm -f), the removal itself, and prune.
+"""Removing containers: remove (rm, rm -f) and the removal itself.
+
+prune, which also clears what crashes left, is in recover.py.
 
 A --rm container is removed by whoever comes first: its monitor (at its exit,
 lifecycle/finish.py) or the user's rm; either way once, and the other one
@@ -124,25 +126,3 @@ def drop_stale_exit_files(engine: EngineBase) -> None:
         if name not in existing:
             with suppress(FileNotFoundError):
                 os.unlink(os.path.join(directory, name))
-
-
-def prune(engine: EngineBase) -> list[str]:
-    """Remove every container that is not running, and the cgroups crashes left; their ids.
-
-    list() has already undone the creates and starts whose owner died
-    (lifecycle/recover.py); a container being made or started now is left.
-    """
-    removed = []
-    for c in engine.list(all=True):
-        if c.state not in ACTIVE and not c.phase:
-            with suppress(ContainerNotFound):
-                remove(engine, c.id)
-                removed.append(c.id)
-    from nsbox.engine.lifecycle.recover import prune_orphans
-    prune_orphans(engine)
-    if os.path.isdir(os.path.join(engine.run_root, "netns")):
-        from nsbox.engine.network import attach  # what crashes left of bridge networking
-        with suppress(NsboxError):
-            attach.prune_leftovers(engine)
-    drop_stale_exit_files(engine)
-    return removed
