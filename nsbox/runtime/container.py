@@ -13,6 +13,7 @@ from nsbox._lazylog import get_logger
 from nsbox._lite import suppress
 from nsbox.errors import BundleError, ConfigError, InvalidState, KernelError, NsboxError
 from nsbox.runtime import cgroups
+from nsbox.runtime.security import seccomp_agent_fd
 from nsbox.runtime.state import (
     CREATED,
     EXEC_FIFO,
@@ -23,6 +24,7 @@ from nsbox.runtime.state import (
     StateStore,
     now_rfc3339,
     process_start_time,
+    write_pid_file,
 )
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
@@ -170,7 +172,7 @@ class Runtime:
             csock = console.connect_console_socket(opts.console_socket)
             cleanup.closers.append(csock)
             console_fd = csock.fileno()
-        agent_fd = connect_seccomp_agent(spec)
+        agent_fd = seccomp_agent_fd(spec)
         if agent_fd >= 0:
             cleanup.fds.append(agent_fd)
         extra_env = _listen_fds_env(opts.preserve_fds)
@@ -241,7 +243,7 @@ class Runtime:
         parent_chan.expect(ch.CREATED)
         self.store.save(state)
         if opts.pid_file:
-            _write_pid_file(opts.pid_file, init_pid)
+            write_pid_file(opts.pid_file, init_pid)
         cleanup.disarm()
         for c in cleanup.closers:
             c.close()
@@ -668,26 +670,6 @@ def _container_pids(st: ContainerState) -> list[int]:
                 if os.stat(f"/proc/{name}/ns/pid").st_ino == target:
                     pids.append(int(name))
     return sorted(pids)
-
-
-def connect_seccomp_agent(spec: Spec) -> int:
-    """The agent socket for SCMP_ACT_NOTIFY rules, or -1 when the profile has none."""
-    section = spec.linux.seccomp
-    if not section or not section.get("listenerPath"):
-        return -1
-    from nsbox.runtime.security import seccomp
-
-    if not seccomp.uses_notify(section):
-        return -1
-    return seccomp.connect_agent(section["listenerPath"])
-
-
-def _write_pid_file(path: str, pid: int) -> None:
-    path = os.path.abspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.rename(tmp, path)
 
 
 def _listen_fds_env(preserve_fds: int) -> dict[str, str]:

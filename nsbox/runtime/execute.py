@@ -63,9 +63,9 @@ def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int
 
         csock = console.connect_console_socket(opts.console_socket)
         console_fd = csock.fileno()
-    from nsbox.runtime.container import connect_seccomp_agent
+    from nsbox.runtime.security import seccomp_agent_fd
 
-    agent_fd = connect_seccomp_agent(spec)
+    agent_fd = seccomp_agent_fd(spec)
     opts.seccomp_agent_fd = agent_fd
     # Subreaper: the process is our grandchild and must be re-parented to us.
     sc.set_child_subreaper(True)
@@ -112,9 +112,9 @@ def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int
         parent_chan.close()
     _reap_any(pid)
     if opts.pid_file:
-        from nsbox.runtime.container import _write_pid_file
+        from nsbox.runtime.state import write_pid_file
 
-        _write_pid_file(opts.pid_file, target)
+        write_pid_file(opts.pid_file, target)
     return target
 
 

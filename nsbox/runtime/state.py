@@ -220,3 +220,11 @@ class _Lock:
     def __exit__(self, *exc) -> None:
         os.close(self.fd)
 
+
+def write_pid_file(path: str, pid: int) -> None:
+    """--pid-file: PID written atomically (a temp file renamed over PATH)."""
+    path = os.path.abspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
