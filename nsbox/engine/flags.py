@@ -437,7 +437,8 @@ def default_network() -> str:
     value = os.environ.get(DEFAULT_NETWORK_ENV, "")
     if value:
         return value
-    return "bridge" if os.geteuid() == 0 else "private"
+    from nsbox.engine import rootless  # root inside the rootless user namespace is not root
+    return "private" if rootless.active() else "bridge"
 
 
 def _network_options(spec: ContainerSpec, opts: dict) -> None:
