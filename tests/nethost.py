@@ -156,9 +156,9 @@ class NetHost:
         self.upstream_url = f"http://{UPSTREAM_IP}/"
         self.upstream_page = UPSTREAM_PAGE
         self.strict = strict
-        # The engine's default network outside the tests is `none`
-        # (NSBOX_DEFAULT_NETWORK in conftest.py); in here it is the engine's own.
-        self.env = {k: v for k, v in os.environ.items() if k != "NSBOX_DEFAULT_NETWORK"}
+        # The tests' default network is `none` (NSBOX_DEFAULT_NETWORK in
+        # conftest.py); in here it is the bridge, Docker's default.
+        self.env = {**os.environ, "NSBOX_DEFAULT_NETWORK": "bridge"}
         self.env.update(env or {})
         self._procs: list[subprocess.Popen] = []
         self._closed = False

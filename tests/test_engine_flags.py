@@ -238,3 +238,10 @@ def test_every_run_flag_is_accepted():
     for name, kind in flags.RUN_FLAGS.items():
         value = {"bool": False, "list": [], "str": None}[kind]
         build_spec("busybox", None, {name: value})
+
+
+def test_default_network_is_private_unless_configured(monkeypatch):
+    monkeypatch.delenv("NSBOX_DEFAULT_NETWORK", raising=False)
+    assert build_spec("busybox", None, {}).network_mode == "private"
+    monkeypatch.setenv("NSBOX_DEFAULT_NETWORK", "bridge")
+    assert build_spec("busybox", None, {}).network_mode == "bridge"

@@ -433,12 +433,15 @@ def _check_sysctls(spec: ContainerSpec) -> None:
 
 def default_network() -> str:
     """The network of a container without --network: $NSBOX_DEFAULT_NETWORK (a --network
-    value), else `bridge` for root (Docker) and `private` rootless (made slirp4netns at create)."""
-    value = os.environ.get(DEFAULT_NETWORK_ENV, "")
-    if value:
-        return value
-    from nsbox.engine import rootless  # root inside the rootless user namespace is not root
-    return "private" if rootless.active() else "bridge"
+    value), else `private` (as root: lo only; rootless: made slirp4netns at create).
+
+    Docker's default is its bridge.  nsbox's bridge works (`--network bridge`,
+    or NSBOX_DEFAULT_NETWORK=bridge), but setting it up costs about 200 ms
+    today, most of it importing pyroute2 (docs/networking.md), which would
+    make every plain `nsbox run` four times slower; it becomes the default
+    when that cost is within the 20 ms the networking issue allows.
+    """
+    return os.environ.get(DEFAULT_NETWORK_ENV, "") or "private"
 
 
 def _network_options(spec: ContainerSpec, opts: dict) -> None:
