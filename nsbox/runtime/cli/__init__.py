@@ -70,11 +70,17 @@ class Context:
 
     def runtime(self):
         from nsbox.runtime.container import Runtime
-        from nsbox.runtime.security.exe_guard import cli_reexec
 
         rt = Runtime(self.root, self.systemd_cgroup, use_cgroups=self.cgroups)
-        rt.reexec_sealed = cli_reexec
+        rt.reexec_sealed = _cli_reexec
         return rt
+
+
+def _cli_reexec() -> None:
+    # exe_guard is imported only when a re-exec is due, not by every command.
+    from nsbox.runtime.security.exe_guard import cli_reexec
+
+    cli_reexec()
 
 
 def parse_flags(argv: list[str], spec: dict, aliases: dict[str, str] | None = None,
