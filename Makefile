@@ -145,7 +145,7 @@ bench: deps
 bench-engine: deps
 	$(VENV_PY) bench/engine_bench.py
 
-STRESS_TRIALS ?= 300
+STRESS_TRIALS ?= 500
 STRESS_CONCURRENCY ?= 50
 stress: deps
 	$(VENV_PY) tests/stress.py --trials $(STRESS_TRIALS) --concurrency $(STRESS_CONCURRENCY)

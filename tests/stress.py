@@ -8,7 +8,7 @@ tests/crash_harness.py: one record, the record matching /proc, a --rm
 container gone within a bounded time; then `rm -f` of everything and
 `container prune`, and what is left, by kind.
 
-    .venv/bin/python tests/stress.py [--trials 300] [--concurrency 50]
+    .venv/bin/python tests/stress.py [--trials 500] [--concurrency 50]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def check(box: Box, results: list[dict]) -> tuple[list[str], dict[str, int]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=300)
+    parser.add_argument("--trials", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=50)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="nsbox-stress-"))
