@@ -453,3 +453,107 @@ def _argv0(pid: int) -> str:
             return f.read().split(b"\0")[0].decode(errors="replace")
     except OSError:
         return ""
+
+
+# ---------------------------------------------------------------- published ports (slirp4netns)
+_WEB = ("mkdir -p /www && echo \"page of $(hostname)\" > /www/index.html && "
+        "exec httpd -f -p 80 -h /www")
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise AssertionError("no free port")
+
+
+def _fetch(port: int, timeout: float = 10.0) -> str:
+    """The page at 127.0.0.1:PORT, retried until TIMEOUT (httpd may still be starting)."""
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3) as answer:
+                return answer.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _slirp_procs(user) -> list[int]:  # noqa: ANN001 - RootlessUser
+    return [pid for pid in user.processes() if _comm(pid) == "slirp4netns"]
+
+
+@pytest.fixture
+def slirp(clean, tun_for_users):
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns is not installed")
+    yield clean
+    clean.run("rm", "-f", *clean.run("ps", "-a", "-q").stdout.split(), check=False)
+    deadline = time.monotonic() + 5
+    while _slirp_procs(clean) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _slirp_procs(clean)
+    ports_dir = Path(f"/tmp/nsbox-run-{clean.uid}/ports")
+    assert not ports_dir.exists() or not os.listdir(ports_dir)
+
+
+def test_slirp4netns_publishes_a_fixed_port_across_stop_and_start(slirp):
+    port = _free_port(18080)
+    slirp.run("run", "-d", "--name", "web", "--hostname", "pub", "-p", f"{port}:80",
+              "busybox", "sh", "-c", _WEB)
+    assert _fetch(port) == "page of pub\n"
+    assert slirp.run("port", "web").stdout == f"80/tcp -> 0.0.0.0:{port}\n"
+    ports = json.loads(slirp.run("inspect", "-f", "{{json .NetworkSettings.Ports}}", "web").stdout)
+    assert ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
+    slirp.run("stop", "-t", "1", "web")
+    assert not _answers(port)
+    assert not _slirp_procs(slirp)
+    assert slirp.run("port", "web").stdout == ""
+    slirp.run("start", "web")
+    assert _fetch(port) == "page of pub\n"
+    slirp.run("rm", "-f", "web")
+    assert not _answers(port)
+
+
+def test_slirp4netns_publishes_a_free_port(slirp):
+    slirp.run("run", "-d", "--name", "any", "--hostname", "any", "-p", "80", "-p",
+              "127.0.0.1::80/udp", "busybox", "sh", "-c", _WEB)
+    lines = slirp.run("port", "any").stdout.splitlines()
+    tcp = [line for line in lines if line.startswith("80/tcp -> 0.0.0.0:")]
+    udp = [line for line in lines if line.startswith("80/udp -> 127.0.0.1:")]
+    assert len(tcp) == 1 and len(udp) == 1, lines
+    port = int(tcp[0].rsplit(":", 1)[1])
+    assert _fetch(port) == "page of any\n"
+    assert slirp.run("port", "any", "80/tcp").stdout.strip() == f"0.0.0.0:{port}"
+
+
+def test_slirp4netns_taken_port_is_refused_leaving_nothing(slirp):
+    holder = socket.socket()
+    holder.bind(("0.0.0.0", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    run_root = Path(f"/tmp/nsbox-run-{slirp.uid}")
+    try:
+        proc = slirp.run("run", "-d", "--name", "taken", "-p", f"{port}:80", "busybox",
+                         "sleep", "300", check=False)
+    finally:
+        holder.close()
+    assert proc.returncode == 125, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and str(port) in lines[0] and "in use" in lines[0], proc.stderr
+    assert not _slirp_procs(slirp)
+    assert not (run_root / "netns").exists() or not os.listdir(run_root / "netns")
+    assert slirp.run("inspect", "-f", "{{.State.Status}}", "taken").stdout.strip() == "created"
+    assert slirp.run("port", "taken").stdout == ""

@@ -56,9 +56,13 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
         db.update_container(cid, state=RESTARTING)
         return True
     if spec.publish or spec.publish_all:  # released at stop, published again at start
-        from nsbox.engine.network import ports
         with suppress(Exception):
-            ports.unpublish(engine, cid)
+            if spec.network_mode.startswith("slirp4netns"):
+                from nsbox.engine.network import slirp_ports
+                slirp_ports.unpublish(engine, cid)  # slirp4netns held them: gone above
+            else:
+                from nsbox.engine.network import ports
+                ports.unpublish(engine, cid)
     with suppress(NsboxError):
         engine.storage.unmount(cid)
     if failed:

@@ -35,10 +35,14 @@ def run_foreground(engine: EngineBase, c: Container) -> int:
         # before the runtime's `run` puts the container into it.
         from nsbox.engine.network import slirp
         try:
+            if c.spec.publish or c.spec.publish_all:
+                from nsbox.engine.network import slirp_ports
+                slirp_ports.publish(engine, c)
             slirp.make_netns(engine.run_root, c.id)
             slirp.start(engine.run_root, c.id, c.spec.network_mode)
         except NsboxError:
             slirp.stop(engine.run_root, c.id)
+            _forget_ports(engine, c)
             with suppress(NsboxError):
                 remove_now(engine, c.id, volumes=True)
             raise
@@ -47,9 +51,16 @@ def run_foreground(engine: EngineBase, c: Container) -> int:
     finally:
         if uses_slirp:
             slirp.stop(engine.run_root, c.id)
+            _forget_ports(engine, c)
     if c.spec.auto_remove:
         remove_now(engine, c.id, volumes=True)
     return code
+
+
+def _forget_ports(engine: EngineBase, c: Container) -> None:
+    if c.spec.publish or c.spec.publish_all:
+        from nsbox.engine.network import slirp_ports
+        slirp_ports.unpublish(engine, c.id)
 
 
 def _run_foreground(engine: EngineBase, c: Container, oci, pid_file: str) -> int:  # noqa: ANN001

@@ -88,6 +88,9 @@ def abandon(engine: EngineBase, cid: str, reason: str, states: tuple[str, ...] =
         from nsbox.engine.network import slirp
         with suppress(Exception):
             slirp.stop(engine.run_root, cid)
+        if spec.publish or spec.publish_all:
+            from nsbox.engine.network import slirp_ports
+            slirp_ports.unpublish(engine, cid)
     with suppress(NsboxError):
         engine.storage.unmount(cid)
     if spec.auto_remove:

@@ -98,6 +98,8 @@ def remove_now(engine: EngineBase, cid: str, volumes: bool, keep_exit_code: bool
     if '"slirp4netns' in (row["spec"] or ""):
         from nsbox.engine.network import slirp
         slirp.stop(engine.run_root, cid)
+        with suppress(FileNotFoundError):  # its published ports (network/slirp_ports.py)
+            os.unlink(os.path.join(engine.run_root, "ports", cid + ".json"))
     engine.db.delete_container(cid)  # the record goes last: a crash before leaves it to redo
     extra = _json.loads(row["extra"] or "{}")
     if volumes:

@@ -102,9 +102,8 @@ def start_container(engine: EngineBase, c: Container, notify: bool,
         return _hand_over(engine, c, notify, monitor, loop_bin, finish_here)
     except BaseException:
         if c.spec.publish or c.spec.publish_all:
-            from nsbox.engine.network import ports
             with suppress(Exception):
-                ports.unpublish(engine, c.id)
+                _unpublish_ports(engine, c)
         raise
     finally:
         if owned is not None:
@@ -113,14 +112,28 @@ def start_container(engine: EngineBase, c: Container, notify: bool,
 
 def _publish_ports(engine: EngineBase, c: Container) -> None:
     """-p/-P: the host ports, DNATed to its address (network/ports.py); a port in use is a
-    one-line error that leaves the container as it was (created or exited)."""
-    from nsbox.engine.network import ports
+    one-line error that leaves the container as it was (created or exited).  With
+    slirp4netns (rootless) its own forwarding does it (network/slirp_ports.py)."""
     try:
-        ports.publish_container(engine, c)
+        if c.spec.network_mode.startswith("slirp4netns"):
+            from nsbox.engine.network import slirp_ports
+            slirp_ports.publish(engine, c)
+        else:
+            from nsbox.engine.network import ports
+            ports.publish_container(engine, c)
     except BaseException:
         engine.db.update_container_if(c.id, (STARTING,), state=EXITED if c.state == EXITED
                                       else CREATED, owner_pid=0, reader_pid=0)
         raise
+
+
+def _unpublish_ports(engine: EngineBase, c: Container) -> None:
+    if c.spec.network_mode.startswith("slirp4netns"):
+        from nsbox.engine.network import slirp_ports
+        slirp_ports.unpublish(engine, c.id)
+    else:
+        from nsbox.engine.network import ports
+        ports.unpublish(engine, c.id)
 
 
 def _hand_over(engine: EngineBase, c: Container, notify: bool, monitor: PreforkedMonitor | None,

@@ -7,6 +7,11 @@ privilege is needed.  The engine starts it after the runtime has created
 the container and before the container's process runs, waits until the
 interface is configured, and stops it when the container stops.
 
+Published ports (`-p`, network/slirp_ports.py): when the container's ports
+record exists at start, slirp4netns gets `--api-socket` and, once ready,
+one `add_hostfwd` request per mapping; it listens on the host ports itself,
+so they go with it when the container stops.
+
 Options (Podman's names): `allow_host_loopback=true` lets the container
 reach the host's 127.0.0.1 as 10.0.2.2 (refused by default: local services
 trust loopback callers), `mtu=N`, `cidr=A.B.C.D/N`, `enable_ipv6=true`.
@@ -59,6 +64,76 @@ def parse_options(mode: str) -> dict[str, str]:
 
 def _pid_file(run_root: str, cid: str) -> str:
     return os.path.join(run_root, "slirp4netns", cid + ".pid")
+
+
+def api_socket_path(run_root: str, cid: str) -> str:
+    """slirp4netns's API socket (a short name: a unix socket path has 108 bytes)."""
+    return os.path.join(run_root, "slirp4netns", cid[:24] + ".sock")
+
+
+def _forwards(run_root: str, cid: str) -> list[dict]:
+    """The mappings recorded for CID (network/slirp_ports.py), [] without any."""
+    path = os.path.join(run_root, "ports", cid + ".json")
+    if not os.path.exists(path):
+        return []
+    from nsbox import _json
+    try:
+        with open(path) as f:
+            return list(_json.loads(f.read()))
+    except (OSError, ValueError):
+        return []
+
+
+def _api_call(path: str, request: dict, timeout: float = 5.0) -> dict:
+    """One request to slirp4netns's API socket (one JSON object each way per connection)."""
+    import socket
+    import time
+
+    from nsbox import _json
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        while True:  # the socket may come up just after the ready-fd says so
+            try:
+                s.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+        s.sendall(_json.dumps(request).encode())
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    try:
+        return dict(_json.loads(data.decode(errors="replace")))
+    except (ValueError, TypeError):
+        return {"error": {"desc": f"unexpected answer {data[:200]!r}"}}
+
+
+def add_forwards(path: str, mappings: list[dict], guest_addr: str = "") -> None:
+    """`add_hostfwd` per mapping through the API socket PATH; NsboxError naming the first
+    one slirp4netns refuses."""
+    for m in mappings:
+        args = {"proto": m["proto"], "host_addr": m.get("host_ip") or "0.0.0.0",
+                "host_port": int(m["host_port"]), "guest_port": int(m["container_port"])}
+        if guest_addr:
+            args["guest_addr"] = guest_addr
+        try:
+            answer = _api_call(path, {"execute": "add_hostfwd", "arguments": args})
+        except OSError as exc:
+            answer = {"error": {"desc": str(exc)}}
+        if "error" in answer:
+            desc = answer["error"].get("desc", "") if isinstance(answer["error"], dict) else ""
+            raise NsboxError(f"cannot publish {args['host_addr']}:{args['host_port']}/"
+                             f"{args['proto']}: slirp4netns: {desc or answer['error']}")
+
+
+def _guest_addr(cidr: str) -> str:
+    """The container's address in CIDR (slirp4netns configures network + 100)."""
+    import ipaddress
+    return str(ipaddress.ip_network(cidr, strict=False).network_address + 100)
 
 
 def netns_path(run_root: str, cid: str) -> str:
@@ -135,6 +210,12 @@ def start(run_root: str, cid: str, mode: str, timeout: float = 10.0) -> int:
         argv.append("--enable-ipv6")
     if "cidr" in options:
         argv.append(f"--cidr={options['cidr']}")
+    forwards = _forwards(run_root, cid)
+    api = api_socket_path(run_root, cid) if forwards else ""
+    if api:
+        os.makedirs(os.path.dirname(api), mode=0o700, exist_ok=True)
+        _unlink(api)
+        argv.append(f"--api-socket={api}")
     ready_r, ready_w = os.pipe()
     argv += [f"--ready-fd={ready_w}", "--netns-type=path", netns_path(run_root, cid), "tap0"]
     with open(os.devnull, "r+b") as null:
@@ -153,6 +234,14 @@ def start(run_root: str, cid: str, mode: str, timeout: float = 10.0) -> int:
     finally:
         os.close(ready_r)
     proc.stderr.close()
+    if forwards:
+        try:
+            add_forwards(api, forwards, _guest_addr(options["cidr"]) if "cidr" in options else "")
+        except NsboxError:
+            proc.kill()
+            proc.wait()
+            _unlink(api)
+            raise
     path = _pid_file(run_root, cid)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -178,8 +267,13 @@ def stop(run_root: str, cid: str) -> None:
                     pass
     except (OSError, ValueError):
         pass
+    _unlink(path)
+    _unlink(api_socket_path(run_root, cid))
+    _unmount_netns(netns_path(run_root, cid))
+
+
+def _unlink(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-    _unmount_netns(netns_path(run_root, cid))
