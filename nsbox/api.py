@@ -19,7 +19,7 @@ import os
 import sys
 
 from nsbox._lite import suppress
-from nsbox.errors import ConfigError, ContainerExists, ImageNotFound
+from nsbox.errors import ConfigError, ContainerExists, ImageNotFound, NsboxError
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
@@ -71,16 +71,41 @@ def default_engine(root: str | None = None, run_root: str | None = None,
                   runtime=runtime)
 
 
-def ensure_image(store, ref: str, progress=None) -> None:  # noqa: ANN001
-    """Make REF available: busybox is built offline on first use; others must be there."""
-    if store.exists(ref):
-        return
-    if ref in _OFFLINE_IMAGES:
-        from nsbox.engine.images import ensure_busybox
+PULL_POLICIES = ("always", "missing", "never")
 
-        ensure_busybox(store, progress=progress)
+
+def ensure_image(store, ref: str, progress=None, pull: str = "missing",  # noqa: ANN001
+                 pull_image=None) -> None:  # noqa: ANN001
+    """Make REF available, as `run --pull POLICY` does.
+
+    busybox is built offline on first use, whatever the policy (it is never
+    pulled).  Other images are pulled with PULL_IMAGE(store, ref) (default:
+    store.pull) when missing (`missing`, the default) or every time
+    (`always`); `never` only looks in the store.
+    """
+    if pull not in PULL_POLICIES:
+        raise ConfigError(f'invalid pull policy "{pull}": want always, missing or never')
+    if ref in _OFFLINE_IMAGES:
+        if not store.exists(ref):
+            from nsbox.engine.images import ensure_busybox
+
+            ensure_busybox(store, progress=progress)
         return
-    raise ImageNotFound(f"Unable to find image '{ref}' locally")
+    if pull != "always" and store.exists(ref):
+        return
+    if pull == "never":
+        raise ImageNotFound(f"Unable to find image '{ref}' locally (--pull never)")
+    prefix = f"pulling {ref}: " if pull == "always" else \
+        f"Unable to find image '{ref}' locally; pulling it: "
+    try:
+        if pull_image is not None:
+            pull_image(store, ref)
+        else:
+            store.pull(ref)
+    except ConfigError as err:  # a short name no registry is configured for
+        raise ImageNotFound(prefix + str(err)) from None
+    except NsboxError as err:
+        raise type(err)(prefix + str(err)) from None
 
 
 def options_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,7 @@ RUN_FLAGS: dict[str, str] = {
     "tty": "bool", "cap-add": "list", "cap-drop": "list", "security-opt": "list",
     "privileged": "bool", "log-driver": "str", "log-opt": "list", "runtime": "str",
     "cgroup-parent": "str", "publish": "list", "publish-all": "bool", "expose": "list",
+    "pull": "str", "platform": "str", "tls-verify": "bool", "authfile": "str",
 }
 RUN_ALIASES = {"m": "memory", "c": "cpu-shares", "v": "volume", "e": "env", "l": "label",
                "u": "user", "w": "workdir", "h": "hostname", "d": "detach", "i": "interactive",
@@ -132,6 +133,10 @@ RUN_FLAG_HELP: dict[str, str | tuple[str, str]] = {
                 "([IP:][HOST_PORT]:CONTAINER_PORT[/udp], ranges 8000-8002:80-82)"),
     "publish-all": "Publish all exposed ports to free host ports",
     "expose": ("list", "Expose a port or a range of ports (80, 8000-8002/udp)"),
+    "pull": ("policy", "Pull the image: always, missing (default: when not in the store) or never"),
+    "platform": ("os/arch[/variant]", "The platform a pull picks from a manifest list"),
+    "tls-verify": "Require HTTPS with a verified certificate when pulling (default true)",
+    "authfile": ("path", "The auth.json a pull reads credentials from"),
 }
 # The resource flags `update` accepts.
 RESOURCE_FLAGS = ("memory", "memory-reservation", "memory-swap", "memory-swappiness",

@@ -39,11 +39,20 @@ def prepare(args, ctx, command_name: str, spec=None):  # noqa: ANN001, ANN201
         sys.stderr.write(PRIVILEGED_WARNING + "\n")
     engine = ctx.engine()
     progress = Progress()
+    flags = args.flags
     try:
-        api.ensure_image(engine.images, spec.image, progress)
+        api.ensure_image(engine.images, spec.image, progress, pull=flags.get("pull") or "missing",
+                         pull_image=_puller(flags))
     finally:
         progress.close()
     return spec, engine
+
+
+def _puller(flags: dict):  # noqa: ANN202
+    def pull_image(store, ref: str) -> None:  # noqa: ANN001
+        from nsbox.engine.cli.cmd_pull import pull_image as pull
+        pull(store, ref, flags)
+    return pull_image
 
 
 def run(args, ctx) -> int:  # noqa: ANN001

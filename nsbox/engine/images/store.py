@@ -61,7 +61,7 @@ from .staging import Prepended, Transaction, progress_counter, uncompressed_dige
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
     Progress = Callable[[str, int, int], None]
     InUse = Callable[[str], bool]
@@ -491,6 +491,11 @@ class ImageStore:
         """Write the images REFS into one archive: "docker-archive" or "oci-archive" (gzip if COMPRESS)."""
         from .archive import save_archive
         save_archive(self, refs, dest, format, compress, progress)
+
+    def pull(self, ref: str, **options: Any) -> Image:
+        """Pull REF from its registry (images/pull.py: platform, tls_verify, authfile, progress)."""
+        from .pull import pull
+        return pull(self, ref, **options)
 
     # ------------------------------------------------------------ names
     def tag(self, src: str, new_ref: str) -> Image:
