@@ -343,8 +343,10 @@ def build_config(spec: ContainerSpec, image_section: dict, inputs: BundleInputs)
             mount["options"] = [o for o in mount["options"] if not o.startswith("size=")]
             mount["options"].append(f"size={max(shm // 1024, 4)}k")
     user_targets = {os.path.normpath(m.target) for m in spec.mounts}
-    slirp = spec.network_mode.startswith("slirp4netns")
-    etc_files = write_etc_files(inputs.userdata, hostname, "10.0.2.3" if slirp else "")
+    # The resolver of user-mode networking: slirp4netns's, or what pasta forwards to the host's.
+    nameserver = "10.0.2.3" if spec.network_mode.startswith("slirp4netns") else \
+        "169.254.1.1" if spec.network_mode == "pasta" else ""
+    etc_files = write_etc_files(inputs.userdata, hostname, nameserver)
     if net_peer is not None:
         etc_files.update((target, os.path.join(net_peer.bundle, name)) for target, name in (
             ("/etc/hosts", "hosts"), ("/etc/resolv.conf", "resolv.conf"),

@@ -96,7 +96,7 @@ RUN_FLAG_HELP: dict[str, str | tuple[str, str]] = {
     "ipc": ("string", "IPC namespace to use (host, private, container:NAME)"),
     "uts": ("string", "UTS namespace to use (host, private, container:NAME)"),
     "network": ("network", "Connect to a network: bridge (the default), NETWORK, none, host, "
-                "private, slirp4netns[:opts], container:NAME; repeat for more networks"),
+                "private, slirp4netns[:opts], pasta, container:NAME; repeat for more networks"),
     "net": ("network", "Alias of --network"),
     "ip": ("string", "IPv4 address on the (first) user-defined network (172.31.0.10)"),
     "mac-address": ("string", "MAC address on the (first) network (02:42:ac:1f:00:0a)"),
@@ -349,7 +349,9 @@ def parse_namespace_mode(flag: str, value: str) -> str:
     text = str(value)
     allowed = ("host", "private")
     if flag == "network":
-        allowed = ("none", "host", "private", "slirp4netns", "bridge", "NETWORK")
+        allowed = ("none", "host", "private", "slirp4netns", "pasta", "bridge", "NETWORK")
+        if text == "pasta":
+            return text
         if text == "slirp4netns" or text.startswith("slirp4netns:"):
             from nsbox.engine.network import slirp
             try:
@@ -455,14 +457,13 @@ def _network_options(spec: ContainerSpec, opts: dict) -> None:
              if str(v) != ""]
     modes = [parse_namespace_mode("network", v) for v in given or [default_network()]]
     spec.network_mode = modes[0]
-    bridged = not (modes[0] in _NON_BRIDGE_NETWORKS or
+    bridged = not (modes[0] in _NON_BRIDGE_NETWORKS or modes[0] == "pasta" or
                    modes[0].startswith(("container:", "slirp4netns")))
     if len(modes) > 1:
-        if not bridged or any(m in _NON_BRIDGE_NETWORKS or m.startswith(("container:",
-                                                                          "slirp4netns"))
-                              for m in modes[1:]):
+        if not bridged or any(m in _NON_BRIDGE_NETWORKS or m == "pasta" or
+                              m.startswith(("container:", "slirp4netns")) for m in modes[1:]):
             raise bad("network", ",".join(given), "only bridge networks can be combined: "
-                      "none, host, private, slirp4netns and container: stand alone")
+                      "none, host, private, slirp4netns, pasta and container: stand alone")
     spec.networks = list(dict.fromkeys(modes)) if bridged else []
     for flag, attr in (("ip", "ip"), ("mac-address", "mac_address")):
         value = opts.get(flag)

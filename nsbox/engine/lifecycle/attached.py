@@ -37,7 +37,8 @@ def start_attached(engine: EngineBase, ref: str,
     try:
         c = engine.get(ref)
         finish_here = (c.spec.restart.name == "no"
-                       and not c.spec.network_mode.startswith("slirp4netns"))
+                       and not c.spec.network_mode.startswith("slirp4netns")
+                       and c.spec.network_mode != "pasta")
         fds = start_container(engine, c, True, monitor, finish_here, reader=True)
     finally:
         if monitor is not None:

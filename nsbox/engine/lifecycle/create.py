@@ -91,6 +91,11 @@ def create(engine: EngineBase, spec: ContainerSpec,
             from nsbox.engine.network import slirp
             if not slirp.unavailable():
                 spec.network_mode = "slirp4netns"  # rootless Podman's default network
+    elif spec.network_mode == "pasta":
+        from nsbox.engine.network import pasta
+        why = pasta.unavailable()
+        if why:
+            raise ConfigError(f"--network pasta: {why}")
     cid = make_id()
     userdata = os.path.join(engine.storage.containers_dir, cid, USERDATA)
     name = spec.name
@@ -230,7 +235,7 @@ def open_to_mapped_root(engine: EngineBase, userdata: str, volume_paths: dict[st
 def _bridged(network_mode: str) -> bool:
     """A bridge network (`bridge` or a network's name; nsbox/engine/network/attach.py)."""
     return network_mode not in ("none", "host", "private", "", "shareable") and \
-        not network_mode.startswith(("container:", "slirp4netns"))
+        network_mode != "pasta" and not network_mode.startswith(("container:", "slirp4netns"))
 
 
 def _write_etc_files(userdata: str, spec: ContainerSpec, name: str, leases: list,
@@ -259,7 +264,8 @@ def _write_etc_files(userdata: str, spec: ContainerSpec, name: str, leases: list
 
 def netns_path(run_root: str, cid: str, network_mode: str) -> str:
     """The engine-made network namespace a slirp4netns or bridge container joins, else ""."""
-    if not network_mode.startswith("slirp4netns") and not _bridged(network_mode):
+    if not network_mode.startswith("slirp4netns") and network_mode != "pasta" and \
+            not _bridged(network_mode):
         return ""
     from nsbox.engine.network import slirp
     return slirp.netns_path(run_root, cid)

@@ -42,7 +42,7 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
     oci.delete(cid)
     crashpoint("finish.after_runtime_delete")
     spec = spec_from_json(row["spec"])
-    if spec.network_mode.startswith("slirp4netns"):
+    if spec.network_mode.startswith("slirp4netns") or spec.network_mode == "pasta":
         from nsbox.engine.network import slirp
         slirp.stop(engine.run_root, cid)
     os.makedirs(os.path.join(engine.run_root, "exits"), exist_ok=True)
@@ -57,7 +57,7 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
         return True
     if spec.publish or spec.publish_all:  # released at stop, published again at start
         with suppress(Exception):
-            if spec.network_mode.startswith("slirp4netns"):
+            if spec.network_mode.startswith("slirp4netns") or spec.network_mode == "pasta":
                 from nsbox.engine.network import slirp_ports
                 slirp_ports.unpublish(engine, cid)  # slirp4netns held them: gone above
             else:

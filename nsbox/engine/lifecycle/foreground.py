@@ -29,7 +29,7 @@ def run_foreground(engine: EngineBase, c: Container) -> int:
     os.makedirs(runtime_root(engine.run_root, c.runtime), mode=0o700, exist_ok=True)
     pid_file = os.path.join(c.bundle, "init.pid")
     oci = engine.oci(c.runtime)
-    uses_slirp = c.spec.network_mode.startswith("slirp4netns")
+    uses_slirp = c.spec.network_mode.startswith("slirp4netns") or c.spec.network_mode == "pasta"
     if uses_slirp:
         # The network namespace is the engine's, so slirp4netns can set it up
         # before the runtime's `run` puts the container into it.

@@ -60,23 +60,24 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
     spec = _json.loads(row["spec"] or "{}")
     interactive = not console and spec.get("interactive", False)
     network = spec.get("network_mode") or ""
+    user_mode = network.startswith("slirp4netns") or network == "pasta"  # slirp4netns, pasta
     null = open_stdin_fifo(run_root, cid) if interactive else os.open("/dev/null", os.O_RDONLY)
     try:
         engine.storage.mount(cid)  # already mounted on a restart
         fill_new_volumes(engine, Container.from_row(row))
-        if network.startswith("slirp4netns"):
+        if user_mode:
             from nsbox.engine.network import slirp
             slirp.make_netns(run_root, cid)
         oci.create(cid, bundle, pid_file, console, (null, int(out_w), int(err_w)), runtime_log)
         crashpoint("helper.after_create")
         with open(pid_file) as f:
             pid = int(f.read().strip())
-        if network.startswith("slirp4netns"):
+        if user_mode:
             slirp.start(run_root, cid, network)
         oci.start(cid)
     except NsboxError as exc:
         reason = str(exc).strip() or "the runtime failed"  # create's already has its --log error
-        if network.startswith("slirp4netns"):
+        if user_mode:
             from nsbox.engine.network import slirp
             slirp.stop(run_root, cid)
         oci.delete(cid)

@@ -84,7 +84,7 @@ def abandon(engine: EngineBase, cid: str, reason: str, states: tuple[str, ...] =
         oci.delete(cid)  # kills what the runtime knows of
     remove_cgroups(row)  # and what it does not (a create cut short)
     spec = spec_from_json(row["spec"])
-    if spec.network_mode.startswith("slirp4netns"):
+    if spec.network_mode.startswith("slirp4netns") or spec.network_mode == "pasta":
         from nsbox.engine.network import slirp
         with suppress(Exception):
             slirp.stop(engine.run_root, cid)

@@ -79,8 +79,9 @@ def remove_now(engine: EngineBase, cid: str, volumes: bool, keep_exit_code: bool
     engine.oci(row["runtime"]).delete(cid)
     remove_cgroups(row)  # a start cut short leaves cgroups the runtime never recorded
     crashpoint("remove.after_runtime_delete")
-    if os.path.lexists(os.path.join(engine.run_root, "netns", cid)) and \
-            '"slirp4netns' not in (row["spec"] or ""):
+    network = _json.loads(row["spec"] or "{}").get("network_mode") or ""
+    user_mode = network.startswith("slirp4netns") or network == "pasta"  # slirp4netns, pasta
+    if os.path.lexists(os.path.join(engine.run_root, "netns", cid)) and not user_mode:
         from nsbox.engine.db import DatabaseFull
         from nsbox.engine.network import attach  # a bridge network's veths, leases, netns
         try:
@@ -95,7 +96,7 @@ def remove_now(engine: EngineBase, cid: str, volumes: bool, keep_exit_code: bool
     rmtree(os.path.join(engine.storage.containers_dir, cid))
     with suppress(FileNotFoundError):
         os.unlink(stdin_fifo(engine.run_root, cid))
-    if '"slirp4netns' in (row["spec"] or ""):
+    if user_mode:
         from nsbox.engine.network import slirp
         slirp.stop(engine.run_root, cid)
         with suppress(FileNotFoundError):  # its published ports (network/slirp_ports.py)

@@ -115,7 +115,7 @@ def _publish_ports(engine: EngineBase, c: Container) -> None:
     one-line error that leaves the container as it was (created or exited).  With
     slirp4netns (rootless) its own forwarding does it (network/slirp_ports.py)."""
     try:
-        if c.spec.network_mode.startswith("slirp4netns"):
+        if c.spec.network_mode.startswith("slirp4netns") or c.spec.network_mode == "pasta":
             from nsbox.engine.network import slirp_ports
             slirp_ports.publish(engine, c)
         else:
@@ -128,7 +128,7 @@ def _publish_ports(engine: EngineBase, c: Container) -> None:
 
 
 def _unpublish_ports(engine: EngineBase, c: Container) -> None:
-    if c.spec.network_mode.startswith("slirp4netns"):
+    if c.spec.network_mode.startswith("slirp4netns") or c.spec.network_mode == "pasta":
         from nsbox.engine.network import slirp_ports
         slirp_ports.unpublish(engine, c.id)
     else:

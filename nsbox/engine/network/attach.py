@@ -42,7 +42,8 @@ def _crashpoint(name: str) -> None:
 
 def is_bridge_mode(mode: str) -> bool:
     """Is --network MODE a bridge network (`bridge` or a network's name)?"""
-    return mode not in NON_BRIDGE_MODES and not mode.startswith(("container:", "slirp4netns"))
+    return mode not in NON_BRIDGE_MODES and mode != "pasta" and \
+        not mode.startswith(("container:", "slirp4netns"))
 
 
 def network_names(spec: ContainerSpec) -> list[str]:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 MTU_OPTION = "com.docker.network.driver.mtu"
 # Names that are modes of --network, not networks.
-RESERVED_NAMES = ("none", "host", "private", "default", "container", "slirp4netns")
+RESERVED_NAMES = ("none", "host", "private", "default", "container", "slirp4netns", "pasta")
 
 
 def _default() -> Network:

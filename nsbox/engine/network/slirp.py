@@ -34,6 +34,11 @@ def unavailable() -> str:
 
     if shutil.which("slirp4netns") is None:
         return "the slirp4netns program is not installed"
+    return tun_problem()
+
+
+def tun_problem() -> str:
+    """Why this user cannot use /dev/net/tun (slirp4netns, pasta), or ""."""
     if not os.access(TUN, os.R_OK | os.W_OK):
         try:
             mode = f"mode {os.stat(TUN).st_mode & 0o777:04o}"
@@ -194,10 +199,14 @@ def _unmount_netns(path: str) -> None:
 
 
 def start(run_root: str, cid: str, mode: str, timeout: float = 10.0) -> int:
-    """Start slirp4netns in CID's network namespace; its pid once tap0 is configured."""
+    """Start slirp4netns in CID's network namespace; its pid once tap0 is configured.
+    (pasta for `--network pasta`: network/pasta.py.)"""
     import shutil
     import subprocess
 
+    if mode == "pasta":
+        from nsbox.engine.network import pasta
+        return pasta.start(run_root, cid, _forwards(run_root, cid))
     why = unavailable()
     if why:
         raise NsboxError(f"--network slirp4netns: {why}")
@@ -251,8 +260,11 @@ def start(run_root: str, cid: str, mode: str, timeout: float = 10.0) -> int:
 
 
 def stop(run_root: str, cid: str) -> None:
-    """Stop CID's slirp4netns, if one runs (checked by name: pids get reused), and drop
-    its network namespace."""
+    """Stop CID's slirp4netns (or pasta), if one runs (checked by name: pids get reused),
+    and drop its network namespace."""
+    if os.path.exists(os.path.join(run_root, "pasta", cid + ".pid")):
+        from nsbox.engine.network import pasta
+        pasta.stop(run_root, cid)
     path = _pid_file(run_root, cid)
     try:
         with open(path) as f:
