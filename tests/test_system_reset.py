@@ -22,6 +22,11 @@ def _alive(pid: int) -> bool:
 
 def test_reset_clears_a_private_root(tmp_path: Path):
     nsbox = Nsbox(tmp_path)
+    # What other commands leave in the run root (published ports' records, DNS
+    # servers' configs, the runtimes' ociVersion cache) goes too.
+    for name in ("ports", "networks"):
+        (tmp_path / "run" / name).mkdir(parents=True)
+    (tmp_path / "run" / "oci-versions.json").write_text("{}")
     nsbox("run", "-d", "--name", "up", "-v", "anon:/data", "busybox", "sleep", "300")
     nsbox("create", "--name", "made", "busybox", "true")
     nsbox("volume", "create", "kept")
