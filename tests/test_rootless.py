@@ -321,6 +321,12 @@ def test_slirp4netns_without_tun_access_says_why(clean):
     # The default network then is loopback only, and still runs.
     proc = clean.run("run", "--rm", "busybox", "sh", "-c", "ip -o link | grep -c ': lo'")
     assert proc.stdout == "1\n"
+    # But ports cannot be published there: a clear refusal, not a silent no-op.
+    proc = clean.run("run", "-d", "--name", "nopub", "-p", "18081:80", "busybox", "sleep", "5",
+                     check=False)
+    assert proc.returncode == 125
+    assert "cannot publish ports" in proc.stderr and TUN in proc.stderr
+    assert clean.run("ps", "-a", "-q").stdout == ""
 
 
 def _subordinate_start(path: str) -> int:

@@ -89,8 +89,12 @@ def create(engine: EngineBase, spec: ContainerSpec,
         from nsbox.engine import rootless
         if rootless.active():
             from nsbox.engine.network import slirp
-            if not slirp.unavailable():
+            why = slirp.unavailable()
+            if not why:
                 spec.network_mode = "slirp4netns"  # rootless Podman's default network
+            elif spec.publish or spec.publish_all:
+                # Only user-mode networking can publish a rootless container's ports.
+                raise ConfigError(f"cannot publish ports: slirp4netns cannot run: {why}")
     elif spec.network_mode == "pasta":
         from nsbox.engine.network import pasta
         why = pasta.unavailable()
