@@ -26,18 +26,19 @@ COMMANDS = {
     "pause": "pause", "unpause": "unpause", "update": "update", "cp": "cp", "port": "port",
     "images": "images", "rmi": "rmi", "tag": "tag", "import": "import", "load": "load",
     "save": "save", "export": "export", "history": "history", "version": "version",
-    "info": "info", "attach": "attach", "pull": "pull",
+    "info": "info", "attach": "attach", "pull": "pull", "push": "push", "login": "login",
+    "logout": "logout",
 }
 # `nsbox container|image|volume SUB`.
 GROUPS = {
     "container": {**{k: v for k, v in COMMANDS.items()
                      if k not in ("images", "rmi", "tag", "import", "load", "save", "history", "pull",
-                                  "version", "info")},
+                                  "push", "login", "logout", "version", "info")},
                   "ls": "ps", "list": "ps", "prune": "container_prune", "remove": "rm"},
     "image": {"ls": "images", "list": "images", "rm": "rmi", "remove": "rmi",
               "inspect": "image_inspect", "history": "history", "prune": "image_prune",
               "import": "import", "load": "load", "save": "save", "tag": "tag",
-              "build-debian": "build_debian", "pull": "pull"},
+              "build-debian": "build_debian", "pull": "pull", "push": "push"},
     "volume": {"create": "volume_create", "ls": "volume_ls", "list": "volume_ls",
                "rm": "volume_rm", "remove": "volume_rm", "inspect": "volume_inspect",
                "prune": "volume_prune"},

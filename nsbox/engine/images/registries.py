@@ -11,14 +11,16 @@
   base64("user:password")}}}`, from `$REGISTRY_AUTH_FILE`,
   `$XDG_RUNTIME_DIR/containers/auth.json` (`/run/containers/<uid>/auth.json`
   without it), `~/.config/containers/auth.json`, then Docker's
-  `~/.docker/config.json`.  Only read: there is no `login` yet.
+  `~/.docker/config.json`.  `nsbox login`/`logout` write only the first of
+  these (the primary file, as Podman does), atomically and mode 0600.
 
-Only `nsbox pull` (and `run --pull`) import this module.
+Only `nsbox pull`, `push`, `login`, `logout` (and `run --pull`) import this module.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import json
 import os
@@ -212,3 +214,85 @@ def _auth_key(key: str) -> str:
     if "://" in key:
         key = key.split("://", 1)[1].split("/", 1)[0]
     return key.rstrip("/")
+
+
+# ===================================================================== login / logout
+def primary_auth_file(authfile: str | None = None) -> str:
+    """The file `login` writes: --authfile, $REGISTRY_AUTH_FILE, else Podman's per-user file."""
+    return auth_files(authfile)[0]
+
+
+def login_key(text: str) -> str:
+    """`https://host/v1/` -> `host`; `host/ns/` -> `host/ns` (the auth.json key)."""
+    key = text.strip().split("://", 1)[-1].rstrip("/")
+    for suffix in ("/v1", "/v2"):
+        key = key.removesuffix(suffix)
+    if key in DOCKER_HUB_AUTH_KEYS or key == "index.docker.io":
+        key = DEFAULT_DOMAIN
+    path = key.partition("/")[2]
+    if not key or "@" in key or ":" in path or " " in key:
+        raise ConfigError(f"{text}: not a registry (want HOST[:PORT][/NAMESPACE], "
+                          "without a tag or digest)")
+    return key
+
+
+def _read_auth_doc(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read credentials: {err}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("auths", {}), dict):
+        raise ConfigError(f"{path}: not an auth.json file (no \"auths\" object)")
+    return doc
+
+
+def _write_auth_doc(path: str, doc: dict) -> None:
+    """Replace PATH with DOC: a 0600 temporary file in the same directory, fsynced, renamed."""
+    import tempfile
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".auth-", suffix=".json", dir=directory)  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent="\t")
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_credentials(key: str, user: str, password: str, authfile: str | None = None) -> str:
+    """Store USER:PASSWORD for KEY in the primary auth file, keeping its other entries."""
+    path = primary_auth_file(authfile)
+    doc = _read_auth_doc(path)
+    auths = doc.setdefault("auths", {})
+    auths[key] = {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+    _write_auth_doc(path, doc)
+    return path
+
+
+def remove_credentials(key: str | None, authfile: str | None = None) -> bool:
+    """Drop KEY from the primary auth file (every entry with KEY None); False if it had none."""
+    path = primary_auth_file(authfile)
+    doc = _read_auth_doc(path)
+    auths = doc.get("auths") or {}
+    if key is None:
+        if not os.path.exists(path):
+            return False
+        doc["auths"] = {}
+        _write_auth_doc(path, doc)
+        return True
+    found = [k for k in auths if _auth_key(k) == key]
+    if not found:
+        return False
+    for k in found:
+        del auths[k]
+    _write_auth_doc(path, doc)
+    return True

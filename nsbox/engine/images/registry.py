@@ -14,9 +14,11 @@ no exception (unlike Docker, which treats 127.0.0.0/8 as insecure).
 
 Authentication: the `/v2/` ping answers 200 (anonymous) or 401 with a
 `WWW-Authenticate` challenge.  `Bearer realm=...,service=...,scope=...`:
-a token is fetched from the realm for `repository:<path>:pull` (with the
-auth.json credentials as basic auth, if any) and cached per (realm, service,
-scope) for the command.  `Basic`: the auth.json credentials are sent.
+a token is fetched from the realm for `repository:<path>:pull` (`pull,push`
+for a push; with the auth.json credentials as basic auth, if any) and cached
+per (realm, service, scope) for the command.  `Basic`: the auth.json
+credentials are sent.  `check_login` does the same dance for `nsbox login`
+(a token without a scope) and fails with "unauthorized" on wrong credentials.
 """
 
 from __future__ import annotations
@@ -93,8 +95,10 @@ class RegistryClient:
 
     def __init__(self, host: str, repository: str, *, tls_verify: bool = True,
                  credentials: tuple[str, str] | None = None,
-                 tokens: dict[tuple[str, str, str], str] | None = None) -> None:
+                 tokens: dict[tuple[str, str, str], str] | None = None,
+                 actions: str = "pull") -> None:
         self.host = host
+        self.actions = actions
         self.api_host = API_HOSTS.get(host, host)
         self.repository = repository
         self.tls_verify = tls_verify
@@ -117,10 +121,13 @@ class RegistryClient:
 
     # ---------------------------------------------------------------- transport
     def _send(self, method: str, url: str, headers: dict[str, str],
-              preload: bool = True) -> urllib3.BaseHTTPResponse:
+              preload: bool = True, body=None) -> urllib3.BaseHTTPResponse:  # noqa: ANN001
+        # A body is sent once: a failed read is not retried with a half-read file.
+        extra = {} if body is None else {"body": body, "retries": urllib3.Retry(
+            total=1, connect=1, read=0, status=0, redirect=0, raise_on_status=False)}
         try:
             return self.http.request(method, url, headers=headers, preload_content=preload,
-                                     redirect=True)
+                                     redirect=body is None, **extra)
         except MaxRetryError as err:
             raise RegistryError(f"{self.host}: {_reason(err.reason)}") from None
         except HTTPError as err:
@@ -162,7 +169,7 @@ class RegistryClient:
         if scheme == "basic":
             return self._basic() or {}
         if scheme == "bearer":
-            scope = f"repository:{self.repository}:pull"
+            scope = f"repository:{self.repository}:{self.actions}"
             key = (params.get("realm", ""), params.get("service", ""), scope)
             token = self.tokens.get(key)
             if token is None:
@@ -178,11 +185,11 @@ class RegistryClient:
         raw = base64.b64encode(f"{user}:{password}".encode()).decode()
         return {"Authorization": f"Basic {raw}"}
 
-    def _fetch_token(self, params: dict[str, str], scope: str) -> str:
+    def _fetch_token(self, params: dict[str, str], scope: str | None) -> str:
         realm = params.get("realm")
         if not realm:
             raise RegistryError(f"{self.host}: bearer challenge without a realm")
-        fields = {"scope": scope}
+        fields = {"scope": scope} if scope else {}
         if params.get("service"):
             fields["service"] = params["service"]
         from urllib.parse import urlencode
@@ -191,6 +198,8 @@ class RegistryClient:
             raise RegistryError(f"{self.host}: refusing to send credentials to the plain-HTTP "
                                 f"token realm {realm}")
         response = self._send("GET", url, self._basic() or {})
+        if response.status in (401, 403) and scope is None:
+            raise RegistryError(f"logging in to {self.host}: {_unauthorized(response)}")
         if response.status != 200:
             raise RegistryError(f"{self.host}: getting a token: {_error_message(response)}")
         try:
@@ -204,11 +213,23 @@ class RegistryClient:
 
     def get(self, path: str, accept: str | None = None, preload: bool = True) -> urllib3.BaseHTTPResponse:
         """GET /v2/<repository>/<path> with authentication; one retry on a new challenge."""
-        self.ping()
-        url = f"{self.base}/v2/{self.repository}/{path}"
         headers = {"Accept": accept} if accept else {}
+        return self.request("GET", path, headers, preload=preload)
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                body=None, preload: bool = True) -> urllib3.BaseHTTPResponse:  # noqa: ANN001
+        """METHOD /v2/<repository>/<path> (or an absolute upload URL) with authentication.
+
+        A 401 with a new challenge (another scope, an expired token) is
+        answered once more; a BODY that is a file is rewound for it.
+        """
+        self.ping()
+        url = path if "://" in path else f"{self.base}/v2/{self.repository}/{path}"
+        headers = headers or {}
         for attempt in range(2):
-            response = self._send("GET", url, {**headers, **self._auth_header()}, preload)
+            if body is not None and hasattr(body, "seek"):
+                body.seek(0)
+            response = self._send(method, url, {**headers, **self._auth_header()}, preload, body)
             if response.status != 401 or attempt:
                 return response
             header = response.headers.get("WWW-Authenticate", "")
@@ -221,10 +242,70 @@ class RegistryClient:
                 return response
             if challenge[0] == "bearer":  # a new scope or an expired token: ask again
                 key = (challenge[1].get("realm", ""), challenge[1].get("service", ""),
-                       f"repository:{self.repository}:pull")
+                       f"repository:{self.repository}:{self.actions}")
                 self.tokens.pop(key, None)
             self.challenge = challenge
         return response
+
+    def check_login(self) -> None:
+        """Check the credentials against the registry (`nsbox login`); "unauthorized" if wrong."""
+        self.ping()
+        if self.challenge is None:
+            return  # the registry lets anyone in
+        scheme, params = self.challenge
+        if scheme == "basic":
+            headers = self._basic() or {}
+        elif scheme == "bearer":
+            headers = {"Authorization": f"Bearer {self._fetch_token(params, None)}"}
+        else:
+            raise RegistryError(f"{self.host}: unsupported authentication scheme {scheme!r}")
+        response = self._send("GET", f"{self.base}/v2/", headers)
+        if response.status in (401, 403):
+            raise RegistryError(f"logging in to {self.host}: {_unauthorized(response)}")
+        if response.status != 200:
+            raise RegistryError(f"logging in to {self.host}: {_error_message(response)}")
+
+    # ---------------------------------------------------------------- push
+    def has_blob(self, digest: str) -> bool:
+        """HEAD /v2/<repository>/blobs/<digest>: is the blob already there?"""
+        response = self.request("HEAD", f"blobs/{digest}")
+        if response.status == 200:
+            return True
+        if response.status == 404:
+            return False
+        raise RegistryError(f"checking blob {digest} in {self.host}/{self.repository}: "
+                            f"{_error_message(response)}")
+
+    def upload_blob(self, digest: str, path: str, size: int) -> None:
+        """A monolithic upload: POST blobs/uploads/, then PUT <location>?digest= with the file."""
+        response = self.request("POST", "blobs/uploads/", {"Content-Length": "0"})
+        if response.status not in (201, 202):
+            raise RegistryError(f"starting the upload of blob {digest} to {self.host}/"
+                                f"{self.repository}: {_error_message(response)}")
+        location = response.headers.get("Location")
+        if response.status == 201:
+            return  # the registry has it
+        if not location:
+            raise RegistryError(f"{self.host}: upload of blob {digest} started without a Location")
+        from urllib.parse import urljoin
+        url = urljoin(f"{self.base}/v2/{self.repository}/blobs/uploads/", location)
+        url += ("&" if "?" in url else "?") + "digest=" + digest.replace(":", "%3A")
+        with open(path, "rb") as f:
+            response = self.request("PUT", url, {"Content-Type": "application/octet-stream",
+                                                  "Content-Length": str(size)}, body=f)
+        if response.status != 201:
+            raise RegistryError(f"uploading blob {digest} to {self.host}/{self.repository}: "
+                                f"{_error_message(response)}")
+
+    def put_manifest(self, reference: str, data: bytes, media_type: str) -> str:
+        """PUT the manifest bytes as they are under REFERENCE (a tag or digest); its digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        response = self.request("PUT", f"manifests/{reference}", {"Content-Type": media_type},
+                                body=data)
+        if response.status not in (200, 201):
+            raise RegistryError(f"writing manifest {reference} to {self.host}/{self.repository}: "
+                                f"{_error_message(response)}")
+        return digest
 
     # ---------------------------------------------------------------- content
     def manifest(self, reference: str) -> tuple[bytes, str, str]:
@@ -290,6 +371,14 @@ class RegistryClient:
             check_blob(digest, size, hasher.hexdigest(), count)
         finally:
             response.release_conn()
+
+
+def _unauthorized(response: urllib3.BaseHTTPResponse) -> str:
+    """"unauthorized: <the registry's reason>" for a refused login."""
+    text = _error_message(response)
+    if text.lower().startswith("unauthorized"):
+        return text
+    return f"unauthorized: {text}"
 
 
 def check_blob(digest: str, size: int, actual_hex: str, actual_size: int) -> None:

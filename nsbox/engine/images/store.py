@@ -497,6 +497,11 @@ class ImageStore:
         from .pull import pull
         return pull(self, ref, **options)
 
+    def push(self, ref: str, destination: str | None = None, **options: Any) -> str:
+        """Push REF to DESTINATION (default: its name) (images/push.py); the manifest digest."""
+        from .push import push
+        return push(self, ref, destination, **options)
+
     # ------------------------------------------------------------ names
     def tag(self, src: str, new_ref: str) -> Image:
         """Give the image SRC the name NEW_REF (taken from any image that had it)."""

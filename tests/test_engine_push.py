@@ -1,0 +1,189 @@
+"""`nsbox login`/`logout` and `nsbox push` against a real registry on 127.0.0.1.
+
+The registry fixture (Debian's docker-registry in a temporary directory) and
+the fake authenticating registry come from test_engine_pull.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from test_engine_pull import (  # noqa: F401 - fixtures
+    REGISTRY,
+    FakeRegistry,
+    Nsbox,
+    nsbox,
+    one_line_error,
+    registry,
+    skopeo,
+)
+
+from nsbox.engine.images import ImageStore, ensure_busybox
+
+pytestmark = [pytest.mark.timeout(90),
+              pytest.mark.skipif(not os.path.exists(REGISTRY) or not __import__("shutil").which("skopeo"),
+                                 reason="needs docker-registry and skopeo (scripts/apt-packages.txt)")]
+
+
+@pytest.fixture
+def auth_registry(registry, request):  # noqa: F811
+    server = FakeRegistry(registry["host"], request.param, user="alice", password="s3cret")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _b64(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# ------------------------------------------------------------ login / logout
+@pytest.mark.parametrize("auth_registry", ["bearer", "basic"], indirect=True)
+def test_login_checks_then_saves_and_logout_removes(nsbox, auth_registry):  # noqa: F811
+    host = auth_registry.host
+    auth = nsbox.tmp / "xdg" / "containers" / "auth.json"
+    auth.parent.mkdir(parents=True)
+    other = {"auths": {"quay.example": {"auth": _b64("bob", "x")}}, "credHelpers": {}}
+    auth.write_text(json.dumps(other))
+    before = auth.read_bytes()
+
+    def login(password: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*nsbox.prefix, "login", "--tls-verify=false", "--username", "alice",
+                               "--password-stdin", *extra, host], input=password + "\n",
+                              capture_output=True, text=True, timeout=60, env=nsbox.env)
+
+    proc = login("wrong")
+    assert "unauthorized" in one_line_error(proc)
+    assert auth.read_bytes() == before  # nothing written
+    assert [p.name for p in auth.parent.iterdir()] == ["auth.json"]  # no temporary left
+
+    proc = login("s3cret")
+    assert proc.returncode == 0, proc.stderr
+    assert "Login Succeeded" in proc.stdout
+    doc = json.loads(auth.read_text())
+    assert doc["auths"] == {"quay.example": {"auth": _b64("bob", "x")},
+                            host: {"auth": _b64("alice", "s3cret")}}
+    assert doc["credHelpers"] == {}
+    assert stat.S_IMODE(auth.stat().st_mode) == 0o600
+    if auth_registry.mode == "bearer":  # the token was asked for with the credentials
+        assert auth_registry.token_requests[-1][1] == auth_registry.basic
+
+    out = nsbox("logout", host)
+    assert f"Removed login credentials for {host}" in out.stdout
+    assert json.loads(auth.read_text())["auths"] == {"quay.example": {"auth": _b64("bob", "x")}}
+    assert "not logged into" in one_line_error(nsbox("logout", host, check=False))
+    nsbox("logout", "--all")
+    assert json.loads(auth.read_text())["auths"] == {}
+
+    # -p and --authfile; no username and no terminal is an error, not a prompt.
+    alt = nsbox.tmp / "alt" / "auth.json"
+    nsbox("login", "--tls-verify=false", "-u", "alice", "-p", "s3cret", "--authfile", str(alt), host)
+    assert json.loads(alt.read_text())["auths"][host] == {"auth": _b64("alice", "s3cret")}
+    assert stat.S_IMODE(alt.stat().st_mode) == 0o600
+    proc = nsbox("login", "--tls-verify=false", "-p", "x", "--authfile", str(alt), host, check=False)
+    assert "username" in one_line_error(proc)
+
+
+def test_login_needs_a_registry_that_answers(nsbox, registry):  # noqa: F811
+    proc = nsbox("login", "-u", "a", "-p", "b", registry["host"], check=False)  # TLS by default
+    assert "--tls-verify=false" in one_line_error(proc)
+    assert not (nsbox.tmp / "xdg" / "containers" / "auth.json").exists()
+
+
+# ------------------------------------------------------------ push
+def _uploads(registry: dict, repo: str) -> int:  # noqa: F811
+    return registry["log"].read_bytes().count(f'"POST /v2/{repo}/blobs/uploads/ '.encode())
+
+
+def test_push_imported_image_and_pull_it_back(nsbox, registry, tmp_path):  # noqa: F811
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "hello").write_text("hello from push\n")
+    nsbox("import", "--change", 'CMD ["/bin/true"]', str(rootfs), "app:1")
+    local = ImageStore(nsbox.root).resolve("app:1")
+    host = registry["host"]
+    digestfile = tmp_path / "digest"
+    out = nsbox("push", "--tls-verify=false", "--digestfile", str(digestfile), "app:1",
+                f"docker://{host}/test/app:1")
+    digest = out.stdout.strip()
+    assert digest == local.manifest_digest  # the manifest went as stored
+    assert digestfile.read_text() == digest
+    assert "Copying blob" in out.stderr and "Copying config" in out.stderr
+    assert _uploads(registry, "test/app") == 2  # one layer, one config
+
+    seen = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{host}/test/app:1"))
+    assert seen["Digest"] == digest
+
+    (tmp_path / "fresh").mkdir()
+    fresh = Nsbox(tmp_path / "fresh")
+    pulled = fresh("pull", "-q", "--tls-verify=false", f"{host}/test/app:1").stdout.strip()
+    assert "sha256:" + pulled == local.id
+    image = ImageStore(fresh.root).resolve(f"{host}/test/app:1")
+    assert image.manifest_digest == digest and image.cmd == ["/bin/true"]
+
+    # Again: every blob is there, nothing is uploaded; the same digest.
+    again = nsbox("push", "--tls-verify=false", "app:1", f"{host}/test/app:1")
+    assert again.stdout.strip() == digest
+    assert again.stderr.count("skipped: already exists") == 2
+    assert _uploads(registry, "test/app") == 2
+
+
+def test_push_busybox_by_its_name_quietly(nsbox, registry):  # noqa: F811
+    store = ImageStore(nsbox.root)
+    image = ensure_busybox(store)
+    name = f"{registry['host']}/test/busybox:latest"
+    nsbox("tag", "busybox", name)
+    out = nsbox("push", "-q", "--tls-verify=false", name)
+    assert out.stderr == ""
+    assert out.stdout.strip() == image.manifest_digest
+    manifest = store.layout.read_blob(image.manifest_digest)
+    assert json.loads(manifest)["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    seen = skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{name}").encode()
+    assert hashlib.sha256(seen).hexdigest() == image.manifest_digest.removeprefix("sha256:")
+
+
+def test_push_errors(nsbox, registry):  # noqa: F811
+    host = registry["host"]
+    proc = nsbox("push", "--tls-verify=false", "nosuch:1", f"{host}/test/x:1", check=False)
+    assert "nosuch:1" in one_line_error(proc)
+    ensure_busybox(ImageStore(nsbox.root))
+    proc = nsbox("push", "busybox", f"{host}/test/x:1", check=False)  # TLS by default
+    assert "--tls-verify=false" in one_line_error(proc)
+    proc = nsbox("push", "busybox", "oci-archive:/tmp/x.tar", check=False)
+    assert "docker://" in one_line_error(proc)
+    assert _uploads(registry, "test/x") == 0
+
+
+def test_push_to_an_authenticating_registry_needs_login(nsbox, registry):  # noqa: F811
+    # The fake registry relays GETs only, so a push through it stops at the first
+    # upload; what matters here is that the push scope is asked for.
+    server = FakeRegistry(registry["host"], "bearer")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        ensure_busybox(ImageStore(nsbox.root))
+        nsbox("login", "--tls-verify=false", "-u", "u", "-p", "p", server.host)
+        nsbox("push", "--tls-verify=false", "busybox", f"{server.host}/test/bb:1", check=False)
+        scopes = [path for path, _ in server.token_requests if "scope=" in path]
+        assert scopes and "scope=repository%3Atest%2Fbb%3Apull%2Cpush" in scopes[0]
+        assert all(auth == server.basic for _, auth in server.token_requests)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_help_lists_the_new_commands():
+    out = subprocess.run([str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nsbox"),
+                          "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("push", "login", "logout"):
+        assert f"  {command} " in out
