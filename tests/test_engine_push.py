@@ -187,3 +187,28 @@ def test_help_lists_the_new_commands():
                           "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("push", "login", "logout"):
         assert f"  {command} " in out
+
+
+# ------------------------------------------------------------ commit
+def test_commit_keeps_changes_and_deletions(nsbox, registry):  # noqa: F811
+    ensure_busybox(ImageStore(nsbox.root))
+    nsbox("run", "--name", "c1", "busybox", "sh", "-c",
+          "echo made > /root/new; rm /etc/group; mkdir -p /opt/d; echo x > /opt/d/f")
+    out = nsbox("commit", "-m", "my change", "-a", "me", "-c", 'CMD ["cat", "/root/new"]',
+                "-c", "ENV A=b", "-c", "WORKDIR /opt", "c1", "committed:1")
+    image = ImageStore(nsbox.root).resolve("committed:1")
+    assert out.stdout.strip() == image.id.removeprefix("sha256:")
+    assert len(image.layers) == 2 and image.cmd == ["cat", "/root/new"]
+    assert "A=b" in image.env and image.working_dir == "/opt"
+    assert image.config["author"] == "me" and image.config["history"][-1]["comment"] == "my change"
+    assert nsbox("run", "--rm", "committed:1").stdout == "made\n"  # -c CMD
+    check = nsbox("run", "--rm", "committed:1", "sh", "-c",
+                  "test -e /etc/group && echo still || echo gone; cat /opt/d/f; pwd")
+    assert check.stdout == "gone\nx\n/opt\n"
+    # The whiteout is an OCI `.wh.` entry in the layer blob, and the image pushes.
+    import tarfile
+    blob = ImageStore(nsbox.root).layout.blob_path(image.layers[-1].digest)
+    with tarfile.open(blob) as tar:
+        names = tar.getnames()
+    assert "etc/.wh.group" in names and "root/new" in names
+    nsbox("push", "-q", "--tls-verify=false", "committed:1", f"{registry['host']}/test/committed:1")

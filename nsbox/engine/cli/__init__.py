@@ -27,7 +27,7 @@ COMMANDS = {
     "images": "images", "rmi": "rmi", "tag": "tag", "import": "import", "load": "load",
     "save": "save", "export": "export", "history": "history", "version": "version",
     "info": "info", "attach": "attach", "pull": "pull", "push": "push", "login": "login",
-    "logout": "logout",
+    "logout": "logout", "commit": "commit",
 }
 # `nsbox container|image|volume SUB`.
 GROUPS = {

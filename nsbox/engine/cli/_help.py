@@ -32,6 +32,7 @@ COMMAND_SUMMARIES = {
     "cp": "Copy files between a container and the host",
     "port": "List port mappings of a container",
     "export": "Export a container's filesystem as a tar archive",
+    "commit": "Create a new image from a container's changes",
     "images": "List images",
     "rmi": "Remove images",
     "tag": "Create a name TARGET_IMAGE that refers to SOURCE_IMAGE",

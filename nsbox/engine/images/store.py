@@ -459,14 +459,44 @@ class ImageStore:
             return self._commit(txn, canonical_json(document), [layer],
                                 [target.name] if target else [])
 
+    def commit(self, upper: str, base: str, ref: str | None, *, changes: list[str] | None = None,
+               author: str = "", comment: str = "", overlay: str = "trusted") -> Image:
+        """A new image: BASE's layers plus one made from the overlay upper dir UPPER.
+
+        Whiteouts (0:0 char devices) and opaque directories (the OVERLAY.overlay.opaque
+        xattr) become OCI `.wh.` entries.  CHANGES apply to BASE's config section.
+        """
+        target = parse_name(ref) if ref else None
+        image = self.resolve(base)
+        created = imgconfig.format_time(time.time())
+        with self._transaction() as txn:
+            blob_digest, blob_size = self._blob_from_tree(txn, upper, None, overlay=overlay)
+            layer = self._ensure_layer(txn, blob_digest, MEDIA_OCI_LAYER, blob_size, image.layers,
+                                       blob_digest, "reject", None, verify_blob=False,
+                                       label="container changes")
+            document = _json.loads(_json.dumps(image.config))
+            document["config"] = imgconfig.clean_section(
+                imgconfig.apply_changes(document.get("config") or {}, changes or []))
+            document["created"] = created
+            document["rootfs"] = {"type": "layers",
+                                  "diff_ids": [*(x.diff_id for x in image.layers), layer.diff_id]}
+            history = {"created": created, "created_by": "nsbox commit"}
+            if comment:
+                history["comment"] = comment
+            document["history"] = [*(document.get("history") or []), history]
+            if author:
+                document["author"] = author
+            return self._commit(txn, canonical_json(document), [*image.layers, layer],
+                                [target.name] if target else [])
+
     def _blob_from_tree(self, txn: Transaction, source: str,
-                        progress: Progress | None) -> tuple[str, int]:
+                        progress: Progress | None, overlay: str | None = None) -> tuple[str, int]:
         from .tarwrite import HashingWriter, write_tree_tar
         staging = txn.temp_file("tree-")
         with open(staging, "wb") as out:
             writer = HashingWriter(out)
             write_tree_tar(source, writer, devices="skip", progress=progress,  # type: ignore[arg-type]
-                           label=f"archiving {source}")
+                           label=f"archiving {source}", overlay=overlay)
         digest = writer.digest
         final = self.layout.blob_path(digest)
         if not os.path.exists(final):

@@ -66,8 +66,11 @@ def tree_size(root: str) -> int:
 
 class _TreeTar:
     def __init__(self, tar, devices: str, one_file_system: bool, progress: Progress | None,
-                 label: str, total: int) -> None:  # noqa: ANN001
+                 label: str, total: int, overlay: str | None = None) -> None:  # noqa: ANN001
         self.tar = tar
+        # An overlay upper dir ("trusted" or "user": where its xattrs live): 0:0 char
+        # devices become `.wh.NAME` files and opaque dirs get `.wh..wh..opq` (OCI form).
+        self.overlay = overlay
         self.devices = devices
         self.one_file_system = one_file_system
         self.progress = progress
@@ -89,13 +92,15 @@ class _TreeTar:
         return info
 
     @staticmethod
-    def _xattrs(target: int) -> dict[str, str]:
+    def _xattrs(target: int) -> dict[str, str]:  # overlay's own xattrs are never kept
         found = {}
         try:
             names = os.listxattr(target)
         except OSError:
             return found
         for attr in names:
+            if attr.startswith(("trusted.overlay.", "user.overlay.")):
+                continue
             if attr in _XATTR_KEEP or attr.startswith(_XATTR_KEEP_PREFIXES):
                 try:
                     value = os.getxattr(target, attr)
@@ -125,6 +130,8 @@ class _TreeTar:
                     info = self._info(name, st, tarfile.DIRTYPE)
                     info.pax_headers = self._xattrs(child)
                     self.tar.addfile(info)
+                    if self.overlay and self._opaque(child):
+                        self._whiteout(name + "/.wh..wh..opq")
                     if self.one_file_system and st.st_dev != self.root_dev:
                         continue  # a mount point: keep it as an empty directory
                     self.walk(child, name + "/")
@@ -138,6 +145,8 @@ class _TreeTar:
                 self.tar.addfile(info)
             elif stat.S_ISFIFO(mode):
                 self.tar.addfile(self._info(name, st, tarfile.FIFOTYPE))
+            elif self.overlay and stat.S_ISCHR(mode) and st.st_rdev == 0:
+                self._whiteout(prefix + ".wh." + entry.name)
             elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                 if self.devices != "include":
                     log.warning("%s: skipping device node %s", self.label, name)
@@ -147,6 +156,18 @@ class _TreeTar:
                 self.tar.addfile(info)
             else:
                 log.debug("%s: skipping socket %s", self.label, name)
+
+    def _opaque(self, fd: int) -> bool:
+        try:
+            return os.getxattr(fd, f"{self.overlay}.overlay.opaque") == b"y"
+        except OSError:
+            return False
+
+    def _whiteout(self, name: str) -> None:
+        import tarfile
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.uname, info.gname = tarfile.REGTYPE, 0, "", ""
+        self.tar.addfile(info)
 
     def _regular(self, dir_fd: int, entry_name: str, name: str, st: os.stat_result) -> None:
         import tarfile
@@ -178,19 +199,22 @@ class _TreeTar:
 
 
 def write_tree_tar(root: str, out: BinaryIO, *, devices: str = "skip", one_file_system: bool = True,
-                   progress: Progress | None = None, label: str = "") -> None:
+                   progress: Progress | None = None, label: str = "",
+                   overlay: str | None = None) -> None:
     """Write the contents of ROOT (not ROOT itself) to OUT as a PAX tar, sorted by name.
 
     DEVICES is "skip" (log and leave out device nodes) or "include".  With
     ONE_FILE_SYSTEM, mount points below ROOT appear as empty directories.
     PROGRESS gets (LABEL, content bytes written, content bytes in the tree).
+    OVERLAY ("trusted" or "user") reads ROOT as an overlay upper dir and writes
+    its whiteouts and opaque directories in the OCI form.
     """
     import tarfile
     total = tree_size(root) if progress else 0
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            walker = _TreeTar(tar, devices, one_file_system, progress, label or root, total)
+            walker = _TreeTar(tar, devices, one_file_system, progress, label or root, total, overlay)
             walker.root_dev = os.fstat(fd).st_dev
             walker.walk(fd, "")
     finally:
