@@ -57,10 +57,22 @@ class Channel:
             self._raise_pending_error()
             raise
 
+    def _recv_raw(self) -> bytes:
+        """One datagram (b"" at end-of-file).
+
+        A peer that exits with messages of ours unread makes the kernel report
+        ECONNRESET once, and for SOCK_SEQPACKET ahead of the datagrams the
+        peer sent before it went (its error message, typically): read on.
+        """
+        try:
+            return self.sock.recv(65536)
+        except ConnectionResetError:
+            return self.sock.recv(65536)
+
     def _raise_pending_error(self) -> None:
         self.sock.setblocking(False)
         try:
-            while data := self.sock.recv(65536):
+            while data := self._recv_raw():
                 msg = _json.loads(data)
                 if msg.get("type") == ERROR:
                     raise ChildFailed(msg.get("message", "unknown error"))
@@ -70,7 +82,7 @@ class Channel:
             self.sock.setblocking(True)
 
     def recv(self) -> dict:
-        data = self.sock.recv(65536)
+        data = self._recv_raw()
         if not data:
             raise KernelError("the container process exited during setup")
         return _json.loads(data)
@@ -93,7 +105,7 @@ class Channel:
             return None
         self.sock.setblocking(False)
         try:
-            data = self.sock.recv(65536)
+            data = self._recv_raw()
         except OSError:
             return None
         finally:
