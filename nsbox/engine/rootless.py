@@ -393,9 +393,9 @@ def report() -> dict:
     """Rootless facts for `nsbox info`."""
     if not active():
         return {"Enabled": False}
-    from nsbox.engine.network import slirp
+    from nsbox.engine.network.netns import slirp_unavailable
 
-    why = slirp.unavailable()
+    why = slirp_unavailable()
     return {"Enabled": True, "HostUID": host_uid(), "Cgroups": delegated_parent() or "",
             "Network": "slirp4netns" if not why else "",
             "NetworkUnavailable": why}

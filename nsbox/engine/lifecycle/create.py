@@ -271,5 +271,5 @@ def netns_path(run_root: str, cid: str, network_mode: str) -> str:
     if not network_mode.startswith("slirp4netns") and network_mode != "pasta" and \
             not _bridged(network_mode):
         return ""
-    from nsbox.engine.network import slirp
-    return slirp.netns_path(run_root, cid)
+    from nsbox.engine.network import netns
+    return netns.netns_path(run_root, cid)

@@ -33,12 +33,12 @@ def run_foreground(engine: EngineBase, c: Container) -> int:
     if uses_slirp:
         # The network namespace is the engine's, so slirp4netns can set it up
         # before the runtime's `run` puts the container into it.
-        from nsbox.engine.network import slirp
+        from nsbox.engine.network import netns, slirp
         try:
             if c.spec.publish or c.spec.publish_all:
                 from nsbox.engine.network import slirp_ports
                 slirp_ports.publish(engine, c)
-            slirp.make_netns(engine.run_root, c.id)
+            netns.make_netns(engine.run_root, c.id)
             slirp.start(engine.run_root, c.id, c.spec.network_mode)
         except NsboxError:
             slirp.stop(engine.run_root, c.id)

@@ -66,8 +66,8 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
         engine.storage.mount(cid)  # already mounted on a restart
         fill_new_volumes(engine, Container.from_row(row))
         if user_mode:
-            from nsbox.engine.network import slirp
-            slirp.make_netns(run_root, cid)
+            from nsbox.engine.network import netns, slirp
+            netns.make_netns(run_root, cid)
         oci.create(cid, bundle, pid_file, console, (null, int(out_w), int(err_w)), runtime_log)
         crashpoint("helper.after_create")
         with open(pid_file) as f:

@@ -60,8 +60,8 @@ def veth_name(cid: str, index: int) -> str:
 
 
 def netns_path(run_root: str, cid: str) -> str:
-    from nsbox.engine.network import slirp
-    return slirp.netns_path(run_root, cid)
+    from nsbox.engine.network import netns
+    return netns.netns_path(run_root, cid)
 
 
 def _index_of(ifname: str) -> int:
@@ -84,9 +84,9 @@ def setup_container(engine: EngineBase, cid: str, name: str, spec: ContainerSpec
     """CID's network namespace, attached to each of SPEC's networks; the leases.
 
     On an error what was made stays for teardown_container (create's undo)."""
-    from nsbox.engine.network import slirp
+    from nsbox.engine.network import netns
     nets = nets if nets is not None else resolve(engine, spec)
-    path = slirp.make_netns(engine.run_root, cid)
+    path = netns.make_netns(engine.run_root, cid)
     netlink.lo_up(path)
     leases = []
     for index, net in enumerate(nets):
@@ -153,8 +153,8 @@ def teardown_container(engine: EngineBase, cid: str) -> None:
     for link in netlink.links_named(VETH_PREFIX + cid[:10]):
         netlink.delete_link(link)
     ipam.release(engine.db, cid)
-    from nsbox.engine.network import slirp
-    slirp._unmount_netns(netns_path(engine.run_root, cid))
+    from nsbox.engine.network import netns
+    netns.unmount_netns(netns_path(engine.run_root, cid))
     if errors:
         raise NsboxError(f"removing the network of {cid[:12]}: {'; '.join(errors)}")
 
@@ -189,12 +189,12 @@ def prune_leftovers(engine: EngineBase) -> None:
     """Remove the networking of containers that no longer exist: stale leases, then veths
     and netns files no container has (a crash between a removal's steps)."""
     reclaim_stale(engine)
-    from nsbox.engine.network import slirp
+    from nsbox.engine.network import netns
     for prefix in leftover_ids(engine):
         for link in netlink.links_named(VETH_PREFIX + prefix[:10]):
             netlink.delete_link(link)
         if len(prefix) == 64:
-            slirp._unmount_netns(netns_path(engine.run_root, prefix))
+            netns.unmount_netns(netns_path(engine.run_root, prefix))
 
 
 def settings(engine: EngineBase, cid: str, spec: ContainerSpec) -> dict:

@@ -1,7 +1,7 @@
 """`--network pasta`: user-mode networking through pasta (Debian's `passt` package).
 
 Like slirp4netns (network/slirp.py), pasta gives a network namespace the
-engine made (slirp.make_netns) a tap device and carries its traffic
+engine made (network/netns.py) a tap device and carries its traffic
 through ordinary sockets of an unprivileged process; unlike it, the
 container gets copies of the host's addresses and routes (`--config-net`),
 so it sees the host's address as its own.  DNS: queries to
@@ -39,8 +39,8 @@ def unavailable() -> str:
     from nsbox.engine import rootless
     if not rootless.active():
         return "pasta is for rootless mode (as root it would switch to nobody)"
-    from nsbox.engine.network import slirp
-    return slirp.tun_problem()
+    from nsbox.engine.network import netns
+    return netns.tun_problem()
 
 
 def _pid_file(run_root: str, cid: str) -> str:
@@ -69,7 +69,7 @@ def start(run_root: str, cid: str, forwards: list[dict], timeout: float = 10.0) 
     import shutil
     import subprocess
 
-    from nsbox.engine.network import slirp
+    from nsbox.engine.network import netns
 
     why = unavailable()
     if why:
@@ -79,7 +79,7 @@ def start(run_root: str, cid: str, forwards: list[dict], timeout: float = 10.0) 
     _unlink(pid_path)
     argv = [shutil.which("pasta"), "--config-net", "--quiet", "--no-map-gw",
             "--dns-forward", DNS_ADDRESS, "--pid", pid_path, "-T", "none", "-U", "none",
-            *port_options(forwards), "--netns", slirp.netns_path(run_root, cid)]
+            *port_options(forwards), "--netns", netns.netns_path(run_root, cid)]
     log = pid_path[:-len(".pid")] + ".log"
     try:
         # A file, not a pipe: the daemon pasta leaves behind could hold a pipe open.
@@ -114,7 +114,7 @@ def _read_pid(path: str) -> int:
 
 def _kill(pid: int) -> None:
     """SIGTERM to PID if it is pasta (checked by name: pids get reused), until it is gone."""
-    from nsbox.engine.network import slirp
+    from nsbox.engine.network import netns
     try:
         with open(f"/proc/{pid}/comm") as f:
             if f.read().strip() not in COMMS:
@@ -122,7 +122,7 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGTERM)
     except OSError:
         return
-    slirp._wait_gone(pid)
+    netns.wait_gone(pid)
 
 
 def stop(run_root: str, cid: str) -> None:
