@@ -17,22 +17,14 @@ from pathlib import Path
 
 import pytest
 from helpers import without_cgroup2_unified
+from test_engine_flags import error_of, spec
 
 from nsbox.engine import bundle, hostcaps, oci, security
-from nsbox.engine.flags import build_resources, build_spec
+from nsbox.engine.flags import build_resources
 from nsbox.errors import ConfigError
 
 NSBOX = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nsbox")
 
-
-def spec(**opts):
-    return build_spec("busybox", None, {k.replace("_", "-"): v for k, v in opts.items()})
-
-
-def error_of(**opts) -> str:
-    with pytest.raises(ConfigError) as info:
-        spec(**opts)
-    return str(info.value)
 
 
 # ================================================================ flags
