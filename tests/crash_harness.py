@@ -25,6 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import helpers
 from helpers import mounts_under
 
 NSBOX = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nsbox")
@@ -98,11 +99,7 @@ def cgroup_pids(dirs: list[str]) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+    return not helpers.pid_is_dead(pid)
 
 
 def processes_of(cid: str) -> list[str]:

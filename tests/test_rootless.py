@@ -438,11 +438,7 @@ def _sharing(pid: int) -> list[str]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+    return not helpers.pid_is_dead(pid)
 
 
 def _comm(pid: int) -> str:

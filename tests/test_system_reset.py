@@ -13,11 +13,7 @@ from test_engine_cli import Nsbox
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+    return not helpers.pid_is_dead(pid)
 
 
 def test_reset_clears_a_private_root(tmp_path: Path):
