@@ -308,6 +308,22 @@ def containers(all: bool = False, filters: dict | None = None, *,  # noqa: A002
     return [Container(engine, c) for c in engine.list(all=all, filters=filters)]
 
 
+def namespaces(container: str | None = None, *, engine=None):  # noqa: ANN001, ANN201
+    """lsns for containers, as `nsbox ns [--format json]` prints it.
+
+    Without CONTAINER: a list of dicts, one per namespace any running
+    container uses: ns (inode), type, nprocs, pid (its oldest process), host
+    (PID 1's namespace of that type) and containers (names).  With CONTAINER:
+    {"Name", "Id", "Pid", "Namespaces": [{"type", "container", "host",
+    "status" ("private" | "host" | "shared"), "shared_with"}]} for its 8 types.
+    """
+    from nsbox.engine.observe import namespaces as nsmod
+    engine = engine or default_engine()
+    if container is not None:
+        return nsmod.container_view(engine, container)
+    return [row.as_dict() for row in nsmod.table(engine)]
+
+
 def images(*, engine=None) -> list:  # noqa: ANN001
     """Image summaries (id, repo_tags, created, size), newest first."""
     engine = engine or default_engine()
