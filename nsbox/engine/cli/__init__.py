@@ -29,6 +29,7 @@ COMMANDS = {
     "info": "info", "attach": "attach", "pull": "pull", "push": "push", "login": "login",
     "logout": "logout", "commit": "commit",
     "ns": "ns",
+    "stats": "stats",
 }
 # `nsbox container|image|volume SUB`.
 GROUPS = {

@@ -60,8 +60,6 @@ from __future__ import annotations
 import os
 import time
 
-from nsbox._record import record
-
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -71,8 +69,37 @@ if TYPE_CHECKING:
 # Row states the engine records (nsbox.engine.model), without importing it.
 _LIVE = ("running", "paused")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+_O_RDONLY = os.O_RDONLY | os.O_CLOEXEC
 # Docker's daemon reports the host's memory as the limit of an unlimited container.
 _UNLIMITED_V1 = 1 << 62  # v1 "no limit" is PAGE_COUNTER_MAX pages: anything this big
+
+
+def record(cls: type) -> type:
+    """nsbox._record's @record, with an __init__ of plain assignments (compiled once).
+
+    Its generic __init__ loops over the fields; a few hundred records per
+    `stats` call made that a tenth of the command's time.  Defaults here are
+    values (None, 0, ""), never factories."""
+    names = tuple(cls.__dict__.get("__annotations__", {}))
+    params, body, defaults = [], [], {}
+    for name in names:
+        if name in cls.__dict__:
+            defaults[name] = cls.__dict__[name]
+            params.append(f"{name}=_d[{name!r}]")
+        else:
+            params.append(name)
+        body.append(f"    self.{name} = {name}")
+    source = f"def __init__(self, *, {', '.join(params)}):\n" + "\n".join(body)
+    scope: dict = {"_d": defaults}
+    exec(source, scope)  # noqa: S102 - our own field names only
+    cls.__init__ = scope["__init__"]
+    cls.__repr__ = lambda self: f"{cls.__name__}(" + ", ".join(
+        f"{n}={getattr(self, n)!r}" for n in names) + ")"
+    cls.__eq__ = lambda self, other: other.__class__ is self.__class__ and all(
+        getattr(self, n) == getattr(other, n) for n in names)
+    cls.__hash__ = None
+    cls.__record_fields__ = names
+    return cls
 
 
 @record
@@ -226,11 +253,24 @@ def _custom_size(size: float, base: float, units: tuple[str, ...], precision: in
 
 # ----------------------------------------------------------------- reading
 def _read(path: str) -> str | None:
+    # os.read on a raw fd: no buffered/text wrappers, which cost more than the
+    # read itself on these small files (a dozen per container).
     try:
-        with open(path) as f:
-            return f.read()
+        fd = os.open(path, _O_RDONLY)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 65536)
+        if len(data) == 65536:  # not one of the small files we expect: read it all
+            chunks = [data]
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace")
 
 
 def _int(path: str) -> int | None:
@@ -535,7 +575,13 @@ def targets(engine: EngineBase, refs: Iterable[str] = (), all: bool = False  # n
 def cgroup_dirs(run_root: str, runtime: str, cid: str, pid: int) -> dict[str, str]:
     """Controller -> directory of a container, as `inspect .Cgroups` finds them:
     the runtime's state.json, else the init's /proc/PID/cgroup."""
+    from nsbox.engine.lifecycle.host import runtime_root
     from nsbox.engine.lifecycle.query import cgroups
+
+    paths = _state_cgroup_paths(os.path.join(runtime_root(run_root, runtime), cid,
+                                             "state.json"))
+    if paths:
+        return controller_dirs(paths)
 
     class _Row:  # what query.cgroups reads of a record
         __slots__ = ("id", "pid", "runtime")
@@ -543,6 +589,32 @@ def cgroup_dirs(run_root: str, runtime: str, cid: str, pid: int) -> dict[str, st
     row = _Row()
     row.id, row.pid, row.runtime = cid, pid, runtime
     return controller_dirs(cgroups(_EngineRoots(run_root), row))
+
+
+def _state_cgroup_paths(path: str) -> dict[str, str] | None:
+    """state.json's "cgroup_paths", parsed alone (the file is mostly the OCI config).
+
+    Inside a JSON string a quote is escaped, so the text '"cgroup_paths":'
+    is a key; should the first one be another object's (an annotation named
+    so holds a string, not an object), the whole file is parsed instead."""
+    from nsbox import _json
+
+    text = _read(path)
+    if not text:
+        return None
+    at = text.find('"cgroup_paths":')
+    if at < 0:
+        return None
+    try:
+        value, _ = _json._scan(text, at + len('"cgroup_paths":'))
+    except (StopIteration, SystemError, ValueError):
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        try:
+            value = _json.loads(text).get("cgroup_paths")
+        except (ValueError, AttributeError):
+            return None
+    return value if isinstance(value, dict) else None
 
 
 class _EngineRoots:
