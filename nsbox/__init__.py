@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "run": "nsbox.api", "create": "nsbox.api", "get": "nsbox.api", "containers": "nsbox.api",
     "images": "nsbox.api", "Container": "nsbox.api", "Engine": "nsbox.engine.containers",
-    "namespaces": "nsbox.api",
+    "namespaces": "nsbox.api", "stats": "nsbox.api",
 }
 
 

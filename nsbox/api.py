@@ -264,6 +264,20 @@ class Container:
     def top(self) -> list[list[str]]:
         return self._engine.top(self.id)
 
+    def stats(self, stream: bool = False, interval: float = 1.0) -> dict | Iterator[dict]:
+        """Resource usage as the Docker Engine API's stats object (cpu_stats,
+        precpu_stats, memory_stats, blkio_stats, pids_stats, networks).
+
+        stream=False: one object whose precpu_stats is the container's start
+        (CPU % from it is the average since then); stream=True: an endless
+        iterator, one object per INTERVAL seconds, precpu_stats the previous
+        one.  nsbox.stats() gives the same numbers computed as `nsbox stats`."""
+        from nsbox.engine.observe import stats as stats_mod
+        if not stream:
+            return stats_mod.snapshot(self._engine, [self.id])[0].api()
+        return (rows[0].api() for rows in stats_mod.stream(self._engine, [self.id],
+                                                            interval=interval))
+
 
 def create(image: str, command: list[str] | str | None = None, *, engine=None,  # noqa: ANN001
            **kwargs: Any) -> Container:
@@ -322,6 +336,19 @@ def namespaces(container: str | None = None, *, engine=None):  # noqa: ANN001, A
     if container is not None:
         return nsmod.container_view(engine, container)
     return [row.as_dict() for row in nsmod.table(engine)]
+
+
+def stats(*containers: str, all: bool = False, interval: float = 0.0,  # noqa: A002
+          engine=None) -> list:  # noqa: ANN001
+    """The rows of `nsbox stats --no-stream`: nsbox.engine.observe.stats.Stats records
+    (cpu_percent, mem_usage, mem_limit, mem_percent, net_rx, net_tx, blk_read,
+    blk_write, pids; .docker() gives Docker's formatted fields, .api() the API object).
+
+    Running containers, every one with ALL, or the CONTAINERS named.  INTERVAL 0:
+    CPU % since each container's start; > 0: over two samples that far apart."""
+    from nsbox.engine.observe import stats as stats_mod
+    engine = engine or default_engine()
+    return stats_mod.snapshot(engine, containers, all=all, interval=interval)
 
 
 def images(*, engine=None) -> list:  # noqa: ANN001
