@@ -72,7 +72,7 @@ $(DEPS_STAMP): $(DEPS_INPUTS)
 	    rm -rf $(VENV); \
 	    "$$py" -m venv $(VENV); \
 	fi
-	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' --config-settings editable_mode=compat
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,dashboard]' --config-settings editable_mode=compat
 	@touch $@
 
 deps: apt-deps $(DEPS_STAMP)

@@ -28,7 +28,7 @@ COMMANDS = {
     "save": "save", "export": "export", "history": "history", "version": "version",
     "info": "info", "attach": "attach", "pull": "pull", "push": "push", "login": "login",
     "logout": "logout", "commit": "commit",
-    "ns": "ns",
+    "ns": "ns", "dashboard": "dashboard",
     "stats": "stats",
 }
 # `nsbox container|image|volume SUB`.

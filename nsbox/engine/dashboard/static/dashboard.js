@@ -1,0 +1,111 @@
+// nsbox dashboard: live updates over server-sent events (/stream) and the usage
+// graphs (the vendored uPlot).  The page works without this script: the server
+// renders it whole; this only keeps it current.
+(function () {
+  "use strict";
+  const body = document.body;
+  const page = body.dataset.page;
+  const cid = body.dataset.cid || "";
+  const keep = 300;  // samples per graph (the server keeps the same window)
+  const state = { samples: 0, events: 0, charts: {}, data: null };
+  window.nsboxDashboard = state;  // for the browser tests and the curious
+
+  function bytes(v) {
+    if (v === null || v === undefined) return "-";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return i === 0 ? v.toFixed(0) + " B" : v.toFixed(1) + " " + units[i];
+  }
+  const fmt = {
+    cpu: (v) => (v === null || v === undefined ? "-" : v.toFixed(1)),
+    mem: bytes, mem_limit: (v) => (v ? bytes(v) : "-"),
+    pids: (v) => (v === null || v === undefined ? "-" : String(v)),
+    pids_limit: (v) => (v ? String(v) : "-"),
+  };
+
+  function setFields(root, sample) {
+    root.querySelectorAll("[data-field]").forEach((el) => {
+      const f = el.dataset.field;
+      if (f in fmt && f in sample) el.textContent = fmt[f](sample[f]);
+      else if ((f === "status" || f === "health") && sample[f]) el.textContent = sample[f];
+    });
+  }
+
+  function makeCharts() {
+    const node = document.getElementById("series");
+    if (!node || typeof uPlot === "undefined") return;
+    let cols;
+    try { cols = JSON.parse(node.textContent); } catch (e) { cols = [[], [], [], []]; }
+    state.data = { time: cols[0] || [], cpu: cols[1] || [], mem: cols[2] || [], pids: cols[3] || [] };
+    const specs = [
+      ["cpu", "CPU %", "#1565c0", (u, v) => v.map((x) => x.toFixed(0) + "%")],
+      ["mem", "memory", "#2e7d32", (u, v) => v.map(bytes)],
+      ["pids", "PIDs", "#6a1b9a", (u, v) => v.map((x) => x.toFixed(0))],
+    ];
+    for (const [key, label, color, values] of specs) {
+      const el = document.getElementById("chart-" + key);
+      if (!el) continue;
+      const opts = {
+        width: 380, height: 180, legend: { show: false },
+        scales: { x: { time: true }, y: { range: (u, lo, hi) => [0, Math.max(hi * 1.1, key === "cpu" ? 10 : 1)] } },
+        axes: [{}, { values: values, size: 84 }],
+        series: [{}, { label: label, stroke: color, width: 2, fill: color + "22" }],
+      };
+      state.charts[key] = new uPlot(opts, [state.data.time, state.data[key]], el);
+    }
+  }
+
+  function addSample(t, sample) {
+    const d = state.data;
+    if (!d) return;
+    d.time.push(t); d.cpu.push(sample.cpu); d.mem.push(sample.mem); d.pids.push(sample.pids);
+    if (d.time.length > keep) for (const k of Object.keys(d)) d[k].shift();
+    for (const key of Object.keys(state.charts)) state.charts[key].setData([d.time, d[key]]);
+  }
+
+  function addEvent(e) {
+    if (page === "container" && e.id !== cid) return;
+    const list = document.getElementById("events");
+    if (!list) return;
+    const none = list.querySelector(".none");
+    if (none) none.remove();
+    const li = document.createElement("li");
+    const time = document.createElement("time");
+    time.textContent = e.time;
+    const type = document.createElement("span");
+    type.className = "etype";
+    type.textContent = e.type;
+    const action = document.createElement("b");
+    action.textContent = e.action;
+    li.append(time, " ", type, " ", action, " " + (e.name || e.id.slice(0, 12)));
+    list.prepend(li);
+    state.events++;
+  }
+
+  function connect() {
+    if (typeof EventSource === "undefined") return;
+    const live = document.getElementById("live");
+    const source = new EventSource("/stream");
+    source.onopen = () => { live.textContent = "live"; live.classList.add("on"); };
+    source.onerror = () => { live.textContent = "reconnecting"; live.classList.remove("on"); };
+    source.addEventListener("sample", (msg) => {
+      const data = JSON.parse(msg.data);
+      state.samples++;
+      state.last = data;
+      if (page === "container") {
+        const sample = data.containers[cid];
+        if (sample) { setFields(document, sample); addSample(data.time, sample); }
+      } else {
+        document.querySelectorAll("tr[data-cid]").forEach((row) => {
+          const sample = data.containers[row.dataset.cid];
+          if (sample) setFields(row, sample);
+        });
+      }
+    });
+    source.addEventListener("engine", (msg) => addEvent(JSON.parse(msg.data)));
+  }
+
+  makeCharts();
+  connect();
+})();

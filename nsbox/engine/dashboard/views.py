@@ -1,0 +1,217 @@
+"""What the dashboard shows, gathered from the engine (no web framework here).
+
+Every function is synchronous and reads: the app runs them in worker
+threads.  The numbers come from the modules the CLI uses: the container
+records and inspect (lifecycle/query.py), the namespaces view
+(observe/namespaces.py, `nsbox ns`), the security posture
+(`inspect --security`), the event journal (engine/events.py) and the stats
+sampler (observe/stats.py, `nsbox stats`); nothing is computed twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+from nsbox.errors import NsboxError
+
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from nsbox.engine.containers import Engine
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("running", "paused", "restarting")
+# inspect's HostConfig limits and the `docker run` flag each comes from.
+LIMITS = (
+    ("Memory", "--memory", "bytes"), ("MemoryReservation", "--memory-reservation", "bytes"),
+    ("MemorySwap", "--memory-swap", "bytes"), ("NanoCpus", "--cpus", "cpus"),
+    ("CpuShares", "--cpu-shares", "int"), ("CpuQuota", "--cpu-quota", "int"),
+    ("CpuPeriod", "--cpu-period", "int"), ("CpusetCpus", "--cpuset-cpus", "str"),
+    ("CpusetMems", "--cpuset-mems", "str"), ("PidsLimit", "--pids-limit", "int"),
+    ("BlkioWeight", "--blkio-weight", "int"), ("OomScoreAdj", "--oom-score-adj", "int"),
+)
+
+
+def human_bytes(value: float | int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _health(inspect: dict) -> str:
+    health = (inspect.get("State") or {}).get("Health") or {}
+    return health.get("Status") or ""
+
+
+def overview(engine: Engine) -> list[dict]:
+    """Every container, newest first: the first page's rows."""
+    rows = []
+    for c in engine.list(all=True):
+        health = ""
+        if c.state in ACTIVE_STATES:
+            try:
+                health = _health(engine.inspect(c.id))
+            except NsboxError:
+                pass
+        rows.append({"id": c.id, "short_id": c.id[:12], "name": c.name, "image": c.image,
+                     "status": c.state, "pid": c.pid if c.state in ACTIVE_STATES else 0,
+                     "health": health, "exit_code": c.exit_code,
+                     "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created))})
+    return rows
+
+
+def limits(inspect: dict) -> list[dict]:
+    """The limits in force (HostConfig values that are set), with the flag each came from."""
+    host = inspect.get("HostConfig") or {}
+    out = []
+    for key, flag, kind in LIMITS:
+        value = host.get(key)
+        if value in (None, 0, "", -1) or (key == "MemorySwap" and value == host.get("Memory")):
+            continue
+        if kind == "bytes":
+            text = human_bytes(value)
+        elif kind == "cpus":
+            text = f"{value / 1e9:g}"
+        else:
+            text = str(value)
+        out.append({"name": key, "flag": flag, "value": value, "text": text})
+    return out
+
+
+def cgroup_view(engine: Engine, ref: str, inspect: dict) -> dict:
+    """The container's cgroup directories and limits: `nsbox cgroup`'s view when that
+    module is installed (observe/cgroup.py), else inspect's Cgroups and HostConfig."""
+    try:
+        from nsbox.engine.observe import cgroup as cgroup_mod
+    except ImportError:
+        cgroup_mod = None
+    view = None
+    if cgroup_mod is not None and hasattr(cgroup_mod, "view"):
+        try:
+            view = cgroup_mod.view(engine, ref)
+        except (NsboxError, OSError) as exc:
+            log.debug("cgroup view of %s: %s", ref, exc)
+    paths = inspect.get("Cgroups") or {}
+    return {"paths": sorted(paths.items()), "limits": limits(inspect), "detail": view}
+
+
+def posture(engine: Engine, ref: str) -> dict | None:
+    """`nsbox inspect --security`'s report: items with item, value, weaker, why."""
+    try:
+        report = engine.security_posture(ref)
+    except NsboxError as exc:
+        log.debug("security posture of %s: %s", ref, exc)
+        return None
+    for entry in report["items"]:
+        value = entry["value"]
+        if isinstance(value, list):
+            value = " ".join(str(v).removeprefix("CAP_") for v in value) or "none"
+        entry["text"] = str(value)
+    return report
+
+
+def namespaces(engine: Engine, ref: str) -> list[dict]:
+    """The 8 namespaces beside the host's (`nsbox ns C`), [] when it is not running."""
+    from nsbox.engine.observe import namespaces as nsmod
+    try:
+        view = nsmod.container_view(engine, ref)
+    except NsboxError:
+        return []
+    for row in view["Namespaces"]:
+        row["text"] = nsmod.status_text(row)
+    return view["Namespaces"]
+
+
+def events_module():  # noqa: ANN201 - nsbox.engine.events, or None before it exists
+    try:
+        from nsbox.engine import events
+    except ImportError:
+        return None
+    return events if hasattr(events, "read") and hasattr(events, "follow") else None
+
+
+def event_dict(event) -> dict:  # noqa: ANN001 - events.Event
+    """An event for the page and the stream: time, type, action, actor id and name."""
+    attrs = dict(event.Actor.Attributes or {})
+    return {"time": time.strftime("%H:%M:%S", time.localtime(event.time)),
+            "timeNano": event.timeNano, "type": event.Type, "action": event.Action,
+            "id": event.Actor.ID, "name": attrs.get("name", ""),
+            "attributes": attrs}
+
+
+def recent_events(engine: Engine, container_id: str | None = None, limit: int = 50,
+                  window: float = 24 * 3600) -> list[dict]:
+    """The last LIMIT events of the last WINDOW seconds (of CONTAINER_ID only when given)."""
+    events = events_module()
+    if events is None:
+        return []
+    filters = {"container": [container_id]} if container_id else None
+    try:
+        found = deque((event_dict(e) for e in events.read(
+            engine.root, since=time.time() - window, filters=filters)), maxlen=limit)
+    except (NsboxError, OSError, ValueError) as exc:
+        log.warning("dashboard: cannot read the event journal: %s", exc)
+        return []
+    return list(reversed(found))
+
+
+class History:
+    """The last MINUTES of samples per container: time, CPU %, memory bytes, PIDs."""
+
+    def __init__(self, minutes: float = 5, interval: float = 2.0) -> None:
+        self.interval = interval
+        self.size = max(2, int(minutes * 60 / interval))
+        self.series: dict[str, deque] = {}
+        self.latest: dict[str, dict] = {}
+
+    def add(self, samples: dict[str, dict], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for cid, sample in samples.items():
+            self.series.setdefault(cid, deque(maxlen=self.size)).append(
+                (round(now, 3), sample.get("cpu"), sample.get("mem"), sample.get("pids")))
+            self.latest[cid] = sample
+        for gone in set(self.series) - set(samples):
+            del self.series[gone]  # stopped or removed: its graph starts over
+            self.latest.pop(gone, None)
+
+    def columns(self, cid: str) -> list[list]:
+        """uPlot's data shape: [times, cpu, mem, pids]."""
+        rows = list(self.series.get(cid, ()))
+        return [[r[i] for r in rows] for i in range(4)]
+
+
+class Sampler:
+    """Usage of every running container, CPU % over the time since the last call.
+
+    The numbers are `nsbox stats`' (observe/stats.py): one Sample per
+    container per call, the previous one kept for the CPU delta.
+    """
+
+    def __init__(self) -> None:
+        self.prev: dict = {}
+
+    def __call__(self, engine: Engine) -> dict[str, dict]:
+        from nsbox.engine.observe import stats
+        targets = stats.targets(engine)
+        out, prev = {}, {}
+        for target, cur in zip(targets, stats.sample_all(targets), strict=True):
+            if cur is None:
+                continue
+            row = stats.compute(target, self.prev.get(target.id), cur)
+            prev[target.id] = cur
+            out[target.id] = {
+                "name": target.name, "status": target.state,
+                "cpu": round(row.cpu_percent, 2), "mem": row.mem_usage,
+                "mem_limit": row.mem_limit, "mem_percent": round(row.mem_percent, 2),
+                "pids": row.pids, "pids_limit": cur.pids_limit,
+                "net_rx": row.net_rx, "net_tx": row.net_tx,
+                "blk_read": row.blk_read, "blk_write": row.blk_write}
+        self.prev = prev
+        return out
