@@ -355,3 +355,42 @@ def images(*, engine=None) -> list:  # noqa: ANN001
     """Image summaries (id, repo_tags, created, size), newest first."""
     engine = engine or default_engine()
     return engine.images.list()
+
+
+def build(path: str | None = None, *, tag: str | list[str] | None = None,
+          dockerfile: str | None = None, buildargs: dict[str, str] | None = None,
+          target: str | None = None, nocache: bool = False, pull: bool = False,
+          labels: dict[str, str] | None = None, network: str | None = None,
+          tls_verify: bool | None = None, progress=None, stdin=None,  # noqa: ANN001
+          engine=None):  # noqa: ANN001, ANN201 - nsbox.engine.images.Image
+    """Build an image from the Containerfile (else Dockerfile) in the context directory PATH.
+
+    Like docker-py's images.build: TAG (one or a list), DOCKERFILE (relative to
+    PATH), BUILDARGS, TARGET, NOCACHE, PULL, LABELS, NETWORK (for RUN).
+    PROGRESS, if given, is called with {"stream": text} for every step line
+    and every chunk of RUN output.  STDIN (a binary stream of a context tar)
+    replaces PATH.  Returns the image (its .id, .names, .config).
+    """
+    import shutil
+    import tempfile
+
+    from nsbox.engine.build.context import unpack_context
+    from nsbox.engine.build.executor import Builder, BuildOptions
+
+    engine = engine or default_engine()
+    tags = [tag] if isinstance(tag, str) else list(tag or [])
+    options = BuildOptions(tags=tags, build_args=buildargs, target=target, no_cache=nocache,
+                           pull=pull, labels=labels, network=network, tls_verify=tls_verify)
+    emit = (lambda text: progress({"stream": text})) if progress is not None else None
+    unpacked = None
+    try:
+        if stdin is not None or path == "-":
+            unpacked = tempfile.mkdtemp(prefix="build-context-", dir=engine.images.layout.tmp_dir)
+            unpack_context(stdin if stdin is not None else sys.stdin.buffer, unpacked)
+            path = unpacked
+        if path is None:
+            raise ConfigError("nsbox.build: give the context directory (path) or a tar (stdin)")
+        return Builder(engine, path, dockerfile, options, emit).build()
+    finally:
+        if unpacked is not None:
+            shutil.rmtree(unpacked, ignore_errors=True)

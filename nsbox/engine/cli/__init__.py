@@ -27,7 +27,7 @@ COMMANDS = {
     "images": "images", "rmi": "rmi", "tag": "tag", "import": "import", "load": "load",
     "save": "save", "export": "export", "history": "history", "version": "version",
     "info": "info", "attach": "attach", "pull": "pull", "push": "push", "login": "login",
-    "logout": "logout", "commit": "commit",
+    "logout": "logout", "commit": "commit", "build": "build",
     "ns": "ns", "dashboard": "dashboard",
     "stats": "stats",
 }
@@ -35,12 +35,12 @@ COMMANDS = {
 GROUPS = {
     "container": {**{k: v for k, v in COMMANDS.items()
                      if k not in ("images", "rmi", "tag", "import", "load", "save", "history", "pull",
-                                  "push", "login", "logout", "version", "info")},
+                                  "push", "login", "logout", "version", "info", "build")},
                   "ls": "ps", "list": "ps", "prune": "container_prune", "remove": "rm"},
     "image": {"ls": "images", "list": "images", "rm": "rmi", "remove": "rmi",
               "inspect": "image_inspect", "history": "history", "prune": "image_prune",
               "import": "import", "load": "load", "save": "save", "tag": "tag",
-              "build-debian": "build_debian", "pull": "pull", "push": "push"},
+              "build-debian": "build_debian", "pull": "pull", "push": "push", "build": "build"},
     "volume": {"create": "volume_create", "ls": "volume_ls", "list": "volume_ls",
                "rm": "volume_rm", "remove": "volume_rm", "inspect": "volume_inspect",
                "prune": "volume_prune"},

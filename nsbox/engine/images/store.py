@@ -67,6 +67,8 @@ if TYPE_CHECKING:
     InUse = Callable[[str], bool]
 
 log = get_logger(__name__)
+# Records of the build cache (nsbox/engine/build/cache.py); their layers are kept.
+BUILD_CACHE_DIR = "build-cache"
 
 
 class ImageStore:
@@ -617,9 +619,25 @@ class ImageStore:
                     continue
         return used
 
-    def _collect_garbage(self) -> dict[str, list[str]]:
+    def _build_cache_refs(self) -> tuple[set[str], set[str]]:
+        """Blobs and chain ids the build cache's records (build/cache.py) keep."""
         blobs: set[str] = set()
-        layers: set[str] = set(self._container_layers())
+        layers: set[str] = set()
+        cache_dir = os.path.join(self.root, BUILD_CACHE_DIR)
+        with suppress(FileNotFoundError):
+            for name in os.listdir(cache_dir):
+                try:
+                    with open(os.path.join(cache_dir, name)) as f:
+                        record = _json.loads(f.read())
+                except (FileNotFoundError, IsADirectoryError, ValueError):
+                    continue
+                blobs.update(record.get("blobs") or [])
+                layers.update(record.get("layers") or [])
+        return blobs, layers
+
+    def _collect_garbage(self) -> dict[str, list[str]]:
+        blobs, layers = self._build_cache_refs()
+        layers.update(self._container_layers())
         for digest, names in self._names_by_manifest().items():
             image = self._image(digest, names)
             blobs.update({digest, image.id})
