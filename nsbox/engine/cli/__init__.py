@@ -29,7 +29,7 @@ COMMANDS = {
     "info": "info", "attach": "attach", "pull": "pull", "push": "push", "login": "login",
     "logout": "logout", "commit": "commit", "build": "build",
     "ns": "ns", "dashboard": "dashboard",
-    "stats": "stats",
+    "stats": "stats", "cgroup": "cgroup",
 }
 # `nsbox container|image|volume SUB`.
 GROUPS = {
