@@ -278,6 +278,12 @@ class Container:
         return (rows[0].api() for rows in stats_mod.stream(self._engine, [self.id],
                                                             interval=interval))
 
+    def cgroup(self) -> dict:
+        """The container's cgroups as `nsbox cgroup C --format json` prints them:
+        Paths, Limits (each with its docker run flag, setting and usage) and Events."""
+        from nsbox.engine.observe import cgroupview
+        return cgroupview.view(self._engine, self.id).as_dict()
+
 
 def create(image: str, command: list[str] | str | None = None, *, engine=None,  # noqa: ANN001
            **kwargs: Any) -> Container:
@@ -349,6 +355,13 @@ def stats(*containers: str, all: bool = False, interval: float = 0.0,  # noqa: A
     from nsbox.engine.observe import stats as stats_mod
     engine = engine or default_engine()
     return stats_mod.snapshot(engine, containers, all=all, interval=interval)
+
+
+def cgroup(container: str, *, engine=None) -> dict:  # noqa: ANN001
+    """CONTAINER's cgroup view (Container.cgroup): paths, limits with their flags, events."""
+    from nsbox.engine.observe import cgroupview
+    engine = engine or default_engine()
+    return cgroupview.view(engine, container).as_dict()
 
 
 def images(*, engine=None) -> list:  # noqa: ANN001
