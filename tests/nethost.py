@@ -273,6 +273,17 @@ class NetHost:
     def engine_links(self) -> list[str]:
         return [name for name in self.links() if name.startswith(ENGINE_LINK_PREFIXES)]
 
+    def settled_links(self, timeout: float = 5.0) -> list[str]:
+        """links(), once no veth (vnb*) is left or TIMEOUT has passed: a removed
+        container's veth goes with its network namespace, which the kernel frees
+        asynchronously (tens of ms after the engine unmounted it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            links = self.links()
+            if not any(n.startswith("vnb") for n in links) or time.monotonic() > deadline:
+                return links
+            time.sleep(0.05)
+
     def host_pids(self) -> list[int]:
         """Processes running in the host namespace (aardvark-dns, monitors...)."""
         return pids_in_netns(self.host_ns)
@@ -298,7 +309,8 @@ class NetHost:
         """What the engine left in the host namespace once its containers are gone."""
         problems = []
         allowed = () if self.strict else (DEFAULT_BRIDGE,)
-        links = [n for n in self.engine_links() if n not in allowed]
+        links = [n for n in self.settled_links() if n.startswith(ENGINE_LINK_PREFIXES)
+                 and n not in allowed]
         if links:
             problems.append(f"links left in the host namespace: {links}")
         deadline = time.monotonic() + 5

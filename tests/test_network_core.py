@@ -46,7 +46,7 @@ def netns_files(h) -> list[str]:
 def assert_nothing_left(h, bridges: tuple[str, ...] = ()) -> None:
     """No container, veth, netns file or lease; none of BRIDGES."""
     assert h.nsbox("ps", "-a", "-q").stdout.split() == []
-    links = h.links()
+    links = h.settled_links()
     assert [n for n in links if n.startswith("vnb")] == []
     for bridge in bridges:
         assert bridge not in links

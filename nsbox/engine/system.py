@@ -22,7 +22,7 @@ import os
 ROOT_ENTRIES = ("nsbox.db", "nsbox.db-wal", "nsbox.db-shm", "nsbox.db-journal", "nsbox.db-reserve",
                 "containers", "images", "layers", "volumes", "shifted", "tmp", "storage.lock")
 # ... and in its run root; plus one state directory per OCI runtime (its basename).
-RUN_ROOT_ENTRIES = ("exits", "stdin", "tty", "bin", "netns", "slirp4netns", "pasta", "ports",
+RUN_ROOT_ENTRIES = ("exits", "stdin", "tty", "bin", "netns", "wiring", "slirp4netns", "pasta", "ports",
                     "networks", "oci-versions.json", "pause.lock",
                     "pause.pid", "pause.pid.tmp")
 KNOWN_RUNTIMES = ("nsbox-runtime", "runc", "crun", "youki", "runsc", "kata-runtime")

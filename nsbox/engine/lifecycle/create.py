@@ -195,6 +195,14 @@ def create(engine: EngineBase, spec: ContainerSpec,
                  # own, recorded at start): found again after a crash.
                  "cgroups_path": config.get("linux", {}).get("cgroupsPath", "")}
         crashpoint("create.after_bundle")
+        if nets is not None:
+            # The wiring child (network/wiring.py) worked alongside: the runtime
+            # joins the namespace by path, so it must be mounted now; `run` joins
+            # the rest between the runtime's create and start, `create` here.
+            from nsbox.engine.network import wiring
+            wiring.mounted(cid)
+            if not then_start:
+                wiring.wait(engine.run_root, cid)
         engine.db.update_container(cid, extra=extra, state=CREATING if then_start else CREATED)
     except BaseException:
         import shutil
@@ -255,9 +263,9 @@ def _write_etc_files(userdata: str, spec: ContainerSpec, name: str, leases: list
     first = leases[0] if leases else None
     server = None
     if nets:
-        from nsbox.engine.network import dns
         for net in nets:
-            if not net.is_default:
+            if not net.is_default:  # the default bridge has no DNS server (Docker's)
+                from nsbox.engine.network import dns
                 server = dns.server_for(net)
                 if server:
                     break

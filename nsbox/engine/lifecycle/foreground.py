@@ -46,6 +46,14 @@ def run_foreground(engine: EngineBase, c: Container) -> int:
             with suppress(NsboxError):
                 remove_now(engine, c.id, volumes=True)
             raise
+    if os.path.exists(os.path.join(engine.run_root, "wiring", c.id)):
+        from nsbox.engine.network import wiring  # a bridge network's interfaces first
+        try:
+            wiring.wait(engine.run_root, c.id)
+        except NsboxError:
+            with suppress(NsboxError):
+                remove_now(engine, c.id, volumes=True)
+            raise
     try:
         code = _run_foreground(engine, c, oci, pid_file)
     finally:

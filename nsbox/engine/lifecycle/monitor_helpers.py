@@ -74,6 +74,11 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
             pid = int(f.read().strip())
         if user_mode:
             slirp.start(run_root, cid, network)
+        elif os.path.exists(os.path.join(run_root, "wiring", cid)):
+            # A bridge network's interfaces are made alongside (network/wiring.py):
+            # the container's process must not run before they are up.
+            from nsbox.engine.network import wiring
+            wiring.wait(run_root, cid)
         oci.start(cid)
     except NsboxError as exc:
         reason = str(exc).strip() or "the runtime failed"  # create's already has its --log error

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 from nsbox._lite import suppress
-from nsbox.engine.network import dns, ipam, model, netlink, networks, ports
+from nsbox.engine.network import ipam, model, networks
 from nsbox.engine.network.model import Attachment, Network, NetworkError
 from nsbox.errors import NsboxError
 
@@ -81,19 +81,32 @@ def resolve(engine: EngineBase, spec: ContainerSpec) -> list[Network]:
 
 def setup_container(engine: EngineBase, cid: str, name: str, spec: ContainerSpec,
                     nets: list[Network] | None = None) -> list[Attachment]:
-    """CID's network namespace, attached to each of SPEC's networks; the leases.
+    """Lease CID's addresses on each of SPEC's networks and start the child that makes its
+    network namespace and veths (wiring.py: join with wiring.wait); the leases.
 
     On an error what was made stays for teardown_container (create's undo)."""
-    from nsbox.engine.network import netns
+    from nsbox.engine.network import wiring
     nets = nets if nets is not None else resolve(engine, spec)
-    path = netns.make_netns(engine.run_root, cid)
-    netlink.lo_up(path)
     leases = []
     for index, net in enumerate(nets):
-        leases.append(attach(engine, cid, name, net, index=index,
-                             ip=getattr(spec, "ip", None) if index == 0 else None,
-                             mac=getattr(spec, "mac_address", None) if index == 0 else None,
-                             aliases=list(getattr(spec, "network_aliases", None) or [])))
+        leases.append(ipam.allocate(
+            engine.db, net, cid, f"eth{index}",
+            ip=getattr(spec, "ip", None) if index == 0 else None,
+            mac=getattr(spec, "mac_address", None) if index == 0 else None,
+            aliases=list(getattr(spec, "network_aliases", None) or []),
+            on_exhausted=lambda net=net: reclaim_stale(engine, net.id)))
+    _crashpoint("network.after_lease")
+    wiring.start(engine.run_root, cid,
+                 [(net, lease, veth_name(cid, i)) for i, (net, lease) in
+                  enumerate(zip(nets, leases, strict=True))])
+    for net, lease in zip(nets, leases, strict=True):
+        if not net.is_default:
+            from nsbox.engine.network import dns
+            dns.container_attached(engine, net, cid, name, list(lease.aliases), lease.ip)
+    from nsbox.engine import procs
+    if getattr(procs, "_CRASHPOINT", None) == "network.after_veth":
+        wiring.wait(engine.run_root, cid)  # the tests' kill -9 after the veths exist
+        _crashpoint("network.after_veth")
     return leases
 
 
@@ -110,6 +123,7 @@ def attach(engine: EngineBase, cid: str, name: str, net: Network, index: int | N
         index = next(i for i in range(16) if i not in used) if len(used) < 16 else None
         if index is None:
             raise NetworkError("a container can be on at most 16 networks")
+    from nsbox.engine.network import netlink
     networks.bring_up(net)
     lease = ipam.allocate(engine.db, net, cid, f"eth{index}", ip=ip, mac=mac, aliases=aliases,
                           on_exhausted=lambda: reclaim_stale(engine, net.id))
@@ -117,6 +131,7 @@ def attach(engine: EngineBase, cid: str, name: str, net: Network, index: int | N
     netlink.plug(net, lease, veth_name(cid, index), path, default_route=index == 0)
     _crashpoint("network.after_veth")
     if not net.is_default:
+        from nsbox.engine.network import dns
         dns.container_attached(engine, net, cid, name, list(aliases), lease.ip)
     return lease
 
@@ -127,13 +142,26 @@ def detach(engine: EngineBase, cid: str, net: Network) -> None:
     if not leases:
         raise NetworkError(f"container {cid[:12]} is not connected to network {net.name}")
     if not net.is_default:
+        from nsbox.engine.network import dns
         dns.container_detached(engine, net, cid)
+    from nsbox.engine.network import netlink
     netlink.delete_link(veth_name(cid, _index_of(leases[0].ifname)))
     ipam.release(engine.db, cid, net.id)
 
 
 def teardown_container(engine: EngineBase, cid: str) -> None:
-    """Undo whatever of CID's networking exists (any prefix of the set-up); idempotent."""
+    """Undo whatever of CID's networking exists (any prefix of the set-up); idempotent.
+
+    The veths are not deleted one by one: each has its peer inside CID's
+    namespace (netlink.plug), so unmounting the namespace, once no process is
+    left in it, removes both ends; the kernel does it asynchronously (some
+    10-40 ms later, docs/networking.md), and a veth whose namespace some
+    stray process still holds is found by prune_leftovers.  Published ports
+    are undone only when CID has a ports record (ports.publish writes it before
+    the rules).
+    """
+    from nsbox.engine.network import netns, wiring
+    wiring.settle(engine.run_root, cid)  # a wiring child still at work finishes first
     leases = model.attachments(engine.db, container_id=cid)
     errors = []
     for lease in leases:
@@ -143,18 +171,23 @@ def teardown_container(engine: EngineBase, cid: str) -> None:
             continue
         if not net.is_default:
             try:
+                from nsbox.engine.network import dns
                 dns.container_detached(engine, net, cid)
             except Exception as err:  # noqa: BLE001 - go on removing; say so at the end
                 errors.append(str(err))
-    try:
-        ports.unpublish(engine, cid)  # its rules and its record
-    except Exception as err:  # noqa: BLE001
-        errors.append(str(err))
-    for link in netlink.links_named(VETH_PREFIX + cid[:10]):
-        netlink.delete_link(link)
+    if os.path.exists(os.path.join(engine.run_root, "ports", cid + ".json")):
+        try:
+            from nsbox.engine.network import ports
+            ports.unpublish(engine, cid)  # its rules and its record
+        except Exception as err:  # noqa: BLE001
+            errors.append(str(err))
+    path = netns_path(engine.run_root, cid)
+    held = os.path.lexists(path)
+    netns.unmount_netns(path)
+    if not held:
+        # No namespace: a veth of CID here is a leftover whose peer never got in.
+        _delete_links(VETH_PREFIX + cid[:10])
     ipam.release(engine.db, cid)
-    from nsbox.engine.network import netns
-    netns.unmount_netns(netns_path(engine.run_root, cid))
     if errors:
         raise NsboxError(f"removing the network of {cid[:12]}: {'; '.join(errors)}")
 
@@ -170,18 +203,29 @@ def reclaim_stale(engine: EngineBase, network_id: str | None = None) -> int:
     return len(gone)
 
 
+def _delete_links(prefix: str) -> None:
+    from nsbox.engine.network import netns
+    names = netns.links_named(prefix)
+    if names:
+        from nsbox.engine.network import netlink
+        for name in names:
+            netlink.delete_link(name)
+
+
 def leftover_ids(engine: EngineBase) -> set[str]:
     """Id prefixes of veths and netns files of containers that no longer exist."""
+    from nsbox.engine.network import netns
     live = engine.db.container_ids()
     out = set()
-    for link in netlink.links_named(VETH_PREFIX):
+    for link in netns.links_named(VETH_PREFIX):
         prefix = link[len(VETH_PREFIX):len(VETH_PREFIX) + 10]
         if not any(c.startswith(prefix) for c in live):
             out.add(prefix)
-    with suppress(OSError):
-        for name in os.listdir(os.path.join(engine.run_root, "netns")):
-            if name not in live:
-                out.add(name)
+    for directory in ("netns", "wiring"):  # namespaces; wiring.py's status files
+        with suppress(OSError):
+            for name in os.listdir(os.path.join(engine.run_root, directory)):
+                if name not in live:
+                    out.add(name)
     return out
 
 
@@ -189,12 +233,12 @@ def prune_leftovers(engine: EngineBase) -> None:
     """Remove the networking of containers that no longer exist: stale leases, then veths
     and netns files no container has (a crash between a removal's steps)."""
     reclaim_stale(engine)
-    from nsbox.engine.network import netns
+    from nsbox.engine.network import netns, wiring
     for prefix in leftover_ids(engine):
-        for link in netlink.links_named(VETH_PREFIX + prefix[:10]):
-            netlink.delete_link(link)
         if len(prefix) == 64:
+            wiring.settle(engine.run_root, prefix)
             netns.unmount_netns(netns_path(engine.run_root, prefix))
+        _delete_links(VETH_PREFIX + prefix[:10])
 
 
 def settings(engine: EngineBase, cid: str, spec: ContainerSpec) -> dict:

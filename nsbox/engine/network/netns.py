@@ -8,7 +8,6 @@ enter that namespace and both need the tun device; nothing here imports them.
 from __future__ import annotations
 
 import os
-import shutil
 
 from nsbox.errors import NsboxError
 
@@ -17,6 +16,7 @@ TUN = "/dev/net/tun"
 
 def slirp_unavailable() -> str:
     """Why slirp4netns cannot run for this user, or "" when it can."""
+    import shutil
     if shutil.which("slirp4netns") is None:
         return "the slirp4netns program is not installed"
     return tun_problem()
@@ -65,6 +65,15 @@ def make_netns(run_root: str, cid: str) -> str:
     if status != 0:
         raise NsboxError(f"could not create the network namespace at {path}")
     return path
+
+
+def links_named(prefix: str = "") -> list[str]:
+    """Names of this namespace's links starting with PREFIX, from /proc/thread-self/net/dev
+    (no netlink socket, no import)."""
+    with open("/proc/thread-self/net/dev") as f:
+        lines = f.read().splitlines()[2:]
+    names = (line.split(":", 1)[0].strip() for line in lines if ":" in line)
+    return [n for n in names if n.startswith(prefix)]
 
 
 def wait_gone(pid: int, timeout: float = 2.0) -> None:

@@ -13,7 +13,6 @@ of each network it has.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 
@@ -33,6 +32,8 @@ from nsbox.errors import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import ipaddress
+
     from nsbox.engine.lifecycle.state import EngineBase
 
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
@@ -68,6 +69,7 @@ def list_networks(engine: EngineBase) -> list[Network]:
 
 
 def _overlaps(subnet: ipaddress.IPv4Network, others: list[str]) -> str | None:
+    import ipaddress
     for other in others:
         try:
             if subnet.overlaps(ipaddress.IPv4Network(other, strict=False)):
@@ -78,6 +80,7 @@ def _overlaps(subnet: ipaddress.IPv4Network, others: list[str]) -> str | None:
 
 
 def _pick_subnet(taken: list[str]) -> str:
+    import ipaddress
     for second in range(31, 256):
         candidate = ipaddress.IPv4Network(f"172.{second}.0.0/16")
         if _overlaps(candidate, taken) is None:
@@ -90,6 +93,8 @@ def create(engine: EngineBase, name: str, subnet: str | None = None, gateway: st
            labels: dict | None = None, options: dict | None = None,
            driver: str = "bridge") -> Network:
     """A new bridge network (and its bridge); NetworkError/ConfigError leave nothing."""
+    import ipaddress
+
     from nsbox.engine.network import netlink
     if driver not in ("bridge", ""):
         raise ConfigError(f"network driver {driver!r} is not supported: use bridge")

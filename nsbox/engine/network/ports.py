@@ -163,29 +163,40 @@ def publish(engine: EngineBase, c: Container, ip: str, bridge: str | None = None
     if not wanted:
         return []
     _drop_stale(engine, c.id)
+    path = _record_path(engine, c.id)
     for attempt in range(5):
         taken = {key for key, chain in firewall.published().items()
                  if chain != firewall.chain_of(c.id)}
         mappings = _resolve(c, wanted, taken)
+        # The record first: a crash after the rules leaves the record that says
+        # they are to be removed (attach.teardown_container looks only there).
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                f.write(_json.dumps(mappings))
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            raise ConfigError(f"cannot start container {c.name}: recording its ports: "
+                              f"{exc}") from None
         try:
             firewall.ports_added(c.id, ip, mappings, bridge=bridge)
             break
         except firewall.PortTaken as exc:
             if attempt == 4 or all(m["host_port"] and "-" not in m["host_port"] for m in wanted):
+                _unlink(path)
                 raise ConfigError(f"cannot start container {c.name}: {exc}") from None
             # A port picked at random was taken meanwhile: pick again.
         except firewall.FirewallError as exc:
+            _unlink(path)
             raise ConfigError(f"cannot start container {c.name}: {exc}") from None
-    path = _record_path(engine, c.id)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            f.write(_json.dumps(mappings))
-        os.replace(path + ".tmp", path)
-    except OSError as exc:
-        firewall.ports_removed(c.id)
-        raise ConfigError(f"cannot start container {c.name}: recording its ports: {exc}") from None
     return mappings
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def publish_container(engine: EngineBase, c: Container) -> list[dict]:
