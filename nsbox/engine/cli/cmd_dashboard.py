@@ -29,6 +29,8 @@ def run(args, ctx) -> int:  # noqa: ANN001
     from nsbox.engine.cli import UsageError
     from nsbox.errors import NsboxError
 
+    if args.positional:
+        raise UsageError('"nsbox dashboard" accepts no arguments')
     try:
         port = int(args["port"] or 0)
         if not 0 <= port <= 65535:

@@ -29,6 +29,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from urllib.parse import parse_qs, urlencode
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -84,8 +85,7 @@ class TokenGate:
         if self._ok(request.query_params.get("token")) and request.method == "GET":
             # Trade the URL's token for the cookie, and drop it from the address.
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-            target = request.url.path + ("?" + "&".join(f"{k}={v}" for k, v in rest)
-                                         if rest else "")
+            target = request.url.path + ("?" + urlencode(rest) if rest else "")
             response = RedirectResponse(target, status_code=303)
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path="/")
             await response(scope, receive, send)
@@ -228,8 +228,12 @@ class Dashboard:
         origin = request.headers.get("origin")
         if origin and origin not in (f"{request.url.scheme}://{request.url.netloc}", "null"):
             return PlainTextResponse("Forbidden: cross-origin action\n", status_code=403)
-        form = await request.form()
-        if not secrets.compare_digest(str(form.get("csrf", "")).encode(), self.csrf.encode()):
+        # The forms are urlencoded and small: the standard library parses them
+        # (Starlette's form parser would need python-multipart for nothing).
+        body = await request.body()
+        form = parse_qs(body[:4096].decode(errors="replace"))
+        if not secrets.compare_digest((form.get("csrf") or [""])[0].encode(),
+                                      self.csrf.encode()):
             return PlainTextResponse("Forbidden: missing or wrong action token\n",
                                      status_code=403)
         ref, verb = request.path_params["ref"], request.path_params["verb"]

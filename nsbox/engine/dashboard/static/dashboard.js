@@ -28,7 +28,6 @@
     root.querySelectorAll("[data-field]").forEach((el) => {
       const f = el.dataset.field;
       if (f in fmt && f in sample) el.textContent = fmt[f](sample[f]);
-      else if ((f === "status" || f === "health") && sample[f]) el.textContent = sample[f];
     });
   }
 
@@ -64,7 +63,25 @@
     for (const key of Object.keys(state.charts)) state.charts[key].setData([d.time, d[key]]);
   }
 
+  // What a container event says about its state and health (samples carry only usage).
+  const states = { start: "running", restart: "running", unpause: "running", die: "exited",
+                   stop: "exited", pause: "paused", destroy: "removed" };
+
+  function applyEvent(e) {
+    if (e.type !== "container") return;
+    const scope = page === "container" ? (e.id === cid ? document : null)
+      : document.querySelector('tr[data-cid="' + e.id + '"]');
+    if (!scope) return;
+    const status = states[e.action];
+    if (status) scope.querySelectorAll("[data-field=status]").forEach((el) => { el.textContent = status; });
+    if (e.action.startsWith("health_status: ")) {
+      const health = e.action.slice("health_status: ".length);
+      scope.querySelectorAll("[data-field=health]").forEach((el) => { el.textContent = health; });
+    }
+  }
+
   function addEvent(e) {
+    applyEvent(e);
     if (page === "container" && e.id !== cid) return;
     const list = document.getElementById("events");
     if (!list) return;
