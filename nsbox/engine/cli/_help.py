@@ -51,6 +51,8 @@ COMMAND_SUMMARIES = {
     "system": "Manage nsbox (reset)",
     "version": "Show the nsbox version",
     "info": "Display system-wide information",
+    "ns": "List the namespaces of running containers (lsns for containers)",
+    "dashboard": "Serve a local web page showing containers live",
 }
 # Sub-commands that are not also top-level commands.
 SUB_SUMMARIES = {
