@@ -50,19 +50,36 @@ def _health(inspect: dict) -> str:
     return health.get("Status") or ""
 
 
+def isolation(engine: Engine, ref: str, processes: dict | None = None) -> list[tuple[str, str]]:
+    """REF's namespaces grouped by status: [("private", "mnt uts ..."), ("host", "user time"),
+    ("shared with a", "pid net")], from one /proc scan (PROCESSES) for the whole page."""
+    from nsbox.engine.observe import namespaces as nsmod
+    try:
+        view = nsmod.container_view(engine, ref, processes)
+    except NsboxError:
+        return []
+    groups: dict[str, list[str]] = {}
+    for row in view["Namespaces"]:
+        groups.setdefault(nsmod.status_text(row), []).append(row["type"])
+    return [(status, " ".join(types)) for status, types in groups.items()]
+
+
 def overview(engine: Engine) -> list[dict]:
     """Every container, newest first: the first page's rows."""
+    from nsbox.engine.observe import namespaces as nsmod
+    processes = nsmod.scan()
     rows = []
     for c in engine.list(all=True):
-        health = ""
+        health, groups = "", []
         if c.state in ACTIVE_STATES:
             try:
                 health = _health(engine.inspect(c.id))
             except NsboxError:
                 pass
+            groups = isolation(engine, c.id, processes)
         rows.append({"id": c.id, "short_id": c.id[:12], "name": c.name, "image": c.image,
                      "status": c.state, "pid": c.pid if c.state in ACTIVE_STATES else 0,
-                     "health": health, "exit_code": c.exit_code,
+                     "health": health, "exit_code": c.exit_code, "isolation": groups,
                      "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created))})
     return rows
 
