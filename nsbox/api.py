@@ -208,6 +208,16 @@ class Container:
     def pid(self) -> int:
         return self.reload()._record.pid
 
+    @property
+    def health(self) -> dict | None:
+        """Docker's State.Health, read now: {"Status": "starting|healthy|unhealthy",
+        "FailingStreak": N, "Log": [last five results]}; None without a healthcheck."""
+        return self._engine.health(self.id)
+
+    def healthcheck(self) -> str:
+        """Run the healthcheck once now (`nsbox healthcheck run`); the status after it."""
+        return self._engine.healthcheck_run(self.id)
+
     def start(self) -> None:
         self._engine.start(self.id)
 

@@ -185,6 +185,16 @@ class Engine(EngineBase):
         from nsbox.engine.lifecycle import query
         return query.security_posture(self, ref)
 
+    def health(self, ref: str) -> dict | None:
+        """inspect's State.Health ({Status, FailingStreak, Log}); None without a healthcheck."""
+        from nsbox.engine.health import runner
+        return runner.health(self, ref)
+
+    def healthcheck_run(self, ref: str) -> str:
+        """Run the container's healthcheck once now and record it; the status after it."""
+        from nsbox.engine.health import runner
+        return runner.run_now(self, ref)[1]
+
     def attach(self, ref: str, stdin=None) -> Iterator[tuple[str, str, bytes]]:  # noqa: ANN001
         """Follow a running container's new output; copy STDIN into a `run -d -i` one's stdin."""
         from nsbox.engine.lifecycle import interact

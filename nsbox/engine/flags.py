@@ -53,6 +53,9 @@ RUN_FLAGS: dict[str, str] = {
     "privileged": "bool", "log-driver": "str", "log-opt": "list", "runtime": "str",
     "cgroup-parent": "str", "publish": "list", "publish-all": "bool", "expose": "list",
     "pull": "str", "platform": "str", "tls-verify": "bool", "authfile": "str",
+    "health-cmd": "str", "health-interval": "str", "health-timeout": "str",
+    "health-retries": "str", "health-start-period": "str", "health-start-interval": "str",
+    "no-healthcheck": "bool",
 }
 RUN_ALIASES = {"m": "memory", "c": "cpu-shares", "v": "volume", "e": "env", "l": "label",
                "u": "user", "w": "workdir", "h": "hostname", "d": "detach", "i": "interactive",
@@ -137,6 +140,13 @@ RUN_FLAG_HELP: dict[str, str | tuple[str, str]] = {
     "platform": ("os/arch[/variant]", "The platform a pull picks from a manifest list"),
     "tls-verify": "Require HTTPS with a verified certificate when pulling (default true)",
     "authfile": ("path", "The auth.json a pull reads credentials from"),
+    "health-cmd": ("string", "Command to run to check health (run by /bin/sh -c)"),
+    "health-interval": ("duration", "Time between running the check (ms|s|m|h) (default 30s)"),
+    "health-timeout": ("duration", "Maximum time to allow one check to run (default 30s)"),
+    "health-retries": ("int", "Consecutive failures needed to report unhealthy (default 3)"),
+    "health-start-period": ("duration", "Start period: failures then do not count (default 0s)"),
+    "health-start-interval": ("duration", "Time between checks during the start period (5s)"),
+    "no-healthcheck": "Disable any container-specified HEALTHCHECK",
 }
 # The resource flags `update` accepts.
 RESOURCE_FLAGS = ("memory", "memory-reservation", "memory-swap", "memory-swappiness",
@@ -655,4 +665,7 @@ def build_spec(image: str, command: list[str] | None, opts: dict,
         spec.log_driver = opts["log-driver"]
     spec.log_opts = parse_log_opts(get("log-opt", []))
     spec.runtime = get("runtime") or None
+    if any(opts.get(f) not in (None, "", False) for f in RUN_FLAGS if "health" in f):
+        from nsbox.engine.health.config import parse_health_flags  # only then: not on run's path
+        spec.healthcheck = parse_health_flags(opts)
     return spec

@@ -88,6 +88,9 @@ class ContainerSpec:
     publish: list[dict] = list
     publish_all: bool = False  # -P: every exposed port to a free host port
     expose: list[str] = list  # --expose: ["80/tcp", ...]
+    # Docker's HealthConfig from --health-*/--no-healthcheck (durations in ns), merged over
+    # the image's at create; None: the image's (nsbox/engine/health/config.py)
+    healthcheck: dict | None = None
 
 
 # Container states as Docker names them (docker ps / inspect .State.Status).

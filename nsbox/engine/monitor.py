@@ -478,6 +478,9 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
         if text == "cancel" or failed:
             return
         init_pid = _WATCHING[0] = int(text.split()[1])
+        if text.endswith(" health"):  # a healthcheck: its runner is forked (health/runner.py)
+            from nsbox.engine.health.runner import fork_from_monitor
+            fork_from_monitor(root, run_root, cid, init_pid, os.path.dirname(log_path))
         crashpoint("monitor.watching")
         if loop_bin:
             log.close()

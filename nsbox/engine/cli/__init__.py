@@ -45,6 +45,7 @@ GROUPS = {
                "rm": "volume_rm", "remove": "volume_rm", "inspect": "volume_inspect",
                "prune": "volume_prune"},
     "system": {"reset": "system_reset"},
+    "healthcheck": {"run": "healthcheck_run"},
     "network": {"create": "network_create", "ls": "network_ls", "list": "network_ls",
                 "inspect": "network_inspect", "rm": "network_rm", "remove": "network_rm",
                 "prune": "network_prune", "connect": "network_connect",

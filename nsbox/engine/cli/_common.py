@@ -55,7 +55,15 @@ def status_of(container, now: float | None = None) -> str:  # noqa: ANN001
         return "Created"
     if state in ("running", "paused"):
         text = "Up " + human_duration(now - to_epoch(container.started_at))
-        return text + " (Paused)" if state == "paused" else text
+        if state == "paused":
+            return text + " (Paused)"
+        extra = getattr(container, "extra", None) or {}
+        if extra.get("healthcheck"):  # Docker's "(healthy)", "(health: starting)"
+            from nsbox.engine.health.state import STARTING, status
+            health = status(container.bundle)
+            if health:
+                text += f" (health: {health})" if health == STARTING else f" ({health})"
+        return text
     if state == "restarting":
         return f"Restarting ({container.exit_code}) {ago(container.finished_at, now)}".rstrip()
     if state == "dead":

@@ -194,6 +194,13 @@ def create(engine: EngineBase, spec: ContainerSpec,
                  # Where the runtime will put its cgroups (below the starter's
                  # own, recorded at start): found again after a crash.
                  "cgroups_path": config.get("linux", {}).get("cgroupsPath", "")}
+        if spec.healthcheck or image.section.get("Healthcheck"):
+            from nsbox.engine.health.config import effective, merge
+            merged = merge(spec.healthcheck, image.section.get("Healthcheck"))
+            if effective(merged) is not None:  # (a test it cannot run fails the create)
+                extra["healthcheck"] = merged  # kept only if there is a check to run
+            if image.section.get("Shell"):
+                extra["health_shell"] = image.section["Shell"]  # CMD-SHELL's shell (SHELL)
         crashpoint("create.after_bundle")
         if nets is not None:
             # The wiring child (network/wiring.py) worked alongside: the runtime

@@ -91,11 +91,12 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
         return 1
     finally:
         os.close(null)
+    health = _health_reset(row)
     db.update_container(cid, state=RUNNING, pid=pid, started_at=time.time(), finished_at=0,
                         exit_code=0, monitor_pid=os.getppid(), error="")
     crashpoint("helper.after_running")
     try:
-        os.write(status_fd, f"ok {pid}\n".encode())
+        os.write(status_fd, f"ok {pid}{health}\n".encode())
     except OSError:
         # EPIPE: our monitor died while we started the container, and nobody
         # would watch it: stop it again and say why (its starter sees EOF).
@@ -103,6 +104,18 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
         abandon(engine, cid, "the monitor died while starting the container")
         return 1
     return 0
+
+
+def _health_reset(row: dict) -> str:
+    """The answer's suffix: " health" if the container has a check (its monitor then forks
+    the runner, nsbox/engine/health/runner.py), after resetting its status to `starting`."""
+    if '"healthcheck"' not in (row["extra"] or ""):
+        return ""  # the common case: nothing of the health code is imported
+    from nsbox.engine.health import config, state
+    if config.effective(_json.loads(row["extra"]).get("healthcheck")) is None:
+        return ""
+    state.reset(row["bundle"])
+    return " health"
 
 
 def fill_new_volumes(engine: EngineBase, c: Container) -> None:

@@ -191,6 +191,7 @@ def inspect(engine: EngineBase, ref: str) -> dict:
             "FinishedAt": format_time(c.finished_at) if c.finished_at else "0001-01-01T00:00:00Z",
             # nsbox: output the monitor could not write to the log (a full disk)
             "LogDropped": dropped_lines, "LogDroppedBytes": dropped_bytes,
+            **_health_state(c),
         },
         "Image": c.image_id,
         "ResolvConfPath": os.path.join(c.bundle, "resolv.conf"),
@@ -254,11 +255,22 @@ def inspect(engine: EngineBase, ref: str) -> dict:
             "StopSignal": extra.get("stop_signal", "SIGTERM"),
             "StopTimeout": spec.stop_timeout if spec.stop_timeout is not None
             else DEFAULT_STOP_TIMEOUT,
+            **({"Healthcheck": extra.get("healthcheck") or spec.healthcheck}
+               if extra.get("healthcheck") or spec.healthcheck else {}),
         },
         "NetworkSettings": {**network_settings(engine, c), "Ports": network_ports},
         "Namespaces": namespaces(c.pid) if running else {},
         "Cgroups": cgroups(engine, c) if running else {},
     }
+
+
+def _health_state(c: Container) -> dict:
+    """{"Health": {Status, FailingStreak, Log}} once a container with a check has started."""
+    if not c.extra.get("healthcheck"):  # only there when it has a check to run
+        return {}
+    from nsbox.engine.health.state import read
+    health = read(c.bundle)
+    return {"Health": health} if health is not None else {}
 
 
 def security_posture(engine: EngineBase, ref: str) -> dict:

@@ -76,7 +76,12 @@ class EngineBase:
         Reading never fails for want of space: ps and inspect answer.
         """
         try:
-            return self._reconcile(c)
+            c = self._reconcile(c)
+            if c.state == RUNNING and c.extra.get("healthcheck"):
+                # Its runner may have died with its monitor: start one again.
+                from nsbox.engine.health.runner import ensure_runner
+                ensure_runner(self, c)
+            return c
         except ContainerNotFound:
             raise
         except NsboxError:

@@ -1,0 +1,466 @@
+"""Healthchecks: --health-*, an image's Healthcheck, the monitor's runner, `healthcheck run`.
+
+Real containers (busybox) in a private --root/--runroot (tests/crash_harness.Box);
+pure-logic tests of the flag parsing and the status rules alongside.  The
+machine is shared and loaded: intervals are short (1s) but every wait for a
+status is generous and polls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from crash_harness import NSBOX, Box, kill_monitor_of, leftovers
+from helpers import pid_is_dead
+
+from nsbox.engine.health import config as hconfig
+from nsbox.engine.health import state as hstate
+from nsbox.errors import ConfigError
+
+WAIT = 60.0  # seconds a status may take to come on a loaded machine
+
+
+# ------------------------------------------------------------------ pure logic
+@pytest.mark.parametrize(("text", "ns"), [
+    ("1s", 10 ** 9), ("500ms", 5 * 10 ** 8), ("1m30s", 90 * 10 ** 9), ("1.5s", 15 * 10 ** 8),
+    ("2h", 7200 * 10 ** 9), ("0", 0), ("10us", 10_000), ("3ns", 3), ("-1s", -(10 ** 9)),
+])
+def test_go_durations(text, ns):
+    assert hconfig.parse_go_duration(text) == ns
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("abc", 'time: invalid duration "abc"'), ("1", 'time: missing unit in duration "1"'),
+    ("5x", 'time: unknown unit "x" in duration "5x"'), ("", 'time: invalid duration ""'),
+    ("1..2s", 'time: invalid duration "1..2s"'),
+])
+def test_bad_go_durations(text, why):
+    with pytest.raises(ValueError, match=why):
+        hconfig.parse_go_duration(text)
+
+
+def test_flags_make_docker_health_config():
+    cfg = hconfig.parse_health_flags({"health-cmd": "curl -f x", "health-interval": "2s",
+                                      "health-retries": "5"})
+    assert cfg == {"Test": ["CMD-SHELL", "curl -f x"], "Interval": 2 * 10 ** 9, "Timeout": 0,
+                   "StartPeriod": 0, "StartInterval": 0, "Retries": 5}
+    assert hconfig.parse_health_flags({}) is None
+    assert hconfig.parse_health_flags({"no-healthcheck": True}) == {"Test": ["NONE"]}
+    # The Python API: a list is an exec form, numbers are seconds.
+    assert hconfig.parse_health_flags({"health-cmd": ["cat", "/x"], "health-timeout": 0.5}) \
+        == {"Test": ["CMD", "cat", "/x"], "Interval": 0, "Timeout": 5 * 10 ** 8,
+            "StartPeriod": 0, "StartInterval": 0, "Retries": 0}
+
+
+@pytest.mark.parametrize(("opts", "message"), [
+    ({"no-healthcheck": True, "health-cmd": "true"}, "--no-healthcheck conflicts"),
+    ({"health-interval": "-1s"}, "--health-interval cannot be negative"),
+    ({"health-timeout": "10us"}, "--health-timeout cannot be less than 1ms"),
+    ({"health-retries": "-2"}, "--health-retries cannot be negative"),
+    ({"health-retries": "x"}, 'invalid argument "x" for "--health-retries"'),
+    ({"health-start-period": "soon"}, 'invalid argument "soon" for "--health-start-period" '
+                                      'flag: time: invalid duration "soon"'),
+])
+def test_bad_flags(opts, message):
+    with pytest.raises(ConfigError, match=message):
+        hconfig.parse_health_flags(opts)
+
+
+def test_flags_merge_over_the_image_check():
+    image = {"Test": ["CMD", "check"], "Interval": 7 * 10 ** 9, "Retries": 2}
+    assert hconfig.merge(None, image)["Test"] == ["CMD", "check"]
+    merged = hconfig.merge(hconfig.parse_health_flags({"health-interval": "1s"}), image)
+    assert merged["Test"] == ["CMD", "check"] and merged["Interval"] == 10 ** 9
+    assert merged["Retries"] == 2
+    assert hconfig.effective(hconfig.merge({"Test": ["NONE"]}, image)) is None
+    full = hconfig.effective(merged)
+    assert full["Timeout"] == 30 * 10 ** 9 and full["StartPeriod"] == 0
+    with pytest.raises(ConfigError):
+        hconfig.effective({"Test": ["SOMETHING", "x"]})
+    assert hconfig.probe_command({"Test": ["CMD-SHELL", "a && b"]}) == ["/bin/sh", "-c", "a && b"]
+    assert hconfig.probe_command({"Test": ["CMD-SHELL", "a"]}, ["/bin/bash", "-ec"]) == \
+        ["/bin/bash", "-ec", "a"]
+
+
+def _result(start: float, code: int) -> hstate.Result:
+    return hstate.Result(start, start + 0.1, code, "")
+
+
+def test_status_rules():
+    started = 1000.0
+    h = {"Status": "starting", "FailingStreak": 0, "Log": []}
+    # Failures within the start period do not count while starting.
+    h = hstate.apply(h, _result(started + 1, 1), 3, 10.0, started)
+    assert (h["Status"], h["FailingStreak"]) == ("starting", 0)
+    # After it, they do; `retries` in a row make it unhealthy.
+    for n in (1, 2):
+        h = hstate.apply(h, _result(started + 10 + n, 1), 3, 10.0, started)
+        assert (h["Status"], h["FailingStreak"]) == ("starting", n)
+    h = hstate.apply(h, _result(started + 20, 1), 3, 10.0, started)
+    assert (h["Status"], h["FailingStreak"]) == ("unhealthy", 3)
+    h = hstate.apply(h, _result(started + 21, 0), 3, 10.0, started)
+    assert (h["Status"], h["FailingStreak"]) == ("healthy", 0)
+    # A healthy container's failure counts even within the start period.
+    h = hstate.apply(h, _result(started + 2, 1), 3, 10.0, started)
+    assert (h["Status"], h["FailingStreak"]) == ("healthy", 1)
+    assert len(h["Log"]) == 5 and h["Log"][-1]["ExitCode"] == 1
+
+
+def test_output_is_cut_like_docker():
+    assert hstate.truncate_output(b"x" * 5000) == "x" * 4096 + "..."
+    assert hstate.truncate_output(b"ok\n") == "ok\n"
+
+
+def test_run_path_does_not_import_the_health_code():
+    code = ("import sys\n"
+            "from nsbox.engine import flags\n"
+            "import nsbox.engine.cli.cmd_run, nsbox.engine.containers, nsbox.engine.monitor\n"
+            "import nsbox.engine.lifecycle.monitor_helpers, nsbox.engine.lifecycle.create\n"
+            "flags.build_spec('busybox', ['true'], {'rm': True})\n"
+            "print('nsbox.engine.health' in sys.modules)\n"
+            "flags.build_spec('busybox', ['true'], {'health-cmd': 'true'})\n"
+            "print('nsbox.engine.health' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out == "False\nTrue\n"
+
+
+# ------------------------------------------------------------------ real containers
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory):
+    b = Box(tmp_path_factory.mktemp("health"))
+    b("run", "--rm", "busybox", "true")  # builds busybox once
+    yield b
+    left = leftovers(b, set(), set())
+    assert left == {}, left
+    assert _wait_for(lambda: not _runners(b), 15), _runners(b)
+
+
+def _wait_for(cond, timeout: float = WAIT, step: float = 0.2) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())
+
+
+def _cmdlines() -> dict[int, bytes]:
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and not pid_is_dead(int(entry)):
+            try:
+                out[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                pass
+    return out
+
+
+def _runners(box: Box) -> list[int]:
+    """Live health runners of BOX's containers (their command lines name its root)."""
+    found = []
+    for pid, cmd in _cmdlines().items():
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm.startswith("nsbhc-") and str(box.base).encode() in cmd:
+            found.append(pid)
+    return found
+
+
+def _health(box: Box, name: str) -> dict:
+    return (box.inspect(name).get("State") or {}).get("Health") or {}
+
+
+def _status(box: Box, name: str) -> str:
+    return box("ps", "-a", "--filter", f"name={name}", "--format", "{{.Status}}").stdout.strip()
+
+
+def _run(box: Box, name: str, *flags: str, cmd: tuple[str, ...] = ("sleep", "1000")) -> str:
+    return box("run", "-d", "--name", name, *flags, "busybox", *cmd).stdout.strip()
+
+
+def test_passing_check_becomes_healthy(box):
+    cid = _run(box, "hc-pass", "--health-cmd", "echo fine", "--health-interval", "1s")
+    try:
+        assert _wait_for(lambda: _health(box, "hc-pass").get("Status") == "healthy"), \
+            _health(box, "hc-pass")
+        health = _health(box, "hc-pass")
+        assert health["FailingStreak"] == 0
+        entry = health["Log"][-1]
+        assert entry["ExitCode"] == 0 and entry["Output"] == "fine\n"
+        assert entry["Start"] <= entry["End"] and entry["End"].endswith("Z")
+        assert _status(box, "hc-pass").endswith("(healthy)")
+        config = box.inspect("hc-pass")["Config"]["Healthcheck"]
+        assert config["Test"] == ["CMD-SHELL", "echo fine"] and config["Interval"] == 10 ** 9
+        assert _runners_by_name(cid)
+    finally:
+        box("rm", "-f", "hc-pass")
+    assert _wait_for(lambda: not _runners_by_name(cid), 15), "the runner outlived its container"
+
+
+def test_failing_check_becomes_unhealthy_after_retries(box):
+    _run(box, "hc-fail", "--health-cmd", "echo broken >&2; exit 3", "--health-interval", "1s",
+         "--health-retries", "3")
+    try:
+        assert _wait_for(lambda: _health(box, "hc-fail").get("Status") == "unhealthy"), \
+            _health(box, "hc-fail")
+        health = _health(box, "hc-fail")
+        assert health["FailingStreak"] >= 3
+        # Never unhealthy before the third failure in a row.
+        assert len(health["Log"]) >= 3
+        assert all(e["ExitCode"] == 3 and e["Output"] == "broken\n" for e in health["Log"])
+        assert _status(box, "hc-fail").endswith("(unhealthy)")
+        time.sleep(0.1)
+        assert _wait_for(lambda: len(_health(box, "hc-fail")["Log"]) == 5, 30)
+        time.sleep(2.5)
+        assert len(_health(box, "hc-fail")["Log"]) == 5  # the last five only
+    finally:
+        box("rm", "-f", "hc-fail")
+
+
+def _sleepers(marker: str) -> list[int]:
+    return [pid for pid, cmd in _cmdlines().items() if cmd == f"sleep\0{marker}\0".encode()]
+
+
+def test_hanging_check_is_killed_at_its_timeout(box):
+    """The check and what it started are killed at --health-timeout; it counts as a failure."""
+    _run(box, "hc-hang", "--health-cmd", "sleep 4243 & sleep 4242; wait",
+         "--health-timeout", "1s", "--health-interval", "1h")
+    try:
+        assert _status(box, "hc-hang").endswith("(health: starting)")
+        began = time.monotonic()
+        proc = box("healthcheck", "run", "hc-hang", check=False, timeout=60)
+        took = time.monotonic() - began
+        assert proc.returncode == 1 and proc.stdout == "starting\n", proc
+        assert 1.0 <= took < 20, took
+        entry = _health(box, "hc-hang")["Log"][-1]
+        assert entry["ExitCode"] == -1
+        assert entry["Output"] == "Health check exceeded timeout (1s)"
+        # Nothing of the check is left: neither its command nor the child it put in the background.
+        assert _wait_for(lambda: not _sleepers("4242") and not _sleepers("4243"), 5), \
+            (_sleepers("4242"), _sleepers("4243"))
+        # Retries 3: the third failure in a row makes it unhealthy.
+        for expected in ("starting", "unhealthy"):
+            proc = box("healthcheck", "run", "hc-hang", check=False, timeout=60)
+            assert proc.returncode == 1 and proc.stdout == expected + "\n"
+        assert _health(box, "hc-hang")["FailingStreak"] == 3
+        assert not _sleepers("4242") and not _sleepers("4243")
+    finally:
+        box("rm", "-f", "hc-hang")
+
+
+def test_runner_kills_a_hanging_check(box):
+    _run(box, "hc-hang2", "--health-cmd", "sleep 4244", "--health-timeout", "1s",
+         "--health-interval", "1s", "--health-retries", "2")
+    try:
+        assert _wait_for(lambda: _health(box, "hc-hang2").get("Status") == "unhealthy")
+        assert all(e["ExitCode"] == -1 for e in _health(box, "hc-hang2")["Log"])
+        assert len(_sleepers("4244")) <= 1  # at most the check running now
+    finally:
+        box("rm", "-f", "hc-hang2")
+    assert _wait_for(lambda: not _sleepers("4244"), 15), _sleepers("4244")
+
+
+def test_healthcheck_run(box):
+    _run(box, "hc-now", "--health-cmd", "test -f /tmp/ok", "--health-interval", "1h",
+         cmd=("sh", "-c", "touch /tmp/ok; sleep 1000"))
+    try:
+        assert _status(box, "hc-now").endswith("(health: starting)")
+        proc = box("healthcheck", "run", "hc-now", check=False)
+        assert (proc.returncode, proc.stdout) == (0, "healthy\n"), proc
+        assert _status(box, "hc-now").endswith("(healthy)")
+        box("exec", "hc-now", "rm", "/tmp/ok")
+        for n, expected in enumerate(("healthy", "healthy", "unhealthy"), 1):
+            proc = box("healthcheck", "run", "hc-now", check=False)
+            assert (proc.returncode, proc.stdout) == (1, expected + "\n"), proc
+            assert _health(box, "hc-now")["FailingStreak"] == n
+        assert _status(box, "hc-now").endswith("(unhealthy)")
+        box("stop", "-t", "0", "hc-now")
+        proc = box("healthcheck", "run", "hc-now", check=False)
+        assert proc.returncode == 125 and proc.stderr.count("\n") == 1
+        assert "is not running" in proc.stderr
+    finally:
+        box("rm", "-f", "hc-now")
+    proc = box("healthcheck", "run", "no-such-box", check=False)
+    assert proc.returncode == 125 and "no such container" in proc.stderr
+
+
+def _kill_monitor_and_runner(cid: str) -> None:
+    """SIGKILL the container's monitor (in Python or its C loop) and its health runner."""
+    kill_monitor_of(cid)
+    for pid, cmd in _cmdlines().items():
+        if cid.encode() in cmd and b"nsbox-monitor-loop" in cmd:
+            os.kill(pid, signal.SIGKILL)
+    for pid in _runners_by_name(cid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _runners_by_name(cid: str) -> list[int]:
+    found = []
+    for pid in _cmdlines():
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "nsbhc-" + cid[:8]:
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def test_status_survives_a_monitor_restart(box):
+    cid = _run(box, "hc-crash", "--health-cmd", "test -f /tmp/ok", "--health-interval", "1s",
+               cmd=("sh", "-c", "touch /tmp/ok; sleep 1000"))
+    try:
+        assert _wait_for(lambda: _health(box, "hc-crash").get("Status") == "healthy")
+        old = _runners_by_name(cid)
+        assert len(old) == 1
+        _kill_monitor_and_runner(cid)
+        assert _wait_for(lambda: all(pid_is_dead(p) for p in old), 10)
+        # The next command sees the container and its recorded health, not a reset.
+        health = _health(box, "hc-crash")
+        assert health["Status"] == "healthy", health
+        assert box.inspect("hc-crash")["State"]["Running"]
+        # ... and a runner again, which goes on from that status.
+        assert _wait_for(lambda: bool(_runners_by_name(cid)), 20)
+        new = _runners_by_name(cid)
+        assert len(new) == 1 and new != old
+        box("exec", "hc-crash", "rm", "/tmp/ok")
+        assert _wait_for(lambda: _health(box, "hc-crash").get("Status") == "unhealthy")
+        assert _runners_by_name(cid) == new  # no second runner came along meanwhile
+    finally:
+        box("rm", "-f", "hc-crash")
+    assert _wait_for(lambda: not _runners_by_name(cid), 15)
+
+
+def test_restart_resets_to_starting(box):
+    _run(box, "hc-restart", "--health-cmd", "true", "--health-interval", "1s")
+    try:
+        assert _wait_for(lambda: _health(box, "hc-restart").get("Status") == "healthy")
+        logged = len(_health(box, "hc-restart")["Log"])
+        box("stop", "-t", "0", "hc-restart")
+        assert _health(box, "hc-restart")["Status"] == "healthy"  # kept while stopped
+        assert "health" not in _status(box, "hc-restart")
+        box("start", "hc-restart")
+        health = _health(box, "hc-restart")
+        # As Docker: starting again, earlier results kept.
+        assert health["Status"] in ("starting", "healthy") and len(health["Log"]) >= logged
+        assert _wait_for(lambda: _health(box, "hc-restart").get("Status") == "healthy")
+    finally:
+        box("rm", "-f", "hc-restart")
+
+
+@pytest.fixture(scope="module")
+def checked_image(box):
+    """An image whose config has a Healthcheck that always fails (CMD-SHELL)."""
+    from nsbox.engine.images.builders import write_busybox_layer
+    from nsbox.engine.images.store import ImageStore
+    store = ImageStore(str(box.base / "lib"))
+    layer = box.base / "layer.tar"
+    with open(layer, "wb") as out:
+        write_busybox_layer(out)
+    store.import_rootfs(str(layer), "localhost/hc-image:latest",
+                        config={"Cmd": ["sleep", "1000"],
+                                "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+                                "Healthcheck": {"Test": ["CMD-SHELL", "echo image; exit 1"],
+                                                "Interval": 10 ** 9, "Retries": 1}})
+    layer.unlink()
+    yield "localhost/hc-image:latest"
+    box("rmi", "-f", "localhost/hc-image:latest", check=False)
+
+
+def test_image_healthcheck_runs(box, checked_image):
+    box("run", "-d", "--name", "hc-img", checked_image)
+    try:
+        assert _wait_for(lambda: _health(box, "hc-img").get("Status") == "unhealthy")
+        assert _health(box, "hc-img")["Log"][-1]["Output"] == "image\n"
+        # Flags without --health-cmd change the image's timings, not its test.
+        box("run", "-d", "--name", "hc-img2", "--health-interval", "1h", checked_image)
+        config = box.inspect("hc-img2")["Config"]["Healthcheck"]
+        assert config["Test"] == ["CMD-SHELL", "echo image; exit 1"]
+        assert config["Interval"] == 3600 * 10 ** 9 and config["Retries"] == 1
+    finally:
+        box("rm", "-f", "hc-img", "hc-img2", check=False)
+
+
+def test_no_healthcheck_disables_the_image_check(box, checked_image):
+    cid = box("run", "-d", "--name", "hc-none", "--no-healthcheck", checked_image).stdout.strip()
+    try:
+        time.sleep(2.5)  # the image's check would have run twice by now
+        info = box.inspect("hc-none")
+        assert "Health" not in info["State"]
+        assert info["Config"]["Healthcheck"] == {"Test": ["NONE"]}
+        status = _status(box, "hc-none")
+        assert status.startswith("Up") and "(" not in status
+        assert not _runners_by_name(cid)
+        proc = box("healthcheck", "run", "hc-none", check=False)
+        assert proc.returncode == 125
+        assert proc.stderr == "Error: container hc-none has no healthcheck\n"
+    finally:
+        box("rm", "-f", "hc-none")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--health-interval", "abc"],
+     'invalid argument "abc" for "--health-interval" flag: time: invalid duration "abc"'),
+    (["--health-timeout", "1"], 'time: missing unit in duration "1"'),
+    (["--health-retries", "-1"], "--health-retries cannot be negative"),
+    (["--no-healthcheck", "--health-cmd", "true"],
+     "--no-healthcheck conflicts with --health-* options"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(box, flags, message):
+    before = box.rows()
+    containers = box.base / "lib" / "containers"
+    dirs = set(os.listdir(containers))
+    for verb in ("run", "create"):
+        proc = box(verb, "--name", "hc-bad", *flags, "busybox", "true", check=False)
+        assert proc.returncode == 125, proc
+        assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert box.rows() == before
+    assert set(os.listdir(containers)) == dirs
+
+
+def test_a_container_without_check_has_no_runner_and_no_health(box):
+    cid = _run(box, "hc-plain")
+    try:
+        assert "Health" not in box.inspect("hc-plain")["State"]
+        assert "Healthcheck" not in box.inspect("hc-plain")["Config"]
+        assert "(" not in _status(box, "hc-plain")
+        assert not _runners_by_name(cid)
+        assert not os.path.exists(box.base / "lib" / "containers" / cid / "userdata" /
+                                  "health.json")
+    finally:
+        box("rm", "-f", "hc-plain")
+
+
+def test_python_api(box):
+    import nsbox
+    from nsbox.engine.containers import Engine
+    engine = Engine(root=str(box.base / "lib"), run_root=str(box.base / "run"))
+    c = nsbox.run("busybox", "sleep 1000", engine=engine, name="hc-api",
+                  health_cmd="true", health_interval="1s")
+    plain = nsbox.run("busybox", "sleep 1000", engine=engine, name="hc-api-plain")
+    try:
+        assert plain.health is None
+        assert _wait_for(lambda: c.health["Status"] == "healthy")
+        assert c.health["FailingStreak"] == 0
+        assert c.healthcheck() == "healthy"
+        assert json.dumps(c.health)  # plain JSON data
+    finally:
+        c.remove(force=True)
+        plain.remove(force=True)
+
+
+def test_nsbox_binary_lists_the_flags():
+    out = subprocess.run([NSBOX, "run", "--help"], capture_output=True, text=True).stdout
+    for flag in hconfig.FLAGS:
+        assert f"--{flag}" in out
+    out = subprocess.run([NSBOX, "healthcheck", "--help"], capture_output=True, text=True).stdout
+    assert "run" in out
