@@ -22,7 +22,7 @@ from nsbox.errors import ConfigError, ImageNotFound
 
 from .cache import BuildCache, State, step_key
 from .context import find_containerfile, load_ignore
-from .instructions import DEFAULT_PATH, ConfigStep, command_form, env_dict
+from .instructions import DEFAULT_PATH, DEFAULT_SHELL, ConfigStep, command_form, env_dict
 from .layers import (
     commit_layer,
     history_entry,
@@ -323,7 +323,8 @@ class Builder:
         shown = {k: v for k, v in sorted(args.items()) if k not in PROXY_ARGS}
         prefix = f"|{len(shown)} " + " ".join(f"{k}={v}" for k, v in shown.items()) + " " \
             if shown else ""
-        created_by = prefix + " ".join(argv)
+        # buildah's form: the shell, then the instruction as written (exec form included).
+        created_by = prefix + " ".join(state.section.get("Shell") or DEFAULT_SHELL) + " " + ins.args
         key = step_key(state, f"RUN {ins.original}", {"argv": argv, "args": shown,
                                                       "network": ins.flags.get("network")})
         cached = self.cached(key)

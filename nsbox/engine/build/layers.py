@@ -41,9 +41,7 @@ ROOTFS_PREFIX = "build-"
 
 
 class BuildRunError(NsboxError):
-    """A RUN step whose command failed; exit 1 as `docker build`."""
-
-    exit_code = 1
+    """A RUN step whose command failed."""
 
 
 def _alive(pid: int) -> bool:

@@ -114,7 +114,7 @@ def parse(text: str, filename: str = "Containerfile") -> tuple[list[Instruction]
                 index += 1
             if index >= len(lines):
                 break
-            logical += lines[index].lstrip() if logical.endswith((" ", "\t")) else lines[index]
+            logical += lines[index]  # kept as written: history shows it so, as in buildah
             index += 1
         instructions.append(_instruction(logical.strip(), start, filename))
     if not instructions:

@@ -1,0 +1,306 @@
+"""`nsbox build` and nsbox.build(): real builds with real RUN containers, compared with buildah.
+
+Base images are the offline busybox the engine makes; buildah reads the same
+image from an oci-archive written by `nsbox save`, into a vfs store in the
+test's temporary directory (never the host's storage).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from test_engine_pull import Nsbox, one_line_error
+
+from nsbox.engine.build.context import IgnoreRules
+from nsbox.engine.build.parser import BuildSyntaxError, expand, parse
+from nsbox.engine.images import ImageStore
+
+pytestmark = [pytest.mark.timeout(300),
+              pytest.mark.skipif(os.geteuid() != 0, reason="builds mount overlays: needs root")]
+
+
+@pytest.fixture
+def nsbox(tmp_path: Path):
+    box = Nsbox(tmp_path)
+    yield box
+    if box.root.exists():
+        ids = box("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
+        if ids:
+            box("rm", "-f", *ids, check=False)
+
+
+MULTISTAGE = r"""# escape=\
+ARG BASE=busybox
+FROM $BASE AS base
+ARG V=1
+ENV A=b C="d e" \
+    P=/opt
+LABEL stage=one
+RUN echo built-$V > /v.txt && mkdir -p /opt/data && \
+    echo ran-run-step
+RUN ["/bin/sh", "-c", "echo exec-form > /exec.txt"]
+WORKDIR $P/app
+COPY a.txt sub/ ./
+USER 1000:1000
+
+FROM scratch AS final
+COPY --from=base /opt/app /app
+COPY --from=base /v.txt /exec.txt /
+LABEL k=v other="x y"
+EXPOSE 80/tcp 53/udp
+VOLUME /data
+STOPSIGNAL SIGINT
+HEALTHCHECK --interval=5s --timeout=3s --retries=2 CMD ["true"]
+SHELL ["/bin/sh", "-ec"]
+WORKDIR /app
+USER 1000
+CMD ["sh"]
+ENTRYPOINT ["/bin/env"]
+"""
+
+
+def make_context(root: Path, containerfile: str = MULTISTAGE, name: str = "Containerfile") -> Path:
+    ctx = root / "ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "a.txt").write_text("hello\n")
+    (ctx / "sub").mkdir(exist_ok=True)
+    (ctx / "sub" / "b.txt").write_text("x\n")
+    (ctx / name).write_text(containerfile)
+    return ctx
+
+
+def section(nsbox: Nsbox, ref: str) -> dict:
+    return ImageStore(nsbox.root).resolve(ref).config
+
+
+def leftovers(nsbox: Nsbox) -> dict:
+    """What a build may leave: containers, build rootfs dirs, staging files, mounts."""
+    containers = nsbox("ps", "-a", "-q").stdout.split()
+    cdir = nsbox.root / "containers"
+    rootfs = sorted(os.listdir(cdir)) if cdir.exists() else []
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line for line in f if str(nsbox.root) in line]
+    return {"containers": containers, "rootfs": rootfs, "tmp": nsbox.tmp_left(), "mounts": mounts}
+
+
+NOTHING = {"containers": [], "rootfs": [], "tmp": [], "mounts": []}
+
+
+# ------------------------------------------------------------------ pure logic
+def test_parser_continuations_escape_and_errors():
+    text = "# escape=`\nFROM busybox\n# a comment\nRUN echo a `\n\n  # inside\n  b\nENV X=1\n"
+    instructions, escape = parse(text)
+    assert escape == "`"
+    assert [(i.keyword, i.line) for i in instructions] == [("FROM", 2), ("RUN", 4), ("ENV", 8)]
+    assert instructions[1].args == "echo a   b"
+    with pytest.raises(BuildSyntaxError, match=r"^Dockerfile:3: unknown instruction: BOGUS$"):
+        parse("FROM busybox\n\nBOGUS x\n", "Dockerfile")
+    with pytest.raises(BuildSyntaxError, match=r"^Containerfile:2: unknown flag: --nope"):
+        parse("FROM busybox\nCOPY --nope=1 a b\n")
+    with pytest.raises(BuildSyntaxError, match=r"^Containerfile:1: FROM requires"):
+        parse("FROM\n")
+
+
+def test_variable_expansion():
+    env = {"A": "1", "E": ""}
+    assert expand("$A ${A} ${B:-dflt} ${A:+set} ${E:-empty} '$A' \"$A\" \\$A", env) == \
+        "1 1 dflt set empty $A 1 $A"
+    assert expand('a "b c" d', env, words=True) == ["a", "b c", "d"]
+
+
+def test_ignore_rules():
+    rules = IgnoreRules(["# comment", "*.log", "secret/", "!secret/keep", "**/tmp"])
+    assert rules.excluded("x.log") and not rules.excluded("dir/x.log")
+    assert rules.excluded("secret/a") and not rules.excluded("secret/keep")
+    assert rules.excluded("a/b/tmp/c") and rules.excluded("tmp")
+    assert not rules.excluded("a.txt")
+
+
+# ------------------------------------------------------------------ builds
+def test_multistage_build_every_instruction(nsbox, tmp_path):
+    ctx = make_context(tmp_path, MULTISTAGE + "\nFROM base AS extra\n"
+                       "COPY --chown=user:user --chmod=0640 a.txt /home/user/owned\n"
+                       "ADD layer.tar.gz /unpacked/\n"
+                       "COPY *.txt /globbed/\n"
+                       "COPY . /all/\n")
+    (ctx / "secret.log").write_text("no\n")
+    (ctx / "c.txt").write_text("c\n")
+    (ctx / ".containerignore").write_text("*.log\n")
+    with tarfile.open(ctx / "layer.tar.gz", "w:gz") as tar:
+        data = b"from the tar\n"
+        info = tarfile.TarInfo("inner/file")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    iid = tmp_path / "iid"
+    out = nsbox("build", "-t", "built:1", "-t", "built:2", "--target", "final",
+                "--label", "from-cli=yes", "--iidfile", str(iid), str(ctx))
+    image_id = out.stdout.strip().splitlines()[-1]
+    assert iid.read_text() == "sha256:" + image_id
+    assert "ran-run-step" in out.stdout  # the RUN output is shown
+    doc = section(nsbox, "built:2")
+    assert doc == section(nsbox, "built:1")
+    config = doc["config"]
+    assert config["Env"] == ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    assert config["Cmd"] == ["sh"] and config["Entrypoint"] == ["/bin/env"]
+    assert config["WorkingDir"] == "/app" and config["User"] == "1000"
+    assert config["ExposedPorts"] == {"80/tcp": {}, "53/udp": {}}
+    assert config["Labels"] == {"k": "v", "other": "x y", "from-cli": "yes"}
+    assert config["Volumes"] == {"/data": {}} and config["StopSignal"] == "SIGINT"
+    assert config["Healthcheck"] == {"Test": ["CMD", "true"], "Interval": 5_000_000_000,
+                                     "Timeout": 3_000_000_000, "Retries": 2}
+    assert config["Shell"] == ["/bin/sh", "-ec"]
+    assert len(doc["rootfs"]["diff_ids"]) == 2  # two COPY layers on scratch
+    # The stage `base`, run: its files, its user, its environment.
+    nsbox("build", "-q", "--target", "base", "-t", "base:1", str(ctx))
+    check = nsbox("run", "--rm", "base:1", "sh", "-c",
+                  "id -u; pwd; cat /v.txt /exec.txt /opt/app/a.txt /opt/app/b.txt; echo $C; "
+                  "stat -c %u /opt/app/a.txt")
+    assert check.stdout.split("\n") == ["1000", "/opt/app", "built-1", "exec-form", "hello", "x",
+                                        "d e", "0", ""]
+    # The extra stage: --chown/--chmod, ADD unpacks, globs, the ignore file.
+    nsbox("build", "-q", "-t", "extra:1", str(ctx))
+    check = nsbox("run", "--rm", "--user", "0", "extra:1", "sh", "-c",
+                  "stat -c '%U %G %a' /home/user/owned; cat /unpacked/inner/file; "
+                  "ls /globbed; ls -a /all")
+    lines = check.stdout.split("\n")
+    assert lines[0] == "user user 640"
+    assert lines[1] == "from the tar"
+    assert lines[2:4] == ["a.txt", "c.txt"]
+    assert "Containerfile" in lines and "secret.log" not in lines  # .containerignore
+    assert leftovers(nsbox) == NOTHING
+
+
+def test_unchanged_rebuild_reuses_every_layer_and_changed_copy_rebuilds(nsbox, tmp_path):
+    ctx = make_context(tmp_path, "FROM busybox\nRUN echo first-\"run\"; echo 1 > /1\n"
+                       "COPY a.txt /a.txt\nRUN echo second-\"run\"; cat /a.txt > /2\nENV X=1\n")
+    first = nsbox("build", "-t", "c:1", str(ctx))
+    assert "first-run" in first.stdout and "second-run" in first.stdout
+    again = nsbox("build", "-t", "c:1", str(ctx))
+    assert again.stdout.count("Using cache") == 4
+    assert "first-run" not in again.stdout and "second-run" not in again.stdout
+    assert again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]  # the same image id
+    (ctx / "a.txt").write_text("changed\n")
+    changed = nsbox("build", "-t", "c:2", str(ctx))
+    assert "first-run" not in changed.stdout  # before the COPY: cached
+    assert "second-run" in changed.stdout     # after it: run again
+    assert changed.stdout.count("Using cache") == 1
+    assert nsbox("run", "--rm", "c:2", "cat", "/2").stdout == "changed\n"
+    assert nsbox("run", "--rm", "c:1", "cat", "/2").stdout == "hello\n"
+    nocache = nsbox("build", "--no-cache", "-t", "c:3", str(ctx))
+    assert "first-run" in nocache.stdout and "Using cache" not in nocache.stdout
+    # The cache survives garbage collection (rmi of every build), and still works.
+    nsbox("rmi", "c:1", "c:2", "c:3")
+    after = nsbox("build", "-t", "c:4", str(ctx))
+    assert after.stdout.count("Using cache") == 4
+    assert nsbox("run", "--rm", "c:4", "cat", "/2").stdout == "changed\n"
+    assert leftovers(nsbox) == NOTHING
+
+
+def test_build_args_default_file_and_stdin_context(nsbox, tmp_path):
+    ctx = make_context(tmp_path, "FROM busybox\nARG WHO=nobody\nRUN echo hi-$WHO > /who\n"
+                       "RUN echo proxy=$HTTP_PROXY > /proxy\n", name="Dockerfile")
+    nsbox("build", "-q", "-t", "a:1", "--build-arg", "WHO=you", "--build-arg",
+          "HTTP_PROXY=http://127.0.0.1:9", str(ctx))
+    assert nsbox("run", "--rm", "a:1", "cat", "/who", "/proxy").stdout == \
+        "hi-you\nproxy=http://127.0.0.1:9\n"
+    history = section(nsbox, "a:1")["history"]
+    assert history[-2]["created_by"] == "|1 WHO=you /bin/sh -c echo hi-$WHO > /who"
+    assert "127.0.0.1:9" not in json.dumps(section(nsbox, "a:1"))  # proxies stay out of the image
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(ctx, arcname=".")
+    proc = subprocess.run([*nsbox.prefix, "build", "-q", "-t", "a:2", "-"], input=buf.getvalue(),
+                          capture_output=True, timeout=120, env=nsbox.env)
+    assert proc.returncode == 0, proc.stderr
+    assert nsbox("run", "--rm", "a:2", "cat", "/who").stdout == "hi-nobody\n"
+    assert nsbox.tmp_left() == []
+
+
+def test_syntax_error_and_failing_run_leave_nothing(nsbox, tmp_path):
+    nsbox("run", "--rm", "busybox", "true")
+    images_before = nsbox("images", "-q", "-a").stdout
+    cache = nsbox.root / "build-cache"
+    ctx = make_context(tmp_path, "FROM busybox\nRUN echo one\n\nFROOM x\n")
+    proc = nsbox("build", "-t", "bad:1", str(ctx), check=False)
+    assert one_line_error(proc) == "Error: Containerfile:4: unknown instruction: FROOM"
+    (ctx / "Containerfile").write_text("FROM busybox\nCOPY missing.txt /x\n")
+    assert "missing.txt" in one_line_error(nsbox("build", str(ctx), check=False))
+    (ctx / "Containerfile").write_text("FROM busybox\nRUN echo made > /f; exit 3\n")
+    proc = nsbox("build", "-t", "bad:1", str(ctx), check=False)
+    assert "exited with status 3" in one_line_error(proc)
+    (ctx / "Containerfile").write_text("FROM no-such-image-here:1\n")
+    assert "no-such-image-here" in one_line_error(nsbox("build", str(ctx), check=False))
+    assert nsbox("images", "-q", "-a").stdout == images_before
+    assert not cache.exists() or os.listdir(cache) == []
+    assert leftovers(nsbox) == NOTHING
+
+
+def test_api_build_with_progress(nsbox, tmp_path):
+    import nsbox as api
+    from nsbox.engine.containers import Engine
+
+    ctx = make_context(tmp_path, "FROM busybox\nRUN echo api-run\nCMD [\"cat\", \"/etc/hostname\"]\n")
+    engine = Engine(root=str(nsbox.root), run_root=str(nsbox.tmp / "run"))
+    events: list[dict] = []
+    image = api.build(str(ctx), tag="api:1", progress=events.append, engine=engine)
+    text = "".join(e["stream"] for e in events)
+    assert "STEP 2/3: RUN echo api-run" in text and "api-run\n" in text
+    assert image.repo_tags == ["localhost/api:1"]
+    assert image.config["config"]["Cmd"] == ["cat", "/etc/hostname"]
+
+
+# ------------------------------------------------------------------ buildah
+def _normal(config: dict, history: list[dict]) -> dict:
+    keys = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Labels", "Volumes",
+            "StopSignal", "Healthcheck", "Shell")
+    view = {}
+    for key in keys:
+        value = config.get(key)
+        if key == "Labels" and value:
+            value = {k: v for k, v in value.items() if k != "io.buildah.version"}
+        view[key] = value or None
+    # COPY entries name a digest of the copied files; each tool computes its own.
+    view["history"] = [(re.sub(r"(file|dir|multi):[0-9a-f]{64}", r"\1:DIGEST", h.get("created_by", "")),
+                        bool(h.get("empty_layer"))) for h in history]
+    return view
+
+
+def test_config_matches_buildah(nsbox, tmp_path):
+    if not shutil.which("buildah"):
+        pytest.skip("buildah is not installed (scripts/apt-packages.txt)")
+    ctx = make_context(tmp_path)
+    nsbox("run", "--rm", "busybox", "true")
+    archive = tmp_path / "busybox.tar"
+    nsbox("save", "--format", "oci-archive", "-o", str(archive), "busybox")
+    buildah = ["buildah", "--storage-driver", "vfs", "--root", str(tmp_path / "broot"),
+               "--runroot", str(tmp_path / "brun")]
+    try:
+        for target in ("base", "final"):
+            proc = subprocess.run([*buildah, "bud", "--isolation", "chroot", "--layers",
+                                   "--format", "docker", "--target", target,
+                                   "--build-arg", f"BASE=oci-archive:{archive}",
+                                   "-t", f"localhost/b-{target}", str(ctx)],
+                                  capture_output=True, text=True, timeout=240)
+            assert proc.returncode == 0, proc.stderr
+            theirs = json.loads(subprocess.run([*buildah, "inspect", "--type", "image",
+                                                f"localhost/b-{target}"], capture_output=True,
+                                               text=True, check=True, timeout=60).stdout)["Docker"]
+            nsbox("build", "-q", "--target", target, "-t", f"n-{target}", str(ctx))
+            ours = section(nsbox, f"n-{target}")
+            assert _normal(ours["config"], ours["history"]) == \
+                _normal(theirs["config"], theirs["history"])
+    finally:
+        subprocess.run([*buildah, "rm", "--all"], capture_output=True, timeout=60)
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                point = line.split()[4]
+                if point.startswith(str(tmp_path / "b")):
+                    subprocess.run(["umount", "-l", point], check=False)
