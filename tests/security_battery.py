@@ -222,6 +222,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "docs" / "security.md"))
     args = parser.parse_args()
+    # Root's default network is the bridge: never on the real host's network (as conftest.py).
+    os.environ.setdefault("NSBOX_DEFAULT_NETWORK", "none")
     work = Path(tempfile.mkdtemp(prefix="nsbox-battery-"))
     engine = Engine(work)
     try:

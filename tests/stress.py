@@ -118,4 +118,6 @@ def main() -> int:
 
 if __name__ == "__main__":
     os.environ.pop("NSBOX_TEST_CRASHPOINT", None)
+    # Root's default network is the bridge: never on the real host's network (as conftest.py).
+    os.environ.setdefault("NSBOX_DEFAULT_NETWORK", "none")
     sys.exit(main())

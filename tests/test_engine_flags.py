@@ -240,8 +240,13 @@ def test_every_run_flag_is_accepted():
         build_spec("busybox", None, {name: value})
 
 
-def test_default_network_is_private_unless_configured(monkeypatch):
+def test_default_network_is_the_bridge_for_root_unless_configured(monkeypatch):
+    from nsbox.engine import rootless
     monkeypatch.delenv("NSBOX_DEFAULT_NETWORK", raising=False)
+    # Docker's: the default bridge as root; rootless keeps `private` (slirp4netns at create)
+    expected = "private" if rootless.active() else "bridge"
+    assert build_spec("busybox", None, {}).network_mode == expected
+    monkeypatch.setattr(rootless, "active", lambda: True)
     assert build_spec("busybox", None, {}).network_mode == "private"
-    monkeypatch.setenv("NSBOX_DEFAULT_NETWORK", "bridge")
-    assert build_spec("busybox", None, {}).network_mode == "bridge"
+    monkeypatch.setenv("NSBOX_DEFAULT_NETWORK", "none")
+    assert build_spec("busybox", None, {}).network_mode == "none"

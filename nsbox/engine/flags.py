@@ -450,15 +450,17 @@ def _check_sysctls(spec: ContainerSpec) -> None:
 
 def default_network() -> str:
     """The network of a container without --network: $NSBOX_DEFAULT_NETWORK (a --network
-    value), else `private` (as root: lo only; rootless: made slirp4netns at create).
+    value), else Docker's: the default `bridge` network as root; `private` rootless (made
+    slirp4netns at create when it can run, as rootless Podman's default).
 
-    Docker's default is its bridge.  nsbox's bridge works (`--network bridge`,
-    or NSBOX_DEFAULT_NETWORK=bridge), but setting it up costs about 200 ms
-    today, most of it importing pyroute2 (docs/networking.md), which would
-    make every plain `nsbox run` four times slower; it becomes the default
-    when that cost is within the 20 ms the networking issue allows.
+    The bridge's cost per `run` (docs/networking.md, "Where the time goes") is
+    mostly made in a child process alongside the create and the start.
     """
-    return os.environ.get(DEFAULT_NETWORK_ENV, "") or "private"
+    chosen = os.environ.get(DEFAULT_NETWORK_ENV, "")
+    if chosen:
+        return chosen
+    from nsbox.engine import rootless
+    return "private" if rootless.active() else "bridge"
 
 
 def _network_options(spec: ContainerSpec, opts: dict) -> None:
