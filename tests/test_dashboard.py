@@ -154,14 +154,26 @@ def test_requests_without_the_token_are_refused(nsbox, dashboard):
 
 
 def test_page_reads_without_javascript(nsbox, dashboard, browser):
-    nsbox("run", "-d", "--name", "web", "busybox", "sleep", "600")
+    nsbox("run", "-d", "--name", "web", "--health-cmd", "true", "--health-interval", "1s",
+          "--pids-limit", "77", "busybox", "sleep", "600")
     pid = int(nsbox("inspect", "-f", "{{.State.Pid}}", "web").stdout)
+    deadline = time.monotonic() + 60
+    while nsbox("inspect", "-f", "{{.State.Health.Status}}", "web").stdout.strip() != "healthy":
+        assert time.monotonic() < deadline, "the healthcheck never passed"
+        time.sleep(0.2)
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
     page.goto(dashboard.url)
     assert page.url == dashboard.base + "/"  # the token left the address bar
-    assert page.locator("table#containers").inner_text().count("web") >= 1
+    row = page.locator("table#containers tr", has_text="web").inner_text()
+    assert "running" in row and "healthy" in row
+    assert "private: mnt uts ipc pid net cgroup" in row and "host: user time" in row
     page.click("text=web")
+    assert "healthy" in page.locator("section#health").inner_text()
+    limits = page.locator("section#cgroup table.limits").inner_text()
+    assert "--pids-limit" in limits and "77" in limits
+    posture = page.locator("section#security").inner_text()
+    assert "seccomp" in posture and "item(s) weaker than the default" in posture
     rows = page.locator("section#namespaces tbody tr")
     assert rows.count() == 8
     for i in range(8):

@@ -190,7 +190,7 @@ class Dashboard:
         return {"c": inspect, "id": cid, "name": inspect["Name"].lstrip("/"),
                 "health": (inspect["State"].get("Health") or {}),
                 "namespaces": views.namespaces(engine, cid),
-                "cgroup": views.cgroup_view(engine, cid, inspect),
+                "cgroup": views.cgroup_view(engine, cid),
                 "posture": views.posture(engine, cid),
                 "events": views.recent_events(engine, cid, 30)}
 

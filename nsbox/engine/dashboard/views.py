@@ -23,17 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("running", "paused", "restarting")
-# inspect's HostConfig limits and the `docker run` flag each comes from.
-LIMITS = (
-    ("Memory", "--memory", "bytes"), ("MemoryReservation", "--memory-reservation", "bytes"),
-    ("MemorySwap", "--memory-swap", "bytes"), ("NanoCpus", "--cpus", "cpus"),
-    ("CpuShares", "--cpu-shares", "int"), ("CpuQuota", "--cpu-quota", "int"),
-    ("CpuPeriod", "--cpu-period", "int"), ("CpusetCpus", "--cpuset-cpus", "str"),
-    ("CpusetMems", "--cpuset-mems", "str"), ("PidsLimit", "--pids-limit", "int"),
-    ("BlkioWeight", "--blkio-weight", "int"), ("OomScoreAdj", "--oom-score-adj", "int"),
-)
-
-
 def human_bytes(value: float | int | None) -> str:
     if value is None:
         return "-"
@@ -84,39 +73,18 @@ def overview(engine: Engine) -> list[dict]:
     return rows
 
 
-def limits(inspect: dict) -> list[dict]:
-    """The limits in force (HostConfig values that are set), with the flag each came from."""
-    host = inspect.get("HostConfig") or {}
-    out = []
-    for key, flag, kind in LIMITS:
-        value = host.get(key)
-        if value in (None, 0, "", -1) or (key == "MemorySwap" and value == host.get("Memory")):
-            continue
-        if kind == "bytes":
-            text = human_bytes(value)
-        elif kind == "cpus":
-            text = f"{value / 1e9:g}"
-        else:
-            text = str(value)
-        out.append({"name": key, "flag": flag, "value": value, "text": text})
-    return out
-
-
-def cgroup_view(engine: Engine, ref: str, inspect: dict) -> dict:
-    """The container's cgroup directories and limits: `nsbox cgroup`'s view when that
-    module is installed (observe/cgroup.py), else inspect's Cgroups and HostConfig."""
+def cgroup_view(engine: Engine, ref: str) -> dict | None:
+    """`nsbox cgroup C` (observe/cgroupview.py): paths, limits with their flags and
+    usage against them, the counters of limits that bit; None if it cannot be read."""
+    from nsbox.engine.observe import cgroupview
     try:
-        from nsbox.engine.observe import cgroup as cgroup_mod
-    except ImportError:
-        cgroup_mod = None
-    view = None
-    if cgroup_mod is not None and hasattr(cgroup_mod, "view"):
-        try:
-            view = cgroup_mod.view(engine, ref)
-        except (NsboxError, OSError) as exc:
-            log.debug("cgroup view of %s: %s", ref, exc)
-    paths = inspect.get("Cgroups") or {}
-    return {"paths": sorted(paths.items()), "limits": limits(inspect), "detail": view}
+        view = cgroupview.view(engine, ref)
+    except (NsboxError, OSError) as exc:
+        log.debug("cgroup view of %s: %s", ref, exc)
+        return None
+    return {"mode": view.mode, "paths": sorted(view.paths.items()),
+            "limits": [lim.as_dict() for lim in view.limits],
+            "events": [ev.as_dict() for ev in view.events]}
 
 
 def posture(engine: Engine, ref: str) -> dict | None:

@@ -6,7 +6,8 @@
   const body = document.body;
   const page = body.dataset.page;
   const cid = body.dataset.cid || "";
-  const keep = 300;  // samples per graph (the server keeps the same window)
+  // Samples per graph: five minutes, the window the server keeps (views.History).
+  const keep = Math.max(2, Math.round(300 / (parseFloat(body.dataset.interval) || 2)));
   const state = { samples: 0, events: 0, charts: {}, data: null };
   window.nsboxDashboard = state;  // for the browser tests and the curious
 
