@@ -12,12 +12,20 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
-from test_engine_pull import Nsbox, one_line_error
+from test_engine_pull import (  # noqa: F401 - fixtures
+    REGISTRY,
+    Nsbox,
+    one_line_error,
+    pushed,
+    registry,
+)
 
 from nsbox.engine.build.context import IgnoreRules
 from nsbox.engine.build.parser import BuildSyntaxError, expand, parse
@@ -255,6 +263,70 @@ def test_api_build_with_progress(nsbox, tmp_path):
     assert "STEP 2/3: RUN echo api-run" in text and "api-run\n" in text
     assert image.repo_tags == ["localhost/api:1"]
     assert image.config["config"]["Cmd"] == ["cat", "/etc/hostname"]
+
+
+@pytest.mark.skipif(not os.path.exists(REGISTRY) or not shutil.which("skopeo"),
+                    reason="needs docker-registry and skopeo (scripts/apt-packages.txt)")
+def test_from_a_registry_image_and_pull(nsbox, pushed, tmp_path):  # noqa: F811
+    name = f"{pushed['host']}/test/bb:zstd"
+    ctx = make_context(tmp_path, f"FROM {name}\nRUN echo from-registry > /r\n")
+    out = nsbox("build", "--tls-verify=false", "-t", "r:1", str(ctx))
+    assert "Trying to pull" in out.stdout
+    assert nsbox("run", "--rm", "r:1", "cat", "/r").stdout == "from-registry\n"
+    assert "Trying to pull" not in nsbox("build", "--tls-verify=false", str(ctx)).stdout
+    again = nsbox("build", "--pull", "--tls-verify=false", str(ctx))  # pulled, still cached
+    assert "Trying to pull" in again.stdout and "Using cache" in again.stdout
+
+
+def test_run_network(nsbox, tmp_path):
+    ctx = make_context(tmp_path, "FROM busybox\nRUN ls /sys/class/net > /nets\n")
+    nsbox("build", "-q", "-t", "n:1", "--network", "none", str(ctx))
+    assert nsbox("run", "--rm", "n:1", "cat", "/nets").stdout == "lo\n"
+    nsbox("build", "-q", "--no-cache", "-t", "n:2", "--network", "host", str(ctx))
+    host = sorted(os.listdir("/sys/class/net"))
+    assert nsbox("run", "--rm", "n:2", "cat", "/nets").stdout.split() == host
+
+
+def test_killed_build_is_swept_by_the_next(nsbox, tmp_path):
+    ctx = make_context(tmp_path, "FROM busybox\nCOPY a.txt /\nRUN echo sta\"rted\"; sleep 120\n")
+    nsbox("run", "--rm", "busybox", "true")
+    proc = subprocess.Popen([*nsbox.prefix, "build", str(ctx)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=nsbox.env)
+    try:
+        deadline = time.monotonic() + 60
+        while proc.stdout.readline() != b"started\n":
+            assert time.monotonic() < deadline and proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    assert nsbox("ps", "-a", "-q").stdout.split()  # the RUN container outlived its build
+    (ctx / "Containerfile").write_text("FROM busybox\nCOPY a.txt /\nRUN echo fine\n")
+    out = nsbox("build", "-t", "k:1", str(ctx))
+    assert "Using cache" in out.stdout  # the COPY layer the killed build made is whole
+    assert nsbox("run", "--rm", "k:1", "cat", "/a.txt").stdout == "hello\n"
+    assert leftovers(nsbox) == NOTHING
+
+
+def test_system_df_and_prune_all_drop_the_build_cache(nsbox, tmp_path):
+    ctx = make_context(tmp_path, "FROM busybox\nRUN head -c 100000 /dev/zero > /big\n")
+    nsbox("build", "-q", "-t", "big:1", str(ctx))
+    nsbox("rmi", "big:1")
+
+    def df() -> dict:
+        rows = [json.loads(line) for line in nsbox("system", "df", "--format", "json").stdout.splitlines()]
+        return {row["Type"]: row for row in rows}
+
+    usage = df()
+    assert usage["Build Cache"]["TotalCount"] >= 1
+    assert usage["Build Cache"]["Size"] >= 100000  # the RUN layer, now kept by the cache only
+    assert usage["Images"]["TotalCount"] == 1 and usage["Images"]["Active"] == 0
+    assert "Build Cache" in nsbox("system", "df").stdout
+    nsbox("image", "prune", "-a", "-f")
+    usage = df()
+    assert usage["Build Cache"]["TotalCount"] == 0 and usage["Images"]["TotalCount"] == 0
+    assert [p for p in os.listdir(nsbox.root / "layers") if len(p) == 64] == []
+    assert "Using cache" not in nsbox("build", str(ctx)).stdout  # the cache is gone
 
 
 # ------------------------------------------------------------------ buildah

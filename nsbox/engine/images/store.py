@@ -584,10 +584,14 @@ class ImageStore:
     def prune(self, in_use: InUse | None = None, all: bool = False) -> list[str]:  # noqa: A002
         """Remove dangling images (every unused image with ALL) not in use; returns their ids.
 
-        Also removes blobs and unpacked layers nothing refers to any more.
+        Also removes blobs and unpacked layers nothing refers to any more; with
+        ALL, the build cache's records first (nsbox has no `builder prune`).
         """
         with self._transaction():
             removed = []
+            if all:
+                import shutil
+                shutil.rmtree(os.path.join(self.root, BUILD_CACHE_DIR), ignore_errors=True)
             entries = self.layout.read_index()
             keep = []
             for digest, names in self._names_by_manifest(entries).items():
