@@ -452,3 +452,21 @@ def move_mount(from_fd: int, to_path: str = "", to_dirfd: int = AT_FDCWD) -> Non
     ret = _libc.syscall(ctypes.c_long(SYS_move_mount), ctypes.c_long(from_fd), b"",
                         ctypes.c_long(to_dirfd), _b(to_path), ctypes.c_uint(flags))
     _check(ret, "move_mount", to_path or None)
+
+
+# inotify(7): `nsbox events` follow mode waits for the journal to change instead of polling.
+IN_MODIFY = 0x2
+IN_CLOSE_WRITE = 0x8
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+
+
+def inotify_init1(flags: int = IN_CLOEXEC) -> int:
+    return _check(_libc.inotify_init1(ctypes.c_int(flags)), "inotify_init1")
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    return _check(_libc.inotify_add_watch(fd, _b(path), mask), "inotify_add_watch", path)

@@ -1,0 +1,556 @@
+"""The event journal: what happened to containers, images, volumes and networks.
+
+There is no daemon to keep events in memory, so each command (or container
+monitor) that causes an event appends it to a journal on disk, and
+`nsbox events` reads the journal back and follows it.
+
+API (stable; other parts of the engine call these):
+
+    emit(root, type_, action, actor_id, attributes=None) -> None
+        Append one event.  ROOT is the engine's storage root: the path
+        (str / PathLike) or anything with a `.root` attribute (an Engine).
+        TYPE_ is Docker's type: container, image, volume, network, plugin,
+        daemon; here also `guard`.  ACTION is Docker's action: create,
+        start, die, "health_status: healthy", "exec_create: sh -c ..." ...
+        ATTRIBUTES are str -> str (name, image, exitCode, signal, labels...).
+        Cheap (one open/flock/write/close, nothing imported) and never
+        raises: a failed write is logged and the caller goes on.
+
+    read(root, since=None, until=None, filters=None) -> Iterator[Event]
+        The events already in the journal, oldest first, with
+        since <= time <= until.
+
+    follow(root, since=None, filters=None, until=None) -> Iterator[Event]
+        The events since SINCE (none of the past when None), then every new
+        one as it is appended; ends only after UNTIL (when given) or when the
+        caller stops iterating.
+
+    Event: Docker's JSON fields as attributes: Type, Action,
+        Actor (Actor.ID, Actor.Attributes), scope ("local"), time (seconds),
+        timeNano, and for container and image events the old `status`,
+        `id` and (containers) `from`.  as_dict() is Docker's JSON object;
+        text() is the line `docker events` prints.
+
+    parse_time(text, now=None) -> float
+        --since/--until values: Unix seconds ("1700000000.5"), RFC 3339,
+        or a duration ago ("10m", "1h30m", "90s").
+
+    FILTER_KEYS: container, event, image, type, label, network, volume.
+    A filters argument is {key: [values]} (or {key: value}); values of one
+    key are ORed, different keys ANDed, as Docker does.
+
+The journal: <root>/events/journal, one JSON object per line, as Docker
+prints it.  A writer opens it O_APPEND, takes an flock, reads the clock
+(time.time_ns()), writes the line in one write() and closes: the order of
+lines is the order of timeNano even when commands race, and a reader never
+sees two records interleaved.  A reader may see the tail of a line still
+being written: it only takes lines that end in a newline.  A writer that
+crashed mid-line leaves a partial line; the next writer starts on a new line
+and readers skip what does not parse.  When the file passes MAX_BYTES the
+writer holding the lock renames journal -> journal.1 (-> .2 ... KEEP), and
+the next writer creates a new one; a writer that opened the old file checks
+after taking the lock that it is still the current one, and reopens if not.
+Why a file and not a second SQLite database: emit() is on the path of every
+`run --rm` (create, start, die, destroy), and a JSON-lines append costs a few
+microseconds with no module to import, where opening a WAL database costs
+an sqlite3 connection and a few page writes per event (docs/observability.md).
+
+Follow mode watches <root>/events with inotify (IN_MODIFY, IN_CREATE,
+IN_MOVED_TO) and reads only when the kernel says the journal changed; it
+falls back to a poll with backoff (POLL_MIN_S .. POLL_MAX_S) if inotify is
+not available.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from nsbox import _json
+from nsbox._lazylog import get_logger
+
+TYPE_CHECKING = False  # typing's own constant costs an import of typing
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping
+
+log = get_logger(__name__)
+
+EVENTS_DIR = "events"
+JOURNAL = "journal"
+MAX_BYTES = 8 << 20  # rotate past this size
+KEEP = 3  # rotated generations kept: journal.1 .. journal.KEEP
+POLL_MIN_S = 0.05
+POLL_MAX_S = 1.0
+WAKE_S = 1.0  # inotify wait: also wakes this often to check --until and rotation
+FILTER_KEYS = ("container", "event", "image", "type", "label", "network", "volume")
+_LEGACY_TYPES = ("container", "image")  # carry Docker's old status/id(/from) fields
+
+
+def _root_of(root: object) -> str:
+    if isinstance(root, str):
+        return root
+    inner = getattr(root, "root", None)
+    if isinstance(inner, str):
+        return inner
+    return os.fspath(root)  # type: ignore[arg-type]
+
+
+def journal_dir(root: object) -> str:
+    return os.path.join(_root_of(root), EVENTS_DIR)
+
+
+def journal_path(root: object) -> str:
+    return os.path.join(_root_of(root), EVENTS_DIR, JOURNAL)
+
+
+# ================================================================ writing
+def emit(root: object, type_: str, action: str, actor_id: str,
+         attributes: Mapping[str, str] | None = None) -> None:
+    """Append one event to ROOT's journal; never raises (see the module docstring)."""
+    try:
+        _append(journal_path(root), type_, action, actor_id, attributes)
+    except Exception as exc:  # noqa: BLE001 - an event must never fail the command
+        log.warning("event %s %s %s not recorded: %s", type_, action, actor_id[:12], exc)
+
+
+def _open_journal(path: str) -> int:
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC  # read: the last byte
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        return os.open(path, flags, 0o600)
+
+
+def _append(path: str, type_: str, action: str, actor_id: str,
+            attributes: Mapping[str, str] | None) -> None:
+    import fcntl  # a C module, ~0.1 ms; not on any import-time path
+
+    for _ in range(8):
+        fd = _open_journal(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            if current is None or (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
+                continue  # rotated away while we waited for the lock
+            now = time.time_ns()
+            line = _json.dumps(_record(type_, action, actor_id, attributes, now)) + "\n"
+            if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                line = "\n" + line  # a writer died mid-line: do not glue onto its fragment
+            data = line.encode()
+            os.write(fd, data)
+            if st.st_size + len(data) > MAX_BYTES:
+                _rotate(path)
+            return
+        finally:
+            os.close(fd)  # also releases the flock
+    raise OSError(f"{path} keeps being rotated")
+
+
+def _rotate(path: str) -> None:
+    """Shift journal.N -> journal.N+1 (dropping the oldest) and journal -> journal.1.
+
+    Called with the current journal's flock held, so only one writer rotates."""
+    for n in range(KEEP - 1, 0, -1):
+        try:
+            os.rename(f"{path}.{n}", f"{path}.{n + 1}")
+        except FileNotFoundError:
+            pass
+    os.rename(path, f"{path}.1")
+
+
+def _record(type_: str, action: str, actor_id: str, attributes: Mapping[str, str] | None,
+            now: int) -> dict:
+    attrs = {str(k): str(v) for k, v in (attributes or {}).items()}
+    rec: dict = {}
+    if type_ in _LEGACY_TYPES:
+        rec["status"] = action
+        rec["id"] = actor_id
+        if type_ == "container" and "image" in attrs:
+            rec["from"] = attrs["image"]
+    rec["Type"] = type_
+    rec["Action"] = action
+    rec["Actor"] = {"ID": actor_id, "Attributes": attrs}
+    rec["scope"] = "local"
+    rec["time"] = now // 1_000_000_000
+    rec["timeNano"] = now
+    return rec
+
+
+# ================================================================ the record
+class Actor:
+    __slots__ = ("ID", "Attributes")
+
+    def __init__(self, ID: str, Attributes: dict[str, str]) -> None:  # noqa: N803 - Docker's names
+        self.ID = ID
+        self.Attributes = Attributes
+
+    def __repr__(self) -> str:
+        return f"Actor(ID={self.ID!r}, Attributes={self.Attributes!r})"
+
+
+class Event:
+    """One event, with Docker's JSON field names as attributes."""
+
+    __slots__ = ("Type", "Action", "Actor", "scope", "time", "timeNano", "status", "id", "from_")
+
+    def __init__(self, Type: str, Action: str, Actor: Actor, timeNano: int,  # noqa: N803
+                 scope: str = "local") -> None:
+        self.Type = Type
+        self.Action = Action
+        self.Actor = Actor
+        self.scope = scope
+        self.timeNano = timeNano
+        self.time = timeNano // 1_000_000_000
+        legacy = Type in _LEGACY_TYPES
+        self.status = Action if legacy else None
+        self.id = Actor.ID if legacy else None
+        self.from_ = Actor.Attributes.get("image") if Type == "container" else None
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> Event:
+        actor = doc.get("Actor") or {}
+        attrs = actor.get("Attributes") or {}
+        return cls(str(doc["Type"]), str(doc["Action"]),
+                   Actor(str(actor.get("ID", "")), {str(k): str(v) for k, v in attrs.items()}),
+                   int(doc["timeNano"]), str(doc.get("scope", "local")))
+
+    def as_dict(self) -> dict:
+        """Docker's JSON object for this event (what `--format json` prints)."""
+        rec = _record(self.Type, self.Action, self.Actor.ID, self.Actor.Attributes, self.timeNano)
+        rec["scope"] = self.scope
+        return rec
+
+    def text(self) -> str:
+        """`2026-12-04T20:00:00.000000000Z container start ID (image=..., name=...)`."""
+        attrs = ", ".join(f"{k}={v}" for k, v in sorted(self.Actor.Attributes.items()))
+        line = f"{format_time_nano(self.timeNano)} {self.Type} {self.Action} {self.Actor.ID}"
+        return f"{line} ({attrs})" if attrs else line
+
+    def __repr__(self) -> str:
+        return (f"Event({self.Type} {self.Action} {self.Actor.ID[:12]} "
+                f"{self.Actor.Attributes!r} @{self.timeNano})")
+
+
+def format_time_nano(ns: int) -> str:
+    secs, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+
+
+# ================================================================ times and filters
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """Go's time.ParseDuration subset: "10m", "1h30m", "1.5s", "250ms"; None if not one."""
+    total, i, n = 0.0, 0, len(text)
+    if not n:
+        return None
+    while i < n:
+        j = i
+        while j < n and (text[j].isdigit() or text[j] == "."):
+            j += 1
+        if j == i:
+            return None
+        k = j
+        while k < n and not (text[k].isdigit() or text[k] == "."):
+            k += 1
+        unit = text[j:k]
+        if unit not in _UNITS:
+            return None
+        try:
+            total += float(text[i:j]) * _UNITS[unit]
+        except ValueError:
+            return None
+        i = k
+    return total
+
+
+def parse_time(text: str | float | int, now: float | None = None) -> float:
+    """Seconds since the epoch from a --since/--until value; ValueError if it is none.
+
+    Unix seconds (fractions allowed), RFC 3339 (with or without zone: UTC if
+    none; nanoseconds accepted), a date (YYYY-MM-DD), or a duration ago."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    value = text.strip()
+    if not value:
+        raise ValueError("empty time")
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    ago = parse_duration(value)
+    if ago is not None:
+        return (time.time() if now is None else now) - ago
+    from datetime import UTC, datetime
+
+    iso = value.replace("Z", "+00:00").replace("z", "+00:00")
+    head, dot, frac = iso.partition(".")
+    if dot:  # Python 3.11 takes at most microseconds
+        digits = "".join(c for c in frac if c.isdigit())
+        iso = f"{head}.{digits[:6]}{frac[len(digits):]}"
+    try:
+        parsed = datetime.fromisoformat(iso)
+    except ValueError:
+        raise ValueError(f"not a time or duration: {text!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def normalize_filters(filters: Mapping[str, object] | Iterable[str] | None) -> dict[str, list[str]]:
+    """{key: [values]} from a mapping (value or list of values) or "k=v" strings.
+
+    ValueError for an unknown key or a string without "="."""
+    out: dict[str, list[str]] = {}
+    if not filters:
+        return out
+    if isinstance(filters, dict) or hasattr(filters, "items"):
+        items: list[tuple[str, str]] = []
+        for key, value in filters.items():  # type: ignore[union-attr]
+            values = [value] if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+            items.extend((str(key), str(v)) for v in values)
+    else:
+        items = []
+        for spec in filters:  # type: ignore[union-attr]
+            key, eq, value = str(spec).partition("=")
+            if not eq:
+                raise ValueError(f"bad format of filter (expected name=value): {spec!r}")
+            items.append((key, value))
+    for key, value in items:
+        if key not in FILTER_KEYS:
+            raise ValueError(f"invalid filter {key!r} (known: {', '.join(FILTER_KEYS)})")
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def _match_id(full: str, wanted: str) -> bool:
+    return bool(wanted) and (full == wanted or (len(wanted) >= 3 and full.startswith(wanted)))
+
+
+def _image_names(value: str) -> set[str]:
+    names = {value}
+    if value and ":" not in value.rsplit("/", 1)[-1] and "@" not in value:
+        names.add(value + ":latest")
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if value.startswith(prefix):
+            names |= _image_names(value[len(prefix):])
+    return names
+
+
+def matches(event: Event, filters: Mapping[str, list[str]]) -> bool:
+    """Whether EVENT passes normalized FILTERS (every key must match one of its values)."""
+    attrs = event.Actor.Attributes
+    for key, values in filters.items():
+        if not any(_match_one(event, attrs, key, v) for v in values):
+            return False
+    return True
+
+
+def _match_one(event: Event, attrs: dict[str, str], key: str, value: str) -> bool:
+    if key == "type":
+        return event.Type == value
+    if key == "event":  # "health_status: healthy" is matched by health_status too
+        return event.Action == value or event.Action.split(":", 1)[0] == value
+    if key == "container":
+        if event.Type == "container":
+            return _match_id(event.Actor.ID, value) or attrs.get("name") == value
+        return _match_id(attrs.get("container", ""), value)  # network connect/disconnect
+    if key == "image":
+        wanted = _image_names(value)
+        if event.Type == "image":
+            return bool(wanted & (_image_names(event.Actor.ID) | _image_names(attrs.get("name", ""))))
+        return event.Type == "container" and bool(wanted & _image_names(attrs.get("image", "")))
+    if key == "label":
+        k, eq, v = value.partition("=")
+        return k in attrs and (not eq or attrs[k] == v)
+    if key in ("network", "volume"):
+        if event.Type != key:
+            return False
+        return _match_id(event.Actor.ID, value) or attrs.get("name") == value
+    return False
+
+
+# ================================================================ reading
+def _parse_lines(data: bytes) -> Iterator[Event]:
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            doc = _json.loads(raw)
+            if isinstance(doc, dict):
+                yield Event.from_dict(doc)
+        except (ValueError, KeyError, TypeError):
+            continue  # a writer's crash left a fragment
+
+
+def _open_generations(path: str) -> list[int]:
+    """Read fds of journal, journal.1 .. journal.KEEP, newest first, each inode once.
+
+    The current file is opened first: a rotation while we open the rest only
+    shows the same file again under its new name, which the inode check drops."""
+    fds: list[int] = []
+    seen: set[tuple[int, int]] = set()
+    for name in [path] + [f"{path}.{n}" for n in range(1, KEEP + 1)]:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) in seen:
+            os.close(fd)
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        fds.append(fd)
+    return fds
+
+
+def _read_complete(fd: int, pending: bytearray) -> bytes:
+    """Everything new in FD up to its last newline; the rest waits in PENDING."""
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        pending += chunk
+    cut = pending.rfind(b"\n") + 1
+    done = bytes(pending[:cut])
+    del pending[:cut]
+    return done
+
+
+def _in_range(event: Event, since_ns: int | None, until_ns: int | None) -> bool:
+    return (since_ns is None or event.timeNano >= since_ns) and \
+        (until_ns is None or event.timeNano <= until_ns)
+
+
+def _to_ns(value: str | float | int | None) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and value > 10**15:  # already nanoseconds
+        return value
+    return int(parse_time(value) * 1_000_000_000)
+
+
+def read(root: object, since: str | float | None = None, until: str | float | None = None,
+         filters: Mapping[str, object] | Iterable[str] | None = None) -> Iterator[Event]:
+    """The events in ROOT's journal with since <= time <= until, oldest first."""
+    since_ns, until_ns = _to_ns(since), _to_ns(until)
+    wanted = normalize_filters(filters)
+    fds = _open_generations(journal_path(root))
+    try:
+        for fd in reversed(fds):
+            for event in _parse_lines(_read_complete(fd, bytearray())):
+                if _in_range(event, since_ns, until_ns) and matches(event, wanted):
+                    yield event
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def follow(root: object, since: str | float | None = None,
+           filters: Mapping[str, object] | Iterable[str] | None = None,
+           until: str | float | None = None) -> Iterator[Event]:
+    """The events since SINCE (no past ones when None), then each new one as it comes.
+
+    Ends once UNTIL has passed (never when None).  The watch is set before
+    the journal is read, so nothing appended in between is missed."""
+    since_ns, until_ns = _to_ns(since), _to_ns(until)
+    wanted = normalize_filters(filters)
+    path = journal_path(root)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    watch = _Watch(os.path.dirname(path))
+    fd = -1
+    try:
+        fds = _open_generations(path)
+        if fds:
+            fd = fds[0]
+            for old in reversed(fds[1:]):
+                if since_ns is not None:
+                    yield from _select(_read_complete(old, bytearray()), since_ns, until_ns, wanted)
+                os.close(old)
+        pending = bytearray()
+        if fd >= 0 and since_ns is None:
+            os.lseek(fd, 0, os.SEEK_END)  # only what comes from now on
+        while True:
+            if fd >= 0:
+                yield from _select(_read_complete(fd, pending), since_ns, until_ns, wanted)
+            if until_ns is not None and time.time_ns() > until_ns:
+                return
+            newer = _reopen_if_rotated(path, fd)
+            if newer is not None:
+                if fd >= 0:  # finish the rotated file: its last lines came before the new one
+                    yield from _select(_read_complete(fd, pending), since_ns, until_ns, wanted)
+                    os.close(fd)
+                fd, pending = newer, bytearray()
+                continue
+            watch.wait(until_ns)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        watch.close()
+
+
+def _select(data: bytes, since_ns: int | None, until_ns: int | None,
+            wanted: dict[str, list[str]]) -> Iterator[Event]:
+    for event in _parse_lines(data):
+        if _in_range(event, since_ns, until_ns) and matches(event, wanted):
+            yield event
+
+
+def _reopen_if_rotated(path: str, fd: int) -> int | None:
+    """A new fd of PATH when it is not the file FD reads (rotated, or created since)."""
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if fd >= 0:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (current.st_dev, current.st_ino):
+            return None
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+
+
+class _Watch:
+    """Waits until something in the journal directory changes: inotify, else a backing-off poll."""
+
+    def __init__(self, directory: str) -> None:
+        self.fd = -1
+        self.delay = POLL_MIN_S
+        try:
+            from nsbox.runtime import syscalls
+            self.fd = syscalls.inotify_init1(syscalls.IN_CLOEXEC | syscalls.IN_NONBLOCK)
+            syscalls.inotify_add_watch(self.fd, directory, syscalls.IN_MODIFY | syscalls.IN_CREATE
+                                       | syscalls.IN_MOVED_TO | syscalls.IN_CLOSE_WRITE)
+        except (OSError, AttributeError) as exc:
+            log.debug("inotify unavailable (%s): polling the journal", exc)
+            self.close()
+
+    def wait(self, until_ns: int | None) -> None:
+        timeout = WAKE_S
+        if until_ns is not None:
+            timeout = max(0.0, min(timeout, (until_ns - time.time_ns()) / 1e9 + 0.01))
+        if self.fd < 0:
+            time.sleep(min(self.delay, timeout))
+            self.delay = min(self.delay * 2, POLL_MAX_S)
+            return
+        import select
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:
+            try:
+                while os.read(self.fd, 65536):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
