@@ -87,7 +87,7 @@ def run(args, ctx) -> int:  # noqa: ANN001
         template = DEFAULT_TABLE
     trunc = not args["no-trunc"]
     refs = args.positional
-    engine = ctx.engine()
+    engine = stats.Reader(ctx.root, ctx.runroot)  # the database alone: see Reader
     out = sys.stdout
     if args["no-stream"]:
         interval = parse_interval(args["interval"], 0.0)

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 
-from nsbox.engine.observe.stats import binary_size, controller_dirs, record
+from nsbox._record import record
+from nsbox.engine.observe.stats import binary_size, controller_dirs
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:

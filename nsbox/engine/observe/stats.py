@@ -74,68 +74,63 @@ _O_RDONLY = os.O_RDONLY | os.O_CLOEXEC
 _UNLIMITED_V1 = 1 << 62  # v1 "no limit" is PAGE_COUNTER_MAX pages: anything this big
 
 
-def record(cls: type) -> type:
-    """nsbox._record's @record, with an __init__ of plain assignments (compiled once).
+class _Record:
+    """repr and == over __slots__, for the hand-written records below.
 
-    Its generic __init__ loops over the fields; a few hundred records per
-    `stats` call made that a tenth of the command's time.  Defaults here are
-    values (None, 0, ""), never factories."""
-    names = tuple(cls.__dict__.get("__annotations__", {}))
-    params, body, defaults = [], [], {}
-    for name in names:
-        if name in cls.__dict__:
-            defaults[name] = cls.__dict__[name]
-            params.append(f"{name}=_d[{name!r}]")
-        else:
-            params.append(name)
-        body.append(f"    self.{name} = {name}")
-    source = f"def __init__(self, *, {', '.join(params)}):\n" + "\n".join(body)
-    scope: dict = {"_d": defaults}
-    exec(source, scope)  # noqa: S102 - our own field names only
-    cls.__init__ = scope["__init__"]
-    cls.__repr__ = lambda self: f"{cls.__name__}(" + ", ".join(
-        f"{n}={getattr(self, n)!r}" for n in names) + ")"
-    cls.__eq__ = lambda self, other: other.__class__ is self.__class__ and all(
-        getattr(self, n) == getattr(other, n) for n in names)
-    cls.__hash__ = None
-    cls.__record_fields__ = names
-    return cls
+    nsbox._record's decorator builds an __init__ that loops over the fields;
+    a few hundred records per `stats` call made that a tenth of the command,
+    so these records spell their __init__ out."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({inner})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(
+            getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
-@record
-class Target:
+class Target(_Record):
     """A container to sample: what one database row and its cgroup paths give."""
 
-    id: str
-    name: str
-    state: str
-    pid: int
-    started_at: float
-    dirs: dict  # controller ("cpuacct", "memory", ..., "unified") -> cgroup directory
-    ref: str = ""  # how the caller named it ("" when listed)
+    __slots__ = ("id", "name", "state", "pid", "started_at", "dirs", "ref")
+
+    def __init__(self, *, id: str, name: str, state: str, pid: int,  # noqa: A002
+                 started_at: float, dirs: dict, ref: str = "") -> None:
+        self.id, self.name, self.state, self.pid = id, name, state, pid
+        self.started_at = started_at
+        self.dirs = dirs  # controller ("cpuacct", "memory", ..., "unified") -> directory
+        self.ref = ref  # how the caller named it ("" when listed)
 
 
-@record
-class Sample:
+class Sample(_Record):
     """One reading of a container's counters (see the module doc for each field)."""
 
-    read_at: float  # time.time() of the reading
-    started_at: float
-    cpu_total_ns: int
-    cpu_user_ns: int
-    cpu_kernel_ns: int
-    system_cpu_ns: int
-    online_cpus: int
-    mem_usage: int
-    mem_inactive_file: int
-    mem_limit: int
-    networks: dict
-    blk_read: int
-    blk_write: int
-    blkio: list  # (major, minor, "read"|"write", bytes) per device
-    pids: int
-    pids_limit: int
-    cgroup: str  # "v1" or "v2": where the memory numbers came from
+    __slots__ = ("read_at", "started_at", "cpu_total_ns", "cpu_user_ns", "cpu_kernel_ns",
+                 "system_cpu_ns", "online_cpus", "mem_usage", "mem_inactive_file", "mem_limit",
+                 "networks", "blk_read", "blk_write", "blkio", "pids", "pids_limit", "cgroup")
+
+    def __init__(self, *, read_at: float, started_at: float, cpu_total_ns: int,
+                 cpu_user_ns: int, cpu_kernel_ns: int, system_cpu_ns: int, online_cpus: int,
+                 mem_usage: int, mem_inactive_file: int, mem_limit: int, networks: dict,
+                 blk_read: int, blk_write: int, blkio: list, pids: int, pids_limit: int,
+                 cgroup: str) -> None:
+        self.read_at = read_at  # time.time() of the reading
+        self.started_at = started_at
+        self.cpu_total_ns, self.cpu_user_ns, self.cpu_kernel_ns = \
+            cpu_total_ns, cpu_user_ns, cpu_kernel_ns
+        self.system_cpu_ns, self.online_cpus = system_cpu_ns, online_cpus
+        self.mem_usage, self.mem_inactive_file, self.mem_limit = \
+            mem_usage, mem_inactive_file, mem_limit
+        self.networks = networks
+        self.blk_read, self.blk_write = blk_read, blk_write
+        self.blkio = blkio  # (major, minor, "read"|"write", bytes) per device
+        self.pids, self.pids_limit = pids, pids_limit
+        self.cgroup = cgroup  # "v1" or "v2": where the memory numbers came from
 
     @property
     def mem_used(self) -> int:
@@ -153,25 +148,22 @@ class Sample:
         return sum(v[4] for v in self.networks.values())
 
 
-@record
-class Stats:
+class Stats(_Record):
     """One row of `nsbox stats`: the numbers, and the samples they came from."""
 
-    id: str
-    name: str
-    container: str  # as named on the command line, else the (short) id
-    running: bool
-    cpu_percent: float = 0.0
-    mem_usage: int = 0
-    mem_limit: int = 0
-    mem_percent: float = 0.0
-    net_rx: int = 0
-    net_tx: int = 0
-    blk_read: int = 0
-    blk_write: int = 0
-    pids: int = 0
-    sample: object = None  # Sample or None
-    prev: object = None
+    __slots__ = ("id", "name", "container", "running", "cpu_percent", "mem_usage", "mem_limit",
+                 "mem_percent", "net_rx", "net_tx", "blk_read", "blk_write", "pids", "sample",
+                 "prev")
+
+    def __init__(self, *, id: str, name: str, container: str, running: bool) -> None:  # noqa: A002
+        self.id, self.name = id, name
+        self.container = container  # as named on the command line, else "" (the id shows)
+        self.running = running
+        self.cpu_percent = self.mem_percent = 0.0
+        self.mem_usage = self.mem_limit = self.net_rx = self.net_tx = 0
+        self.blk_read = self.blk_write = self.pids = 0
+        self.sample: Sample | None = None
+        self.prev: Sample | None = None
 
     def docker(self, trunc: bool = True) -> dict[str, str]:
         """The fields of `docker stats --format json`, as Docker prints them."""
@@ -414,8 +406,10 @@ def sample(target: Target, system_ns: int | None = None, online: int | None = No
     if acct:
         total = _int(acct + "/cpuacct.usage")
         if total is not None:
-            user = _int(acct + "/cpuacct.usage_user") or 0
-            kernel = _int(acct + "/cpuacct.usage_sys") or 0
+            # Clock ticks, as Docker reads them for usage_in_usermode/kernelmode.
+            text = _read(acct + "/cpuacct.stat")
+            user = _keyed(text, "user") * 1_000_000_000 // _CLK_TCK
+            kernel = _keyed(text, "system") * 1_000_000_000 // _CLK_TCK
     if total is None and unified:
         text = _read(unified + "/cpu.stat")
         if text is not None:
@@ -575,13 +569,12 @@ def targets(engine: EngineBase, refs: Iterable[str] = (), all: bool = False  # n
 def cgroup_dirs(run_root: str, runtime: str, cid: str, pid: int) -> dict[str, str]:
     """Controller -> directory of a container, as `inspect .Cgroups` finds them:
     the runtime's state.json, else the init's /proc/PID/cgroup."""
-    from nsbox.engine.lifecycle.host import runtime_root
-    from nsbox.engine.lifecycle.query import cgroups
+    from nsbox.engine.oci import state_root  # lifecycle.host.runtime_root's answer
 
-    paths = _state_cgroup_paths(os.path.join(runtime_root(run_root, runtime), cid,
-                                             "state.json"))
+    paths = _state_cgroup_paths(os.path.join(state_root(run_root, runtime), cid, "state.json"))
     if paths:
         return controller_dirs(paths)
+    from nsbox.engine.lifecycle.query import cgroups
 
     class _Row:  # what query.cgroups reads of a record
         __slots__ = ("id", "pid", "runtime")
@@ -615,6 +608,19 @@ def _state_cgroup_paths(path: str) -> dict[str, str] | None:
         except (ValueError, AttributeError):
             return None
     return value if isinstance(value, dict) else None
+
+
+class Reader:
+    """What targets() needs of an engine, without the engine: its database and run root.
+
+    `nsbox stats` reads through this: importing the whole Engine (its
+    lifecycle modules) would cost more than sampling ten containers."""
+
+    def __init__(self, root: str, run_root: str) -> None:
+        from nsbox.engine.db import Database
+
+        self.root, self.run_root = root, run_root
+        self.db = Database(root)
 
 
 class _EngineRoots:
