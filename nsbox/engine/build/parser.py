@@ -21,8 +21,9 @@ INSTRUCTIONS = ("FROM", "RUN", "CMD", "LABEL", "MAINTAINER", "EXPOSE", "ENV", "A
 # The flags each instruction takes (name -> takes a value); anything else is an error.
 FLAGS: dict[str, dict[str, bool]] = {
     "FROM": {"platform": True},
-    "COPY": {"from": True, "chown": True, "chmod": True, "link": False, "parents": False},
-    "ADD": {"chown": True, "chmod": True, "link": False, "checksum": True, "keep-git-dir": True},
+    # --link only changes how BuildKit stacks the layer, not what it holds: accepted.
+    "COPY": {"from": True, "chown": True, "chmod": True, "link": False},
+    "ADD": {"chown": True, "chmod": True, "link": False},
     "RUN": {"network": True},
     "HEALTHCHECK": {"interval": True, "timeout": True, "start-period": True, "retries": True,
                     "start-interval": True},
