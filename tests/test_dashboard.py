@@ -187,7 +187,8 @@ def test_page_reads_without_javascript(nsbox, dashboard, browser):
 
 def test_browser_live_graph_stream_and_actions(nsbox, dashboard, browser, tmp_path):
     # Waits for /tmp/go, then puts 48 MiB into /dev/shm (tmpfs: charged to its memory cgroup).
-    nsbox("run", "-d", "--name", "web", "--memory", "256m", "busybox", "sh", "-c",
+    nsbox("run", "-d", "--name", "web", "--memory", "256m", "--health-cmd", "test -d /proc/1",
+          "--health-interval", "2s", "busybox", "sh", "-c",
           "while [ ! -e /tmp/go ]; do sleep 0.2; done; "
           "dd if=/dev/zero of=/dev/shm/fill bs=1M count=48 2>/dev/null; sleep 600")
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
@@ -208,6 +209,16 @@ def test_browser_live_graph_stream_and_actions(nsbox, dashboard, browser, tmp_pa
     assert page.evaluate("() => window.nsboxDashboard.charts.mem.data[0].length") > points
     mem_cell = page.locator("section#usage td[data-field=mem]").inner_text()
     assert mem_cell.endswith("MiB") and float(mem_cell.split()[0]) > 40
+    deadline = time.monotonic() + 60
+    while nsbox("inspect", "-f", "{{.State.Health.Status}}", "web").stdout.strip() != "healthy":
+        assert time.monotonic() < deadline, "the healthcheck never passed"
+        time.sleep(0.2)
+    # A page loaded later starts with the server's history of the graphs.
+    shown = page.evaluate("() => window.nsboxDashboard.charts.mem.data[0].length")
+    page.reload()
+    page.wait_for_function("() => document.getElementById('live').textContent === 'live'")
+    assert page.evaluate("() => window.nsboxDashboard.charts.mem.data[0].length") >= shown
+    assert "healthy" in page.locator("section#health").inner_text()
     screenshot = Path(os.environ.get("NSBOX_DASHBOARD_SCREENSHOT") or tmp_path / "dashboard.png")
     page.wait_for_timeout(1500)  # a few more points on the graphs for the picture
     page.screenshot(path=str(screenshot), full_page=True)
