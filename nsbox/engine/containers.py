@@ -107,6 +107,8 @@ class Engine(EngineBase):
         c = self.get(ref)
         control.stop(self, c.id, timeout, restarting=True)
         self.start(c.id)
+        from nsbox.engine.events import emit_container
+        emit_container(self.root, c, "restart")
 
     # ----------------------------------------------------------------- control
     def stop(self, ref: str, timeout: int | None = None) -> None:

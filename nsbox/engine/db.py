@@ -341,11 +341,13 @@ class Database:
                 return int(row[0]) if row else 0
         return self._retry(bump)
 
-    def delete_container(self, container_id: str) -> None:
-        def delete() -> None:
+    def delete_container(self, container_id: str) -> bool:
+        """Delete one container's row; True if this call deleted it (False: gone already)."""
+        def delete() -> bool:
             with self.transaction() as conn:
-                conn.execute("DELETE FROM container_containers WHERE id=?", (container_id,))
-        self._retry(delete)
+                cur = conn.execute("DELETE FROM container_containers WHERE id=?", (container_id,))
+                return cur.rowcount > 0
+        return self._retry(delete)
 
     def container(self, container_id: str) -> dict | None:
         def get() -> dict | None:

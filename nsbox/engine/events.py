@@ -16,6 +16,9 @@ API (stable; other parts of the engine call these):
         Cheap (one open/flock/write/close, nothing imported) and never
         raises: a failed write is logged and the caller goes on.
 
+    emit_container(root, container_or_row, action, **extra_attributes)
+        A container event with Docker's attributes (labels, image, name).
+
     read(root, since=None, until=None, filters=None) -> Iterator[Event]
         The events already in the journal, oldest first, with
         since <= time <= until.
@@ -111,6 +114,39 @@ def emit(root: object, type_: str, action: str, actor_id: str,
         _append(journal_path(root), type_, action, actor_id, attributes)
     except Exception as exc:  # noqa: BLE001 - an event must never fail the command
         log.warning("event %s %s %s not recorded: %s", type_, action, actor_id[:12], exc)
+
+
+def container_attributes(c: object, **extra: object) -> dict[str, str]:
+    """Docker's attributes of a container event: its labels, image and name, then EXTRA.
+
+    C is a Container (lifecycle/record.py) or a row of container_containers
+    (a dict, whose spec column is JSON)."""
+    try:
+        if isinstance(c, dict):
+            spec = _json.loads(c.get("spec") or "{}")
+            labels = spec.get("labels") or {} if isinstance(spec, dict) else {}
+            attrs = {str(k): str(v) for k, v in labels.items()}
+            attrs["image"] = str(c.get("image", ""))
+            attrs["name"] = str(c.get("name", ""))
+        else:
+            spec = getattr(c, "spec", None)
+            attrs = {str(k): str(v) for k, v in (getattr(spec, "labels", None) or {}).items()}
+            attrs["image"] = str(getattr(c, "image", ""))
+            attrs["name"] = str(getattr(c, "name", ""))
+    except (ValueError, AttributeError, TypeError):
+        attrs = {}
+    for key, value in extra.items():
+        attrs[key] = str(value)
+    return attrs
+
+
+def emit_container(root: object, c: object, action: str, **extra: object) -> None:
+    """emit() of a container event for C (a Container or a row), with container_attributes."""
+    try:
+        cid = c["id"] if isinstance(c, dict) else c.id  # type: ignore[attr-defined]
+    except (KeyError, AttributeError):
+        return
+    emit(root, "container", action, str(cid), container_attributes(c, **extra))
 
 
 def _open_journal(path: str) -> int:

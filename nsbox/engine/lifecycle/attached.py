@@ -39,6 +39,8 @@ def start_attached(engine: EngineBase, ref: str,
         finish_here = (c.spec.restart.name == "no"
                        and not c.spec.network_mode.startswith("slirp4netns")
                        and c.spec.network_mode != "pasta")
+        from nsbox.engine.events import emit_container
+        emit_container(engine.root, c, "attach")  # Docker's order: create, attach, start
         fds = start_container(engine, c, True, monitor, finish_here, reader=True)
     finally:
         if monitor is not None:

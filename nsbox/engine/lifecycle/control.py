@@ -61,7 +61,8 @@ def stop(engine: EngineBase, ref: str, timeout: int | None = None,
     if timeout is None:
         timeout = c.spec.stop_timeout if c.spec.stop_timeout is not None else DEFAULT_STOP_TIMEOUT
     terminate(engine, c, c.extra.get("stop_signal") or "SIGTERM", max(timeout, 0))
-
+    from nsbox.engine.events import emit_container
+    emit_container(engine.root, c, "stop")
 
 def mark_stopped(engine: EngineBase, cid: str, how: int = 1) -> bool:
     """Record that the user stopped CID (no restart follows); False if it no longer exists.
@@ -101,6 +102,7 @@ def terminate(engine: EngineBase, c: Container, signal_name: str, timeout: float
             break  # down, with an exit nobody could record (a full disk)
         now = time.monotonic()
         if current.state in (RUNNING, PAUSED) and current.pid != signalled_pid:
+            _emit_kill(engine, current, signal_name)
             with suppress(NsboxError):
                 engine.oci(c.runtime).kill(c.id, signal_name)
             if current.state == PAUSED:
@@ -108,11 +110,22 @@ def terminate(engine: EngineBase, c: Container, signal_name: str, timeout: float
                     engine.oci(c.runtime).resume(c.id)
             signalled_pid, kill_at = current.pid, now + timeout
         elif signalled_pid and now >= kill_at:
+            _emit_kill(engine, current, "KILL")
             with suppress(NsboxError):
                 engine.oci(c.runtime).kill(c.id, "KILL")
             kill_at = now + 1
         time.sleep(0.02)
     engine._wait_monitor_gone(c)
+
+
+def _emit_kill(engine: EngineBase, c: Container, signal: str | int) -> None:
+    """The `kill` event, before the signal goes: the `die` it causes comes after it."""
+    from nsbox.engine.events import emit_container
+    number: str | int = signal
+    with suppress(Exception):
+        from nsbox.runtime.cli.cmd_kill import parse_signal
+        number = parse_signal(str(signal))
+    emit_container(engine.root, c, "kill", signal=number)
 
 
 def kill(engine: EngineBase, ref: str, signal: str | int = "KILL") -> None:
@@ -136,6 +149,7 @@ def kill(engine: EngineBase, ref: str, signal: str | int = "KILL") -> None:
         if c.spec.auto_remove:
             return
         raise ContainerNotFound(f"no such container: {ref}")
+    _emit_kill(engine, c, signal)
     try:
         engine.oci(c.runtime).kill(c.id, str(signal))
     except NsboxError:
@@ -163,6 +177,8 @@ def pause(engine: EngineBase, ref: str) -> None:
     need_cgroups(c, "pause")
     engine.oci(c.runtime).pause(c.id)
     engine.db.update_container(c.id, state=PAUSED)
+    from nsbox.engine.events import emit_container
+    emit_container(engine.root, c, "pause")
 
 
 def unpause(engine: EngineBase, ref: str) -> None:
@@ -171,6 +187,8 @@ def unpause(engine: EngineBase, ref: str) -> None:
         raise InvalidState(f"container {c.name} is not paused")
     engine.oci(c.runtime).resume(c.id)
     engine.db.update_container(c.id, state=RUNNING)
+    from nsbox.engine.events import emit_container
+    emit_container(engine.root, c, "unpause")
 
 
 def update(engine: EngineBase, ref: str, resources: dict) -> None:
@@ -198,6 +216,9 @@ def rename(engine: EngineBase, ref: str, new_name: str) -> None:
         engine.db.update_container(c.id, name=new_name)
     except sqlite3.IntegrityError:
         raise ContainerExists(f"the container name {new_name!r} is already in use") from None
+    from nsbox.engine.events import emit_container
+    old_name, c.name = c.name, new_name
+    emit_container(engine.root, c, "rename", oldName=old_name)
 
 
 def need_cgroups(c: Container, what: str) -> None:

@@ -226,7 +226,10 @@ def create(engine: EngineBase, spec: ContainerSpec,
                 shutil.rmtree(os.path.join(engine.volumes.dir, vol), ignore_errors=True)
         engine.db.delete_container(cid)
         raise
-    return engine.get(cid)
+    c = engine.get(cid)
+    from nsbox.engine.events import emit_container
+    emit_container(engine.root, c, "create")
+    return c
 
 
 def open_to_mapped_root(engine: EngineBase, userdata: str, volume_paths: dict[str, str],

@@ -54,6 +54,7 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
                             oom_killed=oom_killed)
         db.increment_restart(cid)
         db.update_container(cid, state=RESTARTING)
+        _emit_exit(engine, row, code, oom_killed, time.time())
         return True
     if spec.publish or spec.publish_all:  # released at stop, published again at start
         with suppress(Exception):
@@ -70,6 +71,7 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
     else:
         db.update_container(cid, state=EXITED, pid=0, exit_code=code, finished_at=time.time(),
                             oom_killed=oom_killed)
+        _emit_exit(engine, row, code, oom_killed, time.time())
     crashpoint("finish.after_exit_record")
     # An attached `run` still reading the output removes it itself, after;
     # should it die first, the next command does (lifecycle/recover.py).
@@ -78,6 +80,16 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
             not (reader and reader != os.getpid() and pid_alive(reader)):
         remove_now(engine, cid, volumes=True, keep_exit_code=True)
     return False
+
+
+def _emit_exit(engine: EngineBase, row: dict, code: int, oom_killed: bool, now: float) -> None:
+    """The `oom` (the cgroup counted an OOM kill) and `die` events of this exit, in that order."""
+    from nsbox.engine.events import emit_container
+    if oom_killed:
+        emit_container(engine.root, row, "oom")
+    started = row.get("started_at") or 0
+    duration = f"{max(0, int(now - started))}" if started else "0"
+    emit_container(engine.root, row, "die", exitCode=code, execDuration=duration)
 
 
 def should_restart(policy: RestartPolicy, code: int, count: int) -> bool:

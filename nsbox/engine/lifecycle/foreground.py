@@ -83,6 +83,8 @@ def _run_foreground(engine: EngineBase, c: Container, oci, pid_file: str) -> int
                 pid = int(f.read().strip())
             engine.db.update_container(c.id, state=RUNNING, pid=pid, started_at=time.time(),
                                        monitor_pid=os.getpid())
+            from nsbox.engine.events import emit_container
+            emit_container(engine.root, c, "start")
             break
         except (OSError, ValueError):
             time.sleep(0.01)
@@ -91,4 +93,6 @@ def _run_foreground(engine: EngineBase, c: Container, oci, pid_file: str) -> int
     with suppress(NsboxError):
         engine.storage.unmount(c.id)
     engine.db.update_container(c.id, state=EXITED, pid=0, exit_code=code, finished_at=time.time())
+    from nsbox.engine.events import emit_container
+    emit_container(engine.root, c, "die", exitCode=code)
     return code

@@ -55,9 +55,16 @@ def exec_in(engine: EngineBase, ref: str, cmd: list[str], tty: bool = False,
     args += [c.id, *cmd]
     if stdin is None and not interactive:
         stdin = subprocess.DEVNULL
+    from nsbox.engine.events import emit_container
+    exec_id = os.urandom(32).hex()
+    shown = " ".join(cmd)
+    emit_container(engine.root, c, f"exec_create: {shown}", execID=exec_id)
+    emit_container(engine.root, c, f"exec_start: {shown}", execID=exec_id)
     result = subprocess.run([c.runtime, "--root", runtime_root(engine.run_root, c.runtime),
                              *engine.oci(c.runtime).global_args, *args],
                             stdin=stdin, stdout=stdout, stderr=stderr, check=False)
+    if not detach:
+        emit_container(engine.root, c, "exec_die", execID=exec_id, exitCode=result.returncode)
     return result.returncode
 
 
@@ -128,6 +135,8 @@ def attach(engine: EngineBase, ref: str, stdin=None) -> Iterator[tuple[str, str,
         raise UnsupportedError(f"container {c.name} has a terminal: attaching to it is not "
                                "supported; use `nsbox exec -it` or `nsbox logs -f`")
     since = time.time()
+    from nsbox.engine.events import emit_container
+    emit_container(engine.root, c, "attach")
     if stdin is not None:
         if not c.spec.interactive:
             raise InvalidState(f"container {c.name} has no open stdin: run it with -i to attach one")

@@ -95,6 +95,9 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
     db.update_container(cid, state=RUNNING, pid=pid, started_at=time.time(), finished_at=0,
                         exit_code=0, monitor_pid=os.getppid(), error="")
     crashpoint("helper.after_running")
+    # Before the answer: the container may exit (and its die be emitted) right after.
+    from nsbox.engine.events import emit_container
+    emit_container(root, row, "start")
     try:
         os.write(status_fd, f"ok {pid}{health}\n".encode())
     except OSError:

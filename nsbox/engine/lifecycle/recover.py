@@ -93,6 +93,9 @@ def abandon(engine: EngineBase, cid: str, reason: str, states: tuple[str, ...] =
             slirp_ports.unpublish(engine, cid)
     with suppress(NsboxError):
         engine.storage.unmount(cid)
+    if row["pid"] > 0:  # its process ran, and was killed above
+        from nsbox.engine.events import emit_container
+        emit_container(engine.root, row, "die", exitCode=137)
     if spec.auto_remove:
         remove_now(engine, cid, volumes=True)
         return True

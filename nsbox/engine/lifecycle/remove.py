@@ -101,7 +101,11 @@ def remove_now(engine: EngineBase, cid: str, volumes: bool, keep_exit_code: bool
         slirp.stop(engine.run_root, cid)
         with suppress(FileNotFoundError):  # its published ports (network/slirp_ports.py)
             os.unlink(os.path.join(engine.run_root, "ports", cid + ".json"))
-    engine.db.delete_container(cid)  # the record goes last: a crash before leaves it to redo
+    # The record goes last: a crash before leaves it to redo.  Of two racing
+    # removals, the one that deleted the row says so (one `destroy` event).
+    if engine.db.delete_container(cid):
+        from nsbox.engine.events import emit_container
+        emit_container(engine.root, row, "destroy")
     extra = _json.loads(row["extra"] or "{}")
     if volumes:
         for name in extra.get("anonymous_volumes", []):

@@ -189,6 +189,10 @@ class EngineBase:
                 raise ContainerNotFound(f"no such container: {c.id}")
             return Container.from_row(row)  # its monitor's finish got there first
         c = Container.from_row(self.db.container(c.id) or asdict_row(c))
+        from nsbox.engine.events import emit_container
+        if c.oom_killed:  # the exit its dead monitor could not record: seen here
+            emit_container(self.root, c, "oom")
+        emit_container(self.root, c, "die", exitCode=c.exit_code)
         if c.spec.auto_remove:
             return self._reconcile(c)  # removed now if nobody else will
         return c
