@@ -243,7 +243,8 @@ def test_syntax_error_and_failing_run_leave_nothing(nsbox, tmp_path):
     assert "missing.txt" in one_line_error(nsbox("build", str(ctx), check=False))
     (ctx / "Containerfile").write_text("FROM busybox\nRUN echo made > /f; exit 3\n")
     proc = nsbox("build", "-t", "bad:1", str(ctx), check=False)
-    assert "exited with status 3" in one_line_error(proc)
+    assert one_line_error(proc) == ("Error: Containerfile:2: RUN echo made > /f; exit 3: "
+                                    "the command exited with status 3")
     (ctx / "Containerfile").write_text("FROM no-such-image-here:1\n")
     assert "no-such-image-here" in one_line_error(nsbox("build", str(ctx), check=False))
     assert nsbox("images", "-q", "-a").stdout == images_before

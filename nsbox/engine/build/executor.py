@@ -339,7 +339,8 @@ class Builder:
                                 history_entry(created_by, False), overlay_kind())
 
         network = ins.flags.get("network") or self.options.network
-        return run_container(self.engine, state, argv, args, network, output, then), False
+        what = f"{self.where(ins)}RUN {ins.original}"
+        return run_container(self.engine, state, argv, args, network, output, then, what), False
 
 
 def build(engine, context_dir: str, containerfile: str | None = None,  # noqa: ANN001

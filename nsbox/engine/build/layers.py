@@ -149,7 +149,7 @@ def forget_image(store, image: Image) -> None:  # noqa: ANN001
 
 def run_container(engine, state: State, argv: list[str], env: dict[str, str],  # noqa: ANN001
                   network: str | None, output: Callable[[str, bytes], None],
-                  then: Callable[[str], State]) -> State:
+                  then: Callable[[str], State], what: str = "RUN") -> State:
     """Run ARGV in a container of STATE; THEN(upper dir) makes the step's result.
 
     OUTPUT gets (stream, data) as the command writes.  A command that exits
@@ -182,7 +182,7 @@ def run_container(engine, state: State, argv: list[str], env: dict[str, str],  #
             output(stream, data)
         code = attached.finish(remove=False)
         if code != 0:
-            raise BuildRunError(f"the command {argv!r} exited with status {code}")
+            raise BuildRunError(f"{what}: the command exited with status {code}")
         return then(engine.storage.rootfs(cid).upper)
     finally:
         if cid is not None:

@@ -16,7 +16,8 @@ FLAGS = {"tag": "list", "file": "str", "build-arg": "list", "target": "str", "no
 ALIASES = {"t": "tag", "f": "file", "q": "quiet"}
 HELP = {
     "tag": ("name", "Name the image (repeatable)"),
-    "file": ("path", "The Containerfile (default: CONTEXT/Containerfile, else CONTEXT/Dockerfile)"),
+    "file": ("path", "The Containerfile, relative to here, else to the context (default: "
+             "CONTEXT/Containerfile, else CONTEXT/Dockerfile)"),
     "build-arg": ("KEY=VALUE", "Set a build argument (repeatable; KEY alone takes it from the "
                   "environment)"),
     "target": ("stage", "Build up to this stage (by its AS name) and store it"),
@@ -50,6 +51,8 @@ def _pairs(items: list[str], what: str, environ: bool) -> dict[str, str]:
 
 
 def run(args, ctx) -> int:  # noqa: ANN001
+    import os
+
     import nsbox.api
     from nsbox.engine.cli import need_args
 
@@ -62,8 +65,11 @@ def run(args, ctx) -> int:  # noqa: ANN001
             sys.stdout.write(text)
             sys.stdout.flush()
 
+    dockerfile = args["file"] or None
+    if dockerfile and context != "-" and os.path.isfile(dockerfile):
+        dockerfile = os.path.abspath(dockerfile)  # -f is relative to here, as in docker/podman
     image = nsbox.api.build(
-        context, tag=args["tag"] or [], dockerfile=args["file"] or None,
+        context, tag=args["tag"] or [], dockerfile=dockerfile,
         buildargs=_pairs(args["build-arg"], "build-arg", True), target=args["target"] or None,
         nocache=bool(args["no-cache"]), pull=bool(args["pull"]),
         labels=_pairs(args["label"], "label", False), network=args["network"] or None,
