@@ -374,6 +374,26 @@ def cgroup(container: str, *, engine=None) -> dict:  # noqa: ANN001
     return cgroupview.view(engine, container).as_dict()
 
 
+def events(since: str | float | None = None, until: str | float | None = None,
+           filters: dict | list | None = None, follow: bool | None = None, *,
+           engine=None) -> Iterator:  # noqa: ANN001
+    """The engine's events (nsbox.engine.events.Event records), oldest first, as a generator.
+
+    SINCE/UNTIL: Unix seconds, RFC 3339 or a duration ago ("10m"); FILTERS:
+    {"container": [...], "event": [...], "image", "type", "label", "network",
+    "volume"} or ["k=v", ...].  FOLLOW (default: when UNTIL is None, as
+    Docker's SDK) goes on with each new event as it is recorded, until UNTIL
+    if given; without it, only the events already recorded.  Event.as_dict()
+    is Docker's JSON object."""
+    from nsbox.engine import events as events_mod
+    engine = engine or default_engine()
+    if follow is None:
+        follow = until is None
+    if follow:
+        return events_mod.follow(engine.root, since=since, filters=filters, until=until)
+    return events_mod.read(engine.root, since=since, until=until, filters=filters)
+
+
 def images(*, engine=None) -> list:  # noqa: ANN001
     """Image summaries (id, repo_tags, created, size), newest first."""
     engine = engine or default_engine()

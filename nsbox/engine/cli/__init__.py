@@ -30,6 +30,7 @@ COMMANDS = {
     "logout": "logout", "commit": "commit", "build": "build",
     "ns": "ns", "dashboard": "dashboard",
     "stats": "stats", "cgroup": "cgroup",
+    "events": "events",
 }
 # `nsbox container|image|volume SUB`.
 GROUPS = {
@@ -44,7 +45,7 @@ GROUPS = {
     "volume": {"create": "volume_create", "ls": "volume_ls", "list": "volume_ls",
                "rm": "volume_rm", "remove": "volume_rm", "inspect": "volume_inspect",
                "prune": "volume_prune"},
-    "system": {"reset": "system_reset", "df": "system_df"},
+    "system": {"reset": "system_reset", "df": "system_df", "events": "events"},
     "healthcheck": {"run": "healthcheck_run"},
     "network": {"create": "network_create", "ls": "network_ls", "list": "network_ls",
                 "inspect": "network_inspect", "rm": "network_rm", "remove": "network_rm",
