@@ -202,13 +202,21 @@ def test_passing_check_becomes_healthy(box):
         config = box.inspect("hc-pass")["Config"]["Healthcheck"]
         assert config["Test"] == ["CMD-SHELL", "echo fine"] and config["Interval"] == 10 ** 9
         assert _runners_by_name(cid)
+        assert _health_events(box, cid) == ["health_status: healthy"]  # once: on the change
     finally:
         box("rm", "-f", "hc-pass")
     assert _wait_for(lambda: not _runners_by_name(cid), 15), "the runner outlived its container"
 
 
+def _health_events(box: Box, cid: str) -> list[str]:
+    """The health_status actions the journal holds for CID, oldest first."""
+    from nsbox.engine import events
+    return [e.Action for e in events.read(str(box.base / "lib"))
+            if e.Actor.ID == cid and e.Action.startswith("health_status")]
+
+
 def test_failing_check_becomes_unhealthy_after_retries(box):
-    _run(box, "hc-fail", "--health-cmd", "echo broken >&2; exit 3", "--health-interval", "1s",
+    cid = _run(box, "hc-fail", "--health-cmd", "echo broken >&2; exit 3", "--health-interval", "1s",
          "--health-retries", "3")
     try:
         assert _wait_for(lambda: _health(box, "hc-fail").get("Status") == "unhealthy"), \
@@ -219,6 +227,7 @@ def test_failing_check_becomes_unhealthy_after_retries(box):
         assert len(health["Log"]) >= 3
         assert all(e["ExitCode"] == 3 and e["Output"] == "broken\n" for e in health["Log"])
         assert _status(box, "hc-fail").endswith("(unhealthy)")
+        assert _health_events(box, cid) == ["health_status: unhealthy"]
         time.sleep(0.1)
         assert _wait_for(lambda: len(_health(box, "hc-fail")["Log"]) == 5, 30)
         time.sleep(2.5)
@@ -284,6 +293,13 @@ def test_healthcheck_run(box):
             assert (proc.returncode, proc.stdout) == (1, expected + "\n"), proc
             assert _health(box, "hc-now")["FailingStreak"] == n
         assert _status(box, "hc-now").endswith("(unhealthy)")
+        names = box("ps", "--filter", "health=unhealthy", "--format", "{{.Names}}").stdout
+        assert "hc-now" in names.split()
+        for other in ("healthy", "none", "starting"):
+            names = box("ps", "--filter", f"health={other}", "--format", "{{.Names}}").stdout
+            assert "hc-now" not in names.split()
+        bad = box("ps", "--filter", "health=fine", check=False)
+        assert bad.returncode == 125 and "Unrecognised filter value for health: fine" in bad.stderr
         box("stop", "-t", "0", "hc-now")
         proc = box("healthcheck", "run", "hc-now", check=False)
         assert proc.returncode == 125 and proc.stderr.count("\n") == 1

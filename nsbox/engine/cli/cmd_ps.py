@@ -15,7 +15,8 @@ ALIASES = {"a": "all", "q": "quiet", "f": "filter", "n": "last", "l": "latest", 
 HELP = {
     "all": "Show all containers (default shows just running)",
     "quiet": "Only display container IDs",
-    "filter": ("filter", "Filter output: name=, id=, status=, label=K[=V], ancestor=, exited="),
+    "filter": ("filter", "Filter output: name=, id=, status=, label=K[=V], ancestor=, exited=, "
+               "health="),
     "format": ("string", "Format output using a Go template, table ..., or json"),
     "last": ("int", "Show N last created containers"),
     "latest": "Show the latest created container",
@@ -23,7 +24,8 @@ HELP = {
     "size": "Accepted for Docker compatibility; ignored",
 }
 
-FILTER_KEYS = ("name", "status", "label", "id", "ancestor", "exited")
+FILTER_KEYS = ("name", "status", "label", "id", "ancestor", "exited", "health")
+HEALTH = ("starting", "healthy", "unhealthy", "none")
 STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 DEFAULT_TABLE = ("table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t"
                  "{{.Ports}}\t{{.Names}}")
@@ -41,6 +43,8 @@ def parse_filters(entries: list[str]) -> dict[str, list[str]]:
             raise ConfigError(f"invalid filter '{key}'")
         if key == "status" and value not in STATUSES:
             raise ConfigError(f"invalid filter 'status={value}'")
+        if key == "health" and value not in HEALTH:
+            raise ConfigError(f"Unrecognised filter value for health: {value}")
         filters.setdefault(key, []).append(value)
     return filters
 
@@ -56,6 +60,8 @@ def matches(container, filters: dict[str, list[str]]) -> bool:  # noqa: ANN001
             ok = container.state in values
         elif key == "exited":
             ok = container.state == "exited" and str(container.exit_code) in values
+        elif key == "health":
+            ok = _health_of(container) in values
         elif key == "ancestor":
             ok = any(v in (container.image, container.image_id)
                      or container.image_id.removeprefix("sha256:").startswith(v) for v in values)
@@ -66,6 +72,14 @@ def matches(container, filters: dict[str, list[str]]) -> bool:  # noqa: ANN001
         if not ok:
             return False
     return True
+
+
+def _health_of(container) -> str:  # noqa: ANN001
+    """starting, healthy, unhealthy, or none (no healthcheck, or never started with it)."""
+    if not (getattr(container, "extra", None) or {}).get("healthcheck"):
+        return "none"
+    from nsbox.engine.health.state import status
+    return status(container.bundle) or "none"
 
 
 def run(args, ctx) -> int:  # noqa: ANN001
