@@ -328,3 +328,54 @@ def test_cgroup_of_a_stopped_container_lists_its_limits_only(cli, engine):
     assert v.paths == {} and v.events == [] and v.pid == 0
     lim = next(lim for lim in v.limits if lim.flag == "--memory")
     assert lim.requested == "32MiB" and lim.files == [] and lim.setting == ""
+
+
+def test_network_io_counts_the_containers_own_interfaces(cli, engine):
+    # Two --network none containers joined by a veth pair made straight into
+    # their namespaces (nothing on the host's), then a ping from one to the other.
+    a = cli("run", "-d", "--network", "none", "--cap-add", "NET_RAW", "busybox", "sleep",
+            "1000").stdout.strip()
+    b = cli("run", "-d", "--network", "none", "busybox", "sleep", "1000").stdout.strip()
+    pid_a, pid_b = engine.get(a).pid, engine.get(b).pid
+    name = f"st{os.getpid() % 100000}"
+    subprocess.run(["ip", "link", "add", "name", f"{name}a", "netns", str(pid_a), "type", "veth",
+                    "peer", "name", f"{name}b", "netns", str(pid_b)], check=True)
+    for pid, dev, addr in ((pid_a, f"{name}a", "10.251.7.1/30"), (pid_b, f"{name}b",
+                                                                   "10.251.7.2/30")):
+        subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "addr", "add", addr, "dev", dev],
+                       check=True)
+        subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "link", "set", dev, "up"],
+                       check=True)
+    assert engine.exec(a, ["ping", "-c", "3", "-s", "1000", "-W", "5", "10.251.7.2"],
+                       stdout=devnull()) == 0
+    row = stats.snapshot(engine, [a])[0]
+    assert set(row.sample.networks) == {f"{name}a"}  # lo is left out, as Docker does
+    assert row.net_tx >= 3 * 1000 and row.net_rx >= 3 * 1000, row.sample.networks
+    line = cli("stats", "--no-stream", "--format", "{{.NetIO}}", a).stdout.strip()
+    rx, _, tx = line.partition(" / ")
+    assert rx.endswith("kB") and tx.endswith("kB"), line
+
+
+def test_stats_on_a_terminal_redraws_in_place(cli, base):
+    import pty
+    import select
+
+    cid = cli("run", "-d", "busybox", "sleep", "1000").stdout.strip()
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([NSBOX, "--root", str(base / "lib"), "--runroot", str(base / "run"),
+                             "stats", "--interval", "0.2", cid], stdout=slave,
+                            stderr=subprocess.PIPE)
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while seen.count(b"\x1b[2J\x1b[H") < 3 and time.monotonic() < deadline:
+            if select.select([master], [], [], 1.0)[0]:
+                seen += os.read(master, 65536)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+    frames = seen.split(b"\x1b[2J\x1b[H")
+    assert len(frames) >= 4 and frames[0] == b"", seen  # each round starts with a clear
+    assert b"CONTAINER ID" in frames[1] and cid[:12].encode() in frames[2]

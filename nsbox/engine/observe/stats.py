@@ -334,10 +334,23 @@ def online_cpus() -> int:
     return os.sysconf("SC_NPROCESSORS_ONLN") or 1
 
 
+_OWN_NETNS: list[int] = []
+
+
 def _net_dev(pid: int) -> dict[str, tuple[int, ...]] | None:
-    """/proc/PID/net/dev: the interfaces of PID's network namespace, lo left out."""
+    """/proc/PID/net/dev: the interfaces of PID's network namespace, lo left out.
+
+    A container in our own network namespace (--network host) has none of
+    its own: Docker shows no network I/O for it, not the host's."""
     text = _read(f"/proc/{pid}/net/dev")
     if text is None:
+        return None
+    try:
+        if not _OWN_NETNS:
+            _OWN_NETNS.append(os.stat("/proc/self/ns/net").st_ino)
+        if os.stat(f"/proc/{pid}/ns/net").st_ino == _OWN_NETNS[0]:
+            return {}
+    except OSError:
         return None
     out = {}
     for line in text.splitlines()[2:]:
