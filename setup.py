@@ -85,11 +85,77 @@ class build_monitor_loop(Command):  # noqa: N801 (distutils command names are lo
         return {self._built(): self._target()} if self.editable_mode else {}
 
 
+GUARD_DIR = os.path.join("nsbox", "engine", "guard", "bpf")
+GUARD_SOURCE = os.path.join(GUARD_DIR, "guard.bpf.c")
+GUARD_OBJECT = "guard.bpf.o"  # the name nsbox/engine/guard/client.py looks for
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+
+
+class build_guard_bpf(build_monitor_loop):  # noqa: N801
+    """Compile the guard's CO-RE BPF program (nsbox/engine/guard/bpf/guard.bpf.c).
+
+    vmlinux.h (the kernel's types) is generated from the build host's BTF
+    with `bpftool btf dump file /sys/kernel/btf/vmlinux format c` into the
+    build's temporary directory, then `clang -target bpf -O2 -g` compiles
+    the object; libbpf relocates it to the running kernel when it is loaded,
+    so the object runs on other kernels with BTF too.  Without clang,
+    bpftool or BTF the build warns and the guard reports itself unavailable
+    (`nsbox info`); NSBOX_REQUIRE_GUARD=1 makes that fail the build.
+    """
+
+    description = "compile nsbox/engine/guard/bpf/guard.bpf.c into guard.bpf.o"
+
+    def _built(self) -> str:
+        return os.path.join(self.build_lib, GUARD_DIR, GUARD_OBJECT)
+
+    def _target(self) -> str:
+        if self.editable_mode:
+            return os.path.join(os.path.dirname(os.path.abspath(__file__)), GUARD_DIR,
+                                GUARD_OBJECT)
+        return self._built()
+
+    def run(self) -> None:
+        import tempfile
+
+        target = self._target()
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        staging = f"{target}.{os.getpid()}.tmp"
+        arch = {"x86_64": "x86", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+        with tempfile.TemporaryDirectory(prefix="nsbox-guard-build-") as tmp:
+            header = os.path.join(tmp, "vmlinux.h")
+            compile_cmd = [os.environ.get("BPF_CLANG", "clang"), "-target", "bpf", "-O2", "-g",
+                           f"-D__TARGET_ARCH_{arch}", "-I", tmp, "-c", GUARD_SOURCE,
+                           "-o", staging]
+            try:
+                with open(header, "wb") as out:
+                    subprocess.run(["bpftool", "btf", "dump", "file", VMLINUX_BTF, "format",
+                                    "c"], check=True, stdout=out)
+                self.announce(" ".join(compile_cmd), level=2)
+                subprocess.run(compile_cmd, check=True)
+            except (OSError, subprocess.CalledProcessError) as err:
+                if os.path.exists(staging):
+                    os.unlink(staging)
+                if os.environ.get("NSBOX_REQUIRE_GUARD"):
+                    raise
+                if os.path.exists(target):
+                    os.unlink(target)
+                self.warn(f"cannot compile {GUARD_SOURCE} ({err}): `--security-opt guard=` "
+                          "will be unavailable; install clang, bpftool and libbpf-dev and "
+                          "reinstall")
+                return
+        os.replace(staging, target)
+
+    def get_source_files(self) -> list[str]:
+        return [GUARD_SOURCE]
+
+
 class Build(build):
-    sub_commands = [*build.sub_commands, ("build_monitor_loop", None)]
+    sub_commands = [*build.sub_commands, ("build_monitor_loop", None),
+                    ("build_guard_bpf", None)]
 
 
-cmdclass: dict[str, type] = {"build": Build, "build_monitor_loop": build_monitor_loop}
+cmdclass: dict[str, type] = {"build": Build, "build_monitor_loop": build_monitor_loop,
+                             "build_guard_bpf": build_guard_bpf}
 
 # The wheel holds a native executable: tag it for this platform, any Python 3.
 try:

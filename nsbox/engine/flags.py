@@ -658,7 +658,8 @@ def build_spec(image: str, command: list[str] | None, opts: dict,
     spec.security_opt = [str(s) for s in _as_list(opts.get("security-opt"))]
     for opt in spec.security_opt:
         key = opt.partition("=")[0].partition(":")[0]
-        if key not in ("seccomp", "apparmor", "label", "no-new-privileges", "mask", "unmask"):
+        if key not in ("seccomp", "apparmor", "label", "no-new-privileges", "mask", "unmask",
+                       "guard"):
             raise bad("security-opt", opt, f"invalid --security-opt: {opt!r}")
     if get("log-driver"):
         if opts["log-driver"] not in _LOG_DRIVERS:

@@ -262,6 +262,7 @@ class SecurityOptions:
         self.apparmor: str | None = None
         self.mask: list[str] = []
         self.unmask: list[str] = []
+        self.guard: str | None = None  # nsbox/engine/guard: None is the host's default
         for opt in opts:
             key, sep, value = opt.partition("=")
             if not sep and ":" in opt:
@@ -283,6 +284,11 @@ class SecurityOptions:
                 self.mask += [p for p in value.split(":") if p]
             elif key == "unmask":
                 self.unmask += [p for p in value.split(":") if p]
+            elif key == "guard":
+                if not value:
+                    raise ConfigError("--security-opt guard needs default, drift, off or a "
+                                      "rules file")
+                self.guard = value
             else:
                 raise ConfigError(f"invalid --security-opt: {opt!r}")
 

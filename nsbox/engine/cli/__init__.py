@@ -51,6 +51,7 @@ GROUPS = {
                 "inspect": "network_inspect", "rm": "network_rm", "remove": "network_rm",
                 "prune": "network_prune", "connect": "network_connect",
                 "disconnect": "network_disconnect"},
+    "guard": {"watch": "guard_watch", "status": "guard_status"},
 }
 GLOBAL_FLAGS = {"root": "str", "runroot": "str", "runtime": "str", "log-level": "str",
                 "cgroup-manager": "str", "help": "bool", "version": "bool", "debug": "bool"}

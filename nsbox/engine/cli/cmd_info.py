@@ -106,7 +106,17 @@ def gather(ctx) -> dict:  # noqa: ANN001
     info["Security"] = host_report()
     from nsbox.engine import rootless
     info["Rootless"] = rootless.report()
+    from nsbox.engine.guard.client import host_support
+    info["Guard"] = host_support()
     return info
+
+
+def guard_line(guard: dict) -> str:
+    """What --security-opt guard= can do on this host (docs/guard.md)."""
+    detect = "detection available" if guard["Available"] else \
+        f"unavailable ({guard['Reason']})"
+    return (f"Guard: {detect}; kernel enforcement (deny rules, drift): "
+            f"{'yes' if guard['Enforcement'] else 'no, ' + guard['EnforcementReason']}")
 
 
 def security_lines(sec: dict) -> list[str]:
@@ -155,5 +165,6 @@ def run(args, ctx) -> int:  # noqa: ANN001
     from nsbox.engine.rootless import report_line
     lines.append(report_line(info["Rootless"]))
     lines += security_lines(info["Security"])
+    lines.append(guard_line(info["Guard"]))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

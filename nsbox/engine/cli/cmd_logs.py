@@ -6,8 +6,10 @@ Print a container's output: -f/--follow, --tail N|all, -t/--timestamps,
 
 from __future__ import annotations
 
+import sys
+
 FLAGS = {"follow": "bool", "tail": "str", "timestamps": "bool", "since": "str",
-         "until": "str", "details": "bool"}
+         "until": "str", "details": "bool", "guard": "bool"}
 ALIASES = {"f": "follow", "t": "timestamps", "n": "tail"}
 HELP = {
     "follow": "Follow log output",
@@ -16,6 +18,7 @@ HELP = {
     "since": ("string", "Show logs since a time (Unix, RFC 3339, or a duration like 10m)"),
     "until": ("string", "Accepted for Docker compatibility; ignored"),
     "details": "Accepted for Docker compatibility; ignored",
+    "guard": "Print the guard's alerts (JSON lines) instead of the output (docs/guard.md)",
 }
 
 
@@ -30,6 +33,12 @@ def run(args, ctx) -> int:  # noqa: ANN001
         tail = parse_int(args["tail"], "tail", -1)
         tail = None if tail < 0 else tail
     engine = ctx.engine()
+    if args["guard"]:
+        from nsbox.engine.guard.client import follow_alerts
+        for line in follow_alerts(engine, ref, follow=bool(args["follow"]), tail=tail):
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        return 0
     records = engine.logs(ref, follow=bool(args["follow"]), tail=tail,
                           timestamps=bool(args["timestamps"]), since=parse_since(args["since"]))
     stream_logs(records, bool(args["timestamps"]))
@@ -39,7 +48,6 @@ def run(args, ctx) -> int:  # noqa: ANN001
     except NsboxError:  # removed meanwhile (--rm)
         lines = size = 0
     if lines or size:
-        import sys
         sys.stdout.flush()
         print(f"nsbox: {lines} lines ({size} bytes) of output were dropped: the log could not "
               "be written (disk full?)", file=sys.stderr)

@@ -73,6 +73,12 @@ def create(engine: EngineBase, spec: ContainerSpec,
         if mode.startswith("container:"):
             peer_pids[mode] = bundle_mod.peer_pid_or_fail(engine.get, mode)
     bundle_mod.command_of(spec, image.section)  # "no command" fails before anything exists
+    guard_conf = None
+    if any(o.startswith("guard") for o in spec.security_opt) or os.path.exists(
+            os.environ.get("NSBOX_GUARD_CONF", "/etc/nsbox/guard.conf")) or \
+            os.environ.get("NSBOX_GUARD"):  # (without them, nothing of the guard is imported)
+        from nsbox.engine.guard import client as guard_client  # its rules, read and checked
+        guard_conf = guard_client.configure(guard_client.setting_of(spec.security_opt))
     nets = None
     if _bridged(spec.network_mode):
         from nsbox.engine.network import attach
@@ -194,6 +200,8 @@ def create(engine: EngineBase, spec: ContainerSpec,
                  # Where the runtime will put its cgroups (below the starter's
                  # own, recorded at start): found again after a crash.
                  "cgroups_path": config.get("linux", {}).get("cgroupsPath", "")}
+        if guard_conf is not None:
+            extra["guard"] = guard_conf  # the rules as they were at create
         if spec.healthcheck or image.section.get("Healthcheck"):
             from nsbox.engine.health.config import effective, merge
             merged = merge(spec.healthcheck, image.section.get("Healthcheck"))

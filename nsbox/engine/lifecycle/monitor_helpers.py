@@ -79,6 +79,8 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
             # the container's process must not run before they are up.
             from nsbox.engine.network import wiring
             wiring.wait(run_root, cid)
+        if '"guard"' in (row["extra"] or ""):
+            _guard_watch(engine, row, spec, pid)  # before its first instruction runs
         oci.start(cid)
     except NsboxError as exc:
         reason = str(exc).strip() or "the runtime failed"  # create's already has its --log error
@@ -119,6 +121,18 @@ def _health_reset(row: dict) -> str:
         return ""
     state.reset(row["bundle"])
     return " health"
+
+
+def _guard_watch(engine: EngineBase, row, spec: dict, pid: int) -> None:  # noqa: ANN001
+    """Hand the created container to the host's guard process (nsbox/engine/guard)."""
+    extra = _json.loads(row["extra"] or "{}")
+    if not extra.get("guard"):
+        return
+    from nsbox.engine.guard import client
+    context = {"id": row["id"], "name": row["name"], "image": row["image"],
+               "labels": spec.get("labels") or {}, "network": spec.get("network_mode") or "",
+               "entrypoint": extra.get("path", "")}
+    client.watch(engine.root, context, extra["guard"], pid, row["bundle"])
 
 
 def fill_new_volumes(engine: EngineBase, c: Container) -> None:

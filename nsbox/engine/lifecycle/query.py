@@ -286,6 +286,9 @@ def security_posture(engine: EngineBase, ref: str) -> dict:
     peers = {f"/proc/{other.pid}": other.name for other in engine.list(all=False)
              if other.pid and other.id != c.id}
     report = posture(config, c.pid if c.state in (RUNNING, PAUSED) else 0, peers)
+    if c.extra.get("guard"):
+        from nsbox.engine.guard.client import posture_item
+        report["items"].append(posture_item(c.extra["guard"], c.bundle))
     return {"Id": c.id, "Name": c.name, **report}
 
 

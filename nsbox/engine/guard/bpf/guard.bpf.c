@@ -1,0 +1,635 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * nsbox guard: the kernel side of the runtime security monitor (detection).
+ *
+ * CO-RE program compiled by setup.py (clang -target bpf) against a vmlinux.h
+ * generated from the build host's BTF, loaded by nsbox/engine/guard/libbpf.py.
+ *
+ * It is built on BTF tracepoints only (sched_process_exec, sys_enter,
+ * sys_exit), which every kernel with BTF can attach: fentry, kprobes and
+ * BPF LSM programs need kernel features (ftrace trampolines, CONFIG_KPROBES,
+ * lsm=bpf) that a host may lack.  The system call tracepoints see every
+ * call of the host, so each program first filters on the call number and
+ * then looks the task's cgroup v2 id up in `watched`: a process of a
+ * container nobody watches costs that switch and one lookup.
+ *
+ * Events reach user space through the `events` ring buffer; a full buffer
+ * counts a drop in the per-CPU `drops` counter.  File paths are rebuilt
+ * from the dentries up to the task's root, so they are the container's view
+ * of the file actually opened (not the string the program passed).  Opens
+ * for writing are always reported; opens for reading only when a REPORT key
+ * of the container matches (FNV-1a hashes of the full path, of each
+ * directory prefix "/etc/", of the last component and of its extension),
+ * which is how a rule's `path` globs reach the kernel.
+ *
+ * The layout of `struct event` and every constant are mirrored in
+ * nsbox/engine/guard/events.py.  System call numbers are x86_64's.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define PATH_MAX_B 256
+#define STR2_MAX 256
+#define MAX_DEPTH 32
+
+/* event types */
+#define EV_EXEC 1
+#define EV_OPEN 2
+#define EV_CONNECT 3
+#define EV_BIND 4
+#define EV_LISTEN 5
+#define EV_PTRACE 6
+#define EV_MOUNT 7
+#define EV_MODULE 8
+#define EV_BPF 9
+#define EV_SETUID 10
+#define EV_CAPSET 11
+
+/* key kinds (struct gkey.kind) */
+#define K_OPEN_EXACT 2
+#define K_OPEN_PREFIX 3
+#define K_OPEN_NAME 4
+#define K_OPEN_EXT 5
+
+/* key values */
+#define V_REPORT 1
+
+/* struct watch.flags */
+#define W_ALL_READS 2  /* a rule's path could not be reduced to keys: every open */
+
+/* x86_64 system call numbers */
+#define NR_open 2
+#define NR_connect 42
+#define NR_bind 49
+#define NR_listen 50
+#define NR_creat 85
+#define NR_ptrace 101
+#define NR_setuid 105
+#define NR_setreuid 113
+#define NR_setresuid 117
+#define NR_setfsuid 122
+#define NR_capset 126
+#define NR_mount 165
+#define NR_init_module 175
+#define NR_openat 257
+#define NR_finit_module 313
+#define NR_bpf 321
+#define NR_move_mount 429
+#define NR_fsopen 430
+#define NR_openat2 437
+
+#define FMODE_WRITE 0x2
+#define AF_INET 2
+#define AF_INET6 10
+#define PTRACE_TRACEME 0
+#define PTRACE_ATTACH 16
+#define PTRACE_SEIZE 0x4206
+
+#define FNV_BASIS 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+
+struct watch {
+	__u32 slot;
+	__u32 flags;
+};
+
+struct gkey {
+	__u32 slot;
+	__u32 kind;
+	__u64 hash;
+};
+
+struct event {
+	__u64 cgid;
+	__u64 ts;
+	__u32 type;
+	__s32 ret;     /* the system call's result (0 when reported before it runs) */
+	__u32 pid;     /* host thread group id */
+	__u32 tid;
+	__u32 ppid;    /* host parent */
+	__u32 nspid;   /* thread group id in its own pid namespace */
+	__u32 uid;
+	__u32 slot;
+	__u32 a;
+	__u32 b;
+	__u64 c;
+	char comm[16];
+	__u8 addr[16];
+	__u16 off1;    /* str1 holds a string from this offset to its end */
+	__u16 len2;    /* bytes of str2 used */
+	__u32 nr;      /* the system call, when the event comes from one */
+	char str1[PATH_MAX_B];
+	char str2[STR2_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct watch);
+} watched SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct gkey);
+	__type(value, __u32);
+} keys SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+static __always_inline struct watch *watching(void)
+{
+	__u64 cgid = bpf_get_current_cgroup_id();
+
+	return bpf_map_lookup_elem(&watched, &cgid);
+}
+
+static __always_inline __u32 key_value(__u32 slot, __u32 kind, __u64 hash)
+{
+	struct gkey k = { .slot = slot, .kind = kind, .hash = hash };
+	__u32 *v = bpf_map_lookup_elem(&keys, &k);
+
+	return v ? *v : 0;
+}
+
+static __always_inline void count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&drops, &zero);
+
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/* A zeroed event with the task's fields filled in; NULL (and a drop) when the ring is full. */
+static __always_inline struct event *new_event(struct watch *w, __u32 type)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct task_struct *task;
+	struct pid *tpid;
+	unsigned int level;
+	__u64 pid_tgid;
+
+	if (!e) {
+		count_drop();
+		return NULL;
+	}
+	__builtin_memset(e, 0, offsetof(struct event, str1));
+	e->str1[0] = 0;
+	e->str2[0] = 0;
+	e->off1 = PATH_MAX_B;
+	pid_tgid = bpf_get_current_pid_tgid();
+	task = (struct task_struct *)bpf_get_current_task();
+	e->cgid = bpf_get_current_cgroup_id();
+	e->ts = bpf_ktime_get_ns();
+	e->type = type;
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	/* the thread group leader's number in its own (innermost) pid namespace */
+	tpid = BPF_CORE_READ(task, group_leader, thread_pid);
+	level = BPF_CORE_READ(tpid, level);
+	bpf_probe_read_kernel(&e->nspid, sizeof(e->nspid), &tpid->numbers[level & 31].nr);
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->slot = w->slot;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	return e;
+}
+
+/* Where paths are built: one per CPU (a program runs to its end on one CPU). */
+struct scratch {
+	char path[2 * PATH_MAX_B];  /* the verifier bounds offset + length separately */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_map SEC(".maps");
+
+static __always_inline struct scratch *scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&scratch_map, &zero);
+}
+
+struct walk {
+	struct dentry *d;
+	struct vfsmount *vm;
+	struct mount *mnt;
+	struct dentry *root_d;
+	struct vfsmount *root_m;
+	__u32 pos;
+};
+
+/* One step up (bpf_loop callback): a component, or a mount crossed; 1 stops the loop. */
+static long walk_step(__u32 index, struct walk *w)
+{
+	struct scratch *s = scratch();
+	struct dentry *d = w->d, *parent, *mroot;
+	struct vfsmount *vm = w->vm;
+	struct mount *mnt = w->mnt;
+	struct qstr name;
+	__u32 len, pos = w->pos;
+
+	if (!s || (d == w->root_d && vm == w->root_m))
+		return 1;
+	mroot = BPF_CORE_READ(vm, mnt_root);
+	parent = BPF_CORE_READ(d, d_parent);
+	if (d == mroot || d == parent) {
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (up == mnt)
+			return 1;
+		w->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = up;
+		w->vm = &up->mnt;
+		return 0;
+	}
+	name = BPF_CORE_READ(d, d_name);
+	len = name.len;
+	if (len == 0 || len + 1 > pos || pos > PATH_MAX_B - 1)
+		return 1;
+	pos -= len;
+	bpf_probe_read_kernel(&s->path[pos & (PATH_MAX_B - 1)], len & (PATH_MAX_B - 1), name.name);
+	pos -= 1;
+	s->path[pos & (PATH_MAX_B - 1)] = '/';
+	w->pos = pos;
+	w->d = parent;
+	return 0;
+}
+
+/*
+ * The path of DENTRY on VM as the task sees it (up to its root, crossing
+ * mounts), right-aligned in e->str1 from e->off1.  A path too deep or too
+ * long loses its top components (and then does not start at the root:
+ * user space marks it truncated).
+ */
+static __always_inline void walk_dentries(struct event *e, struct dentry *d, struct vfsmount *vm)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct scratch *s = scratch();
+	struct walk w = {
+		.d = d, .vm = vm, .mnt = container_of(vm, struct mount, mnt),
+		.root_d = BPF_CORE_READ(task, fs, root.dentry),
+		.root_m = BPF_CORE_READ(task, fs, root.mnt),
+		.pos = PATH_MAX_B - 1,
+	};
+
+	if (!s)
+		return;
+	s->path[PATH_MAX_B - 1] = 0;
+	bpf_loop(MAX_DEPTH, walk_step, &w, 0);
+	if (w.pos == PATH_MAX_B - 1) {  /* the root itself */
+		w.pos -= 1;
+		s->path[PATH_MAX_B - 2] = '/';
+	}
+	bpf_probe_read_kernel(e->str1, PATH_MAX_B, s->path);
+	e->off1 = w.pos;
+}
+
+struct hashing {
+	__u64 full, name, ext;
+	__u32 off, slot, found, has_ext;
+};
+
+/* One character of the path (bpf_loop callback). */
+static long hash_step(__u32 index, struct hashing *h)
+{
+	struct scratch *s = scratch();
+	__u32 i = h->off + index;
+	unsigned char c;
+
+	if (!s || i >= PATH_MAX_B - 1)
+		return 1;
+	c = s->path[i & (PATH_MAX_B - 1)];
+	if (!c)
+		return 1;
+	h->full = (h->full ^ c) * FNV_PRIME;
+	if (c == '/') {
+		h->found |= key_value(h->slot, K_OPEN_PREFIX, h->full);
+		h->name = FNV_BASIS;
+		h->ext = FNV_BASIS;
+		h->has_ext = 0;
+		return 0;
+	}
+	h->name = (h->name ^ c) * FNV_PRIME;
+	if (c == '.') {
+		h->ext = FNV_BASIS;
+		h->has_ext = 1;
+	} else {
+		h->ext = (h->ext ^ c) * FNV_PRIME;
+	}
+	return 0;
+}
+
+/*
+ * The OR of the values of the container's keys matching the path just
+ * built (still in the scratch buffer, from e->off1): exact, each directory
+ * prefix (looked up as its '/' is passed), last component, its extension.
+ */
+static __always_inline __u32 path_keys(struct event *e, __u32 slot)
+{
+	struct hashing h = {
+		.full = FNV_BASIS, .name = FNV_BASIS, .ext = FNV_BASIS,
+		.off = e->off1, .slot = slot,
+	};
+
+	bpf_loop(PATH_MAX_B, hash_step, &h, 0);
+	h.found |= key_value(slot, K_OPEN_EXACT, h.full);
+	h.found |= key_value(slot, K_OPEN_NAME, h.name);
+	if (h.has_ext)
+		h.found |= key_value(slot, K_OPEN_EXT, h.ext);
+	return h.found;
+}
+
+static __always_inline struct file *fd_file(int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **arr = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+
+	if (fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &arr[fd]);
+	return f;
+}
+
+/* ------------------------------------------------------------------ exec */
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(guard_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct watch *w = watching();
+	struct event *e;
+	unsigned long start, end, len;
+	struct file *file;
+
+	if (!w)
+		return 0;
+	e = new_event(w, EV_EXEC);
+	if (!e)
+		return 0;
+	file = BPF_CORE_READ(bprm, file);
+	walk_dentries(e, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt));
+	e->a = BPF_CORE_READ(file, f_inode, i_mode);
+	e->b = BPF_CORE_READ(bprm, cred, euid.val);
+	start = BPF_CORE_READ(p, mm, arg_start);
+	end = BPF_CORE_READ(p, mm, arg_end);
+	len = end - start;
+	if (len > STR2_MAX - 1)
+		len = STR2_MAX - 1;
+	if (len > 0 && bpf_probe_read_user(e->str2, len & (STR2_MAX - 1), (void *)start) == 0)
+		e->len2 = len & (STR2_MAX - 1);
+	e->c = end - start;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ system calls */
+
+static __always_inline void sockaddr_into(struct event *e, const void *uaddr)
+{
+	__u16 family = 0;
+
+	bpf_probe_read_user(&family, sizeof(family), uaddr);
+	e->a = family;
+	if (family == AF_INET) {
+		struct sockaddr_in in = {};
+
+		bpf_probe_read_user(&in, sizeof(in), uaddr);
+		e->b = bpf_ntohs(in.sin_port);
+		__builtin_memcpy(e->addr, &in.sin_addr, 4);
+	} else if (family == AF_INET6) {
+		struct sockaddr_in6 in6 = {};
+
+		bpf_probe_read_user(&in6, sizeof(in6), uaddr);
+		e->b = bpf_ntohs(in6.sin6_port);
+		__builtin_memcpy(e->addr, &in6.sin6_addr, 16);
+	}
+}
+
+/*
+ * connect is reported as it starts: a connect to an unreachable address may
+ * block for minutes, and the alert must not wait for it.
+ */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(guard_sys_enter, struct pt_regs *regs, long id)
+{
+	struct watch *w;
+	struct event *e;
+	__u16 family = 0;
+	void *uaddr;
+
+	if (id != NR_connect)
+		return 0;
+	w = watching();
+	if (!w)
+		return 0;
+	uaddr = (void *)BPF_CORE_READ(regs, si);
+	bpf_probe_read_user(&family, sizeof(family), uaddr);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;  /* unix sockets and netlink are local plumbing */
+	e = new_event(w, EV_CONNECT);
+	if (!e)
+		return 0;
+	e->nr = id;
+	sockaddr_into(e, uaddr);
+	e->c = BPF_CORE_READ(regs, di);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int on_open(struct watch *w, long id, long ret)
+{
+	struct file *file;
+	struct event *e;
+	__u32 mode;
+
+	if (ret < 0)
+		return 0;
+	file = fd_file(ret);
+	if (!file)
+		return 0;
+	mode = BPF_CORE_READ(file, f_mode);
+	e = new_event(w, EV_OPEN);
+	if (!e)
+		return 0;
+	walk_dentries(e, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt));
+	if (!(mode & FMODE_WRITE) && !(w->flags & W_ALL_READS) &&
+	    !(path_keys(e, w->slot) & V_REPORT)) {
+		bpf_ringbuf_discard(e, 0);
+		return 0;
+	}
+	e->nr = id;
+	e->ret = ret;
+	e->a = mode;
+	e->b = BPF_CORE_READ(file, f_flags);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int on_listen(struct watch *w, struct pt_regs *regs, long ret)
+{
+	struct file *file = fd_file(BPF_CORE_READ(regs, di));
+	struct socket *sock;
+	struct event *e;
+	struct sock *sk;
+	__u16 family;
+
+	if (!file)
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	e = new_event(w, EV_LISTEN);
+	if (!e)
+		return 0;
+	e->nr = NR_listen;
+	e->ret = ret;
+	e->a = family;
+	e->b = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (family == AF_INET)
+		bpf_probe_read_kernel(e->addr, 4, &sk->__sk_common.skc_rcv_saddr);
+	else
+		bpf_probe_read_kernel(e->addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(guard_sys_exit, struct pt_regs *regs, long ret)
+{
+	struct watch *w;
+	struct event *e;
+	long id;
+	__u32 type;
+
+	id = BPF_CORE_READ(regs, orig_ax);
+	switch (id) {
+	case NR_open: case NR_openat: case NR_openat2: case NR_creat:
+	case NR_bind: case NR_listen: case NR_ptrace: case NR_mount: case NR_move_mount:
+	case NR_fsopen: case NR_init_module: case NR_finit_module: case NR_bpf:
+	case NR_setuid: case NR_setreuid: case NR_setresuid: case NR_setfsuid: case NR_capset:
+		break;
+	default:
+		return 0;
+	}
+	w = watching();
+	if (!w)
+		return 0;
+	switch (id) {
+	case NR_open: case NR_openat: case NR_openat2: case NR_creat:
+		return on_open(w, id, ret);
+	case NR_listen:
+		return on_listen(w, regs, ret);
+	case NR_bind:
+		type = EV_BIND;
+		break;
+	case NR_ptrace:
+		type = EV_PTRACE;
+		break;
+	case NR_mount: case NR_move_mount: case NR_fsopen:
+		type = EV_MOUNT;
+		break;
+	case NR_init_module: case NR_finit_module:
+		type = EV_MODULE;
+		break;
+	case NR_bpf:
+		type = EV_BPF;
+		break;
+	case NR_capset:
+		type = EV_CAPSET;
+		break;
+	default:
+		type = EV_SETUID;
+	}
+	if (type == EV_PTRACE) {
+		long req = BPF_CORE_READ(regs, di);
+
+		/* PEEK/POKE/CONT... follow an attach: the attach is the news */
+		if (req != PTRACE_ATTACH && req != PTRACE_SEIZE && req != PTRACE_TRACEME)
+			return 0;
+	}
+	if (type == EV_SETUID && ret != 0 && id != NR_setfsuid)
+		return 0;  /* refused: nothing changed */
+	e = new_event(w, type);
+	if (!e)
+		return 0;
+	e->nr = id;
+	e->ret = ret;
+	switch (type) {
+	case EV_BIND: {
+		__u16 family = 0;
+		void *uaddr = (void *)BPF_CORE_READ(regs, si);
+
+		bpf_probe_read_user(&family, sizeof(family), uaddr);
+		if (family != AF_INET && family != AF_INET6) {
+			bpf_ringbuf_discard(e, 0);
+			return 0;
+		}
+		sockaddr_into(e, uaddr);
+		break;
+	}
+	case EV_PTRACE:
+		e->a = BPF_CORE_READ(regs, di);
+		e->b = BPF_CORE_READ(regs, si);
+		break;
+	case EV_MOUNT:
+		if (id == NR_mount) {
+			/* source, target, fstype: user strings, laid out in str2 and str1 */
+			bpf_probe_read_user_str(e->str1, PATH_MAX_B, (void *)BPF_CORE_READ(regs, si));
+			e->off1 = 0;
+			bpf_probe_read_user_str(e->str2, 64, (void *)BPF_CORE_READ(regs, dx));
+			bpf_probe_read_user_str(e->str2 + 64, 128, (void *)BPF_CORE_READ(regs, di));
+			e->c = BPF_CORE_READ(regs, r10);
+		} else if (id == NR_fsopen) {
+			bpf_probe_read_user_str(e->str2, 64, (void *)BPF_CORE_READ(regs, di));
+		}
+		break;
+	case EV_MODULE:
+		e->a = id == NR_finit_module ? 1 : 2;
+		break;
+	case EV_BPF:
+		e->a = BPF_CORE_READ(regs, di);
+		break;
+	case EV_CAPSET: {
+		/* struct __user_cap_data_struct[2]: effective is the first word of each */
+		void *data = (void *)BPF_CORE_READ(regs, si);
+		__u32 lo = 0, hi = 0;
+
+		bpf_probe_read_user(&lo, 4, data);
+		bpf_probe_read_user(&hi, 4, data + 12);
+		e->c = ((__u64)hi << 32) | lo;
+		break;
+	}
+	default: /* setuid family: the ids asked for, and the effective uid now */
+		e->a = BPF_CORE_READ(regs, di);
+		e->b = BPF_CORE_READ(regs, si);
+		e->c = BPF_CORE_READ(regs, dx);
+		break;
+	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
