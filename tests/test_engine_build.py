@@ -377,3 +377,31 @@ def test_config_matches_buildah(nsbox, tmp_path):
                 point = line.split()[4]
                 if point.startswith(str(tmp_path / "b")):
                     subprocess.run(["umount", "-l", point], check=False)
+
+
+# ------------------------------------------------------------------ rootless
+@pytest.mark.skipif(not (shutil.which("newuidmap") and shutil.which("useradd")
+                         and os.path.exists("/usr/bin/python3")),
+                    reason="needs uidmap, useradd and /usr/bin/python3")
+def test_rootless_build():
+    from rootless_user import made_user
+
+    with made_user("nsbox-build-t") as user:
+        ctx = user.home / "ctx"
+        ctx.mkdir()
+        (ctx / "a.txt").write_text("rootless\n")
+        (ctx / "Containerfile").write_text("FROM busybox\nCOPY a.txt /a.txt\n"
+                                           "RUN cat /a.txt > /b.txt && rm /etc/group\n")
+        for path in (ctx, ctx / "a.txt", ctx / "Containerfile"):
+            os.chown(path, user.uid, user.gid)
+        try:
+            user.run("build", "-q", "--network", "none", "-t", "rl:1", str(ctx), timeout=120)
+            again = user.run("build", "--network", "none", "-t", "rl:1", str(ctx), timeout=120)
+            assert again.stdout.count("Using cache") == 2
+            out = user.run("run", "--rm", "--network", "none", "rl:1", "sh", "-c",
+                           "cat /b.txt; stat -c %u /a.txt; test -e /etc/group || echo gone")
+            assert out.stdout == "rootless\n0\ngone\n"
+        finally:
+            ids = user.run("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
+            if ids:
+                user.run("rm", "-f", *ids, check=False)

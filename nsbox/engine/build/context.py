@@ -114,10 +114,13 @@ def has_glob(text: str) -> bool:
 # ------------------------------------------------------------------ context
 def unpack_context(stream, dest: str) -> None:  # noqa: ANN001 - a binary stream
     """Extract a context tar (plain, gzip, bzip2 or xz) from STREAM into DEST, names kept below it."""
+    from nsbox.engine.lifecycle.copy import CopyError, View, extract
+    ids = (os.geteuid(), os.getegid())
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            tar.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError) as err:
+            # Names stay below DEST; symlinks are data (COPY resolves them inside the context).
+            extract(tar, View(dest), "/", lambda uid, gid: ids, strict=False)
+    except (tarfile.TarError, OSError, CopyError) as err:
         raise BuildContextError(f"reading the build context from stdin: {err}") from None
 
 

@@ -192,6 +192,15 @@ def archive(tar: tarfile.TarFile, view: View, cpath: str, arcname: str, ids, top
 
 # -- extracting ---------------------------------------------------------------
 
+class EntryRefused(tarfile.TarError):
+    """A tar entry extraction refuses (Python's own tarfile.FilterError is 3.11.4+: Debian
+    12's python3 is 3.11.2)."""
+
+    def __init__(self, tarinfo: tarfile.TarInfo, message: str) -> None:
+        super().__init__(message)
+        self.tarinfo = tarinfo
+
+
 def entry_filter(member: tarfile.TarInfo, dest: str, strict: bool = True) -> tarfile.TarInfo | None:
     """The tarfile filter of extraction: names must stay below DEST (None: the "." entry).
 
@@ -199,7 +208,7 @@ def entry_filter(member: tarfile.TarInfo, dest: str, strict: bool = True) -> tar
     """
     name = member.name
     if name.startswith("/") or ".." in name.split("/"):
-        raise tarfile.OutsideDestinationError(member, os.path.join(dest, name))
+        raise EntryRefused(member, f"{name!r} would be extracted outside {dest!r}")
     parts = _parts(name)
     if not parts:
         return None
@@ -207,10 +216,13 @@ def entry_filter(member: tarfile.TarInfo, dest: str, strict: bool = True) -> tar
         link = member.linkname if member.islnk() else os.path.join(*parts[:-1], member.linkname) \
             if parts[:-1] else member.linkname
         if member.linkname.startswith("/"):
-            raise tarfile.AbsoluteLinkError(member)
+            raise EntryRefused(member, f"{name!r} is a link to an absolute path")
         if os.path.normpath(link).split("/")[0] == "..":
-            raise tarfile.LinkOutsideDestinationError(member, os.path.join(dest, link))
-    return member.replace(name="/".join(parts), deep=False)
+            raise EntryRefused(member, f"{name!r} would link outside {dest!r}")
+    import copy
+    renamed = copy.copy(member)  # TarInfo.replace() is 3.11.4+ too
+    renamed.name = "/".join(parts)
+    return renamed
 
 
 def extract(tar: tarfile.TarFile, view: View, cdir: str, owner, strict: bool) -> None:  # noqa: ANN001
@@ -219,7 +231,7 @@ def extract(tar: tarfile.TarFile, view: View, cdir: str, owner, strict: bool) ->
     for member in tar:
         try:
             member = entry_filter(member, cdir, strict)
-        except tarfile.FilterError as exc:
+        except EntryRefused as exc:
             raise CopyError(f"invalid tar entry {exc.tarinfo.name!r}: {exc}") from None
         if member is None:
             continue
