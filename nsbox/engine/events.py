@@ -373,7 +373,7 @@ def _image_names(value: str) -> set[str]:
     names = {value}
     if value and ":" not in value.rsplit("/", 1)[-1] and "@" not in value:
         names.add(value + ":latest")
-    for prefix in ("docker.io/library/", "docker.io/"):
+    for prefix in ("docker.io/library/", "docker.io/", "localhost/"):
         if value.startswith(prefix):
             names |= _image_names(value[len(prefix):])
     return names

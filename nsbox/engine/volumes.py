@@ -66,7 +66,12 @@ class Volumes:
         except OSError:
             self.db.delete_volume(name)
             raise
+        self._event("create", name)
         return self.inspect(name)
+
+    def _event(self, action: str, name: str) -> None:
+        from nsbox.engine import events
+        events.emit(os.path.dirname(self.dir), "volume", action, name, {"driver": "local"})
 
     def inspect(self, name: str) -> dict:
         """Docker-shaped description of volume NAME; VolumeNotFound if missing."""
@@ -103,8 +108,10 @@ class Volumes:
             # A full disk: the data goes first, which frees the room the record needs.
             shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
             self.db.delete_volume(name)
+            self._event("destroy", name)
             return
         shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+        self._event("destroy", name)
 
     def prune(self) -> list[str]:
         """Remove every volume no container uses; their names."""

@@ -458,8 +458,10 @@ class ImageStore:
             }
             if author:
                 document["author"] = author
-            return self._commit(txn, canonical_json(document), [layer],
-                                [target.name] if target else [])
+            image = self._commit(txn, canonical_json(document), [layer],
+                                 [target.name] if target else [])
+        self._event("import", image.id, name=target.name if target else "")
+        return image
 
     def commit(self, upper: str, base: str, ref: str | None, *, changes: list[str] | None = None,
                author: str = "", comment: str = "", overlay: str = "trusted") -> Image:
@@ -488,8 +490,10 @@ class ImageStore:
             document["history"] = [*(document.get("history") or []), history]
             if author:
                 document["author"] = author
-            return self._commit(txn, canonical_json(document), [*image.layers, layer],
-                                [target.name] if target else [])
+            new = self._commit(txn, canonical_json(document), [*image.layers, layer],
+                               [target.name] if target else [])
+        self._event("commit", new.id, name=target.name if target else "")
+        return new
 
     def _blob_from_tree(self, txn: Transaction, source: str,
                         progress: Progress | None, overlay: str | None = None) -> tuple[str, int]:
@@ -516,23 +520,32 @@ class ImageStore:
         digest and every layer against the config's diff ids.
         """
         from .archive import load_archive
-        return load_archive(self, archive, progress)
+        loaded = load_archive(self, archive, progress)
+        for name in loaded:
+            self._event("load", name, name=name)
+        return loaded
 
     def save(self, refs: list[str], dest: str, format: str = "docker-archive",  # noqa: A002
              compress: bool = False, progress: Progress | None = None) -> None:
         """Write the images REFS into one archive: "docker-archive" or "oci-archive" (gzip if COMPRESS)."""
         from .archive import save_archive
         save_archive(self, refs, dest, format, compress, progress)
+        for ref in refs:
+            self._event("save", ref, name=ref)
 
     def pull(self, ref: str, **options: Any) -> Image:
         """Pull REF from its registry (images/pull.py: platform, tls_verify, authfile, progress)."""
         from .pull import pull
-        return pull(self, ref, **options)
+        image = pull(self, ref, **options)
+        self._event("pull", ref, name=ref)
+        return image
 
     def push(self, ref: str, destination: str | None = None, **options: Any) -> str:
         """Push REF to DESTINATION (default: its name) (images/push.py); the manifest digest."""
         from .push import push
-        return push(self, ref, destination, **options)
+        digest = push(self, ref, destination, **options)
+        self._event("push", destination or ref, name=destination or ref)
+        return digest
 
     # ------------------------------------------------------------ names
     def tag(self, src: str, new_ref: str) -> Image:
@@ -544,7 +557,10 @@ class ImageStore:
             image = self.resolve(src)
             entries = renamed_entries(self.layout.read_index(), image.manifest_digest, add=[target.name])
             self.layout.write_index(entries)
-            return self._image(image.manifest_digest, self._names_by_manifest(entries)[image.manifest_digest])
+            tagged = self._image(image.manifest_digest,
+                                 self._names_by_manifest(entries)[image.manifest_digest])
+        self._event("tag", image.id, name=familiar_name(target.name))
+        return tagged
 
     def untag(self, ref: str) -> None:
         """Remove one name; the image stays (dangling if that was its last name)."""
@@ -554,6 +570,12 @@ class ImageStore:
                 raise ConfigError(f"{ref!r} is an image id, not a name")
             self.layout.write_index(renamed_entries(self.layout.read_index(), image.manifest_digest,
                                              remove=[name]))
+        self._event("untag", image.id, name=familiar_name(name))
+
+    def _event(self, action: str, actor_id: str, **attributes: str) -> None:
+        """An image event in the engine's journal (the store's root is the engine's)."""
+        from nsbox.engine import events
+        events.emit(self.root, "image", action, actor_id, attributes)
 
     def remove(self, ref: str, force: bool = False, in_use: InUse | None = None) -> list[dict]:
         """Remove an image, Docker-style; returns [{"Untagged": name}, ..., {"Deleted": id}].
@@ -568,7 +590,7 @@ class ImageStore:
             if name is not None and len(image.names) > 1:
                 self.layout.write_index(renamed_entries(self.layout.read_index(), image.manifest_digest,
                                                  remove=[name]))
-                return [{"Untagged": familiar_name(name)}]
+                return self._removed(image.id, [{"Untagged": familiar_name(name)}])
             if not force:
                 if in_use is not None and in_use(image.id):
                     raise ImageInUse(f"image {image.short_id} is in use by a container; "
@@ -579,7 +601,17 @@ class ImageStore:
             entries = [e for e in self.layout.read_index() if e.digest != image.manifest_digest]
             self.layout.write_index(entries)
             self._collect_garbage()
-            return [{"Untagged": tag} for tag in image.repo_tags] + [{"Deleted": image.id}]
+            return self._removed(image.id, [{"Untagged": tag} for tag in image.repo_tags]
+                                 + [{"Deleted": image.id}])
+
+    def _removed(self, image_id: str, report: list[dict]) -> list[dict]:
+        """REPORT, after its untag and delete events."""
+        for item in report:
+            if "Untagged" in item:
+                self._event("untag", image_id, name=item["Untagged"])
+            else:
+                self._event("delete", image_id, name=image_id)
+        return report
 
     def prune(self, in_use: InUse | None = None, all: bool = False) -> list[str]:  # noqa: A002
         """Remove dangling images (every unused image with ALL) not in use; returns their ids.

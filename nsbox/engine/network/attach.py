@@ -133,7 +133,15 @@ def attach(engine: EngineBase, cid: str, name: str, net: Network, index: int | N
     if not net.is_default:
         from nsbox.engine.network import dns
         dns.container_attached(engine, net, cid, name, list(aliases), lease.ip)
+    _event(engine, "connect", net, cid)
     return lease
+
+
+def _event(engine: EngineBase, action: str, net: Network, cid: str) -> None:
+    """A network connect/disconnect event: the actor is the network, as in Docker."""
+    from nsbox.engine import events
+    events.emit(engine.root, "network", action, net.id,
+                {"container": cid, "name": net.name, "type": "bridge"})
 
 
 def detach(engine: EngineBase, cid: str, net: Network) -> None:
@@ -147,6 +155,7 @@ def detach(engine: EngineBase, cid: str, net: Network) -> None:
     from nsbox.engine.network import netlink
     netlink.delete_link(veth_name(cid, _index_of(leases[0].ifname)))
     ipam.release(engine.db, cid, net.id)
+    _event(engine, "disconnect", net, cid)
 
 
 def teardown_container(engine: EngineBase, cid: str) -> None:
@@ -164,11 +173,13 @@ def teardown_container(engine: EngineBase, cid: str) -> None:
     wiring.settle(engine.run_root, cid)  # a wiring child still at work finishes first
     leases = model.attachments(engine.db, container_id=cid)
     errors = []
+    left = []
     for lease in leases:
         try:
             net = model.find_network(engine.db, lease.network_id)
         except NsboxError:
             continue
+        left.append(net)
         if not net.is_default:
             try:
                 from nsbox.engine.network import dns
@@ -188,6 +199,8 @@ def teardown_container(engine: EngineBase, cid: str) -> None:
         # No namespace: a veth of CID here is a leftover whose peer never got in.
         _delete_links(VETH_PREFIX + cid[:10])
     ipam.release(engine.db, cid)
+    for net in left:
+        _event(engine, "disconnect", net, cid)
     if errors:
         raise NsboxError(f"removing the network of {cid[:12]}: {'; '.join(errors)}")
 

@@ -181,7 +181,13 @@ def create(engine: EngineBase, name: str, subnet: str | None = None, gateway: st
             _take_down(engine, record)
         model.delete_network(engine.db, record.id)
         raise
+    _event(engine, "create", record)
     return record
+
+
+def _event(engine: EngineBase, action: str, net: Network) -> None:
+    from nsbox.engine import events
+    events.emit(engine.root, "network", action, net.id, {"name": net.name, "type": "bridge"})
 
 
 def _is_ours(host_net: str, existing: list[Network]) -> bool:
@@ -235,6 +241,7 @@ def remove(engine: EngineBase, ref: str) -> Network:
                            f"active endpoints ({', '.join(names)})")
     _take_down(engine, net)
     model.delete_network(engine.db, net.id)
+    _event(engine, "destroy", net)
     return net
 
 
@@ -249,6 +256,7 @@ def prune(engine: EngineBase) -> list[str]:
         if not model.attachments(engine.db, network_id=net.id):
             _take_down(engine, net)
             model.delete_network(engine.db, net.id)
+            _event(engine, "destroy", net)
             removed.append(net.name)
     return removed
 
