@@ -252,6 +252,16 @@ def test_syntax_error_and_failing_run_leave_nothing(nsbox, tmp_path):
     assert leftovers(nsbox) == NOTHING
 
 
+def test_only_the_stages_the_target_needs_run(nsbox, tmp_path):
+    ctx = make_context(tmp_path, "FROM busybox AS unused\nRUN exit 1\n"
+                       "FROM busybox AS a\nRUN echo a > /a\n"
+                       "FROM scratch\nCOPY --from=a /a /a\n")
+    out = nsbox("build", "-t", "s:1", str(ctx))
+    assert "exit 1" not in out.stdout and "[2/2] STEP 2/2: COPY --from=a /a /a" in out.stdout
+    proc = nsbox("build", "--target", "unused", str(ctx), check=False)
+    assert "RUN exit 1: the command exited with status 1" in one_line_error(proc)
+
+
 def test_api_build_with_progress(nsbox, tmp_path):
     import nsbox as api
     from nsbox.engine.containers import Engine

@@ -117,6 +117,27 @@ def split_stages(instructions: list[Instruction], filename: str) -> tuple[list[I
     return global_args, stages
 
 
+def needed_stages(stages: list[Stage], target: Stage) -> set[int]:
+    """Indexes of the stages TARGET needs (its FROM and COPY --from, transitively), as
+    BuildKit builds them; a reference with a variable in it makes every earlier stage needed."""
+    needed = {target.index}
+    todo = [target]
+    while todo:
+        stage = todo.pop()
+        refs = [stage.base] + [ins.flags["from"] for ins in stage.instructions if "from" in ins.flags]
+        for ref in refs:
+            if "$" in ref:
+                found = stages[:stage.index]
+            else:
+                found = [s for s in stages[:stage.index]
+                         if s.name == ref.lower() or str(s.index) == ref]
+            for dep in found:
+                if dep.index not in needed:
+                    needed.add(dep.index)
+                    todo.append(dep)
+    return needed
+
+
 def _arg_items(ins: Instruction, where: str) -> list[tuple[str, str | None]]:
     items = []
     for word in ins.args.split():
@@ -224,9 +245,10 @@ class Builder:
                 global_defaults[name] = value
                 if value is not None:
                     global_vars[name] = str(expand(value, global_vars, self.escape))
-        total_stages = target.index + 1
-        for stage in stages[:total_stages]:
-            stage.state = self._run_stage(stage, total_stages, global_vars, global_defaults)
+        needed = needed_stages(stages, target)
+        for position, stage in enumerate(s for s in stages if s.index in needed):
+            stage.state = self._run_stage(stage, position, len(needed), global_vars,
+                                          global_defaults)
         unused = sorted(set(self.options.build_args) - self.used_args - set(PROXY_ARGS))
         if unused:
             self.emit(f"[Warning] one or more build args were not consumed: {unused}\n")
@@ -243,14 +265,14 @@ class Builder:
             self.emit(f"Successfully tagged {tag}\n")
         return image
 
-    def _run_stage(self, stage: Stage, total_stages: int, global_vars: dict[str, str],
-                   global_defaults: dict[str, str | None]) -> State:
+    def _run_stage(self, stage: Stage, position: int, total_stages: int,
+                   global_vars: dict[str, str], global_defaults: dict[str, str | None]) -> State:
         state = self._base_state(stage, global_vars)
         scope: dict[str, str | None] = {}
         cmd_set = False
         count = len(stage.instructions)
         for number, ins in enumerate(stage.instructions, 1):
-            self.emit(f"[{stage.index + 1}/{total_stages}] STEP {number}/{count}: {ins.keyword} "
+            self.emit(f"[{position + 1}/{total_stages}] STEP {number}/{count}: {ins.keyword} "
                       f"{ins.original}\n")
             if ins.keyword == "FROM":
                 continue
