@@ -262,6 +262,22 @@ def test_only_the_stages_the_target_needs_run(nsbox, tmp_path):
     assert "RUN exit 1: the command exited with status 1" in one_line_error(proc)
 
 
+def test_onbuild_triggers_run_in_the_child(nsbox, tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "c").mkdir()
+    parent = make_context(tmp_path / "p", "FROM busybox\nONBUILD RUN echo trig > /trig\n"
+                          "ONBUILD COPY a.txt /from-child.txt\n")
+    nsbox("build", "-q", "-t", "parent:1", str(parent))
+    assert section(nsbox, "parent:1")["config"]["OnBuild"] == ["RUN echo trig > /trig",
+                                                               "COPY a.txt /from-child.txt"]
+    child = make_context(tmp_path / "c", "FROM parent:1\n")
+    (child / "a.txt").write_text("child's\n")
+    nsbox("build", "-q", "-t", "child:1", str(child))
+    out = nsbox("run", "--rm", "child:1", "cat", "/trig", "/from-child.txt").stdout
+    assert out == "trig\nchild's\n"
+    assert "OnBuild" not in section(nsbox, "child:1")["config"]  # triggers are not inherited
+
+
 def test_api_build_with_progress(nsbox, tmp_path):
     import nsbox as api
     from nsbox.engine.containers import Engine

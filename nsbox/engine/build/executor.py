@@ -275,11 +275,35 @@ class Builder:
             self.emit(f"[{position + 1}/{total_stages}] STEP {number}/{count}: {ins.keyword} "
                       f"{ins.original}\n")
             if ins.keyword == "FROM":
+                state = self._onbuild(ins, state, scope, global_defaults)
                 continue
             state, cached = self._step(ins, state, scope, global_defaults, cmd_set)
             if ins.keyword == "CMD":
                 cmd_set = True
             self.emit(f"--> {'Using cache ' if cached else ''}{state.id.removeprefix('sha256:')[:12]}\n")
+        return state
+
+    def _onbuild(self, from_ins: Instruction, state: State, scope: dict[str, str | None],
+                 global_defaults: dict[str, str | None]) -> State:
+        """Run the base image's ONBUILD triggers, as Docker does; the new image has none."""
+        triggers = state.section.get("OnBuild") or []
+        if not triggers:
+            return state
+        state = state.copy()
+        state.section.pop("OnBuild", None)
+        where = self.where(from_ins)
+        for text in triggers:
+            try:
+                (trigger,), _ = parse(text, self.filename)
+            except ValueError:
+                raise BuildSyntaxError(f"{where}ONBUILD trigger {text!r}: one instruction "
+                                       "expected") from None
+            if trigger.keyword in ("FROM", "ONBUILD", "MAINTAINER"):
+                raise BuildSyntaxError(f"{where}ONBUILD trigger {text!r}: {trigger.keyword} "
+                                       "is not allowed as a trigger")
+            trigger.line = from_ins.line
+            self.emit(f"--> ONBUILD {trigger.keyword} {trigger.original}\n")
+            state, _ = self._step(trigger, state, scope, global_defaults, False)
         return state
 
     def _variables(self, state: State, scope: dict[str, str | None]) -> dict[str, str]:
