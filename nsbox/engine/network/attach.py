@@ -278,7 +278,8 @@ def settings(engine: EngineBase, cid: str, spec: ContainerSpec) -> dict:
         entry = {"IPAMConfig": None, "Links": None, "Aliases": lease.aliases or None,
                  "NetworkID": net.id, "EndpointID": (cid + net.id)[:64][::-1],
                  "Gateway": lease.gateway, "IPAddress": lease.ip, "IPPrefixLen": lease.prefix,
-                 "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                 "IPv6Gateway": lease.gateway6, "GlobalIPv6Address": lease.ip6,
+                 "GlobalIPv6PrefixLen": lease.prefix6,
                  "MacAddress": lease.mac, "DriverOpts": None}
         out["Networks"][net.name] = entry
         if net.is_default:

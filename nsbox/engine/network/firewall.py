@@ -11,6 +11,7 @@ The table (docs/networking.md, "Firewall"):
 
     set bridges      {ifname}            every nsbox bridge
     set masq_nets    {ipv4 interval}     the subnets of the non-internal networks
+    set masq_nets6   {ipv6 interval}     their IPv6 subnets (networks made with --ipv6)
     map from_bridge  {ifname: verdict}   bridge -> jump from-<bridge>
     map to_bridge    {ifname: verdict}   bridge -> jump to-<bridge>
     map ports_tcp    {port: verdict}     published host port -> jump pc-<container>
@@ -21,7 +22,7 @@ The table (docs/networking.md, "Firewall"):
                        internal: to its own bridge accept, anything else drop
     chain to-BR        from its own bridge accept; published (ct status dnat) accept
                        unless internal; anything else new drop
-    chain postrouting  (nat) masquerade from @masq_nets out of the bridges; from
+    chain postrouting  (nat) masquerade from @masq_nets and @masq_nets6 out of the bridges; from
                        127.0.0.0/8 into a bridge (the host's own 127.0.0.1:PORT);
                        published connections from a container back into a bridge
     chain prerouting / output  (nat) fib daddr type local jump published
@@ -146,6 +147,7 @@ def _skeleton() -> list[str]:
         f"add table {t}",
         f"add set {t} bridges {{ type ifname; }}",
         f"add set {t} masq_nets {{ type ipv4_addr; flags interval; }}",
+        f"add set {t} masq_nets6 {{ type ipv6_addr; flags interval; }}",
         f"add map {t} from_bridge {{ type ifname : verdict; }}",
         f"add map {t} to_bridge {{ type ifname : verdict; }}",
         f"add map {t} ports_tcp {{ type inet_service : verdict; }}",
@@ -159,6 +161,7 @@ def _skeleton() -> list[str]:
             "oifname vmap @to_bridge"]),
         "postrouting": ("type nat hook postrouting priority srcnat; policy accept;", [
             "ip saddr @masq_nets oifname != @bridges masquerade",
+            "ip6 saddr @masq_nets6 oifname != @bridges masquerade",
             "oifname @bridges ip saddr 127.0.0.0/8 masquerade",
             "oifname @bridges ip saddr @masq_nets ct status dnat masquerade"]),
         "prerouting": ("type nat hook prerouting priority dstnat; policy accept;", [
@@ -199,6 +202,8 @@ def network_added(net: Network) -> None:
         lines += [f"add rule {to} iifname {br} accept",
                   f"add rule {to} ct status dnat accept", f"add rule {to} drop"]
         lines.append(f"add element {t} masq_nets {{ {net.subnet} }}")
+        if getattr(net, "subnet6", ""):  # (tests give a namespace with IPv4 fields only)
+            lines.append(f"add element {t} masq_nets6 {{ {net.subnet6} }}")
     lines += [f"add element {t} from_bridge {{ {br} : jump from-{net.bridge} }}",
               f"add element {t} to_bridge {{ {br} : jump to-{net.bridge} }}"]
     with _Lock():
@@ -236,6 +241,8 @@ def network_removed(net: Network, remaining: Iterable[Network] | None = None) ->
             lines.append(f"delete element {t} bridges {{ {br} }}")
         if net.subnet in sets.get("masq_nets", []):
             lines.append(f"delete element {t} masq_nets {{ {net.subnet} }}")
+        if getattr(net, "subnet6", "") and net.subnet6 in sets.get("masq_nets6", []):
+            lines.append(f"delete element {t} masq_nets6 {{ {net.subnet6} }}")
         for chain in (f"from-{net.bridge}", f"to-{net.bridge}"):
             if chain in current["chains"]:
                 lines += [f"flush chain {t} {chain}", f"delete chain {t} {chain}"]
@@ -319,15 +326,21 @@ def _remove_container(cid: str) -> None:
 
 
 # ================================================================ sysctls
-def ensure_forwarding() -> bool:
-    """net.ipv4.ip_forward=1 in this network namespace, as Docker sets it; True if changed."""
-    path = "/proc/sys/net/ipv4/ip_forward"
-    with open(path) as f:
-        if f.read().strip() == "1":
-            return False
-    with open(path, "w") as f:
-        f.write("1")
-    return True
+def ensure_forwarding(ipv6: bool = False) -> bool:
+    """net.ipv4.ip_forward=1 in this network namespace, as Docker sets it, and with IPV6
+    (a network made with --ipv6) net.ipv6.conf.all.forwarding=1 too; True if changed."""
+    changed = False
+    paths = ["/proc/sys/net/ipv4/ip_forward"]
+    if ipv6:
+        paths.append("/proc/sys/net/ipv6/conf/all/forwarding")
+    for path in paths:
+        with open(path) as f:
+            if f.read().strip() == "1":
+                continue
+        with open(path, "w") as f:
+            f.write("1")
+        changed = True
+    return changed
 
 
 def set_route_localnet(bridge: str | None) -> None:

@@ -55,6 +55,18 @@ def _candidates(net: Network):  # noqa: ANN202 - an iterator of IPv4Address
             yield addr
 
 
+def _candidates6(net: Network, used: set[str]) -> str | None:
+    """The first free IPv6 host address of NET's subnet6 after its gateway's (::2 on)."""
+    subnet = ipaddress.IPv6Network(net.subnet6)
+    gateway = ipaddress.IPv6Address(net.gateway6)
+    first = int(subnet.network_address) + 1
+    for n in range(first, min(first + len(used) + 3, int(subnet.broadcast_address) + 1)):
+        addr = ipaddress.IPv6Address(n)
+        if addr != gateway and str(addr) not in used:
+            return str(addr)
+    return None
+
+
 def allocate(db: Database, net: Network, container_id: str, ifname: str, ip: str | None = None,
              mac: str | None = None, aliases: list[str] | tuple = (),
              on_exhausted: Callable[[], int] | None = None) -> Attachment:
@@ -81,14 +93,25 @@ def allocate(db: Database, net: Network, container_id: str, ifname: str, ip: str
                     address = next((str(a) for a in _candidates(net) if str(a) not in used), None)
                     if address is None:
                         return None
+                address6 = ""
+                if net.ipv6 and net.subnet6:
+                    used6 = {r[0] for r in conn.execute(
+                        "SELECT ip6 FROM attachments WHERE network_id=? AND ip6 != ''",
+                        (net.id,))}
+                    address6 = _candidates6(net, used6) or ""
+                    if not address6:
+                        return None
                 lease = Attachment(container_id=container_id, network_id=net.id, ifname=ifname,
                                    ip=address, prefix=net.prefix, mac=mac or mac_for(address),
-                                   gateway=net.gateway, aliases=list(aliases), created=time.time())
+                                   gateway=net.gateway, aliases=list(aliases), created=time.time(),
+                                   ip6=address6, prefix6=net.prefix6 if address6 else 0,
+                                   gateway6=net.gateway6 if address6 else "")
                 conn.execute("INSERT INTO attachments (container_id, network_id, ifname, ip, "
-                             "prefix, mac, gateway, aliases, created) VALUES (?,?,?,?,?,?,?,?,?)",
+                             "prefix, mac, gateway, aliases, created, ip6, prefix6, gateway6) "
+                             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                              (lease.container_id, lease.network_id, lease.ifname, lease.ip,
                               lease.prefix, lease.mac, lease.gateway, _json.dumps(lease.aliases),
-                              lease.created))
+                              lease.created, lease.ip6, lease.prefix6, lease.gateway6))
                 return lease
         lease = db._retry(take)
         if lease is not None:

@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS networks (
     ip_range TEXT NOT NULL DEFAULT '',
     internal INTEGER NOT NULL DEFAULT 0,
     ipv6 INTEGER NOT NULL DEFAULT 0,
+    subnet6 TEXT NOT NULL DEFAULT '',
+    gateway6 TEXT NOT NULL DEFAULT '',
     mtu INTEGER NOT NULL DEFAULT 1500,
     labels TEXT NOT NULL DEFAULT '{}',
     options TEXT NOT NULL DEFAULT '{}',
@@ -56,10 +58,25 @@ CREATE TABLE IF NOT EXISTS attachments (
     gateway TEXT NOT NULL,
     aliases TEXT NOT NULL DEFAULT '[]',
     created REAL NOT NULL,
+    ip6 TEXT NOT NULL DEFAULT '',
+    prefix6 INTEGER NOT NULL DEFAULT 0,
+    gateway6 TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (container_id, network_id),
     UNIQUE (network_id, ip)
 );
 """
+# Columns added after the first release of the tables (IPv6): (table, column, declaration),
+# added by ensure_schema to a database made before them.
+_ADDED_COLUMNS = (
+    ("networks", "subnet6", "TEXT NOT NULL DEFAULT ''"),
+    ("networks", "gateway6", "TEXT NOT NULL DEFAULT ''"),
+    ("attachments", "ip6", "TEXT NOT NULL DEFAULT ''"),
+    ("attachments", "prefix6", "INTEGER NOT NULL DEFAULT 0"),
+    ("attachments", "gateway6", "TEXT NOT NULL DEFAULT ''"),
+)
+# An IPv6 address is leased once per network too (the empty one of IPv4-only leases aside).
+_INDEXES = ("CREATE UNIQUE INDEX IF NOT EXISTS attachments_ip6 ON attachments "
+            "(network_id, ip6) WHERE ip6 != ''")
 
 
 class NetworkNotFound(NsboxError):
@@ -81,6 +98,8 @@ class Network:
     ip_range: str = ""          # "" = the whole subnet
     internal: bool = False
     ipv6: bool = False
+    subnet6: str = ""           # "fd00:77::/64" with ipv6
+    gateway6: str = ""          # "fd00:77::1"
     mtu: int = DEFAULT_MTU
     labels: dict = dict
     options: dict = dict
@@ -89,6 +108,10 @@ class Network:
     @property
     def prefix(self) -> int:
         return int(self.subnet.partition("/")[2])
+
+    @property
+    def prefix6(self) -> int:
+        return int(self.subnet6.partition("/")[2] or 0)
 
     @property
     def is_default(self) -> bool:
@@ -106,6 +129,9 @@ class Attachment:
     gateway: str
     aliases: list = list
     created: float = 0.0
+    ip6: str = ""               # "" on an IPv4-only network
+    prefix6: int = 0
+    gateway6: str = ""
 
 
 _SCHEMA_DONE: set[str] = set()
@@ -119,6 +145,15 @@ def ensure_schema(db: Database) -> None:
     def make() -> None:
         with db.connection() as conn:
             conn.executescript(_SCHEMA)
+            for table, column, declaration in _ADDED_COLUMNS:
+                have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    try:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                    except Exception as err:  # noqa: BLE001 - sqlite3 is imported lazily
+                        if "duplicate column" not in str(err):  # another command was first
+                            raise
+            conn.execute(_INDEXES)
     db._retry(make)
     _SCHEMA_DONE.add(db.path)
 
@@ -126,7 +161,9 @@ def ensure_schema(db: Database) -> None:
 def network_from_row(row: dict) -> Network:
     return Network(id=row["id"], name=row["name"], driver=row["driver"], bridge=row["bridge"],
                    subnet=row["subnet"], gateway=row["gateway"], ip_range=row["ip_range"],
-                   internal=bool(row["internal"]), ipv6=bool(row["ipv6"]), mtu=row["mtu"],
+                   internal=bool(row["internal"]), ipv6=bool(row["ipv6"]),
+                   subnet6=row.get("subnet6") or "", gateway6=row.get("gateway6") or "",
+                   mtu=row["mtu"],
                    labels=_json.loads(row["labels"] or "{}"),
                    options=_json.loads(row["options"] or "{}"), created=row["created"])
 
@@ -135,7 +172,8 @@ def attachment_from_row(row: dict) -> Attachment:
     return Attachment(container_id=row["container_id"], network_id=row["network_id"],
                       ifname=row["ifname"], ip=row["ip"], prefix=row["prefix"], mac=row["mac"],
                       gateway=row["gateway"], aliases=_json.loads(row["aliases"] or "[]"),
-                      created=row["created"])
+                      created=row["created"], ip6=row.get("ip6") or "",
+                      prefix6=row.get("prefix6") or 0, gateway6=row.get("gateway6") or "")
 
 
 def _query(db: Database, sql: str, args: tuple = ()) -> list[dict]:
@@ -175,10 +213,11 @@ def find_network(db: Database, ref: str) -> Network:
 def insert_network(db: Database, net: Network) -> None:
     """Record NET; the database's IntegrityError if its name, id or bridge is taken."""
     _write(db, "INSERT INTO networks (id, name, driver, bridge, subnet, gateway, ip_range, "
-               "internal, ipv6, mtu, labels, options, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+               "internal, ipv6, subnet6, gateway6, mtu, labels, options, created) "
+               "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
            (net.id, net.name, net.driver, net.bridge, net.subnet, net.gateway, net.ip_range,
-            int(net.internal), int(net.ipv6), net.mtu, _json.dumps(net.labels),
-            _json.dumps(net.options), net.created))
+            int(net.internal), int(net.ipv6), net.subnet6, net.gateway6, net.mtu,
+            _json.dumps(net.labels), _json.dumps(net.options), net.created))
 
 
 def delete_network(db: Database, network_id: str) -> None:

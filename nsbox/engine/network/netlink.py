@@ -57,6 +57,13 @@ def ensure_bridge(net: Network) -> bool:
                 nl.add_address(index, socket.AF_INET, net.gateway, net.prefix)
             except FileExistsError:
                 pass
+            if net.subnet6:
+                _ipv6_on(net.bridge)
+                try:
+                    nl.add_address(index, socket.AF_INET6, net.gateway6, net.prefix6,
+                                   rtnl.IFA_F_NODAD)
+                except FileExistsError:
+                    pass
             nl.link(rtnl.RTM_NEWLINK, index=index, up=True, mtu=net.mtu)
     except OSError as err:
         raise _error(f"cannot set up the bridge {net.bridge}", err) from None
@@ -125,11 +132,30 @@ def plug(net: Network, lease: Attachment, host_name: str, netns_path: str,
             if index is None:
                 raise OSError(errno.ENODEV, f"no {lease.ifname}")
             ns.add_address(index, socket.AF_INET, lease.ip, lease.prefix)
+            if lease.ip6:
+                _ipv6_on(lease.ifname)
+                ns.add_address(index, socket.AF_INET6, lease.ip6, lease.prefix6,
+                               rtnl.IFA_F_NODAD)
             ns.link(rtnl.RTM_NEWLINK, index=index, up=True)
             if default_route and not net.internal:
                 ns.add_default_route(socket.AF_INET, lease.gateway)
+                if lease.ip6:
+                    ns.add_default_route(socket.AF_INET6, lease.gateway6)
     except OSError as err:
         raise _error(f"cannot configure {lease.ifname} in the container", err) from None
+
+
+def _ipv6_on(ifname: str) -> None:
+    """IPv6 enabled on IFNAME of this thread's namespace (a host may have it off by default)."""
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"
+    try:
+        with open(path) as f:
+            if f.read().strip() == "0":
+                return
+        with open(path, "w") as f:
+            f.write("0")
+    except OSError as err:
+        raise OSError(err.errno, f"cannot enable IPv6 on {ifname}: {err.strerror}") from None
 
 
 def lo_up_here() -> None:

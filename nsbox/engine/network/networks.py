@@ -88,6 +88,50 @@ def _pick_subnet(taken: list[str]) -> str:
     raise NetworkError("no free subnet left in 172.31.0.0 - 172.255.0.0: give --subnet")
 
 
+def _split_families(values: str | list | tuple | None, what: str) -> tuple[str | None, str | None]:
+    """--subnet/--gateway given once per family, as Docker's: (IPv4 one, IPv6 one)."""
+    items = [str(v) for v in ([values] if isinstance(values, str) else (values or [])) if v]
+    v4 = [v for v in items if ":" not in v]
+    v6 = [v for v in items if ":" in v]
+    if len(v4) > 1 or len(v6) > 1:
+        raise ConfigError(f"{what}: at most one IPv4 and one IPv6 value")
+    return (v4[0] if v4 else None), (v6[0] if v6 else None)
+
+
+def _ipv6_config(subnet6: str | None, gateway6: str | None, existing: list[Network]
+                 ) -> tuple[str, str]:
+    """The IPv6 subnet (given, or the first free fd4e:5342:0:N::/64) and its gateway."""
+    import ipaddress
+    taken = [ipaddress.IPv6Network(n.subnet6) for n in existing if n.subnet6]
+    if subnet6:
+        try:
+            net6 = ipaddress.IPv6Network(subnet6, strict=False)
+        except ValueError:
+            raise ConfigError(f"invalid IPv6 subnet {subnet6!r}: expected X:X::/N") from None
+        if net6.prefixlen > 120:
+            raise ConfigError(f"IPv6 subnet {subnet6} is too small: at most /120")
+        clash = next((t for t in taken if t.overlaps(net6)), None)
+        if clash is not None:
+            raise NetworkError(f"Pool overlaps with other one on this address space "
+                               f"({subnet6} overlaps {clash} of an nsbox network)")
+    else:
+        net6 = next((c for c in (ipaddress.IPv6Network(f"fd4e:5342:0:{n:x}::/64")
+                                 for n in range(1, 0x10000))
+                     if not any(t.overlaps(c) for t in taken)), None)
+        if net6 is None:
+            raise NetworkError("no free IPv6 subnet left in fd4e:5342::/48: give --subnet")
+    if gateway6:
+        try:
+            gw6 = ipaddress.IPv6Address(gateway6)
+        except ValueError:
+            raise ConfigError(f"invalid IPv6 gateway {gateway6!r}") from None
+        if gw6 not in net6 or gw6 == net6.network_address:
+            raise ConfigError(f"gateway {gateway6} is not a host address of subnet {net6}")
+    else:
+        gw6 = net6.network_address + 1
+    return str(net6), str(gw6)
+
+
 def create(engine: EngineBase, name: str, subnet: str | None = None, gateway: str | None = None,
            ip_range: str | None = None, internal: bool = False, ipv6: bool = False,
            labels: dict | None = None, options: dict | None = None,
@@ -105,12 +149,15 @@ def create(engine: EngineBase, name: str, subnet: str | None = None, gateway: st
         raise NetworkError(f"network name {name} is reserved: it is a mode of --network"
                            if name != DEFAULT_NETWORK else
                            f"network with name {name} already exists")
-    if ipv6:
-        raise ConfigError("--ipv6 is not supported yet")
+    subnet, subnet6 = _split_families(subnet, "--subnet")
+    gateway, gateway6 = _split_families(gateway, "--gateway")
+    if (subnet6 or gateway6) and not ipv6:
+        raise ConfigError("an IPv6 --subnet or --gateway needs --ipv6")
     options = dict(options or {})
     existing = list_networks(engine)
     if any(n.name == name for n in existing):
         raise NetworkError(f"network with name {name} already exists")
+    subnet6, gateway6 = _ipv6_config(subnet6, gateway6, existing) if ipv6 else ("", "")
     taken = [n.subnet for n in existing]
     host = netlink.host_networks()
     if subnet:
@@ -166,7 +213,7 @@ def create(engine: EngineBase, name: str, subnet: str | None = None, gateway: st
         raise NetworkError(f"a link named {bridge} exists on the host already")
     record = Network(id=os.urandom(32).hex(), name=name, bridge=bridge, subnet=str(net),
                      gateway=str(gw), ip_range=ip_range or "", internal=bool(internal),
-                     ipv6=bool(ipv6), mtu=mtu, labels=dict(labels or {}), options=options,
+                     ipv6=bool(ipv6), subnet6=subnet6, gateway6=gateway6, mtu=mtu, labels=dict(labels or {}), options=options,
                      created=time.time())
     sqlite3 = __import__("nsbox.engine.db", fromlist=["sqlite"]).sqlite()
     try:
@@ -208,7 +255,7 @@ def bring_up(net: Network) -> None:
     made = netlink.ensure_bridge(net)
     if made:
         if not net.internal:
-            firewall.ensure_forwarding()
+            firewall.ensure_forwarding(ipv6=bool(net.subnet6))
         firewall.network_added(net)
 
 
@@ -323,14 +370,17 @@ def inspect(engine: EngineBase, ref: str) -> dict:
         containers[lease.container_id] = {
             "Name": row["name"], "EndpointID": (lease.container_id + net.id)[:64][::-1],
             "MacAddress": lease.mac, "IPv4Address": f"{lease.ip}/{lease.prefix}",
-            "IPv6Address": ""}
+            "IPv6Address": f"{lease.ip6}/{lease.prefix6}" if lease.ip6 else ""}
     config = {"Subnet": net.subnet, "Gateway": net.gateway}
     if net.ip_range:
         config["IPRange"] = net.ip_range
+    configs = [config]
+    if net.subnet6:
+        configs.append({"Subnet": net.subnet6, "Gateway": net.gateway6})
     return {
         "Name": net.name, "Id": net.id, "Created": _rfc3339(net.created), "Scope": "local",
         "Driver": net.driver, "EnableIPv6": net.ipv6,
-        "IPAM": {"Driver": "default", "Options": {}, "Config": [config]},
+        "IPAM": {"Driver": "default", "Options": {}, "Config": configs},
         "Internal": net.internal, "Attachable": False, "Ingress": False,
         "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Containers": containers,
         "Options": {BRIDGE_NAME_OPTION: net.bridge, **net.options}, "Labels": net.labels,

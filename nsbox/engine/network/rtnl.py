@@ -40,6 +40,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 IFF_UP = 1
+IFA_F_NODAD = 0x02  # no duplicate address detection: an IPv6 address usable at once
 _HEADER = struct.Struct("=IHHII")
 
 
@@ -144,10 +145,14 @@ class Rtnl:
         msg["attrs"] = [(_ifla(k), v) for k, v in attrs.items()]
         self.request(msg, kind, flags)
 
-    def add_address(self, index: int, family: int, address: str, prefix: int) -> None:
+    def add_address(self, index: int, family: int, address: str, prefix: int,
+                    flags: int = 0) -> None:
         msg = self.ifaddrmsg()
         msg["family"], msg["prefixlen"], msg["index"] = family, prefix, index
+        msg["flags"] = flags
         msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+        if family == socket.AF_INET6:
+            msg["attrs"] = [("IFA_ADDRESS", address)]  # IPv6 has no separate local address
         self.request(msg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
 
     def add_default_route(self, family: int, gateway: str) -> None:
