@@ -107,20 +107,22 @@ def copy_step(builder: Builder, instruction: Instruction, state: State,
         if multiple and not dest.endswith("/"):
             raise BuildSyntaxError(f"{where}{keyword} with more than one source file: the "
                                    f"destination must be a directory and end with a /")
-        keep_ids = sources.from_stage is not None or keyword == "ADD"
+        # Files from the context belong to root; from a stage they keep their owners (an
+        # archive ADD unpacks keeps the owners its entries name).
+        keep_ids = sources.from_stage is not None
         archives = set()
-        summary = SourceTar(open(os.devnull, "wb"), None if keep_ids else (lambda u, g: (0, 0)),  # noqa: SIM115
-                            chmod)
-        try:
-            for source in found:
-                host = sources.view.host(source.path)
-                if keyword == "ADD" and not source.is_dir and _is_archive(host):
-                    archives.add(source.path)
-                summary.add_tree(sources.view, source.path,
-                                 "" if source.is_dir else posixpath.basename(source.path),
-                                 sources.ignore)
-        finally:
-            digest = summary.close()
+        with open(os.devnull, "wb") as sink:
+            summary = SourceTar(sink, None if keep_ids else (lambda u, g: (0, 0)), chmod)
+            try:
+                for source in found:
+                    host = sources.view.host(source.path)
+                    if keyword == "ADD" and not source.is_dir and _is_archive(host):
+                        archives.add(source.path)
+                    summary.add_tree(sources.view, source.path,
+                                     "" if source.is_dir else posixpath.basename(source.path),
+                                     sources.ignore)
+            finally:
+                digest = summary.close()
         kind = "multi" if len(found) > 1 else "dir" if found[0].is_dir else "file"
         created_by = f"/bin/sh -c #(nop) {keyword} {kind}:{digest.removeprefix('sha256:')} in {dest} "
         key = step_key(state, f"{keyword} {patterns!r} {dest}",
