@@ -61,6 +61,7 @@ class Dashboard:
         self.base = f"{parts.scheme}://{parts.netloc}"
         self.host, self.port = parts.hostname, parts.port
         self.token = dict(p.split("=", 1) for p in parts.query.split("&"))["token"]
+        self.cookie = f"nsbox_dashboard_{self.port}"  # per port: dashboards side by side
 
     def request(self, method: str, path: str, cookie: str | None = None,
                 body: str | None = None, headers: dict | None = None
@@ -68,7 +69,7 @@ class Dashboard:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         hdrs = dict(headers or {})
         if cookie:
-            hdrs["Cookie"] = f"nsbox_dashboard={cookie}"
+            hdrs["Cookie"] = f"{self.cookie}={cookie}"
         if body is not None:
             hdrs.setdefault("Content-Type", "application/x-www-form-urlencoded")
         conn.request(method, path, body=body, headers=hdrs)
@@ -118,7 +119,8 @@ def test_url_is_local_with_a_random_token(dashboard):
 
 
 def test_requests_without_the_token_are_refused(nsbox, dashboard):
-    nsbox("run", "-d", "--name", "web", "busybox", "sleep", "600")
+    nsbox("run", "-d", "--name", "web", "--stop-timeout", "1", "busybox", "sh", "-c",
+          "echo hello-from-web; sleep 600")
     for method, path in [("GET", "/"), ("GET", "/c/web"), ("GET", "/c/web/logs"),
                          ("GET", "/static/dashboard.js"), ("GET", "/stream"),
                          ("GET", "/api/containers"), ("POST", "/c/web/stop"),
@@ -130,7 +132,7 @@ def test_requests_without_the_token_are_refused(nsbox, dashboard):
     status, headers, _ = dashboard.request("GET", f"/?token={dashboard.token}")
     assert status == 303 and headers["location"] == "/"
     cookie = headers["set-cookie"]
-    assert f"nsbox_dashboard={dashboard.token}" in cookie
+    assert f"{dashboard.cookie}={dashboard.token}" in cookie
     assert "HttpOnly" in cookie and re.search("SameSite=strict", cookie, re.I)
     status, _, page = dashboard.request("GET", "/", cookie=dashboard.token)
     assert status == 200 and "web" in page
@@ -150,7 +152,18 @@ def test_requests_without_the_token_are_refused(nsbox, dashboard):
     assert nsbox("inspect", "-f", "{{.State.Status}}", "web").stdout.strip() == "running"
     # Logs are a plain GET of the container's output.
     status, _, text = dashboard.request("GET", "/c/web/logs", cookie=dashboard.token)
-    assert status == 200
+    assert status == 200 and "stdout hello-from-web" in text
+    # With both tokens, restart works: a new process, still running.
+    pid = nsbox("inspect", "-f", "{{.State.Pid}}", "web").stdout.strip()
+    status, headers, _ = dashboard.request("POST", "/c/web/restart", cookie=dashboard.token,
+                                           body=f"csrf={csrf}",
+                                           headers={"Origin": dashboard.base})
+    assert status == 303 and headers["location"] == "/c/web"
+    assert nsbox("inspect", "-f", "{{.State.Status}}", "web").stdout.strip() == "running"
+    assert nsbox("inspect", "-f", "{{.State.Pid}}", "web").stdout.strip() != pid
+    # Another dashboard's cookie (another port) does not open this one.
+    other = f"nsbox_dashboard_{dashboard.port + 1}={dashboard.token}"
+    assert dashboard.request("GET", "/", headers={"Cookie": other})[0] == 403
 
 
 def test_page_reads_without_javascript(nsbox, dashboard, browser):
@@ -294,7 +307,7 @@ def test_json_api_and_stream_format(nsbox, dashboard):
     assert [n["type"] for n in detail["namespaces"]] == ["mnt", "uts", "ipc", "pid", "net",
                                                          "user", "cgroup", "time"]
     conn = http.client.HTTPConnection(dashboard.host, dashboard.port, timeout=30)
-    conn.request("GET", "/stream", headers={"Cookie": f"nsbox_dashboard={dashboard.token}"})
+    conn.request("GET", "/stream", headers={"Cookie": f"{dashboard.cookie}={dashboard.token}"})
     resp = conn.getresponse()
     assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
     deadline, kind, data = time.monotonic() + 30, None, None

@@ -53,7 +53,13 @@ log = logging.getLogger(__name__)
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATIC = os.path.join(HERE, "static")
 TEMPLATES = os.path.join(HERE, "templates")
+# Cookies are per host, not per port: each dashboard names its own, so that two
+# of them (root's and a user's) do not overwrite each other's in one browser.
 COOKIE = "nsbox_dashboard"
+
+
+def cookie_name(port: int) -> str:
+    return f"{COOKIE}_{port}" if port else COOKIE
 
 
 def csrf_token(token: str) -> str:
@@ -64,9 +70,10 @@ def csrf_token(token: str) -> str:
 class TokenGate:
     """ASGI middleware: the token (cookie, or ?token= once) or 403."""
 
-    def __init__(self, app, token: str) -> None:  # noqa: ANN001 - an ASGI app
-        self.app = app
+    def __init__(self, app, token: str, cookie: str = COOKIE) -> None:  # noqa: ANN001
+        self.app = app  # the ASGI app behind the gate
         self.token = token
+        self.cookie = cookie
 
     def _ok(self, value: str | None) -> bool:
         return bool(value) and secrets.compare_digest(value.encode(), self.token.encode())
@@ -79,7 +86,7 @@ class TokenGate:
             await PlainTextResponse("Forbidden", status_code=403)(scope, receive, send)
             return
         request = Request(scope)
-        if self._ok(request.cookies.get(COOKIE)):
+        if self._ok(request.cookies.get(self.cookie)):
             await self.app(scope, receive, send)
             return
         if self._ok(request.query_params.get("token")) and request.method == "GET":
@@ -87,7 +94,8 @@ class TokenGate:
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
             target = request.url.path + ("?" + urlencode(rest) if rest else "")
             response = RedirectResponse(target, status_code=303)
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path="/")
+            response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict",
+                                path="/")
             await response(scope, receive, send)
             return
         await PlainTextResponse("Forbidden: open the URL nsbox dashboard printed\n",
@@ -116,11 +124,12 @@ class Dashboard:
     """The app's state: the engine, the samples, the stream hub."""
 
     def __init__(self, engine, token: str, interval: float = 2.0,  # noqa: ANN001 - Engine
-                 minutes: float = 5) -> None:
+                 minutes: float = 5, cookie: str = COOKIE) -> None:
         import jinja2
         self.engine = engine
         self.token = token
         self.csrf = csrf_token(token)
+        self.cookie = cookie
         self.interval = interval
         self.history = views.History(minutes, interval)
         self.sampler = views.Sampler()
@@ -226,7 +235,7 @@ class Dashboard:
 
     async def action(self, request: Request) -> Response:
         origin = request.headers.get("origin")
-        if origin and origin not in (f"{request.url.scheme}://{request.url.netloc}", "null"):
+        if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
             return PlainTextResponse("Forbidden: cross-origin action\n", status_code=403)
         # The forms are urlencoded and small: the standard library parses them
         # (Starlette's form parser would need python-multipart for nothing).
@@ -307,7 +316,7 @@ class Dashboard:
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
         app = Starlette(routes=routes, lifespan=lifespan)
-        return TokenGate(app, self.token)
+        return TokenGate(app, self.token, self.cookie)
 
 
 def bind(address: str, port: int):  # noqa: ANN201 - socket.socket
@@ -335,7 +344,7 @@ def serve(engine, address: str = "127.0.0.1", port: int = 0,  # noqa: ANN001 - E
     sock = bind(address, port)
     host, bound = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    dashboard = Dashboard(engine, token, interval=interval)
+    dashboard = Dashboard(engine, token, interval=interval, cookie=cookie_name(bound))
     config = uvicorn.Config(dashboard.app(), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=2, lifespan="on")
     server = uvicorn.Server(config)
