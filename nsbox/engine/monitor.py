@@ -465,6 +465,11 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
             log.close()
             if failed:
                 _helper("monitor_finish", root, run_root, cid, "-1", "1")
+        if not failed and text.endswith(" health"):
+            # A healthcheck: its runner (health/runner.py), forked before the starter
+            # hears, so a command right after `run -d` finds the runner's lock held.
+            from nsbox.engine.health.runner import fork_from_monitor
+            fork_from_monitor(root, run_root, cid, int(text.split()[1]), os.path.dirname(log_path))
         if first:
             # Answered after a failure is cleaned up, so the engine never sees it half-done.
             crashpoint("monitor.before_ready")
@@ -478,9 +483,6 @@ def run(root: str, run_root: str, cid: str, ready_fd: int, log_path: str, driver
         if text == "cancel" or failed:
             return
         init_pid = _WATCHING[0] = int(text.split()[1])
-        if text.endswith(" health"):  # a healthcheck: its runner is forked (health/runner.py)
-            from nsbox.engine.health.runner import fork_from_monitor
-            fork_from_monitor(root, run_root, cid, init_pid, os.path.dirname(log_path))
         crashpoint("monitor.watching")
         if loop_bin:
             log.close()

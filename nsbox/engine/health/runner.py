@@ -73,6 +73,12 @@ def fork_from_monitor(root: str, run_root: str, cid: str, init_pid: int, bundle:
     if pid == 0:  # pragma: no cover - child
         try:
             _become_runner(cid, fd)
+            # The monitor runs with the collector off, so that no object it inherited
+            # (an SQLite connection whose fd was closed) is finalized onto a reused fd.
+            # A long-lived runner wants it on: the inherited objects are frozen out of it.
+            import gc
+            gc.freeze()
+            gc.enable()
             serve(root, run_root, cid, init_pid, fd, locked)
         except BaseException:  # noqa: BLE001, S110 - a runner never takes its parent down
             pass
