@@ -255,10 +255,15 @@ def test_engine_events_reach_an_open_page(nsbox, dashboard, browser, tmp_path):
     page.goto(dashboard.url)
     page.wait_for_function("() => document.getElementById('live').textContent === 'live'",
                            timeout=30_000)
+    # An event straight from the journal reaches the open page through the stream.
     cid = nsbox("inspect", "-f", "{{.Id}}", "web").stdout.strip()
     events.emit(str(tmp_path / "lib"), "container", "pause", cid, {"name": "web"})
     page.wait_for_function("() => window.nsboxDashboard.events >= 1", timeout=30_000)
     assert "pause" in page.locator("#events li").first.inner_text()
+    # A container started now: its events, and the list renders again with it.
+    nsbox("run", "-d", "--name", "late", "busybox", "sleep", "600")
+    page.wait_for_selector("table#containers tr:has-text('late')", timeout=30_000)
+    assert "start" in page.locator("#events").inner_text()
 
 
 def test_bad_flags_and_a_taken_port(nsbox, dashboard):

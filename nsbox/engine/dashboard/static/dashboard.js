@@ -68,10 +68,21 @@
   const states = { start: "running", restart: "running", unpause: "running", die: "exited",
                    stop: "exited", pause: "paused", destroy: "removed" };
 
+  // A container the first page does not list yet (or one removed or renamed):
+  // the server renders the list again, once the burst of events is over.
+  let reloadTimer = null;
+  function reloadSoon() {
+    if (reloadTimer) clearTimeout(reloadTimer);
+    reloadTimer = setTimeout(() => window.location.reload(), 700);
+  }
+
   function applyEvent(e) {
     if (e.type !== "container") return;
     const scope = page === "container" ? (e.id === cid ? document : null)
       : document.querySelector('tr[data-cid="' + e.id + '"]');
+    if (page === "index" && (!scope || e.action === "destroy" || e.action === "rename")) {
+      if (["create", "start", "destroy", "rename"].includes(e.action)) reloadSoon();
+    }
     if (!scope) return;
     const status = states[e.action];
     if (status) scope.querySelectorAll("[data-field=status]").forEach((el) => { el.textContent = status; });
