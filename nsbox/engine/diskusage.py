@@ -12,7 +12,7 @@ import os
 
 from nsbox import _json
 from nsbox._lite import suppress
-from nsbox.engine.images.store import BUILD_CACHE_DIR
+from nsbox.engine.images.gcroots import BUILD_CACHE_DIR, build_cache_refs
 from nsbox.engine.model import RUNNING
 
 TYPE_CHECKING = False
@@ -29,22 +29,11 @@ def _tree_size(path: str) -> int:
     return total
 
 
-def _cache_layers(root: str) -> tuple[int, set[str]]:
-    """The number of build cache records, and the chain ids they keep."""
-    count, layers = 0, set()
-    cache_dir = os.path.join(root, BUILD_CACHE_DIR)
+def _cache_records(root: str) -> int:
     with suppress(FileNotFoundError):
-        for name in os.listdir(cache_dir):
-            if not name.endswith(".json"):
-                continue
-            try:
-                with open(os.path.join(cache_dir, name)) as f:
-                    record = _json.loads(f.read())
-            except (OSError, ValueError):
-                continue
-            count += 1
-            layers.update(record.get("layers") or [])
-    return count, layers
+        return sum(1 for name in os.listdir(os.path.join(root, BUILD_CACHE_DIR))
+                   if name.endswith(".json"))
+    return 0
 
 
 def disk_usage(engine: Engine) -> list[dict]:
@@ -82,7 +71,7 @@ def disk_usage(engine: Engine) -> list[dict]:
                  "Size": sum(volume_sizes.values()),
                  "Reclaimable": sum(size for name, size in volume_sizes.items()
                                     if name not in mounted)})
-    records, cached = _cache_layers(store.root)
+    records, (_, cached) = _cache_records(store.root), build_cache_refs(store.root)
     only_cached = 0
     for chain_id in cached - set(layer_size):
         with suppress(OSError, ValueError):

@@ -20,9 +20,10 @@ import os
 
 from nsbox import _json
 from nsbox._lite import suppress
+from nsbox.engine.images.gcroots import BUILD_CACHE_DIR
 from nsbox.engine.images.layout import canonical_json
 from nsbox.engine.images.records import Layer
-from nsbox.engine.images.store import BUILD_CACHE_DIR, ImageStore
+from nsbox.engine.images.store import ImageStore
 
 
 class State:

@@ -25,6 +25,7 @@ from nsbox.engine import DEFAULT_ROOT
 from nsbox.errors import ConfigError, ImageError, ImageInUse, ImageNotFound
 
 from . import config as imgconfig
+from .gcroots import BUILD_CACHE_DIR, build_cache_refs
 from .layout import (  # noqa: F401 - oci_architecture, layer_media_type: also imported from here
     CONTAINERS_DIR,
     LAYERS_DIR,
@@ -67,8 +68,6 @@ if TYPE_CHECKING:
     InUse = Callable[[str], bool]
 
 log = get_logger(__name__)
-# Records of the build cache (nsbox/engine/build/cache.py); their layers are kept.
-BUILD_CACHE_DIR = "build-cache"
 
 
 class ImageStore:
@@ -655,24 +654,8 @@ class ImageStore:
                     continue
         return used
 
-    def _build_cache_refs(self) -> tuple[set[str], set[str]]:
-        """Blobs and chain ids the build cache's records (build/cache.py) keep."""
-        blobs: set[str] = set()
-        layers: set[str] = set()
-        cache_dir = os.path.join(self.root, BUILD_CACHE_DIR)
-        with suppress(FileNotFoundError):
-            for name in os.listdir(cache_dir):
-                try:
-                    with open(os.path.join(cache_dir, name)) as f:
-                        record = _json.loads(f.read())
-                except (FileNotFoundError, IsADirectoryError, ValueError):
-                    continue
-                blobs.update(record.get("blobs") or [])
-                layers.update(record.get("layers") or [])
-        return blobs, layers
-
     def _collect_garbage(self) -> dict[str, list[str]]:
-        blobs, layers = self._build_cache_refs()
+        blobs, layers = build_cache_refs(self.root)  # the build cache's records keep theirs
         layers.update(self._container_layers())
         for digest, names in self._names_by_manifest().items():
             image = self._image(digest, names)
