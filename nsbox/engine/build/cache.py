@@ -9,7 +9,7 @@ state: its config document and its layers.  A record whose layers or blobs
 are gone is ignored.
 
 The image store's garbage collection keeps every blob and layer a record
-names (store.py reads the records' "blobs" and "layers" lists); `image
+names (images/gcroots.py reads the records' "blobs" and "layers" lists); `image
 prune -a` and `system reset` drop the records with everything else.
 """
 
@@ -88,7 +88,7 @@ class BuildCache:
             "layer_records": [{"diff_id": x.diff_id, "chain_id": x.chain_id, "digest": x.digest,
                                "media_type": x.media_type, "blob_size": x.blob_size,
                                "size": x.size} for x in state.layers],
-            # What store.py's garbage collection keeps.
+            # What the store's garbage collection keeps (images/gcroots.py).
             "blobs": [x.digest for x in state.layers],
             "layers": [x.chain_id for x in state.layers],
         }
