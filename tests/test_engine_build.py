@@ -232,6 +232,16 @@ def test_build_args_default_file_and_stdin_context(nsbox, tmp_path):
     assert nsbox.tmp_left() == []
 
 
+def test_platform_args(nsbox, tmp_path):
+    from nsbox.engine.images.layout import oci_architecture
+    ctx = make_context(tmp_path, "FROM --platform=$BUILDPLATFORM busybox\nARG TARGETARCH\n"
+                       "RUN echo $TARGETARCH > /arch\n")
+    nsbox("build", "-q", "-t", "pl:1", str(ctx))
+    assert nsbox("run", "--rm", "pl:1", "cat", "/arch").stdout == oci_architecture() + "\n"
+    (ctx / "Containerfile").write_text("FROM --platform=linux/s390x busybox\n")
+    assert "only this host's platform" in one_line_error(nsbox("build", str(ctx), check=False))
+
+
 def test_syntax_error_and_failing_run_leave_nothing(nsbox, tmp_path):
     nsbox("run", "--rm", "busybox", "true")
     images_before = nsbox("images", "-q", "-a").stdout

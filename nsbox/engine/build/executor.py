@@ -202,8 +202,9 @@ class Builder:
         where = f"{self.filename}:{stage.line}: "
         base = str(expand(stage.base, global_vars, self.escape, where=where))
         if stage.platform:
-            platform = str(expand(stage.platform, global_vars, self.escape, where=where))
-            if platform not in (f"linux/{oci_architecture()}", "$BUILDPLATFORM", "$TARGETPLATFORM"):
+            platform = str(expand(stage.platform, {**platform_args(), **global_vars}, self.escape,
+                                  where=where))
+            if platform != f"linux/{oci_architecture()}":
                 raise BuildSyntaxError(f"{where}FROM --platform={platform}: only this host's "
                                        f"platform (linux/{oci_architecture()}) can be built")
         if base.lower() == "scratch":
