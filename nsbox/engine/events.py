@@ -34,7 +34,7 @@ API (stable; other parts of the engine call these):
         `id` and (containers) `from`.  as_dict() is Docker's JSON object;
         text() is the line `docker events` prints.
 
-    parse_time(text, now=None) -> float
+    parse_time(text, now=None) -> float    (parse_time_ns: exact nanoseconds)
         --since/--until values: Unix seconds ("1700000000.5"), RFC 3339,
         or a duration ago ("10m", "1h30m", "90s").
 
@@ -311,32 +311,38 @@ def parse_time(text: str | float | int, now: float | None = None) -> float:
 
     Unix seconds (fractions allowed), RFC 3339 (with or without zone: UTC if
     none; nanoseconds accepted), a date (YYYY-MM-DD), or a duration ago."""
+    return parse_time_ns(text, now) / 1e9
+
+
+def parse_time_ns(text: str | float | int, now: float | None = None) -> int:
+    """parse_time() in nanoseconds, exact to the digit for "SECONDS.FRACTION" and RFC 3339."""
     if isinstance(text, (int, float)):
-        return float(text)
+        return int(round(text * 1_000_000_000))
     value = text.strip()
     if not value:
         raise ValueError("empty time")
-    try:
-        return float(value)
-    except ValueError:
-        pass
+    whole, dot, frac = value.partition(".")
+    if whole.isdigit() and (not dot or frac.isdigit()):
+        return int(whole) * 1_000_000_000 + int((frac + "0" * 9)[:9])
     ago = parse_duration(value)
     if ago is not None:
-        return (time.time() if now is None else now) - ago
+        return int(((time.time() if now is None else now) - ago) * 1_000_000_000)
     from datetime import UTC, datetime
 
     iso = value.replace("Z", "+00:00").replace("z", "+00:00")
     head, dot, frac = iso.partition(".")
-    if dot:  # Python 3.11 takes at most microseconds
-        digits = "".join(c for c in frac if c.isdigit())
-        iso = f"{head}.{digits[:6]}{frac[len(digits):]}"
+    nanos = 0
+    if dot:  # Python 3.11 parses at most microseconds: the digits are counted here
+        digits = frac[:len(frac) - len(frac.lstrip("0123456789"))]
+        nanos = int((digits + "0" * 9)[:9]) if digits else 0
+        iso = head + frac[len(digits):]
     try:
         parsed = datetime.fromisoformat(iso)
     except ValueError:
         raise ValueError(f"not a time or duration: {text!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    return int(parsed.timestamp()) * 1_000_000_000 + nanos
 
 
 def normalize_filters(filters: Mapping[str, object] | Iterable[str] | None) -> dict[str, list[str]]:
@@ -469,7 +475,7 @@ def _to_ns(value: str | float | int | None) -> int | None:
         return None
     if isinstance(value, int) and value > 10**15:  # already nanoseconds
         return value
-    return int(parse_time(value) * 1_000_000_000)
+    return parse_time_ns(value)
 
 
 def read(root: object, since: str | float | None = None, until: str | float | None = None,

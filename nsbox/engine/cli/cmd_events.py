@@ -54,12 +54,12 @@ def run(args, ctx) -> int:  # noqa: ANN001
     need_args(args, "events", 0, 0, "argument")
     now = time.time()
     try:
-        since = events.parse_time(args["since"], now) if args["since"] else None
+        since = events.parse_time_ns(args["since"], now) if args["since"] else None
     except ValueError:
         raise ConfigError(f'invalid value "{args["since"]}" for --since: '
                           "not a time or duration") from None
     try:
-        until = events.parse_time(args["until"], now) if args["until"] else None
+        until = events.parse_time_ns(args["until"], now) if args["until"] else None
     except ValueError:
         raise ConfigError(f'invalid value "{args["until"]}" for --until: '
                           "not a time or duration") from None
@@ -87,7 +87,7 @@ def run(args, ctx) -> int:  # noqa: ANN001
 
     _stop_on_sigterm()
     try:
-        if until is not None and until <= time.time():
+        if until is not None and until <= time.time_ns():
             stream = events.read(ctx.root, since=since, until=until, filters=filters)
         else:
             stream = events.follow(ctx.root, since=since, filters=filters, until=until)

@@ -61,8 +61,9 @@ def stop(engine: EngineBase, ref: str, timeout: int | None = None,
     if timeout is None:
         timeout = c.spec.stop_timeout if c.spec.stop_timeout is not None else DEFAULT_STOP_TIMEOUT
     terminate(engine, c, c.extra.get("stop_signal") or "SIGTERM", max(timeout, 0))
-    from nsbox.engine.events import emit_container
-    emit_container(engine.root, c, "stop")
+    if engine.db.container(c.id) is not None:  # not after the `destroy` of a racing rm or --rm
+        from nsbox.engine.events import emit_container
+        emit_container(engine.root, c, "stop")
 
 def mark_stopped(engine: EngineBase, cid: str, how: int = 1) -> bool:
     """Record that the user stopped CID (no restart follows); False if it no longer exists.
@@ -179,6 +180,8 @@ def pause(engine: EngineBase, ref: str) -> None:
     engine.db.update_container(c.id, state=PAUSED)
     from nsbox.engine.events import emit_container
     emit_container(engine.root, c, "pause")
+    from nsbox.engine.events import emit_container
+    emit_container(engine.root, c, "pause")
 
 
 def unpause(engine: EngineBase, ref: str) -> None:
@@ -187,6 +190,8 @@ def unpause(engine: EngineBase, ref: str) -> None:
         raise InvalidState(f"container {c.name} is not paused")
     engine.oci(c.runtime).resume(c.id)
     engine.db.update_container(c.id, state=RUNNING)
+    from nsbox.engine.events import emit_container
+    emit_container(engine.root, c, "unpause")
     from nsbox.engine.events import emit_container
     emit_container(engine.root, c, "unpause")
 
@@ -216,6 +221,9 @@ def rename(engine: EngineBase, ref: str, new_name: str) -> None:
         engine.db.update_container(c.id, name=new_name)
     except sqlite3.IntegrityError:
         raise ContainerExists(f"the container name {new_name!r} is already in use") from None
+    from nsbox.engine.events import emit_container
+    old_name, c.name = c.name, new_name
+    emit_container(engine.root, c, "rename", oldName=old_name)
     from nsbox.engine.events import emit_container
     old_name, c.name = c.name, new_name
     emit_container(engine.root, c, "rename", oldName=old_name)
