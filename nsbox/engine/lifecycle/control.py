@@ -65,6 +65,7 @@ def stop(engine: EngineBase, ref: str, timeout: int | None = None,
         from nsbox.engine.events import emit_container
         emit_container(engine.root, c, "stop")
 
+
 def mark_stopped(engine: EngineBase, cid: str, how: int = 1) -> bool:
     """Record that the user stopped CID (no restart follows); False if it no longer exists.
 
@@ -180,8 +181,6 @@ def pause(engine: EngineBase, ref: str) -> None:
     engine.db.update_container(c.id, state=PAUSED)
     from nsbox.engine.events import emit_container
     emit_container(engine.root, c, "pause")
-    from nsbox.engine.events import emit_container
-    emit_container(engine.root, c, "pause")
 
 
 def unpause(engine: EngineBase, ref: str) -> None:
@@ -190,8 +189,6 @@ def unpause(engine: EngineBase, ref: str) -> None:
         raise InvalidState(f"container {c.name} is not paused")
     engine.oci(c.runtime).resume(c.id)
     engine.db.update_container(c.id, state=RUNNING)
-    from nsbox.engine.events import emit_container
-    emit_container(engine.root, c, "unpause")
     from nsbox.engine.events import emit_container
     emit_container(engine.root, c, "unpause")
 
@@ -221,9 +218,6 @@ def rename(engine: EngineBase, ref: str, new_name: str) -> None:
         engine.db.update_container(c.id, name=new_name)
     except sqlite3.IntegrityError:
         raise ContainerExists(f"the container name {new_name!r} is already in use") from None
-    from nsbox.engine.events import emit_container
-    old_name, c.name = c.name, new_name
-    emit_container(engine.root, c, "rename", oldName=old_name)
     from nsbox.engine.events import emit_container
     old_name, c.name = c.name, new_name
     emit_container(engine.root, c, "rename", oldName=old_name)
