@@ -80,11 +80,11 @@ class Guard:
         self.obj.load()
         for name, _section, handle in self.obj.programs():
             self.obj.attach(handle, name)
-        self.watched = self.obj.map("watched")
-        self.keys = self.obj.map("keys")
-        self.drops_map = self.obj.map("drops")
+        self.watched = self.obj.map("guard_watched")
+        self.keys = self.obj.map("guard_keys")
+        self.drops_map = self.obj.map("guard_drops")
         self.ncpu = self.obj.possible_cpus()
-        self.ring = RingBuffer(self.obj._lib, self.obj.map("events").fd, self.on_record)
+        self.ring = RingBuffer(self.obj._lib, self.obj.map("guard_events").fd, self.on_record)
         self.by_slot: dict[int, Watch] = {}
         self.subscribers: dict[socket.socket, str] = {}
         self.procs: OrderedDict[int, dict] = OrderedDict()
@@ -162,10 +162,8 @@ class Guard:
                   labels=m.get("labels") or {}, network=m.get("network", ""),
                   entrypoint=m.get("entrypoint", ""), root=m.get("root", ""),
                   alerts=m.get("alerts", ""), cgroup=cgroup, cgid=cgid, slot=slot,
-                  rules=[r for r in rules if r.applies_to({"image": m.get("image", ""),
-                                                            "labels": m.get("labels") or {},
-                                                            "network": m.get("network", "")})],
-                  source=m.get("source", ""))
+                  rules=[], source=m.get("source", ""))
+        w.rules = [r for r in rules if r.applies_to(w.context())]
         plan = kernel_plan(w.rules)
         for kind, h in plan.keys:
             key = KEY.pack(slot, kind, h)

@@ -10,11 +10,11 @@
  * BPF LSM programs need kernel features (ftrace trampolines, CONFIG_KPROBES,
  * lsm=bpf) that a host may lack.  The system call tracepoints see every
  * call of the host, so each program first filters on the call number and
- * then looks the task's cgroup v2 id up in `watched`: a process of a
+ * then looks the task's cgroup v2 id up in `guard_watched`: a process of a
  * container nobody watches costs that switch and one lookup.
  *
- * Events reach user space through the `events` ring buffer; a full buffer
- * counts a drop in the per-CPU `drops` counter.  File paths are rebuilt
+ * Events reach user space through the `guard_events` ring buffer; a full buffer
+ * counts a drop in the per-CPU `guard_drops` counter.  File paths are rebuilt
  * from the dentries up to the task's root, so they are the container's view
  * of the file actually opened (not the string the program passed).  Opens
  * for writing are always reported; opens for reading only when a REPORT key
@@ -132,38 +132,38 @@ struct {
 	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct watch);
-} watched SEC(".maps");
+} guard_watched SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct gkey);
 	__type(value, __u32);
-} keys SEC(".maps");
+} guard_keys SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 << 20);
-} events SEC(".maps");
+} guard_events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u64);
-} drops SEC(".maps");
+} guard_drops SEC(".maps");
 
 static __always_inline struct watch *watching(void)
 {
 	__u64 cgid = bpf_get_current_cgroup_id();
 
-	return bpf_map_lookup_elem(&watched, &cgid);
+	return bpf_map_lookup_elem(&guard_watched, &cgid);
 }
 
 static __always_inline __u32 key_value(__u32 slot, __u32 kind, __u64 hash)
 {
 	struct gkey k = { .slot = slot, .kind = kind, .hash = hash };
-	__u32 *v = bpf_map_lookup_elem(&keys, &k);
+	__u32 *v = bpf_map_lookup_elem(&guard_keys, &k);
 
 	return v ? *v : 0;
 }
@@ -171,7 +171,7 @@ static __always_inline __u32 key_value(__u32 slot, __u32 kind, __u64 hash)
 static __always_inline void count_drop(void)
 {
 	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&drops, &zero);
+	__u64 *n = bpf_map_lookup_elem(&guard_drops, &zero);
 
 	if (n)
 		__sync_fetch_and_add(n, 1);
@@ -180,7 +180,7 @@ static __always_inline void count_drop(void)
 /* A zeroed event with the task's fields filled in; NULL (and a drop) when the ring is full. */
 static __always_inline struct event *new_event(struct watch *w, __u32 type)
 {
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct event *e = bpf_ringbuf_reserve(&guard_events, sizeof(*e), 0);
 	struct task_struct *task;
 	struct pid *tpid;
 	unsigned int level;
@@ -222,13 +222,13 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct scratch);
-} scratch_map SEC(".maps");
+} guard_scratch SEC(".maps");
 
 static __always_inline struct scratch *scratch(void)
 {
 	__u32 zero = 0;
 
-	return bpf_map_lookup_elem(&scratch_map, &zero);
+	return bpf_map_lookup_elem(&guard_scratch, &zero);
 }
 
 struct walk {
