@@ -161,7 +161,7 @@ def prepare_rootfs(spec: Spec, rootfs: str, *, no_pivot: bool = False,
             why = f"cannot be reached by the container's root user: {exc.strerror}"
         raise BundleError(f"rootfs {rootfs} {why}")
     switch.initial_propagation(spec)
-    switch.make_parent_private(rootfs)
+    switch.make_parent_private(rootfs, spec)  # after initial_propagation: it relies on it
     do_mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC, None, f"bind {rootfs} onto itself")
     builder = MountBuilder(spec, rootfs, bundle,
                            os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
