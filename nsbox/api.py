@@ -128,10 +128,22 @@ def build_spec(image: str, command: list[str] | str | None = None, **kwargs: Any
     return flags.build_spec(image, command, options_from_kwargs(kwargs))
 
 
+def name_holder(engine, name: str) -> str:  # noqa: ANN001
+    """The id of the container named NAME, "" if none.  Only names count: `--name c`
+    is free while a container's id merely starts with "c" (engine.get would match it)."""
+    for row in engine.db.find_containers(name):
+        if row["name"] == name:
+            try:
+                return engine.get(row["id"]).id  # get settles what a dead creator left
+            except NsboxError:
+                return ""
+    return ""
+
+
 def name_conflict(engine, name: str) -> ConfigError:  # noqa: ANN001
     """Docker's message for a container name that is taken."""
     try:
-        holder = engine.get(name).id
+        holder = name_holder(engine, name)
     except Exception:  # noqa: BLE001 - only decorates the message
         holder = ""
     suffix = f' by container "{holder}"' if holder else ""
@@ -145,13 +157,8 @@ def create_container(engine, spec, then_start: bool = False):  # noqa: ANN001, A
 
     THEN_START: the caller starts it next (`run`): see Engine.create."""
     ensure_image(engine.images, spec.image)
-    if spec.name:
-        try:
-            engine.get(spec.name)
-        except Exception:  # noqa: BLE001 - not found: the name is free
-            pass
-        else:
-            raise name_conflict(engine, spec.name)
+    if spec.name and name_holder(engine, spec.name):
+        raise name_conflict(engine, spec.name)
     try:
         return engine.create(spec, then_start=then_start)
     except ContainerExists:

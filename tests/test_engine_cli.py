@@ -436,3 +436,20 @@ def test_runtime_main_help_lists_global_flags() -> None:
     for flag in GLOBAL_FLAGS:
         if flag not in _ALIASES:
             assert f"  --{flag}" in flags_part
+
+
+def test_a_name_that_is_an_id_prefix_of_another_container_is_free(nsbox, tmp_path, monkeypatch):
+    """Docker checks names only: `--name c` is free while some id starts with c."""
+    import nsbox as api
+    from nsbox.engine import containers
+
+    engine = containers.Engine(root=str(tmp_path / "lib"), run_root=str(tmp_path / "run"))
+    monkeypatch.setattr(containers, "_new_id", lambda: "cafe" + "0" * 60)
+    holder = api.create("busybox", "true", name="holder", engine=engine)
+    monkeypatch.undo()
+    assert holder.id.startswith("cafe")
+    nsbox("run", "-d", "--name", "c", "busybox", "sleep", "60")
+    assert api.create("busybox", "true", name="ca", engine=engine).name == "ca"
+    proc = nsbox("run", "--name", "holder", "busybox", "true", check=False)
+    assert proc.returncode == 125
+    assert f'in use by container "{holder.id}"' in one_line_error(proc)

@@ -77,13 +77,8 @@ def _run(args, ctx, spec, detach: bool, foreground: bool, monitor) -> int:  # no
     from nsbox.errors import ContainerExists, NsboxError
 
     spec, engine = prepare(args, ctx, "run", spec)
-    if spec.name:
-        try:
-            engine.get(spec.name)
-        except NsboxError:
-            pass
-        else:
-            raise api.name_conflict(engine, spec.name)
+    if spec.name and api.name_holder(engine, spec.name):
+        raise api.name_conflict(engine, spec.name)
     try:
         if foreground:
             # A terminal or stdin: the runtime runs in the foreground, in our terminal.
