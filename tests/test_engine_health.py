@@ -406,6 +406,26 @@ def test_image_healthcheck_runs(box, checked_image):
         box("rm", "-f", "hc-img", "hc-img2", check=False)
 
 
+def test_healthcheck_of_a_built_image(box, tmp_path):
+    """`nsbox build` keeps HEALTHCHECK in the image config; a container runs it."""
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox\n"
+        "HEALTHCHECK --interval=1s --retries=2 CMD test -e /tmp/ready || exit 1\n"
+        'CMD ["sleep", "1000"]\n')
+    box("build", "-t", "hc-built", str(tmp_path), timeout=300)
+    try:
+        box("run", "-d", "--name", "hc-built", "hc-built")
+        assert box.inspect("hc-built")["Config"]["Healthcheck"] == {
+            "Test": ["CMD-SHELL", "test -e /tmp/ready || exit 1"], "Interval": 10 ** 9,
+            "Timeout": 0, "StartPeriod": 0, "StartInterval": 0, "Retries": 2}
+        assert _wait_for(lambda: _health(box, "hc-built").get("Status") == "unhealthy")
+        box("exec", "hc-built", "touch", "/tmp/ready")
+        assert _wait_for(lambda: _health(box, "hc-built").get("Status") == "healthy")
+    finally:
+        box("rm", "-f", "hc-built", check=False)
+        box("rmi", "hc-built", check=False)
+
+
 def test_no_healthcheck_disables_the_image_check(box, checked_image):
     cid = box("run", "-d", "--name", "hc-none", "--no-healthcheck", checked_image).stdout.strip()
     try:

@@ -153,8 +153,14 @@ def check_once(engine, c, config: dict, stop_fd: int = -1, die_with_us: bool = F
                        timeout_text=probe.timeout_message(config["Timeout"]))
     if result is None or _stopped(stop_fd):
         return None  # the container ended under the check: nothing to say about its health
-    before, after = state.record(c.bundle, result, config["Retries"], config["StartPeriod"] / 1e9,
-                                c.started_at)
+    try:
+        before, after = state.record(c.bundle, result, config["Retries"],
+                                    config["StartPeriod"] / 1e9, c.started_at)
+    except FileNotFoundError:
+        return None  # removed meanwhile
+    except OSError:
+        # Not recorded (a full disk): the check goes on; the status stays as recorded.
+        return result, state.status(c.bundle)
     if after != before:
         _emit(engine, c, after)
     return result, after

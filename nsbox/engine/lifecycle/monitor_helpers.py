@@ -119,7 +119,10 @@ def _health_reset(row: dict) -> str:
     from nsbox.engine.health import config, state
     if config.effective(_json.loads(row["extra"]).get("healthcheck")) is None:
         return ""
-    state.reset(row["bundle"])
+    try:
+        state.reset(row["bundle"])
+    except OSError:
+        pass  # (a full disk) the runner goes on from the last status; the start must not fail
     return " health"
 
 
