@@ -388,14 +388,16 @@ def events(since: str | float | None = None, until: str | float | None = None,
 
     SINCE/UNTIL: Unix seconds, RFC 3339 or a duration ago ("10m"); FILTERS:
     {"container": [...], "event": [...], "image", "type", "label", "network",
-    "volume"} or ["k=v", ...].  FOLLOW (default: when UNTIL is None, as
+    "volume"} or ["k=v", ...].  FOLLOW (default: unless UNTIL is past, as
     Docker's SDK) goes on with each new event as it is recorded, until UNTIL
     if given; without it, only the events already recorded.  Event.as_dict()
     is Docker's JSON object."""
+    import time
+
     from nsbox.engine import events as events_mod
     engine = engine or default_engine()
     if follow is None:
-        follow = until is None
+        follow = until is None or events_mod.to_ns(until) > time.time_ns()
     if follow:
         return events_mod.follow(engine.root, since=since, filters=filters, until=until)
     return events_mod.read(engine.root, since=since, until=until, filters=filters)
@@ -435,7 +437,9 @@ def build(path: str | None = None, *, tag: str | list[str] | None = None,
     unpacked = None
     try:
         if stdin is not None or path == "-":
-            unpacked = tempfile.mkdtemp(prefix="build-context-", dir=engine.images.layout.tmp_dir)
+            from nsbox.engine.images.staging import owned_prefix
+            unpacked = tempfile.mkdtemp(prefix=owned_prefix("build-context-"),
+                                        dir=engine.images.layout.tmp_dir)
             unpack_context(stdin if stdin is not None else sys.stdin.buffer, unpacked)
             path = unpacked
         if path is None:

@@ -345,6 +345,32 @@ def test_killed_build_is_swept_by_the_next(nsbox, tmp_path):
     assert leftovers(nsbox) == NOTHING
 
 
+CRASH_POINTS = ("build.copy.written", "build.layer.staged", "build.layer.unpacked",
+                "build.layer.recorded", "build.run.image", "build.run.started")
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_a_crash_at_any_point_leaves_nothing_trusted(nsbox, tmp_path, point):
+    ctx = make_context(tmp_path, "FROM busybox\nCOPY a.txt /a.txt\nRUN cat /a.txt > /r\n")
+    nsbox("run", "--rm", "busybox", "true")
+    proc = subprocess.run([*nsbox.prefix, "build", "-t", "x:1", str(ctx)], capture_output=True,
+                          timeout=120, env={**nsbox.env, "NSBOX_TEST_CRASHPOINT": point})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    out = nsbox("build", "-t", "x:1", str(ctx))
+    if point == "build.layer.recorded":
+        assert "Using cache" in out.stdout  # a recorded layer is whole, and used
+    assert nsbox("run", "--rm", "x:1", "cat", "/r").stdout == (ctx / "a.txt").read_text()
+    nsbox("image", "prune", "-f")  # the RUN's temporary image, if the crash left it
+    assert leftovers(nsbox) == NOTHING
+    layers = {p for p in os.listdir(nsbox.root / "layers") if len(p) == 64}
+    kept = set()
+    for record in (nsbox.root / "build-cache").iterdir():
+        kept.update(h.removeprefix("sha256:") for h in json.loads(record.read_text())["layers"])
+    for image in ImageStore(nsbox.root).images():
+        kept.update(layer.chain_id.removeprefix("sha256:") for layer in image.layers)
+    assert layers == kept  # no layer directory that nothing owns
+
+
 def test_system_df_and_prune_all_drop_the_build_cache(nsbox, tmp_path):
     ctx = make_context(tmp_path, "FROM busybox\nRUN head -c 100000 /dev/zero > /big\n")
     nsbox("build", "-q", "-t", "big:1", str(ctx))

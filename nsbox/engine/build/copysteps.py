@@ -22,7 +22,9 @@ import tarfile
 import tempfile
 
 from nsbox._lite import suppress
+from nsbox.engine.images.staging import owned_prefix
 from nsbox.engine.lifecycle.copy import View, ensure_dir, extract
+from nsbox.engine.procs import crashpoint
 
 from .cache import State, step_key
 from .context import SourceTar, resolve_sources
@@ -164,7 +166,8 @@ def _write(builder: Builder, state: State, sources: _Sources, found: list, archi
         resolved = view.resolve(target, True)
         if os.path.isdir(view.host(resolved)):
             into_dir = True
-        staging = tempfile.mkdtemp(prefix="build-copy-", dir=engine.images.layout.tmp_dir)
+        staging = tempfile.mkdtemp(prefix=owned_prefix("build-copy-"),
+                                   dir=engine.images.layout.tmp_dir)
         try:
             for index, source in enumerate(found):
                 src_host = sources.view.host(source.path)
@@ -194,6 +197,7 @@ def _write(builder: Builder, state: State, sources: _Sources, found: list, archi
         finally:
             import shutil
             shutil.rmtree(staging, ignore_errors=True)
+        crashpoint("build.copy.written")
         rootfs.unmount()
         return commit_layer(engine.images, builder.cache, key, rootfs.upper, state,
                             history_entry(created_by, False), overlay_kind())

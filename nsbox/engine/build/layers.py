@@ -26,6 +26,8 @@ from nsbox._lite import suppress
 from nsbox.engine.images import config as imgconfig
 from nsbox.engine.images.layout import MEDIA_OCI_LAYER, canonical_json
 from nsbox.engine.images.records import Image
+from nsbox.engine.images.staging import sweep_dead
+from nsbox.engine.procs import crashpoint
 from nsbox.errors import ContainerNotFound, NsboxError
 
 from .cache import BuildCache, State
@@ -55,7 +57,8 @@ def _alive(pid: int) -> bool:
 
 
 def sweep_leftovers(engine) -> None:  # noqa: ANN001
-    """Remove build rootfs dirs and build containers whose build process is gone."""
+    """Remove build rootfs dirs, build containers and staging files whose process is gone."""
+    sweep_dead(engine.images.layout.tmp_dir)
     with suppress(FileNotFoundError):
         for name in os.listdir(engine.storage.containers_dir):
             if not name.startswith(ROOTFS_PREFIX):
@@ -116,10 +119,12 @@ def commit_layer(store, cache: BuildCache, key: str, upper: str, state: State,  
     """STATE plus the layer made of the overlay upper dir UPPER, recorded in CACHE under KEY."""
     with store._transaction() as txn:
         blob_digest, blob_size = store._blob_from_tree(txn, upper, None, overlay=overlay)
+        crashpoint("build.layer.staged")
         # The blob is an uncompressed tar: its digest is the diff id.
         layer = store._ensure_layer(txn, blob_digest, MEDIA_OCI_LAYER, blob_size, state.layers,
                                     blob_digest, "reject", None, verify_blob=False,
                                     label="build step")
+        crashpoint("build.layer.unpacked")
         result = state.copy()
         result.layers.append(layer)
         result.config["rootfs"] = {"type": "layers",
@@ -127,6 +132,7 @@ def commit_layer(store, cache: BuildCache, key: str, upper: str, state: State,  
         result.config["created"] = history["created"]
         result.config["history"] = [*(result.config.get("history") or []), history]
         cache.put(key, result)
+        crashpoint("build.layer.recorded")
     return result
 
 
@@ -163,6 +169,7 @@ def run_container(engine, state: State, argv: list[str], env: dict[str, str],  #
     image, made = store_image(store, state, [])
     cid = None
     try:
+        crashpoint("build.run.image")
         section = state.section
         options = {"env": [f"{k}={v}" for k, v in env.items()], "entrypoint": "",
                    "label": [f"{BUILD_LABEL}={os.getpid()}"]}
@@ -177,6 +184,7 @@ def run_container(engine, state: State, argv: list[str], env: dict[str, str],  #
         container = engine.create(spec, then_start=True)
         cid = container.id
         attached = engine.start_attached(cid)
+        crashpoint("build.run.started")
         for record in attached.logs():
             stream, _, data = split_record(record)
             output(stream, data)

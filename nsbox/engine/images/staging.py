@@ -27,13 +27,13 @@ class Transaction:
 
     def temp_dir(self, prefix: str) -> str:
         import tempfile
-        path = tempfile.mkdtemp(prefix=prefix, dir=self.store.layout.tmp_dir)
+        path = tempfile.mkdtemp(prefix=owned_prefix(prefix), dir=self.store.layout.tmp_dir)
         self.tmp_paths.append(path)
         return path
 
     def temp_file(self, prefix: str) -> str:
         import tempfile
-        fd, path = tempfile.mkstemp(prefix=prefix, dir=self.store.layout.tmp_dir)
+        fd, path = tempfile.mkstemp(prefix=owned_prefix(prefix), dir=self.store.layout.tmp_dir)
         os.close(fd)
         self.tmp_paths.append(path)
         return path
@@ -53,6 +53,42 @@ class Transaction:
             else:
                 with suppress(FileNotFoundError):
                     os.unlink(path)
+
+
+def owned_prefix(prefix: str) -> str:
+    """PREFIX with this process's pid: `layer-` -> `layer-1234-`, so that what a killed
+    process staged can be told from what a live one is writing (sweep_dead)."""
+    return f"{prefix}{os.getpid()}-"
+
+
+def sweep_dead(tmp_dir: str) -> list[str]:
+    """Remove the staging entries (named by owned_prefix) of processes that are gone."""
+    import re
+    import shutil
+    removed = []
+    try:
+        names = os.listdir(tmp_dir)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        match = re.match(r"[a-z]+(?:-[a-z]+)*-(\d+)-", name)
+        if not match:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # alive (or not ours to signal): in use
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        path = os.path.join(tmp_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+        removed.append(name)
+    return removed
 
 
 def uncompressed_digest(blob_path: str) -> str:
