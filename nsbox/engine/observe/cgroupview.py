@@ -303,12 +303,12 @@ def _events(d: _Dirs) -> list[Event]:
 def view(engine: EngineBase, ref: str) -> CgroupView:
     """REF's cgroup view (see the module doc); limits without usage if it is not running."""
     from nsbox import _json
-    from nsbox.engine.lifecycle.query import cgroups
+    from nsbox.engine.observe import stats
     from nsbox.runtime import cgroups as cg
 
     c = engine.get(ref)
     running = c.state in ("running", "paused")
-    raw = cgroups(engine, c) if running else {}
+    raw = stats.cgroup_paths(engine.run_root, c.runtime, c.id, c.pid) if running else {}
     paths = {("unified" if key in ("", "unified") else key): path for key, path in raw.items()}
     try:
         with open(os.path.join(c.bundle, "config.json")) as f:
@@ -319,7 +319,6 @@ def view(engine: EngineBase, ref: str) -> CgroupView:
     d = _Dirs(controller_dirs(raw))
     cpus_used = None
     if running:
-        from nsbox.engine.observe import stats
         target = stats.Target(id=c.id, name=c.name, state=c.state, pid=c.pid,
                               started_at=c.started_at, dirs=d.dirs)
         cur = stats.sample(target)

@@ -580,13 +580,22 @@ def targets(engine: EngineBase, refs: Iterable[str] = (), all: bool = False  # n
 
 
 def cgroup_dirs(run_root: str, runtime: str, cid: str, pid: int) -> dict[str, str]:
-    """Controller -> directory of a container, as `inspect .Cgroups` finds them:
-    the runtime's state.json, else the init's /proc/PID/cgroup."""
+    """Controller -> directory of a container (cgroup_paths as controller_dirs)."""
+    return controller_dirs(cgroup_paths(run_root, runtime, cid, pid))
+
+
+def cgroup_paths(run_root: str, runtime: str, cid: str, pid: int) -> dict[str, str]:
+    """Hierarchy key -> directory of a container, as `inspect .Cgroups` finds them:
+    the runtime's state.json, else the init's /proc/PID/cgroup.
+
+    A state.json that records no cgroup (a rootless container without a
+    delegated cgroup) means none: the init's own cgroups are then the user's
+    session's, whose usage is not the container's."""
     from nsbox.engine.oci import state_root  # lifecycle.host.runtime_root's answer
 
     paths = _state_cgroup_paths(os.path.join(state_root(run_root, runtime), cid, "state.json"))
-    if paths:
-        return controller_dirs(paths)
+    if paths is not None:
+        return paths
     from nsbox.engine.lifecycle.query import cgroups
 
     class _Row:  # what query.cgroups reads of a record
@@ -594,7 +603,7 @@ def cgroup_dirs(run_root: str, runtime: str, cid: str, pid: int) -> dict[str, st
 
     row = _Row()
     row.id, row.pid, row.runtime = cid, pid, runtime
-    return controller_dirs(cgroups(_EngineRoots(run_root), row))
+    return cgroups(_EngineRoots(run_root), row)
 
 
 def _state_cgroup_paths(path: str) -> dict[str, str] | None:
