@@ -414,6 +414,9 @@ def test_healthcheck_of_a_built_image(box, tmp_path):
         'CMD ["sleep", "1000"]\n')
     box("build", "-t", "hc-built", str(tmp_path), timeout=300)
     try:
+        image = json.loads(box("image", "inspect", "hc-built").stdout)[0]
+        assert image["Config"]["Healthcheck"]["Test"] == ["CMD-SHELL",
+                                                          "test -e /tmp/ready || exit 1"]
         box("run", "-d", "--name", "hc-built", "hc-built")
         assert box.inspect("hc-built")["Config"]["Healthcheck"] == {
             "Test": ["CMD-SHELL", "test -e /tmp/ready || exit 1"], "Interval": 10 ** 9,

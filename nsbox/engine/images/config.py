@@ -212,4 +212,6 @@ def docker_config(section: dict) -> dict:
         "OnBuild": section.get("OnBuild"),
         "Labels": section.get("Labels") or None,
         "StopSignal": section.get("StopSignal") or "",
+        # Docker's omitempty ones: only when the image has them (HEALTHCHECK, SHELL)
+        **{key: section[key] for key in ("Healthcheck", "Shell") if section.get(key)},
     }
