@@ -118,6 +118,34 @@ def test_output_is_cut_like_docker():
     assert hstate.truncate_output(b"ok\n") == "ok\n"
 
 
+def test_probe_kills_the_whole_tree_at_its_timeout():
+    """probe.run on a host command: a check and its background child go at the timeout."""
+    from nsbox.engine.health import probe
+    began = time.monotonic()
+    result = probe.run(["sh", "-c", "sleep 4247 & sleep 4248; wait"], 0.5)
+    assert time.monotonic() - began < 10
+    assert result.exit_code == -1 and result.output == "Health check exceeded timeout (0.5s)"
+    assert _wait_for(lambda: not _sleepers("4247") and not _sleepers("4248"), 5)
+
+
+def test_probe_output_and_exit_code():
+    from nsbox.engine.health import probe
+    result = probe.run(["sh", "-c", "head -c 10000 /dev/zero | tr '\\0' x; echo err >&2; exit 4"],
+                       30)
+    assert result.exit_code == 4
+    assert result.output == "x" * 4096 + "..."
+    result = probe.run(["sh", "-c", "echo out; echo err >&2"], 30)
+    assert (result.exit_code, result.output) == (0, "out\nerr\n")
+    assert result.start <= result.end
+    # A background process holding the pipe does not keep the result waiting.
+    began = time.monotonic()
+    result = probe.run(["sh", "-c", "sleep 4249 & echo started"], 30)
+    assert result.exit_code == 0 and result.output == "started\n"
+    assert time.monotonic() - began < 10
+    for pid in _sleepers("4249"):
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_run_path_does_not_import_the_health_code():
     code = ("import sys\n"
             "from nsbox.engine import flags\n"
