@@ -240,12 +240,17 @@ class Builder:
         global_defaults: dict[str, str | None] = {}
         for ins in global_args:
             for name, default in _arg_items(ins, self.where(ins)):
-                value = self.options.build_args.get(name, default)
-                if name in self.options.build_args:
+                value: str | None
+                if name in self.options.build_args:  # a --build-arg value is taken literally
+                    value = self.options.build_args[name]
                     self.used_args.add(name)
+                elif default is not None:
+                    value = str(expand(default, global_vars, self.escape, where=self.where(ins)))
+                else:
+                    value = None
                 global_defaults[name] = value
                 if value is not None:
-                    global_vars[name] = str(expand(value, global_vars, self.escape))
+                    global_vars[name] = value
         needed = needed_stages(stages, target)
         for position, stage in enumerate(s for s in stages if s.index in needed):
             stage.state = self._run_stage(stage, position, len(needed), global_vars,
