@@ -15,7 +15,7 @@ _LAZY = {
     "run": "nsbox.api", "create": "nsbox.api", "get": "nsbox.api", "containers": "nsbox.api",
     "images": "nsbox.api", "Container": "nsbox.api", "Engine": "nsbox.engine.containers",
     "namespaces": "nsbox.api", "stats": "nsbox.api",
-    "cgroup": "nsbox.api", "build": "nsbox.api",
+    "cgroup": "nsbox.api", "build": "nsbox.api", "events": "nsbox.api",
 }
 
 

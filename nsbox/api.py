@@ -388,14 +388,16 @@ def events(since: str | float | None = None, until: str | float | None = None,
 
     SINCE/UNTIL: Unix seconds, RFC 3339 or a duration ago ("10m"); FILTERS:
     {"container": [...], "event": [...], "image", "type", "label", "network",
-    "volume"} or ["k=v", ...].  FOLLOW (default: when UNTIL is None, as
+    "volume"} or ["k=v", ...].  FOLLOW (default: unless UNTIL is past, as
     Docker's SDK) goes on with each new event as it is recorded, until UNTIL
     if given; without it, only the events already recorded.  Event.as_dict()
     is Docker's JSON object."""
+    import time
+
     from nsbox.engine import events as events_mod
     engine = engine or default_engine()
     if follow is None:
-        follow = until is None
+        follow = until is None or events_mod.to_ns(until) > time.time_ns()
     if follow:
         return events_mod.follow(engine.root, since=since, filters=filters, until=until)
     return events_mod.read(engine.root, since=since, until=until, filters=filters)

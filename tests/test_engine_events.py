@@ -137,6 +137,8 @@ def test_pause_unpause_rename_restart_exec(nsbox, tmp_path):
     assert in_order(seen, ["create", "start", "exec_create: sh -c exit 4", "exec_start: sh -c exit 4",
                            "exec_die", "rename", "kill", "die", "start", "restart", "kill",
                            "destroy"]), seen
+    for once in ("create", "rename", "restart", "destroy", "pause", "unpause", "exec_die"):
+        assert seen.count(once) <= 1, seen
     exec_die = next(e for e in evs if e["Action"] == "exec_die")["Actor"]["Attributes"]
     assert exec_die["exitCode"] == "4" and len(exec_die["execID"]) == 64
     rename = next(e for e in evs if e["Action"] == "rename")["Actor"]["Attributes"]

@@ -32,7 +32,7 @@ RUN_PATH_MODULES = ("nsbox.engine.cli", "nsbox.engine.cli.cmd_run", "nsbox.api",
                     "nsbox.engine.containers", "nsbox.engine.volumes", "nsbox.engine.images.store",
                     "nsbox.engine.bundle", "nsbox.engine.storage", "nsbox.engine.logs",
                     "nsbox.engine.monitor", "nsbox.engine.oci", "nsbox.engine.rootless",
-                    "nsbox.engine.db")
+                    "nsbox.engine.db", "nsbox.engine.events")
 
 
 def test_run_path_modules_import_nothing_slow() -> None:

@@ -470,7 +470,8 @@ def _in_range(event: Event, since_ns: int | None, until_ns: int | None) -> bool:
         (until_ns is None or event.timeNano <= until_ns)
 
 
-def _to_ns(value: str | float | int | None) -> int | None:
+def to_ns(value: str | float | int | None) -> int | None:
+    """A since/until argument in nanoseconds (None stays None; an int above 10**15 already is)."""
     if value is None or value == "":
         return None
     if isinstance(value, int) and value > 10**15:  # already nanoseconds
@@ -481,7 +482,7 @@ def _to_ns(value: str | float | int | None) -> int | None:
 def read(root: object, since: str | float | None = None, until: str | float | None = None,
          filters: Mapping[str, object] | Iterable[str] | None = None) -> Iterator[Event]:
     """The events in ROOT's journal with since <= time <= until, oldest first."""
-    since_ns, until_ns = _to_ns(since), _to_ns(until)
+    since_ns, until_ns = to_ns(since), to_ns(until)
     wanted = normalize_filters(filters)
     fds = _open_generations(journal_path(root))
     try:
@@ -501,7 +502,7 @@ def follow(root: object, since: str | float | None = None,
 
     Ends once UNTIL has passed (never when None).  The watch is set before
     the journal is read, so nothing appended in between is missed."""
-    since_ns, until_ns = _to_ns(since), _to_ns(until)
+    since_ns, until_ns = to_ns(since), to_ns(until)
     wanted = normalize_filters(filters)
     path = journal_path(root)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)

@@ -50,11 +50,11 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
         f.write(str(code if not failed else 127))
     if not failed and not row["stopped_by_user"] and should_restart(spec.restart, code,
                                                                     row["restart_count"]):
+        _emit_exit(engine, row, code, oom_killed, time.time())
         db.update_container(cid, exit_code=code, finished_at=time.time(), pid=0,
                             oom_killed=oom_killed)
         db.increment_restart(cid)
         db.update_container(cid, state=RESTARTING)
-        _emit_exit(engine, row, code, oom_killed, time.time())
         return True
     if spec.publish or spec.publish_all:  # released at stop, published again at start
         with suppress(Exception):
@@ -69,9 +69,10 @@ def finish_exit(engine: EngineBase, cid: str, code: int, failed: bool = False,
     if failed:
         db.update_container(cid, state=CREATED, pid=0, exit_code=127)
     else:
+        # Before the record: whoever wait()s for the exit then finds the `die` in the journal.
+        _emit_exit(engine, row, code, oom_killed, time.time())
         db.update_container(cid, state=EXITED, pid=0, exit_code=code, finished_at=time.time(),
                             oom_killed=oom_killed)
-        _emit_exit(engine, row, code, oom_killed, time.time())
     crashpoint("finish.after_exit_record")
     # An attached `run` still reading the output removes it itself, after;
     # should it die first, the next command does (lifecycle/recover.py).
