@@ -172,6 +172,27 @@ def test_image_and_volume_events(nsbox, tmp_path):
         == [("create", "vol1"), ("destroy", "vol1")]
 
 
+def test_network_events(net_host):
+    """In the test's own network namespace (tests/nethost.py), never the host's."""
+    net_host.nsbox("network", "create", "evnet")
+    cid = net_host.nsbox("run", "-d", "--name", "n1", "busybox", "sleep", "100").stdout.strip()
+    net_host.nsbox("network", "connect", "evnet", "n1")
+    net_host.nsbox("network", "disconnect", "evnet", "n1")
+    net_host.nsbox("rm", "-f", "n1")
+    net_host.nsbox("network", "rm", "evnet")
+    out = net_host.nsbox("events", "--since", "0", "--until", "0s", "--format", "json",
+                         "--filter", "type=network").stdout
+    evs = [json.loads(line) for line in out.splitlines()]
+    mine = [(e["Action"], e["Actor"]["Attributes"].get("container", "")) for e in evs
+            if e["Actor"]["Attributes"]["name"] == "evnet"]
+    assert mine == [("create", ""), ("connect", cid), ("disconnect", cid), ("destroy", "")]
+    bridge = [e["Action"] for e in evs if e["Actor"]["Attributes"]["name"] != "evnet"]
+    assert bridge == ["connect", "disconnect"]  # n1 on the default bridge, from run to rm
+    out = net_host.nsbox("events", "--since", "0", "--until", "0s", "--format", "json",
+                         "--filter", "network=evnet", "--filter", f"container={cid[:12]}").stdout
+    assert [json.loads(line)["Action"] for line in out.splitlines()] == ["connect", "disconnect"]
+
+
 # ================================================================ selecting
 def test_since_until_and_filters_select_exactly(nsbox, tmp_path):
     nsbox("run", "--rm", "--name", "a1", "--label", "k=v", "busybox", "true")

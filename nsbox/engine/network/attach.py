@@ -103,6 +103,7 @@ def setup_container(engine: EngineBase, cid: str, name: str, spec: ContainerSpec
         if not net.is_default:
             from nsbox.engine.network import dns
             dns.container_attached(engine, net, cid, name, list(lease.aliases), lease.ip)
+        _event(engine, "connect", net, cid)
     from nsbox.engine import procs
     if getattr(procs, "_CRASHPOINT", None) == "network.after_veth":
         wiring.wait(engine.run_root, cid)  # the tests' kill -9 after the veths exist
