@@ -531,3 +531,42 @@ def test_nsbox_binary_lists_the_flags():
         assert f"--{flag}" in out
     out = subprocess.run([NSBOX, "healthcheck", "--help"], capture_output=True, text=True).stdout
     assert "run" in out
+
+
+def _health_sequence(run, inspect, flags: list[str], image: str) -> list[tuple]:  # noqa: ANN001
+    """(exit code of `healthcheck run`, Status, FailingStreak, exit codes logged) after each of
+    five runs of a check that passes once, then fails (the file it tests is removed)."""
+    run("run", "-d", "--name", "hc-peer", *flags, "--health-cmd", "test -f /tmp/ok",
+        "--health-interval", "1h", "--health-timeout", "5s", image,
+        "sh", "-c", "touch /tmp/ok; sleep 600")
+    out = []
+    try:
+        for n in range(5):
+            code = run("healthcheck", "run", "hc-peer", check=False).returncode
+            health = inspect("hc-peer")["State"]["Health"]
+            out.append((code, health["Status"], health["FailingStreak"],
+                        [e["ExitCode"] for e in health["Log"]]))
+            if n == 0:
+                run("exec", "hc-peer", "rm", "/tmp/ok")
+    finally:
+        run("rm", "-f", "hc-peer", check=False)
+    return out
+
+
+@pytest.mark.clients
+@pytest.mark.slow
+def test_status_rules_match_podman(box):
+    """The same check, the same `healthcheck run` calls: nsbox and podman agree step by step."""
+    import clients
+    missing = clients.missing_binaries("podman", "conmon")
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+    with clients.podman_world(clients.runtime_under_test()) as pm:
+        theirs = _health_sequence(
+            lambda *a, check=True: pm.run(*a, check=check, timeout=60),
+            lambda ref: json.loads(pm.run("inspect", ref).stdout)[0],
+            pm.container_args(), clients.IMAGE_REF)
+    ours = _health_sequence(lambda *a, check=True: box(*a, check=check), box.inspect, [],
+                            "busybox")
+    assert ours == theirs
+    assert theirs[-1][:3] == (1, "unhealthy", 4) and theirs[-1][3] == [0, 1, 1, 1, 1]
