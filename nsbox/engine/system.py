@@ -21,7 +21,7 @@ import os
 # What the engine creates in its root (db.py, images/layout.py, storage.py, volumes.py).
 ROOT_ENTRIES = ("nsbox.db", "nsbox.db-wal", "nsbox.db-shm", "nsbox.db-journal", "nsbox.db-reserve",
                 "containers", "images", "layers", "volumes", "shifted", "tmp", "storage.lock",
-                "build-cache")
+                "build-cache", "events")
 # ... and in its run root; plus one state directory per OCI runtime (its basename).
 RUN_ROOT_ENTRIES = ("exits", "stdin", "tty", "bin", "netns", "wiring", "slirp4netns", "pasta", "ports",
                     "networks", "oci-versions.json", "pause.lock",
