@@ -634,7 +634,9 @@ class ImageStore:
                     keep.append(digest)
             self.layout.write_index([e for e in entries if e.digest in keep])
             self._collect_garbage()
-            return removed
+        for image_id in removed:
+            self._event("delete", image_id, name=image_id)
+        return removed
 
     def collect_garbage(self) -> dict[str, list[str]]:
         """Delete blobs and layer dirs no image or container refers to; returns what went."""
