@@ -12,7 +12,7 @@ when the init exits, killing a check in progress.  It does not depend on
 the monitor: if the monitor dies the runner goes on, and if both die, the
 next command that looks at the running container (ps, inspect, healthcheck
 run...: EngineBase.get/list) finds the lock free and starts a new runner
-(ensure_runner) which goes on from the recorded status.  Two runners
+(recover.ensure_runner) which goes on from the recorded status.  Two runners
 cannot both hold the lock: a second one exits.
 
     python -m nsbox.engine.health.runner ROOT RUN_ROOT ID INIT_PID
@@ -20,29 +20,18 @@ cannot both hold the lock: a second one exits.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 
-RUNNER_LOCK = "health.runner"
+from nsbox.engine.health.recover import open_lock as _open_lock
+from nsbox.engine.health.recover import try_lock as _try_lock
+
 LOCK_WAIT = 10.0  # seconds a new runner waits for an old one (of the last start) to go
 
 
 def runner_name(cid: str) -> str:
     """The runner's /proc/PID/comm (15 characters at most)."""
     return "nsbhc-" + cid[:8]
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _open_lock(bundle: str) -> int:
-    return os.open(os.path.join(bundle, RUNNER_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 def _become_runner(cid: str, keep: int = -1) -> None:
@@ -179,42 +168,6 @@ def _emit(engine, c, status: str) -> None:  # noqa: ANN001
         return
     attributes = {**c.spec.labels, "name": c.name, "image": c.image}
     events.emit(engine.root, "container", f"health_status: {status}", c.id, attributes)
-
-
-def ensure_runner(engine, c) -> None:  # noqa: ANN001
-    """Start a runner for the running C if none holds its lock (its monitor's died with it).
-
-    Called by EngineBase for a container with a healthcheck: the status
-    recorded so far stands, the new runner goes on from it.
-    """
-    from nsbox.engine.procs import pid_alive
-    if not c.pid or not pid_alive(c.pid) or not os.path.isdir(c.bundle):
-        return
-    try:
-        fd = _open_lock(c.bundle)
-    except OSError:
-        return
-    try:
-        if not _try_lock(fd):
-            return  # a runner holds it
-    finally:
-        os.close(fd)
-    spawn(engine.root, engine.run_root, c.id, c.pid)
-
-
-def spawn(root: str, run_root: str, cid: str, init_pid: int) -> None:
-    """`python -m nsbox.engine.health.runner ...`, detached (its first process exits at once).
-
-    Not a fork: the caller may be a threaded program (the Python API).
-    """
-    import subprocess
-
-    from nsbox.engine.lifecycle.start import _monitor_env_path
-    env = dict(os.environ, PYTHONPATH=_monitor_env_path())
-    subprocess.Popen([sys.executable, "-m", "nsbox.engine.health.runner", root, run_root, cid,
-                      str(init_pid)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True, env=env,
-                     cwd="/").wait()
 
 
 def run_now(engine, ref: str):  # noqa: ANN001, ANN201

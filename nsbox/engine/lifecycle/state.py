@@ -79,7 +79,7 @@ class EngineBase:
             c = self._reconcile(c)
             if c.state == RUNNING and c.extra.get("healthcheck"):
                 # Its runner may have died with its monitor: start one again.
-                from nsbox.engine.health.runner import ensure_runner
+                from nsbox.engine.health.recover import ensure_runner
                 ensure_runner(self, c)
             return c
         except ContainerNotFound:
