@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from nsbox.engine.containers import Engine
-from nsbox.engine.observe import stats
+from nsbox.engine.observe import readings, stats
 from nsbox.engine.observe.cgroupview import view
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -88,14 +88,14 @@ def test_docker_fields_and_api_shape():
 
 
 def test_file_parsers():
-    assert stats._keyed("cache 1\ntotal_inactive_file 42\nx 3\n", "total_inactive_file") == 42
-    assert stats._keyed("inactive_file 7\n", "inactive_file") == 7
-    assert stats._keyed("total_inactive_file 9\ninactive_file 7\n", "inactive_file") == 7
-    assert stats._keyed("", "x") == 0
-    assert stats._io_v2("8:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n"
+    assert readings.keyed("cache 1\ntotal_inactive_file 42\nx 3\n", "total_inactive_file") == 42
+    assert readings.keyed("inactive_file 7\n", "inactive_file") == 7
+    assert readings.keyed("total_inactive_file 9\ninactive_file 7\n", "inactive_file") == 7
+    assert readings.keyed("", "x") == 0
+    assert readings.io_v2("8:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n"
                         "8:16 rbytes=1 wbytes=2\n") == [
         (8, 0, "read", 10), (8, 0, "write", 20), (8, 16, "read", 1), (8, 16, "write", 2)]
-    assert stats._blkio_v1("8:0 Read 10\n8:0 Write 20\n8:0 Sync 30\n8:0 Total 30\nTotal 30\n") \
+    assert readings.blkio_v1("8:0 Read 10\n8:0 Write 20\n8:0 Sync 30\n8:0 Total 30\nTotal 30\n") \
         == [(8, 0, "read", 10), (8, 0, "write", 20)]
     assert stats.controller_dirs({"cpu,cpuacct": "/a", "": "/u", "name=systemd": "/s"}) == {
         "cpu": "/a", "cpuacct": "/a", "unified": "/u", "systemd": "/s"}
@@ -106,10 +106,10 @@ def test_cgroup_paths_from_state_json(tmp_path):
     state.write_text(json.dumps({"id": "x", "annotations": {"cgroup_paths": "a string"},
                                  "cgroup_paths": {"memory": "/m", "": "/u"}, "config": {}}))
     # The first '"cgroup_paths":' is an annotation's: the whole file is parsed instead.
-    assert stats._state_cgroup_paths(str(state)) == {"memory": "/m", "": "/u"}
+    assert readings.state_cgroup_paths(str(state)) == {"memory": "/m", "": "/u"}
     state.write_text('{"cgroup_paths":{"pids":"/p"},"config":{"x":1}}')
-    assert stats._state_cgroup_paths(str(state)) == {"pids": "/p"}
-    assert stats._state_cgroup_paths(str(tmp_path / "missing")) is None
+    assert readings.state_cgroup_paths(str(state)) == {"pids": "/p"}
+    assert readings.state_cgroup_paths(str(tmp_path / "missing")) is None
 
 
 # ----------------------------------------------------------------- real containers
@@ -175,7 +175,10 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
 
 
 def test_cpu_under_cpus_half_is_about_50_percent(cli, engine):
-    cid = cli("run", "-d", "--cpus", "0.5", "busybox", "sh", "-c",
+    # The largest CPU weight, so that on a loaded machine (other tests, other
+    # work) the scheduler still gives it all its quota: the quota is what the
+    # figure is to show, not the load.
+    cid = cli("run", "-d", "--cpus", "0.5", "--cpu-shares", "262144", "busybox", "sh", "-c",
               "while :; do :; done").stdout.strip()
     limit = next((lim for lim in view(engine, cid).limits if lim.flag == "--cpus"), None)
     if limit is None or not limit.files:

@@ -46,6 +46,9 @@ What a Sample holds (Docker's numbers; byte counts, ns):
                     (v1) or io.stat rbytes/wbytes (v2), summed over devices
     pids, pids_limit  pids.current / pids.max (0: no limit)
 
+The files are read by observe/readings.py (cgroup and /proc readers, the
+cgroup paths from the runtime's state.json).
+
 Speed: the work is a dozen small file reads per container and no
 subprocess: `nsbox stats --no-stream` over 50 containers costs about what
 `nsbox ps` does (bench/stats_bench.py).  That is why --no-stream samples
@@ -57,8 +60,17 @@ view uses one.
 
 from __future__ import annotations
 
-import os
 import time
+
+from nsbox.engine.observe import readings as rd
+from nsbox.engine.observe.readings import (  # noqa: F401 - part of this module's API
+    cgroup_dirs,
+    cgroup_paths,
+    controller_dirs,
+    host_memory,
+    online_cpus,
+    system_cpu_ns,
+)
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
@@ -68,8 +80,6 @@ if TYPE_CHECKING:
 
 # Row states the engine records (nsbox.engine.model), without importing it.
 _LIVE = ("running", "paused")
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-_O_RDONLY = os.O_RDONLY | os.O_CLOEXEC
 # Docker's daemon reports the host's memory as the limit of an unlimited container.
 _UNLIMITED_V1 = 1 << 62  # v1 "no limit" is PAGE_COUNTER_MAX pages: anything this big
 
@@ -243,159 +253,6 @@ def _custom_size(size: float, base: float, units: tuple[str, ...], precision: in
     return f"{size:.{precision}g}{units[i]}"
 
 
-# ----------------------------------------------------------------- reading
-def _read(path: str) -> str | None:
-    # os.read on a raw fd: no buffered/text wrappers, which cost more than the
-    # read itself on these small files (a dozen per container).
-    try:
-        fd = os.open(path, _O_RDONLY)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 65536)
-        if len(data) == 65536:  # not one of the small files we expect: read it all
-            chunks = [data]
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return data.decode(errors="replace")
-
-
-def _int(path: str) -> int | None:
-    text = _read(path)
-    if text is None:
-        return None
-    text = text.strip()
-    if text == "max":
-        return -1
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def _keyed(text: str | None, key: str) -> int:
-    """The value of KEY in a "key value" file (memory.stat, cpu.stat), 0 if absent."""
-    if not text:
-        return 0
-    start = text.find(key + " ") if text.startswith(key + " ") else text.find("\n" + key + " ")
-    if start < 0:
-        return 0
-    start = text.index(" ", start + 1) + 1
-    end = text.find("\n", start)
-    try:
-        return int(text[start:end if end >= 0 else None])
-    except ValueError:
-        return 0
-
-
-def controller_dirs(paths: dict[str, str]) -> dict[str, str]:
-    """Hierarchy key -> directory (state.json's cgroup_paths, or query.cgroups) as
-    controller -> directory: "cpu,cpuacct" gives both names, "" is "unified"."""
-    out = {}
-    for key, path in paths.items():
-        if key in ("", "unified"):
-            out["unified"] = path
-            continue
-        for name in key.split(","):
-            out[name.removeprefix("name=")] = path
-    return out
-
-
-def host_memory() -> int:
-    text = _read("/proc/meminfo") or ""
-    for line in text.splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-_HOST_MEMORY: list[int] = []
-
-
-def _host_memory_cached() -> int:
-    if not _HOST_MEMORY:
-        _HOST_MEMORY.append(host_memory())
-    return _HOST_MEMORY[0]
-
-
-def system_cpu_ns() -> int:
-    """Docker's system_cpu_usage: the first 7 fields of /proc/stat's cpu line, as ns."""
-    with open("/proc/stat") as f:
-        fields = f.readline().split()
-    return sum(int(v) for v in fields[1:8]) * 1_000_000_000 // _CLK_TCK
-
-
-def online_cpus() -> int:
-    return os.sysconf("SC_NPROCESSORS_ONLN") or 1
-
-
-_OWN_NETNS: list[int] = []
-
-
-def _net_dev(pid: int) -> dict[str, tuple[int, ...]] | None:
-    """/proc/PID/net/dev: the interfaces of PID's network namespace, lo left out.
-
-    A container in our own network namespace (--network host) has none of
-    its own: Docker shows no network I/O for it, not the host's."""
-    text = _read(f"/proc/{pid}/net/dev")
-    if text is None:
-        return None
-    try:
-        if not _OWN_NETNS:
-            _OWN_NETNS.append(os.stat("/proc/self/ns/net").st_ino)
-        if os.stat(f"/proc/{pid}/ns/net").st_ino == _OWN_NETNS[0]:
-            return {}
-    except OSError:
-        return None
-    out = {}
-    for line in text.splitlines()[2:]:
-        name, _, rest = line.partition(":")
-        name = name.strip()
-        if name == "lo" or not rest:
-            continue
-        values = rest.split()
-        try:
-            out[name] = (int(values[0]), int(values[1]), int(values[2]), int(values[3]),
-                         int(values[8]), int(values[9]), int(values[10]), int(values[11]))
-        except (IndexError, ValueError):
-            continue
-    return out
-
-
-def _blkio_v1(text: str | None) -> list[tuple[int, int, str, int]]:
-    out = []
-    for line in (text or "").splitlines():
-        parts = line.split()
-        if len(parts) != 3 or ":" not in parts[0]:
-            continue
-        op = parts[1].lower()
-        if op not in ("read", "write"):
-            continue
-        major, _, minor = parts[0].partition(":")
-        out.append((int(major), int(minor), op, int(parts[2])))
-    return out
-
-
-def _io_v2(text: str | None) -> list[tuple[int, int, str, int]]:
-    out = []
-    for line in (text or "").splitlines():
-        parts = line.split()
-        if not parts or ":" not in parts[0]:
-            continue
-        major, _, minor = parts[0].partition(":")
-        for item in parts[1:]:
-            key, _, value = item.partition("=")
-            if key in ("rbytes", "wbytes"):
-                out.append((int(major), int(minor), "read" if key == "rbytes" else "write",
-                            int(value)))
-    return out
-
-
 def sample(target: Target, system_ns: int | None = None, online: int | None = None
            ) -> Sample | None:
     """One reading of TARGET's counters; None if it is not running or vanished meanwhile.
@@ -408,7 +265,7 @@ def sample(target: Target, system_ns: int | None = None, online: int | None = No
     unified = dirs.get("unified")
     # The container's network namespace, through its init: if that is gone,
     # so is the container (whatever the record still says).
-    networks = _net_dev(target.pid)
+    networks = rd.net_dev(target.pid)
     if networks is None:
         return None
     read_at = time.time()
@@ -417,58 +274,58 @@ def sample(target: Target, system_ns: int | None = None, online: int | None = No
     total = user = kernel = None
     acct = dirs.get("cpuacct")
     if acct:
-        total = _int(acct + "/cpuacct.usage")
+        total = rd.read_int(acct + "/cpuacct.usage")
         if total is not None:
             # Clock ticks, as Docker reads them for usage_in_usermode/kernelmode.
-            text = _read(acct + "/cpuacct.stat")
-            user = _keyed(text, "user") * 1_000_000_000 // _CLK_TCK
-            kernel = _keyed(text, "system") * 1_000_000_000 // _CLK_TCK
+            text = rd.read(acct + "/cpuacct.stat")
+            user = rd.keyed(text, "user") * 1_000_000_000 // rd.CLK_TCK
+            kernel = rd.keyed(text, "system") * 1_000_000_000 // rd.CLK_TCK
     if total is None and unified:
-        text = _read(unified + "/cpu.stat")
+        text = rd.read(unified + "/cpu.stat")
         if text is not None:
-            total = _keyed(text, "usage_usec") * 1000
-            user = _keyed(text, "user_usec") * 1000
-            kernel = _keyed(text, "system_usec") * 1000
+            total = rd.keyed(text, "usage_usec") * 1000
+            user = rd.keyed(text, "user_usec") * 1000
+            kernel = rd.keyed(text, "system_usec") * 1000
     # Memory: the v1 controller where it is mounted (hybrid hosts), else cgroup2.
     mem = dirs.get("memory")
     usage = None
     cgroup = "v1"
     if mem:
-        usage = _int(mem + "/memory.usage_in_bytes")
+        usage = rd.read_int(mem + "/memory.usage_in_bytes")
         if usage is not None:
-            limit = _int(mem + "/memory.limit_in_bytes") or 0
-            inactive = _keyed(_read(mem + "/memory.stat"), "total_inactive_file")
+            limit = rd.read_int(mem + "/memory.limit_in_bytes") or 0
+            inactive = rd.keyed(rd.read(mem + "/memory.stat"), "total_inactive_file")
     if usage is None and unified:
-        usage = _int(unified + "/memory.current")
+        usage = rd.read_int(unified + "/memory.current")
         if usage is not None:
             cgroup = "v2"
-            limit = _int(unified + "/memory.max") or 0
-            inactive = _keyed(_read(unified + "/memory.stat"), "inactive_file")
+            limit = rd.read_int(unified + "/memory.max") or 0
+            inactive = rd.keyed(rd.read(unified + "/memory.stat"), "inactive_file")
     if usage is None:
         usage = limit = inactive = 0
-    host_mem = _host_memory_cached()
+    host_mem = rd.host_memory_cached()
     if limit < 0 or limit >= _UNLIMITED_V1 or (host_mem and limit > host_mem):
         limit = host_mem
     # Block I/O: the v1 throttle layer sees every bio; else cgroup2's io.stat.
     blkio: list = []
     blk = dirs.get("blkio")
     if blk:
-        text = _read(blk + "/blkio.throttle.io_service_bytes_recursive")
+        text = rd.read(blk + "/blkio.throttle.io_service_bytes_recursive")
         if text is None:
-            text = _read(blk + "/blkio.io_service_bytes_recursive")
-        blkio = _blkio_v1(text)
+            text = rd.read(blk + "/blkio.io_service_bytes_recursive")
+        blkio = rd.blkio_v1(text)
     elif unified:
-        blkio = _io_v2(_read(unified + "/io.stat"))
+        blkio = rd.io_v2(rd.read(unified + "/io.stat"))
     # PIDs (tasks, threads included, as the pids controller counts them).
     pids = pids_limit = None
     for prefix in (dirs.get("pids"), unified):
         if prefix:
-            pids = _int(prefix + "/pids.current")
+            pids = rd.read_int(prefix + "/pids.current")
             if pids is not None:
-                pids_limit = _int(prefix + "/pids.max")
+                pids_limit = rd.read_int(prefix + "/pids.max")
                 break
     if pids is None:
-        pids = _count_tasks(dirs)
+        pids = rd.count_tasks(dirs)
     return Sample(
         read_at=read_at, started_at=target.started_at,
         cpu_total_ns=total or 0, cpu_user_ns=user or 0, cpu_kernel_ns=kernel or 0,
@@ -479,17 +336,6 @@ def sample(target: Target, system_ns: int | None = None, online: int | None = No
         blk_read=sum(v for _, _, op, v in blkio if op == "read"),
         blk_write=sum(v for _, _, op, v in blkio if op == "write"),
         blkio=blkio, pids=pids, pids_limit=max(pids_limit or 0, 0), cgroup=cgroup)
-
-
-def _count_tasks(dirs: dict[str, str]) -> int:
-    """Threads in the cgroup, for hosts without a pids controller."""
-    for key, name in (("unified", "cgroup.threads"), ("cpuacct", "tasks"), ("memory", "tasks"),
-                      ("freezer", "tasks")):
-        if key in dirs:
-            text = _read(os.path.join(dirs[key], name))
-            if text is not None:
-                return len(text.split())
-    return 0
 
 
 def sample_all(targets: Iterable[Target]) -> list[Sample | None]:
@@ -579,59 +425,6 @@ def targets(engine: EngineBase, refs: Iterable[str] = (), all: bool = False  # n
     return out
 
 
-def cgroup_dirs(run_root: str, runtime: str, cid: str, pid: int) -> dict[str, str]:
-    """Controller -> directory of a container (cgroup_paths as controller_dirs)."""
-    return controller_dirs(cgroup_paths(run_root, runtime, cid, pid))
-
-
-def cgroup_paths(run_root: str, runtime: str, cid: str, pid: int) -> dict[str, str]:
-    """Hierarchy key -> directory of a container, as `inspect .Cgroups` finds them:
-    the runtime's state.json, else the init's /proc/PID/cgroup.
-
-    A state.json that records no cgroup (a rootless container without a
-    delegated cgroup) means none: the init's own cgroups are then the user's
-    session's, whose usage is not the container's."""
-    from nsbox.engine.oci import state_root  # lifecycle.host.runtime_root's answer
-
-    paths = _state_cgroup_paths(os.path.join(state_root(run_root, runtime), cid, "state.json"))
-    if paths is not None:
-        return paths
-    from nsbox.engine.lifecycle.query import cgroups
-
-    class _Row:  # what query.cgroups reads of a record
-        __slots__ = ("id", "pid", "runtime")
-
-    row = _Row()
-    row.id, row.pid, row.runtime = cid, pid, runtime
-    return cgroups(_EngineRoots(run_root), row)
-
-
-def _state_cgroup_paths(path: str) -> dict[str, str] | None:
-    """state.json's "cgroup_paths", parsed alone (the file is mostly the OCI config).
-
-    Inside a JSON string a quote is escaped, so the text '"cgroup_paths":'
-    is a key; should the first one be another object's (an annotation named
-    so holds a string, not an object), the whole file is parsed instead."""
-    from nsbox import _json
-
-    text = _read(path)
-    if not text:
-        return None
-    at = text.find('"cgroup_paths":')
-    if at < 0:
-        return None
-    try:
-        value, _ = _json._scan(text, at + len('"cgroup_paths":'))
-    except (StopIteration, SystemError, ValueError):
-        value = None
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        try:
-            value = _json.loads(text).get("cgroup_paths")
-        except (ValueError, AttributeError):
-            return None
-    return value if isinstance(value, dict) else None
-
-
 class Reader:
     """What targets() needs of an engine, without the engine: its database and run root.
 
@@ -643,15 +436,6 @@ class Reader:
 
         self.root, self.run_root = root, run_root
         self.db = Database(root)
-
-
-class _EngineRoots:
-    """The one engine attribute query.cgroups needs."""
-
-    __slots__ = ("run_root",)
-
-    def __init__(self, run_root: str) -> None:
-        self.run_root = run_root
 
 
 def snapshot(engine: EngineBase, refs: Iterable[str] = (), all: bool = False,  # noqa: A002
