@@ -141,7 +141,10 @@ def test_multistage_build_every_instruction(nsbox, tmp_path):
                        "COPY . /all/\n")
     (ctx / "secret.log").write_text("no\n")
     (ctx / "c.txt").write_text("c\n")
-    (ctx / ".containerignore").write_text("*.log\n")
+    (ctx / ".containerignore").write_text("*.log\nsecret\n!secret/keep\n")
+    (ctx / "secret").mkdir()
+    (ctx / "secret" / "hidden").write_text("no\n")
+    (ctx / "secret" / "keep").write_text("yes\n")
     with tarfile.open(ctx / "layer.tar.gz", "w:gz") as tar:
         data = b"from the tar\n"
         info = tarfile.TarInfo("inner/file")
@@ -177,11 +180,12 @@ def test_multistage_build_every_instruction(nsbox, tmp_path):
     nsbox("build", "-q", "-t", "extra:1", str(ctx))
     check = nsbox("run", "--rm", "--user", "0", "extra:1", "sh", "-c",
                   "stat -c '%U %G %a' /home/user/owned; cat /unpacked/inner/file; "
-                  "ls /globbed; ls -a /all")
+                  "ls /globbed; ls /all/secret; ls -a /all")
     lines = check.stdout.split("\n")
     assert lines[0] == "user user 640"
     assert lines[1] == "from the tar"
     assert lines[2:4] == ["a.txt", "c.txt"]
+    assert lines[4] == "keep"  # `!secret/keep` takes it back from the ignored secret/
     assert "Containerfile" in lines and "secret.log" not in lines  # .containerignore
     assert leftovers(nsbox) == NOTHING
 

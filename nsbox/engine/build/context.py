@@ -85,6 +85,8 @@ class IgnoreRules:
             if text in ("", "."):
                 continue
             self.rules.append((keep, _pattern_regex(text)))
+        # With a `!` rule, something below an excluded directory may be included again.
+        self.has_exceptions = any(keep for keep, _ in self.rules)
 
     def excluded(self, path: str) -> bool:
         if not self.rules:
@@ -227,16 +229,23 @@ class SourceTar:
         else:
             self.tar.addfile(info)
 
-    def add_tree(self, view, path: str, arcname: str, ignore: IgnoreRules | None) -> None:  # noqa: ANN001
-        """PATH of VIEW and what is below it as ARCNAME ("": the contents only)."""
+    def add_tree(self, view, path: str, arcname: str, ignore: IgnoreRules | None,  # noqa: ANN001
+                 excluded: bool = False) -> None:
+        """PATH of VIEW and what is below it as ARCNAME ("": the contents only).
+
+        EXCLUDED: PATH itself is ignored, but a `!` rule may take back something below it.
+        """
         host = view.host(path)
-        if arcname:
-            self.add(host, arcname)
         st = os.lstat(host)
+        if arcname and not excluded:
+            self.add(host, arcname)
         if not stat.S_ISDIR(st.st_mode):
             return
         for name in sorted(os.listdir(host)):
             child = path.rstrip("/") + "/" + name
-            if ignore and ignore.excluded(child.lstrip("/")):
+            child_excluded = bool(ignore and ignore.excluded(child.lstrip("/")))
+            if child_excluded and not (ignore.has_exceptions  # type: ignore[union-attr]
+                                       and stat.S_ISDIR(os.lstat(view.host(child)).st_mode)):
                 continue
-            self.add_tree(view, child, f"{arcname}/{name}" if arcname else name, ignore)
+            self.add_tree(view, child, f"{arcname}/{name}" if arcname else name, ignore,
+                          child_excluded)
