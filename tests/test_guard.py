@@ -255,9 +255,12 @@ def test_kill_action_and_rules_file(box, tmp_path):
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text("- rule: no-secret\n  event: read\n  path: /srv/secret\n"
                           "  action: kill\n")
+    # The reader keeps the file open and sleeps: the kill comes after the fact (user space).
     box("run", "-d", "--name", "g-kill", "--security-opt", f"guard={rules_file}", "busybox",
-        "sh", "-c", "mkdir -p /srv; echo s > /srv/secret; cat /srv/secret; sleep 20; echo end")
+        "sh", "-c", "mkdir -p /srv; echo s > /srv/secret; "
+                    "sh -c 'exec 3</srv/secret; sleep 60'; echo end-$?")
     box("wait", "g-kill", timeout=120)
+    assert box("logs", "g-kill").stdout == "end-137\n"
     alerts = box.alerts("g-kill")
     assert [a["rule"] for a in alerts] == ["no-secret"] and alerts[0]["done"] == "killed"
     # the file is kept with the container: changing it later changes nothing
@@ -304,27 +307,74 @@ def test_watch_prints_json_lines(box):
 
 
 # ------------------------------------------------------------------ enforcement and cleanup
+needs_landlock = pytest.mark.skipif(
+    not _skip_reason() and __import__("nsbox.runtime.security.landlock",
+                                      fromlist=["abi"]).abi() < 1,
+    reason="the kernel has no Landlock (deny rules and drift cannot be enforced)")
+
+
 @needs_guard
-@pytest.mark.parametrize("setting", ["drift", "RULES"])
-def test_enforcement_refused_where_the_kernel_cannot(box, tmp_path, setting):
-    if client.lsm_programs_load():
-        pytest.skip("this kernel accepts BPF LSM programs; deny/drift enforcement is not "
-                    "implemented in this version of the guard")
+@needs_landlock
+def test_deny_rule_refuses_in_the_kernel(box, tmp_path):
+    """The issue's smallest rules file, as written."""
     rules_file = tmp_path / "deny.yaml"
     rules_file.write_text("- rule: no-shadow\n  event: open\n  path: /etc/shadow\n"
                           "  action: deny\n")
-    value = str(rules_file) if setting == "RULES" else setting
+    shadow = tmp_path / "shadow"
+    shadow.write_text("root:secret:1::::::\n")
+    mount = f"{shadow}:/etc/shadow:ro"  # busybox has no /etc/shadow of its own
+    proc = box("run", "--name", "g-deny", "-v", mount, "--security-opt", f"guard={rules_file}",
+               "busybox", "sh", "-c", "cat /etc/shadow; echo rc=$?; head -1 /etc/passwd",
+               check=False)
+    assert "Permission denied" in proc.stderr and "secret" not in proc.stdout
+    assert "rc=1" in proc.stdout and "root:x:0:0" in proc.stdout  # the rest still reads
+    alerts = box.alerts("g-deny")
+    assert [(a["rule"], a["done"], a["event"]["path"]) for a in alerts] == \
+        [("no-shadow", "denied", "/etc/shadow")]
+    box("rm", "-f", "g-deny")
+    # the host and an unwatched container still read it
+    with open("/etc/shadow") as f:
+        assert f.read(1)
+    out = box("run", "--rm", "-v", mount, "busybox", "cat", "/etc/shadow").stdout
+    assert "secret" in out
+
+
+@needs_guard
+@needs_landlock
+def test_drift_refuses_a_copied_binary(box):
+    script = "cp /bin/busybox /tmp/x && /tmp/x true; echo rc=$?; /bin/true && echo image-ok"
+    proc = box("run", "--name", "g-drift", "--security-opt", "guard=drift", "busybox", "sh",
+               "-c", script, check=False)
+    assert "rc=126" in proc.stdout and "image-ok" in proc.stdout, proc
+    assert "Permission denied" in proc.stderr
+    drift = _fired(box.alerts("g-drift"), "drift")
+    assert drift and drift[0]["done"] == "denied" and drift[0]["event"]["path"] == "/tmp/x"
+    box("rm", "-f", "g-drift")
+    # without drift the copy runs (busybox then says it has no applet "x": it ran)
+    proc = box("run", "--rm", "--security-opt", "guard=default", "busybox", "sh", "-c", script)
+    assert "rc=126" not in proc.stdout and "Permission denied" not in proc.stderr
+    assert "applet not found" in proc.stderr
+
+
+@needs_guard
+@pytest.mark.parametrize("rule", [
+    "- {rule: no-net, event: connect, port: 80, action: deny}",
+    "- {rule: no-cat, event: open, path: /etc/passwd, proc: cat, action: deny}",
+    "- {rule: no-keys, event: read, path: '**/*.key', action: deny}",
+])
+def test_deny_rules_the_kernel_cannot_enforce_are_refused(box, tmp_path, rule):
+    rules_file = tmp_path / "deny.yaml"
+    rules_file.write_text(rule + "\n")
     before = box("ps", "-a", "-q").stdout
-    proc = box("run", "--rm", "--security-opt", f"guard={value}", "busybox", "true",
+    proc = box("run", "--rm", "--security-opt", f"guard={rules_file}", "busybox", "true",
                check=False)
     assert proc.returncode == 125
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "BPF LSM" in errors[0], proc.stderr
+    assert len(errors) == 1 and "deny rule" in errors[0], proc.stderr
     assert box("ps", "-a", "-q").stdout == before
-    # the same file without deny runs
-    rules_file.write_text(rules_file.read_text().replace("deny", "alert"))
-    if setting == "RULES":
-        box("run", "--rm", "--security-opt", f"guard={rules_file}", "busybox", "true")
+    # the same rule as an alert runs
+    rules_file.write_text(rule.replace("deny", "alert") + "\n")
+    box("run", "--rm", "--security-opt", f"guard={rules_file}", "busybox", "true")
 
 
 @needs_guard

@@ -102,6 +102,8 @@ def preload(spec: Spec) -> None:
 
     if spec.linux.seccomp is not None:
         from nsbox.runtime.security import seccomp  # noqa: F401
+    if "org.nsbox.landlock" in spec.annotations:
+        from nsbox.runtime.security import landlock  # noqa: F401
     if spec.process is not None and spec.process.terminal:
         import fcntl  # noqa: F401
         import socket  # noqa: F401

@@ -213,6 +213,11 @@ def prepare_process(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
     # Marked now, before any seccomp filter: whatever the runtime opens from
     # here on is close-on-exec anyway (Python's default).
     mark_fds_cloexec(3, preserve_fds)
+    ruleset = None
+    if "org.nsbox.landlock" in spec.annotations:
+        # Built while still root, so every path of the plan can be opened.
+        from nsbox.runtime.security import landlock
+        ruleset = landlock.prepare(spec.annotations)
     seccomp_section = spec.linux.seccomp or {}
     if seccomp_bpf is not None and not process.no_new_privileges:
         _load_seccomp(seccomp_bpf, seccomp_section, seccomp_agent)
@@ -239,6 +244,8 @@ def prepare_process(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
         sc.personality(PERSONALITY_DOMAINS[spec.linux.personality["domain"]])
     if process.no_new_privileges:
         sc.set_no_new_privs()
+    if ruleset is not None:
+        ruleset.enforce()  # after the identity change, before the seccomp filter
     if seccomp_bpf is not None:
         _load_seccomp(seccomp_bpf, seccomp_section, seccomp_agent)
     return path, env

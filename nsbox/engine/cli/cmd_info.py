@@ -115,8 +115,10 @@ def guard_line(guard: dict) -> str:
     """What --security-opt guard= can do on this host (docs/guard.md)."""
     detect = "detection available" if guard["Available"] else \
         f"unavailable ({guard['Reason']})"
-    return (f"Guard: {detect}; kernel enforcement (deny rules, drift): "
-            f"{'yes' if guard['Enforcement'] else 'no, ' + guard['EnforcementReason']}")
+    landlock = (f"deny rules on file paths and drift through Landlock (ABI "
+                f"{guard['LandlockABI']})" if guard["LandlockABI"] else "no Landlock")
+    return (f"Guard: {detect}; kernel enforcement: {landlock}; BPF LSM: "
+            f"{'yes' if guard['BpfLsm'] else 'no, ' + guard['BpfLsmReason']}")
 
 
 def security_lines(sec: dict) -> list[str]:

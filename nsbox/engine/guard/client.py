@@ -105,10 +105,11 @@ def enforcement_unavailable() -> str:
 
 def host_support() -> dict:
     """What `nsbox info` shows."""
+    from nsbox.runtime.security.landlock import abi
     why = unavailable()
     return {"Available": not why, "Reason": why, "LSMs": _lsm_list(),
-            "Enforcement": False, "EnforcementReason": enforcement_unavailable(),
-            "Object": OBJECT if os.path.exists(OBJECT) else ""}
+            "BpfLsm": False, "BpfLsmReason": enforcement_unavailable(),
+            "LandlockABI": abi(), "Object": OBJECT if os.path.exists(OBJECT) else ""}
 
 
 def cgroup2_mount() -> str | None:
@@ -158,24 +159,37 @@ def configure(setting: str | None) -> dict | None:
     value = default_setting() if setting is None else setting
     if value in ("", "off", "false", "none"):
         return None
-    if value == "drift":
-        raise UnsupportedError(f"--security-opt guard=drift: drift prevention is enforced by "
-                               f"the kernel, and {enforcement_unavailable()}")
-    if value == "default":
+    drift = value == "drift"
+    if value in ("default", "drift"):
         text, source = rules_mod.default_rules_text(), "default"
     else:
         path = os.path.abspath(value)
         text, source = rules_mod.read_rules_file(path), path
     parsed = rules_mod.load_text(text, source)
-    denies = [r.name for r in parsed if r.action == "deny"]
-    if denies:
-        raise UnsupportedError(f"--security-opt guard={value}: rule {denies[0]!r} has action "
-                               f"deny, and {enforcement_unavailable()}: use alert or kill")
     why = unavailable()
     if why:
         raise UnsupportedError(f"--security-opt guard={value}: {why}")
-    return {"mode": "default" if value == "default" else "file", "source": source,
-            "rules": text}
+    denies: list = []
+    if drift or any(r.action == "deny" for r in parsed):
+        from nsbox.engine.guard import enforce
+        try:
+            denies = enforce.check(parsed, drift, enforcement_unavailable())
+        except UnsupportedError as exc:
+            raise UnsupportedError(f"--security-opt guard={value}: {exc}") from None
+    return {"mode": value if value in ("default", "drift") else "file", "source": source,
+            "rules": text, "drift": drift, "deny": [r.name for r in denies]}
+
+
+def landlock_annotation(guard_conf: dict | None, lower_dirs: list[str]) -> dict[str, str]:
+    """The OCI annotation that makes the runtime enforce GUARD_CONF's deny rules and drift."""
+    if not guard_conf or not (guard_conf.get("drift") or guard_conf.get("deny")):
+        return {}
+    from nsbox.engine.guard import enforce
+    from nsbox.engine.guard.rules import load_text
+    rules = [r for r in load_text(guard_conf["rules"], guard_conf.get("source") or "rules")
+             if r.name in guard_conf.get("deny", [])]
+    plan = enforce.plan(rules, bool(guard_conf.get("drift")), lower_dirs)
+    return {enforce.ANNOTATION: json.dumps(plan, separators=(",", ":"))} if plan else {}
 
 
 # ------------------------------------------------------------------ the guard process
@@ -243,6 +257,7 @@ def watch(engine_root: str, container: dict, guard_conf: dict, pid: int,
     message = {"op": "watch", "cgroup": cgroup_dir(pid), "pid": pid, "root": engine_root,
                "alerts": os.path.join(container_dir, ALERTS),
                "rules": guard_conf["rules"], "source": guard_conf.get("source", ""),
+               "drift": bool(guard_conf.get("drift")),
                **container}
     answer = call(message)
     if not answer.get("ok"):

@@ -30,7 +30,7 @@ W_ALL_READS = 2
 FMODE_WRITE = 0x2
 AF_INET, AF_INET6 = 2, 10
 PTRACE_REQUESTS = {0: "traceme", 16: "attach", 0x4206: "seize"}
-SYSCALL_NAMES = {2: "open", 85: "creat", 257: "openat", 437: "openat2", 42: "connect",
+SYSCALL_NAMES = {59: "execve", 322: "execveat", 2: "open", 85: "creat", 257: "openat", 437: "openat2", 42: "connect",
                  49: "bind", 50: "listen", 101: "ptrace", 105: "setuid", 113: "setreuid",
                  117: "setresuid", 122: "setfsuid", 126: "capset", 165: "mount",
                  175: "init_module", 313: "finit_module", 321: "bpf", 429: "move_mount",
@@ -105,9 +105,13 @@ def decode(data: bytes) -> Event:
                syscall=SYSCALL_NAMES.get(nr, "") if nr else "")
     if type_ in (EV_EXEC, EV_OPEN):
         ev.path = _cstr(str1[min(off1, PATH_MAX_B):])
-        if ev.path and not ev.path.startswith("/"):
+        if ret < 0:
+            ev.details["error"] = error_name(ret)  # refused: the path as the program gave it
+        elif ev.path and not ev.path.startswith("/"):
             ev.details["path_truncated"] = True
-    if type_ == EV_EXEC:
+    if type_ == EV_EXEC and ret < 0:
+        pass
+    elif type_ == EV_EXEC:
         ev.argv = [a.decode(errors="replace") for a in str2[:len2].split(b"\0") if a]
         if c > len2:
             ev.details["argv_truncated"] = True

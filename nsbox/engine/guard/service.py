@@ -39,6 +39,9 @@ from nsbox.engine.guard.rules import Rule, kernel_plan, load_text, process_names
 
 log = logging.getLogger("nsbox.guard")
 
+# guard=drift's own rule: an executable not from the image's layers was refused.
+DRIFT_RULE = Rule(name="drift", events=["exec"], action="deny",
+                  description="an executable that is not from the image's layers was run")
 HOUSEKEEPING_S = 0.5
 IDLE_EXIT_S = 10.0  # started but never given a container
 WATCH_VALUE = struct.Struct("<II")
@@ -61,6 +64,7 @@ class Watch:
     slot: int
     rules: list[Rule]
     source: str
+    drift: bool = False
     keys: list[bytes] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
 
@@ -162,7 +166,7 @@ class Guard:
                   labels=m.get("labels") or {}, network=m.get("network", ""),
                   entrypoint=m.get("entrypoint", ""), root=m.get("root", ""),
                   alerts=m.get("alerts", ""), cgroup=cgroup, cgid=cgid, slot=slot,
-                  rules=[], source=m.get("source", ""))
+                  rules=[], source=m.get("source", ""), drift=bool(m.get("drift")))
         w.rules = [r for r in rules if r.applies_to(w.context())]
         plan = kernel_plan(w.rules)
         for kind, h in plan.keys:
@@ -220,6 +224,8 @@ class Guard:
         proc = self.process(ev)
         names = process_names(ev, proc["exe"], proc["argv"])
         fired = [r for r in w.rules if r.matches(ev, ctx, names)]
+        if w.drift and ev.type == "exec" and ev.result in (-1, -13):
+            fired.append(DRIFT_RULE)  # refused by the kernel (Landlock): say so
         line = {"time": _now_rfc3339(), "container": {"id": w.cid, "name": w.name,
                                                       "image": w.image},
                 "process": proc, "event": ev.as_dict()}
@@ -248,6 +254,9 @@ class Guard:
 
     def act(self, rule: Rule, ev: record.Event, w: Watch, line: dict) -> None:
         done = {"log": "logged", "alert": "alerted", "kill": "killed"}.get(rule.action, "")
+        if rule.action == "deny":
+            # Refused by the kernel before it happened (Landlock: EACCES), or seen going through.
+            done = "denied" if ev.result in (-1, -13) else "allowed: not enforced for this event"
         if rule.action == "kill" and not self.kill(ev.pid, w):
             done = "kill failed: the process was gone"
         alert = {"time": line["time"], "rule": rule.name, "description": rule.description,
@@ -264,7 +273,7 @@ class Guard:
                     os.close(fd)
             except OSError as exc:
                 log.warning("guard: cannot write %s: %s", w.alerts, exc)
-        if rule.action in ("alert", "kill") and w.root:
+        if rule.action in ("alert", "kill", "deny") and w.root:
             self.journal(w, rule, ev, done)
 
     def journal(self, w: Watch, rule: Rule, ev: record.Event, done: str) -> None:

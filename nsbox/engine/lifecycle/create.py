@@ -176,6 +176,9 @@ def create(engine: EngineBase, spec: ContainerSpec,
             idmap=idmap, netns_path=netns_path(engine.run_root, cid, spec.network_mode),
             keep_id=keep_id, run_root=engine.run_root)
         config = bundle_mod.build_config(spec, image.section, inputs)
+        if guard_conf is not None:  # deny rules and drift, enforced by the runtime (Landlock)
+            config.setdefault("annotations", {}).update(
+                guard_client.landlock_annotation(guard_conf, info.lower_dirs))
         if nets is not None:
             # Docker's: ping without CAP_NET_RAW, in the container's own namespace.
             config["linux"].setdefault("sysctl", {}).setdefault("net.ipv4.ping_group_range",

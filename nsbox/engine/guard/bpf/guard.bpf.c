@@ -64,6 +64,10 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* x86_64 system call numbers */
 #define NR_open 2
+#define NR_execve 59
+#define NR_execveat 322
+#define EACCES 13
+#define EPERM 1
 #define NR_connect 42
 #define NR_bind 49
 #define NR_listen 50
@@ -459,14 +463,47 @@ int BPF_PROG(guard_sys_enter, struct pt_regs *regs, long id)
 	return 0;
 }
 
-static __always_inline int on_open(struct watch *w, long id, long ret)
+/*
+ * A refused open or exec (EACCES, EPERM: Landlock, permissions, seccomp):
+ * reported with the path as the program gave it, there being no file.
+ */
+static __always_inline int on_refused(struct watch *w, struct pt_regs *regs, long id, long ret,
+				      __u32 type)
+{
+	const char *upath;
+	struct event *e;
+
+	if (ret != -EACCES && ret != -EPERM)
+		return 0;
+	if (id == NR_open || id == NR_creat || id == NR_execve)
+		upath = (const char *)BPF_CORE_READ(regs, di);
+	else
+		upath = (const char *)BPF_CORE_READ(regs, si);
+	e = new_event(w, type);
+	if (!e)
+		return 0;
+	e->nr = id;
+	e->ret = ret;
+	e->off1 = 0;
+	if (id == NR_creat) {
+		e->a = FMODE_WRITE;
+	} else if (id == NR_open || id == NR_openat) {
+		e->b = id == NR_open ? BPF_CORE_READ(regs, si) : BPF_CORE_READ(regs, dx);
+		e->a = (e->b & 3) ? FMODE_WRITE : 0;  /* O_WRONLY, O_RDWR */
+	}
+	bpf_probe_read_user_str(e->str1, PATH_MAX_B, upath);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int on_open(struct watch *w, struct pt_regs *regs, long id, long ret)
 {
 	struct file *file;
 	struct event *e;
 	__u32 mode;
 
 	if (ret < 0)
-		return 0;
+		return on_refused(w, regs, id, ret, EV_OPEN);
 	file = fd_file(ret);
 	if (!file)
 		return 0;
@@ -529,6 +566,7 @@ int BPF_PROG(guard_sys_exit, struct pt_regs *regs, long ret)
 	id = BPF_CORE_READ(regs, orig_ax);
 	switch (id) {
 	case NR_open: case NR_openat: case NR_openat2: case NR_creat:
+	case NR_execve: case NR_execveat:
 	case NR_bind: case NR_listen: case NR_ptrace: case NR_mount: case NR_move_mount:
 	case NR_fsopen: case NR_init_module: case NR_finit_module: case NR_bpf:
 	case NR_setuid: case NR_setreuid: case NR_setresuid: case NR_setfsuid: case NR_capset:
@@ -541,7 +579,9 @@ int BPF_PROG(guard_sys_exit, struct pt_regs *regs, long ret)
 		return 0;
 	switch (id) {
 	case NR_open: case NR_openat: case NR_openat2: case NR_creat:
-		return on_open(w, id, ret);
+		return on_open(w, regs, id, ret);
+	case NR_execve: case NR_execveat:
+		return ret < 0 ? on_refused(w, regs, id, ret, EV_EXEC) : 0;
 	case NR_listen:
 		return on_listen(w, regs, ret);
 	case NR_bind:
