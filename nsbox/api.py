@@ -420,7 +420,7 @@ def build(path: str | None = None, *, tag: str | list[str] | None = None,
     Like docker-py's images.build: TAG (one or a list), DOCKERFILE (relative to
     PATH), BUILDARGS, TARGET, NOCACHE, PULL, LABELS, NETWORK (for RUN).
     PROGRESS, if given, is called with {"stream": text} for every step line
-    and every chunk of RUN output.  STDIN (a binary stream of a context tar)
+    and every chunk of RUN output, then {"aux": {"ID": image id}}.  STDIN (a binary stream of a context tar)
     replaces PATH.  Returns the image (its .id, .names, .config).
     """
     import shutil
@@ -444,7 +444,10 @@ def build(path: str | None = None, *, tag: str | list[str] | None = None,
             path = unpacked
         if path is None:
             raise ConfigError("nsbox.build: give the context directory (path) or a tar (stdin)")
-        return Builder(engine, path, dockerfile, options, emit).build()
+        image = Builder(engine, path, dockerfile, options, emit).build()
+        if progress is not None:
+            progress({"aux": {"ID": image.id}})  # docker-py's last build log entry
+        return image
     finally:
         if unpacked is not None:
             shutil.rmtree(unpacked, ignore_errors=True)

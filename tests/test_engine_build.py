@@ -300,7 +300,8 @@ def test_api_build_with_progress(nsbox, tmp_path):
     engine = Engine(root=str(nsbox.root), run_root=str(nsbox.tmp / "run"))
     events: list[dict] = []
     image = api.build(str(ctx), tag="api:1", progress=events.append, engine=engine)
-    text = "".join(e["stream"] for e in events)
+    assert events[-1] == {"aux": {"ID": image.id}}
+    text = "".join(e["stream"] for e in events[:-1])
     assert "STEP 2/3: RUN echo api-run" in text and "api-run\n" in text
     assert image.repo_tags == ["localhost/api:1"]
     assert image.config["config"]["Cmd"] == ["cat", "/etc/hostname"]
