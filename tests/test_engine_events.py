@@ -327,6 +327,34 @@ def test_concurrent_writers_and_rotation_lose_nothing(tmp_path, monkeypatch):
         assert mine == list(range(300))
 
 
+def test_follow_reads_across_rotations_while_writers_append(tmp_path, monkeypatch):
+    root = str(tmp_path)
+    monkeypatch.setattr(events, "MAX_BYTES", 8 << 10)  # a rotation every ~40 events
+    monkeypatch.setattr(events, "KEEP", 50)
+    events.emit(root, "volume", "create", "first")
+    start = time.time_ns()
+    got: list[events.Event] = []
+
+    def consume() -> None:
+        for e in events.follow(root, since=start, until=time.time() + 60):
+            got.append(e)
+            if len(got) == 800:
+                return
+
+    follower = threading.Thread(target=consume)
+    follower.start()
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(root, f"w{n}", 200)) for n in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    follower.join(60)
+    assert not follower.is_alive()
+    assert [e.timeNano for e in got] == [e.timeNano for e in events.read(root, since=start)]
+    assert len(got) == 800 and len(os.listdir(tmp_path / "events")) > 10
+
+
 def test_rotation_keeps_keep_generations(tmp_path, monkeypatch):
     monkeypatch.setattr(events, "MAX_BYTES", 4096)
     for i in range(400):

@@ -38,6 +38,7 @@ API (stable; other parts of the engine call these):
         --since/--until values: Unix seconds ("1700000000.5"), RFC 3339,
         or a duration ago ("10m", "1h30m", "90s").
 
+    (parse_time, normalize_filters, matches: nsbox/engine/eventfilter.py, re-exported here.)
     FILTER_KEYS: container, event, image, type, label, network, volume.
     A filters argument is {key: [values]} (or {key: value}); values of one
     key are ORed, different keys ANDed, as Docker does.
@@ -71,6 +72,14 @@ import time
 
 from nsbox import _json
 from nsbox._lazylog import get_logger
+from nsbox.engine.eventfilter import (  # noqa: F401 - part of this module's API
+    FILTER_KEYS,
+    matches,
+    normalize_filters,
+    parse_duration,
+    parse_time,
+    parse_time_ns,
+)
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
@@ -85,7 +94,6 @@ KEEP = 3  # rotated generations kept: journal.1 .. journal.KEEP
 POLL_MIN_S = 0.05
 POLL_MAX_S = 1.0
 WAKE_S = 1.0  # inotify wait: also wakes this often to check --until and rotation
-FILTER_KEYS = ("container", "event", "image", "type", "label", "network", "volume")
 _LEGACY_TYPES = ("container", "image")  # carry Docker's old status/id(/from) fields
 
 
@@ -277,147 +285,6 @@ def format_time_nano(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
 
 
-# ================================================================ times and filters
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float | None:
-    """Go's time.ParseDuration subset: "10m", "1h30m", "1.5s", "250ms"; None if not one."""
-    total, i, n = 0.0, 0, len(text)
-    if not n:
-        return None
-    while i < n:
-        j = i
-        while j < n and (text[j].isdigit() or text[j] == "."):
-            j += 1
-        if j == i:
-            return None
-        k = j
-        while k < n and not (text[k].isdigit() or text[k] == "."):
-            k += 1
-        unit = text[j:k]
-        if unit not in _UNITS:
-            return None
-        try:
-            total += float(text[i:j]) * _UNITS[unit]
-        except ValueError:
-            return None
-        i = k
-    return total
-
-
-def parse_time(text: str | float | int, now: float | None = None) -> float:
-    """Seconds since the epoch from a --since/--until value; ValueError if it is none.
-
-    Unix seconds (fractions allowed), RFC 3339 (with or without zone: UTC if
-    none; nanoseconds accepted), a date (YYYY-MM-DD), or a duration ago."""
-    return parse_time_ns(text, now) / 1e9
-
-
-def parse_time_ns(text: str | float | int, now: float | None = None) -> int:
-    """parse_time() in nanoseconds, exact to the digit for "SECONDS.FRACTION" and RFC 3339."""
-    if isinstance(text, (int, float)):
-        return int(round(text * 1_000_000_000))
-    value = text.strip()
-    if not value:
-        raise ValueError("empty time")
-    whole, dot, frac = value.partition(".")
-    if whole.isdigit() and (not dot or frac.isdigit()):
-        return int(whole) * 1_000_000_000 + int((frac + "0" * 9)[:9])
-    ago = parse_duration(value)
-    if ago is not None:
-        return int(((time.time() if now is None else now) - ago) * 1_000_000_000)
-    from datetime import UTC, datetime
-
-    iso = value.replace("Z", "+00:00").replace("z", "+00:00")
-    head, dot, frac = iso.partition(".")
-    nanos = 0
-    if dot:  # Python 3.11 parses at most microseconds: the digits are counted here
-        digits = frac[:len(frac) - len(frac.lstrip("0123456789"))]
-        nanos = int((digits + "0" * 9)[:9]) if digits else 0
-        iso = head + frac[len(digits):]
-    try:
-        parsed = datetime.fromisoformat(iso)
-    except ValueError:
-        raise ValueError(f"not a time or duration: {text!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp()) * 1_000_000_000 + nanos
-
-
-def normalize_filters(filters: Mapping[str, object] | Iterable[str] | None) -> dict[str, list[str]]:
-    """{key: [values]} from a mapping (value or list of values) or "k=v" strings.
-
-    ValueError for an unknown key or a string without "="."""
-    out: dict[str, list[str]] = {}
-    if not filters:
-        return out
-    if isinstance(filters, dict) or hasattr(filters, "items"):
-        items: list[tuple[str, str]] = []
-        for key, value in filters.items():  # type: ignore[union-attr]
-            values = [value] if isinstance(value, str) else list(value)  # type: ignore[arg-type]
-            items.extend((str(key), str(v)) for v in values)
-    else:
-        items = []
-        for spec in filters:  # type: ignore[union-attr]
-            key, eq, value = str(spec).partition("=")
-            if not eq:
-                raise ValueError(f"bad format of filter (expected name=value): {spec!r}")
-            items.append((key, value))
-    for key, value in items:
-        if key not in FILTER_KEYS:
-            raise ValueError(f"invalid filter {key!r} (known: {', '.join(FILTER_KEYS)})")
-        out.setdefault(key, []).append(value)
-    return out
-
-
-def _match_id(full: str, wanted: str) -> bool:
-    return bool(wanted) and (full == wanted or (len(wanted) >= 3 and full.startswith(wanted)))
-
-
-def _image_names(value: str) -> set[str]:
-    names = {value}
-    if value and ":" not in value.rsplit("/", 1)[-1] and "@" not in value:
-        names.add(value + ":latest")
-    for prefix in ("docker.io/library/", "docker.io/", "localhost/"):
-        if value.startswith(prefix):
-            names |= _image_names(value[len(prefix):])
-    return names
-
-
-def matches(event: Event, filters: Mapping[str, list[str]]) -> bool:
-    """Whether EVENT passes normalized FILTERS (every key must match one of its values)."""
-    attrs = event.Actor.Attributes
-    for key, values in filters.items():
-        if not any(_match_one(event, attrs, key, v) for v in values):
-            return False
-    return True
-
-
-def _match_one(event: Event, attrs: dict[str, str], key: str, value: str) -> bool:
-    if key == "type":
-        return event.Type == value
-    if key == "event":  # "health_status: healthy" is matched by health_status too
-        return event.Action == value or event.Action.split(":", 1)[0] == value
-    if key == "container":
-        if event.Type == "container":
-            return _match_id(event.Actor.ID, value) or attrs.get("name") == value
-        return _match_id(attrs.get("container", ""), value)  # network connect/disconnect
-    if key == "image":
-        wanted = _image_names(value)
-        if event.Type == "image":
-            return bool(wanted & (_image_names(event.Actor.ID) | _image_names(attrs.get("name", ""))))
-        return event.Type == "container" and bool(wanted & _image_names(attrs.get("image", "")))
-    if key == "label":
-        k, eq, v = value.partition("=")
-        return k in attrs and (not eq or attrs[k] == v)
-    if key in ("network", "volume"):
-        if event.Type != key:
-            return False
-        return _match_id(event.Actor.ID, value) or attrs.get("name") == value
-    return False
-
-
 # ================================================================ reading
 def _parse_lines(data: bytes) -> Iterator[Event]:
     for raw in data.split(b"\n"):
@@ -507,35 +374,77 @@ def follow(root: object, since: str | float | None = None,
     path = journal_path(root)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     watch = _Watch(os.path.dirname(path))
-    fd = -1
+    fds: list[int] = []  # newest first; fds[0] is the file being followed
     try:
         fds = _open_generations(path)
-        if fds:
-            fd = fds[0]
-            for old in reversed(fds[1:]):
-                if since_ns is not None:
-                    yield from _select(_read_complete(old, bytearray()), since_ns, until_ns, wanted)
-                os.close(old)
+        while len(fds) > 1:  # the rotated ones, oldest first
+            old = fds.pop()
+            if since_ns is not None:
+                yield from _select(_read_complete(old, bytearray()), since_ns, until_ns, wanted)
+            os.close(old)
         pending = bytearray()
-        if fd >= 0 and since_ns is None:
-            os.lseek(fd, 0, os.SEEK_END)  # only what comes from now on
+        if fds and since_ns is None:
+            os.lseek(fds[0], 0, os.SEEK_END)  # only what comes from now on
         while True:
-            if fd >= 0:
-                yield from _select(_read_complete(fd, pending), since_ns, until_ns, wanted)
+            if fds:
+                data = _read_complete(fds[0], pending)
+                if data:
+                    watch.delay = POLL_MIN_S
+                    yield from _select(data, since_ns, until_ns, wanted)
             if until_ns is not None and time.time_ns() > until_ns:
                 return
-            newer = _reopen_if_rotated(path, fd)
-            if newer is not None:
-                if fd >= 0:  # finish the rotated file: its last lines came before the new one
-                    yield from _select(_read_complete(fd, pending), since_ns, until_ns, wanted)
-                    os.close(fd)
-                fd, pending = newer, bytearray()
+            if _rotated(path, fds[0] if fds else -1):
+                # Finish the file we had (once renamed, nobody appends to it), then
+                # every file rotated after it, oldest first, then follow the new one.
+                if fds:
+                    yield from _select(_read_complete(fds[0], pending), since_ns, until_ns, wanted)
+                    done = fds.pop()
+                    st = os.fstat(done)
+                    os.close(done)
+                    seen: tuple[int, int] | None = (st.st_dev, st.st_ino)
+                else:
+                    seen = None
+                fds = _newer_generations(path, seen)
+                while len(fds) > 1:
+                    newer = fds.pop()
+                    yield from _select(_read_complete(newer, bytearray()), since_ns, until_ns,
+                                       wanted)
+                    os.close(newer)
+                pending = bytearray()
                 continue
             watch.wait(until_ns)
     finally:
-        if fd >= 0:
+        for fd in fds:
             os.close(fd)
         watch.close()
+
+
+def _rotated(path: str, fd: int) -> bool:
+    """Whether PATH is now another file than the one FD reads (or exists where FD is -1)."""
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    if fd < 0:
+        return True
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino) != (current.st_dev, current.st_ino)
+
+
+def _newer_generations(path: str, seen: tuple[int, int] | None) -> list[int]:
+    """Read fds of the journal files newer than the one whose (dev, inode) is SEEN, newest first.
+
+    All of them when SEEN is None or is no longer among them (rotated away)."""
+    fds = _open_generations(path)
+    if seen is None:
+        return fds
+    for i, fd in enumerate(fds):
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == seen:
+            for old in fds[i:]:
+                os.close(old)
+            return fds[:i]
+    return fds
 
 
 def _select(data: bytes, since_ns: int | None, until_ns: int | None,
@@ -543,22 +452,6 @@ def _select(data: bytes, since_ns: int | None, until_ns: int | None,
     for event in _parse_lines(data):
         if _in_range(event, since_ns, until_ns) and matches(event, wanted):
             yield event
-
-
-def _reopen_if_rotated(path: str, fd: int) -> int | None:
-    """A new fd of PATH when it is not the file FD reads (rotated, or created since)."""
-    try:
-        current = os.stat(path)
-    except FileNotFoundError:
-        return None
-    if fd >= 0:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) == (current.st_dev, current.st_ino):
-            return None
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
 
 
 class _Watch:
