@@ -53,6 +53,7 @@ COMMAND_SUMMARIES = {
     "info": "Display system-wide information",
     "ns": "List the namespaces of running containers (lsns for containers)",
     "dashboard": "Serve a local web page showing containers live",
+    "healthcheck": "Manage healthchecks of containers",
 }
 # Sub-commands that are not also top-level commands.
 SUB_SUMMARIES = {
@@ -71,6 +72,7 @@ SUB_SUMMARIES = {
     "network_connect": "Connect a container to a network",
     "network_disconnect": "Disconnect a container from a network",
     "system_reset": "Remove all containers, images, volumes and storage",
+    "healthcheck_run": "Run the healthcheck of a container now",
 }
 HELP_FLAG = "Print usage"
 
