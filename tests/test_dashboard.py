@@ -324,3 +324,28 @@ def test_json_api_and_stream_format(nsbox, dashboard):
             data = json.loads(line[6:])
     conn.close()
     assert detail["id"] in data["containers"]
+
+
+def test_stream_replays_journal_events_after_the_page(nsbox, dashboard):
+    """Events between a page's render and its stream's start are not lost: ?since=."""
+    nsbox("run", "-d", "--name", "web", "busybox", "sleep", "600")
+    cid = nsbox("inspect", "-f", "{{.Id}}", "web").stdout.strip()
+    deadline, actions = time.monotonic() + 30, []
+    while "start" not in actions and time.monotonic() < deadline:
+        conn = http.client.HTTPConnection(dashboard.host, dashboard.port, timeout=30)
+        conn.request("GET", "/stream?since=0",
+                     headers={"Cookie": f"{dashboard.cookie}={dashboard.token}"})
+        resp, kind, actions = conn.getresponse(), None, []
+        while True:  # the replay comes first; the first sample ends it
+            line = resp.readline().rstrip(b"\n")
+            if line.startswith(b"event: "):
+                kind = line[7:]
+            elif line.startswith(b"data: ") and kind == b"engine":
+                event = json.loads(line[6:])
+                if event["id"] == cid:
+                    actions.append(event["action"])
+            elif line.startswith(b"data: ") and kind == b"sample":
+                break
+        conn.close()
+        time.sleep(0.2)
+    assert actions[:2] == ["create", "start"], actions

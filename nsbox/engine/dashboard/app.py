@@ -185,12 +185,13 @@ class Dashboard:
                                      "X-Frame-Options": "DENY"})
 
     async def index(self, request: Request) -> Response:
+        seq = self.hub.seq  # before the journal is read: the stream replays what follows
         rows = await run_in_threadpool(views.overview, self.engine)
         for row in rows:
             row["usage"] = self.history.latest.get(row["id"])
         events = await run_in_threadpool(views.recent_events, self.engine, None, 30)
         return self.render("index.html", containers=rows, events=events,
-                           interval=self.interval)
+                           interval=self.interval, seq=seq)
 
     def _detail(self, ref: str) -> dict:
         engine = self.engine
@@ -204,6 +205,7 @@ class Dashboard:
                 "events": views.recent_events(engine, cid, 30)}
 
     async def container(self, request: Request) -> Response:
+        seq = self.hub.seq
         try:
             detail = await run_in_threadpool(self._detail, request.path_params["ref"])
         except ContainerNotFound as exc:
@@ -211,7 +213,7 @@ class Dashboard:
         cid = detail["id"]
         return self.render("container.html", **detail, usage=self.history.latest.get(cid),
                            series=json.dumps(self.history.columns(cid)),
-                           interval=self.interval)
+                           interval=self.interval, seq=seq)
 
     async def logs(self, request: Request) -> Response:
         ref = request.path_params["ref"]
@@ -273,12 +275,26 @@ class Dashboard:
     async def stream(self, request: Request) -> Response:
         hub = self.hub
 
+        # Where the client left off: the page's render (?since=) or, when the
+        # browser reconnects, the last id it got (Last-Event-ID).  Journal events
+        # after it are replayed, so none falls between the page and its stream.
+        since = request.headers.get("last-event-id") or request.query_params.get("since")
+        try:
+            start = int(since) if since is not None else hub.seq
+        except ValueError:
+            start = hub.seq
+        if not 0 <= start <= hub.seq:
+            start = hub.seq
+
         async def events():
             seq = hub.seq
             yield "retry: 2000\n\n"
+            for number, kind, data in hub.after(start):
+                if kind == "engine":
+                    yield f"id: {number}\nevent: engine\ndata: {json.dumps(data)}\n\n"
             if self.history.latest:  # the current state at once, not after one interval
                 data = {"time": time.time(), "containers": self.history.latest}
-                yield f"event: sample\ndata: {json.dumps(data)}\n\n"
+                yield f"id: {seq}\nevent: sample\ndata: {json.dumps(data)}\n\n"
             while True:
                 waiter = hub.changed
                 try:
@@ -290,7 +306,7 @@ class Dashboard:
                     continue
                 for number, kind, data in hub.after(seq):
                     seq = number
-                    yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+                    yield f"id: {number}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store",
                                           "X-Accel-Buffering": "no"})

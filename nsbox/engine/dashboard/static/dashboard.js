@@ -92,7 +92,14 @@
     }
   }
 
+  // Events the page already shows (rendered, or replayed after a reconnect).
+  const seen = new Set(Array.from(document.querySelectorAll("#events li[data-key]"),
+                                  (li) => li.dataset.key));
+
   function addEvent(e) {
+    const key = e.timeNano + "|" + e.id + "|" + e.action;
+    if (seen.has(key)) return;
+    seen.add(key);
     applyEvent(e);
     if (page === "container" && e.id !== cid) return;
     const list = document.getElementById("events");
@@ -100,6 +107,7 @@
     const none = list.querySelector(".none");
     if (none) none.remove();
     const li = document.createElement("li");
+    li.dataset.key = key;
     const time = document.createElement("time");
     time.textContent = e.time;
     const type = document.createElement("span");
@@ -115,7 +123,7 @@
   function connect() {
     if (typeof EventSource === "undefined") return;
     const live = document.getElementById("live");
-    const source = new EventSource("/stream");
+    const source = new EventSource("/stream?since=" + (body.dataset.seq || "0"));
     source.onopen = () => { live.textContent = "live"; live.classList.add("on"); };
     source.onerror = () => { live.textContent = "reconnecting"; live.classList.remove("on"); };
     source.addEventListener("sample", (msg) => {
