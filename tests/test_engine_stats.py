@@ -382,3 +382,36 @@ def test_stats_on_a_terminal_redraws_in_place(cli, base):
     frames = seen.split(b"\x1b[2J\x1b[H")
     assert len(frames) >= 4 and frames[0] == b"", seen  # each round starts with a clear
     assert b"CONTAINER ID" in frames[1] and cid[:12].encode() in frames[2]
+
+
+@pytest.mark.skipif(not (shutil.which("newuidmap") and shutil.which("useradd")
+                         and os.path.exists("/usr/bin/python3")),
+                    reason="needs uidmap, useradd and /usr/bin/python3")
+def test_rootless_stats_without_a_cgroup_show_dashes_not_the_users_cgroup():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from rootless_user import made_user
+
+    with made_user("nsbox-stats-t") as user:
+        try:
+            cid = user.run("run", "-d", "busybox", "sleep", "1000").stdout.strip()
+            rows = [json.loads(line) for line in
+                    user.run("stats", "--no-stream", "--format", "json").stdout.splitlines()]
+            assert [row["ID"] for row in rows] == [cid[:12]]
+            cgroup = json.loads(user.run("cgroup", "--format", "json", cid).stdout)
+            if cgroup["Paths"]:
+                # A delegated cgroup (cgroup v2 hosts): real numbers.
+                assert rows[0]["PIDs"] == "1" and rows[0]["CPUPerc"].endswith("%")
+            else:
+                # None here: the init's cgroups are the user's own, whose usage is not
+                # the container's, so nothing is shown for them.
+                assert rows[0]["CPUPerc"] == "--" and rows[0]["PIDs"] == "--"
+                assert rows[0]["MemUsage"] == "-- / --"
+                rx, _, tx = rows[0]["NetIO"].partition(" / ")  # its network namespace's own
+                assert rx.endswith("B") and tx.endswith("B"), rows[0]
+                assert cgroup["Events"] == []
+        finally:
+            ids = user.run("ps", "-aq", check=False).stdout.split()
+            if ids:
+                user.run("rm", "-f", *ids, check=False)

@@ -140,7 +140,8 @@ class Sample(_Record):
         self.blk_read, self.blk_write = blk_read, blk_write
         self.blkio = blkio  # (major, minor, "read"|"write", bytes) per device
         self.pids, self.pids_limit = pids, pids_limit
-        self.cgroup = cgroup  # "v1" or "v2": where the memory numbers came from
+        # "v1" or "v2": where the memory numbers came from; "none": no cgroup to read
+        self.cgroup = cgroup
 
     @property
     def mem_used(self) -> int:
@@ -179,6 +180,13 @@ class Stats(_Record):
         """The fields of `docker stats --format json`, as Docker prints them."""
         short = self.id[:12] if trunc else self.id
         container = self.container or short
+        if self.sample is not None and self.sample.cgroup == "none":
+            # Running without a cgroup (rootless, none delegated): nothing to
+            # count CPU, memory, I/O or tasks by; Docker's "--" for numbers it lacks.
+            return {"BlockIO": "--", "CPUPerc": "--", "Container": container, "ID": short,
+                    "MemPerc": "--", "MemUsage": "-- / --", "Name": self.name or "--",
+                    "NetIO": f"{decimal_size(self.net_rx)} / {decimal_size(self.net_tx)}",
+                    "PIDs": "--"}
         return {
             "BlockIO": f"{decimal_size(self.blk_read)} / {decimal_size(self.blk_write)}",
             "CPUPerc": f"{self.cpu_percent:.2f}%",
@@ -303,6 +311,8 @@ def sample(target: Target, system_ns: int | None = None, online: int | None = No
             inactive = rd.keyed(rd.read(unified + "/memory.stat"), "inactive_file")
     if usage is None:
         usage = limit = inactive = 0
+    if not dirs:
+        cgroup = "none"
     host_mem = rd.host_memory_cached()
     if limit < 0 or limit >= _UNLIMITED_V1 or (host_mem and limit > host_mem):
         limit = host_mem
