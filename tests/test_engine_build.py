@@ -253,6 +253,11 @@ def test_syntax_error_and_failing_run_leave_nothing(nsbox, tmp_path):
     ctx = make_context(tmp_path, "FROM busybox\nRUN echo one\n\nFROOM x\n")
     proc = nsbox("build", "-t", "bad:1", str(ctx), check=False)
     assert one_line_error(proc) == "Error: Containerfile:4: unknown instruction: FROOM"
+    (ctx / "Containerfile").write_text("FROM busybox\n\nHEALTHCHECK --interval=5x CMD true\n")
+    assert one_line_error(nsbox("build", str(ctx), check=False)) == \
+        "Error: Containerfile:3: invalid duration '5x' (want e.g. 30s, 1m30s)"
+    (ctx / "Containerfile").write_text("FROM busybox\nCOPY --chown=nosuchuser a.txt /x\n")
+    assert "no user 'nosuchuser'" in one_line_error(nsbox("build", str(ctx), check=False))
     (ctx / "Containerfile").write_text("FROM busybox\nCOPY missing.txt /x\n")
     assert "missing.txt" in one_line_error(nsbox("build", str(ctx), check=False))
     (ctx / "Containerfile").write_text("FROM busybox\nRUN echo made > /f; exit 3\n")
