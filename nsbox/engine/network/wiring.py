@@ -59,6 +59,10 @@ def start(run_root: str, cid: str, plan: list[tuple[Network, Attachment, str]]) 
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 1
+        import gc
+        # Short-lived: a collection here would walk (and copy, page by page) the
+        # whole heap inherited from the engine; the imports below trigger several.
+        gc.disable()
         try:
             os.close(ready_r)
             _child(parent, path, plan, ready_w)
