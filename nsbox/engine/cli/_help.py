@@ -54,6 +54,8 @@ COMMAND_SUMMARIES = {
     "ns": "List the namespaces of running containers (lsns for containers)",
     "dashboard": "Serve a local web page showing containers live",
     "healthcheck": "Manage healthchecks of containers",
+    "stats": "Display a live stream of containers' resource usage statistics",
+    "cgroup": "Show a container's cgroups, its limits with their flags, and their events",
 }
 # Sub-commands that are not also top-level commands.
 SUB_SUMMARIES = {
