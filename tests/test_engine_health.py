@@ -321,6 +321,11 @@ def test_healthcheck_run(box):
             assert (proc.returncode, proc.stdout) == (1, expected + "\n"), proc
             assert _health(box, "hc-now")["FailingStreak"] == n
         assert _status(box, "hc-now").endswith("(unhealthy)")
+        box("pause", "hc-now")
+        proc = box("healthcheck", "run", "hc-now", check=False)
+        assert proc.returncode == 125 and "is paused" in proc.stderr
+        assert _status(box, "hc-now").endswith("(Paused)")
+        box("unpause", "hc-now")
         names = box("ps", "--filter", "health=unhealthy", "--format", "{{.Names}}").stdout
         assert "hc-now" in names.split()
         for other in ("healthy", "none", "starting"):
@@ -382,6 +387,22 @@ def test_status_survives_a_monitor_restart(box):
     finally:
         box("rm", "-f", "hc-crash")
     assert _wait_for(lambda: not _runners_by_name(cid), 15)
+
+
+def test_paused_container_is_not_checked(box):
+    _run(box, "hc-pause", "--health-cmd", "true", "--health-interval", "1s")
+    try:
+        assert _wait_for(lambda: _health(box, "hc-pause").get("Status") == "healthy")
+        box("pause", "hc-pause")
+        time.sleep(1.5)  # a check under way when it froze ends (it would time out frozen)
+        last = _health(box, "hc-pause")["Log"][-1]["End"]
+        time.sleep(3)
+        assert _health(box, "hc-pause")["Log"][-1]["End"] == last
+        box("unpause", "hc-pause")
+        assert _wait_for(lambda: _health(box, "hc-pause")["Log"][-1]["End"] != last)
+        assert _health(box, "hc-pause")["Status"] == "healthy"
+    finally:
+        box("rm", "-f", "hc-pause")
 
 
 def test_restart_resets_to_starting(box):

@@ -1,8 +1,8 @@
 """The healthcheck runner of one container, and `healthcheck run`.
 
 There is no daemon: the container's monitor forks a runner when the start
-helper says the container has a check (`ok PID health`, monitor.py), just
-before it execs its C loop.  A container without a check gets no runner
+helper says the container has a check (`ok PID health`, monitor.py), before
+it answers the starter and execs its C loop.  A container without a check gets no runner
 and nothing of this module is imported for it.
 
 The runner (named `nsbhc-<id prefix>`) holds an flock on
@@ -176,13 +176,15 @@ def run_now(engine, ref: str):  # noqa: ANN001, ANN201
     InvalidState if C is not running, NsboxError if it has no healthcheck.
     """
     from nsbox.engine.health.config import effective
-    from nsbox.engine.model import RUNNING
+    from nsbox.engine.model import PAUSED, RUNNING
     from nsbox.errors import InvalidState, NsboxError
 
     c = engine.get(ref)
     config = effective(c.extra.get("healthcheck"))
     if config is None:
         raise NsboxError(f"container {c.name} has no healthcheck")
+    if c.state == PAUSED:
+        raise InvalidState(f"container {c.name} is paused, unpause the container first")
     if c.state != RUNNING:
         raise InvalidState(f"container {c.name} is not running")
     try:
