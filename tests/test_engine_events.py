@@ -223,6 +223,8 @@ def test_default_and_template_formats(nsbox, tmp_path):
     nsbox("run", "--rm", "--name", "fmt", "busybox", "true")
     text = nsbox("events", "--since", "0", "--until", "0s", "--filter", "event=die").stdout
     cid = journal(tmp_path, "--filter", "event=die")[0]["id"]
+    assert nsbox("system", "events", "--since", "0", "--until", "0s", "--filter",
+                 "event=die").stdout == text
     stamp, rest = text.strip().split(" ", 1)
     assert rest == f"container die {cid} (execDuration=0, exitCode=0, image=busybox, name=fmt)"
     assert stamp.endswith("Z") and len(stamp) == len("2026-12-04T20:00:00.000000000Z")
