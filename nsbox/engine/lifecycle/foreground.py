@@ -49,6 +49,9 @@ def run_foreground(engine: EngineBase, c: Container) -> int:
     if os.path.exists(os.path.join(engine.run_root, "wiring", c.id)):
         from nsbox.engine.network import wiring  # a bridge network's interfaces first
         try:
+            if wiring.failed(engine.run_root, c.id):  # an earlier start failed there
+                from nsbox.engine.network import attach
+                attach.rewire(engine, c.id)
             wiring.wait(engine.run_root, c.id)
         except NsboxError:
             with suppress(NsboxError):

@@ -68,6 +68,11 @@ def monitor_start(root: str, run_root: str, cid: str, out_w: str, err_w: str, co
         if user_mode:
             from nsbox.engine.network import netns, slirp
             netns.make_netns(run_root, cid)
+        elif os.path.exists(os.path.join(run_root, "wiring", cid)):
+            from nsbox.engine.network import wiring
+            if wiring.failed(run_root, cid):  # an earlier start failed there: again
+                from nsbox.engine.network import attach
+                attach.rewire(engine, cid)
         oci.create(cid, bundle, pid_file, console, (null, int(out_w), int(err_w)), runtime_log)
         crashpoint("helper.after_create")
         with open(pid_file) as f:

@@ -111,6 +111,25 @@ def setup_container(engine: EngineBase, cid: str, name: str, spec: ContainerSpec
     return leases
 
 
+def rewire(engine: EngineBase, cid: str) -> None:
+    """Make CID's namespace and veths again from its leases and wait for them: a start
+    after a wiring that failed (a bridge name taken by another kind of link, say) or
+    was killed, as Docker sets a container's network up again at each start."""
+    from nsbox.engine.network import netns, wiring
+    wiring.settle(engine.run_root, cid)
+    netns.unmount_netns(netns_path(engine.run_root, cid))
+    _delete_links(VETH_PREFIX + cid[:10])
+    leases = sorted(model.attachments(engine.db, container_id=cid),
+                    key=lambda lease: _index_of(lease.ifname))
+    if not leases:
+        raise NetworkError("the container's network leases are gone: remove and create it again")
+    plan = [(model.find_network(engine.db, lease.network_id), lease,
+             veth_name(cid, _index_of(lease.ifname))) for lease in leases]
+    wiring.start(engine.run_root, cid, plan)
+    wiring.mounted(cid)
+    wiring.wait(engine.run_root, cid)
+
+
 def attach(engine: EngineBase, cid: str, name: str, net: Network, index: int | None = None,
            ip: str | None = None, mac: str | None = None,
            aliases: list[str] | tuple = ()) -> Attachment:

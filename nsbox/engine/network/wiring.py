@@ -133,6 +133,23 @@ def wait(run_root: str, cid: str) -> None:
     raise NetworkError("the network set-up of the container was interrupted")
 
 
+def failed(run_root: str, cid: str) -> bool:
+    """Did CID's wiring child end without success (an error, or killed)?  False while it
+    is at work, after it succeeded, and without a status file."""
+    try:
+        fd = os.open(status_path(run_root, cid), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # still at work: wait() joins it
+        return os.pread(fd, 16, 0).decode(errors="replace").strip() != "ok"
+    finally:
+        os.close(fd)
+
+
 def settle(run_root: str, cid: str) -> None:
     """For teardown: wait for a child still at work on CID (its result does not matter),
     then drop the status file."""
