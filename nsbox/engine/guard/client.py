@@ -1,4 +1,4 @@
-"""The engine's side of the guard: configure at create, watch before start, ask the guard process.
+"""The engine's side of the guard: watch before start, ask the guard process, read alerts.
 
 `--security-opt guard=default|RULES_FILE|drift|off` is resolved at create
 (configure): the rules are read and checked then, and kept in the
@@ -14,28 +14,36 @@ the kernel's maps, so the process is watched from its first instruction.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import socket
-import subprocess
 import sys
 import time
 
+from nsbox import _json
 from nsbox._lazylog import get_logger
-from nsbox.errors import NsboxError, UnsupportedError
+from nsbox.engine.guard.config import (  # noqa: F401 - the guard's names, for its users
+    ALERTS_NAME,
+    CONF,
+    CONF_ENV,
+    DAEMON_LOG,
+    ENV,
+    GUARD_DIR,
+    LOCK,
+    OBJECT,
+    SOCKET,
+    cgroup2_mount,
+    configure,
+    enforcement_unavailable,
+    host_support,
+    lsm_programs_load,
+    setting_of,
+    unavailable,
+)
+from nsbox.errors import NsboxError
 
 log = get_logger(__name__)
 
-GUARD_DIR = "/run/nsbox-guard"
-SOCKET = os.path.join(GUARD_DIR, "guard.sock")
-LOCK = os.path.join(GUARD_DIR, "guard.lock")
-DAEMON_LOG = os.path.join(GUARD_DIR, "guard.log")
-ENV = "NSBOX_GUARD"
-CONF_ENV = "NSBOX_GUARD_CONF"
-CONF = "/etc/nsbox/guard.conf"
-OBJECT = os.path.join(os.path.dirname(__file__), "bpf", "guard.bpf.o")
-ALERTS = "guard-alerts.jsonl"  # in the container's directory below the engine root
+ALERTS = ALERTS_NAME
 
 
 class GuardError(NsboxError):
@@ -43,86 +51,16 @@ class GuardError(NsboxError):
 
 
 # ------------------------------------------------------------------ host support
-def _lsm_list() -> str:
-    """/sys/kernel/security/lsm, read with securityfs mounted in a private mount namespace."""
-    for path in ("/sys/kernel/security/lsm",):
-        try:
-            with open(path) as f:
-                return f.read().strip()
-        except OSError:
-            pass
-    try:
-        out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                              "mount -t securityfs none /sys/kernel/security 2>/dev/null && "
-                              "cat /sys/kernel/security/lsm"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout.strip()
 
 
-def unavailable() -> str:
-    """'' when this host can run the guard (detection), else why not."""
-    if os.geteuid() != 0:
-        return "the guard loads BPF programs, which needs root"
-    if platform.machine() != "x86_64":
-        return f"the guard's system call numbers are x86_64's (this is {platform.machine()})"
-    if not os.path.exists("/sys/kernel/btf/vmlinux"):
-        return "the kernel has no BTF (/sys/kernel/btf/vmlinux): CO-RE programs cannot load"
-    if not os.path.exists(OBJECT):
-        return (f"{OBJECT} was not built (clang was missing when nsbox was installed): "
-                "install clang, libbpf-dev and bpftool and reinstall")
-    if cgroup2_mount() is None:
-        return "no cgroup v2 hierarchy is mounted: containers are told apart by their v2 cgroup"
-    from nsbox.engine.guard.libbpf import available
-    return available()
 
 
-def lsm_programs_load() -> bool | None:
-    """Whether the kernel accepts BPF LSM programs (bpftool's probe); None: cannot tell."""
-    try:
-        out = subprocess.run(["bpftool", "feature", "probe", "kernel"], capture_output=True,
-                             text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    for line in out.splitlines():
-        if "program_type lsm " in line:
-            return "NOT available" not in line
-    return None
 
 
-def enforcement_unavailable() -> str:
-    """Why deny rules and drift cannot be enforced here (always a reason in this version)."""
-    lsms = _lsm_list()
-    if "bpf" not in lsms.split(","):
-        return f"the BPF LSM is not active (active LSMs: {lsms or 'unknown'})"
-    if lsm_programs_load() is False:
-        return ("the BPF LSM is active but this kernel refuses BPF LSM programs (bpftool "
-                "feature probe: program_type lsm is NOT available)")
-    return ("kernel enforcement needs BPF LSM programs, which this version of the guard does "
-            "not load yet (detection only)")
 
 
-def host_support() -> dict:
-    """What `nsbox info` shows."""
-    from nsbox.runtime.security.landlock import abi
-    why = unavailable()
-    return {"Available": not why, "Reason": why, "LSMs": _lsm_list(),
-            "BpfLsm": False, "BpfLsmReason": enforcement_unavailable(),
-            "LandlockABI": abi(), "Object": OBJECT if os.path.exists(OBJECT) else ""}
 
 
-def cgroup2_mount() -> str | None:
-    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup/unified on a hybrid host)."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2":
-                    return left.split()[4]
-    except OSError:
-        pass
-    return None
 
 
 def cgroup_dir(pid: int) -> str:
@@ -138,58 +76,10 @@ def cgroup_dir(pid: int) -> str:
 
 
 # ------------------------------------------------------------------ configuration
-def default_setting() -> str:
-    value = os.environ.get(ENV)
-    if value is not None:
-        return value.strip() or "off"
-    try:
-        with open(os.environ.get(CONF_ENV, CONF)) as f:
-            for line in f:
-                line = line.strip()
-                if line.startswith("guard="):
-                    return line.partition("=")[2].strip() or "off"
-    except OSError:
-        pass
-    return "off"
 
 
-def configure(setting: str | None) -> dict | None:
-    """The guard's record for a new container (None: not watched); ConfigError/UnsupportedError."""
-    from nsbox.engine.guard import rules as rules_mod
-    value = default_setting() if setting is None else setting
-    if value in ("", "off", "false", "none"):
-        return None
-    drift = value == "drift"
-    if value in ("default", "drift"):
-        text, source = rules_mod.default_rules_text(), "default"
-    else:
-        path = os.path.abspath(value)
-        text, source = rules_mod.read_rules_file(path), path
-    parsed = rules_mod.load_text(text, source)
-    why = unavailable()
-    if why:
-        raise UnsupportedError(f"--security-opt guard={value}: {why}")
-    denies: list = []
-    if drift or any(r.action == "deny" for r in parsed):
-        from nsbox.engine.guard import enforce
-        try:
-            denies = enforce.check(parsed, drift, enforcement_unavailable())
-        except UnsupportedError as exc:
-            raise UnsupportedError(f"--security-opt guard={value}: {exc}") from None
-    return {"mode": value if value in ("default", "drift") else "file", "source": source,
-            "rules": text, "drift": drift, "deny": [r.name for r in denies]}
 
 
-def landlock_annotation(guard_conf: dict | None, lower_dirs: list[str]) -> dict[str, str]:
-    """The OCI annotation that makes the runtime enforce GUARD_CONF's deny rules and drift."""
-    if not guard_conf or not (guard_conf.get("drift") or guard_conf.get("deny")):
-        return {}
-    from nsbox.engine.guard import enforce
-    from nsbox.engine.guard.rules import load_text
-    rules = [r for r in load_text(guard_conf["rules"], guard_conf.get("source") or "rules")
-             if r.name in guard_conf.get("deny", [])]
-    plan = enforce.plan(rules, bool(guard_conf.get("drift")), lower_dirs)
-    return {enforce.ANNOTATION: json.dumps(plan, separators=(",", ":"))} if plan else {}
 
 
 # ------------------------------------------------------------------ the guard process
@@ -203,15 +93,16 @@ def _connect(timeout: float = 10.0) -> socket.socket:
 def request(message: dict, timeout: float = 30.0) -> dict:
     """One request to the running guard; OSError when none runs."""
     with _connect(timeout) as sock:
-        sock.sendall(json.dumps(message).encode() + b"\n")
+        sock.sendall(_json.dumps(message).encode() + b"\n")
         answer = sock.makefile("rb").readline()
     if not answer:
         raise ConnectionResetError("the guard closed the connection")
-    return json.loads(answer)
+    return _json.loads(answer)
 
 
 def _spawn() -> None:
     """Start `python -m nsbox.engine.guard.service` in its own session; wait for its answer."""
+    import subprocess
     os.makedirs(GUARD_DIR, mode=0o700, exist_ok=True)
     read_end, write_end = os.pipe()
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -275,7 +166,7 @@ def read_alerts(container_dir: str) -> list[dict]:
             for line in f:
                 if line.endswith(b"\n"):
                     try:
-                        out.append(json.loads(line))
+                        out.append(_json.loads(line))
                     except ValueError:
                         continue
     except FileNotFoundError:
@@ -291,16 +182,6 @@ def status() -> dict | None:
         return None
 
 
-def setting_of(security_opt: list[str]) -> str | None:
-    """The guard= value among --security-opt values (the last one wins); None if none."""
-    value = None
-    for opt in security_opt:
-        key, sep, rest = opt.partition("=")
-        if not sep and ":" in opt:
-            key, _, rest = opt.partition(":")
-        if key == "guard":
-            value = rest
-    return value
 
 
 def subscribe(container_id: str = "", timeout: float | None = None):  # noqa: ANN201
@@ -314,7 +195,7 @@ def subscribe(container_id: str = "", timeout: float | None = None):  # noqa: AN
     while deadline is None or time.monotonic() < deadline:
         try:
             sock = _connect(5)
-            sock.sendall(json.dumps({"op": "subscribe", "container": container_id}).encode()
+            sock.sendall(_json.dumps({"op": "subscribe", "container": container_id}).encode()
                          + b"\n")
         except OSError:
             time.sleep(0.2)
@@ -344,7 +225,7 @@ def subscribe(container_id: str = "", timeout: float | None = None):  # noqa: AN
                         answered = True  # the guard's {"ok": true}
                         continue
                     try:
-                        yield json.loads(line)
+                        yield _json.loads(line)
                     except ValueError:
                         continue
 

@@ -44,6 +44,7 @@ DRIFT_RULE = Rule(name="drift", events=["exec"], action="deny",
                   description="an executable that is not from the image's layers was run")
 HOUSEKEEPING_S = 0.5
 IDLE_EXIT_S = 10.0  # started but never given a container
+SUBSCRIBER_BUFFER = 8 << 20
 WATCH_VALUE = struct.Struct("<II")
 KEY = struct.Struct("<IIQ")
 REPORT = struct.pack("<I", record.V_REPORT)
@@ -91,6 +92,9 @@ class Guard:
         self.ring = RingBuffer(self.obj._lib, self.obj.map("guard_events").fd, self.on_record)
         self.by_slot: dict[int, Watch] = {}
         self.subscribers: dict[socket.socket, str] = {}
+        self.pending: dict[socket.socket, bytearray] = {}  # lines a subscriber has not taken
+        self.parsed: dict[tuple[str, str], list[Rule]] = {}
+        self.lost: dict[socket.socket, int] = {}
         self.procs: OrderedDict[int, dict] = OrderedDict()
         self.drops_seen = 0
         self.events_seen = 0
@@ -135,6 +139,9 @@ class Guard:
             return
         if conn not in self.subscribers:
             conn.close()
+            return
+        conn.setblocking(False)
+        self.sel.register(conn, selectors.EVENT_READ, "subscriber")
 
     def handle(self, conn: socket.socket, message: dict) -> dict:
         op = message.get("op")
@@ -149,14 +156,16 @@ class Guard:
                                     "alerts": w.counts} for w in self.by_slot.values()],
                     "programs": [n for n, _s, _h in self.obj.programs()]}
         if op == "subscribe":
-            conn.setblocking(False)
             self.subscribers[conn] = str(message.get("container") or "")
             return {"ok": True}
         return {"ok": False, "error": f"unknown request {op!r}"}
 
     # ------------------------------------------------------------ watches
     def add_watch(self, m: dict) -> None:
-        rules = load_text(m["rules"], m.get("source") or "rules")
+        key = (m["rules"], m.get("source") or "rules")
+        if key not in self.parsed:
+            self.parsed[key] = load_text(*key)
+        rules = self.parsed[key]
         for old in [w for w in self.by_slot.values() if w.cid == m["id"]]:
             self.remove_watch(old)
         cgroup = m["cgroup"]
@@ -231,6 +240,9 @@ class Guard:
                 "process": proc, "event": ev.as_dict()}
         if fired:
             line["rules"] = [{"rule": r.name, "action": r.action} for r in fired]
+        if self.subscribers:
+            # CLOCK_MONOTONIC both: the kernel's stamp, and ours (detection latency).
+            line["ktime_ns"], line["seen_ns"] = ev.ktime_ns, time.monotonic_ns()
         self.publish(line, w)
         for rule in fired:
             self.act(rule, ev, w, line)
@@ -239,12 +251,15 @@ class Guard:
         known = self.procs.get(ev.pid) or {}
         exe, argv = known.get("exe"), known.get("argv")
         if exe is None:
+            # A process whose exec the guard did not see (it started before the watch, or
+            # was forked without an exec): read once, then remembered like an exec.
             try:
                 exe = os.readlink(f"/proc/{ev.pid}/exe")
                 with open(f"/proc/{ev.pid}/cmdline", "rb") as f:
                     argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
             except OSError:
                 exe, argv = "", []
+            self.procs[ev.pid] = {"exe": exe, "argv": argv}
         out = {"pid": ev.pid, "pid_in_container": ev.pid_in_container, "ppid": ev.ppid,
                "comm": ev.comm, "uid": ev.uid, "exe": exe, "argv": argv or []}
         parent = self.procs.get(ev.ppid)
@@ -305,6 +320,8 @@ class Guard:
         return False
 
     def publish(self, line: dict, w: Watch | None) -> None:
+        """Queue LINE for the subscribers; a slow one loses lines past SUBSCRIBER_BUFFER
+        (counted in a `subscriber_dropped` line) rather than stalling the guard."""
         if not self.subscribers:
             return
         data = json.dumps(line).encode() + b"\n"
@@ -312,11 +329,46 @@ class Guard:
             if wanted and w is not None and wanted not in (w.cid, w.name) \
                     and not w.cid.startswith(wanted):
                 continue
-            try:
-                conn.sendall(data)
-            except OSError:
-                self.subscribers.pop(conn, None)
-                conn.close()
+            buf = self.pending.setdefault(conn, bytearray())
+            if len(buf) + len(data) > SUBSCRIBER_BUFFER:
+                self.lost[conn] = self.lost.get(conn, 0) + 1
+                continue
+            buf += data
+            self.flush(conn)
+
+    def flush(self, conn: socket.socket) -> None:
+        buf = self.pending.get(conn)
+        if buf is None:
+            return
+        lost = self.lost.pop(conn, 0)
+        if lost and len(buf) < SUBSCRIBER_BUFFER // 2:
+            buf += json.dumps({"type": "subscriber_dropped", "lines": lost}).encode() + b"\n"
+        elif lost:
+            self.lost[conn] = lost
+        try:
+            while buf:
+                sent = conn.send(buf)
+                del buf[:sent]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.drop_subscriber(conn)
+            return
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if buf else 0)
+        try:
+            self.sel.modify(conn, want, "subscriber")
+        except KeyError:
+            self.sel.register(conn, want, "subscriber")
+
+    def drop_subscriber(self, conn: socket.socket) -> None:
+        self.subscribers.pop(conn, None)
+        self.pending.pop(conn, None)
+        self.lost.pop(conn, None)
+        try:
+            self.sel.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
 
     # ------------------------------------------------------------ main loop
     def run(self) -> None:
@@ -324,11 +376,24 @@ class Guard:
         had_watch = False
         next_housekeeping = 0.0
         while not self.stopping:
-            for key, _ in self.sel.select(HOUSEKEEPING_S):
+            for key, mask in self.sel.select(HOUSEKEEPING_S):
                 if key.data == "listen":
                     self.on_accept()
                 elif key.data == "ring":
                     self.ring.consume()
+                elif key.data == "subscriber":
+                    if mask & selectors.EVENT_READ:
+                        try:
+                            gone = not key.fileobj.recv(4096)
+                        except BlockingIOError:
+                            gone = False
+                        except OSError:
+                            gone = True
+                        if gone:
+                            self.drop_subscriber(key.fileobj)
+                            continue
+                    if mask & selectors.EVENT_WRITE:
+                        self.flush(key.fileobj)
             now = time.monotonic()
             if now >= next_housekeeping:
                 self.housekeeping()
@@ -344,7 +409,8 @@ class Guard:
     def close(self) -> None:
         self.close_listener()
         for conn in list(self.subscribers):
-            conn.close()
+            self.flush(conn)
+            self.drop_subscriber(conn)
         self.ring.close()
         self.obj.close()
 

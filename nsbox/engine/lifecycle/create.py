@@ -77,7 +77,7 @@ def create(engine: EngineBase, spec: ContainerSpec,
     if any(o.startswith("guard") for o in spec.security_opt) or os.path.exists(
             os.environ.get("NSBOX_GUARD_CONF", "/etc/nsbox/guard.conf")) or \
             os.environ.get("NSBOX_GUARD"):  # (without them, nothing of the guard is imported)
-        from nsbox.engine.guard import client as guard_client  # its rules, read and checked
+        from nsbox.engine.guard import config as guard_client  # its rules, read and checked
         guard_conf = guard_client.configure(guard_client.setting_of(spec.security_opt))
     nets = None
     if _bridged(spec.network_mode):
