@@ -181,7 +181,8 @@ def test_page_reads_without_javascript(nsbox, dashboard, browser):
     row = page.locator("table#containers tr", has_text="web").inner_text()
     assert "running" in row and "healthy" in row
     assert "private: mnt uts ipc pid net cgroup" in row and "host: user time" in row
-    page.click("text=web")
+    with page.expect_navigation():
+        page.click("table#containers a:text-is('web')")
     assert "healthy" in page.locator("section#health").inner_text()
     limits = page.locator("section#cgroup table.limits").inner_text()
     assert "--pids-limit" in limits and "77" in limits
@@ -207,7 +208,8 @@ def test_browser_live_graph_stream_and_actions(nsbox, dashboard, browser, tmp_pa
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
     page.goto(dashboard.url)
     assert "web" in page.locator("table#containers").inner_text()
-    page.click("text=web")
+    with page.expect_navigation():
+        page.click("table#containers a:text-is('web')")
     assert page.locator("section#namespaces tbody tr").count() == 8
     assert "private" in page.locator("section#namespaces").inner_text()
     # Live: samples arrive over the stream and extend the memory graph.
