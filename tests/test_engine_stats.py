@@ -415,3 +415,20 @@ def test_rootless_stats_without_a_cgroup_show_dashes_not_the_users_cgroup():
             ids = user.run("ps", "-aq", check=False).stdout.split()
             if ids:
                 user.run("rm", "-f", *ids, check=False)
+
+
+def test_api_stats_stream_chains_precpu(cli, engine):
+    import itertools
+
+    import nsbox
+
+    cid = cli("run", "-d", "busybox", "sh", "-c", "while :; do :; done").stdout.strip()
+    box = nsbox.get(cid, engine=engine)
+    first, second = itertools.islice(box.stats(stream=True, interval=0.5), 2)
+    assert first["precpu_stats"]["cpu_usage"]["total_usage"] == 0  # the start
+    assert second["precpu_stats"] == first["cpu_stats"]  # then the previous reading
+    assert second["cpu_stats"]["cpu_usage"]["total_usage"] > \
+        first["cpu_stats"]["cpu_usage"]["total_usage"]
+    assert second["read"] > first["read"] and second["preread"] == first["read"]
+    rows = nsbox.stats(cid, engine=engine)
+    assert len(rows) == 1 and rows[0].id == cid and rows[0].cpu_percent > 0
