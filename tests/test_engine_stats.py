@@ -437,3 +437,19 @@ def test_api_stats_stream_chains_precpu(cli, engine):
     assert second["read"] > first["read"] and second["preread"] == first["read"]
     rows = nsbox.stats(cid, engine=engine)
     assert len(rows) == 1 and rows[0].id == cid and rows[0].cpu_percent > 0
+
+
+def test_render_rows_formats():
+    from nsbox.engine.cli.cmd_stats import DEFAULT_TABLE, render_rows
+
+    item = {"BlockIO": "0B / 0B", "CPUPerc": "1.00%", "Container": "web", "ID": "abc",
+            "MemPerc": "0.50%", "MemUsage": "1MiB / 2MiB", "Name": "web", "NetIO": "0B / 0B",
+            "PIDs": "2"}
+    assert render_rows("table {{.Name}}\t{{.CPUPerc}}", [item]) == \
+        "NAME   CPU %\nweb    1.00%\n"
+    assert render_rows("{{.Container}} {{.PIDs}}", [item, item]) == "web 2\nweb 2\n"
+    assert json.loads(render_rows("json", [item])) == item
+    table = render_rows(DEFAULT_TABLE, [item]).splitlines()
+    assert table[0].startswith("CONTAINER ID   NAME   CPU %   MEM USAGE / LIMIT")
+    assert table[1].split()[:2] == ["abc", "web"]
+    assert render_rows(DEFAULT_TABLE, []) == table[0] + "\n"  # the header alone
