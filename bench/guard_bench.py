@@ -1,0 +1,129 @@
+"""What does the guard cost, and how fast does it see?  (docs/guard.md; results in
+bench/results/guard.md)
+
+1. `nsbox run --rm busybox true`: guard=off vs guard=default with a guard already
+   running (a watched idle container keeps it: the steady state), and guard=default
+   cold (each run starts and stops the guard process).  hyperfine, one run.
+2. A system-call-heavy workload in a container, unwatched vs watched (the
+   tracepoints see every system call of the host while the guard runs):
+   `dd bs=1` (1M read/write calls) and a loop of `cat` (fork, exec, opens).
+3. Events: a watched container writes below /etc in a tight shell loop (one
+   open for writing per iteration); `nsbox guard watch` reads them: events/s,
+   drops (guard status), and detection latency (kernel timestamp of the system
+   call's end -> the guard handling it, CLOCK_MONOTONIC both), median and p99.
+
+usage: .venv/bin/python bench/guard_bench.py   (root; RUNS, WARMUP, LOOPS from env)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NSBOX = os.path.join(REPO, ".venv", "bin", "nsbox")
+RUNS = int(os.environ.get("RUNS", "10"))
+WARMUP = int(os.environ.get("WARMUP", "2"))
+LOOPS = int(os.environ.get("LOOPS", "20000"))
+
+
+def events_row(run, env: dict, name: str, count: int, pause: str) -> list[str]:  # noqa: ANN001
+    watcher = subprocess.Popen([NSBOX, "guard", "watch", "--timeout", "120"], env=env,
+                               stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
+    drops_before = json.loads(run("guard", "status").stdout)["drops"]
+    script = f"i=0; while [ $i -lt {count} ]; do {pause}: > /etc/f; i=$((i+1)); done"
+    t0 = time.monotonic()
+    run("run", "--name", name, "--security-opt", "guard=default", "busybox", "sh", "-c", script)
+    elapsed = time.monotonic() - t0
+    drops = json.loads(run("guard", "status").stdout)["drops"] - drops_before
+    latencies, seen, lost = [], 0, 0
+    deadline = time.monotonic() + 60
+    while seen + lost < count and time.monotonic() < deadline:
+        text = watcher.stdout.readline()
+        if not text:
+            break
+        item = json.loads(text)
+        if item.get("type") == "subscriber_dropped":
+            lost += item["lines"]
+        if item.get("container", {}).get("name") == name and \
+                item.get("event", {}).get("path") == "/etc/f":
+            seen += 1
+            latencies.append((item["seen_ns"] - item["ktime_ns"]) / 1e6)
+    watcher.kill()
+    run("rm", "-f", name)
+    latencies.sort()
+    row = [f"- {name}: {count} opens for writing in {elapsed:.2f} s (the whole `nsbox run`), "
+           f"~{count / elapsed:.0f} events/s; kernel drops: {drops}; seen by `guard watch`: "
+           f"{seen} (lines it was too slow for: {lost})"]
+    if latencies:
+        row.append(f"  detection latency (system call end -> guard): median "
+                   f"{statistics.median(latencies):.2f} ms, p99 "
+                   f"{latencies[max(0, int(len(latencies) * 0.99) - 1)]:.2f} ms, "
+                   f"max {latencies[-1]:.2f} ms")
+    return row
+
+
+def main() -> int:
+    work = tempfile.mkdtemp(prefix="nsbox-guard-bench-")
+    env = {**os.environ, "NSBOX_ROOT": f"{work}/lib", "NSBOX_RUNROOT": f"{work}/run",
+           "NSBOX_DEFAULT_NETWORK": "none"}
+    env.pop("NSBOX_GUARD", None)
+    nsbox = f"env NSBOX_ROOT={work}/lib NSBOX_RUNROOT={work}/run NSBOX_DEFAULT_NETWORK=none {NSBOX}"
+    out = os.path.join(REPO, "bench", "results")
+    os.makedirs(out, exist_ok=True)
+
+    def run(*args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([NSBOX, *args], env=env, check=True, capture_output=True,
+                              text=True, **kw)
+
+    lines = ["# guard benchmark (noisy, provisional)", ""]
+    try:
+        run("run", "--rm", "busybox", "true")  # the offline busybox image
+        subprocess.run(["hyperfine", "-N", "--warmup", str(WARMUP), "--runs", str(RUNS),
+                        "--export-markdown", f"{out}/guard-cold.md",
+                        "-n", "guard=off", f"{nsbox} run --rm busybox true",
+                        "-n", "guard=default (cold: starts the guard)",
+                        f"{nsbox} run --rm --security-opt guard=default busybox true"],
+                       check=True)
+        run("run", "-d", "--name", "keeper", "--security-opt", "guard=default", "busybox",
+            "sleep", "100000")
+        dd = "dd if=/dev/zero of=/dev/null bs=1 count=500000"
+        cat = "i=0; while [ $i -lt 500 ]; do cat /etc/passwd /etc/group; i=$((i+1)); done"
+        subprocess.run(["hyperfine", "-N", "--warmup", str(WARMUP), "--runs", str(RUNS),
+                        "--export-markdown", f"{out}/guard-warm.md",
+                        "-n", "run --rm, guard=off", f"{nsbox} run --rm busybox true",
+                        "-n", "run --rm, guard=default (guard running)",
+                        f"{nsbox} run --rm --security-opt guard=default busybox true",
+                        "-n", "dd bs=1, unwatched", f"{nsbox} run --rm busybox sh -c '{dd} 2>/dev/null'",
+                        "-n", "dd bs=1, watched",
+                        f"{nsbox} run --rm --security-opt guard=default busybox sh -c '{dd} 2>/dev/null'",
+                        "-n", "cat loop, unwatched",
+                        f"{nsbox} run --rm busybox sh -c '{cat} >/dev/null'",
+                        "-n", "cat loop, watched",
+                        f"{nsbox} run --rm --security-opt guard=default busybox sh -c '{cat} >/dev/null'"],
+                       check=True)
+        # 3. events: rate, drops, latency; a burst, then a paced run (200, 5 ms apart)
+        for name, count, pause in (("burst", LOOPS, ""), ("paced", 200, "usleep 5000; ")):
+            lines += events_row(run, env, name, count, pause)
+        lines.append("")
+        for name in ("guard-cold.md", "guard-warm.md"):
+            with open(f"{out}/{name}") as f:
+                lines.append(f.read())
+        with open(f"{out}/guard.md", "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
+    finally:
+        subprocess.run([NSBOX, "rm", "-f", "keeper", "burst"], env=env, capture_output=True)
+        subprocess.run([NSBOX, "system", "reset", "-f"], env=env, capture_output=True)
+        subprocess.run(["rm", "-rf", work])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
