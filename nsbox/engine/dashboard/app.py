@@ -171,7 +171,11 @@ class Dashboard:
             for event in events.follow(self.engine.root):
                 if self._stop.is_set():
                     return
-                loop.call_soon_threadsafe(self.hub.publish, "engine", views.event_dict(event))
+                try:
+                    loop.call_soon_threadsafe(self.hub.publish, "engine",
+                                              views.event_dict(event))
+                except RuntimeError:  # the loop closed: the server is shutting down
+                    return
         except Exception:  # noqa: BLE001 - the page still works without live events
             log.exception("dashboard: following the event journal failed")
 
