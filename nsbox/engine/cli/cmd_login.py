@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 FLAGS = {"username": "str", "password": "str", "password-stdin": "bool", "authfile": "str",
-         "tls-verify": "bool"}
+         "tls-verify": "bool", "cert-dir": "str"}
 ALIASES = {"u": "username", "p": "password"}
 HELP = {
     "username": ("string", "Username for the registry"),
@@ -19,6 +19,8 @@ HELP = {
     "password-stdin": "Read the password from stdin",
     "authfile": ("path", "The auth.json to write (default: Podman's per-user file)"),
     "tls-verify": "Require HTTPS with a verified certificate (default true; false also allows plain HTTP)",
+    "cert-dir": ("path", "CA certificates (*.crt) and a client certificate (*.cert, *.key) for the "
+                         "registry (default: its certs.d directory)"),
 }
 
 
@@ -64,7 +66,7 @@ def run(args, ctx) -> int:  # noqa: ANN001
     if verify is None:
         verify = not (entry and entry["insecure"])
     client = RegistryClient(host, key.partition("/")[2], tls_verify=verify,
-                            credentials=(user, password))
+                            credentials=(user, password), cert_dir=args["cert-dir"] or None)
     try:
         client.check_login()
     finally:

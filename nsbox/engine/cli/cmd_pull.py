@@ -10,13 +10,15 @@ from __future__ import annotations
 import sys
 import threading
 
-FLAGS = {"quiet": "bool", "platform": "str", "tls-verify": "bool", "authfile": "str",
+FLAGS = {"quiet": "bool", "platform": "str", "tls-verify": "bool", "cert-dir": "str", "authfile": "str",
          "arch": "str", "os": "str", "variant": "str"}
 ALIASES = {"q": "quiet"}
 HELP = {
     "quiet": "Print only the image id",
     "platform": ("os/arch[/variant]", "The platform to pick from a manifest list (default: this host's)"),
     "tls-verify": "Require HTTPS with a verified certificate (default true; false also allows plain HTTP)",
+    "cert-dir": ("path", "CA certificates (*.crt) and a client certificate (*.cert, *.key) for the "
+                         "registry (default: its certs.d directory)"),
     "authfile": ("path", "The auth.json to read credentials from"),
     "arch": ("arch", "The architecture to pick (instead of --platform)"),
     "os": ("os", "The OS to pick (instead of --platform)"),
@@ -91,6 +93,7 @@ def pull_image(store, ref: str, flags: dict, quiet: bool = False):  # noqa: ANN0
     progress = None if quiet else PullProgress()
     return store.pull(ref, platform=platform_of(flags), tls_verify=flags.get("tls-verify"),
                       authfile=flags.get("authfile") or None, progress=progress,
+                      cert_dir=flags.get("cert-dir") or None,
                       announce=progress.announce if progress else None)
 
 

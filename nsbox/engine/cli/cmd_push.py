@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import sys
 
-FLAGS = {"quiet": "bool", "tls-verify": "bool", "authfile": "str", "digestfile": "str"}
+FLAGS = {"quiet": "bool", "tls-verify": "bool", "cert-dir": "str", "authfile": "str", "digestfile": "str"}
 ALIASES = {"q": "quiet"}
 HELP = {
     "quiet": "Do not show progress",
     "tls-verify": "Require HTTPS with a verified certificate (default true; false also allows plain HTTP)",
+    "cert-dir": ("path", "CA certificates (*.crt) and a client certificate (*.cert, *.key) for the "
+                         "registry (default: its certs.d directory)"),
     "authfile": ("path", "The auth.json to read credentials from"),
     "digestfile": ("file", "Write the digest of the pushed manifest to FILE"),
 }
@@ -29,7 +31,8 @@ def run(args, ctx) -> int:  # noqa: ANN001
     source, destination = positional[0], (positional[1] if len(positional) > 1 else None)
     progress = None if args["quiet"] else PullProgress()
     digest = ctx.images().push(source, destination, tls_verify=args.flags.get("tls-verify"),
-                               authfile=args["authfile"] or None, progress=progress)
+                               authfile=args["authfile"] or None, progress=progress,
+                               cert_dir=args["cert-dir"] or None)
     if args["digestfile"]:
         with open(args["digestfile"], "w") as f:
             f.write(digest)

@@ -79,7 +79,7 @@ def pick_platform(index: dict, platform: tuple[str, str, str | None], source: st
 def pull(store: ImageStore, text: str, *, platform: str | None = None,
          tls_verify: bool | None = None, authfile: str | None = None,
          progress: Progress | None = None, registries_conf: str | None = None,
-         announce: Callable[[str], None] | None = None) -> Image:
+         announce: Callable[[str], None] | None = None, cert_dir: str | None = None) -> Image:
     """Pull TEXT (a name, `name:tag` or `name@digest`) into STORE; returns the image."""
     from .registries import load_registries_conf
     conf = load_registries_conf(registries_conf)
@@ -91,7 +91,8 @@ def pull(store: ImageStore, text: str, *, platform: str | None = None,
         if announce:
             announce(f"Trying to pull {ref.name}...")
         try:
-            return _pull_one(store, conf, ref, platform_t, tls_verify, authfile, progress, tokens)
+            return _pull_one(store, conf, ref, platform_t, tls_verify, authfile, progress, tokens,
+                             cert_dir)
         except RegistryError as err:
             if len(candidates) == 1:
                 raise
@@ -101,11 +102,11 @@ def pull(store: ImageStore, text: str, *, platform: str | None = None,
 
 def _pull_one(store: ImageStore, conf, ref: Reference, platform: tuple[str, str, str | None],  # noqa: ANN001
               tls_verify: bool | None, authfile: str | None, progress: Progress | None,
-              tokens: dict) -> Image:
+              tokens: dict, cert_dir: str | None = None) -> Image:
     from .registries import lookup_credentials
     host, path, insecure = conf.endpoint(ref)
     verify = (not insecure) if tls_verify is None else tls_verify
-    client = RegistryClient(host, path, tls_verify=verify, tokens=tokens,
+    client = RegistryClient(host, path, tls_verify=verify, tokens=tokens, cert_dir=cert_dir,
                             credentials=lookup_credentials(host, path, authfile))
     source = ref.name
     try:

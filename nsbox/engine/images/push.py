@@ -55,7 +55,8 @@ def push_destination(store: ImageStore, source: str, destination: str | None):  
 
 def push(store: ImageStore, source: str, destination: str | None = None, *,
          tls_verify: bool | None = None, authfile: str | None = None,
-         progress: Progress | None = None, registries_conf: str | None = None) -> str:
+         progress: Progress | None = None, registries_conf: str | None = None,
+         cert_dir: str | None = None) -> str:
     """Push SOURCE (a name or id in STORE) to DESTINATION; returns the manifest digest."""
     from .registries import load_registries_conf, lookup_credentials
     image, ref = push_destination(store, source, destination)
@@ -76,7 +77,7 @@ def push(store: ImageStore, source: str, destination: str | None = None, *,
     for digest, _, _ in blobs:
         if not store.layout.has_blob(digest):
             raise ImageError(f"{source}: blob {digest} is missing from the store")
-    client = RegistryClient(host, path, tls_verify=verify, actions="pull,push",
+    client = RegistryClient(host, path, tls_verify=verify, actions="pull,push", cert_dir=cert_dir,
                             credentials=lookup_credentials(host, path, authfile))
     try:
         for digest, size, kind in blobs:

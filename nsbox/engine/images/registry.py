@@ -96,7 +96,8 @@ class RegistryClient:
     def __init__(self, host: str, repository: str, *, tls_verify: bool = True,
                  credentials: tuple[str, str] | None = None,
                  tokens: dict[tuple[str, str, str], str] | None = None,
-                 actions: str = "pull") -> None:
+                 actions: str = "pull", cert_dir: str | None = None) -> None:
+        from .certs import tls_context
         self.host = host
         self.actions = actions
         self.api_host = API_HOSTS.get(host, host)
@@ -109,9 +110,10 @@ class RegistryClient:
         retries = urllib3.Retry(total=3, connect=1, read=1, status=0, redirect=5, backoff_factor=0.2,
                                 raise_on_redirect=True, raise_on_status=False)
         timeout = urllib3.Timeout(connect=15, read=60)
+        # System CAs plus the registry's certs.d directory (extra CAs, client cert).
         self.http = urllib3.PoolManager(num_pools=4, maxsize=4, retries=retries, timeout=timeout,
                                         headers={"User-Agent": "nsbox"},
-                                        cert_reqs="CERT_REQUIRED" if tls_verify else "CERT_NONE")
+                                        ssl_context=tls_context(host, tls_verify, cert_dir))
         if not tls_verify:
             import warnings
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
@@ -155,11 +157,11 @@ class RegistryClient:
                 raise RegistryError(f"pinging container registry {self.host}: {failure_text}")
             self.base = base
             return
-        hint = ""
-        if self.tls_verify and isinstance(failure, SSLError):
+        hint, reason = "", _reason(failure)
+        if self.tls_verify and isinstance(failure, SSLError) and "client certificate" not in reason:
             hint = (" (for a registry without TLS use --tls-verify=false, or insecure = true "
-                    "for it in registries.conf)")
-        raise RegistryError(f"pinging container registry {self.host}: {_reason(failure)}{hint}")
+                    "for it in registries.conf; a private CA goes in its certs.d directory)")
+        raise RegistryError(f"pinging container registry {self.host}: {reason}{hint}")
 
     # ---------------------------------------------------------------- auth
     def _auth_header(self) -> dict[str, str]:
@@ -406,6 +408,9 @@ def _reason(err: object) -> str:
         text = str(err)
         if "CERTIFICATE_VERIFY_FAILED" in text:
             return "tls: certificate verify failed"
+        if "ALERT_BAD_CERTIFICATE" in text or "CERTIFICATE_REQUIRED" in text:
+            return ("tls: the registry refused the client certificate or wants one (a "
+                    "client.cert and client.key in its certs.d directory or --cert-dir)")
         if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
             return "tls: the server does not speak TLS (a plain-HTTP registry?)"
         return f"tls: {text.splitlines()[0]}"
