@@ -281,6 +281,11 @@ class Container:
     def top(self) -> list[list[str]]:
         return self._engine.top(self.id)
 
+    def namespaces(self) -> dict:
+        """Its 8 namespaces beside the host's, as nsbox.namespaces(name) gives them."""
+        from nsbox.engine.observe import namespaces as nsmod
+        return nsmod.container_view(self._engine, self.id)
+
     def stats(self, stream: bool = False, interval: float = 1.0) -> dict | Iterator[dict]:
         """Resource usage as the Docker Engine API's stats object (cpu_stats,
         precpu_stats, memory_stats, blkio_stats, pids_stats, networks).

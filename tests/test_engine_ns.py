@@ -123,6 +123,7 @@ def test_table_sort_and_python_api(trio, tmp_path):
     assert {r["ns"] for r in api_rows} == {r["ns"] for r in cli_rows}
     view = nsbox.namespaces("b", engine=engine)
     assert {r["type"]: r["status"] for r in view["Namespaces"]}["net"] == "shared"
+    assert nsbox.get("b", engine=engine).namespaces() == nsbox.namespaces("b", engine=engine)
 
 
 def test_bad_input_is_one_line_exit_125(nsbox):
