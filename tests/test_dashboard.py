@@ -351,3 +351,16 @@ def test_stream_replays_journal_events_after_the_page(nsbox, dashboard):
         conn.close()
         time.sleep(0.2)
     assert actions[:2] == ["create", "start"], actions
+
+
+def test_without_the_dashboard_extra_it_says_what_to_install(tmp_path):
+    """Starlette and uvicorn hidden from the interpreter: one line, exit 125, nothing served."""
+    from test_packaging import VENV_PYTHON
+
+    code = ("import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None\n"
+            "from nsbox.engine.cli import main\n"
+            f"sys.exit(main(['--root', {str(tmp_path / 'lib')!r}, '--runroot', "
+            f"{str(tmp_path / 'run')!r}, 'dashboard']))\n")
+    proc = subprocess.run([VENV_PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 125 and proc.stdout == ""
+    assert "pip install 'nsbox[dashboard]'" in one_line_error(proc)
