@@ -337,7 +337,7 @@ def _mib(kib: float) -> str:
 
 def write_report(out: Path, timings: list[Timing], memory: list[MemoryResult],
                  notes: Notes, warmup: int, runs: int, started: str, wall: float,
-                 net: list | None = None) -> None:
+                 net: list | None = None, cpu: list | None = None) -> None:
     by_name = {t.name: t for t in timings}
     podman_t = by_name["podman (runc)"]
     lines = [
@@ -389,6 +389,7 @@ def write_report(out: Path, timings: list[Timing], memory: list[MemoryResult],
         "at the median over `--security-opt seccomp=unconfined` (target: at most 10 ms).",
         "",
         *_bridge_cost_lines(by_name),
+        *netbench.cpu_lines(cpu or []),
         "Exact commands (podman's run with the environment of the podman world, "
         "`CONTAINERS_CONF` etc. pointing into the temporary tree):",
         "",
@@ -492,6 +493,15 @@ def main() -> int:
             net_env = netbench.netavark_env(pm, work)
             timings = time_startup(ns, pm, work, warmup, runs, net_env, notes)
             try:
+                cpu = netbench.cpu_per_run(
+                    {"default bridge": ns.argv("run", "--rm", "--network", "bridge", IMAGE,
+                                               "true"),
+                     "`--network none`": ns.argv("run", "--rm", "--network", "none", IMAGE,
+                                                 "true")}, pm.env)
+            except (OSError, subprocess.SubprocessError) as err:
+                cpu = []
+                notes.problems.append(f"work per run not measured: {err}")
+            try:
                 net = netbench.throughput(ns, pm, podman_argv, IMAGE, net_env)
             except (RuntimeError, subprocess.SubprocessError, KeyError, ValueError) as err:
                 net = []
@@ -518,7 +528,7 @@ def main() -> int:
             notes.problems.append(f"mounts left under the nsbox root: {leftovers}")
         shutil.rmtree(work, ignore_errors=True)
     write_report(out, timings, memory, notes, warmup, runs, started, time.monotonic() - t0,
-                 net)
+                 net, cpu)
     print(out.read_text())
     return 0
 

@@ -170,6 +170,84 @@ def report_lines(results: list[Throughput]) -> list[str]:
     return lines + [""]
 
 
+# ------------------------------------------------------------------ work per run
+CPU_RUNS = int(os.environ.get("BENCH_CPU_RUNS", "20"))
+
+
+@dataclass
+class CpuCount:
+    name: str
+    user_ms: float
+    sys_ms: float
+
+
+def _cpuacct_dir() -> Path | None:
+    """A v1 cpuacct cgroup directory of this process's own (hybrid or v1 hosts), or None."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "cpuacct" in controllers.split(","):
+            for mount in ("/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/cpu,cpuacct"):
+                base = Path(mount + path)
+                if (base / "cpuacct.usage_user").exists():
+                    return base
+    return None
+
+
+def cpu_per_run(commands: dict[str, list[str]], env: dict[str, str]) -> list[CpuCount]:
+    """The CPU of every process of a run (the engine, its monitor and helpers, the
+    runtime, the wiring child, the container), from a cpuacct cgroup below our own that
+    the runs start in: CPU_RUNS runs of each command, per run.  On a loaded machine
+    this moves much less than wall time.  [] without a v1 cpuacct hierarchy."""
+    base = _cpuacct_dir()
+    if base is None:
+        return []
+    group = base / f"nsbox-bench-cpu-{os.getpid()}"
+    group.mkdir()
+    out = []
+    try:
+        for name, argv in commands.items():
+            before = [int((group / f"cpuacct.usage_{k}").read_text()) for k in ("user", "sys")]
+            script = (f"echo $$ > {group}/cgroup.procs; i=0; while [ $i -lt {CPU_RUNS} ]; do "
+                      f"{shlex.join(argv)} >/dev/null || exit 1; i=$((i+1)); done")
+            subprocess.run(["sh", "-c", script], env=env, check=True, timeout=600,
+                           stdin=subprocess.DEVNULL)
+            time.sleep(0.5)  # the last run's monitor exits just after its starter
+            after = [int((group / f"cpuacct.usage_{k}").read_text()) for k in ("user", "sys")]
+            out.append(CpuCount(name, (after[0] - before[0]) / CPU_RUNS / 1e6,
+                                (after[1] - before[1]) / CPU_RUNS / 1e6))
+    finally:
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+    return out
+
+
+def cpu_lines(counts: list[CpuCount]) -> list[str]:
+    if not counts:
+        return []
+    lines = ["### Work per run (CPU of all of nsbox's processes)", "",
+             f"{CPU_RUNS} runs of each in a cpuacct cgroup of their own (every process of a "
+             "run: the CLI, the monitor and its helpers, the runtime, the bridge's wiring "
+             "child, the container), per run; the wall times above swing with the "
+             "machine's load, this much less.  podman is not counted this way (conmon "
+             "and its containers leave the starter's cgroup).", "",
+             "| nsbox | user ms | sys ms | total ms |", "|---|---|---|---|"]
+    for c in counts:
+        lines.append(f"| {c.name} | {c.user_ms:.1f} | {c.sys_ms:.1f} | "
+                     f"**{c.user_ms + c.sys_ms:.1f}** |")
+    if len(counts) == 2:
+        lines += ["", f"The bridge's work over `--network none`: "
+                  f"**{sum((counts[0].user_ms, counts[0].sys_ms)) - sum((counts[1].user_ms, counts[1].sys_ms)):.1f} ms** of CPU per run."]
+    return lines + [""]
+
+
 def cleanup() -> None:
     """Before the podman world's own teardown (which reports any podman0 or
     /run/netns as made on the host): podman's bridge and the /run/netns its

@@ -101,6 +101,21 @@ def test_install_ships_the_compiled_loop_in_the_package(installed: Install) -> N
     assert re.search(r"^Tag: py3-none-linux_\w+$", text, re.M), text
 
 
+def test_install_ships_the_guard_object_and_rules(installed: Install) -> None:
+    """The guard's BPF object is compiled at install time (clang) and shipped with its rules."""
+    if shutil.which("clang") is None or shutil.which("bpftool") is None:
+        pytest.skip("clang or bpftool is missing: the guard's object is not built")
+    site = next((installed.dir / "lib").glob("python3*/site-packages"))
+    guard = site / "nsbox" / "engine" / "guard"
+    obj = guard / "bpf" / "guard.bpf.o"
+    assert obj.read_bytes()[:4] == b"\x7fELF"
+    assert (guard / "default-rules.yaml").is_file() and (guard / "bpf" / "guard.bpf.c").is_file()
+    out = installed.python("from nsbox.engine.guard import config, rules; "
+                           "print(config.OBJECT); "
+                           "print(len(rules.load_text(rules.default_rules_text(), 'd')))")
+    assert out.splitlines()[0] == str(obj) and int(out.splitlines()[1]) > 5
+
+
 def test_installed_commands_are_linked_and_info_reports_the_c_loop(installed: Install) -> None:
     for cmd in ("nsbox", "nsbox-runtime"):
         link = installed.bin / cmd
