@@ -18,7 +18,8 @@ cgroups   cgroup directories below our own cgroup (every hierarchy) whose name
           is a test's: *nsbox*, a runtime test's container id (t-<12 hex>),
           podman's libpod-* / 64-hex container ids
 nft       nft tables (`nft list tables`; absent when nft is not installed)
-sysctls   fs.mqueue.queues_max, net.ipv4.ping_group_range, kernel.core_pattern, net.ipv4.ip_forward
+sysctls   fs.mqueue.queues_max, net.ipv4.ping_group_range, kernel.core_pattern, net.ipv4.ip_forward,
+          net.ipv6.conf.all.forwarding (an IPv6 bridge network sets it)
 netpaths  /run/netns and /var/lib/cni (and the entries of /run/netns)
 
 It is also a script: `.venv/bin/python tests/host_state.py` prints a snapshot.
@@ -39,7 +40,7 @@ from pathlib import Path
 Snapshot = dict[str, frozenset[str]]
 
 SYSCTLS = ("fs.mqueue.queues_max", "net.ipv4.ping_group_range", "kernel.core_pattern",
-           "net.ipv4.ip_forward")
+           "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
 NET_PATHS = ("/run/netns", "/var/lib/cni")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # How deep below our own cgroup to look (cgroup_under_own nests a few levels).
