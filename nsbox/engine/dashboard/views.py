@@ -34,19 +34,10 @@ def human_bytes(value: float | int | None) -> str:
     return f"{size:.1f} TiB"
 
 
-def _health(inspect: dict) -> str:
-    health = (inspect.get("State") or {}).get("Health") or {}
-    return health.get("Status") or ""
-
-
-def isolation(engine: Engine, ref: str, processes: dict | None = None) -> list[tuple[str, str]]:
-    """REF's namespaces grouped by status: [("private", "mnt uts ..."), ("host", "user time"),
-    ("shared with a", "pid net")], from one /proc scan (PROCESSES) for the whole page."""
+def isolation(view: dict) -> list[tuple[str, str]]:
+    """A container's namespaces grouped by status: [("private", "mnt uts ..."),
+    ("host", "user time"), ("shared with a", "pid net")]."""
     from nsbox.engine.observe import namespaces as nsmod
-    try:
-        view = nsmod.container_view(engine, ref, processes)
-    except NsboxError:
-        return []
     groups: dict[str, list[str]] = {}
     for row in view["Namespaces"]:
         groups.setdefault(nsmod.status_text(row), []).append(row["type"])
@@ -55,17 +46,16 @@ def isolation(engine: Engine, ref: str, processes: dict | None = None) -> list[t
 
 def overview(engine: Engine) -> list[dict]:
     """Every container, newest first: the first page's rows."""
+    from nsbox.engine.health import state as health_state
     from nsbox.engine.observe import namespaces as nsmod
-    processes = nsmod.scan()
+    views = nsmod.all_views(engine)  # one /proc scan and one list for the whole page
     rows = []
     for c in engine.list(all=True):
         health, groups = "", []
         if c.state in ACTIVE_STATES:
-            try:
-                health = _health(engine.inspect(c.id))
-            except NsboxError:
-                pass
-            groups = isolation(engine, c.id, processes)
+            health = health_state.status(c.bundle)  # <bundle>/health.json, as `ps` reads it
+            if c.id in views:
+                groups = isolation(views[c.id])
         rows.append({"id": c.id, "short_id": c.id[:12], "name": c.name, "image": c.image,
                      "status": c.state, "pid": c.pid if c.state in ACTIVE_STATES else 0,
                      "health": health, "exit_code": c.exit_code, "isolation": groups,

@@ -196,10 +196,23 @@ def container_view(engine: EngineBase, ref: str,
     if c.state not in (RUNNING, PAUSED) or not c.pid:
         raise InvalidState(f"container {c.name} is not running")
     processes = scan() if processes is None else processes
+    return _view(c, _running(engine), processes, host_namespaces(processes))
+
+
+def all_views(engine: EngineBase, processes: dict[int, dict[str, int]] | None = None
+              ) -> dict[str, dict]:
+    """container_view() of every running container (id -> view), from one list and scan."""
+    processes = scan() if processes is None else processes
     host = host_namespaces(processes)
+    running = _running(engine)
+    return {c.id: _view(c, running, processes, host) for c in running}
+
+
+def _view(c: Container, running: list[Container], processes: dict[int, dict[str, int]],
+          host: dict[str, int]) -> dict:
     mine = processes.get(c.pid) or {}
     others: dict[tuple[str, int], list[str]] = {}
-    for other in _running(engine):
+    for other in running:
         if other.id == c.id:
             continue
         for kind, inode in (processes.get(other.pid) or {}).items():
