@@ -218,7 +218,7 @@ def create(engine: EngineBase, spec: ContainerSpec,
             # joins the namespace by path, so it must be mounted now; `run` joins
             # the rest between the runtime's create and start, `create` here.
             from nsbox.engine.network import wiring
-            wiring.mounted(cid)
+            wiring.mounted(engine.run_root, cid)
             if not then_start:
                 wiring.wait(engine.run_root, cid)
         engine.db.update_container(cid, extra=extra, state=CREATING if then_start else CREATED)

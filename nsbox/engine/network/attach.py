@@ -126,7 +126,7 @@ def rewire(engine: EngineBase, cid: str) -> None:
     plan = [(model.find_network(engine.db, lease.network_id), lease,
              veth_name(cid, _index_of(lease.ifname))) for lease in leases]
     wiring.start(engine.run_root, cid, plan)
-    wiring.mounted(cid)
+    wiring.mounted(engine.run_root, cid)
     wiring.wait(engine.run_root, cid)
 
 

@@ -100,17 +100,21 @@ def _child(parent: int, path: str, plan: list, ready_w: int) -> None:  # pragma:
         netlink.plug(net, lease, veth, path, default_route=index == 0)
 
 
-def mounted(cid: str) -> None:
-    """Once CID's namespace is mounted at its path (or the child has failed)."""
+def mounted(run_root: str, cid: str) -> None:
+    """Once CID's namespace is mounted at its path; the child's error (NetworkError) if
+    it ended before that."""
     pending = _pending.get(cid)
     if pending is None or pending[1] < 0:
         return
     pid, ready = pending
     try:
-        os.read(ready, 1)  # b"" when the child ended first: wait() says why
+        got = os.read(ready, 1)
     finally:
         os.close(ready)
         _pending[cid] = (pid, -1)
+    if got != b"n":
+        wait(run_root, cid)  # raises with the child's message
+        raise NetworkError("the container's network namespace was not made")
 
 
 def wait(run_root: str, cid: str) -> None:
