@@ -1,0 +1,307 @@
+"""A private Docker daemon (dockerd 20.10 from Debian) driving the OCI runtime under test.
+
+dockerd gets a tree of its own under /tmp: --data-root, --exec-root, pidfile,
+socket, daemon.json and the docker CLI's config dir.  It runs in a mount and
+network namespace made for it (``unshare --mount --net``), where
+
+- /run is an empty tmpfs: the managed containerd puts its shims' sockets in
+  /run/containerd/s whatever its state directory is;
+- the bridge, iptables, masquerading and forwarding are off, and what is left
+  (a compose project's bridge, a container's veth) is made in the namespace,
+  so the host's links, rules and sysctls are never touched;
+- /proc/sys/kernel/keys/root_max{keys,bytes} are bind-mounted copies: dockerd
+  raises these host-wide limits at start when they are low.
+
+dockerd's trust key (written to /etc/docker/key.json by default) is moved
+into the tree by daemon.json's ``deprecated-key-path``.  Containers use the
+cgroupfs driver with a cgroup parent below this process's own cgroup, so no
+/docker cgroup is made on the host.  The runtime is registered as ``nsbox``
+and made the default; docker calls it through a two-line wrapper that logs
+each invocation, so a test can tell the runtime under test really ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clients import (
+    HostNet,
+    describe_leaked_cgroups,
+    host_net_state,
+    kill_pids,
+    own_cgroup_base,
+    pids_using_tree,
+    remove_cgroup_dirs,
+    remove_leaked_cgroups,
+    undo_host_net_changes,
+    unmount_all_under,
+)
+
+log = logging.getLogger(__name__)
+
+RUNTIME_NAME = "nsbox"
+IMAGE = "busybox"
+# The Debian CLI that matches dockerd 20.10; another `docker` may come first on PATH.
+DOCKER_CLI = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker"
+# Host paths dockerd would use without its private flags; none may appear.
+HOST_PATHS = ("/var/lib/docker", "/run/docker", "/run/docker.sock", "/run/containerd",
+              "/etc/docker/key.json", "/etc/docker/daemon.json")
+# Host-wide limits dockerd raises at start (daemon/keys.go); shadowed in its namespace.
+ROOT_KEY_LIMITS = ("root_maxkeys", "root_maxbytes")
+
+_WRAPPER = """#!/bin/sh
+# Written by nsbox tests/dockerd.py: records each call dockerd's shim makes.
+echo "$*" >> {calls}
+exec {runtime} "$@"
+"""
+
+_START = """set -e
+ip link set lo up
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+for f in {key_limits}; do
+  cp /proc/sys/kernel/keys/$f {tree}/keys/$f
+  mount --bind {tree}/keys/$f /proc/sys/kernel/keys/$f
+done
+exec "$@"
+"""
+
+
+def cgroup_dirs_named(name: str) -> list[Path]:
+    """Directories called NAME right below any hierarchy root (a leaked /docker)."""
+    base = Path("/sys/fs/cgroup")
+    roots = [base] if (base / "cgroup.controllers").exists() else \
+        [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]
+    return [root / name for root in roots if (root / name).is_dir()]
+
+
+@dataclass
+class Docker:
+    """dockerd + its containerd in `tree`, and the docker CLI pointed at them."""
+
+    tree: Path
+    runtime: Path
+    process: subprocess.Popen[bytes]
+    cgroup_parent: str
+    host_net_before: HostNet | None = None
+    host_paths_before: frozenset[str] = frozenset()
+    docker_cgroups_before: frozenset[Path] = frozenset()
+    container_ids: set[str] = field(default_factory=set)
+
+    @property
+    def socket(self) -> Path:
+        return self.tree / "docker.sock"
+
+    @property
+    def calls_log(self) -> Path:
+        return self.tree / "runtime-calls.log"
+
+    @property
+    def runtime_state(self) -> Path:
+        # dockerd 20.10 gives every runc-like runtime the root <exec-root>/runtime-runc.
+        return self.tree / "exec" / "runtime-runc" / "moby"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                "HOME": str(self.tree / "home"), "DOCKER_CONFIG": str(self.tree / "cli"),
+                "DOCKER_HOST": f"unix://{self.socket}", "TMPDIR": str(self.tree / "tmp"),
+                "TERM": "xterm", "LANG": "C.UTF-8"}
+
+    def argv(self, *args: str) -> list[str]:
+        return [DOCKER_CLI, *args]
+
+    def run(self, *args: str, check: bool = True, timeout: float = 60,
+            input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = self.argv(*args)
+        log.debug("running %s", argv)
+        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True,
+                              timeout=timeout, input=input_text, cwd=self.tree,
+                              stdin=None if input_text is not None else subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{argv} exited {proc.returncode}\nstdout: {proc.stdout}\n"
+                                 f"stderr: {proc.stderr}")
+        return proc
+
+    def compose(self, project_dir: Path, *args: str, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        argv = ["docker-compose", "--no-ansi", *args]
+        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True,
+                              timeout=timeout, cwd=project_dir, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{argv} exited {proc.returncode}\nstdout: {proc.stdout}\n"
+                                 f"stderr: {proc.stderr}")
+        return proc
+
+    def inspect(self, name: str, template: str) -> str:
+        return self.run("inspect", "--format", template, name).stdout.strip()
+
+    def all_ids(self) -> set[str]:
+        ids = set(self.run("ps", "-a", "-q", "--no-trunc").stdout.split())
+        self.container_ids |= ids
+        return ids
+
+    def runtime_calls(self) -> list[list[str]]:
+        """Each runtime invocation so far, as its argument list (global flags included)."""
+        if not self.calls_log.exists():
+            return []
+        return [line.split() for line in self.calls_log.read_text().splitlines()]
+
+    def _remove_everything(self, problems: list[str]) -> None:
+        ids = self.all_ids()
+        if ids:
+            proc = self.run("rm", "--force", *sorted(ids), check=False, timeout=120)
+            if proc.returncode != 0:
+                problems.append(f"docker rm -f: {proc.stderr.strip()}")
+        left = self.all_ids()
+        if left:
+            problems.append(f"containers left after rm -f: {sorted(left)}")
+        if self.runtime_state.is_dir():
+            states = sorted(p.name for p in self.runtime_state.iterdir()
+                            if not p.name.startswith("."))
+            if states:
+                problems.append(f"runtime state left in {self.runtime_state}: {states}")
+
+    def teardown(self) -> list[str]:
+        """Remove containers, stop dockerd (and with it containerd), undo what is left."""
+        problems: list[str] = []
+        if self.process.poll() is None:
+            try:
+                self._remove_everything(problems)
+            except (AssertionError, subprocess.TimeoutExpired) as err:
+                problems.append(f"could not clean up through docker: {err}")
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                problems.append("dockerd ignored SIGTERM")
+                self.process.kill()
+                self.process.wait()
+        else:
+            problems.append(f"dockerd died early with status {self.process.returncode}")
+        deadline = time.monotonic() + 10  # the managed containerd exits after dockerd
+        while (strays := pids_using_tree(self.tree)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if strays:
+            problems.append(f"processes left running: {strays}")
+            kill_pids(strays)
+        leftover_mounts = unmount_all_under(self.tree)
+        if leftover_mounts:
+            problems.append(f"mounts left: {leftover_mounts}")
+        leaked = remove_leaked_cgroups(self.container_ids)
+        if leaked:
+            problems.append(describe_leaked_cgroups(leaked))
+        remove_cgroup_dirs(self.cgroup_parent)
+        for path in set(cgroup_dirs_named("docker")) - self.docker_cgroups_before:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+            problems.append(f"dockerd made the host cgroup {path}")
+        shutil.rmtree(self.tree, ignore_errors=True)
+        for path in HOST_PATHS:
+            if path not in self.host_paths_before and os.path.lexists(path):
+                problems.append(f"{path} appeared on the host")
+        if self.host_net_before is not None:
+            problems += undo_host_net_changes(self.host_net_before, "dockerd")
+        return problems
+
+
+def write_runtime_wrapper(runtime: Path, tree: Path) -> Path:
+    for path in (runtime, tree):
+        if any(ch in str(path) for ch in "'\"\\$` \n"):
+            raise ValueError(f"path not usable in a shell wrapper: {path!r}")
+    wrapper = tree / "bin" / "runtime-under-test"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text(_WRAPPER.format(calls=tree / "runtime-calls.log", runtime=runtime))
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def dockerd_argv(tree: Path, wrapper: Path, cgroup_parent: str) -> list[str]:
+    return [
+        "dockerd", "--config-file", str(tree / "daemon.json"),
+        "--data-root", str(tree / "data"), "--exec-root", str(tree / "exec"),
+        "--pidfile", str(tree / "docker.pid"), "-H", f"unix://{tree / 'docker.sock'}",
+        "--add-runtime", f"{RUNTIME_NAME}={wrapper}", "--default-runtime", RUNTIME_NAME,
+        "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
+        "--ip-forward=false", "--userland-proxy=false",
+        "--storage-driver", "vfs",
+        "--exec-opt", "native.cgroupdriver=cgroupfs", "--cgroup-parent", cgroup_parent,
+    ]
+
+
+def _wait_for_daemon(docker: Docker, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if docker.process.poll() is not None:
+            raise RuntimeError(f"dockerd exited with {docker.process.returncode} at start")
+        if docker.socket.exists() and docker.run("version", check=False,
+                                                 timeout=10).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"dockerd did not answer on {docker.socket} within {timeout}s")
+
+
+def save_busybox(archive: Path, scratch: Path) -> None:
+    """`nsbox save` the engine's offline busybox image into a docker-archive."""
+    nsbox = [str(Path(sys.prefix) / "bin" / "nsbox"), "--root", str(scratch / "lib"),
+             "--runroot", str(scratch / "run")]
+    # create makes the offline busybox image on first use; save then writes it out.
+    for args in (["create", "--name", "seed", IMAGE, "true"], ["rm", "seed"],
+                 ["save", "-o", str(archive), IMAGE]):
+        subprocess.run([*nsbox, *args], check=True, capture_output=True, timeout=120)
+
+
+@contextlib.contextmanager
+def docker_world(runtime: Path) -> Iterator[Docker]:
+    """A running private dockerd with busybox loaded; torn down and checked on exit."""
+    tree = Path(tempfile.mkdtemp(prefix="nsbox-dk-", dir="/tmp"))
+    for sub in ("data", "exec", "home", "cli", "tmp", "keys"):
+        (tree / sub).mkdir()
+    (tree / "daemon.json").write_text(json.dumps({
+        "deprecated-key-path": str(tree / "key.json"),
+        "log-driver": "json-file",
+    }))
+    wrapper = write_runtime_wrapper(runtime, tree)
+    cgroup_parent = f"{own_cgroup_base()}/nsboxtest-{tree.name}"
+    host_net_before = host_net_state()
+    host_paths_before = frozenset(p for p in HOST_PATHS if os.path.lexists(p))
+    docker_cgroups_before = frozenset(cgroup_dirs_named("docker"))
+    start = _START.format(tree=tree, key_limits=" ".join(ROOT_KEY_LIMITS))
+    log_file = open(tree / "dockerd.log", "wb")  # noqa: SIM115 - lives as long as the daemon
+    # unshare(1) execs sh, which execs dockerd: the Popen pid is dockerd's.
+    process = subprocess.Popen(
+        ["unshare", "--mount", "--net", "--propagation", "private", "--",
+         "sh", "-c", start, "start-dockerd", *dockerd_argv(tree, wrapper, cgroup_parent)],
+        env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+             "TMPDIR": str(tree / "tmp"), "HOME": str(tree / "home")},
+        stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
+    log_file.close()
+    docker = Docker(tree=tree, runtime=runtime, process=process, cgroup_parent=cgroup_parent,
+                    host_net_before=host_net_before, host_paths_before=host_paths_before,
+                    docker_cgroups_before=docker_cgroups_before)
+    try:
+        _wait_for_daemon(docker, timeout=60)
+        archive = tree / "busybox.tar"
+        save_busybox(archive, tree / "nsbox")
+        loaded = docker.run("load", "--input", str(archive), timeout=120).stdout
+        ref = loaded.strip().rsplit(" ", 1)[-1]
+        docker.run("tag", ref, IMAGE)
+        yield docker
+    except BaseException:
+        log.error("dockerd log:\n%s", (tree / "dockerd.log").read_text(errors="replace"))
+        raise
+    finally:
+        problems = docker.teardown()
+        if problems:
+            raise AssertionError("dockerd teardown: " + "; ".join(problems))
