@@ -28,7 +28,9 @@ from .layout import INDEX_TYPES, MANIFEST_TYPES, digest_hex, oci_architecture
 from .reference import Reference
 from .registry import RegistryClient, RegistryError
 
-PARALLEL_DOWNLOADS = 3
+PARALLEL_DOWNLOADS = 4
+# Layers unpacked at once (threads: inflating, hashing and writing release the GIL).
+UNPACK_WORKERS = 3
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -144,72 +146,237 @@ def _pull_one(store: ImageStore, conf, ref: Reference, platform: tuple[str, str,
         client.close()
 
 
-def _download(store: ImageStore, client: RegistryClient, staging: str, layer_ds: list[dict],
-              progress: Progress | None) -> set[str]:
-    """Fetch the layers the store lacks into STAGING/<hex>; returns their digests."""
-    from concurrent.futures import ThreadPoolExecutor
-    wanted: dict[str, int] = {}
-    for d in layer_ds:
-        label = f"Copying blob {digest_hex(d['digest'])[:12]}"
-        if store.layout.has_blob(d["digest"]):
+class _Layer:
+    """One manifest layer in a pull: where its blob and its unpacked directory come from."""
+
+    def __init__(self, descriptor: dict, diff_id: str, chain_id: str) -> None:
+        self.digest: str = descriptor["digest"]
+        self.size = int(descriptor["size"])
+        self.media_type: str = descriptor.get("mediaType") or LAYER_TYPES[0]
+        self.diff_id, self.chain_id = diff_id, chain_id
+        self.growing = None       # GrowingFile while this pull downloads the blob
+        self.staged: str | None = None  # the directory this pull unpacked it into
+        self.unpacked_size = 0
+        self.entries = 0
+        self.unpacking = False    # _unpack is reading it (the layer a failure is about)
+
+
+def _plan(store: ImageStore, layer_ds: list[dict], diff_ids: list[str]) -> list[_Layer]:
+    from .records import chain_ids
+    chains = chain_ids(diff_ids)
+    return [_Layer(d, diff_id, chain) for d, diff_id, chain in zip(layer_ds, diff_ids, chains, strict=True)]
+
+
+def _start_downloads(store: ImageStore, client: RegistryClient, staging: str, plan: list[_Layer],
+                     progress: Progress | None, pool) -> list:  # noqa: ANN001
+    """Submit the blobs the store lacks to POOL; each layer's `growing` follows its file."""
+    from .transfer import GrowingFile, download_blob
+    futures, started = [], {}
+    for layer in plan:
+        label = f"Copying blob {digest_hex(layer.digest)[:12]}"
+        if layer.digest in started:
+            layer.growing = started[layer.digest]
+            continue
+        if store.layout.has_blob(layer.digest):
             if progress:
                 progress(label + " skipped: already exists", 0, 0)
-        else:
-            wanted[d["digest"]] = int(d["size"])
+            continue
+        layer.growing = started[layer.digest] = GrowingFile(os.path.join(staging, digest_hex(layer.digest)))
 
-    def fetch(digest: str, size: int) -> None:
-        label = f"Copying blob {digest_hex(digest)[:12]}"
-        state = {"done": 0, "shown": 0}
+        def fetch(layer: _Layer = layer, label: str = label) -> None:
+            done = {"n": 0, "shown": 0}
 
-        def on_read(n: int) -> None:
-            state["done"] += n
-            if progress and (state["done"] - state["shown"] >= (256 << 10) or state["done"] == size):
-                state["shown"] = state["done"]
-                progress(label, state["done"], size)
-        if progress:
-            progress(label, 0, size)
-        client.blob_to_file(digest, size, os.path.join(staging, digest_hex(digest)), on_read)
-        if progress and size == 0:
-            progress(label, 0, 0)
-
-    if wanted:
-        with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS, thread_name_prefix="pull") as pool:
-            futures = [pool.submit(fetch, digest, size) for digest, size in wanted.items()]
+            def on_read(n: int) -> None:
+                done["n"] += n
+                if progress and (done["n"] - done["shown"] >= (256 << 10) or done["n"] == layer.size):
+                    done["shown"] = done["n"]
+                    progress(label, done["n"], layer.size)
             try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
+                if progress:
+                    progress(label, 0, layer.size)
+                download_blob(client, layer.digest, layer.size, layer.growing.path, on_read,
+                              layer.growing)
+                if progress and layer.size == 0:
+                    progress(label, 0, 0)
+            except BaseException as err:
+                layer.growing.finish(err)
                 raise
-    return set(wanted)
+            layer.growing.finish()
+        futures.append(pool.submit(fetch))
+    return futures
+
+
+def _unpack(store: ImageStore, staging: str, plan: list[_Layer], source: str) -> None:
+    """Unpack every layer the store lacks, reading downloads as they arrive, several at once.
+
+    A layer needs the layers below it only for a hard link into one or a
+    parent directory its tar does not list (unpack.NeedsLowers), which image
+    layers seldom have.  So every layer starts at once (UNPACK_WORKERS at a
+    time) without its lowers unless they are all in the store already; one
+    that turns out to need them waits for the layers below and is unpacked
+    again with them.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    finished = [threading.Event() for _ in plan]
+
+    def one(i: int) -> None:
+        layer = plan[i]
+        try:
+            _unpack_one(store, staging, plan, i, source, finished)
+            layer.unpacking = False  # left set on failure: _download_failure looks for it
+        finally:
+            finished[i].set()
+
+    with ThreadPoolExecutor(max_workers=UNPACK_WORKERS, thread_name_prefix="unpack") as pool:
+        futures = [pool.submit(one, i) for i in range(len(plan))]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            for layer in plan:
+                if layer.growing is not None:
+                    layer.growing.cancel()
+            raise
+
+
+def _lowers(store: ImageStore, plan: list[_Layer], i: int) -> list[str]:
+    """The directories of the layers below plan[i], top-most first (staged or in the store)."""
+    return [layer.staged or store.layer_path(layer.chain_id) for layer in reversed(plan[:i])]
+
+
+def _unpack_one(store: ImageStore, staging: str, plan: list[_Layer], i: int, source: str,
+                finished: list) -> None:  # noqa: ANN001
+    import shutil
+
+    from .staging import uncompressed_digest
+    from .unpack import NeedsLowers, unpack_layer
+    layer = plan[i]
+    label = f"layer {digest_hex(layer.digest)[:12]}"
+    layer.unpacking = True
+    if os.path.isdir(store.layer_path(layer.chain_id)):
+        if layer.growing is not None:  # a new blob for a known layer: it must be that layer
+            layer.growing.wait_readable(1 << 62)
+            actual = uncompressed_digest(layer.growing.path)
+            if actual != layer.diff_id:
+                raise ImageError(f"{source}: {label}: content digest {actual} does not match "
+                                 f"the image config's {layer.diff_id}")
+        return
+    in_store = all(os.path.isdir(store.layer_path(p.chain_id)) for p in plan[:i])
+    lowers: list[str] | None = _lowers(store, plan, i) if in_store else None
+    dest = os.path.join(staging, f"layer-{i}")
+    while True:
+        os.mkdir(dest, 0o755)
+        try:
+            if layer.growing is not None:
+                with layer.growing.reader() as stream:
+                    result = unpack_layer("", dest, lowers=lowers, devices="reject", label=label,
+                                          source=stream)
+            else:
+                result = unpack_layer(store.layout.blob_path(layer.digest), dest, lowers=lowers,
+                                      devices="reject", label=label)
+            break
+        except NeedsLowers:
+            shutil.rmtree(dest)
+            for event in finished[:i]:  # earlier layers started earlier: no deadlock
+                event.wait()
+            lowers = _lowers(store, plan, i)
+    if result.diff_id != layer.diff_id:
+        raise ImageError(f"{source}: {label}: content digest {result.diff_id} does not match "
+                         f"the image config's {layer.diff_id} (corrupt or truncated layer)")
+    layer.staged, layer.unpacked_size, layer.entries = dest, result.size, result.entries
 
 
 def _store(store: ImageStore, client: RegistryClient, source: str, manifest_bytes: bytes,
            config_bytes: bytes, layer_ds: list[dict], diff_ids: list[str], names: list[str],
            progress: Progress | None) -> Image:
+    """Download and unpack without the store lock, then move it all in under the lock."""
     import shutil
     import tempfile
-    staging = tempfile.mkdtemp(prefix="pull-", dir=store.layout.tmp_dir)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .staging import owned_prefix
+    plan = _plan(store, layer_ds, diff_ids)
+    staging = tempfile.mkdtemp(prefix=owned_prefix("pull-"), dir=store.layout.tmp_dir)
     try:
-        fetched = _download(store, client, staging, layer_ds, progress)
-        with store._transaction() as txn:
-            for digest in fetched:
-                path = store.layout.blob_path(digest)
-                if not os.path.exists(path):
-                    os.chmod(os.path.join(staging, digest_hex(digest)), 0o644)
-                    os.rename(os.path.join(staging, digest_hex(digest)), path)
-                    txn.blobs.append(path)
-            layers: list = []
-            for d, diff_id in zip(layer_ds, diff_ids, strict=True):
-                if not store.layout.has_blob(d["digest"]):
-                    raise ImageError(f"{source}: blob {d['digest']} was removed from the store "
-                                     "during the pull; pull again")
-                layers.append(store._ensure_layer(
-                    txn, d["digest"], d.get("mediaType") or LAYER_TYPES[0], int(d["size"]), layers,
-                    diff_id, devices="reject", progress=None, verify_blob=d["digest"] in fetched))
-            if progress:
-                progress("Writing manifest to image destination", 0, 0)
-            return store._commit(txn, config_bytes, layers, names, manifest_bytes=manifest_bytes)
+        with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS, thread_name_prefix="pull") as pool:
+            futures = _start_downloads(store, client, staging, plan, progress, pool)
+            try:
+                _unpack(store, staging, plan, source)
+                for future in futures:
+                    future.result()
+            except BaseException as err:
+                for future in futures:
+                    future.cancel()
+                cause = _download_failure(plan, err)
+                for layer in plan:
+                    if layer.growing is not None:
+                        layer.growing.cancel()
+                if cause is not None:
+                    raise cause from None
+                raise
+        return _move_in(store, staging, plan, source, config_bytes, manifest_bytes, names, progress)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _download_failure(plan: list[_Layer], err: BaseException) -> BaseException | None:
+    """The download error behind ERR, if a layer's unpack failed on a blob that turns out bad.
+
+    A corrupt blob usually upsets the decompressor or the tar reader before
+    its download ends with the digest mismatch; the mismatch is the cause to
+    report.
+    """
+    from .transfer import GrowingFile
+    if not isinstance(err, ImageError):
+        return None
+    for layer in plan:
+        growing: GrowingFile | None = layer.growing
+        if not layer.unpacking or growing is None:
+            continue
+        failure = growing.failure(timeout=30)
+        return failure if isinstance(failure, ImageError) and failure is not err else None
+    return None
+
+
+def _move_in(store: ImageStore, staging: str, plan: list[_Layer], source: str, config_bytes: bytes,
+             manifest_bytes: bytes, names: list[str], progress: Progress | None) -> Image:
+    """One store transaction: blobs and layer directories renamed in, the image committed."""
+    with store._transaction() as txn:
+        for layer in plan:
+            path = store.layout.blob_path(layer.digest)
+            if layer.growing is not None and not os.path.exists(path):
+                os.chmod(layer.growing.path, 0o644)
+                os.rename(layer.growing.path, path)
+                txn.blobs.append(path)
+            if not store.layout.has_blob(layer.digest):
+                raise ImageError(f"{source}: blob {layer.digest} was removed from the store "
+                                 "during the pull; pull again")
+        layers: list = []
+        parent = None
+        for layer in plan:
+            final = store.layer_path(layer.chain_id)
+            if not os.path.isdir(final):
+                if layer.staged is None:  # removed by a prune since we looked: unpack it again
+                    layers.append(store._ensure_layer(
+                        txn, layer.digest, layer.media_type, layer.size, layers, layer.diff_id,
+                        devices="reject", progress=None, verify_blob=False))
+                    parent = layer.chain_id
+                    continue
+                os.rename(layer.staged, final)
+                txn.layers.append(layer.chain_id)
+                store._write_layer_meta(layer.chain_id, {
+                    "diff_id": layer.diff_id, "chain_id": layer.chain_id, "parent": parent,
+                    "size": layer.unpacked_size, "entries": layer.entries})
+                link = os.path.join(store.layers_dir, store.short_link(layer.chain_id))
+                if not os.path.lexists(link):
+                    os.symlink(os.path.join("..", digest_hex(layer.chain_id)), link)
+            layers.append(store._layer_from_disk(layer.chain_id, layer.diff_id, layer.digest,
+                                                 layer.media_type, layer.size))
+            parent = layer.chain_id
+        if progress:
+            progress("Writing manifest to image destination", 0, 0)
+        return store._commit(txn, config_bytes, layers, names, manifest_bytes=manifest_bytes)

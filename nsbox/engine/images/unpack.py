@@ -30,12 +30,13 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Sequence
+from typing import BinaryIO
 
 from nsbox._lazylog import get_logger
 from nsbox._record import record
 from nsbox.errors import ImageError, KernelError, SecurityError
 
-from .layout import COPY_CHUNK, HashingReader, _zstd_reader, detect_compression
+from .layout import COPY_CHUNK, HashingReader, detect_compression
 
 log = get_logger(__name__)
 
@@ -70,6 +71,10 @@ FORBIDDEN_XATTR_PREFIXES = ("user.overlay.",)
 DEVICE_POLICIES = ("reject", "skip", "create")
 
 PROGRESS_STEP = 1 << 20
+# tarfile's stream mode reads its input this much at a time.  Its default (10 KiB)
+# costs a Python call chain per 10 KiB of a big file; a larger buffer is copied
+# once per member header, so it is not made larger than this.
+TAR_BUFSIZE = 64 << 10
 _DIR_CACHE_LIMIT = 256
 _O_DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -79,6 +84,11 @@ class UnpackResult:
     diff_id: str       # sha256 of the uncompressed tar stream
     size: int          # bytes of regular-file content
     entries: int       # tar members processed
+
+
+class NeedsLowers(Exception):  # noqa: N818 - a signal, not an error
+    """The layer needs the layers below it (a hard link into one, a parent the tar does not
+    list) but was unpacked without them (lowers=None): unpack it again once they exist."""
 
 
 def member_parts(name: str) -> list[str]:
@@ -98,13 +108,13 @@ def _is_whiteout_device(st: os.stat_result) -> bool:
 class _LayerWriter:
     """Applies tar members to one layer directory, never following a symlink on the way."""
 
-    def __init__(self, dest: str, lowers: Sequence[str], devices: str) -> None:
+    def __init__(self, dest: str, lowers: Sequence[str] | None, devices: str) -> None:
         if devices not in DEVICE_POLICIES:
             raise ValueError(f"device policy must be one of {DEVICE_POLICIES}, not {devices!r}")
         self.devices = devices
         self.is_root = os.geteuid() == 0
         self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        self.lowers = list(lowers)  # top-most first
+        self.lowers = None if lowers is None else list(lowers)  # top-most first; None: unknown yet
         self._dirs: dict[str, int] = {}
         self._dir_times: list[tuple[list[str], int]] = []
         self.size = 0
@@ -182,6 +192,8 @@ class _LayerWriter:
             os.chmod(name, 0o755, dir_fd=parent_fd)
 
     def _lower_stat(self, rel: list[str]) -> os.stat_result | None:
+        if self.lowers is None:
+            raise NeedsLowers(rel)
         for lower in self.lowers:
             with contextlib.suppress(OSError), _open_beneath(lower, rel[:-1]) as fd:
                 return os.stat(rel[-1], dir_fd=fd, follow_symlinks=False)
@@ -357,6 +369,8 @@ class _LayerWriter:
 
     def _copy_from_lower(self, target_parts: list[str], parent: int, name: str, member) -> None:  # noqa: ANN001
         """A hard link to a file of an earlier layer: overlay layers cannot share inodes, so copy."""
+        if self.lowers is None:
+            raise NeedsLowers(target_parts)
         for lower in self.lowers:
             try:
                 with _open_beneath(lower, target_parts[:-1]) as lower_parent:
@@ -476,61 +490,71 @@ def _open_beneath(root: str, parts: list[str]):  # noqa: ANN202
         os.close(fd)
 
 
-def unpack_layer(blob_path: str, dest: str, *, lowers: Sequence[str] = (),
+def unpack_layer(blob_path: str, dest: str, *, lowers: Sequence[str] | None = (),
                  devices: str = "reject", progress: Progress | None = None,
-                 label: str = "layer") -> UnpackResult:
+                 label: str = "layer", source: BinaryIO | None = None) -> UnpackResult:
     """Unpack the layer blob at BLOB_PATH (tar, tar.gz or tar.zst) into the empty directory DEST.
 
-    LOWERS are the unpacked directories of the layers below, top-most first;
-    they are only read, for hard links into earlier layers and for the
-    metadata of parent directories the tar does not list.  PROGRESS gets
-    (LABEL, compressed bytes read, blob size).  Raises SecurityError for
-    unsafe content, ImageError for corrupt content, KernelError when writing
-    fails; DEST is then half-filled and the caller removes it.
+    SOURCE, if given, is read instead of BLOB_PATH (a pull's layer while it
+    downloads).  LOWERS are the unpacked directories of the layers below,
+    top-most first; they are only read, for hard links into earlier layers
+    and for the metadata of parent directories the tar does not list.  LOWERS
+    None (not unpacked yet) raises NeedsLowers when one is needed.
+    PROGRESS gets (LABEL, compressed bytes read, blob size).  Raises
+    SecurityError for unsafe content, ImageError for corrupt content,
+    KernelError when writing fails; DEST is then half-filled and the caller
+    removes it.
     """
-    import gzip
     import tarfile
-    import zlib
+
+    from .inflate import CountingReader, InflateReader, zstd_pipe
+    from .staging import Prepended
 
     writer = _LayerWriter(dest, lowers, devices)
     current = "(start)"
     try:
-        with open(blob_path, "rb") as raw:
-            total = os.fstat(raw.fileno()).st_size
-            compression = detect_compression(raw.read(4))
-            raw.seek(0)
-            with contextlib.ExitStack() as stack:
-                if compression == "zstd":
-                    stream = stack.enter_context(_zstd_reader(blob_path))
-                    position = None
-                elif compression == "gzip":
-                    stream = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
-                    position = raw.tell
-                else:
-                    stream = raw
-                    position = raw.tell
-                reader = HashingReader(stream)
-                reported = 0
-                if progress:
-                    progress(label, 0, total)
-                tar = stack.enter_context(tarfile.open(fileobj=reader, mode="r|"))
-                for member in tar:
-                    current = member.name
-                    writer.apply(member, tar)
-                    if progress:
-                        done = position() if position else reader.count
-                        if done - reported >= PROGRESS_STEP:
-                            reported = done
-                            progress(label, done, total if position else 0)
-                current = "(end of archive)"
-                reader.drain()
-                writer.finish()
-                if progress:
-                    progress(label, total, total)
+        with contextlib.ExitStack() as stack:
+            if source is None:
+                source = stack.enter_context(open(blob_path, "rb"))
+                total = os.fstat(source.fileno()).st_size
+            else:
+                total = 0
+            head = b""
+            while len(head) < 4 and (more := source.read(4 - len(head))):
+                head += more
+            compression = detect_compression(head)
+            raw = CountingReader(Prepended(head, source))  # counts the compressed bytes
+            if compression == "zstd":
+                stream = stack.enter_context(zstd_pipe(raw, label))
+            elif compression == "gzip":
+                stream = InflateReader(raw)
+            else:
+                stream = raw
+            reader = HashingReader(stream)
+            reported = 0
+            if progress:
+                progress(label, 0, total)
+            tar = stack.enter_context(tarfile.open(fileobj=reader, mode="r|", bufsize=TAR_BUFSIZE))
+            for member in tar:
+                current = member.name
+                writer.apply(member, tar)
+                if progress and raw.count - reported >= PROGRESS_STEP:
+                    reported = raw.count
+                    progress(label, raw.count, total)
+            current = "(end of archive)"
+            reader.drain()
+            raw.drain()  # the compressed stream to its end: nothing may follow unread
+            writer.finish()
+            if progress:
+                progress(label, total, total)
         return UnpackResult(diff_id=reader.digest, size=writer.size, entries=writer.entries)
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+    except (tarfile.TarError, EOFError) as err:
         raise ImageError(f"{label}: corrupt or truncated archive near {current!r}: {err}") from None
-    except (SecurityError, ImageError):
+    except ImageError as err:
+        if str(err).startswith("corrupt gzip data"):
+            raise ImageError(f"{label}: {err} near {current!r}") from None
+        raise
+    except SecurityError:
         raise
     except OSError as err:
         raise KernelError(f"{label}: cannot unpack {current!r}: {err.strerror or err}",
