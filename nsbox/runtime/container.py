@@ -1,6 +1,7 @@
 """The runtime's side of the container lifecycle: create, start, kill, delete, exec.
 
-This is the Python API that `nsbox-runtime` is a thin shell over.
+This is the Python API that `nsbox-runtime` is a thin shell over.  The
+work of `create` lives in create.py, which only `create` and `run` load.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from nsbox._lazylog import get_logger
 from nsbox._lite import suppress
 from nsbox.errors import BundleError, ConfigError, InvalidState, KernelError, NsboxError
 from nsbox.runtime import cgroups
-from nsbox.runtime.security import seccomp_agent_fd
 from nsbox.runtime.state import (
     CREATED,
     EXEC_FIFO,
@@ -22,38 +22,20 @@ from nsbox.runtime.state import (
     STOPPED,
     ContainerState,
     StateStore,
-    now_rfc3339,
     process_start_time,
-    write_pid_file,
+    wait_gone,
 )
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
-    from nsbox.runtime.namespaces import NamespacePlan
-    from nsbox.runtime.spec import Process, Spec
+    from nsbox.runtime.create import CreateOptions
+    from nsbox.runtime.spec import Process
 
 log = get_logger(__name__)
 
 # Signal numbers, so that start/delete need not import the signal module.
 SIGKILL = 9
 SIGTERM = 15
-
-
-class CreateOptions:
-    """The flags of `create` and `run`."""
-
-    # Plain classes keep the dataclasses import off the start/delete path.
-    def __init__(self, bundle: str = ".", pid_file: str | None = None,
-                 console_socket: str | None = None, preserve_fds: int = 0,
-                 no_pivot: bool = False, no_new_keyring: bool = False,
-                 systemd_cgroup: bool = False) -> None:
-        self.bundle = bundle
-        self.pid_file = pid_file
-        self.console_socket = console_socket
-        self.preserve_fds = preserve_fds
-        self.no_pivot = no_pivot
-        self.no_new_keyring = no_new_keyring
-        self.systemd_cgroup = systemd_cgroup
 
 
 class ExecOptions:
@@ -69,30 +51,6 @@ class ExecOptions:
         self.preserve_fds = preserve_fds
         self.extra_env = extra_env or {}
         self.seccomp_agent_fd = -1  # set by execute.spawn for SCMP_ACT_NOTIFY profiles
-
-
-def _validate_for_create(spec: Spec, bundle: str) -> None:
-    if spec.process is None:
-        raise ConfigError("config.json: process is required to create a container")
-    from nsbox.runtime.security import capabilities, lsm
-
-    capabilities.validate(spec.process.capabilities, strict=False)
-    lsm.validate_labels(spec.process.apparmor_profile, spec.process.selinux_label, spec.linux.mount_label)
-    if spec.hostname and spec.linux.namespace("uts") is None:
-        raise ConfigError("config.json: hostname needs a uts namespace (new or joined by path)")
-    if spec.domainname and not spec.has_new_namespace("uts"):
-        raise ConfigError("config.json: domainname needs a new uts namespace")
-    if spec.linux.sysctl:
-        from nsbox.runtime import sysctl
-
-        sysctl.validate(spec)
-    if spec.linux.seccomp is not None:
-        from nsbox.runtime.security import seccomp
-
-        seccomp.validate(spec.linux.seccomp)
-    from nsbox.runtime import rootfs
-
-    rootfs.check_mount_sources(spec, bundle=bundle)
 
 
 class Runtime:
@@ -112,145 +70,11 @@ class Runtime:
 
     # ------------------------------------------------------------------ create
     def create(self, container_id: str, opts: CreateOptions) -> ContainerState:
-        from nsbox.runtime import namespaces as nsmod
-        from nsbox.runtime.spec import load_bundle_config
+        """Create the container from opts.bundle; its init then waits for `start`."""
+        from nsbox.runtime.create import create
 
-        spec, rootfs = load_bundle_config(opts.bundle)
-        _validate_for_create(spec, os.path.abspath(opts.bundle))
-        self._guard_exe(spec.process)
-        plan = nsmod.plan(spec.linux)
-        if spec.process.terminal and not opts.console_socket:
-            raise ConfigError("cannot allocate a pseudo-TTY without --console-socket; "
-                              "set process.terminal to false or pass --console-socket")
-        cgroup_paths = {}
-        cgroup_plan = None
-        if self.use_cgroups:
-            cgroup_paths = cgroups.resolve(spec.linux.cgroups_path, container_id,
-                                           systemd=self.systemd_cgroup or opts.systemd_cgroup)
-            cgroup_plan = _cgroup_plan(spec, cgroup_paths)
-        bundle = os.path.abspath(opts.bundle)
-        state = ContainerState(
-            id=container_id, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
-            owner="", annotations=spec.annotations, config=spec.raw,
-            cgroup_paths=cgroup_paths, systemd_cgroup=self.systemd_cgroup,
-        )
-        seccomp_bpf = None
-        if spec.linux.seccomp is not None:
-            from nsbox.runtime.security import seccomp
+        return create(self, container_id, opts)
 
-            seccomp_bpf = seccomp.compiled_filter(spec.linux.seccomp, self.seccomp_cache_dir)
-        self.store.reserve(container_id)
-        cleanup = _Cleanup(self.store, container_id)
-        try:
-            self._create(state, spec, rootfs, plan, opts, seccomp_bpf, cleanup,
-                         cgroup_plan=cgroup_plan)
-        except BaseException:
-            cleanup.run()
-            raise
-        return state
-
-    def _create(self, state: ContainerState, spec: Spec, rootfs: str, plan: NamespacePlan,
-                opts: CreateOptions, seccomp_bpf: bytes | None, cleanup: _Cleanup,
-                cgroup_plan=None) -> None:
-        from nsbox.runtime import channel as ch
-        from nsbox.runtime import init as initmod
-        from nsbox.runtime import namespaces as nsmod
-        from nsbox.runtime import process as procmod
-
-        initmod.preload(spec)
-        sdir = self.store.dir(state.id)
-        fifo = os.path.join(sdir, EXEC_FIFO)
-        os.mkfifo(fifo, 0o600)
-        # Read-write: the init reads start's byte from it and, should its
-        # execve fail, writes the reason back for `start` to print.
-        fifo_fd = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
-        cleanup.fds.append(fifo_fd)
-        console_fd = -1
-        if spec.process.terminal:
-            from nsbox.runtime import console
-
-            csock = console.connect_console_socket(opts.console_socket)
-            cleanup.closers.append(csock)
-            console_fd = csock.fileno()
-        agent_fd = seccomp_agent_fd(spec)
-        if agent_fd >= 0:
-            cleanup.fds.append(agent_fd)
-        extra_env = _listen_fds_env(opts.preserve_fds)
-        preserve = opts.preserve_fds + int(extra_env.get("LISTEN_FDS", "0")) if extra_env else opts.preserve_fds
-        ctx = initmod.InitContext(
-            container_id=state.id, spec=spec, rootfs=rootfs, ns_plan=plan, fifo_fd=fifo_fd,
-            bundle=state.bundle, state_json=_json.dumps(state.oci_state(CREATED)), no_pivot=opts.no_pivot,
-            no_new_keyring=opts.no_new_keyring, preserve_fds=preserve,
-            console_sock_fd=console_fd, seccomp_bpf=seccomp_bpf, seccomp_agent_fd=agent_fd,
-            runtime_exe=procmod.runtime_exe_identity(), extra_env=extra_env or None,
-            cgroup_paths=state.cgroup_paths,
-        )
-        created_cgroups = cgroups.create(state.cgroup_paths)
-        state.cgroup_created = created_cgroups
-        cleanup.cgroup_dirs = created_cgroups
-        cleanup.cgroup_paths = state.cgroup_paths
-        parent_chan, child_chan = ch.Channel.pair()
-        cleanup.closers.append(parent_chan)
-        stage1_pid, born_in_unified = cgroups.fork_into(state.cgroup_paths)
-        if stage1_pid == 0:
-            parent_chan.close()
-            initmod.stage1(ctx, child_chan)
-        child_chan.close()
-        cleanup.stage1_pid = stage1_pid
-        if not born_in_unified:
-            # Stage 1 joins its v1 cgroups itself and builds its namespaces
-            # while we move it into the cgroup2 one.
-            cgroups.add_process(state.cgroup_paths, stage1_pid, only_unified=True)
-        if cgroup_plan is not None:
-            # Limits are in place before stage 1 forks the init (on `go`).
-            from nsbox.runtime.cgroups.manager import Manager
-
-            Manager(state.cgroup_paths, created_cgroups).apply_plan(cgroup_plan)
-        if plan.creates("user"):
-            parent_chan.expect(ch.NEED_IDMAP)
-            nsmod.write_id_maps(stage1_pid, spec.linux.uid_mappings, spec.linux.gid_mappings,
-                                deny_setgroups=os.geteuid() != 0)
-            parent_chan.send(ch.IDMAP_DONE)
-        parent_chan.send(ch.GO)
-        # Stage 1's "init_pid" and stage 2's "run_hooks" share the socket and
-        # race: stage 2 may get there before its parent reports it.
-        init_pid = 0
-        hooks_due = False
-        while not (init_pid and hooks_due):
-            msg = parent_chan.recv()
-            if msg["type"] == ch.INIT_PID:
-                init_pid = msg["pid"]
-                cleanup.init_pid = init_pid
-            elif msg["type"] == ch.RUN_HOOKS:
-                hooks_due = True
-            elif msg["type"] == ch.ERROR:
-                raise ch.ChildFailed(msg["message"])
-            else:
-                raise KernelError(f"container setup: unexpected message {msg['type']}")
-        _reap(stage1_pid)
-        cleanup.stage1_pid = 0
-        state.pid = init_pid
-        state.pid_start_time = process_start_time(init_pid) or 0
-        state.namespace_paths = nsmod.namespace_paths(init_pid)
-        hook_state = state.oci_state(CREATED)
-        if spec.hooks.get("prestart") or spec.hooks.get("createRuntime"):
-            from nsbox.runtime import hooks
-
-            for kind in ("prestart", "createRuntime"):
-                if spec.hooks.get(kind):
-                    hooks.run_hooks(kind, spec.hooks[kind], hook_state)
-        parent_chan.send(ch.HOOKS_DONE, state=hook_state)  # now with the init's pid
-        parent_chan.expect(ch.CREATED)
-        self.store.save(state)
-        if opts.pid_file:
-            write_pid_file(opts.pid_file, init_pid)
-        cleanup.disarm()
-        for c in cleanup.closers:
-            c.close()
-        for fd in cleanup.fds:
-            os.close(fd)  # the exec fifo and the seccomp agent socket: the init has its own
-
-    # ------------------------------------------------------------------ start
     def start(self, container_id: str) -> None:
         state = self.store.load(container_id)
         with self.store.lock(container_id):
@@ -364,7 +188,7 @@ class Runtime:
             _signal_init(st, SIGKILL, missing_ok=True)
             if status == PAUSED:
                 cgroups.thaw(st.cgroup_paths)  # a frozen v1 task dies of SIGKILL only once thawed
-            _wait_gone(st.pid, st.pid_start_time)
+            wait_gone(st.pid, st.pid_start_time)
         try:
             cgroups.destroy(st.cgroup_paths, st.cgroup_created)
         except NsboxError as exc:
@@ -518,59 +342,6 @@ class Runtime:
 
 
 # ---------------------------------------------------------------------- helpers
-class _Cleanup:
-    """Undo a half-finished create: processes, cgroups, fds, state dir."""
-
-    def __init__(self, store: StateStore, container_id: str) -> None:
-        self.store, self.id = store, container_id
-        self.stage1_pid = 0
-        self.init_pid = 0
-        self.fds: list[int] = []
-        self.closers: list = []
-        self.cgroup_dirs: list[str] = []
-        self.cgroup_paths: dict[str, str] = {}
-        self.armed = True
-
-    def disarm(self) -> None:
-        self.armed = False
-
-    def run(self) -> None:
-        if not self.armed:
-            return
-        for pid in (self.init_pid, self.stage1_pid):
-            if pid:
-                with suppress(ProcessLookupError):
-                    os.kill(pid, SIGKILL)
-        if self.stage1_pid:
-            _reap(self.stage1_pid)
-        if self.init_pid:
-            # Not our child (stage 1 forked it): wait until it is gone.
-            with suppress(ChildProcessError):
-                os.waitpid(self.init_pid, os.WNOHANG)
-            _wait_gone(self.init_pid, None)
-        for c in self.closers:
-            with suppress(OSError):
-                c.close()
-        for fd in self.fds:
-            with suppress(OSError):
-                os.close(fd)
-        if self.cgroup_paths:
-            try:
-                cgroups.destroy(self.cgroup_paths, self.cgroup_dirs)
-            except NsboxError as exc:
-                log.warning("%s", exc)
-        self.store.remove(self.id)
-
-
-def _cgroup_plan(spec: Spec, cgroup_paths: dict[str, str]):
-    """Validate linux.resources for these cgroups now, before anything exists."""
-    if not spec.linux.resources or not cgroup_paths:
-        return None
-    from nsbox.runtime.cgroups.manager import Manager
-
-    return Manager(cgroup_paths).validate(spec.linux.resources)
-
-
 def _merge_resources(old: dict, new: dict) -> dict:
     """OLD with NEW laid over it: objects merge key by key, anything else is replaced."""
     out = dict(old)
@@ -607,28 +378,6 @@ def _await_exec(fifo_wfd: int, pid: int, before: tuple[int, int] | None) -> str:
         # Our own byte, unread: the init was gone before it took it.
         return "the container's init exited before its process started"
     return data.decode(errors="replace").strip()
-
-
-def _reap(pid: int) -> int:
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            return os.waitstatus_to_exitcode(status)
-        except ChildProcessError:
-            return 0
-        except InterruptedError:
-            continue
-
-
-def _wait_gone(pid: int, start_time: int | None, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        st = process_start_time(pid)
-        if st is None or (start_time is not None and st != start_time):
-            return
-        time.sleep(0.002)
 
 
 def _signal_init(st: ContainerState, sig: int, missing_ok: bool = False) -> None:
@@ -672,20 +421,6 @@ def _container_pids(st: ContainerState) -> list[int]:
     return sorted(pids)
 
 
-def _listen_fds_env(preserve_fds: int) -> dict[str, str]:
-    """Pass socket-activation fds through, as systemd's LISTEN_FDS protocol expects."""
-    listen = os.environ.get("LISTEN_FDS")
-    if not listen or not listen.isdigit() or int(listen) == 0:
-        return {}
-    # The fds are ours only if the activation was addressed to us; an
-    # inherited LISTEN_FDS would otherwise leak unrelated fds into the container.
-    if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        return {}
-    return {"LISTEN_FDS": listen, "LISTEN_PID": "1"}
-
-
-
-
 def wait_forwarding_signals(pid: int) -> int:
     """Wait for PID (our child or re-parented to us), forwarding signals to it."""
     def forward(signum, _frame):
@@ -710,3 +445,12 @@ def wait_forwarding_signals(pid: int) -> int:
     finally:
         for s, h in old.items():
             _signal.signal(s, h)
+
+
+def __getattr__(name: str) -> object:
+    # CreateOptions moved to create.py; callers that name it here still find it.
+    if name == "CreateOptions":
+        from nsbox.runtime.create import CreateOptions
+
+        return CreateOptions
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,11 @@ for `start` before it execve()s the user process.
 
 Both run in a forked copy of the runtime, so they read the same Python
 objects; the Channel carries only the synchronisation and errors.
+
+Without a user or time namespace one process does it all (`init_direct`):
+the runtime forks the init straight into its new pid namespace, and the
+init does stage 1's namespace work itself before going on as stage 2.  A
+Python fork and a child's copy-on-write faults fewer: ~1 ms of `create`.
 """
 
 from __future__ import annotations
@@ -102,7 +107,7 @@ def preload(spec: Spec) -> None:
 
     if spec.linux.seccomp is not None:
         from nsbox.runtime.security import seccomp  # noqa: F401
-    if "org.nsbox.landlock" in spec.annotations:
+    if any(k.startswith("org.nsbox.landlock") for k in spec.annotations):
         from nsbox.runtime.security import landlock  # noqa: F401
     if spec.process is not None and spec.process.terminal:
         import fcntl  # noqa: F401
@@ -122,7 +127,55 @@ def preload(spec: Spec) -> None:
         rootfs.load()
 
 
+def single_stage_ok(spec: Spec, plan: nsmod.NamespacePlan) -> bool:
+    """Whether one fork can make the init (`init_direct`), without stage 1.
+
+    Only stage 1's user and time namespaces (and joins of user, pid and time
+    namespaces) need a process that forks again: the user namespace's id
+    maps are written between its unshare and the others', and the pid and
+    time namespaces only take children.  A new pid namespace alone is given
+    to the init at birth (clone3 with CLONE_NEWPID).  Idmapped mounts take
+    their trees in stage 1 too.
+    """
+    if plan.has("user") or plan.has("time") or plan.joins("pid"):
+        return False
+    if spec.mounts and plan.creates("mount"):
+        from nsbox.runtime.rootfs import sources
+
+        return not any(sources.wants_idmap(m) for m in spec.mounts)
+    return True
+
+
+def init_direct(ctx: InitContext, chan: ch.Channel) -> None:
+    """The init, forked by the runtime itself into its new pid namespace; never returns.
+
+    Does stage 1's namespace work itself (without its fork), then stage 2's.
+    Runs only where single_stage_ok() said so.
+    """
+    try:
+        _namespaces(ctx, chan, born_in=sc.CLONE_NEWPID)
+    except NsboxError as exc:
+        _report(chan, str(exc))
+        os._exit(1)
+    except Exception as exc:  # noqa: BLE001 - the child must report, never unwind into the CLI
+        _report(chan, f"container init: {exc.__class__.__name__}: {exc}")
+        os._exit(1)
+    stage2(ctx, chan)
+
+
 def _stage1(ctx: InitContext, chan: ch.Channel) -> None:
+    _namespaces(ctx, chan)
+    pid = os.fork()
+    if pid == 0:
+        stage2(ctx, chan)
+    chan.send(ch.INIT_PID, pid=pid)
+
+
+def _namespaces(ctx: InitContext, chan: ch.Channel, born_in: int = 0) -> None:
+    """Stage 1's work up to the runtime's `go`: cgroups, namespaces joined and created.
+
+    BORN_IN: the namespaces (CLONE_NEW*) the caller was already born in.
+    """
     plan = ctx.ns_plan
     linux = ctx.spec.linux
     if ctx.cgroup_paths:
@@ -153,7 +206,7 @@ def _stage1(ctx: InitContext, chan: ch.Channel) -> None:
             os.setresuid(0, 0, 0)
         except OSError as exc:
             raise KernelError(f"become root in the user namespace: {exc.strerror}", exc.errno) from None
-    others = plan.new_flags & ~(sc.CLONE_NEWUSER | sc.CLONE_NEWCGROUP)
+    others = plan.new_flags & ~(sc.CLONE_NEWUSER | sc.CLONE_NEWCGROUP | born_in)
     if others:
         nsmod.unshare(others)
         if others & sc.CLONE_NEWNET:
@@ -173,10 +226,6 @@ def _stage1(ctx: InitContext, chan: ch.Channel) -> None:
         if in_user_ns:
             sc.set_dumpable(False)
     chan.expect(ch.GO)  # we are in the container's cgroups: stage 2 inherits them
-    pid = os.fork()
-    if pid == 0:
-        stage2(ctx, chan)
-    chan.send(ch.INIT_PID, pid=pid)
 
 
 def stage2(ctx: InitContext, chan: ch.Channel) -> None:

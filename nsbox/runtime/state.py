@@ -221,6 +221,19 @@ class _Lock:
         os.close(self.fd)
 
 
+def wait_gone(pid: int, start_time: int | None, timeout: float = 5.0) -> None:
+    """Wait up to TIMEOUT s until PID is gone (or is another process than START_TIME's),
+    reaping it if it is our child."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        st = process_start_time(pid)
+        if st is None or (start_time is not None and st != start_time):
+            return
+        time.sleep(0.002)
+
+
 def write_pid_file(path: str, pid: int) -> None:
     """--pid-file: PID written atomically (a temp file renamed over PATH)."""
     path = os.path.abspath(path)

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 # preforked monitor imports them while the engine is still making the container.
 _MONITOR_MODULES = (
     "_sqlite3", "nsbox.engine.monitor", "nsbox.engine.lifecycle.monitor_helpers",
-    "nsbox.engine.storage", "nsbox.engine.oci", "nsbox.runtime.container", "nsbox.runtime.init",
+    "nsbox.engine.storage", "nsbox.engine.oci", "nsbox.runtime.container", "nsbox.runtime.create",
+    "nsbox.runtime.init",
     "nsbox.runtime.rootfs", "nsbox.runtime.process", "nsbox.runtime.cgroups.manager",
     "nsbox.runtime.cgroups.resources", "nsbox.runtime.security.capabilities",
     "nsbox.runtime.security.seccomp", "nsbox.runtime.security.lsm", "resource",

@@ -261,29 +261,36 @@ def join(paths: dict[str, str], born_in_unified: bool = False) -> None:
         add_process(paths, os.getpid(), only_unified=True)
 
 
-def fork_into(paths: dict[str, str]) -> tuple[int, bool]:
+def fork_into(paths: dict[str, str], ns_flags: int = 0) -> tuple[int, bool]:
     """fork(); the child starts in PATHS' cgroup2 directory where the kernel can put it there.
 
     Returns (pid, born_in_unified): 0 in the child, as os.fork().  When
     born_in_unified is False the caller still has to move the child into
     the cgroup2 hierarchy (add_process or join).  See
-    syscalls.fork_into_cgroup for why being born there matters.
+    syscalls.fork_into_cgroup for why being born there matters.  NS_FLAGS
+    (CLONE_NEW*): the child is born in those new namespaces too; OSError if
+    the kernel refuses them.
     """
     unified = paths.get(UNIFIED)
-    if unified:
+    fd = -1
+    if unified or ns_flags:
         from nsbox.runtime import syscalls as sc
-
+    if unified:
         try:
             fd = os.open(unified, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             fd = -1
+    try:
         if fd >= 0:
             try:
-                return sc.fork_into_cgroup(fd), True
+                return sc.clone_fork(ns_flags, fd), True
             except OSError:
                 pass  # refused (an old kernel, a seccomp filter): fork and move instead
-            finally:
-                os.close(fd)
+        if ns_flags:
+            return sc.clone_fork(ns_flags), False
+    finally:
+        if fd >= 0:
+            os.close(fd)
     return os.fork(), False
 
 

@@ -22,7 +22,7 @@ HELP = {
 
 def options(args):
     from nsbox.runtime.cli import UsageError
-    from nsbox.runtime.container import CreateOptions
+    from nsbox.runtime.create import CreateOptions
 
     if args["preserve-fds"] < 0:
         raise UsageError("--preserve-fds must not be negative")
