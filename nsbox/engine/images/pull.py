@@ -115,7 +115,10 @@ def _pull_one(store: ImageStore, conf, ref: Reference, platform: tuple[str, str,
         data, media_type, digest = client.manifest(ref.digest or ref.tag or "latest")
         if media_type in INDEX_TYPES:
             descriptor = pick_platform(json.loads(data), platform, source)
-            data, media_type, digest = client.manifest(descriptor["digest"])
+            entry_digest = descriptor.get("digest")
+            if not isinstance(entry_digest, str) or not entry_digest.startswith("sha256:"):
+                raise ImageError(f"{source}: malformed image index (an entry without a sha256 digest)")
+            data, media_type, digest = client.manifest(entry_digest)
         if media_type not in MANIFEST_TYPES:
             raise ImageError(f"{source}: unsupported manifest type {media_type!r} "
                              "(Docker schema 2 and OCI manifests are supported)")

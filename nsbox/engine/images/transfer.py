@@ -141,7 +141,8 @@ def download_blob(client: RegistryClient, digest: str, size: int, dest: str,
                     failure = str(error)
                     continue
                 try:
-                    for chunk in response.stream(COPY_CHUNK):
+                    # read1: what has arrived, so a broken connection loses no bytes read
+                    while chunk := response.read1(COPY_CHUNK):
                         if growing is not None and growing.cancelled:
                             raise ImageError(f"fetching blob {digest}: cancelled")
                         if skip:

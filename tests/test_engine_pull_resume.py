@@ -1,0 +1,143 @@
+"""Pulls that survive broken connections, and bad registry answers.
+
+A relay in a thread stands between nsbox and the real docker-registry of
+test_engine_pull: it cuts the first download of every blob in the middle
+(the full Content-Length announced, half the bytes sent, the socket shut),
+then relays the retry with its Range header (206, as the registry answers),
+or, in "norange" mode, answers the retry with the whole blob (200).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from test_engine_pull import (  # noqa: F401 - fixtures
+    REGISTRY,
+    ImageStore,
+    nsbox,
+    one_line_error,
+    pushed,
+    registry,
+)
+
+from nsbox.engine.images.layout import oci_architecture
+
+pytestmark = [pytest.mark.timeout(120)]
+
+
+class CuttingRelay(http.server.ThreadingHTTPServer):
+    def __init__(self, upstream: str, mode: str) -> None:
+        super().__init__(("127.0.0.1", 0), _RelayHandler)
+        self.upstream, self.mode = upstream, mode
+        self.cut: set[str] = set()
+        self.blob_requests: list[tuple[str, str | None]] = []
+        self.host = f"127.0.0.1:{self.server_address[1]}"
+        self.lock = threading.Lock()
+        self.overrides: dict[str, tuple[bytes, str]] = {}  # path -> (body, content type)
+
+
+class _RelayHandler(http.server.BaseHTTPRequestHandler):
+    server: CuttingRelay
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # noqa: ANN002
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        server = self.server
+        if self.path in server.overrides:
+            body, media_type = server.overrides[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", media_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        is_blob = "/blobs/" in self.path
+        wanted_range = self.headers.get("Range")
+        headers = {"Accept": self.headers.get("Accept", "*/*")}
+        if wanted_range and server.mode == "range":
+            headers["Range"] = wanted_range
+        with server.lock:
+            first = is_blob and self.path not in server.cut
+            if is_blob:
+                server.blob_requests.append((self.path, wanted_range))
+                server.cut.add(self.path)
+        request = urllib.request.Request(f"http://{server.upstream}{self.path}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status, body, got = response.status, response.read(), response.headers
+        except urllib.error.HTTPError as err:
+            status, body, got = err.code, err.read(), err.headers
+        self.send_response(status)
+        for key in ("Content-Type", "Docker-Content-Digest", "Content-Range"):
+            if got.get(key):
+                self.send_header(key, got[key])
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if first and len(body) > 100:
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def relay(pushed, request):  # noqa: F811
+    server = CuttingRelay(pushed["host"], request.param)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("relay", ["range", "norange"], indirect=True)
+def test_broken_downloads_resume(nsbox, pushed, relay):  # noqa: F811
+    name = f"{relay.host}/test/bb:1"
+    out = nsbox("pull", "-q", "--tls-verify=false", name)
+    assert out.stdout.strip() == pushed["id"].removeprefix("sha256:")
+    assert nsbox("run", "--rm", name, "echo", "resumed").stdout == "resumed\n"
+    layer = ImageStore(nsbox.root).resolve(name).layers[0].digest
+    asked = [rng for path, rng in relay.blob_requests if path.endswith(layer)]
+    assert len(asked) == 2, relay.blob_requests
+    assert asked[0] is None
+    assert asked[1] is not None and asked[1].startswith("bytes=") and asked[1] != "bytes=0-"
+    assert nsbox.tmp_left() == []
+
+
+MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+@pytest.mark.parametrize("relay", ["range"], indirect=True)
+def test_malformed_manifests_are_one_line_and_leave_nothing(nsbox, pushed, relay):  # noqa: F811
+    good = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"http://{pushed['host']}/v2/test/bb/manifests/zstd", headers={"Accept": MEDIA_MANIFEST}),
+        timeout=10).read())
+    cases = {
+        "notjson": (b"{not json", MEDIA_MANIFEST, "not JSON"),
+        "nolayers": (json.dumps({**good, "layers": "x"}).encode(), MEDIA_MANIFEST, "malformed"),
+        "badsize": (json.dumps({**good, "layers": [{**good["layers"][0], "size": "big"}]}).encode(),
+                    MEDIA_MANIFEST, "malformed"),
+        "nodigest": (json.dumps({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [
+            {"mediaType": MEDIA_MANIFEST, "size": 10,
+             "platform": {"os": "linux", "architecture": oci_architecture()}}]}).encode(),
+            MEDIA_INDEX, "malformed image index"),
+        "schema1": (json.dumps({"schemaVersion": 1, "name": "x", "fsLayers": []}).encode(),
+                    "application/vnd.docker.distribution.manifest.v1+prettyjws", "unsupported"),
+    }
+    for tag, (body, media_type, _) in cases.items():
+        relay.overrides[f"/v2/test/bb/manifests/{tag}"] = (body, media_type)
+    for tag, (_, _, expected) in cases.items():
+        proc = nsbox("pull", "--tls-verify=false", f"{relay.host}/test/bb:{tag}", check=False)
+        assert expected in one_line_error(proc), (tag, proc.stderr)
+        assert nsbox.blobs() == {} and nsbox.tmp_left() == []
