@@ -212,3 +212,67 @@ def test_commit_keeps_changes_and_deletions(nsbox, registry):  # noqa: F811
         names = tar.getnames()
     assert "etc/.wh.group" in names and "root/new" in names
     nsbox("push", "-q", "--tls-verify=false", "committed:1", f"{registry['host']}/test/committed:1")
+
+
+# ------------------------------------------------------------ upload kinds, formats
+def _log_count(registry: dict, text: str) -> int:  # noqa: F811
+    return registry["log"].read_bytes().count(text.encode())
+
+
+def test_chunked_upload_and_cross_repository_mount(nsbox, registry, tmp_path):  # noqa: F811
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "data").mkdir(parents=True)
+    (rootfs / "data" / "blob").write_bytes(os.urandom(700_000))
+    store = ImageStore(nsbox.root)
+    store.import_rootfs(str(rootfs), "chunky:1")
+    host = registry["host"]
+    progress: list[str] = []
+    digest = store.push("chunky:1", f"{host}/test/chunky:1", tls_verify=False, chunk_size=256 << 10,
+                        progress=lambda label, done, total: progress.append(label))
+    # The layer (>700 kB) went up in 3 PATCHes of at most 256 KiB, the config in one PUT.
+    assert _log_count(registry, '"PATCH /v2/test/chunky/blobs/uploads/') == 3
+    seen = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{host}/test/chunky:1"))
+    assert seen["Digest"] == digest
+    (tmp_path / "fresh").mkdir()
+    fresh = Nsbox(tmp_path / "fresh")
+    fresh("pull", "-q", "--tls-verify=false", f"{host}/test/chunky:1")
+    pulled = ImageStore(fresh.root).resolve(f"{host}/test/chunky:1")
+    assert (Path(pulled.layers[0].path) / "data" / "blob").read_bytes() == \
+        (rootfs / "data" / "blob").read_bytes()
+
+    # Named in test/chunky on this registry, the image's layer is mounted into another repo.
+    store.tag("chunky:1", f"{host}/test/chunky:1")
+    layer = store.resolve("chunky:1").layers[0].digest
+    store.push("chunky:1", f"{host}/test/mounted:1", tls_verify=False,
+               progress=lambda label, done, total: progress.append(label))
+    assert any(label.endswith(" mounted") for label in progress)
+    mount = f'"POST /v2/test/mounted/blobs/uploads/?mount={layer.replace(":", "%3A")}&from=test/chunky '
+    assert _log_count(registry, mount) == 1
+    assert _uploads(registry, "test/mounted") == 1  # an upload for the config only
+    assert _log_count(registry, '"PUT /v2/test/mounted/blobs/uploads/') == 1  # the config only
+
+
+def test_push_format_rewrites_media_types_only(nsbox, registry):  # noqa: F811
+    store = ImageStore(nsbox.root)
+    image = ensure_busybox(store)
+    host = registry["host"]
+    proc = nsbox("push", "--tls-verify=false", "--format", "v1", "busybox", f"{host}/test/fmt:1",
+                 check=False)
+    assert "oci or v2s2" in one_line_error(proc)
+    v2 = nsbox("push", "-q", "--tls-verify=false", "--format", "v2s2", "busybox",
+               f"{host}/test/fmt:v2").stdout.strip()
+    oci = nsbox("push", "-q", "--tls-verify=false", "--format", "oci", "busybox",
+                f"{host}/test/fmt:oci").stdout.strip()
+    assert oci == image.manifest_digest  # stored as OCI: pushed as it is
+    assert v2 != oci
+    raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{host}/test/fmt:v2"))
+    assert raw["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert raw["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
+    assert all(d["mediaType"].startswith("application/vnd.docker.image.rootfs.diff.tar")
+               for d in raw["layers"])
+    # Same config and layers: pulled back, it is the same image (same id).
+    (nsbox.tmp / "fresh").mkdir()
+    fresh = Nsbox(nsbox.tmp / "fresh")
+    pulled = fresh("pull", "-q", "--tls-verify=false", f"{host}/test/fmt:v2").stdout.strip()
+    assert "sha256:" + pulled == image.id
+    assert ImageStore(fresh.root).resolve(f"{host}/test/fmt:v2").manifest_digest == v2

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import sys
 
-FLAGS = {"quiet": "bool", "tls-verify": "bool", "cert-dir": "str", "authfile": "str", "digestfile": "str"}
-ALIASES = {"q": "quiet"}
+FLAGS = {"quiet": "bool", "tls-verify": "bool", "cert-dir": "str", "authfile": "str", "digestfile": "str",
+         "format": "str"}
+ALIASES = {"q": "quiet", "f": "format"}
 HELP = {
     "quiet": "Do not show progress",
     "tls-verify": "Require HTTPS with a verified certificate (default true; false also allows plain HTTP)",
@@ -20,6 +21,7 @@ HELP = {
                          "registry (default: its certs.d directory)"),
     "authfile": ("path", "The auth.json to read credentials from"),
     "digestfile": ("file", "Write the digest of the pushed manifest to FILE"),
+    "format": ("oci|v2s2", "Manifest format to push (default: as stored; only media types change)"),
 }
 
 
@@ -32,7 +34,7 @@ def run(args, ctx) -> int:  # noqa: ANN001
     progress = None if args["quiet"] else PullProgress()
     digest = ctx.images().push(source, destination, tls_verify=args.flags.get("tls-verify"),
                                authfile=args["authfile"] or None, progress=progress,
-                               cert_dir=args["cert-dir"] or None)
+                               cert_dir=args["cert-dir"] or None, format=args["format"] or None)
     if args["digestfile"]:
         with open(args["digestfile"], "w") as f:
             f.write(digest)

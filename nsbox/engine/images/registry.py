@@ -278,27 +278,6 @@ class RegistryClient:
         raise RegistryError(f"checking blob {digest} in {self.host}/{self.repository}: "
                             f"{_error_message(response)}")
 
-    def upload_blob(self, digest: str, path: str, size: int) -> None:
-        """A monolithic upload: POST blobs/uploads/, then PUT <location>?digest= with the file."""
-        response = self.request("POST", "blobs/uploads/", {"Content-Length": "0"})
-        if response.status not in (201, 202):
-            raise RegistryError(f"starting the upload of blob {digest} to {self.host}/"
-                                f"{self.repository}: {_error_message(response)}")
-        location = response.headers.get("Location")
-        if response.status == 201:
-            return  # the registry has it
-        if not location:
-            raise RegistryError(f"{self.host}: upload of blob {digest} started without a Location")
-        from urllib.parse import urljoin
-        url = urljoin(f"{self.base}/v2/{self.repository}/blobs/uploads/", location)
-        url += ("&" if "?" in url else "?") + "digest=" + digest.replace(":", "%3A")
-        with open(path, "rb") as f:
-            response = self.request("PUT", url, {"Content-Type": "application/octet-stream",
-                                                  "Content-Length": str(size)}, body=f)
-        if response.status != 201:
-            raise RegistryError(f"uploading blob {digest} to {self.host}/{self.repository}: "
-                                f"{_error_message(response)}")
-
     def put_manifest(self, reference: str, data: bytes, media_type: str) -> str:
         """PUT the manifest bytes as they are under REFERENCE (a tag or digest); its digest."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()

@@ -9,6 +9,15 @@ the whole blob, and the first N bytes are read and dropped.  Either way the
 digest is of the bytes in the file, checked at the end with the size; a
 registry that sends more than the size is cut off.
 
+`upload_blob` pushes a blob the registry lacks: first, when another
+repository on the same registry is known to hold it, as a cross-repository
+mount (`POST .../blobs/uploads/?mount=<digest>&from=<repository>`; 201 means
+mounted, a 202 is an ordinary upload session the registry opened instead);
+then monolithically (`PUT <location>?digest=` with the whole file) or, for
+blobs over the chunk size, in chunks (`PATCH <location>` with
+`Content-Range: <start>-<end>`, each answer giving the next location, then
+an empty `PUT ?digest=`).
+
 `GrowingFile` lets the unpacker read a layer while it is still arriving: its
 reader blocks at the end of what has been written and sees end-of-file only
 once the download finished *and* its digest was verified.  A failed download
@@ -176,10 +185,79 @@ def download_blob(client: RegistryClient, digest: str, size: int, dest: str,
     check_blob(digest, size, hasher.hexdigest(), count)
 
 
+# Blobs larger than this go up in chunks of CHUNK_SIZE (push's chunk_size overrides both).
+CHUNKED_ABOVE = 64 << 20
+CHUNK_SIZE = 16 << 20
+
+
+def upload_blob(client: RegistryClient, digest: str, path: str, size: int,
+                mount_from: list[str] = (), chunk_size: int | None = None) -> str:  # type: ignore[assignment]
+    """Put blob DIGEST (the file PATH) in the registry; "mounted", "chunked" or "monolithic"."""
+    from urllib.parse import quote
+    response = None
+    for source in mount_from:
+        response = client.request("POST", f"blobs/uploads/?mount={quote(digest)}&from={quote(source)}",
+                                  {"Content-Length": "0"})
+        if response.status == 201:
+            return "mounted"
+        if response.status == 202:
+            break  # the registry opened an upload session instead: use it
+        response = None
+    if response is None:
+        response = client.request("POST", "blobs/uploads/", {"Content-Length": "0"})
+    if response.status == 201:
+        return "mounted"  # the registry had it after all
+    if response.status != 202:
+        raise RegistryError(f"starting the upload of blob {digest} to {client.host}/"
+                            f"{client.repository}: {_error_message(response)}")
+    location = _location(client, response, digest)
+    step = chunk_size or (CHUNK_SIZE if size > CHUNKED_ABOVE else 0)
+    if step and size > step:
+        with open(path, "rb") as f:
+            offset = 0
+            while offset < size:
+                data = f.read(step)
+                if not data:
+                    raise ImageError(f"blob {digest}: the file ended at {offset} of {size} bytes")
+                response = client.request("PATCH", location, {
+                    "Content-Type": "application/octet-stream", "Content-Length": str(len(data)),
+                    "Content-Range": f"{offset}-{offset + len(data) - 1}"}, body=data)
+                if response.status != 202:
+                    raise RegistryError(f"uploading blob {digest} to {client.host}/"
+                                        f"{client.repository} at byte {offset}: "
+                                        f"{_error_message(response)}")
+                offset += len(data)
+                location = _location(client, response, digest)
+        response = client.request("PUT", _with_digest(location, digest), {"Content-Length": "0"},
+                                  body=b"")
+        kind = "chunked"
+    else:
+        with open(path, "rb") as f:
+            response = client.request("PUT", _with_digest(location, digest), {
+                "Content-Type": "application/octet-stream", "Content-Length": str(size)}, body=f)
+        kind = "monolithic"
+    if response.status != 201:
+        raise RegistryError(f"uploading blob {digest} to {client.host}/{client.repository}: "
+                            f"{_error_message(response)}")
+    return kind
+
+
+def _location(client: RegistryClient, response, digest: str) -> str:  # noqa: ANN001
+    from urllib.parse import urljoin
+    location = response.headers.get("Location")
+    if not location:
+        raise RegistryError(f"{client.host}: the upload of blob {digest} has no Location")
+    return urljoin(f"{client.base}/v2/{client.repository}/blobs/uploads/", location)
+
+
+def _with_digest(location: str, digest: str) -> str:
+    return location + ("&" if "?" in location else "?") + "digest=" + digest.replace(":", "%3A")
+
+
 def _write_all(out, data: bytes) -> None:  # noqa: ANN001
     view = memoryview(data)
     while view:
         view = view[out.write(view):]
 
 
-__all__ = ["GrowingFile", "download_blob"]
+__all__ = ["GrowingFile", "download_blob", "upload_blob"]
