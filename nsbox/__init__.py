@@ -16,6 +16,7 @@ _LAZY = {
     "images": "nsbox.api", "Container": "nsbox.api", "Engine": "nsbox.engine.containers",
     "namespaces": "nsbox.api", "stats": "nsbox.api",
     "cgroup": "nsbox.api", "build": "nsbox.api", "events": "nsbox.api",
+    "pull": "nsbox.api", "push": "nsbox.api",
 }
 
 

@@ -414,6 +414,65 @@ def images(*, engine=None) -> list:  # noqa: ANN001
     return engine.images.list()
 
 
+def _registry_progress(progress, verb: str, done_word: str):  # noqa: ANN001, ANN202
+    """Our (label, done, total) progress as docker-py's pull/push stream dicts."""
+    def emit(label: str, done: int, total: int) -> None:
+        words = label.split()
+        if len(words) < 3 or words[0] != "Copying":
+            progress({"status": label})
+            return
+        short = words[2]
+        if label.endswith("skipped: already exists"):
+            status = "Already exists" if verb == "Downloading" else "Layer already exists"
+            progress({"status": status, "id": short})
+        elif label.endswith(" mounted"):
+            progress({"status": "Mounted from another repository", "id": short})
+        elif total and done < total:
+            progress({"status": verb, "progressDetail": {"current": done, "total": total},
+                      "id": short})
+        else:
+            progress({"status": done_word, "id": short})
+    return emit
+
+
+def pull(ref: str, *, platform: str | None = None, tls_verify: bool | None = None,
+         authfile: str | None = None, progress=None, engine=None):  # noqa: ANN001, ANN201
+    """Pull REF (`name[:tag]` or `name@digest`) from its registry; returns the image.
+
+    Like docker-py's images.pull: PLATFORM (`os/arch[/variant]`) picks from a
+    manifest list.  PROGRESS, if given, is called with dicts shaped like
+    docker-py's pull stream: {"status": "Downloading", "progressDetail":
+    {"current", "total"}, "id"}, {"status": "Download complete", "id"},
+    {"status": "Already exists", "id"}, then {"status": "Digest: sha256:..."}.
+    """
+    engine = engine or default_engine()
+    emit = _registry_progress(progress, "Downloading", "Download complete") if progress else None
+    image = engine.images.pull(ref, platform=platform, tls_verify=tls_verify, authfile=authfile,
+                               progress=emit)
+    if progress is not None:
+        progress({"status": f"Digest: {image.manifest_digest}"})
+    return image
+
+
+def push(ref: str, destination: str | None = None, *, tls_verify: bool | None = None,
+         authfile: str | None = None, format: str | None = None,  # noqa: A002 - the CLI's name
+         progress=None, engine=None) -> str:  # noqa: ANN001
+    """Push the local image REF to DESTINATION (default: its name); returns the manifest digest.
+
+    Like docker-py's images.push; FORMAT "oci" or "v2s2" (default: as
+    stored).  PROGRESS gets {"status": "Pushing", "progressDetail", "id"},
+    {"status": "Pushed", "id"}, {"status": "Layer already exists", "id"},
+    then {"status": "Digest: sha256:..."}.
+    """
+    engine = engine or default_engine()
+    emit = _registry_progress(progress, "Pushing", "Pushed") if progress else None
+    digest = engine.images.push(ref, destination, tls_verify=tls_verify, authfile=authfile,
+                                format=format, progress=emit)
+    if progress is not None:
+        progress({"status": f"Digest: {digest}"})
+    return digest
+
+
 def build(path: str | None = None, *, tag: str | list[str] | None = None,
           dockerfile: str | None = None, buildargs: dict[str, str] | None = None,
           target: str | None = None, nocache: bool = False, pull: bool = False,
