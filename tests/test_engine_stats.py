@@ -453,3 +453,15 @@ def test_render_rows_formats():
     assert table[0].startswith("CONTAINER ID   NAME   CPU %   MEM USAGE / LIMIT")
     assert table[1].split()[:2] == ["abc", "web"]
     assert render_rows(DEFAULT_TABLE, []) == table[0] + "\n"  # the header alone
+
+
+def test_state_json_path_is_the_runtimes(tmp_path):
+    # readings.cgroup_paths spells out oci.state_root (to spare the import): same place.
+    from nsbox.engine.oci import state_root
+
+    for runtime in ("/usr/sbin/runc", "nsbox-runtime", "/opt/x/crun"):
+        state = Path(state_root(str(tmp_path), runtime)) / "c1" / "state.json"
+        state.parent.mkdir(parents=True)
+        state.write_text('{"cgroup_paths":{"pids":"/p/' + os.path.basename(runtime) + '"}}')
+        assert readings.cgroup_paths(str(tmp_path), runtime, "c1", 0) == {
+            "pids": "/p/" + os.path.basename(runtime)}

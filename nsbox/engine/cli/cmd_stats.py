@@ -91,12 +91,15 @@ def run(args, ctx) -> int:  # noqa: ANN001
     out = sys.stdout
     if args["no-stream"]:
         interval = parse_interval(args["interval"], 0.0)
-        rows = stats.snapshot(engine, refs, all=bool(args["all"]), interval=interval)
+        # detail=False: the table and Docker's fields need none of the API-only files.
+        rows = stats.snapshot(engine, refs, all=bool(args["all"]), interval=interval,
+                              detail=False)
         out.write(render_rows(template, [r.docker(trunc) for r in rows]))
         return 0
     interval = parse_interval(args["interval"], 1.0)
     tty = out.isatty()
-    for rows in stats.stream(engine, refs, all=bool(args["all"]), interval=interval):
+    for rows in stats.stream(engine, refs, all=bool(args["all"]), interval=interval,
+                             detail=False):
         text = render_rows(template, [r.docker(trunc) for r in rows])
         out.write(CLEAR + text if tty else text)
         out.flush()

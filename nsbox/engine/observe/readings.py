@@ -190,9 +190,10 @@ def cgroup_paths(run_root: str, runtime: str, cid: str, pid: int) -> dict[str, s
     A state.json that records no cgroup (a rootless container without a
     delegated cgroup) means none: the init's own cgroups are then the user's
     session's, whose usage is not the container's."""
-    from nsbox.engine.oci import state_root  # lifecycle.host.runtime_root's answer
-
-    paths = state_cgroup_paths(os.path.join(state_root(run_root, runtime), cid, "state.json"))
+    # nsbox.engine.oci.state_root (lifecycle.host.runtime_root), spelt out: that
+    # module's import is a tenth of `stats --no-stream`'s own work.
+    state = os.path.join(run_root, os.path.basename(runtime), cid, "state.json")
+    paths = state_cgroup_paths(state)
     if paths is not None:
         return paths
     from nsbox.engine.lifecycle.query import cgroups

@@ -7,10 +7,10 @@ API (used by the CLI, nsbox.api and the dashboard):
         spec parsing): running and paused ones, or every one with ALL, or the
         ones REFS names (name, full id or unique id prefix; ContainerNotFound
         else).  A Target knows its cgroup directory per controller (`dirs`).
-    sample(target, system_ns=None, online=None) -> Sample | None
+    sample(target, system_ns=None, online=None, detail=True) -> Sample | None
         one reading of the counters Docker reports (None: not running, or its
         processes went away while being read).
-    sample_all(targets) -> list[Sample | None]
+    sample_all(targets, detail=True) -> list[Sample | None]
         sample() of each, with /proc/stat read once for all of them.
     cpu_percent(prev, cur) -> float
         Docker's formula: (cpu delta / system cpu delta) * online cpus * 100.
@@ -23,10 +23,10 @@ API (used by the CLI, nsbox.api and the dashboard):
         (Container, Name, ID, CPUPerc, MemUsage, MemPerc, NetIO, BlockIO,
         PIDs) with Docker's units; Stats.api() -> the Docker Engine API's
         stats object (cpu_stats, precpu_stats, memory_stats, ...).
-    snapshot(engine, refs=(), all=False, interval=0.0) -> list[Stats]
+    snapshot(engine, refs=(), all=False, interval=0.0, detail=True) -> list[Stats]
         `--no-stream`: with INTERVAL 0, one sample per container against its
         start; with INTERVAL > 0, two samples of every container that far apart.
-    stream(engine, refs=(), all=False, interval=1.0) -> Iterator[list[Stats]]
+    stream(engine, refs=(), all=False, interval=1.0, detail=True) -> Iterator[list[Stats]]
         the live view: the first rows against each container's start, then
         one round per INTERVAL, CPU % over the last interval.
 
@@ -261,11 +261,13 @@ def _custom_size(size: float, base: float, units: tuple[str, ...], precision: in
     return f"{size:.{precision}g}{units[i]}"
 
 
-def sample(target: Target, system_ns: int | None = None, online: int | None = None
-           ) -> Sample | None:
+def sample(target: Target, system_ns: int | None = None, online: int | None = None,
+           detail: bool = True) -> Sample | None:
     """One reading of TARGET's counters; None if it is not running or vanished meanwhile.
 
     SYSTEM_NS / ONLINE: the host's numbers, when the caller samples many at once.
+    DETAIL=False skips the files only Stats.api() shows (the user/kernel CPU
+    split, the pids limit: 0 then), two of the ten reads per container.
     """
     if target.state not in _LIVE or target.pid <= 0:
         return None
@@ -283,7 +285,7 @@ def sample(target: Target, system_ns: int | None = None, online: int | None = No
     acct = dirs.get("cpuacct")
     if acct:
         total = rd.read_int(acct + "/cpuacct.usage")
-        if total is not None:
+        if total is not None and detail:
             # Clock ticks, as Docker reads them for usage_in_usermode/kernelmode.
             text = rd.read(acct + "/cpuacct.stat")
             user = rd.keyed(text, "user") * 1_000_000_000 // rd.CLK_TCK
@@ -332,7 +334,8 @@ def sample(target: Target, system_ns: int | None = None, online: int | None = No
         if prefix:
             pids = rd.read_int(prefix + "/pids.current")
             if pids is not None:
-                pids_limit = rd.read_int(prefix + "/pids.max")
+                if detail:
+                    pids_limit = rd.read_int(prefix + "/pids.max")
                 break
     if pids is None:
         pids = rd.count_tasks(dirs)
@@ -348,10 +351,10 @@ def sample(target: Target, system_ns: int | None = None, online: int | None = No
         blkio=blkio, pids=pids, pids_limit=max(pids_limit or 0, 0), cgroup=cgroup)
 
 
-def sample_all(targets: Iterable[Target]) -> list[Sample | None]:
+def sample_all(targets: Iterable[Target], detail: bool = True) -> list[Sample | None]:
     """sample() of each target, the host's CPU counters read once for all."""
     system_ns, online = system_cpu_ns(), online_cpus()
-    return [sample(t, system_ns, online) for t in targets]
+    return [sample(t, system_ns, online, detail) for t in targets]
 
 
 # ----------------------------------------------------------------- numbers
@@ -449,26 +452,26 @@ class Reader:
 
 
 def snapshot(engine: EngineBase, refs: Iterable[str] = (), all: bool = False,  # noqa: A002
-             interval: float = 0.0) -> list[Stats]:
+             interval: float = 0.0, detail: bool = True) -> list[Stats]:
     """`stats --no-stream`: one row per container (see the module doc for INTERVAL)."""
     chosen = targets(engine, refs, all)
-    first = sample_all(chosen)
+    first = sample_all(chosen, detail)
     if interval <= 0:
         return [compute(t, None, s) for t, s in zip(chosen, first, strict=True)]
     time.sleep(interval)
-    second = sample_all(chosen)
+    second = sample_all(chosen, detail)
     return [compute(t, a, b) for t, a, b in zip(chosen, first, second, strict=True)]
 
 
 def stream(engine: EngineBase, refs: Iterable[str] = (), all: bool = False,  # noqa: A002
-           interval: float = 1.0) -> Iterator[list[Stats]]:
+           interval: float = 1.0, detail: bool = True) -> Iterator[list[Stats]]:
     """Rows every INTERVAL seconds, for ever; containers come and go (unless REFS)."""
     refs = list(refs)
     previous: dict[str, Sample] = {}
     while True:
         started = time.monotonic()
         chosen = targets(engine, refs, all)
-        current = sample_all(chosen)
+        current = sample_all(chosen, detail)
         rows = []
         for t, cur in zip(chosen, current, strict=True):
             prev = previous.get(t.id)
