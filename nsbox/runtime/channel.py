@@ -29,21 +29,23 @@ class ChildFailed(NsboxError):
 
 
 class Channel:
-    def __init__(self, sock) -> None:  # a _socket.socket
-        self.sock = sock
+    """One end of a SOCK_SEQPACKET socketpair, as a plain fd read and written with
+    read(2)/write(2): no socket object, so no socket module to load."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
 
     @classmethod
     def pair(cls) -> tuple[Channel, Channel]:
-        # _socket, not socket: the socket module's enum set-up is slow to import.
-        # Imported here, not at the top: `start` uses this module only for
-        # exe_identity and wait_for_exec (saves ~0.25 ms per `start`).
-        import _socket
+        # syscalls, which create and exec load anyway, rather than _socket
+        # (socketpair_seqpacket says why); `start` never loads either.
+        from nsbox.runtime import syscalls as sc
 
-        a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+        a, b = sc.socketpair_seqpacket()
         return cls(a), cls(b)
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self.fd
 
     def send(self, msg_type: str, **fields) -> None:
         fields["type"] = msg_type
@@ -51,7 +53,7 @@ class Channel:
             # write(2), not send(2): the init and the exec process send their
             # last messages with the container's seccomp filter loaded, and
             # any profile must let a process write to an fd.
-            os.write(self.sock.fileno(), _json.dumps(fields).encode())
+            os.write(self.fd, _json.dumps(fields).encode())
         except (BrokenPipeError, ConnectionResetError):
             # The peer is gone; if it said why before exiting, that is the error to report.
             self._raise_pending_error()
@@ -65,12 +67,12 @@ class Channel:
         peer sent before it went (its error message, typically): read on.
         """
         try:
-            return self.sock.recv(65536)
+            return os.read(self.fd, 65536)  # one datagram, as recv(2) would return it
         except ConnectionResetError:
-            return self.sock.recv(65536)
+            return os.read(self.fd, 65536)
 
     def _raise_pending_error(self) -> None:
-        self.sock.setblocking(False)
+        os.set_blocking(self.fd, False)
         try:
             while data := self._recv_raw():
                 msg = _json.loads(data)
@@ -79,7 +81,7 @@ class Channel:
         except OSError:
             pass
         finally:
-            self.sock.setblocking(True)
+            os.set_blocking(self.fd, True)
 
     def recv(self) -> dict:
         data = self._recv_raw()
@@ -100,20 +102,22 @@ class Channel:
         close-on-exec socket reaches EOF), or the message it sent instead
         (an error).  `pid` (whose exe is BEFORE until it execs) is checked as well, in case a fork elsewhere in this
         process keeps a copy of the peer socket open."""
-        done = wait_for_exec(self.sock.fileno(), POLLIN, pid, before)
+        done = wait_for_exec(self.fd, POLLIN, pid, before)
         if not done:
             return None
-        self.sock.setblocking(False)
+        os.set_blocking(self.fd, False)
         try:
             data = self._recv_raw()
         except OSError:
             return None
         finally:
-            self.sock.setblocking(True)
+            os.set_blocking(self.fd, True)
         return _json.loads(data) if data else None
 
     def close(self) -> None:
-        self.sock.close()
+        if self.fd >= 0:  # idempotent, like socket.close(): the fd number may be reused
+            os.close(self.fd)
+            self.fd = -1
 
 
 POLLIN, POLLERR, POLLHUP = 0x001, 0x008, 0x010

@@ -47,12 +47,11 @@ def hierarchies() -> tuple[Hierarchy, ...]:
     # The mount visible at a path is the last one mounted there: a cgroup mount
     # hidden under another filesystem (a tmpfs over it) is not usable.
     top: dict[str, tuple[str, str, str]] = {}  # mountpoint -> (fstype, root, options)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fstype, _src, opts = right.split()[:3]
-            fields = left.split()
-            top[fields[4].replace("\\040", " ")] = (fstype, fields[3], opts)
+    for line in read_file("/proc/self/mountinfo").splitlines():
+        left, _, right = line.partition(" - ")
+        fstype, _src, opts = right.split()[:3]
+        fields = left.split()
+        top[fields[4].replace("\\040", " ")] = (fstype, fields[3], opts)
     found: dict[str, Hierarchy] = {}
     known = set(_v1_controllers())
     for mountpoint, (fstype, root, opts) in top.items():
@@ -71,12 +70,8 @@ def hierarchies() -> tuple[Hierarchy, ...]:
 
 @once
 def _v1_controllers() -> tuple[str, ...]:
-    names = []
-    with open("/proc/cgroups") as f:
-        for line in f:
-            if not line.startswith("#"):
-                names.append(line.split()[0])
-    return tuple(names)
+    return tuple(line.split()[0] for line in read_file("/proc/cgroups").splitlines()
+                 if line and not line.startswith("#"))
 
 
 def mode() -> str:
@@ -90,10 +85,9 @@ def mode() -> str:
 def own_cgroups(pid: int | str = "self") -> dict[str, str]:
     """PID's cgroup path per hierarchy key, as /proc/PID/cgroup names it."""
     out = {}
-    with open(f"/proc/{pid}/cgroup") as f:
-        for line in f:
-            hid, ctrls, path = line.rstrip("\n").split(":", 2)
-            out[UNIFIED if hid == "0" else ",".join(sorted(ctrls.split(",")))] = path
+    for line in read_file(f"/proc/{pid}/cgroup").splitlines():
+        hid, ctrls, path = line.split(":", 2)
+        out[UNIFIED if hid == "0" else ",".join(sorted(ctrls.split(",")))] = path
     return out
 
 
