@@ -393,9 +393,11 @@ def _signal_init(st: ContainerState, sig: int, missing_ok: bool = False) -> None
             if missing_ok:
                 return
             raise InvalidState(f"container {st.id} is not running")
-        from nsbox.runtime import syscalls as sc
+        # The interpreter's own _signal (loaded at start-up) has the call: no
+        # ctypes layer (~0.6 ms to load) for `kill` and `delete --force`.
+        import _signal
 
-        sc.pidfd_send_signal(pidfd, sig)
+        _signal.pidfd_send_signal(pidfd, sig)
     except OSError as exc:
         if not missing_ok:
             raise KernelError(f"kill container {st.id}: {exc.strerror}", exc.errno) from None

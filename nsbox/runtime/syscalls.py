@@ -167,12 +167,6 @@ def join_session_keyring(name: str | None = None) -> int:
     return _check(ret, "keyctl(JOIN_SESSION_KEYRING)")
 
 
-def pidfd_send_signal(pidfd: int, sig: int) -> None:
-    ret = _libc.syscall(ctypes.c_long(SYS_pidfd_send_signal), ctypes.c_long(pidfd),
-                        ctypes.c_long(sig), None, ctypes.c_long(0))
-    _check(ret, "pidfd_send_signal")
-
-
 def set_no_new_privs() -> None:
     prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
