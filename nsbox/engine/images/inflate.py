@@ -60,14 +60,16 @@ class InflateReader(io.RawIOBase):
         self.raw = raw
         self.inflater = _zlib.decompressobj(GZIP_WBITS)
         self.pending = b""          # input not given to the inflater yet
-        self.output = b""           # inflated, not yet read
+        self.output = b""           # inflated; output[offset:] not yet read
+        self.offset = 0
         self.eof = False
 
     def readable(self) -> bool:
         return True
 
     def _fill(self, want: int) -> None:
-        while not self.output and not self.eof:
+        while self.offset >= len(self.output) and not self.eof:
+            self.output, self.offset = b"", 0
             if self.inflater.eof:  # a member ended: another may follow
                 rest = (self.inflater.unused_data + self.pending).lstrip(b"\0")
                 self.pending = b""
@@ -91,21 +93,24 @@ class InflateReader(io.RawIOBase):
                 raise ImageError(f"corrupt gzip data: {err}") from None
             self.pending = self.inflater.unconsumed_tail
 
+    # The output is handed out from an offset: slicing off the rest each time would copy
+    # up to a MiB per small read.
     def readinto(self, buffer) -> int:  # noqa: ANN001
         self._fill(len(buffer))
-        n = min(len(buffer), len(self.output))
-        buffer[:n] = self.output[:n]
-        self.output = self.output[n:]
+        n = min(len(buffer), len(self.output) - self.offset)
+        buffer[:n] = memoryview(self.output)[self.offset:self.offset + n]
+        self.offset += n
         return n
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             size = COPY_CHUNK
         self._fill(size)
-        if len(self.output) <= size:
+        if self.offset == 0 and len(self.output) <= size:
             data, self.output = self.output, b""
-        else:
-            data, self.output = self.output[:size], self.output[size:]
+            return data
+        data = self.output[self.offset:self.offset + size]
+        self.offset += len(data)
         return data
 
 

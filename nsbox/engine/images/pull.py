@@ -5,15 +5,22 @@
    order), never by guessing (registries.py).
 2. The manifest (Docker schema 2 or OCI).  An index / manifest list gives the
    entry for the platform wanted (default linux/<this machine>).
-3. The config and the layers are downloaded into a staging directory under
-   <root>/tmp, without the store lock, 3 at a time; each is checked against
-   its digest and size while it streams.  A layer whose blob the store already
-   has is not downloaded.
-4. Then, in one store transaction (the lock held), the blobs move into
-   <root>/images/blobs, the layers are unpacked and checked against the
-   config's diff_ids, and the manifest, exactly as the registry served it
-   (so its digest stays the registry's), is committed with the name.  A
-   failure anywhere takes back every blob and layer this pull created.
+3. The config, then the layers the store lacks, PARALLEL_DOWNLOADS at a
+   time, into a staging directory under <root>/tmp, without the store lock;
+   each blob is checked against its digest and size as it streams, and a
+   broken connection resumes with a Range request (transfer.py).  A layer
+   whose blob the store already has is not downloaded.
+4. Each layer is unpacked into staging *while it downloads* (its reader
+   follows the growing file and sees its end only once the digest is
+   verified), UNPACK_WORKERS layers at once, each checked against the
+   config's diff_id.  A layer needs its lowers only for a hard link into
+   them or a parent directory its tar omits; such a layer waits for the
+   layers below and is unpacked again with them.
+5. Then, in one store transaction (the lock held), the blobs and the layer
+   directories are renamed into place and the manifest, exactly as the
+   registry served it (so its digest stays the registry's), is committed
+   with the name.  A failure anywhere takes back every blob and layer this
+   pull created; the staging directory is always removed.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from .layout import INDEX_TYPES, MANIFEST_TYPES, digest_hex, oci_architecture
 from .reference import Reference
 from .registry import RegistryClient, RegistryError
 
-PARALLEL_DOWNLOADS = 4
+PARALLEL_DOWNLOADS = 6  # as containers/image
 # Layers unpacked at once (threads: inflating, hashing and writing release the GIL).
 UNPACK_WORKERS = 3
 

@@ -109,10 +109,13 @@ class _FollowReader(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             size = COPY_CHUNK
-        buffer = bytearray(size)
-        n = self.readinto(buffer)
-        del buffer[n:]
-        return bytes(buffer)
+        while True:
+            data = self.file.read(size)
+            if data:
+                self.position += len(data)
+                return data
+            if not self.growing.wait_readable(self.position):
+                return b""
 
     def close(self) -> None:
         self.file.close()
