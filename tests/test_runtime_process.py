@@ -498,3 +498,15 @@ def test_exec_no_new_privs_takes_effect(bundle, run_runtime, container_id, tmp_p
         out = run_runtime("exec", "--process", str(tmp_path / "process.json"),
                           container_id).stdout
     assert out.split() == ["NoNewPrivs:", "1"]
+
+
+def test_stdio_on_dev_null_is_reopened_read_write(bundle, runtime, container_id):
+    # containerd's shim passes a read-only /dev/null as stdin (docker run without -i);
+    # like runc, the container gets its own /dev/null there, open for both directions.
+    write_config(bundle, lambda s: s["process"].update(
+        args=["sh", "-c", "ls -l /proc/self/fd/0 | cut -c1-4; echo to-stdin >&0 && echo ok"]))
+    result = subprocess.run(["bash", "-c", 'exec "$@" 0</dev/null', "bash", *runtime, "run",
+                             "--bundle", str(bundle), container_id],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["lrwx", "ok"]

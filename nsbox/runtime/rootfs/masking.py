@@ -1,4 +1,5 @@
-"""After the root switch: readonlyPaths, maskedPaths, root.readonly, rootfsPropagation."""
+"""After the root switch: readonlyPaths, maskedPaths, root.readonly, rootfsPropagation,
+then stdio that is /dev/null reopened read-write inside the container."""
 
 from __future__ import annotations
 
@@ -42,3 +43,30 @@ def finalize_rootfs(spec: Spec) -> None:
     if linux.rootfs_propagation:
         do_mount(None, "/", None, PROPAGATION_OPTIONS[linux.rootfs_propagation], None,
                  f"make / {linux.rootfs_propagation}")
+    reopen_dev_null()
+
+
+def reopen_dev_null() -> None:
+    """Point the stdio fds that are /dev/null at the container's /dev/null, read-write.
+
+    As runc does: a client that gives the container no stdin (containerd's shim for
+    `docker run` without -i) passes the host's /dev/null opened read-only, so a
+    program that writes to fd 0 or reads fd 1 would get EBADF under nsbox alone.
+    """
+    try:
+        fd = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return  # no usable /dev/null in this root: leave stdio as given
+    try:
+        null = os.fstat(fd)
+        if not stat.S_ISCHR(null.st_mode):
+            return
+        for target in (0, 1, 2):
+            try:
+                st = os.fstat(target)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == null.st_rdev:
+                os.dup2(fd, target)
+    finally:
+        os.close(fd)
