@@ -109,6 +109,13 @@ def test_attached_stdin(docker: Docker) -> None:
     assert proc.stdout == "from stdin\n"
 
 
+def test_stdin_without_i_is_dev_null_read_write(docker: Docker) -> None:
+    # The shim passes a read-only /dev/null; runc reopens it read-write inside.
+    proc = docker.run("run", "--rm", IMAGE, "sh", "-c",
+                      "ls -l /proc/self/fd/0 | cut -c1-4; cat; echo x >&0 && echo ok")
+    assert proc.stdout.split() == ["lrwx", "ok"], proc.stderr
+
+
 def test_detached_logs_exec(docker: Docker) -> None:
     name = detached(docker, *RT, IMAGE, "sh", "-c", SERVE)
     wait_for(lambda: "started" in docker.run("logs", name).stdout, what="first output")
@@ -289,7 +296,9 @@ def test_tty(docker: Docker) -> None:
     assert re.fullmatch(r"/dev/pts/\d+\r?\n", out), out
     result = run_in_pty(docker.argv("run", "--rm", "-it", IMAGE, "sh"), docker.env, [
         ("# ", b"[ -t 0 ] && echo stdin-is-a-tty\n"),
-        ("stdin-is-a-tty", b"stty size; echo $((6*7))\n"),
+        # The CLI sets the size through the API once the container runs: wait for it.
+        ("stdin-is-a-tty", b"while [ \"$(stty size)\" = '0 0' ]; do sleep 0.1; done;"
+                           b" stty size; echo $((6*7))\n"),
         ("42", b"exit 7\n"),
     ], timeout=60)
     assert re.search(r"^stdin-is-a-tty\r*$", result.output, re.M), result.output
