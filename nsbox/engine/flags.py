@@ -659,7 +659,7 @@ def build_spec(image: str, command: list[str] | None, opts: dict,
     for opt in spec.security_opt:
         key = opt.partition("=")[0].partition(":")[0]
         if key not in ("seccomp", "apparmor", "label", "no-new-privileges", "mask", "unmask",
-                       "guard"):
+                       "guard", "landlock"):
             raise bad("security-opt", opt, f"invalid --security-opt: {opt!r}")
     if get("log-driver"):
         if opts["log-driver"] not in _LOG_DRIVERS:

@@ -263,6 +263,7 @@ class SecurityOptions:
         self.mask: list[str] = []
         self.unmask: list[str] = []
         self.guard: str | None = None  # nsbox/engine/guard: None is the host's default
+        self.landlock: list[str] = []  # nsbox/engine/landlock_opt.py
         for opt in opts:
             key, sep, value = opt.partition("=")
             if not sep and ":" in opt:
@@ -284,6 +285,8 @@ class SecurityOptions:
                 self.mask += [p for p in value.split(":") if p]
             elif key == "unmask":
                 self.unmask += [p for p in value.split(":") if p]
+            elif key == "landlock":
+                self.landlock.append(value)
             elif key == "guard":
                 if not value:
                     raise ConfigError("--security-opt guard needs default, drift, off or a "
@@ -415,6 +418,11 @@ def apply(config: dict, cap_add: list[str], cap_drop: list[str], privileged: boo
             raise UnsupportedError(f"--security-opt apparmor={opts.apparmor}: AppArmor is not "
                                    "enabled on this host (use apparmor=unconfined)")
         process["apparmorProfile"] = opts.apparmor
+    if opts.landlock:
+        from nsbox import _json
+        from nsbox.engine import landlock_opt
+        config.setdefault("annotations", {})[landlock_opt.ANNOTATION] = _json.dumps(
+            landlock_opt.plan(opts.landlock))
     pids = linux["resources"].get("pids")
     if pids is None:
         linux["resources"]["pids"] = {"limit": DEFAULT_PIDS_LIMIT}

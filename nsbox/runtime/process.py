@@ -214,7 +214,7 @@ def prepare_process(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
     # here on is close-on-exec anyway (Python's default).
     mark_fds_cloexec(3, preserve_fds)
     ruleset = None
-    if "org.nsbox.landlock" in spec.annotations:
+    if any(k.startswith("org.nsbox.landlock") for k in spec.annotations):
         # Built while still root, so every path of the plan can be opened.
         from nsbox.runtime.security import landlock
         ruleset = landlock.prepare(spec.annotations)

@@ -33,12 +33,16 @@ from nsbox.errors import SecurityError
 from nsbox.runtime import syscalls as sc
 
 ANNOTATION = "org.nsbox.landlock"
+# Each annotation whose key starts with ANNOTATION is one ruleset (the guard's, and
+# --security-opt landlock='s ".opt"); they stack: every one must allow.
 
 SYS_landlock_create_ruleset = 444
 SYS_landlock_add_rule = 445
 SYS_landlock_restrict_self = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1
 LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_RULE_NET_PORT = 2
+NET_RIGHTS = {"bind_tcp": 1 << 0, "connect_tcp": 1 << 1}  # ABI 4
 
 RIGHTS = {"execute": 1 << 0, "write_file": 1 << 1, "read_file": 1 << 2, "read_dir": 1 << 3,
           "remove_dir": 1 << 4, "remove_file": 1 << 5, "make_char": 1 << 6,
@@ -48,6 +52,10 @@ RIGHTS = {"execute": 1 << 0, "write_file": 1 << 1, "read_file": 1 << 2, "read_di
 FILE_RIGHTS = RIGHTS["execute"] | RIGHTS["write_file"] | RIGHTS["read_file"] | RIGHTS["truncate"]
 # Which ABI brought a right (truncate: ABI 3, refer: ABI 2).
 MIN_ABI = {"refer": 2, "truncate": 3}
+
+
+class _NetPort(ctypes.Structure):
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
 
 
 class _PathBeneath(ctypes.Structure):
@@ -82,14 +90,32 @@ class Ruleset:
             raise SecurityError("landlock: this kernel has no Landlock (or it is disabled): "
                                 "the container's Landlock rules cannot be enforced")
         self.handled = mask(plan.get("handled", []), self.version)
-        attr = ctypes.c_uint64(self.handled)
+        net = 0
+        for name in plan.get("handled_net", []):
+            net |= NET_RIGHTS[name]
+        if net and self.version < 4:
+            raise SecurityError(f"landlock: TCP rules need Landlock ABI 4 (this kernel has "
+                                f"{self.version})")
+        attr = (ctypes.c_uint64 * 2)(self.handled, net)
         try:
-            self.fd = sc.syscall(SYS_landlock_create_ruleset, ctypes.addressof(attr), 8, 0)
+            self.fd = sc.syscall(SYS_landlock_create_ruleset, ctypes.addressof(attr),
+                                 16 if net else 8, 0)
         except OSError as exc:
             raise SecurityError(f"landlock: cannot create a ruleset: {exc.strerror}") from None
         try:
             for path, rights in plan.get("grant", []):
                 self.grant(path, mask(rights, self.version))
+            for port, rights in plan.get("ports", []):
+                allowed = 0
+                for name in rights:
+                    allowed |= NET_RIGHTS[name]
+                attr_port = _NetPort(allowed, port)
+                try:
+                    sc.syscall(SYS_landlock_add_rule, self.fd, LANDLOCK_RULE_NET_PORT,
+                               ctypes.addressof(attr_port), 0)
+                except OSError as exc:
+                    raise SecurityError(f"landlock: rule for port {port}: {exc.strerror}") \
+                        from None
             for group in plan.get("except", []):
                 self.grant_all_but(mask(group["rights"], self.version), group.get("paths", []),
                                    group.get("dirs", []))
@@ -166,13 +192,29 @@ class Ruleset:
             os.close(self.fd)
 
 
-def prepare(annotations: dict[str, str]) -> Ruleset | None:
-    """The ruleset of the annotation, built now (as root, before the identity change)."""
-    text = annotations.get(ANNOTATION)
-    if not text:
-        return None
+class Rulesets:
+    """Several rulesets enforced one after the other (Landlock stacks them)."""
+
+    def __init__(self, rulesets: list[Ruleset]) -> None:
+        self.rulesets = rulesets
+
+    def enforce(self) -> None:
+        for ruleset in self.rulesets:
+            ruleset.enforce()
+
+
+def prepare(annotations: dict[str, str]) -> Rulesets | None:
+    """The rulesets of the annotations, built now (as root, before the identity change)."""
+    out: list[Ruleset] = []
     try:
-        plan = json.loads(text)
-    except ValueError:
-        raise SecurityError(f"annotation {ANNOTATION}: not valid JSON") from None
-    return Ruleset(plan)
+        for key in sorted(k for k in annotations if k.startswith(ANNOTATION)):
+            try:
+                plan = json.loads(annotations[key])
+            except ValueError:
+                raise SecurityError(f"annotation {key}: not valid JSON") from None
+            out.append(Ruleset(plan))
+    except BaseException:
+        for ruleset in out:
+            os.close(ruleset.fd)
+        raise
+    return Rulesets(out) if out else None
