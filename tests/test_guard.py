@@ -476,3 +476,42 @@ def test_landlock_bad_values(plain_box, value, message):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert plain_box("ps", "-a", "-q").stdout == before
+
+
+# ------------------------------------------------------------------ the build step
+def _build_tree(tmp_path: Path) -> Path:
+    repo = Path(__file__).resolve().parent.parent
+    tree = tmp_path / "src"
+    (tree / "nsbox" / "engine" / "guard" / "bpf").mkdir(parents=True)
+    shutil.copy(repo / "setup.py", tree / "setup.py")
+    shutil.copy(repo / "nsbox" / "engine" / "guard" / "bpf" / "guard.bpf.c",
+                tree / "nsbox" / "engine" / "guard" / "bpf" / "guard.bpf.c")
+    return tree
+
+
+def _build(tree: Path, **env: str) -> subprocess.CompletedProcess:
+    import sys
+    return subprocess.run([sys.executable, "setup.py", "build_guard_bpf"], cwd=tree,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+def test_build_compiles_the_bpf_object_with_clang(tmp_path):
+    if not (shutil.which("clang") and shutil.which("bpftool")
+            and os.path.exists("/sys/kernel/btf/vmlinux")):
+        pytest.skip("clang, bpftool or the kernel's BTF is missing")
+    tree = _build_tree(tmp_path)
+    proc = _build(tree)
+    assert proc.returncode == 0, proc.stderr
+    obj = next(tree.glob("build/lib*/nsbox/engine/guard/bpf/guard.bpf.o"))
+    assert obj.read_bytes()[:4] == b"\x7fELF"
+    assert not list(tree.glob("**/vmlinux.h"))  # generated in a temporary directory
+
+
+def test_build_without_clang_warns_and_ships_no_object(tmp_path):
+    tree = _build_tree(tmp_path)
+    proc = _build(tree, BPF_CLANG="/nonexistent/clang")
+    assert proc.returncode == 0
+    assert "cannot compile" in proc.stderr and "guard=" in proc.stderr
+    assert not list(tree.glob("build/**/guard.bpf.o"))
+    assert _build(tree, BPF_CLANG="/nonexistent/clang", NSBOX_REQUIRE_GUARD="1").returncode != 0
