@@ -163,7 +163,8 @@ def test_kill_with_signal(docker: Docker) -> None:
 
 
 def test_pause_unpause(docker: Docker) -> None:
-    counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done"
+    # Written aside and renamed, so a reader never sees a truncated file.
+    counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/m; mv /tmp/m /tmp/n; sleep 0.05; done"
     name = detached(docker, IMAGE, "sh", "-c", counter)
     wait_for(lambda: docker.run("exec", name, "cat", "/tmp/n", check=False).stdout.strip(),
              what="the counter")
@@ -294,6 +295,10 @@ def test_default_seccomp_profile(docker: Docker) -> None:
 def test_tty(docker: Docker) -> None:
     out = docker.run("run", "--rm", "-t", IMAGE, "tty").stdout
     assert re.fullmatch(r"/dev/pts/\d+\r?\n", out), out
+    name = detached(docker, IMAGE, "sleep", "300")
+    out = docker.run("exec", "-t", name, "sh", "-c", "tty; [ -t 0 ] && echo stdin-tty").stdout
+    assert re.fullmatch(r"/dev/pts/\d+\r?\nstdin-tty\r?\n", out), out
+    docker.run("rm", "--force", name)
     result = run_in_pty(docker.argv("run", "--rm", "-it", IMAGE, "sh"), docker.env, [
         ("# ", b"[ -t 0 ] && echo stdin-is-a-tty\n"),
         # The CLI sets the size through the API once the container runs: wait for it.

@@ -59,6 +59,10 @@ def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int
     console_fd = -1
     csock = None
     if process.terminal:
+        # console imports fcntl lazily, and the pty is opened inside the container
+        # (preload saw the container's process, which may have no terminal).
+        import fcntl  # noqa: F401
+
         from nsbox.runtime import console
 
         csock = console.connect_console_socket(opts.console_socket)
