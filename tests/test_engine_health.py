@@ -405,6 +405,31 @@ def test_paused_container_is_not_checked(box):
         box("rm", "-f", "hc-pause")
 
 
+def test_foreground_container_is_checked(box):
+    """`run -it` has no monitor: it starts the runner itself."""
+    import shlex
+    inner = " ".join(shlex.quote(a) for a in box.argv(
+        "run", "-it", "--rm", "--name", "hc-fg", "--health-cmd", "echo ok",
+        "--health-interval", "1s", "busybox", "sh", "-c",
+        "while [ ! -f /tmp/stop ]; do sleep 0.2; done; echo bye"))
+    proc = subprocess.Popen(["script", "-qec", inner, "/dev/null"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert _wait_for(lambda: _health(box, "hc-fg").get("Status") == "healthy"), \
+            _health(box, "hc-fg")
+        cid = box.inspect("hc-fg")["Id"]
+        assert len(_runners_by_name(cid)) == 1
+        box("exec", "hc-fg", "touch", "/tmp/stop")
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and b"bye" in out, out
+        assert _wait_for(lambda: not _runners_by_name(cid), 15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        box("rm", "-f", "hc-fg", check=False)
+
+
 def test_restart_resets_to_starting(box):
     _run(box, "hc-restart", "--health-cmd", "true", "--health-interval", "1s")
     try:

@@ -162,12 +162,8 @@ def _stopped(fd: int) -> bool:
 
 def _emit(engine, c, status: str) -> None:  # noqa: ANN001
     """Docker's `health_status: STATUS` container event, in the events journal."""
-    try:
-        from nsbox.engine import events
-    except ImportError:  # pragma: no cover - an engine without the journal
-        return
-    attributes = {**c.spec.labels, "name": c.name, "image": c.image}
-    events.emit(engine.root, "container", f"health_status: {status}", c.id, attributes)
+    from nsbox.engine.events import emit_container
+    emit_container(engine.root, c, f"health_status: {status}")
 
 
 def run_now(engine, ref: str):  # noqa: ANN001, ANN201

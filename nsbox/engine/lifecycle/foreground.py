@@ -88,6 +88,11 @@ def _run_foreground(engine: EngineBase, c: Container, oci, pid_file: str) -> int
                                        monitor_pid=os.getpid())
             from nsbox.engine.events import emit_container
             emit_container(engine.root, c, "start")
+            if c.extra.get("healthcheck"):  # no monitor here to fork its runner: start one
+                from nsbox.engine.health import recover, state
+                with suppress(OSError):
+                    state.reset(c.bundle)
+                recover.spawn(engine.root, engine.run_root, c.id, pid)
             break
         except (OSError, ValueError):
             time.sleep(0.01)
