@@ -280,6 +280,25 @@ def test_unwatched_container_costs_no_events(box):
 
 
 @needs_guard
+def test_host_wide_default(box, tmp_path):
+    conf = tmp_path / "guard.conf"
+    conf.write_text("# host default\nguard=default\n")
+    env = {"NSBOX_GUARD_CONF": str(conf)}
+    box("run", "--name", "g-hostwide", "busybox", "sh", "-c", "echo x > /etc/hw", env=env)
+    assert _fired(box.alerts("g-hostwide"), "write-below-system-dirs")
+    box("rm", "-f", "g-hostwide")
+    # guard=off wins over the host's default, and $NSBOX_GUARD over the file
+    box("run", "--name", "g-off", "--security-opt", "guard=off", "busybox", "sh", "-c",
+        "echo x > /etc/hw", env=env)
+    assert box.alerts("g-off") == []
+    box("rm", "-f", "g-off")
+    box("run", "--name", "g-envoff", "busybox", "sh", "-c", "echo x > /etc/hw",
+        env={**env, "NSBOX_GUARD": "off"})
+    assert box.alerts("g-envoff") == []
+    box("rm", "-f", "g-envoff")
+
+
+@needs_guard
 def test_watch_prints_json_lines(box):
     watcher = subprocess.Popen([NSBOX, "guard", "watch", "--timeout", "60"],
                                stdout=subprocess.PIPE, text=True, env=box.env)
@@ -408,11 +427,15 @@ def test_nothing_stays_loaded_after_the_last_container(box):
 def test_nothing_stays_loaded_after_kill_9_of_the_guard(box):
     box("run", "-d", "--name", "g-k9", "--security-opt", "guard=default", "busybox",
         "sleep", "30")
+    assert "WEAKER" not in box("inspect", "--security", "g-k9").stdout.split("guard")[-1]
     pid = client.status()["pid"]
     os.kill(pid, signal.SIGKILL)
     assert helpers.wait_for(lambda: helpers.pid_is_dead(pid), timeout=30)
     assert helpers.wait_for(lambda: not _loaded_guard_objects(), timeout=30), \
         _loaded_guard_objects()
+    # the container runs on, unwatched, and inspect --security says so
+    posture = box("inspect", "--security", "g-k9").stdout
+    assert "the guard process is gone" in posture and "weaker than the default: " in posture
     # the next watched container starts a new guard (the old socket is stale)
     box("run", "--rm", "--security-opt", "guard=default", "busybox", "true")
     box("rm", "-f", "g-k9")

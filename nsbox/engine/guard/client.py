@@ -230,8 +230,12 @@ def subscribe(container_id: str = "", timeout: float | None = None):  # noqa: AN
                         continue
 
 
-def posture_item(guard_conf: dict, container_dir: str) -> dict:
-    """The guard's line in `inspect --security`: its rules and the alerts so far, by rule."""
+def posture_item(guard_conf: dict, container_dir: str, cid: str = "",
+                 running: bool = False) -> dict:
+    """The guard's line in `inspect --security`: its rules and the alerts so far, by rule.
+
+    A running container the guard does not watch (its guard was killed) is reported
+    weaker: nothing sees it until it is restarted."""
     from nsbox.engine.guard.rules import load_text
     rules = load_text(guard_conf["rules"], guard_conf.get("source") or "rules")
     counts: dict[str, int] = {}
@@ -239,10 +243,20 @@ def posture_item(guard_conf: dict, container_dir: str) -> dict:
         counts[alert.get("rule", "?")] = counts.get(alert.get("rule", "?"), 0) + 1
     source = "default" if guard_conf.get("mode") == "default" else guard_conf.get("source", "")
     alerts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    return {"item": "guard", "weaker": False,
-            "value": f"{source}: {len(rules)} rules, {sum(counts.values())} alerts"
-                     + (f" ({alerts})" if alerts else ""),
-            "why": "", "rules": [r.name for r in rules], "alerts": counts}
+    watched = None
+    if running and cid:
+        report = status()
+        watched = bool(report) and any(c.get("id") == cid for c in report.get("containers", []))
+    value = f"{source}: {len(rules)} rules, {sum(counts.values())} alerts" + \
+        (f" ({alerts})" if alerts else "")
+    if guard_conf.get("drift"):
+        value += ", drift enforced"
+    if guard_conf.get("deny"):
+        value += f", {len(guard_conf['deny'])} deny rule(s) enforced"
+    why = "" if watched is not False else \
+        "the guard process is gone: not watched until the container restarts"
+    return {"item": "guard", "weaker": watched is False, "value": value, "why": why,
+            "rules": [r.name for r in rules], "alerts": counts, "watched": watched}
 
 
 def follow_alerts(engine, ref: str, follow: bool = False, tail: int | None = None):  # noqa: ANN001, ANN201

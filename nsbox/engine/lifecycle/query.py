@@ -288,7 +288,10 @@ def security_posture(engine: EngineBase, ref: str) -> dict:
     report = posture(config, c.pid if c.state in (RUNNING, PAUSED) else 0, peers)
     if c.extra.get("guard"):
         from nsbox.engine.guard.client import posture_item
-        report["items"].append(posture_item(c.extra["guard"], c.bundle))
+        guard = posture_item(c.extra["guard"], c.bundle, c.id, c.state in (RUNNING, PAUSED))
+        report["items"].append(guard)
+        if guard["weaker"]:
+            report["weaker"].append("guard")
     return {"Id": c.id, "Name": c.name, **report}
 
 
