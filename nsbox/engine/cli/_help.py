@@ -56,6 +56,7 @@ COMMAND_SUMMARIES = {
     "healthcheck": "Manage healthchecks of containers",
     "stats": "Display a live stream of containers' resource usage statistics",
     "cgroup": "Show a container's cgroups, its limits with their flags, and their events",
+    "guard": "Runtime security: watch containers' events (--security-opt guard=)",
 }
 # Sub-commands that are not also top-level commands.
 SUB_SUMMARIES = {
@@ -75,6 +76,8 @@ SUB_SUMMARIES = {
     "network_disconnect": "Disconnect a container from a network",
     "system_reset": "Remove all containers, images, volumes and storage",
     "healthcheck_run": "Run the healthcheck of a container now",
+    "guard_watch": "Print the guard's events as JSON lines, live",
+    "guard_status": "Show the guard process, the containers it watches, alerts and drops",
 }
 HELP_FLAG = "Print usage"
 

@@ -76,6 +76,8 @@ _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, c
 
 @_PRINT_FN
 def _print(level: int, fmt: bytes, args: int) -> int:
+    if level >= 2 and not log.isEnabledFor(10):
+        return 0  # libbpf's debug lines (hundreds per load): formatted only when wanted
     buf = ctypes.create_string_buffer(1 << 18)  # the verifier log comes as one message
     _libc.vsnprintf(buf, len(buf), fmt, args)
     text = buf.value.decode(errors="replace").rstrip()
