@@ -538,3 +538,21 @@ def test_build_without_clang_warns_and_ships_no_object(tmp_path):
     assert "cannot compile" in proc.stderr and "guard=" in proc.stderr
     assert not list(tree.glob("build/**/guard.bpf.o"))
     assert _build(tree, BPF_CLANG="/nonexistent/clang", NSBOX_REQUIRE_GUARD="1").returncode != 0
+
+
+@needs_guard
+def test_concurrent_first_starts_share_one_guard(box):
+    assert _guard_gone()
+    procs = [subprocess.Popen([NSBOX, "run", "--name", f"g-race{i}", "--security-opt",
+                               "guard=default", "busybox", "sh", "-c", "echo x > /etc/race"],
+                              env=box.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(3)]
+    started = time.monotonic()
+    for proc in procs:
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert time.monotonic() - started < 30
+    for i in range(3):
+        assert _fired(box.alerts(f"g-race{i}"), "write-below-system-dirs")
+        box("rm", "-f", f"g-race{i}")
+    assert _guard_gone()

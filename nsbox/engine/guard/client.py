@@ -104,6 +104,11 @@ def _spawn() -> None:
     """Start `python -m nsbox.engine.guard.service` in its own session; wait for its answer."""
     import subprocess
     os.makedirs(GUARD_DIR, mode=0o700, exist_ok=True)
+    try:
+        if os.path.getsize(DAEMON_LOG) > 1 << 20:
+            os.replace(DAEMON_LOG, DAEMON_LOG + ".1")  # one old generation is kept
+    except OSError:
+        pass
     read_end, write_end = os.pipe()
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__)))))

@@ -158,6 +158,8 @@ class Guard:
         if op == "subscribe":
             self.subscribers[conn] = str(message.get("container") or "")
             return {"ok": True}
+        if op == "ping":
+            return {"ok": True}
         return {"ok": False, "error": f"unknown request {op!r}"}
 
     # ------------------------------------------------------------ watches
@@ -422,8 +424,18 @@ def with_suppress_unlink(path: str) -> None:
         pass
 
 
+def _serving() -> bool:
+    """Whether another guard answers on the socket."""
+    try:
+        client.request({"op": "ping"}, timeout=2)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def _take_lock() -> int | None:
-    """The host's guard lock (held for life); None if another guard keeps it for 10 s."""
+    """The host's guard lock (held for life); None when another guard holds it and serves
+    (or still holds it after 10 s): the client then talks to that one."""
     fd = os.open(client.LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     deadline = time.monotonic() + 10
     while True:
@@ -431,7 +443,8 @@ def _take_lock() -> int | None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return fd
         except BlockingIOError:
-            if time.monotonic() > deadline:
+            # Held: by a guard that serves (two starters raced), or by one on its way out.
+            if _serving() or time.monotonic() > deadline:
                 os.close(fd)
                 return None
             time.sleep(0.05)
