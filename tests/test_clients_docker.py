@@ -392,3 +392,19 @@ def test_compose_up_ps_down(docker: Docker, tmp_path: Path) -> None:
     assert docker.run("ps", "-a", "-q", "--filter", "label=com.docker.compose.project=nsboxdk"
                       ).stdout == ""
     assert "nsboxdk_default" not in docker.run("network", "ls", "--format", "{{.Name}}").stdout
+
+
+def test_runtime_error_is_one_line_and_leaves_nothing(docker: Docker) -> None:
+    # /dev/null is no block device: the blkio throttle write fails in create.
+    name = unique("bad")
+    docker.run("create", "--name", name, "--device-read-bps", "/dev/null:1mb", IMAGE, "true")
+    docker.all_ids()
+    cid = docker.inspect(name, "{{.Id}}")
+    proc = docker.run("start", name, check=False)
+    assert proc.returncode != 0
+    assert "OCI runtime create failed" in proc.stderr and "blkio" in proc.stderr, proc.stderr
+    assert docker.inspect(name, "{{.State.Status}}") == "created"
+    assert not (docker.runtime_state / cid).exists()
+    leftovers = [p for p in Path("/sys/fs/cgroup").glob(f"*/{docker.cgroup_parent.lstrip('/')}/{cid}")]
+    assert leftovers == []
+    docker.run("rm", name)
