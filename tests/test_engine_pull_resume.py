@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.timeout(120)]
 
 
 class CuttingRelay(http.server.ThreadingHTTPServer):
+    daemon_threads = True
     def __init__(self, upstream: str, mode: str) -> None:
         super().__init__(("127.0.0.1", 0), _RelayHandler)
         self.upstream, self.mode = upstream, mode
@@ -40,6 +41,8 @@ class CuttingRelay(http.server.ThreadingHTTPServer):
         self.host = f"127.0.0.1:{self.server_address[1]}"
         self.lock = threading.Lock()
         self.overrides: dict[str, tuple[bytes, str]] = {}  # path -> (body, content type)
+        self.hanging = threading.Event()  # "hang" mode: a blob download is stuck half-way
+        self.release = threading.Event()
 
 
 class _RelayHandler(http.server.BaseHTTPRequestHandler):
@@ -81,6 +84,12 @@ class _RelayHandler(http.server.BaseHTTPRequestHandler):
                 self.send_header(key, got[key])
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if first and len(body) > 10000 and server.mode == "hang":  # a layer, not the config
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            server.hanging.set()
+            server.release.wait(60)
+            return
         if first and len(body) > 100:
             self.wfile.write(body[:len(body) // 2])
             self.wfile.flush()
@@ -96,6 +105,7 @@ def relay(pushed, request):  # noqa: F811
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
+    server.release.set()
     server.shutdown()
     server.server_close()
 
@@ -141,3 +151,29 @@ def test_malformed_manifests_are_one_line_and_leave_nothing(nsbox, pushed, relay
         proc = nsbox("pull", "--tls-verify=false", f"{relay.host}/test/bb:{tag}", check=False)
         assert expected in one_line_error(proc), (tag, proc.stderr)
         assert nsbox.blobs() == {} and nsbox.tmp_left() == []
+
+
+@pytest.mark.parametrize("relay", ["hang"], indirect=True)
+def test_killed_pull_leaves_nothing_trusted(nsbox, pushed, relay):  # noqa: F811
+    import os
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen([*nsbox.prefix, "pull", "-q", "--tls-verify=false",
+                             f"{relay.host}/test/bb:1"], env=nsbox.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert relay.hanging.wait(60), "the pull never reached the blob"
+        deadline = time.monotonic() + 30
+        while not any(name.startswith("pull-") for name in nsbox.tmp_left()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert nsbox.blobs() == {}  # nothing was moved into the store
+    assert not list((nsbox.root / "layers").glob("*.json")) if (nsbox.root / "layers").exists() else True
+    name = f"{pushed['host']}/test/bb:1"
+    nsbox("pull", "-q", "--tls-verify=false", name)
+    assert nsbox.tmp_left() == []  # the dead pull's staging was swept
+    assert nsbox("run", "--rm", name, "echo", "ok").stdout == "ok\n"

@@ -308,8 +308,9 @@ def _store(store: ImageStore, client: RegistryClient, source: str, manifest_byte
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
-    from .staging import owned_prefix
+    from .staging import owned_prefix, sweep_dead
     plan = _plan(store, layer_ds, diff_ids)
+    sweep_dead(store.layout.tmp_dir)  # what a killed pull (or build) left in staging
     staging = tempfile.mkdtemp(prefix=owned_prefix("pull-"), dir=store.layout.tmp_dir)
     try:
         with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS, thread_name_prefix="pull") as pool:
