@@ -540,6 +540,16 @@ def test_bad_input_is_one_line_and_leaves_nothing(box, flags, message):
     assert set(os.listdir(containers)) == dirs
 
 
+def test_run_rm_imports_no_health_code(box):
+    """A real `run --rm` (the CLI and, attached, the exit it finishes) loads nothing of it."""
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
+    proc = subprocess.run(box.argv("run", "--rm", "busybox", "true"), capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "nsbox.engine.lifecycle" in proc.stderr  # the profile is there
+    assert "nsbox.engine.health" not in proc.stderr
+
+
 def test_a_container_without_check_has_no_runner_and_no_health(box):
     cid = _run(box, "hc-plain")
     try:
