@@ -130,6 +130,11 @@ def render(args: argparse.Namespace) -> str:
         " lifecycle table. It is the least any Python command line can cost here, whatever"
         " it does: when its row is above runc's, no runtime written in Python can match"
         " runc on this machine.",
+        "- hyperfine times each runtime's runs in one block, so work elsewhere on the host"
+        " that comes and goes moves the ratios; the machine notes below give the load"
+        " average around the timings. What each change to nsbox-runtime bought is measured"
+        " without the clock (instructions, system calls, CPU time) in architecture.md,"
+        " [Start-up speed](architecture.md#start-up-speed).",
         "",
         "## Results: `run`",
         "",

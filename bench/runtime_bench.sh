@@ -176,6 +176,7 @@ lifecycle_cmd=(hyperfine "${common[@]}" --export-markdown "$results/lifecycle.md
     show_cmd "${lifecycle_cmd[@]}"
 } >"$work/commands.txt"
 
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "timing run: ${measured[*]}"
 "${run_cmd[@]}"
 log "timing create && start && delete --force: ${measured[*]}"
@@ -194,6 +195,8 @@ first_line() { "$@" 2>&1 | head -n 1 || true; }
     echo "- hyperfine: $(first_line hyperfine --version)"
     echo "- nsbox-runtime: Python $("$py" -c 'import platform; print(platform.python_version())') ($(readlink -f "$py"))"
     echo "- hyperfine settings: --warmup $warmup --runs $runs"
+    # Other work on this 2-core host moves wall-clock medians: say how busy it was.
+    echo "- load average before / after the timings: $load_before / $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$work/machine.md"
 
 "$py" "$repo/bench/report.py" \
