@@ -112,6 +112,45 @@ def test_core_commands(clean):
     assert "busybox" in clean.run("images").stdout
 
 
+def test_healthcheck(clean):
+    """The monitor's health runner and `healthcheck run` as an unprivileged user."""
+    def health() -> dict:
+        out = clean.run("inspect", "-f", "{{json .State.Health}}", "hc").stdout
+        return json.loads(out) if out.strip() not in ("", "null") else {}
+
+    def wait_status(wanted: str) -> None:
+        deadline = time.monotonic() + 60
+        while health().get("Status") != wanted:
+            assert time.monotonic() < deadline, health()
+            time.sleep(0.3)
+
+    clean.run("run", "-d", "--name", "hc", "--network", "none", "--health-cmd",
+              "test -f /tmp/ok", "--health-interval", "1s", "busybox", "sh", "-c",
+              "touch /tmp/ok; exec sleep 300")
+    wait_status("healthy")
+    assert "(healthy)" in clean.run("ps").stdout
+    clean.run("exec", "hc", "rm", "/tmp/ok")
+    wait_status("unhealthy")
+    assert clean.run("healthcheck", "run", "hc", check=False).returncode == 1
+    clean.run("rm", "-f", "hc")
+
+    def runners() -> list[int]:
+        found = []
+        for pid in clean.processes():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().startswith("nsbhc-") and \
+                        not helpers.pid_is_dead(pid):
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 15
+    while runners():
+        assert time.monotonic() < deadline, "the health runner outlived its container"
+        time.sleep(0.2)
+
+
 def test_host_namespaces_and_refused_modes(clean):
     # --pid host: the host's /proc (a procfs needs a pid namespace of our own), still masked.
     proc = clean.run("run", "--rm", "--pid", "host", "--network", "none", "busybox", "sh", "-c",
