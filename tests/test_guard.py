@@ -119,9 +119,18 @@ class Box:
                                  f"{proc.stderr}")
         return proc
 
-    def alerts(self, name: str) -> list[dict]:
-        out = self("logs", "--guard", name).stdout
-        return [json.loads(line) for line in out.splitlines()]
+    def alerts(self, name: str, want: str | None = None, path: str | None = None) -> list[dict]:
+        """NAME's alerts; with WANT, once one of rule WANT (on PATH) is there (the guard writes
+        them a moment after the event), or after 20 s."""
+        deadline = time.monotonic() + 20
+        while True:
+            out = self("logs", "--guard", name).stdout
+            alerts = [json.loads(line) for line in out.splitlines()]
+            if want is None or time.monotonic() > deadline or any(
+                    a["rule"] == want and (path is None or a["event"].get("path") == path)
+                    for a in alerts):
+                return alerts
+            time.sleep(0.1)
 
     def run_to_end(self, name: str, script: str, *flags: str) -> str:
         """Run SCRIPT in a guarded busybox container to its end; its output."""
@@ -178,6 +187,7 @@ def _fired(alerts: list[dict], rule: str) -> list[dict]:
 @needs_guard
 def test_quiet_container_has_no_alerts(box):
     assert box.run_to_end("g-quiet", "echo hello; sleep 0.2") == "hello\n"
+    time.sleep(1)  # what the guard had to say has been said
     assert box.alerts("g-quiet") == []
     box("rm", "g-quiet")
 
@@ -197,7 +207,7 @@ def test_default_rule_fires(box, rule, script):
     name = f"g-{rule[:20]}"
     out = box.run_to_end(name, script)
     pids = {int(line) for line in out.split() if line.isdigit()}
-    alerts = box.alerts(name)
+    alerts = box.alerts(name, rule)
     fired = _fired(alerts, rule)
     assert fired, (rule, out, alerts)
     alert = fired[0]
@@ -228,7 +238,7 @@ def test_default_rule_fires(box, rule, script):
 def test_default_rule_fires_on_system_call(box, probe, rule, what):
     name = f"g-{what}"
     out = box.run_to_end(name, f"echo $$; exec /probe/probe {what}", "-v", f"{probe}:/probe:ro")
-    alerts = _fired(box.alerts(name), rule)
+    alerts = _fired(box.alerts(name, rule), rule)
     assert alerts, out
     assert alerts[0]["process"]["pid_in_container"] == int(out.split()[0])
     assert alerts[0]["event"]["type"] == {"module": "module", "setuid": "setuid"}.get(what, what)
@@ -240,7 +250,7 @@ def test_shell_started_in_a_container_that_did_not_start_with_one(box):
     box("run", "-d", "--name", "g-shell", "--security-opt", "guard=default", "busybox",
         "sleep", "30")
     assert box("exec", "g-shell", "sh", "-c", "echo $$").stdout.strip()
-    alerts = _fired(box.alerts("g-shell"), "shell-in-container")
+    alerts = _fired(box.alerts("g-shell", "shell-in-container"), "shell-in-container")
     assert alerts and alerts[0]["event"]["type"] == "exec"
     assert alerts[0]["process"]["pid_in_container"] > 1
     assert alerts[0]["event"]["argv"][:2] == ["sh", "-c"]
@@ -261,7 +271,7 @@ def test_kill_action_and_rules_file(box, tmp_path):
                     "sh -c 'exec 3</srv/secret; sleep 60'; echo end-$?")
     box("wait", "g-kill", timeout=120)
     assert box("logs", "g-kill").stdout == "end-137\n"
-    alerts = box.alerts("g-kill")
+    alerts = box.alerts("g-kill", "no-secret")
     assert [a["rule"] for a in alerts] == ["no-secret"] and alerts[0]["done"] == "killed"
     # the file is kept with the container: changing it later changes nothing
     rules_file.write_text("garbage: [")
@@ -272,6 +282,7 @@ def test_kill_action_and_rules_file(box, tmp_path):
 def test_unwatched_container_costs_no_events(box):
     box("run", "-d", "--name", "g-idle", "--security-opt", "guard=default", "busybox",
         "sleep", "30")
+    time.sleep(1)  # its own first events (the exec of sleep) are read
     before = client.status()["events"]
     box("run", "--rm", "busybox", "sh", "-c", "for i in 1 2 3 4 5; do echo x > /etc/f$i; "
         "cat /etc/f$i; done")
@@ -285,7 +296,7 @@ def test_host_wide_default(box, tmp_path):
     conf.write_text("# host default\nguard=default\n")
     env = {"NSBOX_GUARD_CONF": str(conf)}
     box("run", "--name", "g-hostwide", "busybox", "sh", "-c", "echo x > /etc/hw", env=env)
-    assert _fired(box.alerts("g-hostwide"), "write-below-system-dirs")
+    assert _fired(box.alerts("g-hostwide", "write-below-system-dirs"), "write-below-system-dirs")
     box("rm", "-f", "g-hostwide")
     # guard=off wins over the host's default, and $NSBOX_GUARD over the file
     box("run", "--name", "g-off", "--security-opt", "guard=off", "busybox", "sh", "-c",
@@ -347,7 +358,7 @@ def test_deny_rule_refuses_in_the_kernel(box, tmp_path):
                check=False)
     assert "Permission denied" in proc.stderr and "secret" not in proc.stdout
     assert "rc=1" in proc.stdout and "root:x:0:0" in proc.stdout  # the rest still reads
-    alerts = box.alerts("g-deny")
+    alerts = box.alerts("g-deny", "no-shadow")
     assert [(a["rule"], a["done"], a["event"]["path"]) for a in alerts] == \
         [("no-shadow", "denied", "/etc/shadow")]
     box("rm", "-f", "g-deny")
@@ -366,7 +377,7 @@ def test_drift_refuses_a_copied_binary(box):
                "-c", script, check=False)
     assert "rc=126" in proc.stdout and "image-ok" in proc.stdout, proc
     assert "Permission denied" in proc.stderr
-    drift = _fired(box.alerts("g-drift"), "drift")
+    drift = _fired(box.alerts("g-drift", "drift"), "drift")
     assert drift and drift[0]["done"] == "denied" and drift[0]["event"]["path"] == "/tmp/x"
     box("rm", "-f", "g-drift")
     # without drift the copy runs (busybox then says it has no applet "x": it ran)
@@ -553,6 +564,21 @@ def test_concurrent_first_starts_share_one_guard(box):
         assert proc.returncode == 0, err
     assert time.monotonic() - started < 30
     for i in range(3):
-        assert _fired(box.alerts(f"g-race{i}"), "write-below-system-dirs")
+        assert _fired(box.alerts(f"g-race{i}", "write-below-system-dirs"),
+                      "write-below-system-dirs")
         box("rm", "-f", f"g-race{i}")
     assert _guard_gone()
+
+
+@needs_guard
+def test_restart_is_watched_again(box):
+    box("run", "-d", "--name", "g-restart", "--security-opt", "guard=default", "busybox",
+        "sleep", "30")
+    box("restart", "-t", "0", "g-restart")
+    box("exec", "g-restart", "sh", "-c", "echo x > /etc/after-restart")
+    alerts = [a for a in box.alerts("g-restart", "write-below-system-dirs", "/etc/after-restart")
+              if a["event"].get("path") == "/etc/after-restart"]
+    assert [a["rule"] for a in alerts] == ["write-below-system-dirs"]
+    status = client.status()
+    assert [c["name"] for c in status["containers"]].count("g-restart") == 1
+    box("rm", "-f", "g-restart")
