@@ -10,6 +10,7 @@
 #   make bench-stats  nsbox vs podman `stats --no-stream` over 50 containers (docs/benchmarks-stats.md)
 #   make bench-build  unchanged 10-step rebuild: nsbox build vs buildah bud (bench/results/build.md)
 #   make bench-pull  pull of a 5-layer 105 MB image: nsbox vs podman vs skopeo (bench/results/pull.md)
+#   make bench-docker  docker run --rm / exec on nsbox-runtime vs runc, one dockerd (bench/results/docker.md)
 #   make security-report  run the container-escape battery (writes the table in docs/security.md)
 
 SHELL := /bin/bash
@@ -50,7 +51,7 @@ DEMO_SCRIPT := echo "hostname: $$(hostname)"; echo "pid: $$$$"; echo "uid: $$(id
 
 REAL_PYTHON = $(shell python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
 
-.PHONY: help deps apt-deps demo install uninstall test test-v2 lint bench bench-engine bench-stats bench-build bench-pull security-report clean stress
+.PHONY: help deps apt-deps demo install uninstall test test-v2 lint bench bench-engine bench-stats bench-build bench-pull bench-docker security-report clean stress
 
 help:
 	@echo "make demo   install apt + pip dependencies, run a busybox container (runtime, then engine)"
@@ -64,6 +65,7 @@ help:
 	@echo "make bench-stats  nsbox vs podman stats --no-stream, 50 containers -> docs/benchmarks-stats.md"
 	@echo "make bench-build  unchanged 10-step rebuild: nsbox build vs buildah bud -> bench/results/build.md"
 	@echo "make bench-pull  5-layer 105 MB pull from a local registry: nsbox vs podman vs skopeo -> bench/results/pull.md"
+	@echo "make bench-docker  docker run --rm / exec: nsbox-runtime vs runc under one dockerd -> bench/results/docker.md"
 	@echo "make stress  timed SIGKILLs of nsbox run and its monitor, STRESS_TRIALS at STRESS_CONCURRENCY (docs/reliability.md)"
 	@echo "make security-report  the escape battery -> docs/security.md"
 	@echo "variables:  RUNTIME=$(RUNTIME) PYTEST_ARGS=... TEST_TIMEOUT=$(TEST_TIMEOUT)"
@@ -159,6 +161,9 @@ bench-build: deps
 
 bench-pull: deps
 	sh bench/pull_bench.sh
+
+bench-docker: deps
+	$(VENV_PY) bench/docker_bench.py
 
 STRESS_TRIALS ?= 500
 STRESS_CONCURRENCY ?= 50
