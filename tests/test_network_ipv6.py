@@ -128,3 +128,32 @@ def test_ipv6_leases_survive_a_database_made_before_ipv6(net_host) -> None:
     assert "fd00:79::2/64" in out, out
     h.nsbox("network", "rm", "old6")
     assert_nothing_left(h, bridges=("nsbox1",))
+
+
+def test_ip6_flag_and_connect(net_host) -> None:
+    h = net_host
+    h.nsbox("network", "create", "--ipv6", "--subnet", "fd00:7a::/64", "v6a")
+    h.nsbox("run", "-d", "--name", "fixed6", "--network", "v6a", "--ip6", "fd00:7a::42",
+            "busybox", "sleep", "100")
+    assert _v6(h, "fixed6", "v6a")["GlobalIPv6Address"] == "fd00:7a::42"
+    out = h.nsbox("exec", "fixed6", "ip", "-6", "-o", "addr", "show", "dev", "eth0",
+                  "scope", "global").stdout
+    assert "fd00:7a::42/64" in out, out
+    # taken, outside the subnet, the gateway, on the default bridge, not IPv6 at all
+    before = leases(h)
+    for args in (["--network", "v6a", "--ip6", "fd00:7a::42"],
+                 ["--network", "v6a", "--ip6", "fd00:99::5"],
+                 ["--network", "v6a", "--ip6", "fd00:7a::1"],
+                 ["--ip6", "fd00:7a::43"],
+                 ["--network", "v6a", "--ip6", "10.1.2.3"]):
+        one_line_error(h.nsbox("run", "--rm", *args, "busybox", "true", check=False))
+        assert leases(h) == before
+    # network connect --ip6: a second interface with the asked-for address
+    h.nsbox("network", "create", "--ipv6", "--subnet", "fd00:7b::/64", "v6b")
+    h.nsbox("network", "connect", "--ip6", "fd00:7b::9", "v6b", "fixed6")
+    out = h.nsbox("exec", "fixed6", "ip", "-6", "-o", "addr", "show", "dev", "eth1",
+                  "scope", "global").stdout
+    assert "fd00:7b::9/64" in out, out
+    h.nsbox("rm", "-f", "fixed6")
+    h.nsbox("network", "rm", "v6a", "v6b")
+    assert_nothing_left(h, bridges=("nsbox1", "nsbox2"))

@@ -43,7 +43,7 @@ RUN_FLAGS: dict[str, str] = {
     "ulimit": "list", "shm-size": "str", "device": "list", "sysctl": "list", "tmpfs": "list",
     "volume": "list", "mount": "list", "env": "list", "env-file": "list", "label": "list",
     "restart": "str", "pid": "str", "ipc": "str", "uts": "str", "network": "list", "net": "list",
-    "ip": "str", "mac-address": "str", "network-alias": "list", "dns": "list",
+    "ip": "str", "ip6": "str", "mac-address": "str", "network-alias": "list", "dns": "list",
     "dns-search": "list", "dns-option": "list", "add-host": "list",
     "userns": "str", "cgroupns": "str", "stop-signal": "str", "stop-timeout": "str",
     "timens": "str", "time-offset": "list",
@@ -102,6 +102,7 @@ RUN_FLAG_HELP: dict[str, str | tuple[str, str]] = {
                 "private, slirp4netns[:opts], pasta, container:NAME; repeat for more networks"),
     "net": ("network", "Alias of --network"),
     "ip": ("string", "IPv4 address on the (first) user-defined network (172.31.0.10)"),
+    "ip6": ("string", "IPv6 address on the (first) user-defined network, made with --ipv6"),
     "mac-address": ("string", "MAC address on the (first) network (02:42:ac:1f:00:0a)"),
     "network-alias": ("list", "Add a DNS name for the container on user-defined networks"),
     "dns": ("list", "Set custom DNS servers"),
@@ -477,7 +478,7 @@ def _network_options(spec: ContainerSpec, opts: dict) -> None:
             raise bad("network", ",".join(given), "only bridge networks can be combined: "
                       "none, host, private, slirp4netns, pasta and container: stand alone")
     spec.networks = list(dict.fromkeys(modes)) if bridged else []
-    for flag, attr in (("ip", "ip"), ("mac-address", "mac_address")):
+    for flag, attr in (("ip", "ip"), ("ip6", "ip6"), ("mac-address", "mac_address")):
         value = opts.get(flag)
         if value in (None, ""):
             continue
@@ -489,6 +490,12 @@ def _network_options(spec: ContainerSpec, opts: dict) -> None:
                 value = str(ipaddress.IPv4Address(str(value)))
             except ValueError:
                 raise bad(flag, value, f"{value} is not an IPv4 address") from None
+        elif flag == "ip6":
+            import ipaddress
+            try:
+                value = str(ipaddress.IPv6Address(str(value)))
+            except ValueError:
+                raise bad(flag, value, f"{value} is not an IPv6 address") from None
         else:
             value = str(value).lower()
             parts = value.split(":")

@@ -65,6 +65,7 @@ class ContainerSpec:
     # "bridge" or a network's name: a bridge network (nsbox/engine/network/, the first one)
     networks: list[str] = list  # every bridge network (--network repeated), network_mode first
     ip: str | None = None  # --ip: the address on the first network
+    ip6: str | None = None  # --ip6: the IPv6 address on the first network (made with --ipv6)
     mac_address: str | None = None  # --mac-address, on the first network
     network_aliases: list[str] = list  # --network-alias: DNS names on user-defined networks
     dns: list[str] = list  # --dns

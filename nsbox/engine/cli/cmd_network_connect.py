@@ -9,7 +9,7 @@ FLAGS = {"ip": "str", "alias": "list", "ip6": "str", "link": "list", "driver-opt
 HELP = {
     "ip": ("string", "IPv4 address on the network"),
     "alias": ("list", "Add a DNS name for the container on the network"),
-    "ip6": ("string", "IPv6 address (not supported)"),
+    "ip6": ("string", "IPv6 address on the network (made with --ipv6)"),
     "link": ("list", "Not supported"),
     "driver-opt": ("list", "Not supported"),
 }
@@ -21,5 +21,5 @@ def run(args, ctx) -> int:  # noqa: ANN001
 
     net, container = need_args(args, "network connect", 2, 2)
     networks.connect(ctx.engine(), net, container, ip=args["ip"],
-                     aliases=list(args["alias"] or []))
+                     aliases=list(args["alias"] or []), ip6=args["ip6"])
     return 0

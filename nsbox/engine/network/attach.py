@@ -76,6 +76,11 @@ def resolve(engine: EngineBase, spec: ContainerSpec) -> list[Network]:
             raise NetworkError("user specified IP address is supported on user defined "
                                "networks only")
         ipam.check_ip(nets[0], spec.ip)
+    if getattr(spec, "ip6", None):
+        if nets[0].is_default:
+            raise NetworkError("user specified IP address is supported on user defined "
+                               "networks only")
+        ipam.check_ip6(nets[0], spec.ip6)
     return nets
 
 
@@ -94,7 +99,8 @@ def setup_container(engine: EngineBase, cid: str, name: str, spec: ContainerSpec
             ip=getattr(spec, "ip", None) if index == 0 else None,
             mac=getattr(spec, "mac_address", None) if index == 0 else None,
             aliases=list(getattr(spec, "network_aliases", None) or []),
-            on_exhausted=lambda net=net: reclaim_stale(engine, net.id)))
+            on_exhausted=lambda net=net: reclaim_stale(engine, net.id),
+            ip6=getattr(spec, "ip6", None) if index == 0 else None))
     _crashpoint("network.after_lease")
     wiring.start(engine.run_root, cid,
                  [(net, lease, veth_name(cid, i)) for i, (net, lease) in
@@ -132,7 +138,7 @@ def rewire(engine: EngineBase, cid: str) -> None:
 
 def attach(engine: EngineBase, cid: str, name: str, net: Network, index: int | None = None,
            ip: str | None = None, mac: str | None = None,
-           aliases: list[str] | tuple = ()) -> Attachment:
+           aliases: list[str] | tuple = (), ip6: str | None = None) -> Attachment:
     """Lease an address of NET for CID and plug it in as eth<INDEX> (the next free one)."""
     path = netns_path(engine.run_root, cid)
     if not os.path.lexists(path):
@@ -146,7 +152,7 @@ def attach(engine: EngineBase, cid: str, name: str, net: Network, index: int | N
     from nsbox.engine.network import netlink
     networks.bring_up(net)
     lease = ipam.allocate(engine.db, net, cid, f"eth{index}", ip=ip, mac=mac, aliases=aliases,
-                          on_exhausted=lambda: reclaim_stale(engine, net.id))
+                          on_exhausted=lambda: reclaim_stale(engine, net.id), ip6=ip6)
     _crashpoint("network.after_lease")
     netlink.plug(net, lease, veth_name(cid, index), path, default_route=index == 0)
     _crashpoint("network.after_veth")

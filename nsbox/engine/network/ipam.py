@@ -45,6 +45,24 @@ def check_ip(net: Network, ip: str) -> str:
     return str(addr)
 
 
+def check_ip6(net: Network, ip6: str) -> str:
+    """IP6 as a canonical string if it is a usable host address of NET's IPv6 subnet."""
+    if not net.subnet6:
+        raise NetworkError(f"network {net.name} has no IPv6 (create it with --ipv6) for "
+                           f"address {ip6}")
+    try:
+        addr = ipaddress.IPv6Address(ip6)
+    except ValueError:
+        raise NetworkError(f"invalid IPv6 address: {ip6}") from None
+    subnet = ipaddress.IPv6Network(net.subnet6)
+    if addr not in subnet:
+        raise NetworkError(f"no configured subnet contains IP address {ip6} "
+                           f"(network {net.name} is {net.subnet6})")
+    if addr == subnet.network_address or str(addr) == net.gateway6:
+        raise NetworkError(f"IP address {ip6} is reserved in network {net.name}")
+    return str(addr)
+
+
 def _candidates(net: Network):  # noqa: ANN202 - an iterator of IPv4Address
     subnet = ipaddress.IPv4Network(net.subnet)
     pool = ipaddress.IPv4Network(net.ip_range) if net.ip_range else subnet
@@ -69,13 +87,15 @@ def _candidates6(net: Network, used: set[str]) -> str | None:
 
 def allocate(db: Database, net: Network, container_id: str, ifname: str, ip: str | None = None,
              mac: str | None = None, aliases: list[str] | tuple = (),
-             on_exhausted: Callable[[], int] | None = None) -> Attachment:
+             on_exhausted: Callable[[], int] | None = None,
+             ip6: str | None = None) -> Attachment:
     """Lease an address of NET for CONTAINER_ID (IP if given) and record the attachment.
 
     ON_EXHAUSTED: called once when no address is free (or IP is taken); it
     reclaims stale leases (attach.reclaim_stale) and says how many.
     """
     wanted = check_ip(net, ip) if ip else None
+    wanted6 = check_ip6(net, ip6) if ip6 else None
     model.ensure_schema(db)
     for attempt in range(2):
         def take() -> Attachment | None:
@@ -98,7 +118,12 @@ def allocate(db: Database, net: Network, container_id: str, ifname: str, ip: str
                     used6 = {r[0] for r in conn.execute(
                         "SELECT ip6 FROM attachments WHERE network_id=? AND ip6 != ''",
                         (net.id,))}
-                    address6 = _candidates6(net, used6) or ""
+                    if wanted6 is not None:
+                        if wanted6 in used6:
+                            return None
+                        address6 = wanted6
+                    else:
+                        address6 = _candidates6(net, used6) or ""
                     if not address6:
                         return None
                 lease = Attachment(container_id=container_id, network_id=net.id, ifname=ifname,
@@ -119,8 +144,8 @@ def allocate(db: Database, net: Network, container_id: str, ifname: str, ip: str
         if attempt == 0 and on_exhausted is not None and on_exhausted():
             continue
         break
-    if wanted is not None:
-        raise NetworkError(f"Address already in use: {wanted} in network {net.name}")
+    if wanted is not None or wanted6 is not None:
+        raise NetworkError(f"Address already in use: {wanted or wanted6} in network {net.name}")
     raise NetworkError(f"no free address left in network {net.name} ({net.ip_range or net.subnet})")
 
 

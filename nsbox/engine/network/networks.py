@@ -319,7 +319,7 @@ def _record_networks(engine: EngineBase, cid: str, names: list[str]) -> None:
 
 
 def connect(engine: EngineBase, net_ref: str, container_ref: str, ip: str | None = None,
-            aliases: list[str] | tuple = ()) -> model.Attachment:
+            aliases: list[str] | tuple = (), ip6: str | None = None) -> model.Attachment:
     """`network connect`: NET as the container's next ethN (it must be on a bridge network)."""
     from nsbox.engine.network import attach, ipam
     c = engine.get(container_ref)
@@ -332,8 +332,13 @@ def connect(engine: EngineBase, net_ref: str, container_ref: str, ip: str | None
             raise NetworkError("user specified IP address is supported on user defined "
                                "networks only")
         ip = ipam.check_ip(net, ip)
+    if ip6:
+        if net.is_default:
+            raise NetworkError("user specified IP address is supported on user defined "
+                               "networks only")
+        ip6 = ipam.check_ip6(net, ip6)
     try:
-        lease = attach.attach(engine, c.id, c.name, net, ip=ip, aliases=aliases)
+        lease = attach.attach(engine, c.id, c.name, net, ip=ip, aliases=aliases, ip6=ip6)
     except BaseException:
         from nsbox._lite import suppress
         if model.attachments(engine.db, container_id=c.id, network_id=net.id):
