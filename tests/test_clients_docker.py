@@ -28,6 +28,12 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="dockerd needs root"),
 ]
 
+# These tests read cgroup v1 file names (memory.limit_in_bytes, freezer.state...),
+# as tests/test_clients_podman_limits.py does; this host layout is v1 or hybrid.
+CGROUP_V1 = Path("/sys/fs/cgroup/memory").is_dir() and \
+    not Path("/sys/fs/cgroup/cgroup.controllers").exists()
+v1_files = pytest.mark.skipif(not CGROUP_V1, reason="reads cgroup v1 files")
+
 SERVE = "trap 'echo got-term; exit 0' TERM; echo started; while :; do sleep 0.1; done"
 LIMITS = ["--memory=64m", "--memory-swap=64m", "--cpus=0.5", "--pids-limit=50"]
 RT = ["--runtime", RUNTIME_NAME]
@@ -162,6 +168,7 @@ def test_kill_with_signal(docker: Docker) -> None:
     docker.run("rm", name)
 
 
+@v1_files
 def test_pause_unpause(docker: Docker) -> None:
     # Written aside and renamed, so a reader never sees a truncated file.
     counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/m; mv /tmp/m /tmp/n; sleep 0.05; done"
@@ -199,6 +206,7 @@ def test_top_and_stats(docker: Docker) -> None:
     docker.run("rm", "--force", name)
 
 
+@v1_files
 def test_update_memory(docker: Docker) -> None:
     name = detached(docker, "--memory", "64m", "--memory-swap", "64m", IMAGE, "sleep", "300")
     limit = host_cgroup_file(docker, name, "memory", "memory.limit_in_bytes")
@@ -213,6 +221,7 @@ def test_update_memory(docker: Docker) -> None:
     docker.run("rm", "--force", name)
 
 
+@v1_files
 def test_limits_inside_and_in_host_cgroups(docker: Docker) -> None:
     script = ("cat /sys/fs/cgroup/memory/memory.limit_in_bytes;"
               " cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us;"
@@ -239,6 +248,7 @@ def test_memory_limit_oom_kills(docker: Docker) -> None:
     docker.run("rm", name)
 
 
+@v1_files
 def test_pids_limit_caps_a_fork_bomb(docker: Docker) -> None:
     bomb = ("(i=0; while [ $i -lt 200 ]; do sleep 5 & i=$((i+1)); done) 2>/dev/null;"
             " read n < /sys/fs/cgroup/pids/pids.current; echo $n")
@@ -338,6 +348,7 @@ def test_restart(docker: Docker) -> None:
     docker.run("rm", "--force", name)
 
 
+@v1_files
 def test_rm_force_running(docker: Docker) -> None:
     name = detached(docker, IMAGE, "sleep", "300")
     cid = docker.inspect(name, "{{.Id}}")
@@ -394,6 +405,7 @@ def test_compose_up_ps_down(docker: Docker, tmp_path: Path) -> None:
     assert "nsboxdk_default" not in docker.run("network", "ls", "--format", "{{.Name}}").stdout
 
 
+@v1_files
 def test_runtime_error_is_one_line_and_leaves_nothing(docker: Docker) -> None:
     # /dev/null is no block device: the blkio throttle write fails in create.
     name = unique("bad")
