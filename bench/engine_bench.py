@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import clients  # noqa: E402  (tests/clients.py: the isolated podman world)
 import engine_bench_net as netbench  # noqa: E402  (bench/: the bridge rows)
+import hostclean  # noqa: E402  (tests/hostclean.py: what a client left on the host)
 
 from nsbox.runtime import syscalls  # noqa: E402
 
@@ -303,15 +304,15 @@ def check_clean(engine: str, ids: list[str], tree: Path, notes: Notes) -> None:
     # stragglers a few seconds before calling them leftovers.
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and (
-            any(outside_processes(cid) for cid in ids) or clients.pids_using_tree(tree)):
+            any(outside_processes(cid) for cid in ids) or hostclean.pids_using_tree(tree)):
         time.sleep(0.2)
     leftovers = []
     for container_id in ids:
         if pids := outside_processes(container_id):
             leftovers.append(f"processes {pids} for {container_id[:12]}")
-    if pids := clients.pids_using_tree(tree):
+    if pids := hostclean.pids_using_tree(tree):
         leftovers.append(f"processes using {tree}: {pids}")
-    if mounts := [m for m in clients.mountpoints_under(tree) if "/containers/" in m or
+    if mounts := [m for m in hostclean.mountpoints_under(tree) if "/containers/" in m or
                   "/overlay" in m]:
         leftovers.append(f"mounts {mounts[:3]}... ({len(mounts)})")
     if cgroups := find_cgroups(ids):
@@ -523,7 +524,7 @@ def main() -> int:
             check_clean("podman", podman_ids, pm.tree, notes)
             netbench.cleanup()
     finally:
-        leftovers = clients.unmount_all_under(work)
+        leftovers = hostclean.unmount_all_under(work)
         if leftovers:
             notes.problems.append(f"mounts left under the nsbox root: {leftovers}")
         shutil.rmtree(work, ignore_errors=True)

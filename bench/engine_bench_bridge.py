@@ -42,6 +42,7 @@ def main() -> int:
         os.execvpe("unshare", ["unshare", "--mount", "--net", "--propagation", "private",
                                sys.executable, *sys.argv], dict(os.environ, **{NS_ENV: "1"}))
     import clients  # tests/clients.py: the busybox rootfs both benches use
+    import hostclean  # tests/hostclean.py: unmounting the work tree
 
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 25
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
@@ -81,7 +82,7 @@ def main() -> int:
                              text=True).stdout.split()
         if ids:
             subprocess.run([*base, "rm", "-f", *ids], capture_output=True)
-        clients.unmount_all_under(work)
+        hostclean.unmount_all_under(work)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -212,7 +212,7 @@ def main() -> int:
                 raise
             notes.problems.append(str(err)[:500])
     finally:
-        leftovers = eb.clients.unmount_all_under(work)
+        leftovers = eb.hostclean.unmount_all_under(work)
         if leftovers:
             notes.problems.append(f"mounts left under the nsbox root: {leftovers}")
         shutil.rmtree(work, ignore_errors=True)

@@ -10,7 +10,8 @@ network namespace made for it (``unshare --mount --net``), where
   (a compose project's bridge, a container's veth) is made in the namespace,
   so the host's links, rules and sysctls are never touched;
 - /proc/sys/kernel/keys/root_max{keys,bytes} are bind-mounted copies: dockerd
-  raises these host-wide limits at start when they are low.
+  raises these host-wide limits at start when they are low;
+- AppArmor reads as disabled, or dockerd would load its profile into the kernel.
 
 dockerd's trust key (written to /etc/docker/key.json by default) is moved
 into the tree by daemon.json's ``deprecated-key-path``.  Containers use the
@@ -36,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clients import (
+from hostclean import (
     HostNet,
     describe_leaked_cgroups,
     host_net_state,
@@ -74,6 +75,12 @@ for f in {key_limits}; do
   cp /proc/sys/kernel/keys/$f {tree}/keys/$f
   mount --bind {tree}/keys/$f /proc/sys/kernel/keys/$f
 done
+# With AppArmor on, dockerd would load its docker-default profile into the
+# kernel (host-wide, left behind): it reads this flag to decide.
+if [ -e /sys/module/apparmor/parameters/enabled ]; then
+  echo N > {tree}/keys/apparmor-enabled
+  mount --bind {tree}/keys/apparmor-enabled /sys/module/apparmor/parameters/enabled
+fi
 exec "$@"
 """
 

@@ -15,14 +15,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from clients import (
-    IMAGE_REF,
-    Containerd,
-    containerd_world,
-    missing_binaries,
-    run_in_pty,
-    runtime_under_test,
-)
+from clients import IMAGE_REF, missing_binaries, run_in_pty, runtime_under_test
+from containerd_world import Containerd, containerd_world
 
 _missing = missing_binaries("containerd", "ctr", "containerd-shim-runc-v2")
 pytestmark = [

@@ -17,13 +17,12 @@ import pytest
 from clients import (
     IMAGE_REF,
     Podman,
-    host_net_state,
     missing_binaries,
     podman_world,
     run_in_pty,
     runtime_under_test,
-    undo_host_net_changes,
 )
+from hostclean import host_net_state, undo_host_net_changes
 
 _missing = missing_binaries("podman", "conmon")
 pytestmark = [
