@@ -60,6 +60,14 @@ def test_ipv6_network_addresses_routes_nat_and_isolation(net_host) -> None:
                   "ip -6 -o addr show dev eth0 scope global; ip -6 route show default").stdout
     assert "fd00:77::3/64" in out, out  # the next lease: never the same address twice
     assert "default via fd00:77::1" in out, out
+    # the container's own names in /etc/hosts with both addresses; others' by DNS (AAAA too)
+    hosts = h.nsbox("exec", "srv", "cat", "/etc/hosts").stdout
+    assert "fd00:77::2\t" in hosts and "srv" in hosts.split("fd00:77::2\t", 1)[1], hosts
+    from nsbox.engine.network import dns
+    if dns.binary() is not None:  # without aardvark-dns, no container DNS at all
+        answer = h.nsbox("run", "--rm", "--network", "v6net", "busybox", "nslookup",
+                         "-type=AAAA", "srv").stdout
+        assert "fd00:77::2" in answer, answer
     # container to container over IPv6, and out through the masquerade
     page = h.nsbox("run", "--rm", "--network", "v6net", "busybox", "wget", "-q", "-O", "-",
                    "http://[fd00:77::2]:8080/hostname").stdout

@@ -292,7 +292,7 @@ def _write_etc_files(userdata: str, spec: ContainerSpec, name: str, leases: list
                     break
     etcfiles.write(userdata, spec, hostname, name, ip=first.ip if first else "",
                    gateway=first.gateway if first else "", dns_server=server,
-                   networked=nets is not None)
+                   networked=nets is not None, ip6=first.ip6 if first else "")
 
 
 def netns_path(run_root: str, cid: str, network_mode: str) -> str:

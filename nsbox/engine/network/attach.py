@@ -108,7 +108,8 @@ def setup_container(engine: EngineBase, cid: str, name: str, spec: ContainerSpec
     for net, lease in zip(nets, leases, strict=True):
         if not net.is_default:
             from nsbox.engine.network import dns
-            dns.container_attached(engine, net, cid, name, list(lease.aliases), lease.ip)
+            dns.container_attached(engine, net, cid, name, list(lease.aliases), lease.ip,
+                                   lease.ip6)
         _event(engine, "connect", net, cid)
     from nsbox.engine import procs
     if getattr(procs, "_CRASHPOINT", None) == "network.after_veth":
@@ -158,7 +159,7 @@ def attach(engine: EngineBase, cid: str, name: str, net: Network, index: int | N
     _crashpoint("network.after_veth")
     if not net.is_default:
         from nsbox.engine.network import dns
-        dns.container_attached(engine, net, cid, name, list(aliases), lease.ip)
+        dns.container_attached(engine, net, cid, name, list(aliases), lease.ip, lease.ip6)
     _event(engine, "connect", net, cid)
     return lease
 

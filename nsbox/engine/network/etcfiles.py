@@ -49,10 +49,13 @@ def parse_add_host(entry: str) -> tuple[str, str]:
     return host, ip
 
 
-def hosts_text(hostname: str, name: str, ip: str, gateway: str, extra_hosts: list[str]) -> str:
+def hosts_text(hostname: str, name: str, ip: str, gateway: str, extra_hosts: list[str],
+               ip6: str = "") -> str:
     lines = [_LOCALHOST]
     names = hostname if not name or name == hostname else f"{hostname} {name}"
     lines.append(f"{ip}\t{names}\n" if ip else f"127.0.1.1\t{names}\n")
+    if ip6:  # a network made with --ipv6: the container's names have both, as Docker's
+        lines.append(f"{ip6}\t{names}\n")
     for entry in extra_hosts:
         host, addr = parse_add_host(entry)
         if addr == HOST_GATEWAY:
@@ -123,10 +126,12 @@ def _write(path: str, text: str) -> None:
 
 
 def write(userdata: str, spec: ContainerSpec, hostname: str, name: str, ip: str = "",
-          gateway: str = "", dns_server: str | None = None, networked: bool = False) -> None:
+          gateway: str = "", dns_server: str | None = None, networked: bool = False,
+          ip6: str = "") -> None:
     """Rewrite USERDATA's hosts (and resolv.conf when NETWORKED or --dns* was given)."""
     _write(os.path.join(userdata, "hosts"),
-           hosts_text(hostname, name, ip, gateway, list(getattr(spec, "extra_hosts", None) or [])))
+           hosts_text(hostname, name, ip, gateway, list(getattr(spec, "extra_hosts", None) or []),
+                      ip6))
     dns = list(getattr(spec, "dns", None) or [])
     search = list(getattr(spec, "dns_search", None) or [])
     options = list(getattr(spec, "dns_options", None) or [])
