@@ -377,7 +377,7 @@ services:
       - sh
       - -c
       - >-
-        for i in $$(seq 100); do wget -q -O - http://web:8080/hostname && break;
+        for i in $$(seq 300); do wget -q -O - http://web:8080/hostname && break;
         sleep 0.2; done; echo worker-done; exec sleep 300
 """
 
@@ -395,7 +395,7 @@ def test_compose_up_ps_down(docker: Docker, tmp_path: Path) -> None:
         assert re.search(r"^nsboxdk_worker_1 .* Up", ps, re.M), ps
         web_id = docker.inspect("nsboxdk_web_1", "{{.Config.Hostname}}")
         wait_for(lambda: "worker-done" in docker.run("logs", "nsboxdk_worker_1").stdout,
-                 timeout=60, what="the worker")
+                 timeout=120, what="the worker")
         # The worker fetched web's /etc/hostname through the project network's DNS.
         assert web_id in docker.run("logs", "nsboxdk_worker_1").stdout
     finally:
