@@ -34,7 +34,8 @@ _MONITOR_MODULES = (
     "nsbox.engine.storage", "nsbox.engine.oci", "nsbox.runtime.container", "nsbox.runtime.create",
     "nsbox.runtime.init",
     "nsbox.runtime.rootfs", "nsbox.runtime.process", "nsbox.runtime.cgroups.manager",
-    "nsbox.runtime.cgroups.resources", "nsbox.runtime.security.capabilities",
+    "nsbox.runtime.cgroups.resources", "nsbox.runtime.cgroups.limits",
+    "nsbox.runtime.security.capabilities",
     "nsbox.runtime.security.seccomp", "nsbox.runtime.security.lsm", "resource",
 )
 
