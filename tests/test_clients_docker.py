@@ -212,11 +212,12 @@ def test_update_memory(docker: Docker) -> None:
     limit = host_cgroup_file(docker, name, "memory", "memory.limit_in_bytes")
     assert limit.read_text().strip() == str(64 * 2**20)
     docker.run("update", "--memory", "100m", "--memory-swap", "100m", "--pids-limit", "20",
-               name)
+               "--cpus", "1.5", "--cpu-shares", "512", name)
     assert limit.read_text().strip() == str(100 * 2**20)
     inside = docker.run("exec", name, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                        "/sys/fs/cgroup/pids/pids.max").stdout.split()
-    assert inside == [str(100 * 2**20), "20"]
+                        "/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                        "/sys/fs/cgroup/cpu/cpu.shares").stdout.split()
+    assert inside == [str(100 * 2**20), "20", "150000", "512"]
     assert docker.inspect(name, "{{.HostConfig.Memory}}") == str(100 * 2**20)
     docker.run("rm", "--force", name)
 
