@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_engine_images import tar_bytes, write_docker_archive
+from imagedata import tar_bytes, write_docker_archive
 
 from nsbox.engine.images import ImageStore, ensure_busybox
 from nsbox.engine.storage import MOUNT_OPTIONS_LIMIT, Storage, mount_points

@@ -171,7 +171,7 @@ def test_host_namespaces_and_refused_modes(clean):
 def test_layers_with_whiteouts_and_opaque_dirs(clean):
     """Overlay metadata of a multi-layer image in user.* xattrs (userxattr): the upper layer's
     whiteouts and opaque directories hide the lower content inside the container."""
-    from test_engine_images import tar_bytes, write_docker_archive
+    from imagedata import tar_bytes, write_docker_archive
 
     lower = tar_bytes([("a", "dir"), ("a/file", "file", b"gone"), ("a/other", "file", b"stays"),
                        ("opq", "dir"), ("opq/lower.txt", "file", b"hidden"),
