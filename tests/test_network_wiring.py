@@ -58,3 +58,16 @@ def test_a_failed_wiring_fails_the_start_and_the_next_start_tries_again(net_host
     h.nsbox("rm", "-f", "later")
     assert_nothing_left(h)
     assert not os.listdir(h.runroot / "wiring")
+
+
+@pytest.mark.parametrize("cleanup", [("rm", "-f", "crashed"), ("container", "prune", "-f")])
+def test_crash_between_lease_and_namespace_is_cleaned(net_host, cleanup) -> None:
+    """The lease is recorded before the namespace file exists: a kill -9 in between
+    leaves only the lease, which the removal of the dead create takes back."""
+    h = net_host
+    crashed = h.nsbox("run", "-d", "--name", "crashed", "busybox", "sleep", "100",
+                      env={"NSBOX_TEST_CRASHPOINT": "network.after_lease"}, check=False)
+    assert crashed.returncode in (-9, 137), crashed
+    assert leases(h) and netns_files(h) == []
+    h.nsbox(*cleanup)
+    assert_nothing_left(h)

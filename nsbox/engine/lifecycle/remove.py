@@ -81,7 +81,12 @@ def remove_now(engine: EngineBase, cid: str, volumes: bool, keep_exit_code: bool
     crashpoint("remove.after_runtime_delete")
     network = _json.loads(row["spec"] or "{}").get("network_mode") or ""
     user_mode = network.startswith("slirp4netns") or network == "pasta"  # slirp4netns, pasta
-    if os.path.lexists(os.path.join(engine.run_root, "netns", cid)) and not user_mode:
+    # A bridge network's container: its leases are recorded before its namespace
+    # file exists (network/attach.py), so a create killed in between has only those.
+    bridged = network not in ("none", "host", "private", "", "shareable") and \
+        not network.startswith("container:")
+    if not user_mode and (bridged or os.path.lexists(os.path.join(engine.run_root, "netns",
+                                                                   cid))):
         from nsbox.engine.db import DatabaseFull
         from nsbox.engine.network import attach  # a bridge network's veths, leases, netns
         try:
