@@ -44,13 +44,16 @@ def ensure_runner(engine, c) -> None:  # noqa: ANN001
             return  # a runner holds it
     finally:
         os.close(fd)
-    spawn(engine.root, engine.run_root, c.id, c.pid)
+    spawn(engine.root, engine.run_root, c.id, c.pid, c.bundle)
 
 
-def spawn(root: str, run_root: str, cid: str, init_pid: int) -> None:
-    """`python -m nsbox.engine.health.runner ...`, detached (its first process exits at once).
+def spawn(root: str, run_root: str, cid: str, init_pid: int, bundle: str) -> None:
+    """`python -m nsbox.engine.health.runner ...`, detached.
 
-    Not a fork: the caller may be a threaded program (the Python API).
+    Its first process takes the lock (or exits if a runner holds it) and
+    forks the runner, which keeps it: once this returns, the lock is held,
+    so the next command starts no second runner.  Not a fork here: the
+    caller may be a threaded program (the Python API).
     """
     import subprocess
 
@@ -58,6 +61,6 @@ def spawn(root: str, run_root: str, cid: str, init_pid: int) -> None:
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(nsbox.__file__)))
     path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
     subprocess.Popen([sys.executable, "-m", "nsbox.engine.health.runner", root, run_root, cid,
-                      str(init_pid)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                      str(init_pid), bundle], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True,
                      env=dict(os.environ, PYTHONPATH=path), cwd="/").wait()

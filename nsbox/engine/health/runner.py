@@ -15,7 +15,7 @@ run...: EngineBase.get/list) finds the lock free and starts a new runner
 (recover.ensure_runner) which goes on from the recorded status.  Two runners
 cannot both hold the lock: a second one exits.
 
-    python -m nsbox.engine.health.runner ROOT RUN_ROOT ID INIT_PID
+    python -m nsbox.engine.health.runner ROOT RUN_ROOT ID INIT_PID BUNDLE
 """
 
 from __future__ import annotations
@@ -206,17 +206,18 @@ def health(engine, ref: str) -> dict | None:  # noqa: ANN001
 
 
 def main(argv: list[str]) -> int:
-    root, run_root, cid, init_pid = argv[0], argv[1], argv[2], int(argv[3])
-    if os.fork() != 0:
-        return 0  # the spawner waits for this one; the runner lives on, reparented
+    root, run_root, cid, init_pid, bundle = argv[0], argv[1], argv[2], int(argv[3]), argv[4]
     try:
-        from nsbox.engine.lifecycle.state import EngineBase
-        row = EngineBase(root, run_root).db.container(cid)
-        if row is None:
-            return 0
-        fd = _open_lock(row["bundle"])
+        fd = _open_lock(bundle)
+    except OSError:
+        return 0  # removed meanwhile
+    if not _try_lock(fd):
+        return 0  # a runner serves it
+    if os.fork() != 0:
+        return 0  # the spawner waits for this one; the runner lives on with the lock
+    try:
         _become_runner(cid)
-        serve(root, run_root, cid, init_pid, fd, _try_lock(fd))
+        serve(root, run_root, cid, init_pid, fd, True)
     finally:
         os._exit(0)
 

@@ -92,7 +92,7 @@ def _run_foreground(engine: EngineBase, c: Container, oci, pid_file: str) -> int
                 from nsbox.engine.health import recover, state
                 with suppress(OSError):
                     state.reset(c.bundle)
-                recover.spawn(engine.root, engine.run_root, c.id, pid)
+                recover.spawn(engine.root, engine.run_root, c.id, pid, c.bundle)
             break
         except (OSError, ValueError):
             time.sleep(0.01)
