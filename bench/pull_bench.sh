@@ -15,14 +15,16 @@
 # writes its blob-info cache to /var/lib/containers/cache as root, with no setting to move
 # it, and the host's is left alone.  (nsbox pays the same `unshare` cost through the same
 # wrapper, so the rows differ only in the tool.)
-# Results: bench/results/pull.md (and .json).  Also printed: what each tool did (CPU
+# Timing: ROUNDS hyperfine invocations of RUNS runs each, pooled (medians and means over all).
+# Results: bench/results/pull.md.  Also printed: what each tool did (CPU
 # seconds of user+system, from one extra run of each under /usr/bin/time), since the
 # wall time on a shared, loaded machine is noisy.
 #
-# usage: sh bench/pull_bench.sh   (as root; RUNS, WARMUP from the environment)
+# usage: sh bench/pull_bench.sh   (as root; RUNS, ROUNDS, WARMUP from the environment)
 set -eu
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-RUNS=${RUNS:-5}
+RUNS=${RUNS:-2}
+ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-1}
 WORK=$(mktemp -d /tmp/nsbox-pull-bench.XXXXXX)
 PY="$REPO/.venv/bin/python"
@@ -80,9 +82,11 @@ $PRIV "$VARLIB skopeo copy -q --format v2s2 --dest-tls-verify=false oci:$WORK/la
 NSBOX_CMD="$REPO/.venv/bin/nsbox --root $WORK/lib --runroot $WORK/run pull -q --tls-verify=false $IMAGE"
 PODMAN_CMD="podman --root $WORK/proot --runroot $WORK/prun --storage-driver overlay pull -q --tls-verify=false $IMAGE"
 SKOPEO_CMD="skopeo copy -q --src-tls-verify=false docker://$IMAGE dir:$WORK/skopeo"
-NSBOX_PREP="rm -rf $WORK/lib $WORK/run"
-PODMAN_PREP="rm -rf $WORK/proot $WORK/prun"
-SKOPEO_PREP="rm -rf $WORK/skopeo"
+# Each run starts from an empty store and no dirty page cache (sync): the writes of the
+# previous run (200+ MB) would otherwise be written back during the next one.
+NSBOX_PREP="rm -rf $WORK/lib $WORK/run; sync"
+PODMAN_PREP="rm -rf $WORK/proot $WORK/prun; sync"
+SKOPEO_PREP="rm -rf $WORK/skopeo; sync"
 
 echo "CPU seconds (user+sys) of one pull each, wall seconds:"
 for row in nsbox podman skopeo; do
@@ -95,11 +99,37 @@ for row in nsbox podman skopeo; do
     /usr/bin/time -f "  $row: %U user + %S sys, %e wall, %M KiB max RSS" $PRIV "$VARLIB $cmd" >/dev/null
 done
 
+# ROUNDS hyperfine runs of RUNS each, pooled: load bursts from other work on the machine
+# then fall on every row instead of on whichever row was running.
 mkdir -p "$REPO/bench/results"
-hyperfine --warmup "$WARMUP" --runs "$RUNS" \
-    --export-markdown "$REPO/bench/results/pull.md" \
-    --export-json "$REPO/bench/results/pull.json" \
-    -n nsbox --prepare "$NSBOX_PREP" "$PRIV '$VARLIB $NSBOX_CMD'" \
-    -n podman --prepare "$PODMAN_PREP" "$PRIV '$VARLIB $PODMAN_CMD'" \
-    -n skopeo --prepare "$SKOPEO_PREP" "$PRIV '$VARLIB $SKOPEO_CMD'"
-uptime
+r=1
+while [ $r -le "$ROUNDS" ]; do
+    hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic \
+        --export-json "$WORK/round-$r.json" \
+        -n nsbox --prepare "$NSBOX_PREP" "$PRIV '$VARLIB $NSBOX_CMD'" \
+        -n podman --prepare "$PODMAN_PREP" "$PRIV '$VARLIB $PODMAN_CMD'" \
+        -n skopeo --prepare "$SKOPEO_PREP" "$PRIV '$VARLIB $SKOPEO_CMD'" >/dev/null
+    r=$((r + 1))
+done
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+$PY - "$WORK" "$ROUNDS" "$REPO/bench/results/pull.md" "$LOAD" <<'PYEOF'
+import json, statistics, sys
+work, rounds, out, load = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+times, cpu = {}, {}
+for r in range(1, rounds + 1):
+    for result in json.load(open(f"{work}/round-{r}.json"))["results"]:
+        times.setdefault(result["command"], []).extend(result["times"])
+        cpu.setdefault(result["command"], []).append(result["user"] + result["system"])
+rows = ["| tool | runs | median (s) | mean (s) | min (s) | CPU user+sys per pull (s) |",
+        "|---|---|---|---|---|---|"]
+for name, ts in times.items():
+    rows.append(f"| {name} | {len(ts)} | {statistics.median(ts):.3f} | {statistics.mean(ts):.3f} | "
+                f"{min(ts):.3f} | {statistics.mean(cpu[name]):.3f} |")
+med = {name: statistics.median(ts) for name, ts in times.items()}
+rows.append("")
+rows.append(f"nsbox/podman = {med['nsbox'] / med['podman']:.2f}x (target <= 0.8), "
+            f"nsbox/skopeo = {med['nsbox'] / med['skopeo']:.2f}x (target <= 1.0), at the median; "
+            f"load average at the end: {load}")
+open(out, "w").write("\n".join(rows) + "\n")
+print("\n".join(rows))
+PYEOF
