@@ -32,7 +32,7 @@ from urllib3.exceptions import HTTPError, MaxRetryError, NewConnectionError, SSL
 
 from nsbox.errors import ImageError
 
-from .layout import COPY_CHUNK, INDEX_TYPES, MANIFEST_TYPES, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST
+from .layout import INDEX_TYPES, MANIFEST_TYPES, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST
 
 MANIFEST_ACCEPT = ", ".join([MEDIA_OCI_INDEX, *INDEX_TYPES[1:], MEDIA_OCI_MANIFEST, *MANIFEST_TYPES[1:]])
 MAX_MANIFEST_SIZE = 4 << 20
@@ -328,30 +328,6 @@ class RegistryClient:
         data = response.data
         check_blob(digest, size, hashlib.sha256(data).hexdigest(), len(data))
         return data
-
-    def blob_to_file(self, digest: str, size: int, dest: str, on_read=None) -> None:  # noqa: ANN001
-        """Stream blob DIGEST into the new file DEST, checking its digest and size."""
-        response = self.get(f"blobs/{digest}", preload=False)
-        try:
-            if response.status != 200:
-                response.read()
-                raise RegistryError(f"fetching blob {digest}: {_error_message(response)}")
-            hasher, count = hashlib.sha256(), 0
-            with open(dest, "xb") as out:
-                try:
-                    for chunk in response.stream(COPY_CHUNK):
-                        count += len(chunk)
-                        if count > size:
-                            break
-                        hasher.update(chunk)
-                        out.write(chunk)
-                        if on_read:
-                            on_read(len(chunk))
-                except HTTPError as err:
-                    raise RegistryError(f"fetching blob {digest}: {_reason(err)}") from None
-            check_blob(digest, size, hasher.hexdigest(), count)
-        finally:
-            response.release_conn()
 
 
 def _unauthorized(response: urllib3.BaseHTTPResponse) -> str:
