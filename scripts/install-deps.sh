@@ -37,5 +37,17 @@ fi
 
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages such as docker.io, containerd and docker-registry start their
+# services when installed (docker0, iptables rules, a registry on :5000). The
+# tests start private instances of each, so the host's must stay off: a
+# policy-rc.d that answers 101 ("action forbidden") stops invoke-rc.d and
+# deb-systemd-invoke from starting anything during this install. An existing
+# policy-rc.d is the administrator's and is left alone.
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\n# nsbox install-deps: no service starts while it installs\nexit 101\n' > "$policy"
+    chmod 0755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
 apt-get update
 apt-get install -y --no-install-recommends "${missing[@]}"
