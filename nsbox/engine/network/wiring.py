@@ -64,7 +64,12 @@ def start(run_root: str, cid: str, plan: list[tuple[Network, Attachment, str]]) 
         # whole heap inherited from the engine; the imports below trigger several.
         gc.disable()
         try:
-            os.close(ready_r)
+            # Only what it needs: an inherited lock file (the storage's, say) would stay
+            # locked as long as this child holds a copy of its descriptor.
+            keep = sorted({0, 1, 2, status, ready_w})
+            for low, high in zip(keep, [*keep[1:], 1 << 20], strict=True):
+                if high > low + 1:
+                    os.closerange(low + 1, high)
             _child(parent, path, plan, ready_w)
             os.pwrite(status, b"ok\n", 0)
             code = 0
