@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import threading
 import urllib.error
@@ -177,3 +178,68 @@ def test_killed_pull_leaves_nothing_trusted(nsbox, pushed, relay):  # noqa: F811
     nsbox("pull", "-q", "--tls-verify=false", name)
     assert nsbox.tmp_left() == []  # the dead pull's staging was swept
     assert nsbox("run", "--rm", name, "echo", "ok").stdout == "ok\n"
+
+
+def _oci_layout(path, layers: list[bytes]) -> None:  # noqa: ANN001
+    """An OCI layout at PATH (tag "t") with the plain-tar LAYERS, bottom first."""
+    import hashlib
+    blobs = path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+    import gzip
+    descriptors = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    **put(gzip.compress(layer, mtime=0))} for layer in layers]
+    config = {"architecture": oci_architecture(), "os": "linux", "config": {},
+              "rootfs": {"type": "layers", "diff_ids": [
+                  "sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]}}
+    manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           **put(json.dumps(config).encode())}, "layers": descriptors}
+    (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": MEDIA_MANIFEST, **put(json.dumps(manifest).encode()),
+        "annotations": {"org.opencontainers.image.ref.name": "t"}}]}))
+
+
+def _tar(entries: list) -> bytes:  # noqa: ANN001
+    import io
+    import tarfile
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def _entry(name: str, kind: bytes, mode: int, data: bytes | None = None, link: str = ""):  # noqa: ANN202
+    import tarfile
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime, info.linkname = kind, mode, 1700000000, link
+    if data is not None:
+        info.size = len(data)
+    return info, data
+
+
+def test_layers_that_need_their_lowers_unpack_right(nsbox, registry, tmp_path):  # noqa: F811
+    """A hard link into a lower layer, and a parent the tar does not list: such a layer is
+    unpacked (again) with its lowers, even though the layers unpack in parallel."""
+    import stat
+    import tarfile
+    bottom = _tar([_entry("a", tarfile.DIRTYPE, 0o755), _entry("a/file", tarfile.REGTYPE, 0o640, b"shared\n"),
+                   _entry("tmp", tarfile.DIRTYPE, 0o1777)])
+    top = _tar([_entry("b", tarfile.DIRTYPE, 0o755), _entry("b/link", tarfile.LNKTYPE, 0o640, link="a/file"),
+                _entry("tmp/x", tarfile.REGTYPE, 0o644, b"x\n")])  # no "tmp" entry
+    _oci_layout(tmp_path / "layout", [bottom, top])
+    ref = f"{registry['host']}/test/lowers:1"
+    from test_engine_pull import skopeo
+    skopeo("copy", "--dest-tls-verify=false", "--quiet", f"oci:{tmp_path / 'layout'}:t", f"docker://{ref}")
+    nsbox("pull", "-q", "--tls-verify=false", ref)
+    image = ImageStore(nsbox.root).resolve(ref)
+    upper = image.layers[1].path
+    assert open(f"{upper}/b/link").read() == "shared\n"  # copied from the lower layer
+    assert stat.S_IMODE(os.stat(f"{upper}/tmp").st_mode) == 0o1777  # the lower's mode, not 0755
+    assert nsbox.tmp_left() == []
