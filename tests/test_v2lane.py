@@ -21,7 +21,8 @@ from types import ModuleType
 import helpers
 import pytest
 
-LANE = Path(__file__).resolve().parent / "v2lane" / "lane.py"
+LANE_DIR = Path(__file__).resolve().parent / "v2lane"
+LANE = LANE_DIR / "lane.py"
 LANE_TIMEOUT = 480  # the lane kills qemu itself after this many seconds (a run takes ~2-3 min)
 EXIT_MISSING = 77   # lane.py: qemu, root or a fetchable kernel is missing
 SHOWN_LINES = 200
@@ -68,15 +69,25 @@ def lane() -> Iterator[ModuleType]:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
+    # lane.py imports guest_image from beside it, as when it runs as a script.
+    sys.path.insert(0, str(LANE_DIR))
     try:
         spec.loader.exec_module(module)
         yield module
     finally:
         del sys.modules[spec.name]
+        sys.modules.pop("guest_image", None)
+        sys.path.remove(str(LANE_DIR))
 
 
-def test_cpio_archive_unpacks_with_busybox(lane: ModuleType, tmp_path: Path) -> None:
-    archive = lane.Cpio()
+@pytest.fixture(scope="module")
+def guest_image(lane: ModuleType) -> ModuleType:
+    """tests/v2lane/guest_image.py, as lane.py imported it."""
+    return sys.modules["guest_image"]
+
+
+def test_cpio_archive_unpacks_with_busybox(guest_image: ModuleType, tmp_path: Path) -> None:
+    archive = guest_image.Cpio()
     archive.directory("dev")
     archive.directory("bin", 0o700)
     archive.char_device("dev/console", 5, 1)
@@ -106,7 +117,7 @@ def fake_module(path: Path, depends: str, compress: bool = False) -> None:
     path.write_bytes(data)
 
 
-def test_modules_come_after_their_dependencies(lane: ModuleType, tmp_path: Path) -> None:
+def test_modules_come_after_their_dependencies(guest_image: ModuleType, tmp_path: Path) -> None:
     kernel = tmp_path / "kernel"
     fake_module(kernel / "fs" / "9p" / "9p.ko", "9pnet,netfs")
     fake_module(kernel / "net" / "9p" / "9pnet_virtio.ko", "virtio,9pnet", compress=True)
@@ -115,12 +126,12 @@ def test_modules_come_after_their_dependencies(lane: ModuleType, tmp_path: Path)
     fake_module(kernel / "drivers" / "virtio" / "virtio.ko", "")
     (tmp_path / "modules.builtin").write_text("kernel/fs/fscache/fscache.ko\n")
 
-    order = [name for name, _ in lane.module_load_order(tmp_path, ["9pnet_virtio", "9p"])]
+    order = [name for name, _ in guest_image.module_load_order(tmp_path, ["9pnet_virtio", "9p"])]
     assert order == ["virtio", "9pnet", "9pnet_virtio", "netfs", "9p"]  # fscache: built in
-    path = dict(lane.module_load_order(tmp_path, ["9pnet_virtio"]))["9pnet_virtio"]
-    assert lane.decompress_module(path).startswith(b"\x7fELF")
-    with pytest.raises(lane.LaneError, match="overlay"):
-        lane.module_load_order(tmp_path, ["overlay"])
+    path = dict(guest_image.module_load_order(tmp_path, ["9pnet_virtio"]))["9pnet_virtio"]
+    assert guest_image.decompress_module(path).startswith(b"\x7fELF")
+    with pytest.raises(guest_image.LaneError, match="overlay"):
+        guest_image.module_load_order(tmp_path, ["overlay"])
 
 
 def test_lane_selects_cgroupv2_files_unless_paths_are_given(lane: ModuleType) -> None:
