@@ -19,7 +19,7 @@ import pytest
 from helpers import without_cgroup2_unified
 from test_engine_flags import error_of, spec
 
-from nsbox.engine import bundle, hostcaps, oci, security
+from nsbox.engine import bundle, hostcaps, oci, posture, security
 from nsbox.engine.flags import build_resources
 from nsbox.errors import ConfigError
 
@@ -260,7 +260,7 @@ def test_privileged_clears_no_new_privs(privileged, opts, expected):
     config = _config()
     security.apply(config, [], [], privileged, opts)
     assert config["process"]["noNewPrivileges"] is expected
-    item = next(i for i in security.posture(config)["items"] if i["item"] == "no_new_privs")
+    item = next(i for i in posture.posture(config)["items"] if i["item"] == "no_new_privs")
     assert item["weaker"] is not expected
     if privileged and not expected:
         assert "--privileged" in item["why"]

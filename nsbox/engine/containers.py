@@ -183,7 +183,7 @@ class Engine(EngineBase):
         return query.port(self, ref)
 
     def security_posture(self, ref: str) -> dict:
-        """The container's security posture (security.posture) with its name and id."""
+        """The container's security posture (posture.posture) with its name and id."""
         from nsbox.engine.lifecycle import query
         return query.security_posture(self, ref)
 

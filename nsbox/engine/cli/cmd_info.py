@@ -102,7 +102,7 @@ def gather(ctx) -> dict:  # noqa: ANN001
     except ImportError:
         pass
     info["Images"] = len(ctx.images().list())
-    from nsbox.engine.security import host_report
+    from nsbox.engine.posture import host_report
     info["Security"] = host_report()
     from nsbox.engine import rootless
     info["Rootless"] = rootless.report()

@@ -274,8 +274,8 @@ def _health_state(c: Container) -> dict:
 
 
 def security_posture(engine: EngineBase, ref: str) -> dict:
-    """The container's security posture (security.posture) with its name and id."""
-    from nsbox.engine.security import posture
+    """The container's security posture (posture.posture) with its name and id."""
+    from nsbox.engine.posture import posture
     c = engine.get(ref)
     try:
         with open(os.path.join(c.bundle, "config.json")) as f:
