@@ -37,6 +37,72 @@ except ImportError:  # pragma: no cover - the fallback
 GZIP_WBITS = 31  # a gzip header and trailer around deflate data
 
 
+class ForwardReader:
+    """A read-once stream that tarfile's random-access mode ("r:") can read.
+
+    tarfile's stream mode ("r|") passes every byte through its own buffer
+    (joined and sliced per read: two more copies of the whole layer, and a
+    call chain per 64 KiB).  Random-access mode reads members straight from
+    the file object, seeking only forward, except `next()` stepping back one
+    byte to check the archive goes on; so seek() skips forward by reading
+    and goes back only within the last block read.  read(n) returns n bytes
+    unless the stream ends, as tarfile expects of a file.
+    """
+
+    KEEP = 512
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner = inner
+        self.pos = 0
+        self.tail = b""      # the last bytes handed out, ending at pos
+        self.pending = b""   # bytes to hand out again after a step back
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self.pos
+        elif whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("a layer stream cannot seek from its end")
+        if offset < self.pos:
+            back = self.pos - offset
+            if back > len(self.tail):
+                raise io.UnsupportedOperation("a layer stream cannot seek back that far")
+            self.pending = self.tail[len(self.tail) - back:] + self.pending
+            self.tail = self.tail[:len(self.tail) - back]
+            self.pos = offset
+        while self.pos < offset:
+            if not self.read(min(offset - self.pos, COPY_CHUNK)):
+                break
+        return self.pos
+
+    def read(self, size: int = -1) -> bytes:
+        parts = []
+        if size is None or size < 0:
+            size = 1 << 62
+        if self.pending:
+            parts.append(self.pending[:size])
+            self.pending = self.pending[len(parts[0]):]
+            size -= len(parts[0])
+        while size > 0:
+            data = self.inner.read(min(size, COPY_CHUNK << 4))
+            if not data:
+                break
+            parts.append(data)
+            size -= len(data)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.pos += len(data)
+        self.tail = (self.tail + data)[-self.KEEP:] if len(data) < self.KEEP else data[-self.KEEP:]
+        return data
+
+
 class CountingReader:
     """Reads through to INNER, counting the bytes."""
 
@@ -158,4 +224,4 @@ def zstd_pipe(raw: BinaryIO, label: str) -> Iterator[BinaryIO]:
             proc.stderr.close()
 
 
-__all__ = ["CountingReader", "InflateReader", "zstd_pipe"]
+__all__ = ["CountingReader", "ForwardReader", "InflateReader", "zstd_pipe"]

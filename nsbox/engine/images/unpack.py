@@ -71,10 +71,6 @@ FORBIDDEN_XATTR_PREFIXES = ("user.overlay.",)
 DEVICE_POLICIES = ("reject", "skip", "create")
 
 PROGRESS_STEP = 1 << 20
-# tarfile's stream mode reads its input this much at a time.  Its default (10 KiB)
-# costs a Python call chain per 10 KiB of a big file; a larger buffer is copied
-# once per member header, so it is not made larger than this.
-TAR_BUFSIZE = 64 << 10
 _DIR_CACHE_LIMIT = 256
 _O_DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -507,7 +503,7 @@ def unpack_layer(blob_path: str, dest: str, *, lowers: Sequence[str] | None = ()
     """
     import tarfile
 
-    from .inflate import CountingReader, InflateReader, zstd_pipe
+    from .inflate import CountingReader, ForwardReader, InflateReader, zstd_pipe
     from .staging import Prepended
 
     writer = _LayerWriter(dest, lowers, devices)
@@ -534,7 +530,7 @@ def unpack_layer(blob_path: str, dest: str, *, lowers: Sequence[str] | None = ()
             reported = 0
             if progress:
                 progress(label, 0, total)
-            tar = stack.enter_context(tarfile.open(fileobj=reader, mode="r|", bufsize=TAR_BUFSIZE))
+            tar = stack.enter_context(tarfile.open(fileobj=ForwardReader(reader), mode="r:"))
             for member in tar:
                 current = member.name
                 writer.apply(member, tar)
