@@ -150,7 +150,10 @@ def init_direct(ctx: InitContext, chan: ch.Channel) -> None:
     """The init, forked by the runtime itself into its new pid namespace; never returns.
 
     Does stage 1's namespace work itself (without its fork), then stage 2's.
-    Runs only where single_stage_ok() said so.
+    Runs only where single_stage_ok() said so.  No PR_SET_PDEATHSIG as in
+    stage 1: it would outlive execve and kill the container when `create`
+    exits; should the runtime die during set-up, the channel's end-of-file
+    stops us at the next message.
     """
     try:
         _namespaces(ctx, chan, born_in=sc.CLONE_NEWPID)
