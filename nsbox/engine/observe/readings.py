@@ -4,7 +4,7 @@ The low level of observe/stats.py (and cgroupview.py): small tolerant
 readers that return None or zero for a file that is missing (a controller the
 host lacks, a container that just went away) instead of raising.  Files are
 read with os.open/os.read: no buffered or text wrappers, which cost more
-than the read itself on these small files (a dozen per container per round).
+than the read itself on these small files (about ten per container per round).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ _O_RDONLY = os.O_RDONLY | os.O_CLOEXEC
 
 def read(path: str) -> str | None:
     # os.read on a raw fd: no buffered/text wrappers, which cost more than the
-    # read itself on these small files (a dozen per container).
+    # read itself on these small files (about ten per container).
     try:
         fd = os.open(path, _O_RDONLY)
     except OSError:

@@ -49,7 +49,7 @@ What a Sample holds (Docker's numbers; byte counts, ns):
 The files are read by observe/readings.py (cgroup and /proc readers, the
 cgroup paths from the runtime's state.json).
 
-Speed: the work is a dozen small file reads per container and no
+Speed: the work is about ten small file reads per container and no
 subprocess: `nsbox stats --no-stream` over 50 containers costs about what
 `nsbox ps` does (bench/stats_bench.py).  That is why --no-stream samples
 once and holds it against the container's start by default (as podman does)
@@ -267,7 +267,7 @@ def sample(target: Target, system_ns: int | None = None, online: int | None = No
 
     SYSTEM_NS / ONLINE: the host's numbers, when the caller samples many at once.
     DETAIL=False skips the files only Stats.api() shows (the user/kernel CPU
-    split, the pids limit: 0 then), two of the ten reads per container.
+    split, the pids limit: 0 then), two of the ten reads per container (state.json too).
     """
     if target.state not in _LIVE or target.pid <= 0:
         return None
