@@ -50,8 +50,8 @@ The files are read by observe/readings.py (cgroup and /proc readers, the
 cgroup paths from the runtime's state.json).
 
 Speed: the work is about ten small file reads per container and no
-subprocess: `nsbox stats --no-stream` over 50 containers costs about what
-`nsbox ps` does (bench/stats_bench.py).  That is why --no-stream samples
+subprocess: `nsbox stats --no-stream` over 50 containers costs less than
+`nsbox ps` (about half podman's `stats --no-stream`: bench/stats_bench.py).  That is why --no-stream samples
 once and holds it against the container's start by default (as podman does)
 instead of sleeping for a second sample as Docker's daemon does: an
 interval is available (`--interval`, `snapshot(interval=)`), and the live
