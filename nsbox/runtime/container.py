@@ -69,11 +69,15 @@ class Runtime:
         self.seccomp_cache_dir = os.path.join(self.store.root, ".seccomp-cache")
 
     # ------------------------------------------------------------------ create
-    def create(self, container_id: str, opts: CreateOptions) -> ContainerState:
-        """Create the container from opts.bundle; its init then waits for `start`."""
+    def create(self, container_id: str, opts: CreateOptions,
+               start_next: bool = False) -> ContainerState:
+        """Create the container from opts.bundle; its init then waits for `start`.
+
+        START_NEXT: `start` follows in this process (create.create says why).
+        """
         from nsbox.runtime.create import create
 
-        return create(self, container_id, opts)
+        return create(self, container_id, opts, start_next=start_next)
 
     def start(self, container_id: str) -> None:
         state = self.store.load(container_id)
@@ -117,7 +121,7 @@ class Runtime:
         if not detach:
             # Become the subreaper so the container's init is re-parented to us.
             sc.set_child_subreaper(True)
-        state = self.create(container_id, opts)
+        state = self.create(container_id, opts, start_next=True)
         try:
             self.start(container_id)
         except NsboxError:

@@ -79,8 +79,13 @@ def _validate_for_create(spec: Spec, bundle: str) -> None:
     rootfs.check_mount_sources(spec, bundle=bundle)
 
 
-def create(rt: Runtime, container_id: str, opts: CreateOptions) -> ContainerState:
-    """Runtime.create: the container's init waits on the exec fifo when this returns."""
+def create(rt: Runtime, container_id: str, opts: CreateOptions,
+           start_next: bool = False) -> ContainerState:
+    """Runtime.create: the container's init waits on the exec fifo when this returns.
+
+    START_NEXT: this process starts the container right after (`run`), so
+    it loads what `start` needs while the init sets itself up.
+    """
     from nsbox.runtime import namespaces as nsmod
     from nsbox.runtime.spec import load_bundle_config
 
@@ -112,15 +117,16 @@ def create(rt: Runtime, container_id: str, opts: CreateOptions) -> ContainerStat
     cleanup = _Cleanup(rt.store, container_id)
     try:
         _create(rt, state, spec, rootfs, plan, opts, seccomp_bpf, cleanup,
-                     cgroup_plan=cgroup_plan)
+                cgroup_plan=cgroup_plan, start_next=start_next)
     except BaseException:
         cleanup.run()
         raise
     return state
 
+
 def _create(rt: Runtime, state: ContainerState, spec: Spec, rootfs: str, plan: NamespacePlan,
             opts: CreateOptions, seccomp_bpf: bytes | None, cleanup: _Cleanup,
-            cgroup_plan=None) -> None:
+            cgroup_plan=None, start_next: bool = False) -> None:
     from nsbox.runtime import channel as ch
     from nsbox.runtime import init as initmod
     from nsbox.runtime import namespaces as nsmod
@@ -193,6 +199,11 @@ def _create(rt: Runtime, state: ContainerState, spec: Spec, rootfs: str, plan: N
                             deny_setgroups=os.geteuid() != 0)
         parent_chan.send(ch.IDMAP_DONE)
     parent_chan.send(ch.GO)
+    if start_next:
+        # The init now builds its namespaces and mounts (milliseconds) on the
+        # other CPU while we would only wait: load start's lock and poll now.
+        import fcntl  # noqa: F401
+        import select  # noqa: F401
     # Stage 1's "init_pid" and stage 2's "run_hooks" share the socket and
     # race: stage 2 may get there before its parent reports it.
     init_pid = 0 if stage1_pid else pid
