@@ -279,23 +279,23 @@ def test_push_format_rewrites_media_types_only(nsbox, registry):  # noqa: F811
 
 
 def test_python_api_push_and_pull_with_progress(registry, tmp_path):  # noqa: F811
-    import nsbox
-    engine = nsbox.Engine(root=str(tmp_path / "a" / "lib"), run_root=str(tmp_path / "a" / "run"))
+    import nsbox as api
+    engine = api.Engine(root=str(tmp_path / "a" / "lib"), run_root=str(tmp_path / "a" / "run"))
     image = ensure_busybox(engine.images)
     ref = f"{registry['host']}/test/api:1"
     pushed: list[dict] = []
-    digest = nsbox.push("busybox", ref, tls_verify=False, progress=pushed.append, engine=engine)
+    digest = api.push("busybox", ref, tls_verify=False, progress=pushed.append, engine=engine)
     assert digest == image.manifest_digest
     assert pushed[-1] == {"status": f"Digest: {digest}"}
     assert [e["status"] for e in pushed].count("Pushed") == 2  # the layer and the config
-    other = nsbox.Engine(root=str(tmp_path / "b" / "lib"), run_root=str(tmp_path / "b" / "run"))
+    other = api.Engine(root=str(tmp_path / "b" / "lib"), run_root=str(tmp_path / "b" / "run"))
     pulled: list[dict] = []
-    got = nsbox.pull(ref, tls_verify=False, progress=pulled.append, engine=other)
+    got = api.pull(ref, tls_verify=False, progress=pulled.append, engine=other)
     assert got.id == image.id and got.manifest_digest == digest
     statuses = [e["status"] for e in pulled]
     assert "Download complete" in statuses and statuses[-1] == f"Digest: {digest}"
     layer_id = image.layers[0].digest.removeprefix("sha256:")[:12]
     assert any(e.get("id") == layer_id for e in pulled)
     again: list[dict] = []
-    nsbox.pull(ref, tls_verify=False, progress=again.append, engine=other)
+    api.pull(ref, tls_verify=False, progress=again.append, engine=other)
     assert {"status": "Already exists", "id": layer_id} in again
