@@ -36,8 +36,9 @@ from .reference import Reference
 from .registry import RegistryClient, RegistryError
 
 PARALLEL_DOWNLOADS = 6  # as containers/image
-# Layers unpacked at once (threads: inflating, hashing and writing release the GIL).
-UNPACK_WORKERS = 3
+# Layers unpacked at once (threads: inflating, hashing and writing release the GIL): as many
+# as download, so that every layer is unpacked while it arrives.
+UNPACK_WORKERS = 6
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
