@@ -73,6 +73,33 @@ def headline(timings: list[Timing], label: str) -> str:
     return f"- {label}: nsbox-runtime median = " + ", ".join(parts) + "."
 
 
+def interleaved_section(path: Path) -> list[str]:
+    """The rotating-order timings (bench/interleave.py) of the same commands."""
+    data = json.loads(path.read_text())
+    medians = {r["name"]: r["median_ms"] for r in data["results"]}
+    rows = ["| runtime | `run` median (ms) | ÷ runc | lifecycle median (ms) | ÷ runc |",
+            "|---|---|---|---|---|"]
+    names = [n.removesuffix(" run") for n in medians if n.endswith(" run")]
+    for name in names:
+        cells = [f"`{name}`"]
+        for kind in ("run", "lifecycle"):
+            value, ref = medians.get(f"{name} {kind}"), medians.get(f"runc {kind}")
+            cells.append(f"{value:.1f}" if value is not None else "")
+            cells.append(f"{value / ref:.2f}×" if value is not None and ref else "")
+        rows.append("| " + " | ".join(cells) + " |")
+    return [
+        "## Interleaved",
+        "",
+        f"The same commands, {data['runs']} rounds in rotating order (bench/interleave.py):"
+        " every round runs each command once, so load from elsewhere on the host falls on"
+        " all runtimes alike rather than on one hyperfine block. Times include the `sh -c`"
+        " each command runs in (hyperfine subtracts it), so they are slightly higher.",
+        "",
+        *rows,
+        "",
+    ]
+
+
 def render(args: argparse.Namespace) -> str:
     lifecycle = load_timings(Path(args.lifecycle_json))
     run = load_timings(Path(args.run_json))
@@ -145,6 +172,8 @@ def render(args: argparse.Namespace) -> str:
         ratio_table(lifecycle),
         "",
     ]
+    if args.interleaved_json:
+        out += interleaved_section(Path(args.interleaved_json))
     if excluded:
         out += ["## Not measured", "",
                 "These runtimes failed the probe run (`run` of the bundle once before"
@@ -185,6 +214,7 @@ def main() -> int:
     parser.add_argument("--commands", required=True, help="file with the exact commands")
     parser.add_argument("--machine", required=True, help="file with machine notes (markdown)")
     parser.add_argument("--excluded", help="file: one 'runtime: reason' line per exclusion")
+    parser.add_argument("--interleaved-json", help="bench/interleave.py output for the same commands")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     Path(args.out).write_text(render(args))

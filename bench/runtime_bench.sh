@@ -7,6 +7,7 @@
 #   BENCH_RUNTIMES  runtimes to compare      (default: "nsbox-runtime runc crun")
 #   BENCH_WARMUP    hyperfine --warmup       (default: 3)
 #   BENCH_RUNS      hyperfine --runs         (default: 30)
+#   BENCH_INTERLEAVED_RUNS  rounds of bench/interleave.py, 0 for none (default: BENCH_RUNS)
 #   BENCH_STRICT    1: fail if a runtime fails its probe instead of leaving it out
 #   BENCH_OUT       report path              (default: docs/benchmarks.md)
 #   BENCH_RESULTS   raw hyperfine exports    (default: bench/results)
@@ -147,6 +148,7 @@ show_cmd() {
 }
 lifecycle_args=()
 run_args=()
+interleave_args=()
 for rt in "${measured[@]}"; do
     bin="$(q "$(binary_of "$rt")")"
     root="$(q "$work/state-$rt")"
@@ -155,6 +157,8 @@ for rt in "${measured[@]}"; do
     lifecycle_args+=(-n "$rt"
         "$rt_cmd create --bundle $bundle bench-$rt && $rt_cmd start bench-$rt && $rt_cmd delete --force bench-$rt")
     run_args+=(-n "$rt" "$rt_cmd run --bundle $bundle run-$rt")
+    interleave_args+=("$rt run" "$rt_cmd run --bundle $bundle run-$rt"
+        "$rt lifecycle" "$rt_cmd create --bundle $bundle bench-$rt && $rt_cmd start bench-$rt && $rt_cmd delete --force bench-$rt")
 done
 # The floor of any Python command line: the interpreter starting with nothing to do.
 bare="$(q "$py") -S -c pass"
@@ -181,6 +185,14 @@ log "timing run: ${measured[*]}"
 "${run_cmd[@]}"
 log "timing create && start && delete --force: ${measured[*]}"
 "${lifecycle_cmd[@]}"
+interleaved_runs="${BENCH_INTERLEAVED_RUNS:-$runs}"
+report_extra=()
+if [[ "$interleaved_runs" -gt 0 ]]; then
+    log "timing both again, interleaved: ${measured[*]}"
+    "$py" "$repo/bench/interleave.py" --runs "$interleaved_runs" --warmup "$warmup" \
+        --out "$results/interleaved.json" -- "${interleave_args[@]}"
+    report_extra=(--interleaved-json "$results/interleaved.json")
+fi
 
 # -------------------------------------------------------------------- report
 first_line() { "$@" 2>&1 | head -n 1 || true; }
@@ -203,6 +215,6 @@ first_line() { "$@" 2>&1 | head -n 1 || true; }
     --run-json "$results/run.json" --run-md "$results/run.md" \
     --lifecycle-json "$results/lifecycle.json" --lifecycle-md "$results/lifecycle.md" \
     --commands "$work/commands.txt" --machine "$work/machine.md" \
-    --excluded "$work/excluded.txt" --out "$out"
+    --excluded "$work/excluded.txt" --out "$out" "${report_extra[@]}"
 cp "$work/commands.txt" "$results/commands.txt"
 log "wrote $out"
