@@ -103,7 +103,7 @@ def test_version(run_runtime):
     import ctypes
     import re
 
-    from nsbox.runtime.security import seccomp
+    from nsbox.runtime.security import seccomp_compile
 
     out = run_runtime("--version").stdout
     lines = out.splitlines()
@@ -111,8 +111,8 @@ def test_version(run_runtime):
     assert all(re.fullmatch(r"[a-z]+: \S+", line) for line in lines[1:]), out
     fields = dict(line.split(": ", 1) for line in lines[1:])
     assert re.fullmatch(r"1\.\d+\.\d+(-\S+)?", fields["spec"])
-    # seccomp_version() of the library seccomp.py loads, asked here independently.
-    lib = ctypes.CDLL(seccomp._library_path() or "libseccomp.so.2")
+    # seccomp_version() of the library seccomp_compile.py loads, asked here independently.
+    lib = ctypes.CDLL(seccomp_compile._library_path() or "libseccomp.so.2")
     lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)
     assert fields["libseccomp"] == ".".join(map(str, lib.seccomp_version().contents))
     assert run_runtime("-v").stdout == out

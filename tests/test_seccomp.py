@@ -26,7 +26,7 @@ import pytest
 
 from nsbox.errors import ConfigError, KernelError
 from nsbox.runtime import syscalls
-from nsbox.runtime.security import seccomp
+from nsbox.runtime.security import seccomp, seccomp_compile
 
 NR_GETPPID = 110  # x86_64
 
@@ -84,7 +84,7 @@ def deny(names: list[str], **extra: Any) -> dict:
 
 # ---------------------------------------------------------------- real kernel
 def test_errno_rule_blocks_mkdir_and_status_shows_filter(tmp_path):
-    program = seccomp.compile_filter(deny(["mkdir", "mkdirat"]))
+    program = seccomp_compile.compile_filter(deny(["mkdir", "mkdirat"]))
     target = tmp_path / "blocked"
 
     def body() -> dict:
@@ -102,12 +102,12 @@ def test_errno_rule_blocks_mkdir_and_status_shows_filter(tmp_path):
 
 
 def test_errno_ret_overrides_eperm():
-    program = seccomp.compile_filter(deny(["getcwd"], errnoRet=errno.ENOSYS))
+    program = seccomp_compile.compile_filter(deny(["getcwd"], errnoRet=errno.ENOSYS))
     assert child_value(lambda: (seccomp.load_filter(program), errno_of(os.getcwd))[1]) == errno.ENOSYS
 
 
 def test_args_on_one_index_are_or_ed():
-    program = seccomp.compile_filter(deny(["socket"], args=[
+    program = seccomp_compile.compile_filter(deny(["socket"], args=[
         {"index": 0, "value": socket.AF_INET, "op": "SCMP_CMP_EQ"},
         {"index": 0, "value": socket.AF_INET6, "op": "SCMP_CMP_EQ"},
     ]))
@@ -122,7 +122,7 @@ def test_args_on_one_index_are_or_ed():
 
 def test_args_on_different_indexes_are_and_ed():
     # AF_INET and (type & 0xf) == SOCK_DGRAM: UDP is denied, TCP is not.
-    program = seccomp.compile_filter(deny(["socket"], args=[
+    program = seccomp_compile.compile_filter(deny(["socket"], args=[
         {"index": 0, "value": socket.AF_INET, "op": "SCMP_CMP_EQ"},
         {"index": 1, "value": 0xF, "valueTwo": socket.SOCK_DGRAM, "op": "SCMP_CMP_MASKED_EQ"},
     ]))
@@ -138,7 +138,7 @@ def test_args_on_different_indexes_are_and_ed():
 def test_default_errno_with_allowlist():
     allowed = ["write", "exit", "exit_group", "getpid", "brk", "mmap", "munmap", "mremap",
                "mprotect", "madvise", "rt_sigreturn", "rt_sigprocmask", "futex", "close"]
-    program = seccomp.compile_filter({
+    program = seccomp_compile.compile_filter({
         "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": errno.EACCES,
         "syscalls": [{"names": allowed, "action": "SCMP_ACT_ALLOW"},
                      # Same action as the default: skipped, not an error.
@@ -156,7 +156,7 @@ def test_default_errno_with_allowlist():
 
 @pytest.mark.parametrize("action", ["SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL", "SCMP_ACT_TRAP"])
 def test_kill_and_trap_end_the_child_with_sigsys(action):
-    program = seccomp.compile_filter({"defaultAction": "SCMP_ACT_ALLOW",
+    program = seccomp_compile.compile_filter({"defaultAction": "SCMP_ACT_ALLOW",
                                       "syscalls": [{"names": ["getppid"], "action": action}]})
 
     def body() -> str:
@@ -170,8 +170,8 @@ def test_kill_and_trap_end_the_child_with_sigsys(action):
 
 
 def test_unknown_syscall_name_is_skipped(caplog):
-    with caplog.at_level(logging.DEBUG, logger="nsbox.runtime.security.seccomp"):
-        program = seccomp.compile_filter(deny(["no_such_syscall_xyz", "getcwd"]))
+    with caplog.at_level(logging.DEBUG, logger="nsbox.runtime.security.seccomp_compile"):
+        program = seccomp_compile.compile_filter(deny(["no_such_syscall_xyz", "getcwd"]))
     assert "no_such_syscall_xyz" in caplog.text
     assert child_value(lambda: (seccomp.load_filter(program), errno_of(os.getcwd))[1]) == errno.EPERM
 
@@ -180,14 +180,14 @@ def test_foreign_arch_only_name_and_extra_architectures():
     # socketcall exists on x86 only; with x86 in the filter it compiles to a rule there.
     section = deny(["socketcall", "getcwd"])
     section["architectures"] = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
-    program = seccomp.compile_filter(section)
-    native_only = seccomp.compile_filter(deny(["getcwd"]))
+    program = seccomp_compile.compile_filter(section)
+    native_only = seccomp_compile.compile_filter(deny(["getcwd"]))
     assert len(program) > len(native_only)
     assert child_value(lambda: (seccomp.load_filter(program), errno_of(os.getcwd))[1]) == errno.EPERM
 
 
 def test_flags_are_passed_to_the_kernel():
-    program = seccomp.compile_filter(deny(["getcwd"]))
+    program = seccomp_compile.compile_filter(deny(["getcwd"]))
     flags = ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"]
     assert child_value(lambda: (seccomp.load_filter(program, flags), errno_of(os.getcwd))[1]) == errno.EPERM
     with pytest.raises(ConfigError, match="flags\\[0\\]"):
@@ -195,7 +195,7 @@ def test_flags_are_passed_to_the_kernel():
 
 
 def test_load_without_no_new_privs_or_cap_sys_admin_is_a_kernel_error():
-    program = seccomp.compile_filter(deny(["getcwd"]))
+    program = seccomp_compile.compile_filter(deny(["getcwd"]))
 
     def body() -> list:
         try:
@@ -254,9 +254,9 @@ def test_notify_hands_the_listener_to_an_agent(tmp_path):
                "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_NOTIFY"}]}
     seccomp.validate(section)
     assert seccomp.uses_notify(section)
-    program = seccomp.compile_filter(section)
+    program = seccomp_compile.compile_filter(section)
     assert seccomp.program_uses_notify(program)
-    assert not seccomp.program_uses_notify(seccomp.compile_filter(deny(["getppid"])))
+    assert not seccomp.program_uses_notify(seccomp_compile.compile_filter(deny(["getppid"])))
 
     agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     agent.bind(listener_path)
@@ -405,7 +405,7 @@ def test_arch_unknown_to_libseccomp_is_unsupported():
     section = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_M68K"]}
     seccomp.validate(section)  # the spec knows it...
     with pytest.raises(UnsupportedError, match="SCMP_ARCH_M68K"):  # ...libseccomp 2.5 does not
-        seccomp.compile_filter(section)
+        seccomp_compile.compile_filter(section)
 
 
 def test_action_values():
@@ -419,49 +419,49 @@ def test_action_values():
 def test_cache_hit_returns_identical_bytes_and_corrupt_files_are_rewritten(tmp_path):
     cache_dir = str(tmp_path / "seccomp-cache")
     section = deny(["mkdir", "getcwd"])
-    first = seccomp.compiled_filter(section, cache_dir)
-    assert first == seccomp.compile_filter(section)
+    first = seccomp_compile.compiled_filter(section, cache_dir)
+    assert first == seccomp_compile.compile_filter(section)
     files = os.listdir(cache_dir)
     assert len(files) == 1 and files[0].endswith(".bpf")
     path = os.path.join(cache_dir, files[0])
     before = os.stat(path)
-    assert seccomp.compiled_filter(section, cache_dir) == first
+    assert seccomp_compile.compiled_filter(section, cache_dir) == first
     assert os.stat(path).st_ino == before.st_ino  # a hit does not rewrite
 
     # Load/flag/listener settings do not change the program, so they share an entry.
-    assert seccomp.compiled_filter({**section, "flags": ["SECCOMP_FILTER_FLAG_LOG"]}, cache_dir) == first
+    assert seccomp_compile.compiled_filter({**section, "flags": ["SECCOMP_FILTER_FLAG_LOG"]}, cache_dir) == first
     assert len(os.listdir(cache_dir)) == 1
     # A different section gets its own entry.
-    assert seccomp.compiled_filter(deny(["mkdir"]), cache_dir) != first
+    assert seccomp_compile.compiled_filter(deny(["mkdir"]), cache_dir) != first
     assert len(os.listdir(cache_dir)) == 2
 
     with open(path, "r+b") as f:  # truncate to a short file
         f.truncate(20)
-    assert seccomp.compiled_filter(section, cache_dir) == first
+    assert seccomp_compile.compiled_filter(section, cache_dir) == first
     with open(path, "r+b") as f:  # flip a byte of the program
         f.seek(-3, os.SEEK_END)
         byte = f.read(1)
         f.seek(-3, os.SEEK_END)
         f.write(bytes([byte[0] ^ 0xFF]))
-    assert seccomp.compiled_filter(section, cache_dir) == first
+    assert seccomp_compile.compiled_filter(section, cache_dir) == first
     with open(path, "rb") as f:
         assert f.read().endswith(first)  # rewritten whole
     assert not [name for name in os.listdir(cache_dir) if name.startswith(".tmp-")]
 
 
 def test_cached_program_is_enforced(tmp_path):
-    seccomp.compiled_filter(deny(["getcwd"]), str(tmp_path))
-    program = seccomp.compiled_filter(deny(["getcwd"]), str(tmp_path))
+    seccomp_compile.compiled_filter(deny(["getcwd"]), str(tmp_path))
+    program = seccomp_compile.compiled_filter(deny(["getcwd"]), str(tmp_path))
     assert child_value(lambda: (seccomp.load_filter(program), errno_of(os.getcwd))[1]) == errno.EPERM
 
 
 def test_cache_hit_does_not_load_libseccomp(tmp_path):
     section = deny(["getcwd"])
-    seccomp.compiled_filter(section, str(tmp_path))
+    seccomp_compile.compiled_filter(section, str(tmp_path))
     script = textwrap.dedent(f"""
         import json
-        from nsbox.runtime.security import seccomp
-        seccomp.compiled_filter(json.loads({json.dumps(json.dumps(section))}), {str(tmp_path)!r})
+        from nsbox.runtime.security import seccomp_compile
+        seccomp_compile.compiled_filter(json.loads({json.dumps(json.dumps(section))}), {str(tmp_path)!r})
         print("libseccomp" in open("/proc/self/maps").read())
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -475,13 +475,13 @@ def test_cache_hit_does_not_load_libseccomp(tmp_path):
 def test_unwritable_cache_dir_still_compiles(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert seccomp.compiled_filter(deny(["getcwd"]), str(blocker / "cache")) == \
-        seccomp.compile_filter(deny(["getcwd"]))
+    assert seccomp_compile.compiled_filter(deny(["getcwd"]), str(blocker / "cache")) == \
+        seccomp_compile.compile_filter(deny(["getcwd"]))
 
 
 # ---------------------------------------------------------------- features
 def test_features():
-    feats = seccomp.features()
+    feats = seccomp_compile.features()
     assert feats["enabled"] is True
     assert "SCMP_ACT_NOTIFY" in feats["actions"] and "SCMP_CMP_MASKED_EQ" in feats["operators"]
     assert {"SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"} <= set(feats["archs"])
@@ -491,6 +491,6 @@ def test_features():
                                    "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]
     # Kernel 6.x knows all of them (WAIT_KILLABLE_RECV since 5.19).
     assert feats["supportedFlags"] == feats["knownFlags"]
-    assert seccomp.libseccomp_version() == "2.5.4"
+    assert seccomp_compile.libseccomp_version() == "2.5.4"
     # The probe really tells flags apart: an unknown flag bit is rejected.
     assert not seccomp._kernel_supports_flag(1 << 30)

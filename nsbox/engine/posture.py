@@ -242,7 +242,7 @@ def host_report() -> dict:
 
     seccomp_actions = read("/proc/sys/kernel/seccomp/actions_avail").split()
     try:
-        from nsbox.runtime.security import seccomp as seccomp_mod
+        from nsbox.runtime.security import seccomp_compile as seccomp_mod
         libseccomp = seccomp_mod.libseccomp_version() or ""
     except Exception:  # noqa: BLE001 - a report: absent is an answer too
         libseccomp = ""

@@ -110,9 +110,9 @@ def create(rt: Runtime, container_id: str, opts: CreateOptions,
     )
     seccomp_bpf = None
     if spec.linux.seccomp is not None:
-        from nsbox.runtime.security import seccomp
+        from nsbox.runtime.security import seccomp_compile
 
-        seccomp_bpf = seccomp.compiled_filter(spec.linux.seccomp, rt.seccomp_cache_dir)
+        seccomp_bpf = seccomp_compile.compiled_filter(spec.linux.seccomp, rt.seccomp_cache_dir)
     rt.store.reserve(container_id)
     cleanup = _Cleanup(rt.store, container_id)
     try:

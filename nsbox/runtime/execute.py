@@ -35,9 +35,9 @@ def spawn(st: ContainerState, opts, seccomp_cache_dir: str | None = None) -> int
         raise ConfigError("cannot allocate a pseudo-TTY without --console-socket")
     seccomp_bpf = None
     if spec.linux.seccomp is not None:
-        from nsbox.runtime.security import seccomp
+        from nsbox.runtime.security import seccomp_compile
 
-        seccomp_bpf = seccomp.compiled_filter(spec.linux.seccomp, seccomp_cache_dir)
+        seccomp_bpf = seccomp_compile.compiled_filter(spec.linux.seccomp, seccomp_cache_dir)
     from nsbox.runtime.security import capabilities
 
     capabilities.validate(process.capabilities, strict=False)

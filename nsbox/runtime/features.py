@@ -8,9 +8,9 @@ from nsbox.runtime.spec import HOOK_KINDS, NAMESPACE_TYPES, SPEC_VERSION
 def features() -> dict:
     from nsbox import __version__
     from nsbox.runtime.rootfs import known_mount_options
-    from nsbox.runtime.security import capabilities, lsm, seccomp
+    from nsbox.runtime.security import capabilities, lsm, seccomp_compile
 
-    sec = seccomp.features()
+    sec = seccomp_compile.features()
     out = {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": SPEC_VERSION,
@@ -32,5 +32,5 @@ def features() -> dict:
         },
     }
     if sec.get("enabled"):
-        out["annotations"]["io.github.seccomp.libseccomp.version"] = seccomp.libseccomp_version()
+        out["annotations"]["io.github.seccomp.libseccomp.version"] = seccomp_compile.libseccomp_version()
     return out

@@ -147,7 +147,7 @@ def need_id(args: Args, command: str) -> str:
 def _version() -> str:
     """runc's shape: name and version, then `key: value` lines (go -> python)."""
     from nsbox import __version__
-    from nsbox.runtime.security.seccomp import libseccomp_version
+    from nsbox.runtime.security.seccomp_compile import libseccomp_version
     from nsbox.runtime.spec import SPEC_VERSION
 
     out = (f"nsbox-runtime version {__version__}\nspec: {SPEC_VERSION}\n"
