@@ -243,3 +243,19 @@ def test_layers_that_need_their_lowers_unpack_right(nsbox, registry, tmp_path): 
     assert open(f"{upper}/b/link").read() == "shared\n"  # copied from the lower layer
     assert stat.S_IMODE(os.stat(f"{upper}/tmp").st_mode) == 0o1777  # the lower's mode, not 0755
     assert nsbox.tmp_left() == []
+
+
+def test_known_layer_in_a_new_blob_is_checked_not_unpacked(nsbox, pushed):  # noqa: F811
+    """:1 (gzip) and :zstd have the same layer in different blobs: the second pull fetches
+    the zstd blob, checks it against the layer's diff_id (through zstd) and reuses the
+    unpacked layer."""
+    host = pushed["host"]
+    nsbox("pull", "-q", "--tls-verify=false", f"{host}/test/bb:1")
+    layers = sorted(p.name for p in (nsbox.root / "layers").iterdir() if p.is_dir() and p.name != "l")
+    nsbox("pull", "-q", "--tls-verify=false", f"{host}/test/bb:zstd")
+    assert sorted(p.name for p in (nsbox.root / "layers").iterdir()
+                  if p.is_dir() and p.name != "l") == layers  # no second unpack
+    # Same config, same image: the name joins it (the store keeps one manifest per image).
+    assert ImageStore(nsbox.root).resolve(f"{host}/test/bb:zstd").id == pushed["id"]
+    assert nsbox("run", "--rm", f"{host}/test/bb:zstd", "echo", "same").stdout == "same\n"
+    assert nsbox.tmp_left() == []
