@@ -49,7 +49,9 @@ binary_of() {
 
 work="$(mktemp -d /tmp/nsbox-bench.XXXXXX)"
 cgroup_dirs=()
-unified_before=(/sys/fs/cgroup/unified/*)
+# Every directory there, at any depth: runc and crun make theirs below the
+# existing parents of the cgroupsPath (process_api/..., for instance).
+mapfile -t unified_before < <(find /sys/fs/cgroup/unified -mindepth 1 -type d 2>/dev/null)
 cleanup() {
     local rt bin root id
     for rt in "${runtimes[@]}"; do
@@ -73,10 +75,11 @@ cleanup() {
     # under the real mount outside this namespace): remove what this run added.
     if ! mountpoint -q /sys/fs/cgroup/unified \
             && [[ "$(stat -f -c %T /sys/fs/cgroup/unified)" == tmpfs ]]; then
-        for dir in /sys/fs/cgroup/unified/*; do
+        # Deepest first, so a new parent goes after its new children.
+        while IFS= read -r dir; do
             [[ -e "$dir" ]] || continue
             [[ " ${unified_before[*]} " == *" $dir "* ]] || rm -rf --one-file-system "$dir"
-        done
+        done < <(find /sys/fs/cgroup/unified -mindepth 1 -type d 2>/dev/null | sort -r)
     fi
     if grep -qF " $work" /proc/self/mountinfo; then
         log "mounts left below $work; not removing it"
