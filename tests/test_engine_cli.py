@@ -379,7 +379,7 @@ def test_help_spot_checks() -> None:
     assert "      --rm " in text
     assert "      --device list" in text
     assert "  -d, --detach " in text
-    from nsbox.engine.flags import RUN_ALIASES
+    from nsbox.engine.run_flags import RUN_ALIASES
 
     assert ("-p, --publish" in text) == ("p" in RUN_ALIASES)
     top = subprocess.run([NSBOX, "--help"], capture_output=True, text=True, timeout=30)

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from nsbox.engine import flags, hostcaps
+from nsbox.engine import hostcaps
 from nsbox.engine.flags import build_resources, build_spec, parse_size
+from nsbox.engine.run_flags import RUN_FLAGS
 from nsbox.errors import ConfigError
 
 
@@ -235,7 +236,7 @@ def test_command_and_image():
 
 def test_every_run_flag_is_accepted():
     # Each declared flag must be understood by build_spec (no "unknown option").
-    for name, kind in flags.RUN_FLAGS.items():
+    for name, kind in RUN_FLAGS.items():
         value = {"bool": False, "list": [], "str": None}[kind]
         build_spec("busybox", None, {name: value})
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from nsbox.engine.flags import RUN_ALIASES, RUN_FLAG_HELP, RUN_FLAGS
+from nsbox.engine.run_flags import RUN_ALIASES, RUN_FLAG_HELP, RUN_FLAGS
 
 FLAGS = dict(RUN_FLAGS)
 ALIASES = RUN_ALIASES

@@ -5,7 +5,7 @@ Change the resource limits of containers.
 
 from __future__ import annotations
 
-from nsbox.engine.flags import RESOURCE_FLAGS, RUN_FLAG_HELP
+from nsbox.engine.run_flags import RESOURCE_FLAGS, RUN_FLAG_HELP
 
 FLAGS = {name: ("bool" if name == "oom-kill-disable" else
                 "list" if name.startswith(("device-", "blkio-weight-device")) else "str")
