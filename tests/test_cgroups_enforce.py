@@ -133,8 +133,12 @@ def test_cpu_quota_caps_a_busy_loop_at_half_a_cpu(start, container_id, cg_path):
     usage1, ticks1, t1 = int(read(acct_dir / "cpuacct.usage")), proc_cpu_ticks(pid), time.monotonic()
     share = (usage1 - usage0) / 1e9 / (t1 - t0)
     share_proc = (ticks1 - ticks0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
-    assert 0.40 <= share <= 0.60, share
-    assert 0.40 <= share_proc <= 0.60, share_proc
+    # The cap is the point: never above half a CPU. The floor only says the loop
+    # got its half, which a host busy with other work may not give it; there the
+    # throttling count below still shows that the quota, not the host, held it.
+    floor = 0.40 if os.getloadavg()[0] < os.cpu_count() - 1 else 0.05
+    assert floor <= share <= 0.60, share
+    assert floor <= share_proc <= 0.60, share_proc
     throttled = dict(line.split() for line in read(cpu_dir / "cpu.stat").splitlines())
     assert int(throttled["nr_throttled"]) > 10  # the quota, not a lack of work, held it back
 
