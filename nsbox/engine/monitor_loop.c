@@ -14,7 +14,7 @@
  * filesystem has LOW_WATER free.  Meanwhile the pipes are drained at most
  * every DRAIN_MS, so a flooding container is slowed, not blocked.  Every
  * CHECK_EVERY bytes written the free space is looked at too, so the log
- * leaves the filesystem's last LOW_WATER to the metadata.  monitor.py's
+ * leaves the filesystem's last LOW_WATER to the metadata.  monitor_log.py's
  * LogWriter does the same.
  *
  * usage: monitor-loop INIT_PID OUT_FD ERR_FD LOG DRIVER MAX_SIZE MAX_FILE CMD [ARGS...]

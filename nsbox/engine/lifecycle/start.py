@@ -30,13 +30,15 @@ if TYPE_CHECKING:
 # What a monitor and its helpers import to create and watch a container: a
 # preforked monitor imports them while the engine is still making the container.
 _MONITOR_MODULES = (
-    "_sqlite3", "nsbox.engine.monitor", "nsbox.engine.lifecycle.monitor_helpers",
+    "_sqlite3", "nsbox.engine.monitor", "nsbox.engine.monitor_log",
+    "nsbox.engine.lifecycle.monitor_helpers",
     "nsbox.engine.storage", "nsbox.engine.oci", "nsbox.runtime.container", "nsbox.runtime.create",
     "nsbox.runtime.init",
     "nsbox.runtime.rootfs", "nsbox.runtime.process", "nsbox.runtime.cgroups.manager",
     "nsbox.runtime.cgroups.resources", "nsbox.runtime.cgroups.limits",
     "nsbox.runtime.security.capabilities",
-    "nsbox.runtime.security.seccomp", "nsbox.runtime.security.lsm", "resource",
+    "nsbox.runtime.security.seccomp", "nsbox.runtime.security.seccomp_compile",
+    "nsbox.runtime.security.lsm", "resource",
 )
 
 # What an attached starter needs to finish the container (AttachedRun.finish):
