@@ -24,6 +24,7 @@ import time
 from nsbox._lazylog import get_logger
 from nsbox._lite import suppress
 from nsbox.engine.images import config as imgconfig
+from nsbox.engine.images.importer import blob_from_tree
 from nsbox.engine.images.layout import MEDIA_OCI_LAYER, canonical_json
 from nsbox.engine.images.records import Image
 from nsbox.engine.images.staging import sweep_dead
@@ -118,7 +119,7 @@ def commit_layer(store, cache: BuildCache, key: str, upper: str, state: State,  
                  history: dict, overlay: str) -> State:
     """STATE plus the layer made of the overlay upper dir UPPER, recorded in CACHE under KEY."""
     with store._transaction() as txn:
-        blob_digest, blob_size = store._blob_from_tree(txn, upper, None, overlay=overlay)
+        blob_digest, blob_size = blob_from_tree(store, txn, upper, None, overlay=overlay)
         crashpoint("build.layer.staged")
         # The blob is an uncompressed tar: its digest is the diff id.
         layer = store._ensure_layer(txn, blob_digest, MEDIA_OCI_LAYER, blob_size, state.layers,

@@ -16,7 +16,6 @@ fails, and nothing is staged anywhere but <root>/tmp.
 from __future__ import annotations
 
 import os
-import time
 
 from nsbox import _json
 from nsbox._lazylog import get_logger
@@ -26,7 +25,7 @@ from nsbox.errors import ConfigError, ImageError, ImageInUse, ImageNotFound
 
 from . import config as imgconfig
 from .gcroots import BUILD_CACHE_DIR, build_cache_refs
-from .layout import (  # noqa: F401 - oci_architecture, layer_media_type: also imported from here
+from .layout import (
     CONTAINERS_DIR,
     LAYERS_DIR,
     MANIFEST_TYPES,
@@ -39,12 +38,9 @@ from .layout import (  # noqa: F401 - oci_architecture, layer_media_type: also i
     IndexEntry,
     Layout,
     canonical_json,
-    detect_compression,
     digest_hex,
     drop_orphan_shifted,
-    layer_media_type,
     lazy_contextmanager,
-    oci_architecture,
     renamed_entries,
 )
 from .records import Image, ImageSummary, Layer, chain_ids  # noqa: F401 - also imported from here
@@ -57,7 +53,7 @@ from .reference import (
     parse_reference,
     path_matches_short_name,
 )
-from .staging import Prepended, Transaction, progress_counter, uncompressed_digest
+from .staging import Transaction, uncompressed_digest
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
@@ -399,116 +395,18 @@ class ImageStore:
                       changes: list[str] | None = None, *, progress: Progress | None = None,
                       created: str | None = None, author: str = "", comment: str = "",
                       devices: str = "reject", created_by: str | None = None) -> Image:
-        """Make a one-layer image from a rootfs directory or a tarball (tar, tar.gz, tar.zst).
-
-        SOURCE is a path, or a binary stream of the tarball read to its end
-        (stdin for `nsbox import -`; it need not be seekable).
-        CONFIG is the config section (Docker keys: Cmd, Env, ...); CHANGES are
-        Dockerfile-style instructions applied on top (`CMD ["sh"]`, `ENV A=b`).
-        REF names the image (None leaves it dangling).  A directory's device
-        nodes are skipped; a tarball's follow DEVICES (see unpack.DEVICE_POLICIES).
-        CREATED (RFC 3339) defaults to now; pass a fixed one for reproducible ids.
-        """
-        target = parse_name(ref) if ref else None
-        section = imgconfig.clean_section(imgconfig.apply_changes(config or {}, changes or []))
-        stream = None if isinstance(source, (str, os.PathLike)) else source
-        if stream is None:
-            source = os.fspath(source)
-            if not os.path.exists(source):
-                raise ImageError(f"{source}: no such file or directory")
-        else:
-            source = "-"
-        created = created or imgconfig.format_time(time.time())
-        with self._transaction() as txn:
-            if stream is not None:
-                head = stream.read(4)
-                compression = detect_compression(head)
-                blob_digest, blob_size = self.layout.put_blob_stream(
-                    Prepended(head, stream), created=txn.blobs,
-                    on_read=progress_counter(progress, "copying stdin", 0))
-            elif os.path.isdir(source):
-                blob_digest, blob_size = self._blob_from_tree(txn, source, progress)
-                compression = ""
-            else:
-                with open(source, "rb") as stream:
-                    compression = detect_compression(stream.read(4))
-                    stream.seek(0)
-                    total = os.fstat(stream.fileno()).st_size
-                    label = f"copying {os.path.basename(source)}"
-                    blob_digest, blob_size = self.layout.put_blob_stream(
-                        stream, created=txn.blobs, on_read=progress_counter(progress, label, total))
-            # An uncompressed tar is its own diff: its digest is the diff id, so a
-            # layer unpacked before is found without unpacking again.
-            layer = self._ensure_layer(txn, blob_digest, layer_media_type(compression), blob_size,
-                                       [], None if compression else blob_digest, devices, progress,
-                                       verify_blob=False,
-                                       label=f"layer {os.path.basename(source.rstrip('/'))}")
-            history = {"created": created,
-                       "created_by": created_by or f"nsbox import {os.path.basename(source.rstrip('/'))}"}
-            if comment:
-                history["comment"] = comment
-            document = {
-                "created": created,
-                "architecture": oci_architecture(),
-                "os": "linux",
-                "config": section,
-                "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
-                "history": [history],
-            }
-            if author:
-                document["author"] = author
-            image = self._commit(txn, canonical_json(document), [layer],
-                                 [target.name] if target else [])
-        self._event("import", image.id, name=target.name if target else "")
-        return image
+        """A one-layer image from a rootfs directory or a tarball (images/importer.py)."""
+        from .importer import import_rootfs
+        return import_rootfs(self, source, ref, config, changes, progress=progress,
+                             created=created, author=author, comment=comment, devices=devices,
+                             created_by=created_by)
 
     def commit(self, upper: str, base: str, ref: str | None, *, changes: list[str] | None = None,
                author: str = "", comment: str = "", overlay: str = "trusted") -> Image:
-        """A new image: BASE's layers plus one made from the overlay upper dir UPPER.
-
-        Whiteouts (0:0 char devices) and opaque directories (the OVERLAY.overlay.opaque
-        xattr) become OCI `.wh.` entries.  CHANGES apply to BASE's config section.
-        """
-        target = parse_name(ref) if ref else None
-        image = self.resolve(base)
-        created = imgconfig.format_time(time.time())
-        with self._transaction() as txn:
-            blob_digest, blob_size = self._blob_from_tree(txn, upper, None, overlay=overlay)
-            layer = self._ensure_layer(txn, blob_digest, MEDIA_OCI_LAYER, blob_size, image.layers,
-                                       blob_digest, "reject", None, verify_blob=False,
-                                       label="container changes")
-            document = _json.loads(_json.dumps(image.config))
-            document["config"] = imgconfig.clean_section(
-                imgconfig.apply_changes(document.get("config") or {}, changes or []))
-            document["created"] = created
-            document["rootfs"] = {"type": "layers",
-                                  "diff_ids": [*(x.diff_id for x in image.layers), layer.diff_id]}
-            history = {"created": created, "created_by": "nsbox commit"}
-            if comment:
-                history["comment"] = comment
-            document["history"] = [*(document.get("history") or []), history]
-            if author:
-                document["author"] = author
-            new = self._commit(txn, canonical_json(document), [*image.layers, layer],
-                               [target.name] if target else [])
-        self._event("commit", new.id, name=target.name if target else "")
-        return new
-
-    def _blob_from_tree(self, txn: Transaction, source: str,
-                        progress: Progress | None, overlay: str | None = None) -> tuple[str, int]:
-        from .tarwrite import HashingWriter, write_tree_tar
-        staging = txn.temp_file("tree-")
-        with open(staging, "wb") as out:
-            writer = HashingWriter(out)
-            write_tree_tar(source, writer, devices="skip", progress=progress,  # type: ignore[arg-type]
-                           label=f"archiving {source}", overlay=overlay)
-        digest = writer.digest
-        final = self.layout.blob_path(digest)
-        if not os.path.exists(final):
-            os.chmod(staging, 0o644)
-            os.rename(staging, final)
-            txn.blobs.append(final)
-        return digest, writer.count
+        """BASE's layers plus one made from the overlay upper dir UPPER (images/importer.py)."""
+        from .importer import commit_changes
+        return commit_changes(self, upper, base, ref, changes=changes, author=author,
+                              comment=comment, overlay=overlay)
 
     # ------------------------------------------------------------ archives
     def load(self, archive: str, progress: Progress | None = None) -> list[str]:
