@@ -47,6 +47,7 @@ from .layout import (
     sha256_digest,
 )
 from .reference import familiar_name, parse_reference
+from .removal import sweep
 
 if TYPE_CHECKING:
     import tarfile
@@ -150,7 +151,7 @@ def load_archive(store: ImageStore, archive: str, progress: Progress | None) -> 
                 else:
                     raise ImageError(f"{archive}: neither a docker-archive (manifest.json) "
                                      "nor an OCI archive (index.json)")
-            store._collect_garbage()
+            sweep(store)
             return loaded
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise ImageError(f"{archive}: corrupt or truncated archive: {err}") from None

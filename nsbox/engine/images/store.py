@@ -21,10 +21,9 @@ from nsbox import _json
 from nsbox._lazylog import get_logger
 from nsbox._lite import suppress
 from nsbox.engine import DEFAULT_ROOT
-from nsbox.errors import ConfigError, ImageError, ImageInUse, ImageNotFound
+from nsbox.errors import ConfigError, ImageError, ImageNotFound
 
 from . import config as imgconfig
-from .gcroots import BUILD_CACHE_DIR, build_cache_refs
 from .layout import (
     CONTAINERS_DIR,
     LAYERS_DIR,
@@ -32,14 +31,12 @@ from .layout import (
     MEDIA_OCI_CONFIG,
     MEDIA_OCI_LAYER,
     MEDIA_OCI_MANIFEST,
-    ROOTFS_RECORD,
     SHORT_LINK_DIR,
     SHORT_LINK_LENGTH,
     IndexEntry,
     Layout,
     canonical_json,
     digest_hex,
-    drop_orphan_shifted,
     lazy_contextmanager,
     renamed_entries,
 )
@@ -475,116 +472,20 @@ class ImageStore:
         events.emit(self.root, "image", action, actor_id, attributes)
 
     def remove(self, ref: str, force: bool = False, in_use: InUse | None = None) -> list[dict]:
-        """Remove an image, Docker-style; returns [{"Untagged": name}, ..., {"Deleted": id}].
-
-        A name of an image that has other names is only untagged.  Otherwise
-        the image is deleted, unless IN_USE(image_id) says a container uses it
-        or (given by id) it still has several names: then ImageInUse, unless
-        FORCE.  Layers a container still mounts survive a forced removal.
-        """
-        with self._transaction():
-            image, name = self._resolve(ref)
-            if name is not None and len(image.names) > 1:
-                self.layout.write_index(renamed_entries(self.layout.read_index(), image.manifest_digest,
-                                                 remove=[name]))
-                return self._removed(image.id, [{"Untagged": familiar_name(name)}])
-            if not force:
-                if in_use is not None and in_use(image.id):
-                    raise ImageInUse(f"image {image.short_id} is in use by a container; "
-                                     "remove the container first or force")
-                if name is None and len(image.names) > 1:
-                    raise ImageInUse(f"image {image.short_id} has several names "
-                                     f"({', '.join(image.repo_tags)}); remove them one by one or force")
-            entries = [e for e in self.layout.read_index() if e.digest != image.manifest_digest]
-            self.layout.write_index(entries)
-            self._collect_garbage()
-            return self._removed(image.id, [{"Untagged": tag} for tag in image.repo_tags]
-                                 + [{"Deleted": image.id}])
-
-    def _removed(self, image_id: str, report: list[dict]) -> list[dict]:
-        """REPORT, after its untag and delete events."""
-        for item in report:
-            if "Untagged" in item:
-                self._event("untag", image_id, name=item["Untagged"])
-            else:
-                self._event("delete", image_id, name=image_id)
-        return report
+        """Remove an image, Docker-style (images/removal.py); [{"Untagged": name}, ..., {"Deleted": id}]."""
+        from .removal import remove_image
+        return remove_image(self, ref, force, in_use)
 
     def prune(self, in_use: InUse | None = None, all: bool = False) -> list[str]:  # noqa: A002
-        """Remove dangling images (every unused image with ALL) not in use; returns their ids.
-
-        Also removes blobs and unpacked layers nothing refers to any more; with
-        ALL, the build cache's records first (nsbox has no `builder prune`).
-        """
-        with self._transaction():
-            removed = []
-            if all:
-                import shutil
-                shutil.rmtree(os.path.join(self.root, BUILD_CACHE_DIR), ignore_errors=True)
-            entries = self.layout.read_index()
-            keep = []
-            for digest, names in self._names_by_manifest(entries).items():
-                image = self._image(digest, names)
-                unused = in_use is None or not in_use(image.id)
-                if (all or not names) and unused:
-                    removed.append(image.id)
-                else:
-                    keep.append(digest)
-            self.layout.write_index([e for e in entries if e.digest in keep])
-            self._collect_garbage()
-        for image_id in removed:
-            self._event("delete", image_id, name=image_id)
-        return removed
+        """Remove dangling images (every unused one with ALL) and what only they used (images/removal.py)."""
+        from .removal import prune_images
+        return prune_images(self, in_use, all)
 
     def collect_garbage(self) -> dict[str, list[str]]:
-        """Delete blobs and layer dirs no image or container refers to; returns what went."""
-        with self._transaction():
-            return self._collect_garbage()
+        """Delete blobs and layer dirs no image or container refers to (images/removal.py)."""
+        from .removal import collect_garbage
+        return collect_garbage(self)
 
-    def _container_layers(self) -> set[str]:
-        """Chain ids that containers' rootfs records (storage.py) still mount."""
-        used: set[str] = set()
-        with suppress(FileNotFoundError):
-            for name in os.listdir(self.containers_dir):
-                record = os.path.join(self.containers_dir, name, ROOTFS_RECORD)
-                try:
-                    with open(record) as f:
-                        used.update(_json.loads(f.read()).get("layers") or [])
-                except (FileNotFoundError, NotADirectoryError, ValueError):
-                    continue
-        return used
-
-    def _collect_garbage(self) -> dict[str, list[str]]:
-        blobs, layers = build_cache_refs(self.root)  # the build cache's records keep theirs
-        layers.update(self._container_layers())
-        for digest, names in self._names_by_manifest().items():
-            image = self._image(digest, names)
-            blobs.update({digest, image.id})
-            blobs.update(layer.digest for layer in image.layers)
-            layers.update(layer.chain_id for layer in image.layers)
-        removed_blobs = [d for d in self.layout.blob_digests() if d not in blobs]
-        for digest in removed_blobs:
-            self.layout.remove_blob(digest)
-            self._json_cache.pop(digest, None)
-        removed_layers = []
-        for name in os.listdir(self.layers_dir):
-            if len(name) == 64 and os.path.isdir(os.path.join(self.layers_dir, name)) \
-                    and "sha256:" + name not in layers:
-                removed_layers.append("sha256:" + name)
-                self._delete_layer("sha256:" + name)
-        # Leftovers of a crash between steps: metadata and aliases without a layer.
-        for name in os.listdir(self.layers_dir):
-            if name.endswith(".json") and not os.path.isdir(os.path.join(self.layers_dir, name[:-5])):
-                with suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.layers_dir, name))
-        for name in os.listdir(self.links_dir):
-            link = os.path.join(self.links_dir, name)
-            if not os.path.exists(link):
-                with suppress(FileNotFoundError):
-                    os.unlink(link)
-        if removed_layers:
-            drop_orphan_shifted(self.root)
-        return {"blobs": removed_blobs, "layers": removed_layers}
 
 
 def _history_comment(config: dict) -> str:
