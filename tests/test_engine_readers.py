@@ -71,7 +71,9 @@ def test_forward_reader_seeks_back_only_within_the_last_block():
 
 def test_growing_file_reader_follows_and_sees_errors(tmp_path):
     growing = GrowingFile(str(tmp_path / "blob"))
-    out = open(growing.path, "wb", buffering=0)  # noqa: SIM115
+    with growing.reader() as early:  # the file exists before anything is written
+        assert early.position == 0
+    out = open(growing.path, "r+b", buffering=0)  # noqa: SIM115
 
     def writer() -> None:
         for i in range(5):
@@ -88,7 +90,6 @@ def test_growing_file_reader_follows_and_sees_errors(tmp_path):
     assert data == b"".join(bytes([i]) * 1000 for i in range(5))
 
     failing = GrowingFile(str(tmp_path / "bad"))
-    open(failing.path, "wb").close()
     failing.finish(ImageError("blob x: digest mismatch"))
     with failing.reader() as reader, pytest.raises(ImageError, match="digest mismatch"):
         reader.read(10)

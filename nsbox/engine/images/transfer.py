@@ -48,6 +48,8 @@ class GrowingFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        # Made now, empty: a reader may open it before the download thread starts.
+        open(path, "xb").close()  # noqa: SIM115
         self.cond = threading.Condition()
         self.written = 0
         self.done = False
@@ -127,7 +129,7 @@ def download_blob(client: RegistryClient, digest: str, size: int, dest: str,
     """Stream blob DIGEST into the new file DEST, resuming after broken connections."""
     hasher, count = hashlib.sha256(), 0
     failure = ""
-    with open(dest, "xb", buffering=0) as out:
+    with open(dest, "r+b" if growing is not None else "xb", buffering=0) as out:
         for attempt in range(RESUME_ATTEMPTS):
             if attempt:
                 time.sleep(BACKOFF * (2 ** (attempt - 1)))
