@@ -19,7 +19,9 @@ import os
 import sys
 
 from nsbox._lite import suppress
-from nsbox.errors import ConfigError, ContainerExists, ImageNotFound, NsboxError
+from nsbox.engine.images.ensure import PULL_POLICIES, ensure_image  # noqa: F401 - API names
+from nsbox.engine.logs import split_record  # noqa: F401 - API name
+from nsbox.errors import ConfigError, ContainerExists, NsboxError
 
 TYPE_CHECKING = False  # typing's own constant costs an import of typing
 if TYPE_CHECKING:
@@ -32,10 +34,6 @@ _KWARG_ALIASES = {"environment": "env", "labels": "label", "volumes": "volume",
                   "mounts": "mount", "working_dir": "workdir", "network_mode": "network",
                   "auto_remove": "rm", "stdin_open": "interactive", "mem_limit": "memory",
                   "sysctls": "sysctl", "devices": "device", "ulimits": "ulimit"}
-# Images the engine can make offline on first use.
-_OFFLINE_IMAGES = ("busybox", "busybox:latest", "docker.io/library/busybox:latest",
-                   "localhost/busybox", "localhost/busybox:latest")
-
 _default_engine = None
 
 
@@ -69,43 +67,6 @@ def default_engine(root: str | None = None, run_root: str | None = None,
     return Engine(root=root or os.environ.get("NSBOX_ROOT") or default_root,
                   run_root=run_root or os.environ.get("NSBOX_RUNROOT") or default_run_root,
                   runtime=runtime)
-
-
-PULL_POLICIES = ("always", "missing", "never")
-
-
-def ensure_image(store, ref: str, progress=None, pull: str = "missing",  # noqa: ANN001
-                 pull_image=None) -> None:  # noqa: ANN001
-    """Make REF available, as `run --pull POLICY` does.
-
-    busybox is built offline on first use, whatever the policy (it is never
-    pulled).  Other images are pulled with PULL_IMAGE(store, ref) (default:
-    store.pull) when missing (`missing`, the default) or every time
-    (`always`); `never` only looks in the store.
-    """
-    if pull not in PULL_POLICIES:
-        raise ConfigError(f'invalid pull policy "{pull}": want always, missing or never')
-    if ref in _OFFLINE_IMAGES:
-        if not store.exists(ref):
-            from nsbox.engine.images import ensure_busybox
-
-            ensure_busybox(store, progress=progress)
-        return
-    if pull != "always" and store.exists(ref):
-        return
-    if pull == "never":
-        raise ImageNotFound(f"Unable to find image '{ref}' locally (--pull never)")
-    prefix = f"pulling {ref}: " if pull == "always" else \
-        f"Unable to find image '{ref}' locally; pulling it: "
-    try:
-        if pull_image is not None:
-            pull_image(store, ref)
-        else:
-            store.pull(ref)
-    except ConfigError as err:  # a short name no registry is configured for
-        raise ImageNotFound(prefix + str(err)) from None
-    except NsboxError as err:
-        raise type(err)(prefix + str(err)) from None
 
 
 def options_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -165,14 +126,6 @@ def create_container(engine, spec, then_start: bool = False):  # noqa: ANN001, A
         if spec.name:
             raise name_conflict(engine, spec.name) from None
         raise
-
-
-def split_record(record: tuple) -> tuple[str, str, bytes]:
-    """An engine log record as (stream, timestamp, data), whichever order it comes in."""
-    first, second, data = record
-    if first in ("stdout", "stderr"):
-        return first, second, data
-    return second, first, data
 
 
 class Container:

@@ -172,3 +172,11 @@ def nap(wake_fd: int, seconds: float) -> int:
             pass
         return -1
     return wake_fd
+
+
+def split_record(record: tuple) -> tuple[str, str, bytes]:
+    """An engine log record as (stream, timestamp, data), whichever order it comes in."""
+    first, second, data = record
+    if first in ("stdout", "stderr"):
+        return first, second, data
+    return second, first, data

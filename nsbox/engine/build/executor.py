@@ -177,7 +177,7 @@ class Builder:
         return f"{self.filename}:{ins.line}: "
 
     def _image_state(self, ref: str, pull: bool) -> State:
-        from nsbox.api import ensure_image
+        from nsbox.engine.images.ensure import ensure_image
 
         def pull_image(store, name: str):  # noqa: ANN001, ANN202
             self.emit(f"Trying to pull {name}...\n")

@@ -163,8 +163,8 @@ def run_container(engine, state: State, argv: list[str], env: dict[str, str],  #
     non-zero raises BuildRunError; the container and the temporary image go
     either way.
     """
-    from nsbox.api import split_record
     from nsbox.engine import flags
+    from nsbox.engine.logs import split_record
 
     store = engine.images
     image, made = store_image(store, state, [])

@@ -152,7 +152,7 @@ def image_row(summary) -> list[dict]:  # noqa: ANN001
 
 def stream_logs(records, timestamps: bool = False) -> None:  # noqa: ANN001
     """Copy log records to our stdout/stderr as they come."""
-    from nsbox.api import split_record
+    from nsbox.engine.logs import split_record
 
     for record in records:
         stream, stamp, data = split_record(record)
