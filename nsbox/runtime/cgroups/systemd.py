@@ -91,7 +91,7 @@ def check_usable() -> None:
             f"systemd is not running (no {SYSTEMD_RUN_DIR}): the systemd cgroup driver "
             "(--systemd-cgroup, --cgroup-manager systemd, or a slice:prefix:name cgroupsPath) "
             "needs it; use the cgroupfs driver (an absolute or relative cgroupsPath)")
-    from nsbox.runtime.cgroups import mode
+    from nsbox.runtime.cgroups.host import mode
 
     if mode() != "v2":
         raise UnsupportedError(f"the systemd cgroup driver is implemented for cgroup v2 hosts "

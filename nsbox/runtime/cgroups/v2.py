@@ -36,14 +36,14 @@ def _is_root(path: str) -> bool:
 
 
 def _unified_mount():  # noqa: ANN202 - cgroups.Hierarchy or None
-    from nsbox.runtime.cgroups import UNIFIED, hierarchies
+    from nsbox.runtime.cgroups.host import UNIFIED, hierarchies
 
     return next((h for h in hierarchies() if h.key == UNIFIED), None)
 
 
 def own_dir() -> str | None:
     """The caller's own cgroup2 directory, or None without a visible cgroup2 mount."""
-    from nsbox.runtime.cgroups import UNIFIED, own_cgroups
+    from nsbox.runtime.cgroups.host import UNIFIED, own_cgroups
 
     mount = _unified_mount()
     if mount is None:
