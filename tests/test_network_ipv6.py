@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 
 import helpers
@@ -165,3 +166,71 @@ def test_ip6_flag_and_connect(net_host) -> None:
     h.nsbox("rm", "-f", "fixed6")
     h.nsbox("network", "rm", "v6a", "v6b")
     assert_nothing_left(h, bridges=("nsbox1", "nsbox2"))
+
+
+def _proxies(h) -> list[int]:
+    """docker-proxy processes in the nethost's host namespace."""
+    from nethost import _comm
+    return [pid for pid in h.host_pids() if _comm(pid) == "docker-proxy"]
+
+
+def test_ipv6_published_ports(net_host) -> None:
+    """-p on an --ipv6 network: DNAT on the host's IPv6 addresses, docker-proxy on [::1]."""
+    from test_network_firewall import _httpd, _wait_fetch, fetch, nft_table
+    h = net_host
+    h.sh(f"ip -6 addr add {HOST6}/64 dev eth0 nodad")
+    h.nsbox("network", "create", "--ipv6", "--subnet", "fd00:7c::/64", "v6p")
+    assert _httpd(h, "--network", "v6p", "-p", "8080:80", "--hostname", "w6").returncode == 0
+    for url in (f"http://[{HOST6}]:8080/", "http://[::1]:8080/",
+                f"http://{h.host_ip}:8080/", "http://127.0.0.1:8080/"):
+        assert _wait_fetch(h, url) == "hello-w6\n", url
+    assert h.nsbox("port", "web").stdout == "80/tcp -> 0.0.0.0:8080\n80/tcp -> [::]:8080\n"
+    ports = json.loads(h.nsbox("inspect", "-f", "{{json .NetworkSettings.Ports}}",
+                               "web").stdout)
+    assert ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"},
+                                {"HostIp": "::", "HostPort": "8080"}]}
+    assert len(_proxies(h)) == 1
+    # another container on the network, through the host's IPv6 address (back into the bridge)
+    page = h.nsbox("run", "--rm", "--network", "v6p", "busybox", "wget", "-q", "-O", "-",
+                   f"http://[{HOST6}]:8080/").stdout
+    assert page == "hello-w6\n"
+    h.nsbox("stop", "-t", "1", "web")
+    for url in (f"http://[{HOST6}]:8080/", "http://[::1]:8080/"):
+        assert fetch(h, None, url) is None, url
+    assert _proxies(h) == [] and "pc-" not in (nft_table(h) or "")
+    assert h.nsbox("port", "web").stdout == ""
+    h.nsbox("start", "web")
+    assert _wait_fetch(h, "http://[::1]:8080/") == "hello-w6\n"
+    h.nsbox("rm", "-f", "web")
+    assert _proxies(h) == [] and "pc-" not in (nft_table(h) or "")
+
+    # one IPv6 host address each: only there
+    assert _httpd(h, "--network", "v6p", "-p", "[::1]:8081:80", "-p", f"[{HOST6}]:8082:80",
+                  "--hostname", "one", name="one").returncode == 0
+    assert _wait_fetch(h, "http://[::1]:8081/") == "hello-one\n"
+    assert _wait_fetch(h, f"http://[{HOST6}]:8082/") == "hello-one\n"
+    for url in (f"http://[{HOST6}]:8081/", "http://[::1]:8082/", "http://127.0.0.1:8082/"):
+        assert fetch(h, None, url) is None, url
+    assert h.nsbox("port", "one").stdout == f"80/tcp -> [::1]:8081\n80/tcp -> [{HOST6}]:8082\n"
+    h.nsbox("rm", "-f", "one")
+
+    # taken: a host process on [::]:8500 (IPv6 only); an IPv6 address on an IPv4 network
+    listener = h._spawn(h.host_ns, [sys.executable, "-c",
+                                    "import socket, time; s = socket.socket(socket.AF_INET6);"
+                                    "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1);"
+                                    "s.bind(('::', 8500)); s.listen(); print('up', flush=True);"
+                                    "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline() == "up\n"
+        out = _httpd(h, "--network", "v6p", "-p", "8500:80", name="taken6")
+        line = one_line_error(out)
+        assert "[::]:8500" in line and "address already in use" in line, line
+    finally:
+        listener.kill()
+        listener.wait()
+    out = _httpd(h, "-p", "[::1]:8501:80", name="nov6")
+    assert "no IPv6" in one_line_error(out)
+    assert "pc-" not in (nft_table(h) or "") and _proxies(h) == []
+    h.nsbox("rm", "-f", "taken6", "nov6")
+    h.nsbox("network", "rm", "v6p")
+    assert_nothing_left(h, bridges=("nsbox1",))

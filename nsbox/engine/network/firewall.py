@@ -25,6 +25,7 @@ The table (docs/networking.md, "Firewall"):
     chain postrouting  (nat) masquerade from @masq_nets and @masq_nets6 out of the bridges; from
                        127.0.0.0/8 into a bridge (the host's own 127.0.0.1:PORT);
                        published connections from a container back into a bridge
+                       (either family)
     chain prerouting / output  (nat) fib daddr type local jump published
     chain published    tcp dport vmap @ports_tcp; udp dport vmap @ports_udp
     chain pc-<cid12>   the container's DNAT rules, each with comment "nsbox:<cid>"
@@ -163,7 +164,8 @@ def _skeleton() -> list[str]:
             "ip saddr @masq_nets oifname != @bridges masquerade",
             "ip6 saddr @masq_nets6 oifname != @bridges masquerade",
             "oifname @bridges ip saddr 127.0.0.0/8 masquerade",
-            "oifname @bridges ip saddr @masq_nets ct status dnat masquerade"]),
+            "oifname @bridges ip saddr @masq_nets ct status dnat masquerade",
+            "oifname @bridges ip6 saddr @masq_nets6 ct status dnat masquerade"]),
         "prerouting": ("type nat hook prerouting priority dstnat; policy accept;", [
             "fib daddr type local jump published"]),
         "output": ("type nat hook output priority -100; policy accept;", [
@@ -264,13 +266,16 @@ def published() -> dict[tuple[int, str], str]:
             for port, target in current["sets"].get(f"ports_{proto}", [])}
 
 
-def ports_added(cid: str, ip: str, mappings: Iterable[dict], bridge: str | None = None) -> None:
-    """DNAT each of MAPPINGS (host_ip, host_port, container_port, proto) to IP.
+def ports_added(cid: str, ip: str, mappings: Iterable[dict], bridge: str | None = None,
+                ip6: str = "") -> None:
+    """DNAT each of MAPPINGS (host_ip, host_port, container_port, proto) to IP, or to
+    IP6 for the mappings on an IPv6 host address ("::" the wildcard).
 
     One batch: the container's chain pc-<cid12> with its rules, and the map
     elements sending its host ports there.  PortTaken (and nothing added)
     when another container publishes one of the ports.  BRIDGE: the bridge
     IP is on (found from the routes if not given), for route_localnet.
+    IPv6 rules skip ::1, which DNAT cannot serve (proxy6.py's docker-proxy does).
     """
     mappings = list(mappings)
     if not mappings:
@@ -282,11 +287,20 @@ def ports_added(cid: str, ip: str, mappings: Iterable[dict], bridge: str | None 
         proto, host_port = m["proto"], int(m["host_port"])
         if proto not in PROTOCOLS:
             raise FirewallError(f"unsupported protocol {proto!r}")
-        match = f"ip daddr {m['host_ip']} " if m.get("host_ip") not in (None, "", "0.0.0.0") \
-            else ""
+        keys[proto].add(host_port)  # (an IPv4 and an IPv6 mapping share their port's element)
+        host_ip = m.get("host_ip") or ""
+        if ":" in host_ip:
+            if not ip6:
+                raise FirewallError(f"cannot publish on [{host_ip}]: the network has no IPv6")
+            if host_ip == "::1":
+                continue  # the proxy's alone; the element above still claims the port
+            match = "ip6 daddr != ::1 " if host_ip == "::" else f"ip6 daddr {host_ip} "
+            target = f"ip6 to [{ip6}]"
+        else:
+            match = f"ip daddr {host_ip} " if host_ip not in ("", "0.0.0.0") else ""
+            target = f"ip to {ip}"
         lines.append(f"add rule {t} {chain} {match}{proto} dport {host_port} "
-                     f"dnat ip to {ip}:{int(m['container_port'])} comment \"nsbox:{cid}\"")
-        keys[proto].add(host_port)
+                     f"dnat {target}:{int(m['container_port'])} comment \"nsbox:{cid}\"")
     for proto, ports in keys.items():
         for port in sorted(ports):
             lines.append(f"create element {t} ports_{proto} {{ {port} : jump {chain} }}")

@@ -8,8 +8,11 @@ ports, checks every host port with a bind on the host (TCP or UDP, on the
 given host IP or all) and against the ports other nsbox containers publish,
 hands them to the firewall (firewall.ports_added: DNAT in one nft batch) and
 records them in <run_root>/ports/<id>.json, what `nsbox port` and inspect's
-NetworkSettings.Ports show.  At stop `unpublish()` takes them back.  Errors
-are one line (ConfigError, exit 125) and leave nothing.
+NetworkSettings.Ports show.  On a network made with --ipv6 a port on all
+addresses is also published on "::" (an IPv6 DNAT rule beside the IPv4 one),
+and [::1], which DNAT cannot reach, gets Docker's docker-proxy (proxy6.py).
+At stop `unpublish()` takes them back.  Errors are one line (ConfigError,
+exit 125) and leave nothing.
 """
 
 from __future__ import annotations
@@ -56,23 +59,12 @@ def parse_publish(entries: object) -> list[dict]:
     for raw in _as_list(entries):
         entry = str(raw)
         rest, proto = _split_proto(entry, entry)
-        if rest.startswith("["):
-            raise ConfigError(f"invalid publish spec {entry!r}: IPv6 host addresses are not "
-                              "supported (bridge networks are IPv4)")
+        host_ip, rest = _split_host_ip(rest, entry)
         parts = rest.split(":")
-        if len(parts) > 3 or not parts[-1]:
+        if len(parts) > 2 or not parts[-1]:
             raise ConfigError(f"invalid publish spec {entry!r}: use "
                               "[[IP:][HOST_PORT]:]CONTAINER_PORT[/tcp|udp]")
-        host_ip = parts[0] if len(parts) == 3 else ""
-        host = parts[-2] if len(parts) >= 2 else ""
-        if host_ip:
-            import socket
-            try:
-                socket.inet_aton(host_ip)
-            except OSError:
-                raise ConfigError(f"invalid IP address {host_ip!r} in {entry!r}") from None
-            if host_ip.count(".") != 3:
-                raise ConfigError(f"invalid IP address {host_ip!r} in {entry!r}")
+        host = parts[-2] if len(parts) == 2 else ""
         c_lo, c_hi = _port_range(parts[-1], "containerPort", entry)
         count = c_hi - c_lo + 1
         if host:
@@ -92,6 +84,37 @@ def parse_publish(entries: object) -> list[dict]:
             if item not in out:
                 out.append(item)
     return out
+
+
+def _split_host_ip(rest: str, entry: str) -> tuple[str, str]:
+    """"IP:HOST:CONTAINER" -> (IP, "HOST:CONTAINER"), as Docker reads it: an IPv6
+    address in brackets ("[::1]:8080:80") or bare (all before the last two colons)."""
+    if rest.startswith("["):
+        ip, bracket, after = rest[1:].partition("]")
+        if not bracket or not after.startswith(":"):
+            raise ConfigError(f"invalid publish spec {entry!r}: use [IPv6]:HOST_PORT:"
+                              "CONTAINER_PORT")
+        text, rest = ip, after[1:]
+        if ":" not in rest:
+            raise ConfigError(f"invalid publish spec {entry!r}: use [IPv6]:HOST_PORT:"
+                              "CONTAINER_PORT")
+    else:
+        parts = rest.split(":")
+        if len(parts) < 3:
+            return "", rest
+        text, rest = ":".join(parts[:-2]), ":".join(parts[-2:])
+    import ipaddress
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"invalid IP address {text!r} in {entry!r}") from None
+    if rest.startswith("[") or "%" in text or (addr.version == 4 and text.count(".") != 3):
+        raise ConfigError(f"invalid IP address {text!r} in {entry!r}")
+    return addr.compressed, rest
+
+
+def is_ipv6(host_ip: str) -> bool:
+    return ":" in host_ip
 
 
 def parse_expose(entries: object) -> list[str]:
@@ -152,13 +175,17 @@ def requested(engine: EngineBase, c: Container) -> list[dict]:
     return wanted
 
 
-def publish(engine: EngineBase, c: Container, ip: str, bridge: str | None = None) -> list[dict]:
+def publish(engine: EngineBase, c: Container, ip: str, bridge: str | None = None,
+            ip6: str = "") -> list[dict]:
     """Publish C's ports to its address IP (on BRIDGE); the concrete mappings.
 
-    ConfigError (one line, nothing left behind) when a host port is in use on
-    the host or published by another nsbox container.
+    With IP6 (a network made with --ipv6) a port on all addresses is published
+    on "::" too, as Docker does, and IPv6 host addresses may be given; ::1 is
+    served by docker-proxy (proxy6.py).  ConfigError (one line, nothing left
+    behind) when a host port is in use on the host or published by another
+    nsbox container.
     """
-    from nsbox.engine.network import firewall
+    from nsbox.engine.network import firewall, proxy6
     wanted = requested(engine, c)
     if not wanted:
         return []
@@ -167,7 +194,7 @@ def publish(engine: EngineBase, c: Container, ip: str, bridge: str | None = None
     for attempt in range(5):
         taken = {key for key, chain in firewall.published().items()
                  if chain != firewall.chain_of(c.id)}
-        mappings = _resolve(c, wanted, taken)
+        mappings = _resolve(c, wanted, taken, ipv6=bool(ip6))
         # The record first: a crash after the rules leaves the record that says
         # they are to be removed (attach.teardown_container looks only there).
         try:
@@ -179,7 +206,8 @@ def publish(engine: EngineBase, c: Container, ip: str, bridge: str | None = None
             raise ConfigError(f"cannot start container {c.name}: recording its ports: "
                               f"{exc}") from None
         try:
-            firewall.ports_added(c.id, ip, mappings, bridge=bridge)
+            firewall.ports_added(c.id, ip, mappings, bridge=bridge, ip6=ip6)
+            proxy6.start(engine, c.id, ip6, mappings)
             break
         except firewall.PortTaken as exc:
             if attempt == 4 or all(m["host_port"] and "-" not in m["host_port"] for m in wanted):
@@ -188,6 +216,9 @@ def publish(engine: EngineBase, c: Container, ip: str, bridge: str | None = None
             # A port picked at random was taken meanwhile: pick again.
         except firewall.FirewallError as exc:
             _unlink(path)
+            raise ConfigError(f"cannot start container {c.name}: {exc}") from None
+        except ConfigError as exc:  # a proxy could not listen: undo all of it
+            unpublish(engine, c.id)
             raise ConfigError(f"cannot start container {c.name}: {exc}") from None
     return mappings
 
@@ -214,7 +245,8 @@ def publish_container(engine: EngineBase, c: Container) -> list[dict]:
         return []
     if net.internal:
         return []
-    return publish(engine, c, leases[0].ip, bridge=net.bridge)
+    return publish(engine, c, leases[0].ip, bridge=net.bridge,
+                   ip6=leases[0].ip6 if net.ipv6 else "")
 
 
 def _drop_stale(engine: EngineBase, cid: str) -> None:
@@ -229,6 +261,8 @@ def _drop_stale(engine: EngineBase, cid: str) -> None:
     for prefix in owners:
         row = db.container(ids[prefix]) if prefix in ids else None
         if row is None or row["state"] not in ("running", "paused", "restarting", "starting"):
+            from nsbox.engine.network import proxy6
+            proxy6.stop(engine, ids.get(prefix, prefix))
             firewall.ports_removed(prefix)
             with _suppress_oserror():
                 os.unlink(_record_path(engine, ids.get(prefix, prefix)))
@@ -241,8 +275,9 @@ def _suppress_oserror():  # noqa: ANN202
 
 def unpublish(engine: EngineBase, cid: str) -> None:
     """Take back CID's published ports (rules and record).  Idempotent."""
-    from nsbox.engine.network import firewall
+    from nsbox.engine.network import firewall, proxy6
     path = _record_path(engine, cid)
+    proxy6.stop(engine, cid)  # first: the record says they are to be ended
     if os.path.exists(path) or firewall.state() is not None:
         firewall.ports_removed(cid)
     try:
@@ -264,61 +299,80 @@ def _record_path(engine: EngineBase, cid: str) -> str:
     return os.path.join(engine.run_root, "ports", cid + ".json")
 
 
-def _resolve(c: Container, wanted: list[dict], taken: set[tuple[int, str]]) -> list[dict]:
-    """Concrete host ports for WANTED: fixed ones checked, free ones picked."""
+def _resolve(c: Container, wanted: list[dict], taken: set[tuple[int, str]],
+             ipv6: bool = False) -> list[dict]:
+    """Concrete host ports for WANTED: fixed ones checked, free ones picked.  With
+    IPV6 a port on all addresses is one mapping for 0.0.0.0 and one for "::"."""
     out: list[dict] = []
     used = set(taken)
     for m in wanted:
         proto, host_ip = m["proto"], m.get("host_ip") or ""
         text = m.get("host_port") or ""
-        where = f"{host_ip or '0.0.0.0'}:{text}"
+        where = f"{_show(host_ip or '0.0.0.0')}:{text}"
+        if is_ipv6(host_ip) and not ipv6:
+            raise ConfigError(f"cannot start container {c.name}: cannot publish {where}: "
+                              "its network has no IPv6 (network create --ipv6)")
+        families = ["0.0.0.0", "::"] if ipv6 and not host_ip else [host_ip or "0.0.0.0"]
         if text and "-" not in text:
             port = int(text)
             if (port, proto) in used:
                 raise ConfigError(f"cannot start container {c.name}: Bind for {where} failed: "
                                   "port is already allocated")
-            problem = bind_test(host_ip, port, proto)
+            problem = next(filter(None, (bind_test(a, port, proto) for a in families)), "")
             if problem:
                 raise ConfigError(f"cannot start container {c.name}: cannot publish "
                                   f"{where}/{proto}: {problem}")
         else:
-            port = _pick(host_ip, text, proto, used)
+            port = _pick(families, text, proto, used)
             if port is None:
                 raise ConfigError(f"cannot start container {c.name}: no free host port "
                                   f"{'in ' + text if text else 'left'} for "
                                   f"{m['container_port']}/{proto}")
         used.add((port, proto))
-        out.append({"container_port": m["container_port"], "proto": proto,
-                    "host_ip": host_ip or "0.0.0.0", "host_port": port})
+        out += [{"container_port": m["container_port"], "proto": proto, "host_ip": address,
+                 "host_port": port} for address in families]
     return out
 
 
-def _pick(host_ip: str, text: str, proto: str, used: set[tuple[int, str]]) -> int | None:
-    """A host port free on the host and among nsbox's: from the range TEXT, else the kernel's."""
+def _show(host_ip: str) -> str:
+    """An address as it goes before ":PORT": IPv6 in brackets."""
+    return f"[{host_ip}]" if is_ipv6(host_ip) else host_ip
+
+
+def _pick(families: list[str], text: str, proto: str,
+          used: set[tuple[int, str]]) -> int | None:
+    """A host port free on the host (on each address of FAMILIES) and among nsbox's: from
+    the range TEXT, else the kernel's."""
     if text:
         lo, _, hi = text.partition("-")
         candidates = range(int(lo), int(hi) + 1)
     else:
         candidates = range(0)
         for _ in range(50):  # the kernel's ephemeral choice, skipping nsbox's own
-            port = _ephemeral(host_ip, proto)
-            if port and (port, proto) not in used:
+            port = _ephemeral(families[0], proto)
+            if port and (port, proto) not in used and \
+                    not any(bind_test(a, port, proto) for a in families[1:]):
                 return port
     for port in candidates:
-        if (port, proto) not in used and not bind_test(host_ip, port, proto):
+        if (port, proto) not in used and not any(bind_test(a, port, proto) for a in families):
             return port
     return None
 
 
-def _socket(proto: str):  # noqa: ANN202
+def _socket(proto: str, host_ip: str = ""):  # noqa: ANN202
+    """A socket of HOST_IP's family; an IPv6 one is IPv6 only ("::" means IPv6's all)."""
     import socket
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    return socket.socket(socket.AF_INET, kind)
+    if not is_ipv6(host_ip):
+        return socket.socket(socket.AF_INET, kind)
+    s = socket.socket(socket.AF_INET6, kind)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return s
 
 
 def _ephemeral(host_ip: str, proto: str) -> int:
     try:
-        with _socket(proto) as s:
+        with _socket(proto, host_ip) as s:
             s.bind((host_ip or "0.0.0.0", 0))
             return s.getsockname()[1]
     except OSError:
@@ -328,14 +382,15 @@ def _ephemeral(host_ip: str, proto: str) -> int:
 def bind_test(host_ip: str, port: int, proto: str) -> str:
     """"" if PORT can be bound on HOST_IP (all addresses if "") for PROTO, else why not."""
     try:
-        with _socket(proto) as s:
+        with _socket(proto, host_ip) as s:
             if proto == "tcp":
                 import socket
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
             s.bind((host_ip or "0.0.0.0", port))
     except OSError as exc:
         reason = (exc.strerror or str(exc)).lower()
-        return f"listen {proto}4 {host_ip or '0.0.0.0'}:{port}: bind: {reason}"
+        family = "6" if is_ipv6(host_ip) else "4"
+        return f"listen {proto}{family} {_show(host_ip or '0.0.0.0')}:{port}: bind: {reason}"
     return ""
 
 
@@ -370,5 +425,5 @@ def port_lines(engine: EngineBase, c: Container) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for m in current(engine, c.id):
         out.setdefault(f"{m['container_port']}/{m['proto']}", []).append(
-            f"{m['host_ip']}:{m['host_port']}")
+            f"{_show(m['host_ip'])}:{m['host_port']}")
     return out
