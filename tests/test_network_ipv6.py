@@ -234,3 +234,28 @@ def test_ipv6_published_ports(net_host) -> None:
     h.nsbox("rm", "-f", "taken6", "nov6")
     h.nsbox("network", "rm", "v6p")
     assert_nothing_left(h, bridges=("nsbox1",))
+
+
+def test_ipv6_published_ports_across_a_policy_restart(net_host) -> None:
+    """A restart by --restart keeps [::1] answering with one docker-proxy; rm -f ends it."""
+    import os
+    import signal
+
+    from test_network_firewall import _httpd, _wait_fetch
+    h = net_host
+    h.nsbox("network", "create", "--ipv6", "--subnet", "fd00:7d::/64", "v6r")
+    assert _httpd(h, "--network", "v6r", "--restart", "always", "-p", "8090:80",
+                  "--hostname", "rs").returncode == 0
+    assert _wait_fetch(h, "http://[::1]:8090/") == "hello-rs\n"
+    pid = int(h.nsbox("inspect", "-f", "{{.State.Pid}}", "web").stdout)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while h.nsbox("inspect", "-f", "{{.RestartCount}}", "web").stdout.strip() in ("", "0"):
+        assert time.monotonic() < deadline, "not restarted"
+        time.sleep(0.2)
+    assert _wait_fetch(h, "http://[::1]:8090/", timeout=20) == "hello-rs\n"
+    assert len(_proxies(h)) == 1
+    h.nsbox("rm", "-f", "web")
+    assert _proxies(h) == []
+    h.nsbox("network", "rm", "v6r")
+    assert_nothing_left(h, bridges=("nsbox1",))

@@ -190,6 +190,7 @@ def publish(engine: EngineBase, c: Container, ip: str, bridge: str | None = None
     if not wanted:
         return []
     _drop_stale(engine, c.id)
+    proxy6.stop(engine, c.id)  # a leftover of an earlier start would hold [::1]'s ports
     path = _record_path(engine, c.id)
     for attempt in range(5):
         taken = {key for key, chain in firewall.published().items()
