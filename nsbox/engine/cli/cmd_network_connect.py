@@ -17,9 +17,9 @@ HELP = {
 
 def run(args, ctx) -> int:  # noqa: ANN001
     from nsbox.engine.cli import need_args
-    from nsbox.engine.network import networks
+    from nsbox.engine.network import membership
 
     net, container = need_args(args, "network connect", 2, 2)
-    networks.connect(ctx.engine(), net, container, ip=args["ip"],
+    membership.connect(ctx.engine(), net, container, ip=args["ip"],
                      aliases=list(args["alias"] or []), ip6=args["ip6"])
     return 0

@@ -14,12 +14,12 @@ HELP = {
 
 def run(args, ctx) -> int:  # noqa: ANN001
     from nsbox.engine.cli import need_args
-    from nsbox.engine.network import networks
+    from nsbox.engine.network import membership
     from nsbox.engine.network.model import NetworkError
 
     net, container = need_args(args, "network disconnect", 2, 2)
     try:
-        networks.disconnect(ctx.engine(), net, container)
+        membership.disconnect(ctx.engine(), net, container)
     except NetworkError:
         if not args["force"]:
             raise

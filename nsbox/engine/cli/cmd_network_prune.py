@@ -17,12 +17,12 @@ HELP = {
 
 def run(args, ctx) -> int:  # noqa: ANN001
     from nsbox.engine.cli.cmd_container_prune import confirm
-    from nsbox.engine.network import networks
+    from nsbox.engine.network import membership
 
     if not args["force"] and not confirm("This will remove all custom networks not used by at "
                                          "least one container."):
         return 0
-    removed = networks.prune(ctx.engine())
+    removed = membership.prune(ctx.engine())
     if removed:
         sys.stdout.write("Deleted Networks:\n" + "".join(f"{n}\n" for n in removed))
     return 0

@@ -15,7 +15,7 @@ HELP = {
 def run(args, ctx) -> int:  # noqa: ANN001
     from nsbox.engine.cli import need_args
     from nsbox.engine.cli._common import for_each
-    from nsbox.engine.network import networks
+    from nsbox.engine.network import membership
     from nsbox.engine.network.model import NetworkNotFound
 
     refs = need_args(args, "network rm", 1)
@@ -23,7 +23,7 @@ def run(args, ctx) -> int:  # noqa: ANN001
 
     def remove(ref: str) -> str:
         try:
-            networks.remove(engine, ref)
+            membership.remove(engine, ref)
         except NetworkNotFound:
             if args["force"]:
                 return ref
