@@ -275,3 +275,17 @@ def start(bundle_factory, run_runtime, container_id, cg_path):
         return json.loads(run_runtime("state", cid).stdout)["pid"]
 
     return start_container
+
+
+@pytest.fixture
+def nsbox(tmp_path: Path):
+    """The engine CLI with a private --root/--runroot in tmp_path (test_engine_cli.Nsbox);
+    its containers are removed afterwards. Modules that need another setup define
+    their own `nsbox` fixture, which takes precedence."""
+    from test_engine_cli import Nsbox
+
+    box = Nsbox(tmp_path)
+    yield box
+    ids = box.ids() if (tmp_path / "lib").exists() else []
+    if ids:
+        box("rm", "-f", *ids, check=False)

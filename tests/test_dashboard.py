@@ -35,15 +35,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def nsbox(tmp_path: Path):
-    box = Nsbox(tmp_path)
-    yield box
-    ids = box.ids() if (tmp_path / "lib").exists() else []
-    if ids:
-        box("rm", "-f", *ids, check=False)
-
-
 class Dashboard:
     """A running `nsbox dashboard`: its URL (with the token), base and token."""
 

@@ -33,15 +33,6 @@ class Nsbox:
         return self("ps", "-a", "-q", "--no-trunc").stdout.split()
 
 
-@pytest.fixture
-def nsbox(tmp_path: Path):
-    box = Nsbox(tmp_path)
-    yield box
-    ids = box.ids() if (tmp_path / "lib").exists() else []
-    if ids:
-        box("rm", "-f", *ids, check=False)
-
-
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1, proc.stderr

@@ -26,15 +26,6 @@ from nsbox.engine import events
 LIFECYCLE = ["create", "start", "die", "destroy"]
 
 
-@pytest.fixture
-def nsbox(tmp_path: Path):
-    box = Nsbox(tmp_path)
-    yield box
-    ids = box.ids() if (tmp_path / "lib").exists() else []
-    if ids:
-        box("rm", "-f", *ids, check=False)
-
-
 def journal(tmp_path: Path, *flags: str) -> list[dict]:
     """Every recorded event (as `events --format json` prints them) matching FLAGS."""
     out = Nsbox(tmp_path)("events", "--since", "0", "--until", "0s", "--format", "json",

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from test_engine_cli import Nsbox, one_line_error
@@ -21,15 +20,6 @@ from test_engine_cli import Nsbox, one_line_error
 from nsbox.engine.observe import namespaces as nsmod
 
 TYPES = ("mnt", "uts", "ipc", "pid", "net", "user", "cgroup", "time")
-
-
-@pytest.fixture
-def nsbox(tmp_path: Path):
-    box = Nsbox(tmp_path)
-    yield box
-    ids = box.ids() if (tmp_path / "lib").exists() else []
-    if ids:
-        box("rm", "-f", *ids, check=False)
 
 
 def lsns() -> dict[int, dict]:
