@@ -208,3 +208,38 @@ def test_cert_dir_flag_and_tls_verify_false(nsbox, tls_registry, tmp_path):  # n
     assert "client certificate" in one_line_error(proc)
     proc = nsbox("pull", "--cert-dir", str(tmp_path / "nosuch"), name, check=False)
     assert "no such directory" in one_line_error(proc)
+
+
+def test_run_and_create_pull_with_cert_dir(nsbox, tls_registry, tmp_path):  # noqa: F811
+    """`run/create --cert-dir D` hand D to their implicit pull, as `pull --cert-dir` does."""
+    host = tls_registry["host"]
+    cert_dir = tmp_path / "certs"
+    cert_dir.mkdir()
+    shutil.copy(tls_registry["tmp"] / "ca.crt", cert_dir / "ca.crt")
+    _with_client_cert(cert_dir, tls_registry)
+    auth = tmp_path / "auth.json"
+    assert _login(nsbox, host, PASSWORD, "--cert-dir", str(cert_dir),
+                  "--authfile", str(auth)).returncode == 0
+    ensure_busybox(ImageStore(nsbox.root))
+    name = f"{host}/test/runcertdir:1"
+    nsbox("push", "-q", "--cert-dir", str(cert_dir), "--authfile", str(auth), "busybox", name)
+    assert not ImageStore(nsbox.root).exists(name)  # push NAME does not tag it here
+
+    # Without --cert-dir the implicit pull cannot verify the registry: one line, nothing made.
+    proc = nsbox("run", "--rm", "--authfile", str(auth), name, "true", check=False)
+    assert proc.returncode == 125 and "certificate verify failed" in one_line_error(proc)
+    assert nsbox("ps", "-aq").stdout == ""
+
+    proc = nsbox("run", "--cert-dir", str(cert_dir), "--authfile", str(auth), "--rm", name,
+                 "echo", "pulled-by-run")
+    assert proc.stdout == "pulled-by-run\n"
+    assert ImageStore(nsbox.root).exists(name)
+
+    nsbox("rmi", name)
+    cid = nsbox("create", "--pull", "always", "--cert-dir", str(cert_dir), "--authfile",
+                str(auth), name, "true").stdout.strip()
+    assert ImageStore(nsbox.root).exists(name)
+    nsbox("rm", cid)
+    proc = nsbox("run", "--rm", "--pull", "always", "--cert-dir", str(tmp_path / "nosuch"),
+                 name, "true", check=False)
+    assert proc.returncode == 125 and "no such directory" in one_line_error(proc)

@@ -26,7 +26,7 @@ RUN_FLAGS: dict[str, str] = {
     "tty": "bool", "cap-add": "list", "cap-drop": "list", "security-opt": "list",
     "privileged": "bool", "log-driver": "str", "log-opt": "list", "runtime": "str",
     "cgroup-parent": "str", "publish": "list", "publish-all": "bool", "expose": "list",
-    "pull": "str", "platform": "str", "tls-verify": "bool", "authfile": "str",
+    "pull": "str", "platform": "str", "tls-verify": "bool", "authfile": "str", "cert-dir": "str",
     "health-cmd": "str", "health-interval": "str", "health-timeout": "str",
     "health-retries": "str", "health-start-period": "str", "health-start-interval": "str",
     "no-healthcheck": "bool",
@@ -115,6 +115,8 @@ RUN_FLAG_HELP: dict[str, str | tuple[str, str]] = {
     "platform": ("os/arch[/variant]", "The platform a pull picks from a manifest list"),
     "tls-verify": "Require HTTPS with a verified certificate when pulling (default true)",
     "authfile": ("path", "The auth.json a pull reads credentials from"),
+    "cert-dir": ("path", "CA certificates (*.crt) and a client certificate (*.cert, *.key) "
+                 "for a pull (default: the registry's certs.d directory)"),
     "health-cmd": ("string", "Command to run to check health (run by /bin/sh -c)"),
     "health-interval": ("duration", "Time between running the check (ms|s|m|h) (default 30s)"),
     "health-timeout": ("duration", "Maximum time to allow one check to run (default 30s)"),
