@@ -278,6 +278,36 @@ def test_push_format_rewrites_media_types_only(nsbox, registry):  # noqa: F811
     assert ImageStore(fresh.root).resolve(f"{host}/test/fmt:v2").manifest_digest == v2
 
 
+def test_repo_digests_name_the_manifest_pushed_there(nsbox, registry):  # noqa: F811
+    """After `push --format v2s2` RepoDigests and `images --digests` show the registry's digest."""
+    store = ImageStore(nsbox.root)
+    image = ensure_busybox(store)
+    host = registry["host"]
+    converted, kept = f"{host}/test/rd-v2:1", f"{host}/test/rd-oci:1"
+    nsbox("tag", "busybox", converted)
+    nsbox("tag", "busybox", kept)
+    v2 = nsbox("push", "-q", "--tls-verify=false", "--format", "v2s2", converted).stdout.strip()
+    assert nsbox("push", "-q", "--tls-verify=false", kept).stdout.strip() == image.manifest_digest
+    assert v2 != image.manifest_digest
+
+    def repo_digests() -> set[str]:
+        out = nsbox("inspect", "--type", "image", "--format", "{{json .RepoDigests}}", converted)
+        return set(json.loads(out.stdout))
+
+    assert {f"{host}/test/rd-v2@{v2}", f"{host}/test/rd-oci@{image.manifest_digest}"} \
+        <= repo_digests()
+    rows = nsbox("images", "--digests", "--format", "{{.Repository}} {{.Digest}}").stdout
+    assert f"{host}/test/rd-v2 {v2}\n" in rows
+    assert f"{host}/test/rd-oci {image.manifest_digest}\n" in rows
+    # The digest shown is one the registry serves: pulling REPO@DIGEST gets these bytes.
+    raw = skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{host}/test/rd-v2@{v2}")
+    assert "sha256:" + hashlib.sha256(raw.encode()).hexdigest() == v2
+
+    # Pushed again as stored (OCI): the repository now serves the store's digest.
+    nsbox("push", "-q", "--tls-verify=false", "--format", "oci", converted)
+    assert f"{host}/test/rd-v2@{image.manifest_digest}" in repo_digests()
+
+
 def test_python_api_push_and_pull_with_progress(registry, tmp_path):  # noqa: F811
     import nsbox as api
     engine = api.Engine(root=str(tmp_path / "a" / "lib"), run_root=str(tmp_path / "a" / "run"))

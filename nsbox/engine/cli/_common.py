@@ -136,6 +136,9 @@ def image_row(summary) -> list[dict]:  # noqa: ANN001
 
     rows = []
     names = summary.repo_tags or ["<none>:<none>"]
+    # One digest per repository: after `push --format` they differ between repositories.
+    digests = dict(d.partition("@")[::2] for d in summary.repo_digests)
+    first = summary.repo_digests[0].partition("@")[2] if summary.repo_digests else "<none>"
     for name in names:
         repo, _, tag = name.rpartition(":")
         if "/" in tag or not repo:
@@ -145,8 +148,7 @@ def image_row(summary) -> list[dict]:  # noqa: ANN001
                      "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z %Z",
                                                 time.localtime(summary.created)),
                      "Size": human_size(summary.size),
-                     "Digest": (summary.repo_digests[0].partition("@")[2]
-                                if summary.repo_digests else "<none>")})
+                     "Digest": digests.get(repo, first)})
     return rows
 
 

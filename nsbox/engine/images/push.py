@@ -12,7 +12,8 @@
 3. The manifest is `PUT` exactly as the store keeps it (same bytes, so the
    digest is the local one, `name@digest` works on both sides), with the
    media type it declares; with `--format oci|v2s2` in that format instead
-   (only the media types change, so the digest is a new one).  Locally built images (import, load, busybox,
+   (only the media types change, so the digest is a new one: the store
+   records it per repository, for RepoDigests and `images --digests`).  Locally built images (import, load, busybox,
    build-debian) have OCI manifests; pulled images keep the registry's
    (Docker schema 2 or OCI).
 
@@ -172,6 +173,8 @@ def push(store: ImageStore, source: str, destination: str | None = None, *,
                 progress(label + (" mounted" if how == "mounted" else ""), size, size)
         if progress:
             progress("Writing manifest to image destination", 0, 0)
-        return client.put_manifest(ref.tag or "latest", manifest_bytes, media_type)
+        digest = client.put_manifest(ref.tag or "latest", manifest_bytes, media_type)
     finally:
         client.close()
+    store.record_push(image.manifest_digest, ref.repository, digest)
+    return digest

@@ -44,6 +44,9 @@ class Image:
     config: dict
     names: list[str]            # full names: docker.io/library/busybox:latest
     layers: list[Layer]         # bottom first
+    # repository -> digest of the manifest `push --format` last put there, when it is
+    # not manifest_digest (the registry holds other bytes than the store's)
+    pushed: dict = dict
 
     @property
     def short_id(self) -> str:
@@ -56,7 +59,8 @@ class Image:
     @property
     def repo_digests(self) -> list[str]:
         repos = sorted({parse_reference(name).repository for name in self.names})
-        return [f"{familiar_name(repo)}@{self.manifest_digest}" for repo in repos]
+        return [f"{familiar_name(repo)}@{self.pushed.get(repo, self.manifest_digest)}"
+                for repo in repos]
 
     @property
     def size(self) -> int:

@@ -62,6 +62,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+# <root>/pushed-digests.json: what record_push learnt (not part of the OCI layout).
+PUSHED_DIGESTS_FILE = "pushed-digests.json"
+
 
 class ImageStore:
     """Images under ROOT (default /var/lib/nsbox): import, load, save, tag, remove, list, inspect."""
@@ -76,6 +79,7 @@ class ImageStore:
         self.layout.ensure()
         os.makedirs(self.links_dir, mode=0o700, exist_ok=True)
         self._json_cache: dict[str, dict] = {}
+        self._pushed_cache: tuple[tuple, dict] | None = None
 
     # ================================================================ reading
     def _blob_json(self, digest: str) -> dict:
@@ -125,7 +129,25 @@ class ImageStore:
                                 blob_size=int(descriptor.get("size", 0)),
                                 path=self.layer_path(chain_id), size=int(meta.get("size", 0))))
         return Image(id=config_digest, manifest_digest=manifest_digest, config=config,
-                     names=sorted(names), layers=layers)
+                     names=sorted(names), layers=layers,
+                     pushed=self._pushed_digests().get(manifest_digest) or {})
+
+    def _pushed_digests(self) -> dict[str, dict[str, str]]:
+        """stored manifest digest -> {repository: digest pushed there} (see record_push)."""
+        path = os.path.join(self.root, PUSHED_DIGESTS_FILE)
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return {}
+        key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if self._pushed_cache is None or self._pushed_cache[0] != key:
+            try:
+                with open(path, "rb") as f:
+                    data = _json.loads(f.read())
+            except (OSError, ValueError):
+                data = {}
+            self._pushed_cache = (key, data if isinstance(data, dict) else {})
+        return self._pushed_cache[1]
 
     def images(self) -> list[Image]:
         """Every image in the store (one whose blobs are damaged is left out, with a warning)."""
@@ -440,6 +462,27 @@ class ImageStore:
         digest = push(self, ref, destination, **options)
         self._event("push", destination or ref, name=destination or ref)
         return digest
+
+    def record_push(self, manifest_digest: str, repository: str, digest: str) -> None:
+        """Remember that REPOSITORY now holds the image MANIFEST_DIGEST as manifest DIGEST.
+
+        `push --format` converts the manifest, so the registry's digest is not
+        the store's; RepoDigests must name the one pulling REPOSITORY@DIGEST
+        gets (as Docker shows what it pushed).  Entries of removed images are
+        dropped on the next write; a lost file only means stored digests shown.
+        """
+        with self._transaction():
+            present = {entry.digest for entry in self.layout.read_index()}
+            data = {k: dict(v) for k, v in self._pushed_digests().items() if k in present}
+            repos = data.setdefault(manifest_digest, {})
+            if digest == manifest_digest:
+                repos.pop(repository, None)
+            else:
+                repos[repository] = digest
+            if not repos:
+                del data[manifest_digest]
+            self.layout._write_atomic(os.path.join(self.root, PUSHED_DIGESTS_FILE),
+                                      canonical_json(data))
 
     # ------------------------------------------------------------ names
     def tag(self, src: str, new_ref: str) -> Image:
