@@ -22,28 +22,18 @@ PY="$REPO/.venv/bin/python"
 WORK=$(mktemp -d /tmp/nsbox-health-bench.XXXXXX)
 export NSBOX_DEFAULT_NETWORK=none
 
-mkdir -p "$WORK/base"
-git -C "$REPO" archive "$BASE" bin nsbox | tar -x -C "$WORK/base"
-cp "$REPO/nsbox/engine/nsbox-monitor-loop" "$WORK/base/nsbox/engine/"
-
-nsbox_of() {  # TREE NAME: the command line of that tree's engine on its own roots
-    echo "env PYTHONPATH=$1 $PY $1/bin/nsbox --root $WORK/$2/lib --runroot $WORK/$2/run"
-}
+. "$REPO/bench/before_after.sh"
+unpack_base
 BEFORE=$(nsbox_of "$WORK/base" before)
 AFTER=$(nsbox_of "$REPO" after)
 CHECK=$(nsbox_of "$REPO" check)
 
 cleanup() {
-    for engine in "$BEFORE" "$AFTER" "$CHECK"; do
-        $engine system reset -f >/dev/null 2>&1 || true
-    done
-    rm -rf "$WORK"
+    remove_engines "$BEFORE" "$AFTER" "$CHECK"
 }
 trap cleanup EXIT
 
-for engine in "$BEFORE" "$AFTER" "$CHECK"; do
-    $engine run --rm busybox true  # builds the offline busybox image once per root
-done
+seed_engines "$BEFORE" "$AFTER" "$CHECK"
 
 mkdir -p "$REPO/bench/results"
 hyperfine -N --warmup "$WARMUP" --runs "$RUNS" \
