@@ -40,22 +40,17 @@ import tarfile
 import tempfile
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from hostclean import (
     PRIVATE_NET,
     HostNet,
-    describe_leaked_cgroups,
     host_net_state,
-    kill_pids,
     own_cgroup_base,
-    pids_using_tree,
-    remove_cgroup_dirs,
-    remove_leaked_cgroups,
+    remove_test_tree,
     undo_host_net_changes,
-    unmount_all_under,
 )
 
 from nsbox.runtime import syscalls
@@ -98,6 +93,89 @@ def cgroups_enabled() -> bool:
 
 def missing_binaries(*names: str) -> list[str]:
     return [name for name in names if shutil.which(name) is None]
+
+
+# --------------------------------------------------------------------------
+# Running clients and daemons (the podman, containerd and dockerd worlds)
+# --------------------------------------------------------------------------
+
+def host_path() -> str:
+    """PATH for a client: ours, or the usual system directories."""
+    return os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+
+
+def run_checked(argv: list[str], env: dict[str, str], *, check: bool, timeout: float,
+                cwd: Path | None = None,
+                input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a client command, output captured; with CHECK a non-zero exit fails the test
+    with both outputs.  Without INPUT_TEXT stdin is /dev/null."""
+    log.debug("running %s", argv)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
+                          input=input_text, cwd=cwd,
+                          stdin=None if input_text is not None else subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{argv} exited {proc.returncode}\nstdout: {proc.stdout}\n"
+                             f"stderr: {proc.stderr}")
+    return proc
+
+
+def refuse_shell_unsafe(*paths: Path) -> None:
+    """Paths written into a generated shell script must need no quoting."""
+    for path in paths:
+        if any(ch in str(path) for ch in "'\"\\$` \n"):
+            raise ValueError(f"path not usable in a shell wrapper: {path!r}")
+
+
+def stop_daemon(process: subprocess.Popen[bytes], name: str, client: str,
+                empty: Callable[[list[str]], None], timeout: float) -> list[str]:
+    """Have a daemon's client EMPTY it (remove its containers, adding problem lines),
+    then SIGTERM it, killing it after TIMEOUT seconds; returns the problems found."""
+    problems: list[str] = []
+    if process.poll() is not None:
+        return [f"{name} died early with status {process.returncode}"]
+    try:
+        empty(problems)
+    except (AssertionError, subprocess.TimeoutExpired) as err:
+        problems.append(f"could not clean up through {client}: {err}")
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        problems.append(f"{name} ignored SIGTERM")
+        process.kill()
+        process.wait()
+    return problems
+
+
+def start_daemon(argv: list[str], tree: Path, name: str, home: Path,
+                 preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
+    """Start a client daemon in its own session, output to TREE/NAME.log, TMPDIR in
+    TREE/tmp."""
+    log_file = open(tree / f"{name}.log", "wb")  # noqa: SIM115 - the daemon keeps its copy
+    try:
+        return subprocess.Popen(argv, env={"PATH": host_path(), "TMPDIR": str(tree / "tmp"),
+                                           "HOME": str(home)},
+                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                start_new_session=True, preexec_fn=preexec_fn)
+    finally:
+        log_file.close()
+
+
+@contextlib.contextmanager
+def torn_down(name: str, teardown: Callable[[], list[str]],
+              log_file: Path | None = None) -> Iterator[None]:
+    """Run the body, then TEARDOWN, failing with what it found; on an error in the
+    body, log the daemon's LOG_FILE first."""
+    try:
+        yield
+    except BaseException:
+        if log_file is not None:
+            log.error("%s log:\n%s", name, log_file.read_text(errors="replace"))
+        raise
+    finally:
+        problems = teardown()
+        if problems:
+            raise AssertionError(f"{name} teardown: " + "; ".join(problems))
 
 
 # --------------------------------------------------------------------------
@@ -227,9 +305,7 @@ def write_runtime_wrapper(runtime: Path, wrapper_dir: Path, state_root: Path) ->
     The wrapper keeps the runtime's basename because podman looks runtimes up
     by basename in runtime_supports_json / runtime_supports_nocgroup.
     """
-    for path in (runtime, state_root):
-        if any(ch in str(path) for ch in "'\"\\$` \n"):
-            raise ValueError(f"path not usable in a shell wrapper: {path!r}")
+    refuse_shell_unsafe(runtime, state_root)
     wrapper_dir.mkdir(parents=True, exist_ok=True)
     state_root.mkdir(parents=True, exist_ok=True)
     wrapper = wrapper_dir / runtime.name
@@ -333,16 +409,9 @@ class Podman:
 
     def run(self, *args: str, check: bool = True, timeout: float = 30,
             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-        argv = self.argv(*args)
-        log.debug("running %s", argv)
         # cwd in the tree: conmon writes its "oom" marker file into its cwd.
-        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, input=input_text, cwd=self.tree,
-                              stdin=None if input_text is not None else subprocess.DEVNULL)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{argv} exited {proc.returncode}\nstdout: {proc.stdout}\n"
-                                 f"stderr: {proc.stderr}")
-        return proc
+        return run_checked(self.argv(*args), self.env, check=check, timeout=timeout,
+                           cwd=self.tree, input_text=input_text)
 
     def run_with_private_var_lib(self, *args: str, timeout: float = 60) -> None:
         """Run a podman command that copies images, hiding the host's /var/lib.
@@ -381,19 +450,7 @@ class Podman:
                     problems.append(f"podman {' '.join(args)}: {proc.stderr.strip()}")
             except subprocess.TimeoutExpired:
                 problems.append(f"podman {' '.join(args)} timed out")
-        strays = pids_using_tree(self.tree)
-        if strays:
-            problems.append(f"processes left running: {strays}")
-            kill_pids(strays)
-        leftover_mounts = unmount_all_under(self.tree)
-        if leftover_mounts:
-            problems.append(f"mounts left: {leftover_mounts}")
-        leaked_cgroups = remove_leaked_cgroups(container_ids)
-        if leaked_cgroups:
-            problems.append(describe_leaked_cgroups(leaked_cgroups))
-        if self.cgroup_parent:
-            remove_cgroup_dirs(self.cgroup_parent)
-        shutil.rmtree(self.tree, ignore_errors=True)
+        problems += remove_test_tree(self.tree, container_ids, self.cgroup_parent)
         if not self.var_lib_containers_existed and Path("/var/lib/containers").exists():
             problems.append("/var/lib/containers appeared during the run")
         if self.host_net_before is not None:
@@ -457,7 +514,7 @@ runroot = "{tree}/run"
     (tree / "home/.config/containers/policy.json").write_text(
         json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
     env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "PATH": host_path(),
         "HOME": str(tree / "home"),
         "XDG_CONFIG_HOME": str(tree / "home/.config"),
         "XDG_DATA_HOME": str(tree / "home/.local/share"),
@@ -482,13 +539,9 @@ def podman_world(runtime: Path) -> Iterator[Podman]:
     """A podman world with the busybox image imported; torn down and checked on exit."""
     tree = Path(tempfile.mkdtemp(prefix="nsbox-pm-", dir="/tmp"))
     podman = make_podman(tree, runtime)
-    try:
+    with torn_down("podman", podman.teardown):
         rootfs = build_busybox_rootfs(tree / "rootfs")
         layer = tar_rootfs(rootfs, tree / "rootfs.tar")
         podman.run_with_private_var_lib("import", "--change", 'CMD ["sh"]', str(layer), IMAGE_REF)
         shutil.rmtree(rootfs)
         yield podman
-    finally:
-        problems = podman.teardown()
-        if problems:
-            raise AssertionError("podman teardown: " + "; ".join(problems))

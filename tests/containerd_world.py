@@ -8,10 +8,7 @@ tree, unmounts it, removes leaked cgroups and undoes any host network change.
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -20,24 +17,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clients import build_busybox_rootfs, cgroups_enabled, tar_rootfs, toml_list, write_oci_archive
+from clients import (
+    build_busybox_rootfs,
+    cgroups_enabled,
+    host_path,
+    run_checked,
+    start_daemon,
+    stop_daemon,
+    tar_rootfs,
+    toml_list,
+    torn_down,
+    write_oci_archive,
+)
 from hostclean import (
     HostNet,
-    describe_leaked_cgroups,
     host_net_state,
-    kill_pids,
     mountpoints_under,
     own_cgroup_base,
-    pids_using_tree,
-    remove_cgroup_dirs,
-    remove_leaked_cgroups,
+    remove_test_tree,
     undo_host_net_changes,
-    unmount_all_under,
 )
 
 from nsbox.runtime import syscalls
-
-log = logging.getLogger(__name__)
 
 CONTAINERD_NAMESPACE = "nsboxtest"
 # native copies the 2 MB layer per container but needs no overlay mount of its
@@ -74,7 +75,7 @@ class Containerd:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        return {"PATH": host_path(),
                 "HOME": str(self.tree), "TMPDIR": str(self.tree / "tmp"), "TERM": "xterm"}
 
     def ctr_argv(self, *args: str) -> list[str]:
@@ -83,14 +84,7 @@ class Containerd:
 
     def ctr(self, *args: str, check: bool = True,
             timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        argv = self.ctr_argv(*args)
-        log.debug("running %s", argv)
-        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{argv} exited {proc.returncode}\nstdout: {proc.stdout}\n"
-                                 f"stderr: {proc.stderr}")
-        return proc
+        return run_checked(self.ctr_argv(*args), self.env, check=check, timeout=timeout)
 
     def run_options(self, container_id: str) -> list[str]:
         """`ctr run` options that route to the runtime under test and keep state in tree."""
@@ -140,34 +134,9 @@ class Containerd:
 
     def teardown(self) -> list[str]:
         """Delete every task and container, stop the daemon, kill strays; returns problems."""
-        problems: list[str] = []
-        if self.process.poll() is None:
-            try:
-                self._delete_everything(problems)
-            except (AssertionError, subprocess.TimeoutExpired) as err:
-                problems.append(f"could not clean up through ctr: {err}")
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                problems.append("containerd ignored SIGTERM")
-                self.process.kill()
-                self.process.wait()
-        else:
-            problems.append(f"containerd died early with status {self.process.returncode}")
-        strays = pids_using_tree(self.tree)
-        if strays:
-            problems.append(f"processes left running: {strays}")
-            kill_pids(strays)
-        leftover_mounts = unmount_all_under(self.tree)
-        if leftover_mounts:
-            problems.append(f"mounts left: {leftover_mounts}")
-        leaked_cgroups = remove_leaked_cgroups(self.container_ids)
-        if leaked_cgroups:
-            problems.append(describe_leaked_cgroups(leaked_cgroups))
-        if self.cgroup_base:
-            remove_cgroup_dirs(self.cgroup_base)
-        shutil.rmtree(self.tree, ignore_errors=True)
+        problems = stop_daemon(self.process, "containerd", "ctr", self._delete_everything,
+                               timeout=10)
+        problems += remove_test_tree(self.tree, self.container_ids, self.cgroup_base)
         if self.host_net_before is not None:
             problems += undo_host_net_changes(self.host_net_before, "containerd")
         return problems
@@ -240,17 +209,12 @@ def containerd_world(runtime: Path) -> Iterator[Containerd]:
     config = tree / "config.toml"
     config.write_text(_containerd_config(tree))
     host_net_before = host_net_state()
-    log_file = open(tree / "containerd.log", "wb")  # noqa: SIM115 - lives as long as the daemon
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           "TMPDIR": str(tree / "tmp"), "HOME": str(tree)}
-    process = subprocess.Popen(["containerd", "--config", str(config)], env=env,
-                               stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                               start_new_session=True, preexec_fn=_enter_private_run)
-    log_file.close()
+    process = start_daemon(["containerd", "--config", str(config)], tree, "containerd",
+                           home=tree, preexec_fn=_enter_private_run)
     cgroup_base = f"{own_cgroup_base()}/nsboxtest-{tree.name}" if cgroups_enabled() else None
     daemon = Containerd(tree=tree, runtime=runtime, process=process, cgroup_base=cgroup_base,
                         host_net_before=host_net_before)
-    try:
+    with torn_down("containerd", daemon.teardown, tree / "containerd.log"):
         _wait_for_socket(daemon.socket, process, timeout=20)
         rootfs = build_busybox_rootfs(tree / "rootfs")
         layer = tar_rootfs(rootfs, tree / "rootfs.tar")
@@ -259,10 +223,3 @@ def containerd_world(runtime: Path) -> Iterator[Containerd]:
         daemon.ctr("image", "import", "--snapshotter", CONTAINERD_SNAPSHOTTER,
                    str(tree / "busybox-oci.tar"))
         yield daemon
-    except BaseException:
-        log.error("containerd log:\n%s", (tree / "containerd.log").read_text(errors="replace"))
-        raise
-    finally:
-        problems = daemon.teardown()
-        if problems:
-            raise AssertionError("containerd teardown: " + "; ".join(problems))

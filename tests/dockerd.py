@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,20 +34,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clients import (
+    host_path,
+    refuse_shell_unsafe,
+    run_checked,
+    start_daemon,
+    stop_daemon,
+    torn_down,
+)
 from hostclean import (
     HostNet,
-    describe_leaked_cgroups,
+    hierarchy_roots,
     host_net_state,
-    kill_pids,
     own_cgroup_base,
-    pids_using_tree,
-    remove_cgroup_dirs,
-    remove_leaked_cgroups,
+    remove_test_tree,
     undo_host_net_changes,
-    unmount_all_under,
 )
-
-log = logging.getLogger(__name__)
 
 RUNTIME_NAME = "nsbox"
 IMAGE = "busybox"
@@ -87,10 +86,7 @@ exec "$@"
 
 def cgroup_dirs_named(name: str) -> list[Path]:
     """Directories called NAME right below any hierarchy root (a leaked /docker)."""
-    base = Path("/sys/fs/cgroup")
-    roots = [base] if (base / "cgroup.controllers").exists() else \
-        [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]
-    return [root / name for root in roots if (root / name).is_dir()]
+    return [root / name for root in hierarchy_roots() if (root / name).is_dir()]
 
 
 @dataclass
@@ -121,7 +117,7 @@ class Docker:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        return {"PATH": host_path(),
                 "HOME": str(self.tree / "home"), "DOCKER_CONFIG": str(self.tree / "cli"),
                 "DOCKER_HOST": f"unix://{self.socket}", "TMPDIR": str(self.tree / "tmp"),
                 "TERM": "xterm", "LANG": "C.UTF-8"}
@@ -131,25 +127,13 @@ class Docker:
 
     def run(self, *args: str, check: bool = True, timeout: float = 60,
             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-        argv = self.argv(*args)
-        log.debug("running %s", argv)
-        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, input=input_text, cwd=self.tree,
-                              stdin=None if input_text is not None else subprocess.DEVNULL)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{argv} exited {proc.returncode}\nstdout: {proc.stdout}\n"
-                                 f"stderr: {proc.stderr}")
-        return proc
+        return run_checked(self.argv(*args), self.env, check=check, timeout=timeout,
+                           cwd=self.tree, input_text=input_text)
 
     def compose(self, project_dir: Path, *args: str, check: bool = True,
                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        argv = ["docker-compose", "--no-ansi", *args]
-        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=project_dir, stdin=subprocess.DEVNULL)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{argv} exited {proc.returncode}\nstdout: {proc.stdout}\n"
-                                 f"stderr: {proc.stderr}")
-        return proc
+        return run_checked(["docker-compose", "--no-ansi", *args], self.env, check=check,
+                           timeout=timeout, cwd=project_dir)
 
     def inspect(self, name: str, template: str) -> str:
         return self.run("inspect", "--format", template, name).stdout.strip()
@@ -182,39 +166,15 @@ class Docker:
 
     def teardown(self) -> list[str]:
         """Remove containers, stop dockerd (and with it containerd), undo what is left."""
-        problems: list[str] = []
-        if self.process.poll() is None:
-            try:
-                self._remove_everything(problems)
-            except (AssertionError, subprocess.TimeoutExpired) as err:
-                problems.append(f"could not clean up through docker: {err}")
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                problems.append("dockerd ignored SIGTERM")
-                self.process.kill()
-                self.process.wait()
-        else:
-            problems.append(f"dockerd died early with status {self.process.returncode}")
-        deadline = time.monotonic() + 10  # the managed containerd exits after dockerd
-        while (strays := pids_using_tree(self.tree)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if strays:
-            problems.append(f"processes left running: {strays}")
-            kill_pids(strays)
-        leftover_mounts = unmount_all_under(self.tree)
-        if leftover_mounts:
-            problems.append(f"mounts left: {leftover_mounts}")
-        leaked = remove_leaked_cgroups(self.container_ids)
-        if leaked:
-            problems.append(describe_leaked_cgroups(leaked))
-        remove_cgroup_dirs(self.cgroup_parent)
+        problems = stop_daemon(self.process, "dockerd", "docker", self._remove_everything,
+                               timeout=30)
+        # stray_wait: the managed containerd exits after dockerd.
+        problems += remove_test_tree(self.tree, self.container_ids, self.cgroup_parent,
+                                     stray_wait=10)
         for path in set(cgroup_dirs_named("docker")) - self.docker_cgroups_before:
             with contextlib.suppress(OSError):
                 path.rmdir()
             problems.append(f"dockerd made the host cgroup {path}")
-        shutil.rmtree(self.tree, ignore_errors=True)
         for path in HOST_PATHS:
             if path not in self.host_paths_before and os.path.lexists(path):
                 problems.append(f"{path} appeared on the host")
@@ -224,9 +184,7 @@ class Docker:
 
 
 def write_runtime_wrapper(runtime: Path, tree: Path) -> Path:
-    for path in (runtime, tree):
-        if any(ch in str(path) for ch in "'\"\\$` \n"):
-            raise ValueError(f"path not usable in a shell wrapper: {path!r}")
+    refuse_shell_unsafe(runtime, tree)
     wrapper = tree / "bin" / "runtime-under-test"
     wrapper.parent.mkdir(parents=True, exist_ok=True)
     wrapper.write_text(_WRAPPER.format(calls=tree / "runtime-calls.log", runtime=runtime))
@@ -289,19 +247,15 @@ def docker_world(runtime: Path, log_calls: bool = True) -> Iterator[Docker]:
     host_paths_before = frozenset(p for p in HOST_PATHS if os.path.lexists(p))
     docker_cgroups_before = frozenset(cgroup_dirs_named("docker"))
     start = _START.format(tree=tree, key_limits=" ".join(ROOT_KEY_LIMITS))
-    log_file = open(tree / "dockerd.log", "wb")  # noqa: SIM115 - lives as long as the daemon
     # unshare(1) execs sh, which execs dockerd: the Popen pid is dockerd's.
-    process = subprocess.Popen(
+    process = start_daemon(
         ["unshare", "--mount", "--net", "--propagation", "private", "--",
          "sh", "-c", start, "start-dockerd", *dockerd_argv(tree, wrapper, cgroup_parent)],
-        env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-             "TMPDIR": str(tree / "tmp"), "HOME": str(tree / "home")},
-        stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
-    log_file.close()
+        tree, "dockerd", home=tree / "home")
     docker = Docker(tree=tree, runtime=runtime, process=process, cgroup_parent=cgroup_parent,
                     host_net_before=host_net_before, host_paths_before=host_paths_before,
                     docker_cgroups_before=docker_cgroups_before)
-    try:
+    with torn_down("dockerd", docker.teardown, tree / "dockerd.log"):
         _wait_for_daemon(docker, timeout=60)
         archive = tree / "busybox.tar"
         save_busybox(archive, tree / "nsbox")
@@ -309,10 +263,3 @@ def docker_world(runtime: Path, log_calls: bool = True) -> Iterator[Docker]:
         ref = loaded.strip().rsplit(" ", 1)[-1]
         docker.run("tag", ref, IMAGE)
         yield docker
-    except BaseException:
-        log.error("dockerd log:\n%s", (tree / "dockerd.log").read_text(errors="replace"))
-        raise
-    finally:
-        problems = docker.teardown()
-        if problems:
-            raise AssertionError("dockerd teardown: " + "; ".join(problems))

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,13 +160,18 @@ def describe_leaked_cgroups(leaked: list[str]) -> str:
             f"({', '.join(name[:16] for name in names)}), e.g. {leaked[0]}")
 
 
+def hierarchy_roots() -> list[Path]:
+    """The root directory of every mounted cgroup hierarchy (just one on pure v2)."""
+    base = Path("/sys/fs/cgroup")
+    if (base / "cgroup.controllers").exists():
+        return [base]
+    return [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]
+
+
 def remove_cgroup_dirs(relative: str) -> None:
     """rmdir a cgroup path (relative to each hierarchy root) bottom-up in every hierarchy."""
-    base = Path("/sys/fs/cgroup")
-    roots = [base] if (base / "cgroup.controllers").exists() else \
-        [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]
     own_dirs = set(_own_cgroup_dirs())
-    for root in roots:
+    for root in hierarchy_roots():
         top = root / relative.lstrip("/")
         if top.is_dir():
             _rmdir_bottom_up(top)
@@ -179,6 +185,31 @@ def remove_cgroup_dirs(relative: str) -> None:
             except OSError:
                 break
             parent = parent.parent
+
+
+def remove_test_tree(tree: Path, container_ids: set[str], cgroup_dir: str | None,
+                     stray_wait: float = 0) -> list[str]:
+    """What every client world's teardown does once its client is done: kill the
+    processes still using TREE (after waiting up to STRAY_WAIT seconds for them
+    to exit), unmount below it, remove the cgroups its containers leaked and
+    CGROUP_DIR, then TREE itself.  Returns a problem line for each leftover."""
+    problems = []
+    deadline = time.monotonic() + stray_wait
+    while (strays := pids_using_tree(tree)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if strays:
+        problems.append(f"processes left running: {strays}")
+        kill_pids(strays)
+    leftover_mounts = unmount_all_under(tree)
+    if leftover_mounts:
+        problems.append(f"mounts left: {leftover_mounts}")
+    leaked_cgroups = remove_leaked_cgroups(container_ids)
+    if leaked_cgroups:
+        problems.append(describe_leaked_cgroups(leaked_cgroups))
+    if cgroup_dir:
+        remove_cgroup_dirs(cgroup_dir)
+    shutil.rmtree(tree, ignore_errors=True)
+    return problems
 
 
 # --------------------------------------------------------------------------
