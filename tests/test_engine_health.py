@@ -159,6 +159,39 @@ def test_failing_check_becomes_unhealthy_after_retries(box):
         box("rm", "-f", "hc-fail")
 
 
+def test_checks_emit_docker_exec_events(box):
+    """Each check is an exec for `events` too: exec_create/exec_start: CMD, exec_die, one execID."""
+    cid = _run(box, "hc-exec", "--health-cmd", "test -f /tmp/ok", "--health-interval", "1s",
+               "--health-retries", "1", cmd=("sh", "-c", "touch /tmp/ok; sleep 1000"))
+    try:
+        assert _wait_for(lambda: _health(box, "hc-exec").get("Status") == "healthy")
+        box("exec", "hc-exec", "rm", "/tmp/ok")
+        assert _wait_for(lambda: _health(box, "hc-exec").get("Status") == "unhealthy")
+    finally:
+        box("rm", "-f", "hc-exec")
+    from nsbox.engine import events
+    mine = [e for e in events.read(str(box.base / "lib")) if e.Actor.ID == cid]
+    checks: dict[str, list] = {}
+    for e in mine:
+        if e.Action.startswith("exec_") and "execID" in e.Actor.Attributes:
+            checks.setdefault(e.Actor.Attributes["execID"], []).append(e)
+    shown = "/bin/sh -c test -f /tmp/ok"
+    runs = {xid: evs for xid, evs in checks.items() if evs[0].Action == f"exec_create: {shown}"}
+    assert len(runs) >= 2, [e.Action for e in mine]
+    codes = set()
+    for xid, evs in runs.items():
+        assert len(xid) == 64
+        # The last check may have been cut short by rm -f (exec_die 137); every check is whole.
+        assert [e.Action for e in evs] == [f"exec_create: {shown}", f"exec_start: {shown}",
+                                           "exec_die"], [e.Action for e in evs]
+        assert evs[0].Actor.Attributes["name"] == "hc-exec"
+        codes.add(evs[2].Actor.Attributes["exitCode"])
+    assert {"0", "1"} <= codes, codes
+    # exec_die comes before the health_status it decided.
+    actions = [e.Action for e in mine]
+    assert actions.index("health_status: unhealthy") > actions.index("exec_die")
+
+
 def _sleepers(marker: str) -> list[int]:
     return [pid for pid, cmd in _cmdlines().items() if cmd == f"sleep\0{marker}\0".encode()]
 

@@ -135,11 +135,14 @@ def check_once(engine, c, config: dict, stop_fd: int = -1, die_with_us: bool = F
     from nsbox.engine.health.config import probe_command
     from nsbox.engine.lifecycle.host import runtime_root
 
+    command = probe_command(config, c.extra.get("health_shell"))
     argv = [c.runtime, "--root", runtime_root(engine.run_root, c.runtime),
-            *engine.oci(c.runtime).global_args, "exec", c.id,
-            *probe_command(config, c.extra.get("health_shell"))]
+            *engine.oci(c.runtime).global_args, "exec", c.id, *command]
+    timeout_text = probe.timeout_message(config["Timeout"])
+    exec_id = _exec_events(engine, c, command)
     result = probe.run(argv, config["Timeout"] / 1e9, stop_fd=stop_fd, die_with_us=die_with_us,
-                       timeout_text=probe.timeout_message(config["Timeout"]))
+                       timeout_text=timeout_text)
+    _exec_died(engine, c, exec_id, result, timeout_text)
     if result is None or _stopped(stop_fd):
         return None  # the container ended under the check: nothing to say about its health
     try:
@@ -158,6 +161,26 @@ def check_once(engine, c, config: dict, stop_fd: int = -1, die_with_us: bool = F
 def _stopped(fd: int) -> bool:
     import select
     return fd >= 0 and bool(select.select([fd], [], [], 0)[0])
+
+
+def _exec_events(engine, c, command: list[str]) -> str:  # noqa: ANN001
+    """Docker's `exec_create: CMD` and `exec_start: CMD` of a check (a check is an exec there
+    too, and tools that follow events expect them); the exec id."""
+    from nsbox.engine.events import emit_container
+    exec_id = os.urandom(32).hex()
+    shown = " ".join(command)
+    emit_container(engine.root, c, f"exec_create: {shown}", execID=exec_id)
+    emit_container(engine.root, c, f"exec_start: {shown}", execID=exec_id)
+    return exec_id
+
+
+def _exec_died(engine, c, exec_id: str, result, timeout_text: str) -> None:  # noqa: ANN001
+    """Docker's `exec_die` of a check with its exit code; a check killed (at its timeout, or
+    because the container ended) died of SIGKILL: 137."""
+    from nsbox.engine.events import emit_container
+    code = 137 if result is None or (result.exit_code < 0 and result.output == timeout_text) \
+        else result.exit_code
+    emit_container(engine.root, c, "exec_die", execID=exec_id, exitCode=code)
 
 
 def _emit(engine, c, status: str) -> None:  # noqa: ANN001
