@@ -21,9 +21,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
 SUBID_FILES = ("/etc/subuid", "/etc/subgid")
+# The skip marks of a test module whose tests run as a user made_user creates.
+NEEDS_USER = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the test user"),
+    pytest.mark.skipif(not (shutil.which("newuidmap") and shutil.which("useradd")
+                            and os.path.exists(SYSTEM_PYTHON)),
+                       reason="needs uidmap, useradd and /usr/bin/python3"),
+]
 
 
 class RootlessUser:
@@ -49,6 +58,12 @@ class RootlessUser:
         if check and proc.returncode != 0:
             raise AssertionError(f"nsbox {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
         return proc
+
+    def remove_containers(self) -> None:
+        """Remove every container the user has (what a test left), without checking."""
+        ids = self.run("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
+        if ids:
+            self.run("rm", "-f", *ids, check=False)
 
     def processes(self) -> list[int]:
         pids = []

@@ -19,16 +19,11 @@ from pathlib import Path
 
 import helpers
 import pytest
-from rootless_user import SYSTEM_PYTHON, made_user
+from rootless_user import NEEDS_USER, made_user
 
 USER = "nsbox-rootless-t"
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the test user"),
-    pytest.mark.skipif(not (shutil.which("newuidmap") and shutil.which("useradd")
-                            and os.path.exists(SYSTEM_PYTHON)),
-                       reason="needs uidmap, useradd and /usr/bin/python3"),
-]
+pytestmark = NEEDS_USER
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +35,7 @@ def user():
 @pytest.fixture
 def clean(user):
     yield user
-    ids = user.run("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
-    if ids:
-        user.run("rm", "-f", *ids, check=False)
+    user.remove_containers()
 
 
 def test_container_root_is_the_user(clean):

@@ -17,17 +17,12 @@ from pathlib import Path
 
 import pytest
 from host_features import char_device_missing
-from rootless_user import SYSTEM_PYTHON, made_user
+from rootless_user import NEEDS_USER, made_user
 
 USER = "nsbox-rootless-n"
 TUN = "/dev/net/tun"
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the test user"),
-    pytest.mark.skipif(not (shutil.which("newuidmap") and shutil.which("useradd")
-                            and os.path.exists(SYSTEM_PYTHON)),
-                       reason="needs uidmap, useradd and /usr/bin/python3"),
-]
+pytestmark = NEEDS_USER
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +34,7 @@ def user():
 @pytest.fixture
 def clean(user):
     yield user
-    ids = user.run("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
-    if ids:
-        user.run("rm", "-f", *ids, check=False)
+    user.remove_containers()
 
 
 @pytest.fixture
