@@ -236,6 +236,10 @@ def test_default_rule_fires(box, rule, script):
                                        ("kernel-module-load", "module"),
                                        ("identity-change", "setuid")])
 def test_default_rule_fires_on_system_call(box, probe, rule, what):
+    if what == "module" and not os.path.exists("/proc/modules"):
+        # finit_module is then sys_ni_syscall (ENOSYS, nothing can load) and has no
+        # syscalls/sys_exit_finit_module tracepoint for the guard to attach to.
+        pytest.skip("the kernel has no module support (no /proc/modules)")
     name = f"g-{what}"
     out = box.run_to_end(name, f"echo $$; exec /probe/probe {what}", "-v", f"{probe}:/probe:ro")
     alerts = _fired(box.alerts(name, rule), rule)
@@ -425,7 +429,7 @@ def test_nothing_stays_loaded_after_the_last_container(box):
     box("run", "-d", "--name", "g-last", "--security-opt", "guard=default", "busybox",
         "sleep", "30")
     loaded = _loaded_guard_objects()
-    assert "prog guard_sys_exit" in loaded and "map guard_events" in loaded, loaded
+    assert "prog guard_x_openat" in loaded and "map guard_events" in loaded, loaded
     box("rm", "-f", "g-last")
     assert _guard_gone()
     assert helpers.wait_for(lambda: not _loaded_guard_objects(), timeout=30), \

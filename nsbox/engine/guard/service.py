@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from nsbox.engine.guard import client, record
+from nsbox.engine.guard import client, record, tracefs
 from nsbox.engine.guard.libbpf import BpfObject, LibbpfError, RingBuffer
 from nsbox.engine.guard.rules import Rule, kernel_plan, load_text, process_names
 
@@ -81,9 +81,23 @@ def _now_rfc3339() -> str:
 
 class Guard:
     def __init__(self) -> None:
+        events = tracefs.ensure()
+        if not os.path.isdir(os.path.join(events, "syscalls")):
+            raise LibbpfError("the kernel has no system call tracepoints (tracefs "
+                              "events/syscalls: CONFIG_FTRACE_SYSCALLS): the guard cannot watch")
         self.obj = BpfObject(client.OBJECT)
+        # A call the kernel lacks (init_module without module support) has no
+        # tracepoint: its program is not loaded, and `guard status` says so.
+        self.missing: dict[str, str] = {}
+        attach = []
+        for name, section, handle in self.obj.programs():
+            if section.startswith("tracepoint/") and not tracefs.has_event(events, section):
+                self.obj.set_autoload(handle, False)
+                self.missing[name] = f"no tracepoint {section.partition('/')[2]} in this kernel"
+            else:
+                attach.append((name, handle))
         self.obj.load()
-        for name, _section, handle in self.obj.programs():
+        for name, handle in attach:
             self.obj.attach(handle, name)
         self.watched = self.obj.map("guard_watched")
         self.keys = self.obj.map("guard_keys")
@@ -154,7 +168,9 @@ class Guard:
                     "containers": [{"id": w.cid, "name": w.name, "cgroup_id": w.cgid,
                                     "rules": len(w.rules), "source": w.source,
                                     "alerts": w.counts} for w in self.by_slot.values()],
-                    "programs": [n for n, _s, _h in self.obj.programs()]}
+                    "programs": [n for n, _s, _h in self.obj.programs()
+                                 if n not in self.missing],
+                    "unattached": self.missing}
         if op == "subscribe":
             self.subscribers[conn] = str(message.get("container") or "")
             return {"ok": True}

@@ -434,31 +434,29 @@ static __always_inline void sockaddr_into(struct event *e, const void *uaddr)
 
 /*
  * connect is reported as it starts: a connect to an unreachable address may
- * block for minutes, and the alert must not wait for it.
+ * block for minutes, and the alert must not wait for it.  The arguments come
+ * from the tracepoint's record (trace_event_raw_sys_enter: id, args[6]).
  */
-SEC("tp_btf/sys_enter")
-int BPF_PROG(guard_sys_enter, struct pt_regs *regs, long id)
+SEC("tracepoint/syscalls/sys_enter_connect")
+int guard_enter_connect(struct trace_event_raw_sys_enter *ctx)
 {
-	struct watch *w;
+	struct watch *w = watching();
 	struct event *e;
 	__u16 family = 0;
 	void *uaddr;
 
-	if (id != NR_connect)
-		return 0;
-	w = watching();
 	if (!w)
 		return 0;
-	uaddr = (void *)BPF_CORE_READ(regs, si);
+	uaddr = (void *)ctx->args[1];
 	bpf_probe_read_user(&family, sizeof(family), uaddr);
 	if (family != AF_INET && family != AF_INET6)
 		return 0;  /* unix sockets and netlink are local plumbing */
 	e = new_event(w, EV_CONNECT);
 	if (!e)
 		return 0;
-	e->nr = id;
+	e->nr = NR_connect;
 	sockaddr_into(e, uaddr);
-	e->c = BPF_CORE_READ(regs, di);
+	e->c = ctx->args[0];
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
@@ -555,28 +553,23 @@ static __always_inline int on_listen(struct watch *w, struct pt_regs *regs, long
 	return 0;
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(guard_sys_exit, struct pt_regs *regs, long ret)
+/*
+ * The end of a watched system call: ID is known at compile time (one
+ * program per call), RET comes from the tracepoint's record
+ * (trace_event_raw_sys_exit), the arguments from the task's saved user
+ * registers (bpf_task_pt_regs), which the call has not changed.
+ */
+static __always_inline int on_exit(long id, long ret)
 {
+	struct pt_regs *regs;
 	struct watch *w;
 	struct event *e;
-	long id;
 	__u32 type;
 
-	id = BPF_CORE_READ(regs, orig_ax);
-	switch (id) {
-	case NR_open: case NR_openat: case NR_openat2: case NR_creat:
-	case NR_execve: case NR_execveat:
-	case NR_bind: case NR_listen: case NR_ptrace: case NR_mount: case NR_move_mount:
-	case NR_fsopen: case NR_init_module: case NR_finit_module: case NR_bpf:
-	case NR_setuid: case NR_setreuid: case NR_setresuid: case NR_setfsuid: case NR_capset:
-		break;
-	default:
-		return 0;
-	}
 	w = watching();
 	if (!w)
 		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	switch (id) {
 	case NR_open: case NR_openat: case NR_openat2: case NR_creat:
 		return on_open(w, regs, id, ret);
@@ -673,3 +666,39 @@ int BPF_PROG(guard_sys_exit, struct pt_regs *regs, long ret)
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
+
+/*
+ * One program per watched system call, on its own tracepoint
+ * (tracefs events/syscalls/sys_exit_NAME): the kernel runs a program only
+ * for the calls it is attached to, so the calls nobody watches (read,
+ * write, stat, close...) run no BPF at all.  A kernel without a call (no
+ * module support: no sys_exit_finit_module) has no tracepoint for it; the
+ * guard attaches what exists and says what it could not.
+ */
+#define EXIT_PROG(name, nr)						\
+	SEC("tracepoint/syscalls/sys_exit_" #name)			\
+	int guard_x_##name(struct trace_event_raw_sys_exit *ctx)	\
+	{								\
+		return on_exit(nr, ctx->ret);				\
+	}
+
+EXIT_PROG(open, NR_open)
+EXIT_PROG(openat, NR_openat)
+EXIT_PROG(openat2, NR_openat2)
+EXIT_PROG(creat, NR_creat)
+EXIT_PROG(execve, NR_execve)
+EXIT_PROG(execveat, NR_execveat)
+EXIT_PROG(bind, NR_bind)
+EXIT_PROG(listen, NR_listen)
+EXIT_PROG(ptrace, NR_ptrace)
+EXIT_PROG(mount, NR_mount)
+EXIT_PROG(move_mount, NR_move_mount)
+EXIT_PROG(fsopen, NR_fsopen)
+EXIT_PROG(init_module, NR_init_module)
+EXIT_PROG(finit_module, NR_finit_module)
+EXIT_PROG(bpf, NR_bpf)
+EXIT_PROG(setuid, NR_setuid)
+EXIT_PROG(setreuid, NR_setreuid)
+EXIT_PROG(setresuid, NR_setresuid)
+EXIT_PROG(setfsuid, NR_setfsuid)
+EXIT_PROG(capset, NR_capset)
