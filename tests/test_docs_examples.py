@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 DOCS = ("docs/user-guide.md", "docs/api.md")
 # The paths docs/user-guide.md works in (its clean-up block removes them).
-GUIDE_PATHS = ("/tmp/first", "/tmp/hello", "/tmp/nsbox-guide", "/tmp/nsbox_api_demo.py")
+GUIDE_PATHS = ("/tmp/first", "/tmp/hello", "/tmp/nsbox-guide", "/tmp/nsbox_api_demo.py",
+               "/tmp/nsbox-app")
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*(.*?)\s*-->")
 MARK = "__DOCS_TEST_RC__"
 COMMAND_TIMEOUT = 240
