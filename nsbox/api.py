@@ -389,19 +389,20 @@ def _registry_progress(progress, verb: str, done_word: str):  # noqa: ANN001, AN
 
 
 def pull(ref: str, *, platform: str | None = None, tls_verify: bool | None = None,
-         authfile: str | None = None, progress=None, engine=None):  # noqa: ANN001, ANN201
+         authfile: str | None = None, cert_dir: str | None = None,
+         progress=None, engine=None):  # noqa: ANN001, ANN201
     """Pull REF (`name[:tag]` or `name@digest`) from its registry; returns the image.
 
     Like docker-py's images.pull: PLATFORM (`os/arch[/variant]`) picks from a
-    manifest list.  PROGRESS, if given, is called with dicts shaped like
-    docker-py's pull stream: {"status": "Downloading", "progressDetail":
+    manifest list; CERT_DIR is `--cert-dir` (CAs, client cert).  PROGRESS, if
+    given, is called with dicts shaped like docker-py's pull stream: {"status": "Downloading", "progressDetail":
     {"current", "total"}, "id"}, {"status": "Download complete", "id"},
     {"status": "Already exists", "id"}, then {"status": "Digest: sha256:..."}.
     """
     engine = engine or default_engine()
     emit = _registry_progress(progress, "Downloading", "Download complete") if progress else None
     image = engine.images.pull(ref, platform=platform, tls_verify=tls_verify, authfile=authfile,
-                               progress=emit)
+                               cert_dir=cert_dir, progress=emit)
     if progress is not None:
         progress({"status": f"Digest: {image.manifest_digest}"})
     return image
@@ -409,7 +410,7 @@ def pull(ref: str, *, platform: str | None = None, tls_verify: bool | None = Non
 
 def push(ref: str, destination: str | None = None, *, tls_verify: bool | None = None,
          authfile: str | None = None, format: str | None = None,  # noqa: A002 - the CLI's name
-         progress=None, engine=None) -> str:  # noqa: ANN001
+         cert_dir: str | None = None, progress=None, engine=None) -> str:  # noqa: ANN001
     """Push the local image REF to DESTINATION (default: its name); returns the manifest digest.
 
     Like docker-py's images.push; FORMAT "oci" or "v2s2" (default: as
@@ -420,7 +421,7 @@ def push(ref: str, destination: str | None = None, *, tls_verify: bool | None = 
     engine = engine or default_engine()
     emit = _registry_progress(progress, "Pushing", "Pushed") if progress else None
     digest = engine.images.push(ref, destination, tls_verify=tls_verify, authfile=authfile,
-                                format=format, progress=emit)
+                                format=format, cert_dir=cert_dir, progress=emit)
     if progress is not None:
         progress({"status": f"Digest: {digest}"})
     return digest

@@ -243,3 +243,24 @@ def test_run_and_create_pull_with_cert_dir(nsbox, tls_registry, tmp_path):  # no
     proc = nsbox("run", "--rm", "--pull", "always", "--cert-dir", str(tmp_path / "nosuch"),
                  name, "true", check=False)
     assert proc.returncode == 125 and "no such directory" in one_line_error(proc)
+
+
+def test_python_api_push_and_pull_with_cert_dir(tls_registry, tmp_path):
+    import nsbox as api
+    host = tls_registry["host"]
+    cert_dir = tmp_path / "certs"
+    cert_dir.mkdir()
+    shutil.copy(tls_registry["tmp"] / "ca.crt", cert_dir / "ca.crt")
+    _with_client_cert(cert_dir, tls_registry)
+    auth = tmp_path / "auth.json"
+    box = Nsbox(tmp_path)
+    assert _login(box, host, PASSWORD, "--cert-dir", str(cert_dir),
+                  "--authfile", str(auth)).returncode == 0
+    engine = api.Engine(root=str(tmp_path / "a" / "lib"), run_root=str(tmp_path / "a" / "run"))
+    image = ensure_busybox(engine.images)
+    ref = f"{host}/test/apicert:1"
+    digest = api.push("busybox", ref, authfile=str(auth), cert_dir=str(cert_dir), engine=engine)
+    assert digest == image.manifest_digest
+    other = api.Engine(root=str(tmp_path / "b" / "lib"), run_root=str(tmp_path / "b" / "run"))
+    got = api.pull(ref, authfile=str(auth), cert_dir=str(cert_dir), engine=other)
+    assert got.manifest_digest == digest
