@@ -15,60 +15,40 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from registry_server import REGISTRY, free_port, running_registry
 
 from nsbox.engine.images import ImageStore, ensure_busybox
 from nsbox.engine.images.layout import oci_architecture
 
 NSBOX = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nsbox")
-REGISTRY = "/usr/bin/docker-registry"
-
 pytestmark = [pytest.mark.timeout(90),
               pytest.mark.skipif(not os.path.exists(REGISTRY) or not shutil.which("skopeo"),
                                  reason="needs docker-registry and skopeo (scripts/apt-packages.txt)")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("registry")
     port = free_port()
-    (tmp / "config.yml").write_text(
-        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {tmp / 'data'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n")
-    log = open(tmp / "registry.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([REGISTRY, "serve", str(tmp / "config.yml")], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError((tmp / "registry.log").read_text()) from None
-                time.sleep(0.05)
+
+    def answers() -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    with running_registry(tmp, f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                          answers):
         yield {"host": f"127.0.0.1:{port}", "data": tmp / "data", "log": tmp / "registry.log",
                "tmp": tmp}
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
 
 
 def skopeo(*args: str) -> str:

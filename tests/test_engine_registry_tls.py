@@ -16,12 +16,12 @@ import shutil
 import socket
 import ssl
 import subprocess
-import time
 import warnings
 from pathlib import Path
 
 import pytest
-from test_engine_pull import REGISTRY, Nsbox, free_port, nsbox, one_line_error  # noqa: F401
+from registry_server import REGISTRY, free_port, running_registry
+from test_engine_pull import Nsbox, nsbox, one_line_error  # noqa: F401
 
 from nsbox.engine.images import ImageStore, ensure_busybox
 
@@ -78,28 +78,21 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory):
     (tmp / "htpasswd").write_text(f"{USER}:{bcrypt_hash(PASSWORD)}\n")
     port = free_port()
     host = f"127.0.0.1:{port}"
-    (tmp / "config.yml").write_text(
-        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {tmp / 'data'}\n"
-        f"auth:\n  htpasswd:\n    realm: nsbox-test\n    path: {tmp / 'htpasswd'}\n"
-        f"http:\n  addr: {host}\n  tls:\n    certificate: {tmp / 'server.crt'}\n"
-        f"    key: {tmp / 'server.key'}\n    clientcas:\n      - {tmp / 'ca.crt'}\n")
-    log = open(tmp / "registry.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([REGISTRY, "serve", str(tmp / "config.yml")], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    config = (f"auth:\n  htpasswd:\n    realm: nsbox-test\n    path: {tmp / 'htpasswd'}\n"
+              f"http:\n  addr: {host}\n  tls:\n    certificate: {tmp / 'server.crt'}\n"
+              f"    key: {tmp / 'server.key'}\n    clientcas:\n      - {tmp / 'ca.crt'}\n")
     context = ssl.create_default_context(cafile=str(tmp / "ca.crt"))
     context.load_cert_chain(str(tmp / "client.crt"), str(tmp / "client.key"))
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock, \
-                        context.wrap_socket(sock, server_hostname="127.0.0.1"):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError((tmp / "registry.log").read_text()) from None
-                time.sleep(0.05)
+
+    def answers() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock, \
+                    context.wrap_socket(sock, server_hostname="127.0.0.1"):
+                return True
+        except OSError:
+            return False
+
+    with running_registry(tmp, config, answers):
         # The certs.d tree: <base>/127.0.0.1:PORT/{ca.crt, client.cert, client.key}.
         certs_d = tmp / "certs.d"
         (certs_d / host).mkdir(parents=True)
@@ -108,10 +101,6 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory):
         only_ca.mkdir()
         shutil.copy(tmp / "ca.crt", only_ca / "ca.crt")
         yield {"host": host, "tmp": tmp, "certs_d": certs_d, "only_ca": only_ca}
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
 
 
 def _with_client_cert(directory: Path, tls: dict) -> None:

@@ -24,7 +24,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_engine_pull import REGISTRY, Nsbox, free_port, nsbox, one_line_error  # noqa: F401
+from registry_server import REGISTRY, free_port, running_registry
+from test_engine_pull import Nsbox, nsbox, one_line_error  # noqa: F401
 
 from nsbox.engine.images import ImageStore, ensure_busybox
 
@@ -104,33 +105,24 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory):
     thread = threading.Thread(target=service.serve_forever, daemon=True)
     thread.start()
     port = free_port()
-    (tmp / "config.yml").write_text(
-        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {tmp / 'data'}\n"
-        f"auth:\n  token:\n    realm: http://{service.host}/token\n    service: {SERVICE}\n"
-        f"    issuer: {ISSUER}\n    rootcertbundle: {tmp / 'token.crt'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n")
-    log = open(tmp / "registry.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([REGISTRY, "serve", str(tmp / "config.yml")], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    config = (f"auth:\n  token:\n    realm: http://{service.host}/token\n    service: {SERVICE}\n"
+              f"    issuer: {ISSUER}\n    rootcertbundle: {tmp / 'token.crt'}\n"
+              f"http:\n  addr: 127.0.0.1:{port}\n")
+
+    def answers() -> bool:
+        # Up when /v2/ asks for a token.
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+        except urllib.error.HTTPError as err:
+            return err.code == 401
+        except OSError:
+            pass
+        return False
+
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
-            except urllib.error.HTTPError as err:
-                if err.code == 401:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError((tmp / "registry.log").read_text())
-            time.sleep(0.05)
-        yield {"host": f"127.0.0.1:{port}", "service": service, "log": tmp / "registry.log"}
+        with running_registry(tmp, config, answers):
+            yield {"host": f"127.0.0.1:{port}", "service": service, "log": tmp / "registry.log"}
     finally:
-        proc.kill()
-        proc.wait()
-        log.close()
         service.shutdown()
         service.server_close()
 
