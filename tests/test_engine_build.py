@@ -39,10 +39,7 @@ pytestmark = [pytest.mark.timeout(300),
 def nsbox(tmp_path: Path):
     box = Nsbox(tmp_path)
     yield box
-    if box.root.exists():
-        ids = box("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
-        if ids:
-            box("rm", "-f", *ids, check=False)
+    box.remove_containers()
 
 
 MULTISTAGE = r"""# escape=\
@@ -474,6 +471,4 @@ def test_rootless_build():
                            "cat /b.txt; stat -c %u /a.txt; test -e /etc/group || echo gone")
             assert out.stdout == "rootless\n0\ngone\n"
         finally:
-            ids = user.run("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
-            if ids:
-                user.run("rm", "-f", *ids, check=False)
+            user.remove_containers()

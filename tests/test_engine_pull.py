@@ -105,6 +105,13 @@ class Nsbox:
             raise AssertionError(f"nsbox {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
         return proc
 
+    def remove_containers(self) -> None:
+        """Remove every container (what a test left), without checking."""
+        if self.root.exists():
+            ids = self("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
+            if ids:
+                self("rm", "-f", *ids, check=False)
+
     def blobs(self) -> dict[str, int]:
         blob_dir = self.root / "images" / "blobs" / "sha256"
         return {p.name: p.stat().st_ino for p in blob_dir.iterdir()} if blob_dir.exists() else {}
@@ -118,10 +125,7 @@ class Nsbox:
 def nsbox(tmp_path: Path):
     box = Nsbox(tmp_path)
     yield box
-    if box.root.exists():
-        ids = box("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
-        if ids:
-            box("rm", "-f", *ids, check=False)
+    box.remove_containers()
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:

@@ -417,9 +417,7 @@ def test_rootless_stats_without_a_cgroup_show_dashes_not_the_users_cgroup():
                 assert rx.endswith("B") and tx.endswith("B"), rows[0]
                 assert cgroup["Events"] == []
         finally:
-            ids = user.run("ps", "-aq", check=False).stdout.split()
-            if ids:
-                user.run("rm", "-f", *ids, check=False)
+            user.remove_containers()
 
 
 def test_api_stats_stream_chains_precpu(cli, engine):
