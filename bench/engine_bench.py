@@ -21,6 +21,7 @@ BENCH_OUT (docs/benchmarks-engine.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +62,11 @@ class Notes:
     setup: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
+    def problem_lines(self) -> list[str]:
+        """The report's closing section."""
+        return ["## Problems found", "",
+                *([f"- {p}" for p in self.problems] or ["- none in this run"]), ""]
+
 
 # --------------------------------------------------------------------------
 # Environment
@@ -80,6 +87,19 @@ def _prepare_namespace(notes: Notes) -> None:
     notes.setup.append("the whole run happens in a private mount namespace with a private tmpfs "
                        "on `/run` (runc's default state directory `/run/runc` under podman)")
     notes.setup.append(netbench.setup_netns())
+
+
+@contextlib.contextmanager
+def scratch_tree(prefix: str, notes: Notes) -> Iterator[Path]:
+    """A work tree under /tmp, removed at the end; a mount still below it is a problem."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        yield work
+    finally:
+        leftovers = hostclean.unmount_all_under(work)
+        if leftovers:
+            notes.problems.append(f"mounts left under the nsbox root: {leftovers}")
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _version(argv: list[str]) -> str:
@@ -153,6 +173,24 @@ def podman(pm: clients.Podman, *args: str, timeout: float = 60) -> str:
     return proc.stdout
 
 
+def import_busybox(ns: Nsbox, pm: clients.Podman, work: Path) -> None:
+    """Import one busybox tar (tests/clients.py's rootfs) as IMAGE into both engines."""
+    rootfs = clients.build_busybox_rootfs(work / "rootfs")
+    layer = clients.tar_rootfs(rootfs, work / "rootfs.tar")
+    ns.run("import", "-c", 'CMD ["sh"]', str(layer), IMAGE)
+    pm.run_with_private_var_lib("import", "--change", 'CMD ["sh"]', str(layer), IMAGE)
+
+
+def hyperfine_argv(commands: dict[str, list[str]], warmup: int, runs: int,
+                   export: Path) -> list[str]:
+    """One hyperfine invocation timing every named command, results as JSON in EXPORT."""
+    argv = ["hyperfine", "--shell=none", "--warmup", str(warmup), "--runs", str(runs),
+            "--export-json", str(export)]
+    for name, cmd in commands.items():
+        argv += ["--command-name", name, shlex.join(cmd)]
+    return argv
+
+
 # --------------------------------------------------------------------------
 # 1. start-up time
 # --------------------------------------------------------------------------
@@ -193,10 +231,7 @@ def time_startup(ns: Nsbox, pm: clients.Podman, work: Path, warmup: int,
             raise RuntimeError(f"{name}: {shlex.join(cmd)} exited {proc.returncode}: "
                                f"{proc.stderr.strip()}")
     export = work / "startup.json"
-    argv = ["hyperfine", "--shell=none", "--warmup", str(warmup), "--runs", str(runs),
-            "--export-json", str(export)]
-    for name, cmd in commands.items():
-        argv += ["--command-name", name, shlex.join(cmd)]
+    argv = hyperfine_argv(commands, warmup, runs, export)
     log.info("hyperfine: %d commands x %d runs", len(commands), runs)
     subprocess.run(argv, env=pm.env, check=True, stdin=subprocess.DEVNULL)
     results = json.loads(export.read_text())["results"]
@@ -284,6 +319,28 @@ def start_idle_podman(pm: clients.Podman, count: int) -> list[str]:
     return [podman(pm, "run", "-d", "--name", f"bench-idle-{i}", *podman_container_args(pm),
                    IMAGE, "sleep", "3600").strip()
             for i in range(count)]
+
+
+@contextlib.contextmanager
+def idle_containers(ns: Nsbox, pm: clients.Podman, count: int, work: Path,
+                    notes: Notes) -> Iterator[tuple[list[str], list[str]]]:
+    """COUNT detached `sleep` containers per engine (nsbox ids, podman ids), removed at
+    the end and then checked for leftovers."""
+    nsbox_ids: list[str] = []
+    podman_ids: list[str] = []
+    try:
+        log.info("starting %d idle nsbox containers", count)
+        nsbox_ids = start_idle_nsbox(ns, count)
+        log.info("starting %d idle podman containers", count)
+        podman_ids = start_idle_podman(pm, count)
+        yield nsbox_ids, podman_ids
+    finally:
+        if nsbox_ids:
+            ns.run("rm", "-f", *nsbox_ids, timeout=300)
+        if podman_ids:
+            podman(pm, "rm", "-f", "--time", "0", *podman_ids, timeout=300)
+    check_clean("nsbox", nsbox_ids, work, notes)
+    check_clean("podman", podman_ids, pm.tree, notes)
 
 
 def find_cgroups(container_ids: list[str]) -> list[str]:
@@ -438,10 +495,7 @@ def write_report(out: Path, timings: list[Timing], memory: list[MemoryResult],
         "```",
         "",
         *netbench.report_lines(net or []),
-        "## Problems found",
-        "",
-        *([f"- {p}" for p in notes.problems] or ["- none in this run"]),
-        "",
+        *notes.problem_lines(),
     ]
     out.write_text("\n".join(lines))
     log.info("wrote %s", out)
@@ -478,18 +532,12 @@ def main() -> int:
     notes = Notes()
     _prepare_namespace(notes)
 
-    work = Path(tempfile.mkdtemp(prefix="nsbox-eb-", dir="/tmp"))
-    ns = Nsbox(work / "nsbox-root", work / "nsbox-run")
-    nsbox_ids: list[str] = []
-    podman_ids: list[str] = []
-    try:
+    with scratch_tree("nsbox-eb-", notes) as work:
+        ns = Nsbox(work / "nsbox-root", work / "nsbox-run")
         os.environ[clients.CGROUPS_ENV] = "1"
         with clients.podman_world(Path(RUNC)) as pm:
             # podman_world imported clients.IMAGE_REF; give both engines the same tar.
-            rootfs = clients.build_busybox_rootfs(work / "rootfs")
-            layer = clients.tar_rootfs(rootfs, work / "rootfs.tar")
-            ns.run("import", "-c", 'CMD ["sh"]', str(layer), IMAGE)
-            pm.run_with_private_var_lib("import", "--change", 'CMD ["sh"]', str(layer), IMAGE)
+            import_busybox(ns, pm, work)
 
             net_env = netbench.netavark_env(pm, work)
             timings = time_startup(ns, pm, work, warmup, runs, net_env, notes)
@@ -508,26 +556,10 @@ def main() -> int:
                 net = []
                 notes.problems.append(f"throughput not measured: {err}")
 
-            log.info("starting %d idle nsbox containers", idle)
-            try:
-                nsbox_ids = start_idle_nsbox(ns, idle)
-                log.info("starting %d idle podman containers", idle)
-                podman_ids = start_idle_podman(pm, idle)
+            with idle_containers(ns, pm, idle, work, notes) as (nsbox_ids, podman_ids):
                 time.sleep(2)  # let every monitor reach its idle loop
                 memory = [measure_idle("nsbox", nsbox_ids), measure_idle("podman", podman_ids)]
-            finally:
-                if nsbox_ids:
-                    ns.run("rm", "-f", *nsbox_ids, timeout=300)
-                if podman_ids:
-                    podman(pm, "rm", "-f", "--time", "0", *podman_ids, timeout=300)
-            check_clean("nsbox", nsbox_ids, work, notes)
-            check_clean("podman", podman_ids, pm.tree, notes)
             netbench.cleanup()
-    finally:
-        leftovers = hostclean.unmount_all_under(work)
-        if leftovers:
-            notes.problems.append(f"mounts left under the nsbox root: {leftovers}")
-        shutil.rmtree(work, ignore_errors=True)
     write_report(out, timings, memory, notes, warmup, runs, started, time.monotonic() - t0,
                  net, cpu)
     print(out.read_text())

@@ -23,11 +23,9 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -72,10 +70,7 @@ def time_stats(ns: eb.Nsbox, pm, work: Path, warmup: int, runs: int,  # noqa: AN
     per_round = max(runs // ROUNDS, 1)
     for index in range(ROUNDS):
         export = work / f"stats-{index}.json"
-        argv = ["hyperfine", "--shell=none", "--warmup", str(warmup), "--runs", str(per_round),
-                "--export-json", str(export)]
-        for name, cmd in commands.items():
-            argv += ["--command-name", name, shlex.join(cmd)]
+        argv = eb.hyperfine_argv(commands, warmup, per_round, export)
         log.info("hyperfine round %d/%d: %d commands x %d runs", index + 1, ROUNDS,
                  len(commands), per_round)
         subprocess.run(argv, env=pm.env, check=True, stdin=subprocess.DEVNULL)
@@ -152,10 +147,7 @@ def write_report(out: Path, timings: list[eb.Timing], cpu: dict[str, float], cou
         *[t.command for t in timings],
         "```",
         "",
-        "## Problems found",
-        "",
-        *([f"- {p}" for p in notes.problems] or ["- none in this run"]),
-        "",
+        *notes.problem_lines(),
     ]
     out.write_text("\n".join(lines))
     log.info("wrote %s", out)
@@ -179,43 +171,21 @@ def main() -> int:
     notes.setup.append("the whole run happens in a private mount and network namespace, with "
                        "a private tmpfs on `/run` (runc's state under podman)")
 
-    work = Path(tempfile.mkdtemp(prefix="nsbox-sb-", dir="/tmp"))
-    ns = eb.Nsbox(work / "nsbox-root", work / "nsbox-run")
-    nsbox_ids: list[str] = []
-    podman_ids: list[str] = []
     timings: list[eb.Timing] = []
-    try:
+    with eb.scratch_tree("nsbox-sb-", notes) as work:
+        ns = eb.Nsbox(work / "nsbox-root", work / "nsbox-run")
         os.environ[eb.clients.CGROUPS_ENV] = "1"
         try:
             with eb.clients.podman_world(Path(eb.RUNC)) as pm:
-                rootfs = eb.clients.build_busybox_rootfs(work / "rootfs")
-                layer = eb.clients.tar_rootfs(rootfs, work / "rootfs.tar")
-                ns.run("import", "-c", 'CMD ["sh"]', str(layer), eb.IMAGE)
-                pm.run_with_private_var_lib("import", "--change", 'CMD ["sh"]', str(layer),
-                                            eb.IMAGE)
-                try:
-                    log.info("starting %d nsbox and %d podman containers", count, count)
-                    nsbox_ids = eb.start_idle_nsbox(ns, count)
-                    podman_ids = eb.start_idle_podman(pm, count)
+                eb.import_busybox(ns, pm, work)
+                with eb.idle_containers(ns, pm, count, work, notes):
                     timings, cpu = time_stats(ns, pm, work, warmup, runs, count)
-                finally:
-                    if nsbox_ids:
-                        ns.run("rm", "-f", *nsbox_ids, timeout=300)
-                    if podman_ids:
-                        eb.podman(pm, "rm", "-f", "--time", "0", *podman_ids, timeout=300)
-                eb.check_clean("nsbox", nsbox_ids, work, notes)
-                eb.check_clean("podman", podman_ids, pm.tree, notes)
         except AssertionError as err:
             # podman_world's teardown found a problem (podman's `system reset` can
             # fail on a busy machine): worth reporting, not worth the measurement.
             if not timings:
                 raise
             notes.problems.append(str(err)[:500])
-    finally:
-        leftovers = eb.hostclean.unmount_all_under(work)
-        if leftovers:
-            notes.problems.append(f"mounts left under the nsbox root: {leftovers}")
-        shutil.rmtree(work, ignore_errors=True)
     write_report(out, timings, cpu, count, notes, warmup, runs, started, time.monotonic() - t0,
                  (load_start, os.getloadavg()[0]))
     print(out.read_text())
