@@ -444,3 +444,12 @@ def test_a_name_that_is_an_id_prefix_of_another_container_is_free(nsbox, tmp_pat
     proc = nsbox("run", "--name", "holder", "busybox", "true", check=False)
     assert proc.returncode == 125
     assert f'in use by container "{holder.id}"' in one_line_error(proc)
+
+
+def test_ps_command_column_shows_the_image_cmd(nsbox):
+    """A container created without a command runs the image's CMD: ps shows that, as Docker's."""
+    nsbox("create", "--name", "imgcmd", "busybox")
+    cmd = nsbox("inspect", "-f", "{{.Path}}", "imgcmd").stdout.strip()
+    assert cmd  # the image's CMD, resolved at create
+    shown = nsbox("ps", "-a", "--no-trunc", "--format", "{{.Command}}").stdout.strip()
+    assert shown.strip('"').split()[0] == cmd, shown

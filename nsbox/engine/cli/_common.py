@@ -34,6 +34,9 @@ def command_of(container) -> list[str]:  # noqa: ANN001
     args = getattr(container, "command", None)
     if isinstance(args, list) and args:
         return args
+    extra = getattr(container, "extra", None) or {}
+    if extra.get("path"):  # what create resolved, the image's ENTRYPOINT/CMD included
+        return [extra["path"], *extra.get("args", [])]
     spec = container.spec
     return list(spec.entrypoint or []) + list(spec.command or [])
 
