@@ -26,6 +26,14 @@ K_OPEN_EXACT, K_OPEN_PREFIX, K_OPEN_NAME, K_OPEN_EXT = 2, 3, 4, 5
 V_REPORT = 1
 # struct watch flags
 W_ALL_READS = 2
+# guard_keybits: one bit per (slot, kind, hash) key, tested before the hash map
+KEYBITS = 1 << 16
+_MIX = 0x9E3779B97F4A7C15
+
+
+def key_bit(slot: int, kind: int, h: int) -> int:
+    """The guard_keybits bit of a key (guard.bpf.c's key_bit())."""
+    return (((h ^ (slot << 8) ^ kind) * _MIX) & 0xFFFFFFFFFFFFFFFF) >> 48
 
 FMODE_WRITE = 0x2
 AF_INET, AF_INET6 = 2, 10

@@ -101,6 +101,7 @@ class Guard:
             self.obj.attach(handle, name)
         self.watched = self.obj.map("guard_watched")
         self.keys = self.obj.map("guard_keys")
+        self.keybits = self.obj.map("guard_keybits")
         self.drops_map = self.obj.map("guard_drops")
         self.ncpu = self.obj.possible_cpus()
         self.ring = RingBuffer(self.obj._lib, self.obj.map("guard_events").fd, self.on_record)
@@ -202,6 +203,7 @@ class Guard:
             w.keys.append(key)
         flags = record.W_ALL_READS if plan.all_reads else 0
         self.by_slot[slot] = w
+        self.set_keybits()
         # Last: from here on the kernel reports the container's processes.
         self.watched.update(struct.pack("<Q", cgid), WATCH_VALUE.pack(slot, flags))
         log.info("guard: watching %s (%s, cgroup %d, %d rules)", w.name, w.cid[:12], cgid,
@@ -212,7 +214,17 @@ class Guard:
         for key in w.keys:
             self.keys.delete(key)
         self.by_slot.pop(w.slot, None)
+        self.set_keybits()
         log.info("guard: %s (%s) is no longer watched", w.name, w.cid[:12])
+
+    def set_keybits(self) -> None:
+        """guard_keybits from every watch's keys: a clear bit spares the kernel a hash lookup."""
+        bits = bytearray(record.KEYBITS // 8)
+        for w in self.by_slot.values():
+            for key in w.keys:
+                i = record.key_bit(*KEY.unpack(key))
+                bits[i >> 3] |= 1 << (i & 7)
+        self.keybits.update(b"\0\0\0\0", bytes(bits))
 
     def housekeeping(self) -> None:
         for w in list(self.by_slot.values()):

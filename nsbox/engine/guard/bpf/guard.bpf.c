@@ -164,10 +164,41 @@ static __always_inline struct watch *watching(void)
 	return bpf_map_lookup_elem(&guard_watched, &cgid);
 }
 
+/*
+ * One bit per key of guard_keys (set by the guard from all watches' keys):
+ * a watched open tests up to five keys per path (exact, each directory,
+ * name, extension) and almost none exist, so a clear bit in this array
+ * (a lookup the verifier inlines) spares the hash map's ~20 ns lookup.
+ */
+#define KEYBITS (1 << 16)
+
+struct keybits {
+	__u8 b[KEYBITS / 8];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct keybits);
+} guard_keybits SEC(".maps");
+
+/* record.key_bit() in user space */
+static __always_inline __u32 key_bit(__u32 slot, __u32 kind, __u64 hash)
+{
+	return ((hash ^ ((__u64)slot << 8) ^ kind) * 0x9E3779B97F4A7C15ULL) >> 48;
+}
+
 static __always_inline __u32 key_value(__u32 slot, __u32 kind, __u64 hash)
 {
 	struct gkey k = { .slot = slot, .kind = kind, .hash = hash };
-	__u32 *v = bpf_map_lookup_elem(&guard_keys, &k);
+	__u32 zero = 0, bit = key_bit(slot, kind, hash);
+	struct keybits *kb = bpf_map_lookup_elem(&guard_keybits, &zero);
+	__u32 *v;
+
+	if (!kb || !(kb->b[(bit >> 3) & (KEYBITS / 8 - 1)] & (1 << (bit & 7))))
+		return 0;
+	v = bpf_map_lookup_elem(&guard_keys, &k);
 
 	return v ? *v : 0;
 }
@@ -283,31 +314,47 @@ static long walk_step(__u32 index, struct walk *w)
 
 /*
  * The path of DENTRY on VM as the task sees it (up to its root, crossing
- * mounts), right-aligned in e->str1 from e->off1.  A path too deep or too
- * long loses its top components (and then does not start at the root:
- * user space marks it truncated).
+ * mounts), right-aligned in the scratch buffer; returns where it starts.
+ * A path too deep or too long loses its top components (and then does not
+ * start at the root: user space marks it truncated).
  */
-static __always_inline void walk_dentries(struct event *e, struct dentry *d, struct vfsmount *vm)
+static __always_inline __u32 walk_path(struct dentry *d, struct vfsmount *vm)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fs_struct *fs = task->fs;
 	struct scratch *s = scratch();
 	struct walk w = {
 		.d = d, .vm = vm, .mnt = container_of(vm, struct mount, mnt),
-		.root_d = BPF_CORE_READ(task, fs, root.dentry),
-		.root_m = BPF_CORE_READ(task, fs, root.mnt),
+		.root_d = fs->root.dentry,
+		.root_m = fs->root.mnt,
 		.pos = PATH_MAX_B - 1,
 	};
 
 	if (!s)
-		return;
+		return PATH_MAX_B - 1;
 	s->path[PATH_MAX_B - 1] = 0;
 	bpf_loop(MAX_DEPTH, walk_step, &w, 0);
 	if (w.pos == PATH_MAX_B - 1) {  /* the root itself */
 		w.pos -= 1;
 		s->path[PATH_MAX_B - 2] = '/';
 	}
+	return w.pos;
+}
+
+/* The path walk_path left in the scratch buffer, from OFF, into e->str1 (from e->off1). */
+static __always_inline void path_into(struct event *e, __u32 off)
+{
+	struct scratch *s = scratch();
+
+	if (!s)
+		return;
 	bpf_probe_read_kernel(e->str1, PATH_MAX_B, s->path);
-	e->off1 = w.pos;
+	e->off1 = off;
+}
+
+static __always_inline void walk_dentries(struct event *e, struct dentry *d, struct vfsmount *vm)
+{
+	path_into(e, walk_path(d, vm));
 }
 
 struct hashing {
@@ -347,14 +394,14 @@ static long hash_step(__u32 index, struct hashing *h)
 
 /*
  * The OR of the values of the container's keys matching the path just
- * built (still in the scratch buffer, from e->off1): exact, each directory
+ * built (still in the scratch buffer, from OFF): exact, each directory
  * prefix (looked up as its '/' is passed), last component, its extension.
  */
-static __always_inline __u32 path_keys(struct event *e, __u32 slot)
+static __always_inline __u32 path_keys(__u32 off, __u32 slot)
 {
 	struct hashing h = {
 		.full = FNV_BASIS, .name = FNV_BASIS, .ext = FNV_BASIS,
-		.off = e->off1, .slot = slot,
+		.off = off, .slot = slot,
 	};
 
 	bpf_loop(PATH_MAX_B, hash_step, &h, 0);
@@ -365,17 +412,28 @@ static __always_inline __u32 path_keys(struct event *e, __u32 slot)
 	return h.found;
 }
 
+/*
+ * Kernel structures are read with direct loads through BTF-typed pointers
+ * (the current task from bpf_get_current_task_btf, a file made one with the
+ * bpf_rdonly_cast kfunc), which the verifier turns into guarded loads in
+ * place: a bpf_probe_read_kernel call per field cost ~15 ns each, and a
+ * watched open reads a dozen of them.
+ */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
 static __always_inline struct file *fd_file(int fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **arr = BPF_CORE_READ(fdt, fd);
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = task->files->fdt;
+	struct file **arr = fdt->fd;
 	struct file *f = NULL;
 
-	if (fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+	if (fd < 0 || (unsigned int)fd >= fdt->max_fds)
 		return NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), &arr[fd]);
-	return f;
+	if (!f)
+		return NULL;
+	return bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
 }
 
 /* ------------------------------------------------------------------ exec */
@@ -498,27 +556,27 @@ static __always_inline int on_open(struct watch *w, struct pt_regs *regs, long i
 {
 	struct file *file;
 	struct event *e;
-	__u32 mode;
+	__u32 mode, off;
 
 	if (ret < 0)
 		return on_refused(w, regs, id, ret, EV_OPEN);
 	file = fd_file(ret);
 	if (!file)
 		return 0;
-	mode = BPF_CORE_READ(file, f_mode);
+	mode = file->f_mode;
+	/* the path is built and matched first: most opens are reads nobody asked about */
+	off = walk_path(file->f_path.dentry, file->f_path.mnt);
+	if (!(mode & FMODE_WRITE) && !(w->flags & W_ALL_READS) &&
+	    !(path_keys(off, w->slot) & V_REPORT))
+		return 0;
 	e = new_event(w, EV_OPEN);
 	if (!e)
 		return 0;
-	walk_dentries(e, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt));
-	if (!(mode & FMODE_WRITE) && !(w->flags & W_ALL_READS) &&
-	    !(path_keys(e, w->slot) & V_REPORT)) {
-		bpf_ringbuf_discard(e, 0);
-		return 0;
-	}
+	path_into(e, off);
 	e->nr = id;
 	e->ret = ret;
 	e->a = mode;
-	e->b = BPF_CORE_READ(file, f_flags);
+	e->b = file->f_flags;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
