@@ -1,6 +1,6 @@
 """Image test data for the engine's image store tests: layer tars built in memory,
 docker archives, configs, snapshots of a store's files, and the store fixtures
-(tests/test_engine_images.py, tests/test_engine_images_io.py).
+(tests/test_engine_images.py, tests/test_engine_images_io.py, tests/test_engine_storage.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from nsbox.engine.images import (
     ImageStore,
 )
-from nsbox.engine.storage import Storage
+from nsbox.engine.storage import Storage, mount_points
 
 
 def tar_bytes(entries: list[tuple], gz: bool = False) -> bytes:
@@ -132,6 +132,8 @@ def storage(store: ImageStore) -> Iterator[Storage]:
     yield storage
     for container_id in storage.list():
         storage.remove(container_id)
+    # Removing every container must have unmounted every rootfs.
+    assert not [p for p in mount_points() if p.startswith(store.root)]
 
 
 @pytest.fixture(scope="session")

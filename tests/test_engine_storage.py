@@ -7,31 +7,21 @@ import json
 import os
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
+import imagedata
 import pytest
 from imagedata import tar_bytes, write_docker_archive
 
 from nsbox.engine.images import ImageStore, ensure_busybox
-from nsbox.engine.storage import MOUNT_OPTIONS_LIMIT, Storage, mount_points
+from nsbox.engine.storage import MOUNT_OPTIONS_LIMIT, Storage
 from nsbox.errors import ConfigError, ContainerExists, ContainerNotFound, ImageError, KernelError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts need root")
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ImageStore:
-    return ImageStore(tmp_path / "store")
-
-
-@pytest.fixture
-def storage(store: ImageStore) -> Iterator[Storage]:
-    storage = Storage(store.root)
-    yield storage
-    for container_id in storage.list():
-        storage.remove(container_id)
-    assert not [p for p in mount_points() if p.startswith(store.root)]
+# The shared fixtures (tests/imagedata.py), bound here so that pytest finds them.
+store, storage = imagedata.store, imagedata.storage
 
 
 def overlay_options(merged: str) -> str:
