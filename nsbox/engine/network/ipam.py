@@ -32,17 +32,7 @@ def mac_for(ip: str) -> str:
 
 def check_ip(net: Network, ip: str) -> str:
     """IP as a canonical string if it is a usable host address of NET; NetworkError else."""
-    try:
-        addr = ipaddress.IPv4Address(ip)
-    except ValueError:
-        raise NetworkError(f"invalid IPv4 address: {ip}") from None
-    subnet = ipaddress.IPv4Network(net.subnet)
-    if addr not in subnet:
-        raise NetworkError(f"no configured subnet contains IP address {ip} "
-                           f"(network {net.name} is {net.subnet})")
-    if addr in (subnet.network_address, subnet.broadcast_address) or str(addr) == net.gateway:
-        raise NetworkError(f"IP address {ip} is reserved in network {net.name}")
-    return str(addr)
+    return _host_address(net, ip, 4, net.subnet, net.gateway)
 
 
 def check_ip6(net: Network, ip6: str) -> str:
@@ -50,16 +40,27 @@ def check_ip6(net: Network, ip6: str) -> str:
     if not net.subnet6:
         raise NetworkError(f"network {net.name} has no IPv6 (create it with --ipv6) for "
                            f"address {ip6}")
+    return _host_address(net, ip6, 6, net.subnet6, net.gateway6)
+
+
+def _host_address(net: Network, ip: str, version: int, subnet_text: str, gateway: str) -> str:
+    """IP, an IPv<VERSION> address, canonical, if it lies in SUBNET_TEXT and is not
+    reserved there (the network address, IPv4's broadcast address, the GATEWAY)."""
     try:
-        addr = ipaddress.IPv6Address(ip6)
+        addr = ipaddress.ip_address(ip)
+        if addr.version != version:
+            raise ValueError(ip)
     except ValueError:
-        raise NetworkError(f"invalid IPv6 address: {ip6}") from None
-    subnet = ipaddress.IPv6Network(net.subnet6)
+        raise NetworkError(f"invalid IPv{version} address: {ip}") from None
+    subnet = ipaddress.ip_network(subnet_text)
     if addr not in subnet:
-        raise NetworkError(f"no configured subnet contains IP address {ip6} "
-                           f"(network {net.name} is {net.subnet6})")
-    if addr == subnet.network_address or str(addr) == net.gateway6:
-        raise NetworkError(f"IP address {ip6} is reserved in network {net.name}")
+        raise NetworkError(f"no configured subnet contains IP address {ip} "
+                           f"(network {net.name} is {subnet_text})")
+    reserved = {subnet.network_address}
+    if version == 4:
+        reserved.add(subnet.broadcast_address)
+    if addr in reserved or str(addr) == gateway:
+        raise NetworkError(f"IP address {ip} is reserved in network {net.name}")
     return str(addr)
 
 
