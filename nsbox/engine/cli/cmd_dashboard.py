@@ -23,6 +23,20 @@ HELP = {
 }
 
 
+def _number(args, name: str, convert, default: float, bounds: tuple[float, float],  # noqa: ANN001
+            want: str) -> float:
+    """Flag NAME converted (DEFAULT when not given) and within BOUNDS; UsageError else."""
+    from nsbox.engine.cli import UsageError
+
+    try:
+        value = convert(args[name] or default)
+        if not bounds[0] <= value <= bounds[1]:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f'invalid argument "{args[name]}" for "--{name}" flag: {want}') from None
+    return value
+
+
 def run(args, ctx) -> int:  # noqa: ANN001
     import ipaddress
 
@@ -31,26 +45,14 @@ def run(args, ctx) -> int:  # noqa: ANN001
 
     if args.positional:
         raise UsageError('"nsbox dashboard" accepts no arguments')
-    try:
-        port = int(args["port"] or 0)
-        if not 0 <= port <= 65535:
-            raise ValueError
-    except ValueError:
-        raise UsageError(f'invalid argument "{args["port"]}" for "--port" flag: '
-                         "a port number 0-65535") from None
+    port = int(_number(args, "port", int, 0, (0, 65535), "a port number 0-65535"))
     address = args["address"] or "127.0.0.1"
     try:
         ipaddress.ip_address(address)
     except ValueError:
         raise UsageError(f'invalid argument "{address}" for "--address" flag: '
                          "an IP address") from None
-    try:
-        interval = float(args["interval"] or 2)
-        if not 0.1 <= interval <= 3600:
-            raise ValueError
-    except ValueError:
-        raise UsageError(f'invalid argument "{args["interval"]}" for "--interval" flag: '
-                         "seconds, 0.1 to 3600") from None
+    interval = _number(args, "interval", float, 2, (0.1, 3600), "seconds, 0.1 to 3600")
     try:
         from nsbox.engine.dashboard.app import serve
     except ImportError as exc:
