@@ -87,6 +87,24 @@ class RootlessUser:
             time.sleep(0.1)
 
 
+def user_fixtures(name: str):  # noqa: ANN201 - two pytest fixtures
+    """The fixtures of a module whose tests run as the user NAME: `user` (made once for
+    the module) and `clean` (the user, with every container removed after the test).
+    Bind them in the module: `user, clean = user_fixtures(NAME)`."""
+
+    @pytest.fixture(scope="module")
+    def user():  # noqa: ANN202
+        with made_user(name) as box:
+            yield box
+
+    @pytest.fixture
+    def clean(user):  # noqa: ANN001, ANN202
+        yield user
+        user.remove_containers()
+
+    return user, clean
+
+
 def _free_subid_start() -> int:
     end = 400000
     for path in SUBID_FILES:

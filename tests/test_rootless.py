@@ -18,24 +18,12 @@ import time
 from pathlib import Path
 
 import helpers
-import pytest
-from rootless_user import NEEDS_USER, made_user
+from rootless_user import NEEDS_USER, user_fixtures
 
 USER = "nsbox-rootless-t"
 
 pytestmark = NEEDS_USER
-
-
-@pytest.fixture(scope="module")
-def user():
-    with made_user(USER) as box:
-        yield box
-
-
-@pytest.fixture
-def clean(user):
-    yield user
-    user.remove_containers()
+user, clean = user_fixtures(USER)
 
 
 def test_container_root_is_the_user(clean):

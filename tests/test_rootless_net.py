@@ -17,24 +17,13 @@ from pathlib import Path
 
 import pytest
 from host_features import char_device_missing
-from rootless_user import NEEDS_USER, made_user
+from rootless_user import NEEDS_USER, user_fixtures
 
 USER = "nsbox-rootless-n"
 TUN = "/dev/net/tun"
 
 pytestmark = NEEDS_USER
-
-
-@pytest.fixture(scope="module")
-def user():
-    with made_user(USER) as box:
-        yield box
-
-
-@pytest.fixture
-def clean(user):
-    yield user
-    user.remove_containers()
+user, clean = user_fixtures(USER)
 
 
 @pytest.fixture
