@@ -114,6 +114,19 @@ def _login(box: Nsbox, host: str, password: str, *extra: str) -> subprocess.Comp
                           timeout=60, env=box.env)
 
 
+def _cert_dir_login(box: Nsbox, tls: dict, tmp_path: Path) -> tuple[Path, Path]:
+    """A --cert-dir with the CA and the client certificate, and an authfile that BOX
+    logged into the registry through it: (cert dir, authfile)."""
+    cert_dir = tmp_path / "certs"
+    cert_dir.mkdir()
+    shutil.copy(tls["tmp"] / "ca.crt", cert_dir / "ca.crt")
+    _with_client_cert(cert_dir, tls)
+    auth = tmp_path / "auth.json"
+    proc = _login(box, tls["host"], PASSWORD, "--cert-dir", str(cert_dir), "--authfile", str(auth))
+    assert proc.returncode == 0, proc.stderr
+    return cert_dir, auth
+
+
 def test_tls_registry_with_ca_client_cert_and_htpasswd(nsbox, tls_registry):  # noqa: F811
     host, certs_d = tls_registry["host"], tls_registry["certs_d"]
     ensure_busybox(ImageStore(nsbox.root))
@@ -172,13 +185,7 @@ def test_tls_registry_with_ca_client_cert_and_htpasswd(nsbox, tls_registry):  # 
 
 def test_cert_dir_flag_and_tls_verify_false(nsbox, tls_registry, tmp_path):  # noqa: F811
     host = tls_registry["host"]
-    cert_dir = tmp_path / "certs"
-    cert_dir.mkdir()
-    shutil.copy(tls_registry["tmp"] / "ca.crt", cert_dir / "ca.crt")
-    _with_client_cert(cert_dir, tls_registry)
-    auth = tmp_path / "auth.json"
-    proc = _login(nsbox, host, PASSWORD, "--cert-dir", str(cert_dir), "--authfile", str(auth))
-    assert proc.returncode == 0, proc.stderr
+    cert_dir, auth = _cert_dir_login(nsbox, tls_registry, tmp_path)
     ensure_busybox(ImageStore(nsbox.root))
     name = f"{host}/test/certdir:1"
     nsbox("push", "-q", "--cert-dir", str(cert_dir), "--authfile", str(auth), "busybox", name)
@@ -202,13 +209,7 @@ def test_cert_dir_flag_and_tls_verify_false(nsbox, tls_registry, tmp_path):  # n
 def test_run_and_create_pull_with_cert_dir(nsbox, tls_registry, tmp_path):  # noqa: F811
     """`run/create --cert-dir D` hand D to their implicit pull, as `pull --cert-dir` does."""
     host = tls_registry["host"]
-    cert_dir = tmp_path / "certs"
-    cert_dir.mkdir()
-    shutil.copy(tls_registry["tmp"] / "ca.crt", cert_dir / "ca.crt")
-    _with_client_cert(cert_dir, tls_registry)
-    auth = tmp_path / "auth.json"
-    assert _login(nsbox, host, PASSWORD, "--cert-dir", str(cert_dir),
-                  "--authfile", str(auth)).returncode == 0
+    cert_dir, auth = _cert_dir_login(nsbox, tls_registry, tmp_path)
     ensure_busybox(ImageStore(nsbox.root))
     name = f"{host}/test/runcertdir:1"
     nsbox("push", "-q", "--cert-dir", str(cert_dir), "--authfile", str(auth), "busybox", name)
@@ -237,14 +238,7 @@ def test_run_and_create_pull_with_cert_dir(nsbox, tls_registry, tmp_path):  # no
 def test_python_api_push_and_pull_with_cert_dir(tls_registry, tmp_path):
     import nsbox as api
     host = tls_registry["host"]
-    cert_dir = tmp_path / "certs"
-    cert_dir.mkdir()
-    shutil.copy(tls_registry["tmp"] / "ca.crt", cert_dir / "ca.crt")
-    _with_client_cert(cert_dir, tls_registry)
-    auth = tmp_path / "auth.json"
-    box = Nsbox(tmp_path)
-    assert _login(box, host, PASSWORD, "--cert-dir", str(cert_dir),
-                  "--authfile", str(auth)).returncode == 0
+    cert_dir, auth = _cert_dir_login(Nsbox(tmp_path), tls_registry, tmp_path)
     engine = api.Engine(root=str(tmp_path / "a" / "lib"), run_root=str(tmp_path / "a" / "run"))
     image = ensure_busybox(engine.images)
     ref = f"{host}/test/apicert:1"
