@@ -4,15 +4,21 @@ bench/results/guard.md)
 1. `nsbox run --rm busybox true`: guard=off vs guard=default with a guard already
    running (a watched idle container keeps it: the steady state), and guard=default
    cold (each run starts and stops the guard process).  hyperfine, one run.
-2. A system-call-heavy workload in a container, unwatched vs watched (the
-   tracepoints see every system call of the host while the guard runs):
-   `dd bs=1` (1M read/write calls) and a loop of `cat` (fork, exec, opens).
-3. Events: a watched container writes below /etc in a tight shell loop (one
+2. The issue's target, a system-call-heavy workload in a container, unwatched vs
+   watched, with the guard running for both (a watched idle container keeps
+   it): bench/guard_loop.c (open/close/stat of /etc/passwd, static binary
+   bind-mounted in), the ns per iteration it prints, runs interleaved; plus
+   `dd bs=1` and a loop of `cat` through hyperfine.
+3. What the guard costs the rest of the host (processes nobody watches):
+   getpid, the open/close/stat loop and `dd bs=1` on the host, rounds with
+   the guard stopped and running interleaved.
+4. Events: a watched container writes below /etc in a tight shell loop (one
    open for writing per iteration); `nsbox guard watch` reads them: events/s,
    drops (guard status), and detection latency (kernel timestamp of the system
    call's end -> the guard handling it, CLOCK_MONOTONIC both), median and p99.
 
-usage: .venv/bin/python bench/guard_bench.py   (root; RUNS, WARMUP, LOOPS from env)
+usage: .venv/bin/python bench/guard_bench.py   (root; RUNS, WARMUP, LOOPS, ROUNDS, ITERS
+from env; gcc for guard_loop.c)
 """
 
 from __future__ import annotations
@@ -30,6 +36,66 @@ NSBOX = os.path.join(REPO, ".venv", "bin", "nsbox")
 RUNS = int(os.environ.get("RUNS", "10"))
 WARMUP = int(os.environ.get("WARMUP", "2"))
 LOOPS = int(os.environ.get("LOOPS", "20000"))
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
+ITERS = int(os.environ.get("ITERS", "200000"))
+
+
+def _median_row(label: str, values: list[float], base: list[float] | None = None) -> str:
+    row = f"- {label}: median {statistics.median(values):.1f} ns ({len(values)} runs)"
+    if base:
+        row += f", {statistics.median(base) / statistics.median(values):.3f}x as fast"
+    return row
+
+
+def workload_rows(run, loop_dir: str) -> list[str]:  # noqa: ANN001
+    """guard_loop in a container, unwatched and watched, interleaved (the guard is running)."""
+    out: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(ROUNDS):
+        for watched in (False, True):
+            opt = ["--security-opt", "guard=default"] if watched else []
+            proc = run("run", "--rm", *opt, "-v", f"{loop_dir}:/b:ro", "busybox",
+                       "/b/guard_loop", "files", str(ITERS))
+            out[watched].append(float(proc.stdout.split()[-1]))
+    return ["## open/close/stat of /etc/passwd in a container (ns per iteration)", "",
+            _median_row("unwatched", out[False]),
+            _median_row("watched (guard=default)", out[True], out[False]), ""]
+
+
+def _host_sample(loop: str) -> dict[str, float]:
+    def ns(*args: str) -> float:
+        return float(subprocess.run([loop, *args], check=True, capture_output=True,
+                                    text=True).stdout)
+    t0 = time.monotonic()
+    subprocess.run(["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=300000"], check=True,
+                   capture_output=True)
+    dd = (time.monotonic() - t0) * 1e9 / 300000
+    return {"getpid": ns("getpid", str(ITERS * 10)), "open/close/stat": ns("files", str(ITERS)),
+            "dd bs=1 (per byte)": dd}
+
+
+def host_rows(run, loop: str) -> list[str]:  # noqa: ANN001
+    """The host's own processes with the guard stopped and running, rounds interleaved."""
+    out: dict[bool, list[dict]] = {False: [], True: []}
+    for _ in range(ROUNDS):
+        for guarded in (False, True):
+            if guarded:
+                run("run", "-d", "--name", "hostcost", "--security-opt", "guard=default",
+                    "busybox", "sleep", "100000")
+            out[guarded].append(_host_sample(loop))
+            if guarded:
+                run("rm", "-f", "hostcost")
+                deadline = time.monotonic() + 30
+                while json.loads(run("guard", "status").stdout).get("running") and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.2)
+    rows = ["## the host's unwatched processes, guard stopped vs running (ns per iteration)", ""]
+    for key in out[False][0]:
+        off = [x[key] for x in out[False]]
+        on = [x[key] for x in out[True]]
+        rows.append(f"- {key}: {statistics.median(off):.1f} -> {statistics.median(on):.1f} "
+                    f"(+{statistics.median(on) - statistics.median(off):.1f} ns, "
+                    f"{statistics.median(off) / statistics.median(on):.3f}x as fast)")
+    return rows + [""]
 
 
 def events_row(run, env: dict, name: str, count: int, pause: str) -> list[str]:  # noqa: ANN001
@@ -85,6 +151,11 @@ def main() -> int:
     lines = ["# guard benchmark (noisy, provisional)", ""]
     try:
         run("run", "--rm", "busybox", "true")  # the offline busybox image
+        loop = os.path.join(work, "loop", "guard_loop")
+        os.makedirs(os.path.dirname(loop))
+        subprocess.run(["gcc", "-static", "-O2", "-o", loop,
+                        os.path.join(REPO, "bench", "guard_loop.c")], check=True)
+        lines += host_rows(run, loop)
         subprocess.run(["hyperfine", "-N", "--warmup", str(WARMUP), "--runs", str(RUNS),
                         "--export-markdown", f"{out}/guard-cold.md",
                         "-n", "guard=off", f"{nsbox} run --rm busybox true",
@@ -93,6 +164,7 @@ def main() -> int:
                        check=True)
         run("run", "-d", "--name", "keeper", "--security-opt", "guard=default", "busybox",
             "sleep", "100000")
+        lines += workload_rows(run, os.path.dirname(loop))
         dd = "dd if=/dev/zero of=/dev/null bs=1 count=500000"
         cat = "i=0; while [ $i -lt 500 ]; do cat /etc/passwd /etc/group; i=$((i+1)); done"
         subprocess.run(["hyperfine", "-N", "--warmup", str(WARMUP), "--runs", str(RUNS),
@@ -108,7 +180,7 @@ def main() -> int:
                         "-n", "cat loop, watched",
                         f"{nsbox} run --rm --security-opt guard=default busybox sh -c '{cat} >/dev/null'"],
                        check=True)
-        # 3. events: rate, drops, latency; a burst, then a paced run (200, 5 ms apart)
+        # 4. events: rate, drops, latency; a burst, then a paced run (200, 5 ms apart)
         for name, count, pause in (("burst", LOOPS, ""), ("paced", 200, "usleep 5000; ")):
             lines += events_row(run, env, name, count, pause)
         lines.append("")
@@ -119,7 +191,8 @@ def main() -> int:
             f.write("\n".join(lines) + "\n")
         print("\n".join(lines))
     finally:
-        subprocess.run([NSBOX, "rm", "-f", "keeper", "burst"], env=env, capture_output=True)
+        subprocess.run([NSBOX, "rm", "-f", "keeper", "burst", "hostcost"], env=env,
+                       capture_output=True)
         subprocess.run([NSBOX, "system", "reset", "-f"], env=env, capture_output=True)
         subprocess.run(["rm", "-rf", work])
     return 0

@@ -247,6 +247,15 @@ static __always_inline struct event *new_event(struct watch *w, __u32 type)
 	return e;
 }
 
+/*
+ * Kernel structures are read with direct loads through BTF-typed pointers
+ * (the current task from bpf_get_current_task_btf, a file made one with the
+ * bpf_rdonly_cast kfunc), which the verifier turns into guarded loads in
+ * place: a bpf_probe_read_kernel call per field cost ~15 ns each, and a
+ * watched open reads a dozen of them.
+ */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
 /* Where paths are built: one per CPU (a program runs to its end on one CPU). */
 struct scratch {
 	char path[2 * PATH_MAX_B];  /* the verifier bounds offset + length separately */
@@ -276,35 +285,38 @@ struct walk {
 };
 
 /* One step up (bpf_loop callback): a component, or a mount crossed; 1 stops the loop. */
+/* P as a read-only BTF pointer to struct TYPE: direct loads (the verifier makes the cast a move) */
+#define AS(type, p) ((struct type *)bpf_rdonly_cast((void *)(p), bpf_core_type_id_kernel(struct type)))
+
 static long walk_step(__u32 index, struct walk *w)
 {
 	struct scratch *s = scratch();
-	struct dentry *d = w->d, *parent, *mroot;
-	struct vfsmount *vm = w->vm;
-	struct mount *mnt = w->mnt;
-	struct qstr name;
+	struct dentry *d = AS(dentry, w->d), *parent, *mroot;
+	struct vfsmount *vm = AS(vfsmount, w->vm);
+	struct mount *mnt = AS(mount, w->mnt);
+	const unsigned char *name;
 	__u32 len, pos = w->pos;
 
 	if (!s || (d == w->root_d && vm == w->root_m))
 		return 1;
-	mroot = BPF_CORE_READ(vm, mnt_root);
-	parent = BPF_CORE_READ(d, d_parent);
+	mroot = vm->mnt_root;
+	parent = d->d_parent;
 	if (d == mroot || d == parent) {
-		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+		struct mount *up = mnt->mnt_parent;
 
 		if (up == mnt)
 			return 1;
-		w->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->d = mnt->mnt_mountpoint;
 		w->mnt = up;
 		w->vm = &up->mnt;
 		return 0;
 	}
-	name = BPF_CORE_READ(d, d_name);
-	len = name.len;
+	len = d->d_name.len;
+	name = d->d_name.name;
 	if (len == 0 || len + 1 > pos || pos > PATH_MAX_B - 1)
 		return 1;
 	pos -= len;
-	bpf_probe_read_kernel(&s->path[pos & (PATH_MAX_B - 1)], len & (PATH_MAX_B - 1), name.name);
+	bpf_probe_read_kernel(&s->path[pos & (PATH_MAX_B - 1)], len & (PATH_MAX_B - 1), name);
 	pos -= 1;
 	s->path[pos & (PATH_MAX_B - 1)] = '/';
 	w->pos = pos;
@@ -411,15 +423,6 @@ static __always_inline __u32 path_keys(__u32 off, __u32 slot)
 		h.found |= key_value(slot, K_OPEN_EXT, h.ext);
 	return h.found;
 }
-
-/*
- * Kernel structures are read with direct loads through BTF-typed pointers
- * (the current task from bpf_get_current_task_btf, a file made one with the
- * bpf_rdonly_cast kfunc), which the verifier turns into guarded loads in
- * place: a bpf_probe_read_kernel call per field cost ~15 ns each, and a
- * watched open reads a dozen of them.
- */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
 static __always_inline struct file *fd_file(int fd)
 {
