@@ -445,6 +445,18 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float
         time.sleep(interval)
 
 
+def first_lines(argv: Sequence[str], count: int) -> list[str]:
+    """The first COUNT lines a long-running (streaming) command prints; it is then killed."""
+    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        return [proc.stdout.readline() for _ in range(count)]
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
 def pid_is_dead(pid: int) -> bool:
     """True when PID no longer exists or is a zombie (killed, not yet reaped)."""
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from cgroupv1 import MiB, controller_dir, has_memsw, read
-from helpers import wait_for
+from helpers import first_lines, wait_for
 from runtime_leaks import assert_nothing_left
 
 from nsbox.runtime import cgroups
@@ -168,14 +168,7 @@ def test_events_stats_shape(start, run_runtime, container_id, cg_path):
 
 def test_events_stream_stats_at_the_interval(start, runtime, container_id, cg_path):
     start(["sleep", "1000"], {})
-    proc = subprocess.Popen([*runtime, "events", "--interval", "200ms", container_id],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        lines = [proc.stdout.readline() for _ in range(3)]
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+    lines = first_lines([*runtime, "events", "--interval", "200ms", container_id], 3)
     events = [json.loads(line) for line in lines]
     assert all(e["type"] == "stats" and e["id"] == container_id for e in events)
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import first_lines
 
 from nsbox.engine.containers import Engine
 from nsbox.engine.observe import readings, stats
@@ -260,14 +261,8 @@ def test_no_stream_json_parses_with_dockers_fields(cli):
 
 def test_stats_stream_redraws_rounds_when_piped(cli, base):
     cid = cli("run", "-d", "busybox", "sleep", "1000").stdout.strip()
-    proc = subprocess.Popen([NSBOX, "--root", str(base / "lib"), "--runroot", str(base / "run"),
-                             "stats", "--interval", "0.2", "--format", "{{.ID}} {{.PIDs}}", cid],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        lines = [proc.stdout.readline() for _ in range(3)]
-    finally:
-        proc.kill()
-        proc.wait()
+    lines = first_lines([NSBOX, "--root", str(base / "lib"), "--runroot", str(base / "run"),
+                         "stats", "--interval", "0.2", "--format", "{{.ID}} {{.PIDs}}", cid], 3)
     assert lines == [f"{cid[:12]} 1\n"] * 3  # plain lines, no terminal escapes
 
 
