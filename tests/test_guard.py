@@ -425,6 +425,25 @@ def test_bad_rules_file_is_one_line_and_leaves_nothing(box, tmp_path):
 
 
 @needs_guard
+def test_guard_attaches_one_program_per_watched_call_and_leaves_host_mounts_alone(box):
+    host_had = "tracefs" in Path("/proc/self/mountinfo").read_text()
+    box("run", "-d", "--name", "g-tp", "--security-opt", "guard=default", "busybox",
+        "sleep", "30")
+    status = json.loads(box("guard", "status").stdout)
+    programs = set(status["programs"])
+    assert {"guard_exec", "guard_enter_connect", "guard_x_openat", "guard_x_bind"} <= programs
+    # nothing on the raw sys_enter/sys_exit tracepoints that every system call runs
+    assert not programs & {"guard_sys_enter", "guard_sys_exit"}, programs
+    if not os.path.exists("/proc/modules"):
+        assert "guard_x_finit_module" in status["unattached"], status
+    # tracefs, when the guard had to mount it, is in the guard's mount namespace only
+    assert ("tracefs" in Path("/proc/self/mountinfo").read_text()) == host_had
+    if not host_had:
+        assert "tracefs" in Path(f"/proc/{status['pid']}/mountinfo").read_text()
+    box("rm", "-f", "g-tp")
+
+
+@needs_guard
 def test_nothing_stays_loaded_after_the_last_container(box):
     box("run", "-d", "--name", "g-last", "--security-opt", "guard=default", "busybox",
         "sleep", "30")
@@ -586,3 +605,13 @@ def test_restart_is_watched_again(box):
     status = client.status()
     assert [c["name"] for c in status["containers"]].count("g-restart") == 1
     box("rm", "-f", "g-restart")
+
+
+def test_key_bit_spreads_keys_over_the_whole_bitmap():
+    # guard.bpf.c's key_bit() takes the top 16 bits of the mixed key: same formula here
+    bits = {record.key_bit(slot, kind, record.fnv1a(f"/etc/f{i}".encode()))
+            for slot in (1, 2) for kind in (record.K_OPEN_EXACT, record.K_OPEN_NAME)
+            for i in range(500)}
+    assert all(0 <= b < record.KEYBITS for b in bits)
+    assert len(bits) > 1850  # 2000 keys: few share a bit (deterministic inputs)
+    assert record.key_bit(1, 2, 0) != record.key_bit(2, 2, 0)
