@@ -134,6 +134,18 @@ def table(rows: list[list[str]], padding: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
+def table_header(body: str, headers: dict[str, str] = HEADERS) -> list[str]:
+    """The header row of a `table` template BODY: each column's field by its heading in
+    HEADERS (else the field upper-cased)."""
+    header = []
+    for column in body.replace("\\t", "\t").split("\t"):
+        key = column.strip()
+        if key.startswith("{{") and key.endswith("}}"):
+            key = key[2:-2].strip().lstrip(".")
+        header.append(headers.get(key, key.upper()))
+    return header
+
+
 def print_formatted(template: str, items: list[dict]) -> None:
     """`--format` output for ITEMS: `json`, `table ...`, or one rendered line per item."""
     import json
@@ -144,13 +156,7 @@ def print_formatted(template: str, items: list[dict]) -> None:
         return
     if template.startswith("table"):
         body = template[5:].strip() or "{{.ID}}"
-        header = []
-        for column in body.replace("\\t", "\t").split("\t"):
-            key = column.strip()
-            if key.startswith("{{") and key.endswith("}}"):
-                key = key[2:-2].strip().lstrip(".")
-            header.append(HEADERS.get(key, key.upper()))
-        rows = [header]
+        rows = [table_header(body)]
         rows += [render(body, item).split("\t") for item in items]
         sys.stdout.write(table(rows))
         return

@@ -55,7 +55,7 @@ def parse_interval(text: str | None, default: float) -> float:
 
 def render_rows(template: str, items: list[dict]) -> str:
     """ITEMS (Docker's stats fields) as TEMPLATE asks: json lines, a table, or lines."""
-    from nsbox.engine.cli._format import render, table
+    from nsbox.engine.cli._format import render, table, table_header
 
     if template == "json":
         from nsbox import _json
@@ -68,13 +68,7 @@ def render_rows(template: str, items: list[dict]) -> str:
         return table([[HEADERS[k] for k in keys]] + [[item[k] for k in keys] for item in items])
     if template == "table" or template.startswith("table "):
         body = template[5:].strip() or DEFAULT_TABLE[6:]
-        header = []
-        for column in body.replace("\\t", "\t").split("\t"):
-            key = column.strip()
-            if key.startswith("{{") and key.endswith("}}"):
-                key = key[2:-2].strip().lstrip(".")
-            header.append(HEADERS.get(key, key.upper()))
-        rows = [header] + [render(body, item).split("\t") for item in items]
+        rows = [table_header(body, HEADERS)] + [render(body, item).split("\t") for item in items]
         return table(rows)
     return "".join(render(template, item) + "\n" for item in items)
 
