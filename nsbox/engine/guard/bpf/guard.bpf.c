@@ -5,13 +5,13 @@
  * CO-RE program compiled by setup.py (clang -target bpf) against a vmlinux.h
  * generated from the build host's BTF, loaded by nsbox/engine/guard/libbpf.py.
  *
- * It is built on BTF tracepoints only (sched_process_exec, sys_enter,
- * sys_exit), which every kernel with BTF can attach: fentry, kprobes and
- * BPF LSM programs need kernel features (ftrace trampolines, CONFIG_KPROBES,
- * lsm=bpf) that a host may lack.  The system call tracepoints see every
- * call of the host, so each program first filters on the call number and
- * then looks the task's cgroup v2 id up in `guard_watched`: a process of a
- * container nobody watches costs that switch and one lookup.
+ * It needs no fentry, kprobes or BPF LSM programs (kernel features a host
+ * may lack): sched_process_exec (a BTF tracepoint) for executions, and one
+ * program per watched system call on its own tracepoint
+ * (tracepoint/syscalls/sys_exit_NAME, sys_enter_connect), so the calls
+ * nobody watches run no BPF at all.  Each program first looks the task's
+ * cgroup v2 id up in `guard_watched`: a process of a container nobody
+ * watches costs that lookup, on watched calls only.
  *
  * Events reach user space through the `guard_events` ring buffer; a full buffer
  * counts a drop in the per-CPU `guard_drops` counter.  File paths are rebuilt
