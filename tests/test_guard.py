@@ -615,3 +615,10 @@ def test_key_bit_spreads_keys_over_the_whole_bitmap():
     assert all(0 <= b < record.KEYBITS for b in bits)
     assert len(bits) > 1850  # 2000 keys: few share a bit (deterministic inputs)
     assert record.key_bit(1, 2, 0) != record.key_bit(2, 2, 0)
+
+
+def test_cgroup_bit_is_in_the_bitmap():
+    # guard.bpf.c's cgroup_bit(): the top 15 bits of the mixed cgroup id
+    bits = {record.cgroup_bit(cgid) for cgid in range(1000, 3000)}
+    assert all(0 <= b < record.CGBITS for b in bits)
+    assert len(bits) > 1900

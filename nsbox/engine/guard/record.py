@@ -35,6 +35,15 @@ def key_bit(slot: int, kind: int, h: int) -> int:
     """The guard_keybits bit of a key (guard.bpf.c's key_bit())."""
     return (((h ^ (slot << 8) ^ kind) * _MIX) & 0xFFFFFFFFFFFFFFFF) >> 48
 
+
+# guard_cgbits: one bit per watched cgroup id, tested before guard_watched
+CGBITS = 1 << 15
+
+
+def cgroup_bit(cgid: int) -> int:
+    """The guard_cgbits bit of a cgroup id (guard.bpf.c's cgroup_bit())."""
+    return ((cgid * _MIX) & 0xFFFFFFFFFFFFFFFF) >> 49
+
 FMODE_WRITE = 0x2
 AF_INET, AF_INET6 = 2, 10
 PTRACE_REQUESTS = {0: "traceme", 16: "attach", 0x4206: "seize"}

@@ -102,6 +102,7 @@ class Guard:
         self.watched = self.obj.map("guard_watched")
         self.keys = self.obj.map("guard_keys")
         self.keybits = self.obj.map("guard_keybits")
+        self.cgbits = self.obj.map("guard_cgbits")
         self.drops_map = self.obj.map("guard_drops")
         self.ncpu = self.obj.possible_cpus()
         self.ring = RingBuffer(self.obj._lib, self.obj.map("guard_events").fd, self.on_record)
@@ -218,13 +219,18 @@ class Guard:
         log.info("guard: %s (%s) is no longer watched", w.name, w.cid[:12])
 
     def set_keybits(self) -> None:
-        """guard_keybits from every watch's keys: a clear bit spares the kernel a hash lookup."""
+        """guard_keybits and guard_cgbits from every watch: a clear bit spares a hash lookup."""
         bits = bytearray(record.KEYBITS // 8)
         for w in self.by_slot.values():
             for key in w.keys:
                 i = record.key_bit(*KEY.unpack(key))
                 bits[i >> 3] |= 1 << (i & 7)
         self.keybits.update(b"\0\0\0\0", bytes(bits))
+        cgbits = bytearray(record.CGBITS // 8)
+        for w in self.by_slot.values():
+            i = record.cgroup_bit(w.cgid)
+            cgbits[i >> 3] |= 1 << (i & 7)
+        self.cgbits.update(b"\0\0\0\0", bytes(cgbits))
 
     def housekeeping(self) -> None:
         for w in list(self.by_slot.values()):
