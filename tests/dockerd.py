@@ -69,6 +69,10 @@ exec {runtime} "$@"
 
 _START = """set -e
 ip link set lo up
+# A new network namespace copies the host's ip_forward; with 0 (Debian's
+# default) `docker run` prints "IPv4 forwarding is disabled" on every run.
+# This namespace is the test's own, as on a Docker host where it is on.
+echo 1 > /proc/sys/net/ipv4/ip_forward
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 for f in {key_limits}; do
   cp /proc/sys/kernel/keys/$f {tree}/keys/$f

@@ -301,8 +301,34 @@ def _parse_lines(data: bytes) -> Iterator[Event]:
 def _open_generations(path: str) -> list[int]:
     """Read fds of journal, journal.1 .. journal.KEEP, newest first, each inode once.
 
-    The current file is opened first: a rotation while we open the rest only
-    shows the same file again under its new name, which the inode check drops."""
+    Opened under a shared flock of the current journal: a writer rotates only
+    while it holds that file's exclusive lock, so no rotation can shift the
+    names while we open them. Without the lock a reader descheduled for a few
+    rotations could meet a newer file at a name past the ones it had opened,
+    and take it for an older one (events out of order)."""
+    import fcntl  # a C module; readers only
+
+    for _ in range(8):
+        try:
+            lock_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return _open_names(path)  # no current journal: nobody is rotating
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_SH)
+            st = os.fstat(lock_fd)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            if current is None or (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
+                continue  # rotated while we waited for the lock
+            return _open_names(path)
+        finally:
+            os.close(lock_fd)  # also releases the flock
+    return _open_names(path)
+
+
+def _open_names(path: str) -> list[int]:
     fds: list[int] = []
     seen: set[tuple[int, int]] = set()
     for name in [path] + [f"{path}.{n}" for n in range(1, KEEP + 1)]:
