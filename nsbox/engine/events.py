@@ -174,12 +174,8 @@ def _append(path: str, type_: str, action: str, actor_id: str,
         fd = _open_journal(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            st = os.fstat(fd)
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                current = None
-            if current is None or (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
+            st = _still_current(fd, path)
+            if st is None:
                 continue  # rotated away while we waited for the lock
             now = time.time_ns()
             line = _json.dumps(_record(type_, action, actor_id, attributes, now)) + "\n"
@@ -193,6 +189,16 @@ def _append(path: str, type_: str, action: str, actor_id: str,
         finally:
             os.close(fd)  # also releases the flock
     raise OSError(f"{path} keeps being rotated")
+
+
+def _still_current(fd: int, path: str) -> os.stat_result | None:
+    """FD's stat if FD is still the file at PATH (the current journal), else None."""
+    st = os.fstat(fd)
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st if (current.st_ino, current.st_dev) == (st.st_ino, st.st_dev) else None
 
 
 def _rotate(path: str) -> None:
@@ -315,12 +321,7 @@ def _open_generations(path: str) -> list[int]:
             return _open_names(path)  # no current journal: nobody is rotating
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_SH)
-            st = os.fstat(lock_fd)
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                current = None
-            if current is None or (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
+            if _still_current(lock_fd, path) is None:
                 continue  # rotated while we waited for the lock
             return _open_names(path)
         finally:
