@@ -42,6 +42,9 @@ ENGINE_RUNTIME = $(if $(filter file,$(origin RUNTIME)),,$(RUNTIME))
 PYTEST_ARGS ?=
 # Per-test limit (pytest-timeout): a hung container must not eat CI's time budget.
 TEST_TIMEOUT ?= 300
+# The whole run's ceiling (timeout(1)): a hang after the last test fails the run
+# instead of holding CI until its own limit.
+SUITE_TIMEOUT ?= 45m
 
 # The real interpreter behind `python3`: with pyenv, `python3` is a shim script,
 # and a venv built from the shim would start every command through it.
@@ -68,7 +71,7 @@ help:
 	@echo "make bench-docker  docker run --rm / exec: nsbox-runtime vs runc under one dockerd -> bench/results/docker.md"
 	@echo "make stress  timed SIGKILLs of nsbox run and its monitor, STRESS_TRIALS at STRESS_CONCURRENCY (docs/reliability.md)"
 	@echo "make security-report  the escape battery -> docs/security.md"
-	@echo "variables:  RUNTIME=$(RUNTIME) PYTEST_ARGS=... TEST_TIMEOUT=$(TEST_TIMEOUT)"
+	@echo "variables:  RUNTIME=$(RUNTIME) PYTEST_ARGS=... TEST_TIMEOUT=$(TEST_TIMEOUT) SUITE_TIMEOUT=$(SUITE_TIMEOUT)"
 
 apt-deps:
 	@scripts/install-deps.sh scripts/apt-packages.txt
@@ -136,8 +139,10 @@ uninstall:
 	fi
 
 test: deps
-	@rc=0; $(VENV)/bin/pytest -ra --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; timeout -k 60 $(SUITE_TIMEOUT) $(VENV)/bin/pytest -ra --timeout=$(TEST_TIMEOUT) \
+	    $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no tests; treating that as a failure" >&2; fi; \
+	if [ $$rc -eq 124 ]; then echo "make test: the suite ran past SUITE_TIMEOUT=$(SUITE_TIMEOUT)" >&2; fi; \
 	exit $$rc
 
 # PYTEST_ARGS go to pytest inside the guest; -m cgroupv2 is always applied.

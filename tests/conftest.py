@@ -19,6 +19,7 @@ fails the session.  NSBOX_HOST_CHECK=0 turns that off, =warn only reports.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import time
@@ -94,6 +95,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.section("host state check: " + ("FAILED" if fatal else "warning"),
                                  sep="=", red=fatal, yellow=not fatal, bold=True)
         terminalreporter.line(report)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # multiprocessing joins its non-daemonic children at interpreter exit, without
+    # a timeout: a test that failed with one still running would hang the run
+    # after its summary (a CI run once sat there until it was killed).
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        logging.getLogger(__name__).warning("killing leftover test process %s", child.pid)
+        child.kill()
+        child.join(5)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -337,12 +337,23 @@ def test_follow_reads_across_rotations_while_writers_append(tmp_path, monkeypatc
     follower = threading.Thread(target=consume)
     follower.start()
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_writer, args=(root, f"w{n}", 200)) for n in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    follower.join(60)
+    # Forked while the follower thread runs (and may hold the journal's shared
+    # lock): the writers must not inherit a lock that blocks them.  Daemonic and
+    # killed at the end, so a failure here cannot hang the interpreter's exit.
+    procs = [ctx.Process(target=_writer, args=(root, f"w{n}", 200), daemon=True)
+             for n in range(4)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        follower.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
     assert not follower.is_alive()
     assert [e.timeNano for e in got] == [e.timeNano for e in events.read(root, since=start)]
     assert len(got) == 800 and len(os.listdir(tmp_path / "events")) > 10

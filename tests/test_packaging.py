@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -181,17 +182,25 @@ def test_editable_install_has_the_loop_and_detached_containers_use_it(tmp_path: 
     box = [NSBOX, "--root", tmp_path / "root", "--runroot", tmp_path / "run"]
     cid = run([*box, "run", "-d", "busybox", "sleep", "60"]).stdout.strip()
     try:
-        exes = set()
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if cid.encode() in cmdline:
-                    exes.add(os.readlink(f"/proc/{pid}/exe"))
-            except OSError:
-                continue
+        # The monitor answers `run -d` before it execs the loop: wait for the exec.
+        deadline = time.monotonic() + 10
+        while loop not in (exes := _exes_naming(cid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert loop in exes, exes
     finally:
         run([*box, "rm", "-f", cid], check=False)
+
+
+def _exes_naming(cid: str) -> set[str]:
+    """The executables of the processes whose command line holds CID."""
+    exes = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if cid.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                exes.add(os.readlink(f"/proc/{pid}/exe"))
+        except OSError:
+            continue
+    return exes
 
 
 def test_engine_demo_shows_namespaces_and_limits() -> None:

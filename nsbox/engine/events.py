@@ -187,8 +187,23 @@ def _append(path: str, type_: str, action: str, actor_id: str,
                 _rotate(path)
             return
         finally:
-            os.close(fd)  # also releases the flock
+            _unlock_and_close(fd)
     raise OSError(f"{path} keeps being rotated")
+
+
+def _unlock_and_close(fd: int) -> None:
+    """Release FD's flock explicitly, then close it.
+
+    Closing alone releases an flock only when no other fd shares the open file
+    description: a process forked (by another thread) while we held the lock
+    inherits the fd, and the lock would live as long as that child, deadlocking
+    every writer after it.  LOCK_UN acts on the description itself."""
+    import fcntl  # already imported by the caller: a dict lookup
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _still_current(fd: int, path: str) -> os.stat_result | None:
@@ -325,7 +340,7 @@ def _open_generations(path: str) -> list[int]:
                 continue  # rotated while we waited for the lock
             return _open_names(path)
         finally:
-            os.close(lock_fd)  # also releases the flock
+            _unlock_and_close(lock_fd)
     return _open_names(path)
 
 
