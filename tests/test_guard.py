@@ -348,6 +348,35 @@ needs_landlock = pytest.mark.skipif(
 
 
 @needs_guard
+def test_read_keys_of_every_kind_match_in_the_kernel(box, tmp_path):
+    """Reads are reported by the kernel only when a key matches (exact path, a directory
+    prefix, the last component, its extension), hashed in 8-character chunks there:
+    paths of lengths around the chunks, and near misses."""
+    rules_file = tmp_path / "reads.yaml"
+    rules_file.write_text(
+        "- {rule: r-exact, event: read, path: /srv/a/exactly16}\n"   # 16 bytes: two words
+        "- {rule: r-prefix, event: read, path: /srv/pp/**}\n"        # an 8-byte prefix
+        "- {rule: r-deep, event: read, path: /srv/q/deeper/dir/**}\n"
+        "- {rule: r-name, event: read, path: '**/named-file'}\n"
+        "- {rule: r-ext, event: read, path: '**/*.secret'}\n")
+    hits = ["/srv/a/exactly16", "/srv/pp/x", "/srv/q/deeper/dir/f", "/srv/y/named-file",
+            "/srv/y/z.tar.secret"]
+    misses = ["/srv/a/exactly1", "/srv/a/exactly16x", "/srv/ppx/x", "/srv/q/deeper/di",
+              "/srv/y/named-file2", "/srv/y/z.secretx", "/srv/y/secret"]
+    files = hits + misses
+    script = (f"mkdir -p {' '.join(sorted({f.rsplit('/', 1)[0] for f in files}))}; "
+              f"for f in {' '.join(files)}; do echo x > $f; done; "
+              f"sleep 0.3; cat {' '.join(files)} >/dev/null")
+    box("run", "--name", "g-keys", "--security-opt", f"guard={rules_file}", "busybox",
+        "sh", "-c", script)
+    alerts = box.alerts("g-keys", "r-ext", "/srv/y/z.tar.secret")
+    seen = {(a["rule"], a["event"]["path"]) for a in alerts}
+    assert seen == {("r-exact", hits[0]), ("r-prefix", hits[1]), ("r-deep", hits[2]),
+                    ("r-name", hits[3]), ("r-ext", hits[4])}, alerts
+    box("rm", "-f", "g-keys")
+
+
+@needs_guard
 @needs_landlock
 def test_deny_rule_refuses_in_the_kernel(box, tmp_path):
     """The issue's smallest rules file, as written."""
