@@ -355,3 +355,15 @@ def test_without_the_dashboard_extra_it_says_what_to_install(tmp_path):
     proc = subprocess.run([VENV_PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 125 and proc.stdout == ""
     assert "pip install 'nsbox[dashboard]'" in one_line_error(proc)
+
+
+def test_history_keeps_the_time_of_its_latest_sample():
+    # The stream's first event repeats the latest sample with that time, so a page
+    # rendered with the history does not draw the point twice (dashboard.js).
+    from nsbox.engine.dashboard.views import History
+
+    history = History(minutes=1, interval=2)
+    history.add({"a": {"cpu": 1.0, "mem": 10, "pids": 1}}, now=100.0004)
+    history.add({"a": {"cpu": 2.0, "mem": 20, "pids": 2}}, now=102.0006)
+    assert history.latest_time == 102.001 == history.columns("a")[0][-1]
+    assert history.latest == {"a": {"cpu": 2.0, "mem": 20, "pids": 2}}

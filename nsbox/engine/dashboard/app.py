@@ -297,7 +297,9 @@ class Dashboard:
                 if kind == "engine":
                     yield f"id: {number}\nevent: engine\ndata: {json.dumps(data)}\n\n"
             if self.history.latest:  # the current state at once, not after one interval
-                data = {"time": time.time(), "containers": self.history.latest}
+                # With the time it was sampled: a page whose graph already has that
+                # point (from the history it was rendered with) does not add it twice.
+                data = {"time": self.history.latest_time, "containers": self.history.latest}
                 yield f"id: {seq}\nevent: sample\ndata: {json.dumps(data)}\n\n"
             while True:
                 waiter = hub.changed

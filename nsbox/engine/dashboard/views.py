@@ -145,9 +145,11 @@ class History:
         self.size = max(2, int(minutes * 60 / interval))
         self.series: dict[str, deque] = {}
         self.latest: dict[str, dict] = {}
+        self.latest_time = 0.0  # when `latest` was sampled (rounded as the series' times)
 
     def add(self, samples: dict[str, dict], now: float | None = None) -> None:
         now = time.time() if now is None else now
+        self.latest_time = round(now, 3)
         for cid, sample in samples.items():
             self.series.setdefault(cid, deque(maxlen=self.size)).append(
                 (round(now, 3), sample.get("cpu"), sample.get("mem"), sample.get("pids")))

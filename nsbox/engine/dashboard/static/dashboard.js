@@ -59,6 +59,8 @@
   function addSample(t, sample) {
     const d = state.data;
     if (!d) return;
+    // Not twice: the stream's first sample may be the history's last point.
+    if (d.time.length && t <= d.time[d.time.length - 1]) return;
     d.time.push(t); d.cpu.push(sample.cpu); d.mem.push(sample.mem); d.pids.push(sample.pids);
     if (d.time.length > keep) for (const k of Object.keys(d)) d[k].shift();
     for (const key of Object.keys(state.charts)) state.charts[key].setData([d.time, d[key]]);
