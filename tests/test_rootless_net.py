@@ -111,6 +111,29 @@ def test_slirp4netns_without_tun_access_says_why(clean):
     assert "cannot publish ports" in proc.stderr and TUN in proc.stderr
     assert clean.run("ps", "-a", "-q").stdout == ""
 
+def test_bridge_networks_are_refused_rootless_with_the_reason(clean):
+    """A rootless engine shares the host's network namespace, where it may not make
+    bridges or veths: `network create` and `--network bridge` say so at once, exit
+    125, and leave nothing (before, the kernel's EPERM or the runtime's
+    ping_group_range error came out of the middle of the set-up)."""
+    run_root = Path(f"/tmp/nsbox-run-{clean.uid}")
+    want = "bridge networks need root here"
+    proc = clean.run("network", "create", "mynet", check=False)
+    assert proc.returncode == 125 and want in proc.stderr, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == \
+        [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert "mynet" not in clean.run("network", "ls").stdout
+    proc = clean.run("run", "--rm", "--network", "bridge", "busybox", "true", check=False)
+    assert proc.returncode == 125 and want in proc.stderr, proc.stderr
+    assert "ping_group_range" not in proc.stderr
+    assert clean.run("ps", "-a", "-q").stdout == ""
+    assert not (run_root / "netns").exists() or not os.listdir(run_root / "netns")
+    assert not (run_root / "wiring").exists() or not os.listdir(run_root / "wiring")
+    clean.run("create", "--name", "quiet", "busybox", "true")  # slirp4netns, the default
+    proc = clean.run("network", "connect", "bridge", "quiet", check=False)
+    assert proc.returncode == 125 and "only a container on a bridge network" in proc.stderr
+
+
 # ---------------------------------------------------------------- published ports (slirp4netns)
 _WEB = ("mkdir -p /www && echo \"page of $(hostname)\" > /www/index.html && "
         "exec httpd -f -p 80 -h /www")

@@ -68,8 +68,16 @@ def _index_of(ifname: str) -> int:
     return int(ifname.removeprefix("eth") or 0)
 
 
+def _check_links_allowed() -> None:
+    """NetworkError, before anything is made, when this engine cannot make veths (rootless)."""
+    refused = networks.links_refused()
+    if refused:
+        raise NetworkError(refused)
+
+
 def resolve(engine: EngineBase, spec: ContainerSpec) -> list[Network]:
     """SPEC's networks (NetworkNotFound before anything is made), checking --ip."""
+    _check_links_allowed()
     nets = [networks.get(engine, name) for name in network_names(spec)]
     if getattr(spec, "ip", None):
         if nets[0].is_default:
@@ -141,6 +149,7 @@ def attach(engine: EngineBase, cid: str, name: str, net: Network, index: int | N
            ip: str | None = None, mac: str | None = None,
            aliases: list[str] | tuple = (), ip6: str | None = None) -> Attachment:
     """Lease an address of NET for CID and plug it in as eth<INDEX> (the next free one)."""
+    _check_links_allowed()
     path = netns_path(engine.run_root, cid)
     if not os.path.lexists(path):
         raise NetworkError("the container has no network namespace of the engine's: "
