@@ -12,6 +12,7 @@ the account removed and /etc/subuid and /etc/subgid restored byte for byte.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import pwd
 import shutil
@@ -171,7 +172,14 @@ def made_user(name: str):
         subprocess.run(["runuser", "-u", name, "--", SYSTEM_PYTHON, "-m", "venv", "--without-pip",
                         str(home / "venv")], check=True, capture_output=True)
         site = next((home / "venv" / "lib").glob("python3*/site-packages"))
-        (site / "nsbox.pth").write_text(f"{REPO}\n")
+        # pyroute2, nsbox's one dependency the bridge networks need (pip would have
+        # installed it): this interpreter's copy, through a directory that holds it alone.
+        extra = home / "venv" / "deps"
+        extra.mkdir()
+        spec = importlib.util.find_spec("pyroute2")
+        if spec is not None and spec.submodule_search_locations:
+            (extra / "pyroute2").symlink_to(spec.submodule_search_locations[0])
+        (site / "nsbox.pth").write_text(f"{REPO}\n{extra}\n")
         for binary in ("nsbox", "nsbox-runtime"):
             text = (REPO / "bin" / binary).read_text().split("\n", 1)[1]
             launcher = home / "venv" / "bin" / binary

@@ -179,8 +179,9 @@ def create(engine: EngineBase, spec: ContainerSpec,
         if guard_conf is not None:  # deny rules and drift, enforced by the runtime (Landlock)
             config.setdefault("annotations", {}).update(
                 guard_client.landlock_annotation(guard_conf, info.lower_dirs))
-        if nets is not None:
-            # Docker's: ping without CAP_NET_RAW, in the container's own namespace.
+        if nets is not None and not _rootless_bridges():
+            # Docker's: ping without CAP_NET_RAW, in the container's own namespace (not
+            # rootless: a range wider than the user namespace's gid map is refused).
             config["linux"].setdefault("sysctl", {}).setdefault("net.ipv4.ping_group_range",
                                                                 "0 2147483647")
         if nets is not None or spec.extra_hosts or spec.dns or spec.dns_search or \
@@ -302,3 +303,9 @@ def netns_path(run_root: str, cid: str, network_mode: str) -> str:
         return ""
     from nsbox.engine.network import netns
     return netns.netns_path(run_root, cid)
+
+
+def _rootless_bridges() -> bool:
+    """Does this (rootless) engine keep its bridges in the user's namespace (usernet.py)?"""
+    from nsbox.engine.network import usernet
+    return usernet.entered()

@@ -68,16 +68,20 @@ def _index_of(ifname: str) -> int:
     return int(ifname.removeprefix("eth") or 0)
 
 
-def _check_links_allowed() -> None:
-    """NetworkError, before anything is made, when this engine cannot make veths (rootless)."""
-    refused = networks.links_refused()
-    if refused:
-        raise NetworkError(refused)
+def _enter_bridge_namespace(engine: EngineBase, publishing: bool = False) -> None:
+    """A rootless engine moves into the user's namespace of bridges (usernet.py) before
+    it makes or plugs anything; published ports are not there yet (NetworkError)."""
+    from nsbox.engine.network import usernet
+    if not usernet.needed():
+        return
+    if publishing:
+        raise NetworkError("a rootless container on a bridge network cannot publish ports "
+                           "yet: publish from the default network (slirp4netns) or pasta")
+    usernet.enter(engine.run_root)
 
 
 def resolve(engine: EngineBase, spec: ContainerSpec) -> list[Network]:
     """SPEC's networks (NetworkNotFound before anything is made), checking --ip."""
-    _check_links_allowed()
     nets = [networks.get(engine, name) for name in network_names(spec)]
     if getattr(spec, "ip", None):
         if nets[0].is_default:
@@ -89,6 +93,8 @@ def resolve(engine: EngineBase, spec: ContainerSpec) -> list[Network]:
             raise NetworkError("user specified IP address is supported on user defined "
                                "networks only")
         ipam.check_ip6(nets[0], spec.ip6)
+    _enter_bridge_namespace(engine, publishing=bool(getattr(spec, "publish", None)
+                                                    or getattr(spec, "publish_all", False)))
     return nets
 
 
@@ -110,6 +116,12 @@ def setup_container(engine: EngineBase, cid: str, name: str, spec: ContainerSpec
             on_exhausted=lambda net=net: reclaim_stale(engine, net.id),
             ip6=getattr(spec, "ip6", None) if index == 0 else None))
     _crashpoint("network.after_lease")
+    from nsbox.engine.network import usernet
+    if usernet.entered():
+        # The user's namespace may be new: its bridges first, for aardvark-dns to bind
+        # their gateways (root's were made by `network create`).
+        for net in nets:
+            networks.bring_up(net)
     wiring.start(engine.run_root, cid,
                  [(net, lease, veth_name(cid, i)) for i, (net, lease) in
                   enumerate(zip(nets, leases, strict=True))])
@@ -131,6 +143,7 @@ def rewire(engine: EngineBase, cid: str) -> None:
     after a wiring that failed (a bridge name taken by another kind of link, say) or
     was killed, as Docker sets a container's network up again at each start."""
     from nsbox.engine.network import netns, wiring
+    _enter_bridge_namespace(engine)
     wiring.settle(engine.run_root, cid)
     netns.unmount_netns(netns_path(engine.run_root, cid))
     _delete_links(VETH_PREFIX + cid[:10])
@@ -149,7 +162,7 @@ def attach(engine: EngineBase, cid: str, name: str, net: Network, index: int | N
            ip: str | None = None, mac: str | None = None,
            aliases: list[str] | tuple = (), ip6: str | None = None) -> Attachment:
     """Lease an address of NET for CID and plug it in as eth<INDEX> (the next free one)."""
-    _check_links_allowed()
+    _enter_bridge_namespace(engine)
     path = netns_path(engine.run_root, cid)
     if not os.path.lexists(path):
         raise NetworkError("the container has no network namespace of the engine's: "
@@ -188,10 +201,13 @@ def detach(engine: EngineBase, cid: str, net: Network) -> None:
     if not net.is_default:
         from nsbox.engine.network import dns
         dns.container_detached(engine, net, cid)
-    from nsbox.engine.network import netlink
-    netlink.delete_link(veth_name(cid, _index_of(leases[0].ifname)))
+    from nsbox.engine.network import netlink, usernet
+    if not usernet.needed() or usernet.alive(engine.run_root):
+        _enter_bridge_namespace(engine)
+        netlink.delete_link(veth_name(cid, _index_of(leases[0].ifname)))
     ipam.release(engine.db, cid, net.id)
     _event(engine, "disconnect", net, cid)
+    usernet.release(engine)
 
 
 def teardown_container(engine: EngineBase, cid: str) -> None:
@@ -237,6 +253,9 @@ def teardown_container(engine: EngineBase, cid: str) -> None:
     ipam.release(engine.db, cid)
     for net in left:
         _event(engine, "disconnect", net, cid)
+    if left:
+        from nsbox.engine.network import usernet
+        usernet.release(engine)  # a rootless engine's namespace of bridges, once unused
     if errors:
         raise NsboxError(f"removing the network of {cid[:12]}: {'; '.join(errors)}")
 

@@ -64,10 +64,17 @@ class PortTaken(FirewallError):
 
 
 # ================================================================ running nft
+def _nft() -> str:
+    """The nft program: on PATH, or in /usr/sbin and /sbin, which an unprivileged user's
+    PATH (a rootless engine's) often lacks."""
+    import shutil
+    return shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin") or "nft"
+
+
 def nft(batch: str, *, check: bool = True) -> subprocess.CompletedProcess:
     """Apply BATCH (nft syntax) atomically with `nft -f -`."""
     try:
-        result = subprocess.run(["nft", "-f", "-"], input=batch, capture_output=True, text=True,
+        result = subprocess.run([_nft(), "-f", "-"], input=batch, capture_output=True, text=True,
                                 check=False)
     except FileNotFoundError:
         raise FirewallError("bridge networking needs nft (Debian package nftables)") from None
@@ -86,7 +93,7 @@ def _first_error(stderr: str) -> str:
 def version() -> str:
     """`nft --version`, e.g. "nftables v1.0.6 (Lester Gooch #5)"."""
     try:
-        out = subprocess.run(["nft", "--version"], capture_output=True, text=True, check=False)
+        out = subprocess.run([_nft(), "--version"], capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise FirewallError("bridge networking needs nft (Debian package nftables)") from None
     return out.stdout.strip()
@@ -96,7 +103,7 @@ def state() -> dict | None:
     """The table as {"sets": {name: [elements]}, "chains": set(names)}; None without it."""
     from nsbox import _json
     try:
-        result = subprocess.run(["nft", "-j", "list", "table", *TABLE.split()],
+        result = subprocess.run([_nft(), "-j", "list", "table", *TABLE.split()],
                                 capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise FirewallError("bridge networking needs nft (Debian package nftables)") from None

@@ -132,43 +132,6 @@ def _ipv6_config(subnet6: str | None, gateway6: str | None, existing: list[Netwo
     return str(net6), str(gw6)
 
 
-NS_GET_USERNS = 0xB701  # ioctl_ns(2): _IO(0xb7, 0x1), an fd of the owning user namespace
-
-
-def links_refused() -> str:
-    """Why this engine cannot make bridges and veths in its network namespace, or "".
-
-    Only a rootless engine is asked: it runs in a user namespace of its own
-    (rootless.py) while its network namespace is the host's, owned by the
-    host's user namespace, in which it holds no capability.  An engine that
-    is root in the user namespace owning its network namespace (the host's
-    root, or a container's root with a network namespace of its own) can."""
-    from nsbox.engine import rootless
-    if not rootless.active():
-        return ""
-    import fcntl
-    net = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    owned = False
-    try:
-        owner = fcntl.ioctl(net, NS_GET_USERNS)
-    except PermissionError:
-        pass  # the owner is outside our scope: an ancestor of our user namespace
-    except OSError:
-        return ""  # no ioctl_ns (kernels before 4.9): let the kernel answer
-    else:
-        try:
-            owned = os.fstat(owner).st_ino == os.stat("/proc/self/ns/user").st_ino
-        finally:
-            os.close(owner)
-    finally:
-        os.close(net)
-    if owned and os.geteuid() == 0:
-        return ""
-    return ("bridge networks need root here: a rootless engine shares the host's network "
-            "namespace, where it cannot make bridges or veths; use --network slirp4netns or "
-            "pasta (the rootless default is slirp4netns)")
-
-
 def create(engine: EngineBase, name: str, subnet: str | None = None, gateway: str | None = None,
            ip_range: str | None = None, internal: bool = False, ipv6: bool = False,
            labels: dict | None = None, options: dict | None = None,
@@ -176,12 +139,9 @@ def create(engine: EngineBase, name: str, subnet: str | None = None, gateway: st
     """A new bridge network (and its bridge); NetworkError/ConfigError leave nothing."""
     import ipaddress
 
-    from nsbox.engine.network import netlink
+    from nsbox.engine.network import netlink, usernet
     if driver not in ("bridge", ""):
         raise ConfigError(f"network driver {driver!r} is not supported: use bridge")
-    refused = links_refused()
-    if refused:
-        raise NetworkError(refused)
     if not name or not (name[0].isalnum() and all(c.isalnum() or c in "_.-" for c in name)):
         raise ConfigError(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] "
                           "are allowed")
@@ -261,7 +221,10 @@ def create(engine: EngineBase, name: str, subnet: str | None = None, gateway: st
     except sqlite3.IntegrityError:
         raise NetworkError(f"network with name {name} already exists") from None
     try:
-        bring_up(record)
+        if not usernet.needed():
+            # (A rootless engine's bridges live in the user's namespace, usernet.py:
+            # the first container on the network makes its bridge there.)
+            bring_up(record)
     except BaseException:
         from nsbox._lite import suppress
         with suppress(Exception):
@@ -300,10 +263,14 @@ def bring_up(net: Network) -> None:
 
 
 def take_down(engine: EngineBase, net: Network) -> None:
-    from nsbox.engine.network import dns, firewall, netlink
-    firewall.network_removed(net, [n for n in model.networks(engine.db) if n.id != net.id])
+    from nsbox.engine.network import dns, firewall, netlink, usernet
     if not net.is_default:
         dns.network_removed(engine, net)
+    if usernet.needed():
+        if not usernet.alive(engine.run_root):
+            return  # its bridge went with the user's namespace
+        usernet.enter(engine.run_root)
+    firewall.network_removed(net, [n for n in model.networks(engine.db) if n.id != net.id])
     netlink.delete_link(net.bridge)
 
 

@@ -188,6 +188,17 @@ def start(run_root: str, cid: str, mode: str, timeout: float = 10.0) -> int:
     return proc.pid
 
 
+def pid_of(run_root: str, cid: str) -> int | None:
+    """The pid of CID's slirp4netns if it runs (its pid file, checked by name)."""
+    try:
+        with open(_pid_file(run_root, cid)) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/comm") as f:
+            return pid if f.read().strip() == "slirp4netns" else None
+    except (OSError, ValueError):
+        return None
+
+
 def stop(run_root: str, cid: str) -> None:
     """Stop CID's slirp4netns (or pasta), if one runs (checked by name: pids get reused),
     and drop its network namespace."""

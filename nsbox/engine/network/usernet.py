@@ -1,0 +1,189 @@
+"""Bridge networks for a rootless engine: a network namespace of the user's own.
+
+A rootless engine (rootless.py) runs in a user namespace of its own but in
+the host's network namespace, which belongs to the host's user namespace:
+it may not make bridges, veths or firewall rules there.  So, as rootless
+Podman does with its "rootless-netns", the bridges of a rootless user's
+networks live in one more network namespace, made by the user's engine and
+owned by its user namespace, where it is root:
+
+    host  <-- slirp4netns (tap0, 10.0.2.100/24, NAT) -->  the user's namespace
+                                                           bridges nsbox0, nsbox1...
+                                                           veths to the containers
+                                                           nftables table inet nsbox
+
+It is kept as a bind mount of its nsfs file at <run_root>/netns/rootless-netns
+(in the engine's own mount namespace, which the pause process keeps), with
+one slirp4netns in front of it for the way out (slirp.py's files under that
+same name).  A command that works on bridge networks calls enter() first:
+it makes the namespace and its slirp4netns when they are missing, then moves
+the command's process into it, for good (setns(2) back into the host's
+namespace would need a capability there).  Everything after that - the
+wiring child, nft, aardvark-dns, the monitor and its helpers - runs in it
+as it would in the host's namespace for root.  When no container holds an
+address on a bridge network any more, release() stops the slirp4netns and
+drops the namespace (bridges are made again by the next container).
+
+Not yet: published ports of rootless bridge containers (slirp4netns'
+forwarding to 10.0.2.100 and a DNAT there would do it); they are refused.
+"""
+
+from __future__ import annotations
+
+import os
+
+from nsbox.engine.network.model import NetworkError
+
+NAME = "rootless-netns"  # netns.py's and slirp.py's name for it, as a container id
+_entered = False
+# A shared flock of <run_root>/rootless-netns.users, held from enter() to the
+# command's end: release() leaves the namespace alone while any command works in it
+# (one that entered but has not recorded its container's lease yet, say).
+_users_fd = -1
+
+
+NS_GET_USERNS = 0xB701  # ioctl_ns(2): _IO(0xb7, 0x1), an fd of the owning user namespace
+
+
+def links_refused() -> str:
+    """Why this engine cannot make bridges and veths in its network namespace, or "".
+
+    Only a rootless engine is asked: it runs in a user namespace of its own
+    (rootless.py) while its network namespace is the host's, owned by the
+    host's user namespace, in which it holds no capability.  An engine that
+    is root in the user namespace owning its network namespace (the host's
+    root, or a container's root with a network namespace of its own) can."""
+    from nsbox.engine import rootless
+    if not rootless.active():
+        return ""
+    import fcntl
+    net = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    owned = False
+    try:
+        owner = fcntl.ioctl(net, NS_GET_USERNS)
+    except PermissionError:
+        pass  # the owner is outside our scope: an ancestor of our user namespace
+    except OSError:
+        return ""  # no ioctl_ns (kernels before 4.9): let the kernel answer
+    else:
+        try:
+            owned = os.fstat(owner).st_ino == os.stat("/proc/self/ns/user").st_ino
+        finally:
+            os.close(owner)
+    finally:
+        os.close(net)
+    if owned and os.geteuid() == 0:
+        return ""
+    return ("a rootless engine shares the host's network namespace, where it cannot make "
+            "bridges or veths")
+
+
+def needed() -> bool:
+    """Is this a rootless engine whose bridges must live in a namespace of its own?"""
+    return bool(links_refused())
+
+
+def entered() -> bool:
+    return _entered
+
+
+def enter(run_root: str) -> None:
+    """Move this process into the user's bridge namespace, making it first if needed.
+
+    Irreversible; the process must be single-threaded (setns changes the
+    calling thread only).  NetworkError when slirp4netns cannot run."""
+    global _entered
+    if _entered:
+        return
+    import fcntl
+
+    from nsbox.engine.network import netns, slirp
+    from nsbox.runtime import syscalls as sc
+
+    os.makedirs(run_root, mode=0o700, exist_ok=True)
+    lock = os.open(os.path.join(run_root, NAME + ".lock"),
+                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = netns.netns_path(run_root, NAME)
+        if not alive(run_root):
+            why = slirp.unavailable()
+            if why:
+                raise NetworkError("bridge networks of a rootless user need slirp4netns "
+                                   f"in front of their namespace: {why}")
+            slirp.stop(run_root, NAME)  # what a crash left: a namespace or a pid file
+            netns.make_netns(run_root, NAME)
+            try:
+                slirp.start(run_root, NAME, "slirp4netns")
+            except BaseException:
+                netns.unmount_netns(path)
+                raise
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sc.setns(fd, sc.CLONE_NEWNET)
+        finally:
+            os.close(fd)
+        _entered = True
+        _set_up_inside()
+        global _users_fd
+        _users_fd = os.open(os.path.join(run_root, NAME + ".users"),
+                            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(_users_fd, fcntl.LOCK_SH)
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+
+
+def _set_up_inside() -> None:
+    """lo up and forwarding on, in the namespace this process is now in (its own)."""
+    from nsbox.runtime import syscalls as sc
+    sc.interface_up("lo")
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+        f.write("1\n")
+
+
+def alive(run_root: str) -> bool:
+    """Is the namespace mounted and its slirp4netns running?"""
+    from nsbox.engine.network import netns, slirp
+    path = netns.netns_path(run_root, NAME)
+    try:
+        if os.stat(path).st_dev == os.stat(os.path.dirname(path)).st_dev:
+            return False  # the file, but nothing mounted on it
+    except FileNotFoundError:
+        return False
+    pid = slirp.pid_of(run_root, NAME)
+    return pid is not None
+
+
+def release(engine: object) -> None:
+    """Stop the slirp4netns and drop the namespace once no container holds an address on
+    a bridge network (their namespaces keep veths into it)."""
+    from nsbox.engine.network import model, netns, slirp
+    run_root = engine.run_root  # type: ignore[attr-defined]
+    if not os.path.lexists(netns.netns_path(run_root, NAME)):
+        return
+    import fcntl
+    lock = os.open(os.path.join(run_root, NAME + ".lock"),
+                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    global _users_fd
+    users = -1
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _users_fd >= 0:  # our own use ends here
+            fcntl.flock(_users_fd, fcntl.LOCK_UN)
+            os.close(_users_fd)
+            _users_fd = -1
+        users = os.open(os.path.join(run_root, NAME + ".users"),
+                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another command works in it: the last one out releases it
+        if model.attachments(engine.db):  # type: ignore[attr-defined]
+            return
+        slirp.stop(run_root, NAME)
+    finally:
+        if users >= 0:
+            os.close(users)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
