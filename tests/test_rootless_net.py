@@ -127,8 +127,8 @@ def _host_address() -> str | None:
 def test_user_defined_networks_rootless(clean, tun_for_users):
     """A rootless user's bridge networks live in a network namespace of the user's own
     (usernet.py), with slirp4netns in front of it: containers on a user network reach
-    each other by name, reach the host through NAT, and when the last one is gone so
-    are the namespace and its slirp4netns."""
+    each other by name, reach the host through NAT, publish ports across stop and
+    start, and when the last one is gone so are the namespace and its slirp4netns."""
     if not shutil.which("slirp4netns"):
         pytest.skip("slirp4netns is not installed")
     from nsbox.engine.network import dns
@@ -164,11 +164,20 @@ def test_user_defined_networks_rootless(clean, tun_for_users):
         finally:
             server.close()
         assert out.stdout == "hello from the host\n"
-    proc = clean.run("run", "--rm", "--network", "front", "-p", "18082:80", "busybox", "true",
-                     check=False)
-    assert proc.returncode == 125 and "cannot publish ports yet" in proc.stderr, proc.stderr
+    # A published port: the host's slirp4netns listens, a DNAT in the user's namespace
+    # takes it on to the container; gone with the container's stop.
+    port = _free_port(18082)
+    clean.run("run", "-d", "--name", "pub", "--network", "front", "-p", f"{port}:80",
+              "busybox", "sh", "-c", _WEB)
+    assert _fetch(port).startswith("page of ")
+    assert clean.run("port", "pub").stdout.strip() == f"80/tcp -> 0.0.0.0:{port}"
     assert [_comm(pid) for pid in clean.processes()].count("slirp4netns") == 1
-    clean.run("rm", "-f", "web")
+    clean.run("stop", "-t", "1", "pub")
+    with pytest.raises(OSError):
+        _fetch(port, timeout=1)
+    clean.run("start", "pub")  # a new command: back into the namespace, the port again
+    assert _fetch(port).startswith("page of ")
+    clean.run("rm", "-f", "web", "pub")
     clean.run("network", "rm", "front", "back")
     deadline = time.monotonic() + 5  # not even a zombie
     while time.monotonic() < deadline and any(

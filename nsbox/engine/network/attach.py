@@ -68,16 +68,12 @@ def _index_of(ifname: str) -> int:
     return int(ifname.removeprefix("eth") or 0)
 
 
-def _enter_bridge_namespace(engine: EngineBase, publishing: bool = False) -> None:
+def _enter_bridge_namespace(engine: EngineBase) -> None:
     """A rootless engine moves into the user's namespace of bridges (usernet.py) before
-    it makes or plugs anything; published ports are not there yet (NetworkError)."""
+    it makes or plugs anything."""
     from nsbox.engine.network import usernet
-    if not usernet.needed():
-        return
-    if publishing:
-        raise NetworkError("a rootless container on a bridge network cannot publish ports "
-                           "yet: publish from the default network (slirp4netns) or pasta")
-    usernet.enter(engine.run_root)
+    if usernet.needed(engine.run_root):
+        usernet.enter(engine.run_root)
 
 
 def resolve(engine: EngineBase, spec: ContainerSpec) -> list[Network]:
@@ -93,8 +89,7 @@ def resolve(engine: EngineBase, spec: ContainerSpec) -> list[Network]:
             raise NetworkError("user specified IP address is supported on user defined "
                                "networks only")
         ipam.check_ip6(nets[0], spec.ip6)
-    _enter_bridge_namespace(engine, publishing=bool(getattr(spec, "publish", None)
-                                                    or getattr(spec, "publish_all", False)))
+    _enter_bridge_namespace(engine)
     return nets
 
 
@@ -202,7 +197,7 @@ def detach(engine: EngineBase, cid: str, net: Network) -> None:
         from nsbox.engine.network import dns
         dns.container_detached(engine, net, cid)
     from nsbox.engine.network import netlink, usernet
-    if not usernet.needed() or usernet.alive(engine.run_root):
+    if not usernet.needed(engine.run_root) or usernet.alive(engine.run_root):
         _enter_bridge_namespace(engine)
         netlink.delete_link(veth_name(cid, _index_of(leases[0].ifname)))
     ipam.release(engine.db, cid, net.id)

@@ -221,7 +221,7 @@ def create(engine: EngineBase, name: str, subnet: str | None = None, gateway: st
     except sqlite3.IntegrityError:
         raise NetworkError(f"network with name {name} already exists") from None
     try:
-        if not usernet.needed():
+        if not usernet.needed(engine.run_root):
             # (A rootless engine's bridges live in the user's namespace, usernet.py:
             # the first container on the network makes its bridge there.)
             bring_up(record)
@@ -266,7 +266,7 @@ def take_down(engine: EngineBase, net: Network) -> None:
     from nsbox.engine.network import dns, firewall, netlink, usernet
     if not net.is_default:
         dns.network_removed(engine, net)
-    if usernet.needed():
+    if usernet.needed(engine.run_root):
         if not usernet.alive(engine.run_root):
             return  # its bridge went with the user's namespace
         usernet.enter(engine.run_root)

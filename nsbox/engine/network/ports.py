@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 from nsbox import _json
-from nsbox.errors import ConfigError
+from nsbox.errors import ConfigError, NsboxError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -246,8 +246,19 @@ def publish_container(engine: EngineBase, c: Container) -> list[dict]:
         return []
     if net.internal:
         return []
-    return publish(engine, c, leases[0].ip, bridge=net.bridge,
-                   ip6=leases[0].ip6 if net.ipv6 else "")
+    from nsbox.engine.network import usernet
+    if not usernet.needed(engine.run_root):
+        return publish(engine, c, leases[0].ip, bridge=net.bridge,
+                       ip6=leases[0].ip6 if net.ipv6 else "")
+    # Rootless: the rules in the user's namespace of bridges, its slirp4netns in front.
+    usernet.enter(engine.run_root)
+    mappings = publish(engine, c, leases[0].ip, bridge=net.bridge)
+    try:
+        usernet.forward(engine.run_root, mappings)
+    except NsboxError as exc:
+        unpublish(engine, c.id)
+        raise ConfigError(f"cannot start container {c.name}: {exc}") from None
+    return mappings
 
 
 def _drop_stale(engine: EngineBase, cid: str) -> None:
@@ -276,8 +287,14 @@ def _suppress_oserror():  # noqa: ANN202
 
 def unpublish(engine: EngineBase, cid: str) -> None:
     """Take back CID's published ports (rules and record).  Idempotent."""
-    from nsbox.engine.network import firewall, proxy6
+    from nsbox.engine.network import firewall, proxy6, usernet
     path = _record_path(engine, cid)
+    if usernet.needed(engine.run_root):  # rootless: they live in the user's namespace of bridges
+        if not usernet.alive(engine.run_root):
+            _unlink(path)  # gone with it
+            return
+        usernet.enter(engine.run_root)
+        usernet.unforward(engine.run_root, current(engine, cid))
     proxy6.stop(engine, cid)  # first: the record says they are to be ended
     if os.path.exists(path) or firewall.state() is not None:
         firewall.ports_removed(cid)

@@ -103,12 +103,15 @@ def _api_call(path: str, request: dict, timeout: float = 5.0) -> dict:
         return {"error": {"desc": f"unexpected answer {data[:200]!r}"}}
 
 
-def add_forwards(path: str, mappings: list[dict], guest_addr: str = "") -> None:
-    """`add_hostfwd` per mapping through the API socket PATH; NsboxError naming the first
-    one slirp4netns refuses."""
+def add_forwards(path: str, mappings: list[dict], guest_addr: str = "",
+                 to_host_port: bool = False) -> None:
+    """`add_hostfwd` per mapping through the API socket PATH (to the container's port, or
+    TO_HOST_PORT: to the same port, for a DNAT behind); NsboxError naming the first one
+    slirp4netns refuses."""
     for m in mappings:
         args = {"proto": m["proto"], "host_addr": m.get("host_ip") or "0.0.0.0",
-                "host_port": int(m["host_port"]), "guest_port": int(m["container_port"])}
+                "host_port": int(m["host_port"]),
+                "guest_port": int(m["host_port" if to_host_port else "container_port"])}
         if guest_addr:
             args["guest_addr"] = guest_addr
         try:
@@ -121,13 +124,33 @@ def add_forwards(path: str, mappings: list[dict], guest_addr: str = "") -> None:
                              f"{args['proto']}: slirp4netns: {desc or answer['error']}")
 
 
+def remove_forwards(path: str, mappings: list[dict]) -> None:
+    """`remove_hostfwd` for each of MAPPINGS' host ports slirp4netns forwards (quietly:
+    what is not there any more is already done)."""
+    try:
+        answer = _api_call(path, {"execute": "list_hostfwd"})
+    except OSError:
+        return
+    # slirp4netns answers {"entries": [...]} (its "return" wrapper is for other commands)
+    body = answer.get("return", answer) if isinstance(answer, dict) else {}
+    entries = body.get("entries", []) if isinstance(body, dict) else []
+    wanted = {(m["proto"], int(m["host_port"])) for m in mappings}
+    for entry in entries:
+        if (entry.get("proto"), entry.get("host_port")) in wanted:
+            try:
+                _api_call(path, {"execute": "remove_hostfwd",
+                                 "arguments": {"id": entry.get("id")}})
+            except OSError:
+                pass
+
+
 def _guest_addr(cidr: str) -> str:
     """The container's address in CIDR (slirp4netns configures network + 100)."""
     import ipaddress
     return str(ipaddress.ip_network(cidr, strict=False).network_address + 100)
 
 
-def start(run_root: str, cid: str, mode: str, timeout: float = 10.0) -> int:
+def start(run_root: str, cid: str, mode: str, timeout: float = 10.0, api: bool = False) -> int:
     """Start slirp4netns in CID's network namespace; its pid once tap0 is configured.
     (pasta for `--network pasta`: network/pasta.py.)"""
     import shutil
@@ -149,7 +172,7 @@ def start(run_root: str, cid: str, mode: str, timeout: float = 10.0) -> int:
     if "cidr" in options:
         argv.append(f"--cidr={options['cidr']}")
     forwards = _forwards(run_root, cid)
-    api = api_socket_path(run_root, cid) if forwards else ""
+    api = api_socket_path(run_root, cid) if forwards or api else ""
     if api:
         os.makedirs(os.path.dirname(api), mode=0o700, exist_ok=True)
         _unlink(api)

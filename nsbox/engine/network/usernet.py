@@ -24,8 +24,9 @@ as it would in the host's namespace for root.  When no container holds an
 address on a bridge network any more, release() stops the slirp4netns and
 drops the namespace (bridges are made again by the next container).
 
-Not yet: published ports of rootless bridge containers (slirp4netns'
-forwarding to 10.0.2.100 and a DNAT there would do it); they are refused.
+Published ports: the DNAT rules go into this namespace's table as root's go
+into the host's (ports.py), and the slirp4netns forwards each host port to
+the same port of 10.0.2.100, its address here (forward(), unforward()).
 """
 
 from __future__ import annotations
@@ -78,9 +79,33 @@ def links_refused() -> str:
             "bridges or veths")
 
 
-def needed() -> bool:
-    """Is this a rootless engine whose bridges must live in a namespace of its own?"""
-    return bool(links_refused())
+def needed(run_root: str) -> bool:
+    """Is this a rootless engine whose bridges live in the user's namespace of bridges?
+
+    Also true in there, where links_refused() says no more (the engine owns that
+    one): after enter(), and in a process that inherited it (a monitor forked
+    after its command entered)."""
+    global _entered
+    if _entered:
+        return True
+    if links_refused():
+        return True
+    from nsbox.engine import rootless
+    if rootless.active() and _inside(run_root):
+        _entered = True  # enter() has nothing to do
+        return True
+    return False
+
+
+def _inside(run_root: str) -> bool:
+    """Is this process in the namespace kept at <run_root>/netns/rootless-netns?"""
+    from nsbox.engine.network import netns
+    try:
+        here = os.stat("/proc/thread-self/ns/net")
+        there = os.stat(netns.netns_path(run_root, NAME))
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def entered() -> bool:
@@ -114,7 +139,7 @@ def enter(run_root: str) -> None:
             slirp.stop(run_root, NAME)  # what a crash left: a namespace or a pid file
             netns.make_netns(run_root, NAME)
             try:
-                slirp.start(run_root, NAME, "slirp4netns")
+                slirp.start(run_root, NAME, "slirp4netns", api=True)
             except BaseException:
                 netns.unmount_netns(path)
                 raise
@@ -187,3 +212,24 @@ def release(engine: object) -> None:
             os.close(users)
         fcntl.flock(lock, fcntl.LOCK_UN)
         os.close(lock)
+
+
+GUEST_ADDR = "10.0.2.100"  # slirp4netns' address for its tap0 here (its default cidr)
+
+
+def forward(run_root: str, mappings: list[dict]) -> None:
+    """Have the slirp4netns listen on MAPPINGS' host ports and bring them to the same
+    ports here, where the DNAT rules take them on; NsboxError if one cannot be had."""
+    from nsbox.engine.network import slirp
+    path = slirp.api_socket_path(run_root, NAME)
+    try:
+        slirp.add_forwards(path, mappings, guest_addr=GUEST_ADDR, to_host_port=True)
+    except BaseException:
+        slirp.remove_forwards(path, mappings)
+        raise
+
+
+def unforward(run_root: str, mappings: list[dict]) -> None:
+    from nsbox.engine.network import slirp
+    if mappings:
+        slirp.remove_forwards(slirp.api_socket_path(run_root, NAME), mappings)
