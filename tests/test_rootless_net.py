@@ -187,6 +187,26 @@ def test_user_defined_networks_rootless(clean, tun_for_users):
     assert not (run_root / "netns").exists() or not os.listdir(run_root / "netns")
 
 
+def test_rootless_bridges_end_with_system_reset(clean, tun_for_users):
+    """`system reset` with containers on the default bridge and a user network: the
+    user's namespace of bridges, its slirp4netns and aardvark-dns all end (then the
+    pause process too), and the next bridge container makes them again."""
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns is not installed")
+    clean.run("network", "create", "front")
+    clean.run("run", "-d", "--name", "a", "--network", "front", "busybox", "sleep", "100")
+    clean.run("run", "-d", "--name", "b", "--network", "bridge", "busybox", "sleep", "100")
+    assert "slirp4netns" in {_comm(pid) for pid in clean.processes()}
+    clean.run("system", "reset", "-f")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and clean.processes():
+        time.sleep(0.1)
+    assert [_comm(pid) for pid in clean.processes()] == []
+    out = clean.run("run", "--rm", "--network", "bridge", "busybox", "ip", "-o", "-4", "addr",
+                    "show", "eth0").stdout
+    assert " inet 172." in out, out
+
+
 # ---------------------------------------------------------------- published ports (slirp4netns)
 _WEB = ("mkdir -p /www && echo \"page of $(hostname)\" > /www/index.html && "
         "exec httpd -f -p 80 -h /www")
