@@ -37,6 +37,7 @@ from nsbox.engine.network.model import NetworkError
 
 NAME = "rootless-netns"  # netns.py's and slirp.py's name for it, as a container id
 _entered = False
+_rootless: bool | None = None  # rootless.active(), once asked
 # A shared flock of <run_root>/rootless-netns.users, held from enter() to the
 # command's end: release() leaves the namespace alone while any command works in it
 # (one that entered but has not recorded its container's lease yet, say).
@@ -85,13 +86,17 @@ def needed(run_root: str) -> bool:
     Also true in there, where links_refused() says no more (the engine owns that
     one): after enter(), and in a process that inherited it (a monitor forked
     after its command entered)."""
-    global _entered
+    global _entered, _rootless
     if _entered:
         return True
+    if _rootless is None:
+        from nsbox.engine import rootless
+        _rootless = rootless.active()  # a file read: once per process
+    if not _rootless:
+        return False
     if links_refused():
         return True
-    from nsbox.engine import rootless
-    if rootless.active() and _inside(run_root):
+    if _inside(run_root):
         _entered = True  # enter() has nothing to do
         return True
     return False
