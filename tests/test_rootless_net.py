@@ -207,6 +207,28 @@ def test_rootless_bridges_end_with_system_reset(clean, tun_for_users):
     assert " inet 172." in out, out
 
 
+def test_rootless_bridges_after_a_crash_while_made(clean, tun_for_users):
+    """A command killed between mounting the user's namespace of bridges and starting
+    its slirp4netns leaves a namespace without a way out: the next command makes it
+    again, and the last container's removal drops it."""
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns is not installed")
+    run_root = Path(f"/tmp/nsbox-run-{clean.uid}")
+    proc = clean.run("run", "--rm", "--network", "bridge", "busybox", "true", check=False,
+                     env={"NSBOX_TEST_CRASHPOINT": "usernet.before_slirp"})
+    assert proc.returncode != 0
+    assert clean.run("ps", "-a", "-q").stdout == ""
+    out = clean.run("run", "--rm", "--network", "bridge", "busybox", "sh", "-c",
+                    "ip -o -4 addr show eth0; ip route").stdout
+    assert " inet 172." in out and "default via 172." in out, out
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(
+            _comm(pid) == "slirp4netns" for pid in clean.processes()):
+        time.sleep(0.1)
+    assert not [pid for pid in clean.processes() if _comm(pid) == "slirp4netns"]
+    assert not (run_root / "netns").exists() or not os.listdir(run_root / "netns")
+
+
 # ---------------------------------------------------------------- published ports (slirp4netns)
 _WEB = ("mkdir -p /www && echo \"page of $(hostname)\" > /www/index.html && "
         "exec httpd -f -p 80 -h /www")

@@ -143,6 +143,8 @@ def enter(run_root: str) -> None:
                                    f"in front of their namespace: {why}")
             slirp.stop(run_root, NAME)  # what a crash left: a namespace or a pid file
             netns.make_netns(run_root, NAME)
+            from nsbox.engine.procs import crashpoint
+            crashpoint("usernet.before_slirp")
             try:
                 slirp.start(run_root, NAME, "slirp4netns", api=True)
             except BaseException:
