@@ -135,6 +135,7 @@ def test_user_defined_networks_rootless(clean, tun_for_users):
     if dns.binary() is None:
         pytest.skip("aardvark-dns is not installed")
     run_root = Path(f"/tmp/nsbox-run-{clean.uid}")
+    assert "bridge networks in the user's own network namespace" in clean.run("info").stdout
     clean.run("network", "create", "front")
     clean.run("network", "create", "back")
     assert {"front", "back"} <= set(clean.run("network", "ls", "--format", "{{.Name}}")

@@ -396,15 +396,19 @@ def report() -> dict:
     from nsbox.engine.network.netns import slirp_unavailable
 
     why = slirp_unavailable()
+    # Bridge networks live in a network namespace of the user's own, behind one
+    # slirp4netns (network/usernet.py): they need what slirp4netns needs.
     return {"Enabled": True, "HostUID": host_uid(), "Cgroups": delegated_parent() or "",
             "Network": "slirp4netns" if not why else "",
-            "NetworkUnavailable": why}
+            "BridgeNetworks": not why, "NetworkUnavailable": why}
 
 
 def report_line(facts: dict) -> str:
     if not facts.get("Enabled"):
         return "Rootless: no"
     network = facts["Network"] or f"loopback only, {facts['NetworkUnavailable']}"
+    if facts.get("BridgeNetworks"):
+        network += "; bridge networks in the user's own network namespace"
     cgroups = (f"cgroups under {facts['Cgroups']}" if facts["Cgroups"]
                else "no delegated cgroup, so resource limits are refused")
     return f"Rootless: yes (uid {facts['HostUID']}; {cgroups}; network: {network})"
