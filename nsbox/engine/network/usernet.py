@@ -125,6 +125,13 @@ def enter(run_root: str) -> None:
     global _entered
     if _entered:
         return
+    import sys
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        # setns(2) would move this thread alone, and the others would go on in the
+        # host's namespace believing the bridges are theirs.
+        raise NetworkError("a rootless program with threads cannot use bridge networks: "
+                           "run the bridge commands before starting threads, or use the CLI")
     import fcntl
 
     from nsbox.engine.network import netns, slirp
