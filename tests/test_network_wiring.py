@@ -71,3 +71,23 @@ def test_crash_between_lease_and_namespace_is_cleaned(net_host, cleanup) -> None
     assert leases(h) and netns_files(h) == []
     h.nsbox(*cleanup)
     assert_nothing_left(h)
+
+
+def test_rootless_bridges_refuse_a_threaded_program(tmp_path):
+    # usernet.enter() moves the process with setns(2), which moves one thread only.
+    import threading
+
+    from nsbox.engine.network import usernet
+    from nsbox.engine.network.model import NetworkError
+
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        with pytest.raises(NetworkError, match="threads"):
+            usernet.enter(str(tmp_path))
+        assert not usernet.entered()
+        assert not os.listdir(tmp_path)  # nothing made
+    finally:
+        stop.set()
+        worker.join()
