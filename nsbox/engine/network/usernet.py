@@ -31,9 +31,14 @@ the same port of 10.0.2.100, its address here (forward(), unforward()).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from nsbox.engine.network.model import NetworkError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 NAME = "rootless-netns"  # netns.py's and slirp.py's name for it, as a container id
 _entered = False
@@ -138,10 +143,7 @@ def enter(run_root: str) -> None:
     from nsbox.runtime import syscalls as sc
 
     os.makedirs(run_root, mode=0o700, exist_ok=True)
-    lock = os.open(os.path.join(run_root, NAME + ".lock"),
-                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(run_root):
         path = netns.netns_path(run_root, NAME)
         if not alive(run_root):
             why = slirp.unavailable()
@@ -165,9 +167,24 @@ def enter(run_root: str) -> None:
         _entered = True
         _set_up_inside()
         global _users_fd
-        _users_fd = os.open(os.path.join(run_root, NAME + ".users"),
-                            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _users_fd = _open(run_root, ".users")
         fcntl.flock(_users_fd, fcntl.LOCK_SH)
+
+
+def _open(run_root: str, suffix: str) -> int:
+    return os.open(os.path.join(run_root, NAME + suffix),
+                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+@contextlib.contextmanager
+def _locked(run_root: str) -> Iterator[None]:
+    """<run_root>/rootless-netns.lock, exclusively: one maker or releaser at a time.
+    Unlocked explicitly: a child forked meanwhile must not keep it (events.py's reason)."""
+    import fcntl
+    lock = _open(run_root, ".lock")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         os.close(lock)
@@ -202,30 +219,22 @@ def release(engine: object) -> None:
     if not os.path.lexists(netns.netns_path(run_root, NAME)):
         return
     import fcntl
-    lock = os.open(os.path.join(run_root, NAME + ".lock"),
-                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     global _users_fd
-    users = -1
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(run_root):
         if _users_fd >= 0:  # our own use ends here
             fcntl.flock(_users_fd, fcntl.LOCK_UN)
             os.close(_users_fd)
             _users_fd = -1
-        users = os.open(os.path.join(run_root, NAME + ".users"),
-                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        users = _open(run_root, ".users")
         try:
             fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return  # another command works in it: the last one out releases it
+        finally:
+            os.close(users)  # (the test was all we wanted of the lock)
         if model.attachments(engine.db):  # type: ignore[attr-defined]
             return
         slirp.stop(run_root, NAME)
-    finally:
-        if users >= 0:
-            os.close(users)
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        os.close(lock)
 
 
 GUEST_ADDR = "10.0.2.100"  # slirp4netns' address for its tap0 here (its default cidr)
