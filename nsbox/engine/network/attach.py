@@ -68,14 +68,6 @@ def _index_of(ifname: str) -> int:
     return int(ifname.removeprefix("eth") or 0)
 
 
-def _enter_bridge_namespace(engine: EngineBase) -> None:
-    """A rootless engine moves into the user's namespace of bridges (usernet.py) before
-    it makes or plugs anything."""
-    from nsbox.engine.network import usernet
-    if usernet.needed(engine.run_root):
-        usernet.enter(engine.run_root)
-
-
 def resolve(engine: EngineBase, spec: ContainerSpec) -> list[Network]:
     """SPEC's networks (NetworkNotFound before anything is made), checking --ip."""
     nets = [networks.get(engine, name) for name in network_names(spec)]
@@ -89,7 +81,8 @@ def resolve(engine: EngineBase, spec: ContainerSpec) -> list[Network]:
             raise NetworkError("user specified IP address is supported on user defined "
                                "networks only")
         ipam.check_ip6(nets[0], spec.ip6)
-    _enter_bridge_namespace(engine)
+    from nsbox.engine.network import usernet
+    usernet.join(engine.run_root)  # a rootless engine's bridges: the user's namespace
     return nets
 
 
@@ -137,8 +130,8 @@ def rewire(engine: EngineBase, cid: str) -> None:
     """Make CID's namespace and veths again from its leases and wait for them: a start
     after a wiring that failed (a bridge name taken by another kind of link, say) or
     was killed, as Docker sets a container's network up again at each start."""
-    from nsbox.engine.network import netns, wiring
-    _enter_bridge_namespace(engine)
+    from nsbox.engine.network import netns, usernet, wiring
+    usernet.join(engine.run_root)
     wiring.settle(engine.run_root, cid)
     netns.unmount_netns(netns_path(engine.run_root, cid))
     _delete_links(VETH_PREFIX + cid[:10])
@@ -157,7 +150,8 @@ def attach(engine: EngineBase, cid: str, name: str, net: Network, index: int | N
            ip: str | None = None, mac: str | None = None,
            aliases: list[str] | tuple = (), ip6: str | None = None) -> Attachment:
     """Lease an address of NET for CID and plug it in as eth<INDEX> (the next free one)."""
-    _enter_bridge_namespace(engine)
+    from nsbox.engine.network import usernet
+    usernet.join(engine.run_root)
     path = netns_path(engine.run_root, cid)
     if not os.path.lexists(path):
         raise NetworkError("the container has no network namespace of the engine's: "
@@ -197,8 +191,7 @@ def detach(engine: EngineBase, cid: str, net: Network) -> None:
         from nsbox.engine.network import dns
         dns.container_detached(engine, net, cid)
     from nsbox.engine.network import netlink, usernet
-    if not usernet.needed(engine.run_root) or usernet.alive(engine.run_root):
-        _enter_bridge_namespace(engine)
+    if usernet.join_existing(engine.run_root):
         netlink.delete_link(veth_name(cid, _index_of(leases[0].ifname)))
     ipam.release(engine.db, cid, net.id)
     _event(engine, "disconnect", net, cid)

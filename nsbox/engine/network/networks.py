@@ -266,10 +266,8 @@ def take_down(engine: EngineBase, net: Network) -> None:
     from nsbox.engine.network import dns, firewall, netlink, usernet
     if not net.is_default:
         dns.network_removed(engine, net)
-    if usernet.needed(engine.run_root):
-        if not usernet.alive(engine.run_root):
-            return  # its bridge went with the user's namespace
-        usernet.enter(engine.run_root)
+    if not usernet.join_existing(engine.run_root):
+        return  # its bridge went with the user's namespace
     firewall.network_removed(net, [n for n in model.networks(engine.db) if n.id != net.id])
     netlink.delete_link(net.bridge)
 

@@ -247,11 +247,11 @@ def publish_container(engine: EngineBase, c: Container) -> list[dict]:
     if net.internal:
         return []
     from nsbox.engine.network import usernet
-    if not usernet.needed(engine.run_root):
+    usernet.join(engine.run_root)
+    if not usernet.entered():
         return publish(engine, c, leases[0].ip, bridge=net.bridge,
                        ip6=leases[0].ip6 if net.ipv6 else "")
     # Rootless: the rules in the user's namespace of bridges, its slirp4netns in front.
-    usernet.enter(engine.run_root)
     mappings = publish(engine, c, leases[0].ip, bridge=net.bridge)
     try:
         usernet.forward(engine.run_root, mappings)
@@ -289,12 +289,11 @@ def unpublish(engine: EngineBase, cid: str) -> None:
     """Take back CID's published ports (rules and record).  Idempotent."""
     from nsbox.engine.network import firewall, proxy6, usernet
     path = _record_path(engine, cid)
-    if usernet.needed(engine.run_root):  # rootless: they live in the user's namespace of bridges
-        if not usernet.alive(engine.run_root):
-            _unlink(path)  # gone with it
-            return
-        usernet.enter(engine.run_root)
-        usernet.unforward(engine.run_root, current(engine, cid))
+    if not usernet.join_existing(engine.run_root):
+        _unlink(path)  # rootless: the rules went with the user's namespace of bridges
+        return
+    if usernet.entered():
+        usernet.unforward(engine.run_root, current(engine, cid))  # its slirp4netns's
     proxy6.stop(engine, cid)  # first: the record says they are to be ended
     if os.path.exists(path) or firewall.state() is not None:
         firewall.ports_removed(cid)

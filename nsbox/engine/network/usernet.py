@@ -122,6 +122,25 @@ def entered() -> bool:
     return _entered
 
 
+def join(run_root: str) -> None:
+    """Before making or plugging anything: into the user's namespace of bridges (made if
+    missing) when this is a rootless engine; nothing for root."""
+    if needed(run_root):
+        enter(run_root)
+
+
+def join_existing(run_root: str) -> bool:
+    """Before undoing something: True once this process is where the bridges are (root:
+    where it is; rootless: the user's namespace, entered); False when a rootless
+    engine's namespace is gone, and with it what was to be undone."""
+    if not needed(run_root):
+        return True
+    if not alive(run_root):
+        return False
+    enter(run_root)
+    return True
+
+
 def enter(run_root: str) -> None:
     """Move this process into the user's bridge namespace, making it first if needed.
 
