@@ -150,8 +150,10 @@ def _guest_addr(cidr: str) -> str:
     return str(ipaddress.ip_network(cidr, strict=False).network_address + 100)
 
 
-def start(run_root: str, cid: str, mode: str, timeout: float = 10.0, api: bool = False) -> int:
+def start(run_root: str, cid: str, mode: str, timeout: float = 10.0,
+          with_api: bool = False) -> int:
     """Start slirp4netns in CID's network namespace; its pid once tap0 is configured.
+    Its API socket when CID has ports to forward, or WITH_API (for later ones).
     (pasta for `--network pasta`: network/pasta.py.)"""
     import shutil
     import subprocess
@@ -172,7 +174,7 @@ def start(run_root: str, cid: str, mode: str, timeout: float = 10.0, api: bool =
     if "cidr" in options:
         argv.append(f"--cidr={options['cidr']}")
     forwards = _forwards(run_root, cid)
-    api = api_socket_path(run_root, cid) if forwards or api else ""
+    api = api_socket_path(run_root, cid) if forwards or with_api else ""
     if api:
         os.makedirs(os.path.dirname(api), mode=0o700, exist_ok=True)
         _unlink(api)
@@ -228,21 +230,18 @@ def stop(run_root: str, cid: str) -> None:
     if os.path.exists(os.path.join(run_root, "pasta", cid + ".pid")):
         from nsbox.engine.network import pasta
         pasta.stop(run_root, cid)
-    path = _pid_file(run_root, cid)
-    try:
-        with open(path) as f:
-            pid = int(f.read().strip())
-        with open(f"/proc/{pid}/comm") as f:
-            if f.read().strip() == "slirp4netns":
-                os.kill(pid, signal.SIGTERM)
-                wait_gone(pid)
-                try:
-                    os.waitpid(pid, os.WNOHANG)  # ours when `run -it` started it
-                except ChildProcessError:
-                    pass
-    except (OSError, ValueError):
-        pass
-    _unlink(path)
+    pid = pid_of(run_root, cid)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass  # gone meanwhile
+        wait_gone(pid)
+        try:
+            os.waitpid(pid, os.WNOHANG)  # ours when `run -it` started it
+        except ChildProcessError:
+            pass
+    _unlink(_pid_file(run_root, cid))
     _unlink(api_socket_path(run_root, cid))
     unmount_netns(netns_path(run_root, cid))
 

@@ -174,7 +174,7 @@ def enter(run_root: str) -> None:
             from nsbox.engine.procs import crashpoint
             crashpoint("usernet.before_slirp")
             try:
-                slirp.start(run_root, NAME, "slirp4netns", api=True)
+                slirp.start(run_root, NAME, "slirp4netns", with_api=True)
             except BaseException:
                 netns.unmount_netns(path)
                 raise
