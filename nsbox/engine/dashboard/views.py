@@ -149,10 +149,10 @@ class History:
 
     def add(self, samples: dict[str, dict], now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self.latest_time = round(now, 3)
+        self.latest_time = stamp = round(now, 3)
         for cid, sample in samples.items():
             self.series.setdefault(cid, deque(maxlen=self.size)).append(
-                (round(now, 3), sample.get("cpu"), sample.get("mem"), sample.get("pids")))
+                (stamp, sample.get("cpu"), sample.get("mem"), sample.get("pids")))
             self.latest[cid] = sample
         for gone in set(self.series) - set(samples):
             del self.series[gone]  # stopped or removed: its graph starts over

@@ -52,45 +52,38 @@ _users_fd = -1
 NS_GET_USERNS = 0xB701  # ioctl_ns(2): _IO(0xb7, 0x1), an fd of the owning user namespace
 
 
-def links_refused() -> str:
-    """Why this engine cannot make bridges and veths in its network namespace, or "".
+def _owns_its_netns() -> bool:
+    """Is this process root in the user namespace that owns its network namespace?
 
-    Only a rootless engine is asked: it runs in a user namespace of its own
-    (rootless.py) while its network namespace is the host's, owned by the
-    host's user namespace, in which it holds no capability.  An engine that
-    is root in the user namespace owning its network namespace (the host's
-    root, or a container's root with a network namespace of its own) can."""
-    from nsbox.engine import rootless
-    if not rootless.active():
-        return ""
+    A rootless engine runs in a user namespace of its own (rootless.py) while
+    its network namespace is the host's, owned by the host's user namespace,
+    in which it holds no capability: it cannot make bridges or veths there.
+    One that is root where its network namespace belongs (a container's root
+    with a network namespace of its own, or inside the user's namespace of
+    bridges) can."""
     import fcntl
     net = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    owned = False
     try:
         owner = fcntl.ioctl(net, NS_GET_USERNS)
     except PermissionError:
-        pass  # the owner is outside our scope: an ancestor of our user namespace
+        return False  # the owner is outside our scope: an ancestor of our user namespace
     except OSError:
-        return ""  # no ioctl_ns (kernels before 4.9): let the kernel answer
-    else:
-        try:
-            owned = os.fstat(owner).st_ino == os.stat("/proc/self/ns/user").st_ino
-        finally:
-            os.close(owner)
+        return True  # no ioctl_ns (kernels before 4.9): let the kernel answer
     finally:
         os.close(net)
-    if owned and os.geteuid() == 0:
-        return ""
-    return ("a rootless engine shares the host's network namespace, where it cannot make "
-            "bridges or veths")
+    try:
+        owned = os.fstat(owner).st_ino == os.stat("/proc/self/ns/user").st_ino
+    finally:
+        os.close(owner)
+    return owned and os.geteuid() == 0
 
 
 def needed(run_root: str) -> bool:
     """Is this a rootless engine whose bridges live in the user's namespace of bridges?
 
-    Also true in there, where links_refused() says no more (the engine owns that
-    one): after enter(), and in a process that inherited it (a monitor forked
-    after its command entered)."""
+    Also true in there, where the engine owns its network namespace: after
+    enter(), and in a process that inherited it (a monitor forked after its
+    command entered)."""
     global _entered, _rootless
     if _entered:
         return True
@@ -99,7 +92,7 @@ def needed(run_root: str) -> bool:
         _rootless = rootless.active()  # a file read: once per process
     if not _rootless:
         return False
-    if links_refused():
+    if not _owns_its_netns():
         return True
     if _inside(run_root):
         _entered = True  # enter() has nothing to do
