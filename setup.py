@@ -87,6 +87,7 @@ class build_monitor_loop(Command):  # noqa: N801 (distutils command names are lo
 
 GUARD_DIR = os.path.join("nsbox", "engine", "guard", "bpf")
 GUARD_SOURCE = os.path.join(GUARD_DIR, "guard.bpf.c")
+GUARD_HEADERS = [os.path.join(GUARD_DIR, "guard_paths.h")]  # included by GUARD_SOURCE
 GUARD_OBJECT = "guard.bpf.o"  # the name nsbox/engine/guard/client.py looks for
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
@@ -146,7 +147,7 @@ class build_guard_bpf(build_monitor_loop):  # noqa: N801
         os.replace(staging, target)
 
     def get_source_files(self) -> list[str]:
-        return [GUARD_SOURCE]
+        return [GUARD_SOURCE, *GUARD_HEADERS]
 
 
 class Build(build):

@@ -19,7 +19,7 @@ from pathlib import Path
 import helpers
 import pytest
 
-from nsbox.engine.guard import client, record, rules
+from nsbox.engine.guard import client, record, rules, service
 
 NSBOX = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nsbox")
 PROBE_SOURCE = Path(__file__).resolve().parent / "guard" / "probe.c"
@@ -87,9 +87,21 @@ def test_glob_without_literal_directory_reports_every_open():
     assert plan.all_reads
 
 
-def test_fnv_matches_known_value():
-    # FNV-1a 64 of "a" (the kernel program hashes the same way)
-    assert record.fnv1a(b"a") == 0xAF63DC4C8601EC8C
+def test_key_hashes_follow_the_kernel_programs_word_layout():
+    # guard.bpf.c mixes 8-byte little-endian words, the last zero-padded, and a '/'
+    # before each path component; the kernel test below checks the programs agree
+    mix = record._mix
+    assert record.name_hash(b"") == record.HASH_BASIS
+    assert record.name_hash(b"a") == mix(record.HASH_BASIS, 0x61) == 0xD8932F58FCA0422C
+    assert record.name_hash(b"abcdefghi") == mix(
+        mix(record.HASH_BASIS, int.from_bytes(b"abcdefgh", "little")), ord("i"))
+    assert record.path_hash(b"/") == mix(record.HASH_BASIS, ord("/"))
+    etc = mix(mix(record.HASH_BASIS, ord("/")), int.from_bytes(b"etc", "little"))
+    assert record.path_hash(b"/etc") == etc
+    assert record.path_hash(b"/etc/") == mix(etc, ord("/"))  # a prefix: the state at its '/'
+    assert record.key_hash(record.K_OPEN_PREFIX, b"/etc/") == mix(etc, ord("/"))
+    assert record.key_hash(record.K_OPEN_NAME, b"etc") == record.name_hash(b"etc")
+    assert len({record.path_hash(p) for p in (b"/ab/c", b"/a/bc", b"/abc", b"/abc/")}) == 4
 
 
 # ------------------------------------------------------------------ on the kernel
@@ -282,6 +294,36 @@ def test_kill_action_and_rules_file(box, tmp_path):
     box("rm", "-f", "g-kill")
 
 
+def _cgtab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bpftool", "-j", "map", *args[:1], "name", "guard_cgtab", *args[1:]],
+                          capture_output=True, text=True, check=True, timeout=30)
+
+
+@needs_guard
+def test_a_table_entry_two_watched_cgroups_share_sends_the_kernel_to_the_hash_map(box):
+    """guard_cgtab holds a watched cgroup's watch in its entry; an entry two cgroups hash to
+    holds CG_SHARED and the programs look in guard_watched.  Forced on a real watch (ids
+    cannot be chosen): the guard's entry is the watch, and with CG_SHARED alerts still come."""
+    box("run", "-d", "--name", "g-shared", "--security-opt", "guard=default", "busybox",
+        "sleep", "60")
+    pid = int(box("inspect", "--format", "{{.State.Pid}}", "g-shared").stdout)
+    cgid = os.stat(client.cgroup_dir(pid)).st_ino
+    key = [str(b) for b in record.cgroup_slot(cgid).to_bytes(4, "little")]
+    found = json.loads(_cgtab("lookup", "key", *key).stdout)
+    value = bytes(int(b, 16) for b in found["value"])
+    got_cgid, slot, _flags = service.CGENTRY.unpack(value)
+    assert got_cgid == cgid and slot >= 1, (got_cgid, cgid, slot)
+    shared = service.CGENTRY.pack(record.CG_SHARED, 0, 0)
+    _cgtab("update", "key", *key, "value", *[str(b) for b in shared])
+    try:
+        box("exec", "g-shared", "sh", "-c", "echo k > /srv.key; cat /srv.key")
+        alerts = box.alerts("g-shared", "read-sensitive-file", "/srv.key")
+        assert [a["event"]["path"] for a in alerts if a["rule"] == "read-sensitive-file"] == \
+            ["/srv.key"], alerts
+    finally:
+        box("rm", "-f", "g-shared")
+
+
 @needs_guard
 def test_unwatched_container_costs_no_events(box):
     box("run", "-d", "--name", "g-idle", "--security-opt", "guard=default", "busybox",
@@ -350,7 +392,7 @@ needs_landlock = pytest.mark.skipif(
 @needs_guard
 def test_read_keys_of_every_kind_match_in_the_kernel(box, tmp_path):
     """Reads are reported by the kernel only when a key matches (exact path, a directory
-    prefix, the last component, its extension), hashed in 8-character chunks there:
+    prefix, the last component, its extension), hashed in 8-byte words there:
     paths of lengths around the chunks, and near misses."""
     rules_file = tmp_path / "reads.yaml"
     rules_file.write_text(
@@ -358,21 +400,26 @@ def test_read_keys_of_every_kind_match_in_the_kernel(box, tmp_path):
         "- {rule: r-prefix, event: read, path: /srv/pp/**}\n"        # an 8-byte prefix
         "- {rule: r-deep, event: read, path: /srv/q/deeper/dir/**}\n"
         "- {rule: r-name, event: read, path: '**/named-file'}\n"
-        "- {rule: r-ext, event: read, path: '**/*.secret'}\n")
+        "- {rule: r-ext, event: read, path: '**/*.secret'}\n"
+        "- {rule: r-long-ext, event: read, path: '**/*.extension-16b'}\n")
+    # dots before, at and after a word's end; the last dot counts
     hits = ["/srv/a/exactly16", "/srv/pp/x", "/srv/q/deeper/dir/f", "/srv/y/named-file",
-            "/srv/y/z.tar.secret"]
+            "/srv/y/z.tar.secret", "/srv/y/abcdefg.secret", "/srv/y/abcdefgh.secret",
+            "/srv/y/a.b.secret", "/srv/y/f.extension-16b"]
     misses = ["/srv/a/exactly1", "/srv/a/exactly16x", "/srv/ppx/x", "/srv/q/deeper/di",
-              "/srv/y/named-file2", "/srv/y/z.secretx", "/srv/y/secret"]
+              "/srv/y/named-file2", "/srv/y/z.secretx", "/srv/y/secret", "/srv/y/a.secret.b",
+              "/srv/y/f.extension-16", "/srv/y/f.extension-16bb"]
     files = hits + misses
     script = (f"mkdir -p {' '.join(sorted({f.rsplit('/', 1)[0] for f in files}))}; "
               f"for f in {' '.join(files)}; do echo x > $f; done; "
               f"sleep 0.3; cat {' '.join(files)} >/dev/null")
     box("run", "--name", "g-keys", "--security-opt", f"guard={rules_file}", "busybox",
         "sh", "-c", script)
-    alerts = box.alerts("g-keys", "r-ext", "/srv/y/z.tar.secret")
+    alerts = box.alerts("g-keys", "r-long-ext", "/srv/y/f.extension-16b")
     seen = {(a["rule"], a["event"]["path"]) for a in alerts}
     assert seen == {("r-exact", hits[0]), ("r-prefix", hits[1]), ("r-deep", hits[2]),
-                    ("r-name", hits[3]), ("r-ext", hits[4])}, alerts
+                    ("r-name", hits[3]), ("r-ext", hits[4]), ("r-ext", hits[5]),
+                    ("r-ext", hits[6]), ("r-ext", hits[7]), ("r-long-ext", hits[8])}, alerts
     box("rm", "-f", "g-keys")
 
 
@@ -570,8 +617,9 @@ def _build_tree(tmp_path: Path) -> Path:
     tree = tmp_path / "src"
     (tree / "nsbox" / "engine" / "guard" / "bpf").mkdir(parents=True)
     shutil.copy(repo / "setup.py", tree / "setup.py")
-    shutil.copy(repo / "nsbox" / "engine" / "guard" / "bpf" / "guard.bpf.c",
-                tree / "nsbox" / "engine" / "guard" / "bpf" / "guard.bpf.c")
+    for source in ("guard.bpf.c", "guard_paths.h"):
+        shutil.copy(repo / "nsbox" / "engine" / "guard" / "bpf" / source,
+                    tree / "nsbox" / "engine" / "guard" / "bpf" / source)
     return tree
 
 
@@ -638,7 +686,7 @@ def test_restart_is_watched_again(box):
 
 def test_key_bit_spreads_keys_over_the_whole_bitmap():
     # guard.bpf.c's key_bit() takes the top 16 bits of the mixed key: same formula here
-    bits = {record.key_bit(slot, kind, record.fnv1a(f"/etc/f{i}".encode()))
+    bits = {record.key_bit(slot, kind, record.path_hash(f"/etc/f{i}".encode()))
             for slot in (1, 2) for kind in (record.K_OPEN_EXACT, record.K_OPEN_NAME)
             for i in range(500)}
     assert all(0 <= b < record.KEYBITS for b in bits)
@@ -646,8 +694,47 @@ def test_key_bit_spreads_keys_over_the_whole_bitmap():
     assert record.key_bit(1, 2, 0) != record.key_bit(2, 2, 0)
 
 
-def test_cgroup_bit_is_in_the_bitmap():
-    # guard.bpf.c's cgroup_bit(): the top 15 bits of the mixed cgroup id
-    bits = {record.cgroup_bit(cgid) for cgid in range(1000, 3000)}
-    assert all(0 <= b < record.CGBITS for b in bits)
-    assert len(bits) > 1900
+def test_cgroup_table_entries_follow_the_watches_that_hash_to_them():
+    # two cgroup ids with the same guard_cgtab entry (found by search: ids are the kernel's)
+    first = 1000
+    second = next(c for c in range(first + 1, first + 10**6)
+                  if record.cgroup_slot(c) == record.cgroup_slot(first))
+    index = record.cgroup_slot(first)
+
+    class Table:
+        def __init__(self) -> None:
+            self.entries: dict[bytes, bytes] = {}
+
+        def update(self, key: bytes, value: bytes) -> None:
+            self.entries[key] = value
+
+    guard = service.Guard.__new__(service.Guard)
+    guard.cgtab, guard.by_slot = Table(), {}
+
+    def watch(cgid: int, slot: int) -> service.Watch:
+        return service.Watch(cid=f"c{slot}", name="", image="", labels={}, network="",
+                             entrypoint="", root="", alerts="", cgroup="", cgid=cgid,
+                             slot=slot, rules=[], source="", flags=record.W_ALL_READS)
+
+    def entry() -> tuple[int, int, int]:
+        return service.CGENTRY.unpack(guard.cgtab.entries[index.to_bytes(4, "little")])
+
+    guard.by_slot[1] = watch(first, 1)
+    guard.set_cgentry(index)
+    assert entry() == (first, 1, record.W_ALL_READS)  # alone: the watch in place
+    guard.by_slot[2] = watch(second, 2)
+    guard.set_cgentry(index)
+    assert entry() == (record.CG_SHARED, 0, 0)  # shared: the kernel asks guard_watched
+    del guard.by_slot[1]
+    guard.set_cgentry(index)
+    assert entry() == (second, 2, record.W_ALL_READS)
+    del guard.by_slot[2]
+    guard.set_cgentry(index)
+    assert entry() == (0, 0, 0)
+
+
+def test_cgroup_slot_is_in_the_table():
+    # guard.bpf.c's cgroup_slot(): the top 14 bits of the mixed cgroup id
+    slots = {record.cgroup_slot(cgid) for cgid in range(1000, 3000)}
+    assert all(0 <= b < record.CGSLOTS for b in slots)
+    assert len(slots) > 1850

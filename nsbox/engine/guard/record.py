@@ -36,13 +36,14 @@ def key_bit(slot: int, kind: int, h: int) -> int:
     return (((h ^ (slot << 8) ^ kind) * _MIX) & 0xFFFFFFFFFFFFFFFF) >> 48
 
 
-# guard_cgbits: one bit per watched cgroup id, tested before guard_watched
-CGBITS = 1 << 15
+# guard_cgtab: the watched cgroups, direct-mapped, looked up before guard_watched
+CGSLOTS = 1 << 14
+CG_SHARED = 0xFFFFFFFFFFFFFFFF  # an entry two watched cgroups share: see guard_watched
 
 
-def cgroup_bit(cgid: int) -> int:
-    """The guard_cgbits bit of a cgroup id (guard.bpf.c's cgroup_bit())."""
-    return ((cgid * _MIX) & 0xFFFFFFFFFFFFFFFF) >> 49
+def cgroup_slot(cgid: int) -> int:
+    """The guard_cgtab entry of a cgroup id (guard.bpf.c's cgroup_slot())."""
+    return ((cgid * _MIX) & 0xFFFFFFFFFFFFFFFF) >> 50
 
 FMODE_WRITE = 0x2
 AF_INET, AF_INET6 = 2, 10
@@ -56,15 +57,36 @@ BPF_COMMANDS = {0: "map_create", 5: "prog_load", 8: "prog_attach", 28: "link_cre
                 6: "obj_pin", 7: "obj_get", 18: "btf_load"}
 S_ISUID, S_ISGID = 0o4000, 0o2000
 
-FNV_BASIS, FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
+HASH_BASIS, MIX_K, _U64 = 0xCBF29CE484222325, 0xFF51AFD7ED558CCD, 0xFFFFFFFFFFFFFFFF
 
 
-def fnv1a(data: bytes) -> int:
-    """The kernel program's path hash (FNV-1a, 64 bits)."""
-    h = FNV_BASIS
-    for c in data:
-        h = ((h ^ c) * FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+def _mix(h: int, v: int) -> int:
+    h = ((h ^ v) * MIX_K) & _U64
+    return h ^ (h >> 32)
+
+
+def name_hash(name: bytes) -> int:
+    """guard.bpf.c's hash of a name: its 8-byte little-endian words (the last zero-padded)."""
+    h = HASH_BASIS
+    for i in range(0, len(name), 8):
+        h = _mix(h, int.from_bytes(name[i:i + 8], "little"))
     return h
+
+
+def path_hash(path: bytes) -> int:
+    """guard.bpf.c's hash of an absolute path: for each component a '/', then its words.
+    A directory prefix ("/etc/") hashes as the program's state at its last '/'."""
+    h = HASH_BASIS
+    for part in path.split(b"/")[1:]:
+        h = _mix(h, ord("/"))
+        for i in range(0, len(part), 8):
+            h = _mix(h, int.from_bytes(part[i:i + 8], "little"))
+    return h
+
+
+def key_hash(kind: int, text: bytes) -> int:
+    """The hash a guard_keys key of KIND holds for TEXT (a path, a prefix, a name, an extension)."""
+    return path_hash(text) if kind in (K_OPEN_EXACT, K_OPEN_PREFIX) else name_hash(text)
 
 
 def _cstr(raw: bytes) -> str:

@@ -312,7 +312,7 @@ def kernel_plan(rules: list[Rule]) -> KernelPlan:
             if reduced is None:
                 plan.all_reads = True
                 continue
-            key = (reduced[0], record.fnv1a(reduced[1]))
+            key = (reduced[0], record.key_hash(*reduced))
             if key not in seen:
                 seen.add(key)
                 plan.keys.append(key)

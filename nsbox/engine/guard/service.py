@@ -47,6 +47,7 @@ IDLE_EXIT_S = 10.0  # started but never given a container
 SUBSCRIBER_BUFFER = 8 << 20
 WATCH_VALUE = struct.Struct("<II")
 KEY = struct.Struct("<IIQ")
+CGENTRY = struct.Struct("<QII")  # guard_cgtab: cgroup id, then the watch (slot, flags)
 REPORT = struct.pack("<I", record.V_REPORT)
 
 
@@ -66,6 +67,7 @@ class Watch:
     rules: list[Rule]
     source: str
     drift: bool = False
+    flags: int = 0  # struct watch's flags (W_ALL_READS)
     keys: list[bytes] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
 
@@ -102,7 +104,7 @@ class Guard:
         self.watched = self.obj.map("guard_watched")
         self.keys = self.obj.map("guard_keys")
         self.keybits = self.obj.map("guard_keybits")
-        self.cgbits = self.obj.map("guard_cgbits")
+        self.cgtab = self.obj.map("guard_cgtab")
         self.drops_map = self.obj.map("guard_drops")
         self.ncpu = self.obj.possible_cpus()
         self.ring = RingBuffer(self.obj._lib, self.obj.map("guard_events").fd, self.on_record)
@@ -205,32 +207,42 @@ class Guard:
         flags = record.W_ALL_READS if plan.all_reads else 0
         self.by_slot[slot] = w
         self.set_keybits()
+        w.flags = flags
         # Last: from here on the kernel reports the container's processes.
         self.watched.update(struct.pack("<Q", cgid), WATCH_VALUE.pack(slot, flags))
+        self.set_cgentry(record.cgroup_slot(cgid))
         log.info("guard: watching %s (%s, cgroup %d, %d rules)", w.name, w.cid[:12], cgid,
                  len(w.rules))
 
     def remove_watch(self, w: Watch) -> None:
+        self.by_slot.pop(w.slot, None)
+        self.set_cgentry(record.cgroup_slot(w.cgid))
         self.watched.delete(struct.pack("<Q", w.cgid))
         for key in w.keys:
             self.keys.delete(key)
-        self.by_slot.pop(w.slot, None)
         self.set_keybits()
         log.info("guard: %s (%s) is no longer watched", w.name, w.cid[:12])
 
     def set_keybits(self) -> None:
-        """guard_keybits and guard_cgbits from every watch: a clear bit spares a hash lookup."""
+        """guard_keybits from every watch: a clear bit spares a hash lookup."""
         bits = bytearray(record.KEYBITS // 8)
         for w in self.by_slot.values():
             for key in w.keys:
                 i = record.key_bit(*KEY.unpack(key))
                 bits[i >> 3] |= 1 << (i & 7)
         self.keybits.update(b"\0\0\0\0", bytes(bits))
-        cgbits = bytearray(record.CGBITS // 8)
-        for w in self.by_slot.values():
-            i = record.cgroup_bit(w.cgid)
-            cgbits[i >> 3] |= 1 << (i & 7)
-        self.cgbits.update(b"\0\0\0\0", bytes(cgbits))
+
+    def set_cgentry(self, index: int) -> None:
+        """guard_cgtab's entry INDEX from the watches that map to it: none, the one (its
+        watch in place), or several (CG_SHARED: the kernel looks in guard_watched)."""
+        there = [w for w in self.by_slot.values() if record.cgroup_slot(w.cgid) == index]
+        if not there:
+            entry = CGENTRY.pack(0, 0, 0)
+        elif len(there) == 1:
+            entry = CGENTRY.pack(there[0].cgid, there[0].slot, there[0].flags)
+        else:
+            entry = CGENTRY.pack(record.CG_SHARED, 0, 0)
+        self.cgtab.update(struct.pack("<I", index), entry)
 
     def housekeeping(self) -> None:
         for w in list(self.by_slot.values()):

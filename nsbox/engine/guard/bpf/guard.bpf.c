@@ -10,20 +10,22 @@
  * program per watched system call on its own tracepoint
  * (tracepoint/syscalls/sys_exit_NAME, sys_enter_connect), so the calls
  * nobody watches run no BPF at all.  Each program first looks the task's
- * cgroup v2 id up in `guard_watched`: a process of a container nobody
- * watches costs that lookup, on watched calls only.
+ * cgroup v2 id up in `guard_cgtab` (a direct-mapped table in front of the
+ * `guard_watched` hash map): a process of a container nobody watches costs
+ * that lookup, on watched calls only.
  *
  * Events reach user space through the `guard_events` ring buffer; a full buffer
  * counts a drop in the per-CPU `guard_drops` counter.  File paths are rebuilt
  * from the dentries up to the task's root, so they are the container's view
  * of the file actually opened (not the string the program passed).  Opens
  * for writing are always reported; opens for reading only when a REPORT key
- * of the container matches (FNV-1a hashes of the full path, of each
- * directory prefix "/etc/", of the last component and of its extension),
- * which is how a rule's `path` globs reach the kernel.
+ * of the container matches (hashes of the full path, of each directory
+ * prefix "/etc/", of the last component and of its extension, read in
+ * place from the dentries' names a word at a time), which is how a rule's
+ * `path` globs reach the kernel.
  *
  * The layout of `struct event` and every constant are mirrored in
- * nsbox/engine/guard/events.py.  System call numbers are x86_64's.
+ * nsbox/engine/guard/record.py.  System call numbers are x86_64's.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -94,8 +96,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define PTRACE_ATTACH 16
 #define PTRACE_SEIZE 0x4206
 
-#define FNV_BASIS 0xcbf29ce484222325ULL
-#define FNV_PRIME 0x100000001b3ULL
+#define HASH_BASIS 0xcbf29ce484222325ULL
 
 struct watch {
 	__u32 slot;
@@ -158,37 +159,45 @@ struct {
 } guard_drops SEC(".maps");
 
 /*
- * One bit per watched cgroup id (set by the guard with guard_watched): the
- * opens of every process of the host reach the openat program, and for the
- * unwatched ones a clear bit in this array (a lookup the verifier inlines)
- * is cheaper than the hash map's lookup.
+ * A direct-mapped table of the watched cgroups, indexed by a hash of the id
+ * (set by the guard with guard_watched): the system calls of every process
+ * of the host reach the programs, and for the unwatched ones an entry that
+ * holds another id (or none) is cheaper than the hash map's lookup, as is
+ * the entry of a watched one.  Only an entry that two watched cgroups share
+ * (CG_SHARED) sends the lookup on to guard_watched.
  */
-#define CGBITS (1 << 15)
+#define CGSLOTS (1 << 14)
+#define CG_SHARED (~0ULL)
 
-struct cgbits {
-	__u8 b[CGBITS / 8];
+struct cgentry {
+	__u64 cgid;        /* 0: none, CG_SHARED: look in guard_watched */
+	struct watch w;
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, CGSLOTS);
 	__type(key, __u32);
-	__type(value, struct cgbits);
-} guard_cgbits SEC(".maps");
+	__type(value, struct cgentry);
+} guard_cgtab SEC(".maps");
 
-/* record.cgroup_bit() in user space */
-static __always_inline __u32 cgroup_bit(__u64 cgid)
+/* record.cgroup_slot() in user space */
+static __always_inline __u32 cgroup_slot(__u64 cgid)
 {
-	return (cgid * 0x9E3779B97F4A7C15ULL) >> 49;
+	return (cgid * 0x9E3779B97F4A7C15ULL) >> 50;
 }
 
 static __always_inline struct watch *watching(void)
 {
 	__u64 cgid = bpf_get_current_cgroup_id();
-	__u32 zero = 0, bit = cgroup_bit(cgid);
-	struct cgbits *cb = bpf_map_lookup_elem(&guard_cgbits, &zero);
+	__u32 i = cgroup_slot(cgid);
+	struct cgentry *e = bpf_map_lookup_elem(&guard_cgtab, &i);
 
-	if (!cb || !(cb->b[(bit >> 3) & (CGBITS / 8 - 1)] & (1 << (bit & 7))))
+	if (!e || !e->cgid)
+		return NULL;
+	if (e->cgid == cgid)
+		return &e->w;
+	if (e->cgid != CG_SHARED)
 		return NULL;
 	return bpf_map_lookup_elem(&guard_watched, &cgid);
 }
@@ -276,215 +285,7 @@ static __always_inline struct event *new_event(struct watch *w, __u32 type)
 	return e;
 }
 
-/*
- * Kernel structures are read with direct loads through BTF-typed pointers
- * (the current task from bpf_get_current_task_btf, a file made one with the
- * bpf_rdonly_cast kfunc), which the verifier turns into guarded loads in
- * place: a bpf_probe_read_kernel call per field cost ~15 ns each, and a
- * watched open reads a dozen of them.
- */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
-
-/* Where paths are built: one per CPU (a program runs to its end on one CPU). */
-struct scratch {
-	char path[2 * PATH_MAX_B];  /* the verifier bounds offset + length separately */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct scratch);
-} guard_scratch SEC(".maps");
-
-static __always_inline struct scratch *scratch(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&guard_scratch, &zero);
-}
-
-struct walk {
-	struct dentry *d;
-	struct vfsmount *vm;
-	struct mount *mnt;
-	struct dentry *root_d;
-	struct vfsmount *root_m;
-	__u32 pos;
-};
-
-/* One step up (bpf_loop callback): a component, or a mount crossed; 1 stops the loop. */
-/* P as a read-only BTF pointer to struct TYPE: direct loads (the verifier makes the cast a move) */
-#define AS(type, p) ((struct type *)bpf_rdonly_cast((void *)(p), bpf_core_type_id_kernel(struct type)))
-
-static long walk_step(__u32 index, struct walk *w)
-{
-	struct scratch *s = scratch();
-	struct dentry *d = AS(dentry, w->d), *parent, *mroot;
-	struct vfsmount *vm = AS(vfsmount, w->vm);
-	struct mount *mnt = AS(mount, w->mnt);
-	const unsigned char *name;
-	__u32 len, pos = w->pos;
-
-	if (!s || (d == w->root_d && vm == w->root_m))
-		return 1;
-	mroot = vm->mnt_root;
-	parent = d->d_parent;
-	if (d == mroot || d == parent) {
-		struct mount *up = mnt->mnt_parent;
-
-		if (up == mnt)
-			return 1;
-		w->d = mnt->mnt_mountpoint;
-		w->mnt = up;
-		w->vm = &up->mnt;
-		return 0;
-	}
-	len = d->d_name.len;
-	name = d->d_name.name;
-	if (len == 0 || len + 1 > pos || pos > PATH_MAX_B - 1)
-		return 1;
-	pos -= len;
-	bpf_probe_read_kernel(&s->path[pos & (PATH_MAX_B - 1)], len & (PATH_MAX_B - 1), name);
-	pos -= 1;
-	s->path[pos & (PATH_MAX_B - 1)] = '/';
-	w->pos = pos;
-	w->d = parent;
-	return 0;
-}
-
-/*
- * The path of DENTRY on VM as the task sees it (up to its root, crossing
- * mounts), right-aligned in the scratch buffer; returns where it starts.
- * A path too deep or too long loses its top components (and then does not
- * start at the root: user space marks it truncated).
- */
-static __always_inline __u32 walk_path(struct dentry *d, struct vfsmount *vm)
-{
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct fs_struct *fs = task->fs;
-	struct scratch *s = scratch();
-	struct walk w = {
-		.d = d, .vm = vm, .mnt = container_of(vm, struct mount, mnt),
-		.root_d = fs->root.dentry,
-		.root_m = fs->root.mnt,
-		.pos = PATH_MAX_B - 1,
-	};
-
-	if (!s)
-		return PATH_MAX_B - 1;
-	s->path[PATH_MAX_B - 1] = 0;
-	bpf_loop(MAX_DEPTH, walk_step, &w, 0);
-	if (w.pos == PATH_MAX_B - 1) {  /* the root itself */
-		w.pos -= 1;
-		s->path[PATH_MAX_B - 2] = '/';
-	}
-	return w.pos;
-}
-
-/* The path walk_path left in the scratch buffer, from OFF, into e->str1 (from e->off1). */
-static __always_inline void path_into(struct event *e, __u32 off)
-{
-	struct scratch *s = scratch();
-
-	if (!s)
-		return;
-	bpf_probe_read_kernel(e->str1, PATH_MAX_B, s->path);
-	e->off1 = off;
-}
-
-static __always_inline void walk_dentries(struct event *e, struct dentry *d, struct vfsmount *vm)
-{
-	path_into(e, walk_path(d, vm));
-}
-
-struct hashing {
-	__u64 full, name, ext;
-	__u32 off, slot, found, has_ext;
-};
-
-/* One character of the path into H; 1 at its end (the NUL). */
-static __always_inline int hash_char(struct hashing *h, unsigned char c)
-{
-	if (!c)
-		return 1;
-	h->full = (h->full ^ c) * FNV_PRIME;
-	if (c == '/') {
-		h->found |= key_value(h->slot, K_OPEN_PREFIX, h->full);
-		h->name = FNV_BASIS;
-		h->ext = FNV_BASIS;
-		h->has_ext = 0;
-		return 0;
-	}
-	h->name = (h->name ^ c) * FNV_PRIME;
-	if (c == '.') {
-		h->ext = FNV_BASIS;
-		h->has_ext = 1;
-	} else {
-		h->ext = (h->ext ^ c) * FNV_PRIME;
-	}
-	return 0;
-}
-
-#define HASH_CHUNK 8
-
-/*
- * HASH_CHUNK characters of the path (bpf_loop callback), unrolled: with a
- * callback per character (an indirect call and a scratch lookup each) a
- * watched open's program ran ~25 ns longer (bpf run-time stats, the
- * open/close/stat loop of bench/guard_loop.c).
- */
-static long hash_step(__u32 index, struct hashing *h)
-{
-	struct scratch *s = scratch();
-	__u32 i = h->off + index * HASH_CHUNK;
-
-	if (!s)
-		return 1;
-#pragma unroll
-	for (int k = 0; k < HASH_CHUNK; k++, i++) {
-		if (i >= PATH_MAX_B - 1)
-			return 1;
-		if (hash_char(h, s->path[i & (PATH_MAX_B - 1)]))
-			return 1;
-	}
-	return 0;
-}
-
-/*
- * The OR of the values of the container's keys matching the path just
- * built (still in the scratch buffer, from OFF): exact, each directory
- * prefix (looked up as its '/' is passed), last component, its extension.
- */
-static __always_inline __u32 path_keys(__u32 off, __u32 slot)
-{
-	struct hashing h = {
-		.full = FNV_BASIS, .name = FNV_BASIS, .ext = FNV_BASIS,
-		.off = off, .slot = slot,
-	};
-
-	bpf_loop(PATH_MAX_B / HASH_CHUNK, hash_step, &h, 0);
-	h.found |= key_value(slot, K_OPEN_EXACT, h.full);
-	h.found |= key_value(slot, K_OPEN_NAME, h.name);
-	if (h.has_ext)
-		h.found |= key_value(slot, K_OPEN_EXT, h.ext);
-	return h.found;
-}
-
-static __always_inline struct file *fd_file(int fd)
-{
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct fdtable *fdt = task->files->fdt;
-	struct file **arr = fdt->fd;
-	struct file *f = NULL;
-
-	if (fd < 0 || (unsigned int)fd >= fdt->max_fds)
-		return NULL;
-	bpf_probe_read_kernel(&f, sizeof(f), &arr[fd]);
-	if (!f)
-		return NULL;
-	return bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
-}
+#include "guard_paths.h"
 
 /* ------------------------------------------------------------------ exec */
 
@@ -569,13 +370,19 @@ int guard_enter_connect(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
+/* The system call's arguments: the task's saved user registers (the call has not changed them) */
+static __always_inline struct pt_regs *task_regs(void)
+{
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
 /*
  * A refused open or exec (EACCES, EPERM: Landlock, permissions, seccomp):
  * reported with the path as the program gave it, there being no file.
  */
-static __always_inline int on_refused(struct watch *w, struct pt_regs *regs, long id, long ret,
-				      __u32 type)
+static __always_inline int on_refused(struct watch *w, long id, long ret, __u32 type)
 {
+	struct pt_regs *regs = task_regs();
 	const char *upath;
 	struct event *e;
 
@@ -602,27 +409,28 @@ static __always_inline int on_refused(struct watch *w, struct pt_regs *regs, lon
 	return 0;
 }
 
-static __always_inline int on_open(struct watch *w, struct pt_regs *regs, long id, long ret)
+static __always_inline int on_open(struct watch *w, long id, long ret)
 {
 	struct file *file;
 	struct event *e;
-	__u32 mode, off;
+	struct path_found found;
+	__u32 mode;
 
 	if (ret < 0)
-		return on_refused(w, regs, id, ret, EV_OPEN);
+		return on_refused(w, id, ret, EV_OPEN);
 	file = fd_file(ret);
 	if (!file)
 		return 0;
 	mode = file->f_mode;
 	/* the path is built and matched first: most opens are reads nobody asked about */
-	off = walk_path(file->f_path.dentry, file->f_path.mnt);
+	found = walk_path(file->f_path.dentry, file->f_path.mnt);
 	if (!(mode & FMODE_WRITE) && !(w->flags & W_ALL_READS) &&
-	    !(path_keys(off, w->slot) & V_REPORT))
+	    !(path_keys(found, w->slot) & V_REPORT))
 		return 0;
 	e = new_event(w, EV_OPEN);
 	if (!e)
 		return 0;
-	path_into(e, off);
+	path_into(e, found);
 	e->nr = id;
 	e->ret = ret;
 	e->a = mode;
@@ -677,14 +485,13 @@ static __always_inline int on_exit(long id, long ret)
 	w = watching();
 	if (!w)
 		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	switch (id) {
 	case NR_open: case NR_openat: case NR_openat2: case NR_creat:
-		return on_open(w, regs, id, ret);
+		return on_open(w, id, ret);
 	case NR_execve: case NR_execveat:
-		return ret < 0 ? on_refused(w, regs, id, ret, EV_EXEC) : 0;
+		return ret < 0 ? on_refused(w, id, ret, EV_EXEC) : 0;
 	case NR_listen:
-		return on_listen(w, regs, ret);
+		return on_listen(w, task_regs(), ret);
 	case NR_bind:
 		type = EV_BIND;
 		break;
@@ -706,6 +513,7 @@ static __always_inline int on_exit(long id, long ret)
 	default:
 		type = EV_SETUID;
 	}
+	regs = task_regs();
 	if (type == EV_PTRACE) {
 		long req = BPF_CORE_READ(regs, di);
 
