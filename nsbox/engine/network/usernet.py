@@ -31,14 +31,9 @@ the same port of 10.0.2.100, its address here (forward(), unforward()).
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from nsbox.engine.network.model import NetworkError
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 NAME = "rootless-netns"  # netns.py's and slirp.py's name for it, as a container id
 _entered = False
@@ -188,18 +183,31 @@ def _open(run_root: str, suffix: str) -> int:
                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-@contextlib.contextmanager
-def _locked(run_root: str) -> Iterator[None]:
+class _locked:  # noqa: N801 - used as `with _locked(run_root):`
     """<run_root>/rootless-netns.lock, exclusively: one maker or releaser at a time.
-    Unlocked explicitly: a child forked meanwhile must not keep it (events.py's reason)."""
-    import fcntl
-    lock = _open(run_root, ".lock")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        os.close(lock)
+    Unlocked explicitly: a child forked meanwhile must not keep it (events.py's reason).
+    (A class rather than contextlib's decorator: `contextlib` is an import every bridged
+    create would pay, root's too.)"""
+
+    def __init__(self, run_root: str) -> None:
+        self.run_root = run_root
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        import fcntl
+        lock = _open(self.run_root, ".lock")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(lock)
+            raise
+        self.fd = lock
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = -1
 
 
 def _set_up_inside() -> None:
@@ -226,11 +234,13 @@ def alive(run_root: str) -> bool:
 def release(engine: object) -> None:
     """Stop the slirp4netns and drop the namespace once no container holds an address on
     a bridge network (their namespaces keep veths into it)."""
-    from nsbox.engine.network import model, netns, slirp
+    from nsbox.engine.network import netns
     run_root = engine.run_root  # type: ignore[attr-defined]
     if not os.path.lexists(netns.netns_path(run_root, NAME)):
-        return
+        return  # (root's case: before slirp's imports, signal and enum, ~2 ms)
     import fcntl
+
+    from nsbox.engine.network import model, slirp
     global _users_fd
     with _locked(run_root):
         if _users_fd >= 0:  # our own use ends here
