@@ -84,6 +84,10 @@ $(DEPS_STAMP): $(DEPS_INPUTS)
 	    "$$py" -m venv $(VENV); \
 	fi
 	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,dashboard]' --config-settings editable_mode=compat
+	@# setuptools stays (tests run setup.py with this interpreter), but not the .pth by
+	@# which it imports _distutils_hack at every interpreter start: ~0.5 ms of each
+	@# command (docs/development.md); `import setuptools` loads its distutils itself.
+	rm -f $(VENV)/lib/python*/site-packages/distutils-precedence.pth
 	@touch $@
 
 deps: apt-deps $(DEPS_STAMP)
@@ -118,6 +122,8 @@ install:
 	"$$py" -m venv --clear "$$dir"; \
 	echo "$$dir/bin/pip install ."; \
 	"$$dir/bin/python" -m pip install --quiet --disable-pip-version-check $(INSTALL_PIP_ARGS) .; \
+	echo "$$dir/bin/pip uninstall setuptools (nothing uses it; its .pth costs every command ~0.5 ms)"; \
+	"$$dir/bin/python" -m pip uninstall --quiet --yes setuptools; \
 	mkdir -p "$$bin"; \
 	for cmd in $(INSTALL_CMDS); do \
 	    ln -sfn "$$dir/bin/$$cmd" "$$bin/$$cmd"; \

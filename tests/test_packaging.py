@@ -144,6 +144,14 @@ def test_info_reports_the_python_fallback_without_the_loop(installed: Install) -
         aside.rename(loop)
 
 
+def test_installed_venv_starts_without_setuptools_hooks(installed: Install) -> None:
+    """`make install` drops setuptools from the venv: its distutils-precedence.pth made
+    every interpreter start import _distutils_hack (~0.5 ms of each nsbox command)."""
+    assert not list(installed.dir.glob("lib/python*/site-packages/distutils-precedence.pth"))
+    out = installed.python("import sys; print('_distutils_hack' in sys.modules)")
+    assert out.strip() == "False"
+
+
 def test_uninstall_removes_the_venv_and_its_links_only(installed: Install) -> None:
     foreign = installed.bin / "other"
     foreign.symlink_to("/bin/true")
