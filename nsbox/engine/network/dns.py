@@ -32,15 +32,15 @@ directory aardvark-dns reads.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
+from nsbox._lite import flocked
 from nsbox.errors import NsboxError
 
 # Debian's aardvark-dns package (and Fedora's) install it here, for netavark.
@@ -129,15 +129,10 @@ def _network_files(engine: Any) -> list[str]:
         return []
 
 
-@contextlib.contextmanager
-def _locked(engine: Any) -> Iterator[None]:
+def _locked(engine: Any) -> flocked:
     os.makedirs(config_dir(engine), mode=0o700, exist_ok=True)
-    fd = os.open(_side(engine, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return flocked(os.open(_side(engine, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                           0o600))
 
 
 # ------------------------------------------------------------------ the process

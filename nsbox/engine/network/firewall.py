@@ -43,6 +43,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+from nsbox._lite import flocked
 from nsbox.errors import NsboxError
 
 TYPE_CHECKING = False
@@ -134,17 +135,9 @@ def _element(elem: object) -> object:
     return elem
 
 
-class _Lock:
+def _lock() -> flocked:
     """flock on the network namespace: one firewall change at a time in it."""
-
-    def __enter__(self) -> _Lock:
-        import fcntl
-        self.fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        os.close(self.fd)  # releases the lock
+    return flocked(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
 
 
 # ================================================================ the table
@@ -215,7 +208,7 @@ def network_added(net: Network) -> None:
             lines.append(f"add element {t} masq_nets6 {{ {net.subnet6} }}")
     lines += [f"add element {t} from_bridge {{ {br} : jump from-{net.bridge} }}",
               f"add element {t} to_bridge {{ {br} : jump to-{net.bridge} }}"]
-    with _Lock():
+    with _lock():
         nft("\n".join(lines) + "\n")
     set_route_localnet(net.bridge)
 
@@ -227,7 +220,7 @@ def network_removed(net: Network, remaining: Iterable[Network] | None = None) ->
     knows them; else the table's own list of bridges decides.  Idempotent.
     """
     t = TABLE
-    with _Lock():
+    with _lock():
         current = state()
         if current is None:
             return
@@ -311,7 +304,7 @@ def ports_added(cid: str, ip: str, mappings: Iterable[dict], bridge: str | None 
     for proto, ports in keys.items():
         for port in sorted(ports):
             lines.append(f"create element {t} ports_{proto} {{ {port} : jump {chain} }}")
-    with _Lock():
+    with _lock():
         taken = {key: owner for key, owner in published().items() if owner != chain}
         for proto, ports in keys.items():
             for port in sorted(ports):
@@ -329,7 +322,7 @@ def ports_added(cid: str, ip: str, mappings: Iterable[dict], bridge: str | None 
 
 def ports_removed(cid: str) -> None:
     """Remove CID's published ports (its map elements and chain).  Idempotent."""
-    with _Lock():
+    with _lock():
         _remove_container(cid)
 
 

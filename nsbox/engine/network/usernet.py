@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 
+from nsbox._lite import flocked
 from nsbox.engine.network.model import NetworkError
 
 NAME = "rootless-netns"  # netns.py's and slirp.py's name for it, as a container id
@@ -183,31 +184,9 @@ def _open(run_root: str, suffix: str) -> int:
                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-class _locked:  # noqa: N801 - used as `with _locked(run_root):`
-    """<run_root>/rootless-netns.lock, exclusively: one maker or releaser at a time.
-    Unlocked explicitly: a child forked meanwhile must not keep it (events.py's reason).
-    (A class rather than contextlib's decorator: `contextlib` is an import every bridged
-    create would pay, root's too.)"""
-
-    def __init__(self, run_root: str) -> None:
-        self.run_root = run_root
-        self.fd = -1
-
-    def __enter__(self) -> None:
-        import fcntl
-        lock = _open(self.run_root, ".lock")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(lock)
-            raise
-        self.fd = lock
-
-    def __exit__(self, *exc: object) -> None:
-        import fcntl
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        self.fd = -1
+def _locked(run_root: str) -> flocked:
+    """<run_root>/rootless-netns.lock, exclusively: one maker or releaser at a time."""
+    return flocked(_open(run_root, ".lock"))
 
 
 def _set_up_inside() -> None:
