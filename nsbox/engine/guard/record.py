@@ -65,12 +65,16 @@ def _mix(h: int, v: int) -> int:
     return h ^ (h >> 32)
 
 
-def name_hash(name: bytes) -> int:
-    """guard.bpf.c's hash of a name: its 8-byte little-endian words (the last zero-padded)."""
-    h = HASH_BASIS
-    for i in range(0, len(name), 8):
-        h = _mix(h, int.from_bytes(name[i:i + 8], "little"))
+def _mix_words(h: int, data: bytes) -> int:
+    """DATA's 8-byte little-endian words (the last zero-padded) mixed into H."""
+    for i in range(0, len(data), 8):
+        h = _mix(h, int.from_bytes(data[i:i + 8], "little"))
     return h
+
+
+def name_hash(name: bytes) -> int:
+    """guard.bpf.c's hash of a name (or an extension): its words."""
+    return _mix_words(HASH_BASIS, name)
 
 
 def path_hash(path: bytes) -> int:
@@ -78,9 +82,7 @@ def path_hash(path: bytes) -> int:
     A directory prefix ("/etc/") hashes as the program's state at its last '/'."""
     h = HASH_BASIS
     for part in path.split(b"/")[1:]:
-        h = _mix(h, ord("/"))
-        for i in range(0, len(part), 8):
-            h = _mix(h, int.from_bytes(part[i:i + 8], "little"))
+        h = _mix_words(_mix(h, ord("/")), part)
     return h
 
 
