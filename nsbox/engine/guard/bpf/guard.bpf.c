@@ -413,8 +413,7 @@ static __always_inline int on_open(struct watch *w, long id, long ret)
 {
 	struct file *file;
 	struct event *e;
-	struct path_found found;
-	__u32 mode;
+	__u32 mode, n;
 
 	if (ret < 0)
 		return on_refused(w, id, ret, EV_OPEN);
@@ -423,14 +422,14 @@ static __always_inline int on_open(struct watch *w, long id, long ret)
 		return 0;
 	mode = file->f_mode;
 	/* the path is built and matched first: most opens are reads nobody asked about */
-	found = walk_path(file->f_path.dentry, file->f_path.mnt);
+	n = walk_path(file->f_path.dentry, file->f_path.mnt);
 	if (!(mode & FMODE_WRITE) && !(w->flags & W_ALL_READS) &&
-	    !(path_keys(found, w->slot) & V_REPORT))
+	    !(path_keys(n, w->slot) & V_REPORT))
 		return 0;
 	e = new_event(w, EV_OPEN);
 	if (!e)
 		return 0;
-	path_into(e, found);
+	path_into(e, n);
 	e->nr = id;
 	e->ret = ret;
 	e->a = mode;

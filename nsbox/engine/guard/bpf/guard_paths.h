@@ -117,15 +117,12 @@ static long walk_step(__u32 index, struct walk *w)
 	return 0;
 }
 
-struct path_found {
-	__u32 n;     /* components */
-};
-
 /*
  * The components of DENTRY on VM's path as the task sees it (up to its
- * root, crossing mounts), recorded last first in the scratch buffer.
+ * root, crossing mounts), recorded last first in the scratch buffer; how
+ * many.
  */
-static __always_inline struct path_found walk_path(struct dentry *d, struct vfsmount *vm)
+static __always_inline __u32 walk_path(struct dentry *d, struct vfsmount *vm)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct fs_struct *fs = task->fs;
@@ -135,15 +132,13 @@ static __always_inline struct path_found walk_path(struct dentry *d, struct vfsm
 		.root_m = fs->root.mnt,
 	};
 	struct scratch *s = scratch();
-	struct path_found found = { 0 };
 
 	if (!s)
-		return found;
+		return 0;
 	s->n = 0;
 	s->chars = 0;
 	bpf_loop(MAX_DEPTH, walk_step, &w, 0);
-	found.n = s->n;
-	return found;
+	return s->n;
 }
 
 struct building {
@@ -176,7 +171,7 @@ static long build_step(__u32 index, struct building *b)
  * loses its top components (and then does not start at the root: user
  * space marks it truncated).
  */
-static __always_inline __u32 build_path(struct path_found found)
+static __always_inline __u32 build_path(__u32 n)
 {
 	struct scratch *s = scratch();
 	struct building b = { .pos = PATH_MAX_B - 1 };
@@ -184,7 +179,7 @@ static __always_inline __u32 build_path(struct path_found found)
 	if (!s)
 		return PATH_MAX_B - 1;
 	s->path[PATH_MAX_B - 1] = 0;
-	bpf_loop(found.n, build_step, &b, 0);
+	bpf_loop(n, build_step, &b, 0);
 	if (b.pos == PATH_MAX_B - 1) {  /* the root itself */
 		b.pos -= 1;
 		s->path[PATH_MAX_B - 2] = '/';
@@ -192,10 +187,10 @@ static __always_inline __u32 build_path(struct path_found found)
 	return b.pos;
 }
 
-/* The path walk_path found into e->str1 (from e->off1). */
-static __always_inline void path_into(struct event *e, struct path_found found)
+/* The path of the N components walk_path found into e->str1 (from e->off1). */
+static __always_inline void path_into(struct event *e, __u32 n)
 {
-	__u32 off = build_path(found);
+	__u32 off = build_path(n);
 	struct scratch *s = scratch();
 
 	if (!s)
@@ -226,27 +221,35 @@ static __always_inline __u64 mix(__u64 h, __u64 v)
 	return h ^ (h >> 32);
 }
 
-/* 8 bytes of a name from OFF, in place (bpf_rdonly_cast to void: a load the kernel guards) */
-static __always_inline __u64 name_word(__u64 name, __u32 off, __u32 len)
-{
-	__u64 word = read_u64(name + off);
-	__u32 left = len - off;
-
-	if (left < 8)
-		word &= (1ULL << ((8 * left) & 63)) - 1;
-	return word;
-}
-
 struct hashing {
 	__u64 full, name, ext;
 	__u32 slot, found, has_ext, dot;
 };
 
+/* A mask of a word's first LEFT bytes (all 8 from 8 on): the part of it that is a name's */
+static __always_inline __u64 first_bytes(__u32 left)
+{
+	return left < 8 ? (1ULL << ((8 * left) & 63)) - 1 : ~0ULL;
+}
+
+/* 8 bytes of a name of LEN from OFF (read_u64), the bytes past its end cleared */
+static __always_inline __u64 name_word(__u64 name, __u32 off, __u32 len)
+{
+	return read_u64(name + off) & first_bytes(len - off);
+}
+
 /*
- * One word of a directory component (bpf_loop callback).  A component
- * starts with its '/', where the directory prefix before it is looked up
- * (not before the first: no rule's prefix is "/" alone).
+ * A component's start: its '/', then the directory prefix before it looked
+ * up (not before the first component: no rule's prefix is "/" alone).
  */
+static __always_inline void component_start(struct hashing *h, int first)
+{
+	h->full = mix(h->full, SLASH);
+	if (!first)
+		h->found |= key_value(h->slot, K_OPEN_PREFIX, h->full);
+}
+
+/* One word of a directory component (bpf_loop callback). */
 static long hash_step(__u32 index, struct hashing *h)
 {
 	struct scratch *s = scratch();
@@ -259,11 +262,8 @@ static long hash_step(__u32 index, struct hashing *h)
 	if (comp == 0 || comp >= MAX_DEPTH)
 		return 1;
 	len = s->len[comp & (MAX_DEPTH - 1)];
-	if (off == 0) {
-		h->full = mix(h->full, SLASH);
-		if (comp != s->n - 1)
-			h->found |= key_value(h->slot, K_OPEN_PREFIX, h->full);
-	}
+	if (off == 0)
+		component_start(h, comp == s->n - 1);
 	h->full = mix(h->full, name_word(s->name[comp & (MAX_DEPTH - 1)], off, len));
 	off += 8;
 	if (off < len) {
@@ -287,26 +287,20 @@ static long hash_step(__u32 index, struct hashing *h)
 static long hash_last_step(__u32 index, struct hashing *h)
 {
 	struct scratch *s = scratch();
-	__u32 off, len, left, at;
+	__u32 off, len, at;
 	__u64 word, dots;
 
 	if (!s)
 		return 1;
 	off = s->off;
 	len = s->len[0];
-	if (off == 0) {
-		h->full = mix(h->full, SLASH);
-		if (s->n > 1)
-			h->found |= key_value(h->slot, K_OPEN_PREFIX, h->full);
-	}
+	if (off == 0)
+		component_start(h, s->n == 1);
 	word = name_word(s->name[0], off, len);
 	h->full = mix(h->full, word);
 	h->name = mix(h->name, word);
 	word ^= DOTS;
-	dots = (word - ONES) & ~word & HIGHS;
-	left = len - off;
-	if (left < 8)
-		dots &= (1ULL << ((8 * left) & 63)) - 1;
+	dots = (word - ONES) & ~word & HIGHS & first_bytes(len - off);
 	if (dots) {
 		at = 0;
 		if (dots >> 32) {
@@ -350,7 +344,7 @@ static long hash_ext_step(__u32 index, struct hashing *h)
  * last component, its extension.  The same string as build_path's, so a
  * path too long or too deep is matched as user space sees it.
  */
-static __always_inline __u32 path_keys(struct path_found found, __u32 slot)
+static __always_inline __u32 path_keys(__u32 n, __u32 slot)
 {
 	struct hashing h = {
 		.full = HASH_BASIS, .name = HASH_BASIS, .ext = HASH_BASIS, .slot = slot,
@@ -359,12 +353,12 @@ static __always_inline __u32 path_keys(struct path_found found, __u32 slot)
 
 	if (!s)
 		return 0;
-	if (found.n == 0) {  /* the root itself: "/" */
+	if (n == 0) {  /* the root itself: "/" */
 		h.full = mix(h.full, SLASH);
 	} else {
-		s->comp = found.n - 1;
+		s->comp = n - 1;
 		s->off = 0;
-		if (found.n > 1)
+		if (n > 1)
 			bpf_loop(PATH_MAX_B, hash_step, &h, 0);
 		s->off = 0;
 		bpf_loop(PATH_MAX_B / 8, hash_last_step, &h, 0);
