@@ -27,6 +27,20 @@ NSBOX = REPO / ".venv" / "bin" / "nsbox"
 # .venv/bin/python is a symlink to the interpreter the venv was made from.
 REAL_PYTHON = os.path.realpath(VENV_PYTHON)
 LOOP = "nsbox-monitor-loop"
+COMMANDS = ("nsbox", "nsbox-runtime")
+
+
+def embedding_missing() -> str:
+    """Why this interpreter cannot be embedded (the compiled launchers), or ''."""
+    import sysconfig
+
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return "the interpreter has no shared libpython"
+    if not Path(sysconfig.get_path("include"), "Python.h").exists():
+        return "the interpreter's headers (Python.h) are missing"
+    if shutil.which("cc") is None:
+        return "no C compiler"
+    return ""
 SOURCE_FILES = ("Makefile", "pyproject.toml", "setup.py", "README.md", "bin", "nsbox")
 
 
@@ -99,7 +113,47 @@ def test_install_ships_the_compiled_loop_in_the_package(installed: Install) -> N
     wheel_meta = next(site.glob("nsbox-*.dist-info")) / "WHEEL"
     text = wheel_meta.read_text()
     assert "Root-Is-Purelib: false" in text
-    assert re.search(r"^Tag: py3-none-linux_\w+$", text, re.M), text
+    if embedding_missing():
+        assert re.search(r"^Tag: py3-none-linux_\w+$", text, re.M), text
+    else:
+        # The compiled launchers link this interpreter's libpython.
+        assert re.search(r"^Tag: cp3\d+-cp3\d+-linux_\w+$", text, re.M), text
+
+
+def test_installed_commands_are_compiled_and_start_without_site(installed: Install,
+                                                                tmp_path: Path) -> None:
+    """bin/launcher.c, built by pip: the commands embed the interpreter and skip `site`
+    (~1 ms of each command), find the installation through a symlink in another
+    directory, and never import from the working directory."""
+    if reason := embedding_missing():
+        pytest.skip(reason)
+    # A decoy package where the command runs: importing it would fail the command.
+    (tmp_path / "nsbox").mkdir()
+    (tmp_path / "nsbox" / "__init__.py").write_text("raise SystemExit('imported from the cwd')\n")
+    for cmd in COMMANDS:
+        program = installed.dir / "bin" / cmd
+        assert program.read_bytes()[:4] == b"\x7fELF", program
+        proc = run([installed.bin / cmd, "--version"], cwd=tmp_path,
+                   env={"PYTHONPROFILEIMPORTTIME": "1"})
+        assert "version 0.1.0" in proc.stdout, proc
+        imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert "nsbox" in imported, proc.stderr
+        assert not imported & {"site", "sitecustomize", "usercustomize"}, imported
+    # What the program looks like to Python: the venv's prefix and interpreter.
+    probe = tmp_path / "probe"
+    (probe / "nsbox").mkdir(parents=True)
+    (probe / "nsbox" / "__init__.py").write_text("")
+    (probe / "nsbox" / "_exit.py").write_text(
+        "import json, os, sys\n"
+        "print(json.dumps([sys.prefix, sys.executable, sys.path, sys._nsbox_launcher]))\n"
+        "os._exit(0)\n")
+    out = run([installed.bin / "nsbox-runtime"], env={"PYTHONPATH": str(probe)}).stdout
+    prefix, executable, path, launcher = __import__("json").loads(out)
+    assert prefix == str(installed.dir) and executable == str(installed.dir / "bin" / "python")
+    assert launcher == str(installed.dir / "bin" / "nsbox-runtime")
+    site = next((installed.dir / "lib").glob("python3*/site-packages"))
+    assert path[0] == str(probe) and str(site) in path and str(tmp_path) not in path, path
 
 
 def test_install_ships_the_guard_object_and_rules(installed: Install) -> None:
@@ -181,6 +235,13 @@ def test_wheel_without_a_compiler_builds_without_the_loop(tmp_path: Path) -> Non
     names = zipfile.ZipFile(wheel).namelist()
     assert "nsbox/engine/monitor.py" in names
     assert not [n for n in names if n.endswith(LOOP)], names
+    # The commands fall back to the script launchers, for any CPython 3.
+    archive = zipfile.ZipFile(wheel)
+    for cmd in COMMANDS:
+        (script,) = [n for n in names if n.endswith(f".data/scripts/{cmd}")]
+        assert archive.read(script).startswith(b"#!python"), script
+    assert re.search(r"^Tag: py3-none-linux_\w+$",
+                     archive.read(next(n for n in names if n.endswith("/WHEEL"))).decode(), re.M)
 
 
 def test_editable_install_has_the_loop_and_detached_containers_use_it(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Run the runtime from a sealed copy of its interpreter when the container could reach it.
+"""Run the runtime from a sealed copy of its program when the container could reach it.
 
 The setup processes of `create` and `exec` are the runtime's Python
 interpreter until they execve() the container's program.  They are
@@ -55,4 +55,9 @@ def reexec_sealed(argv: list[str]) -> None:
 
 def cli_reexec() -> None:
     """The CLI's hook: restart this very command from a sealed interpreter."""
+    launcher = getattr(sys, "_nsbox_launcher", None)
+    if launcher:
+        # The compiled launcher (bin/launcher.c) is /proc/self/exe: its copy
+        # finds the installation from argv[0], since its own link names the memfd.
+        reexec_sealed([launcher, *sys.argv[1:]])
     reexec_sealed([sys.executable, *sys.argv])

@@ -1,0 +1,308 @@
+/*
+ * The compiled form of bin/nsbox-runtime and bin/nsbox: a program that embeds
+ * the Python interpreter and runs one CLI module, without `site`.
+ *
+ * Why: a script launcher is started as `python script`, and `python` imports
+ * `site` before anything else: it reads the venv's pyvenv.cfg, lists
+ * site-packages, reads its .pth files and looks for sitecustomize and
+ * usercustomize on the whole path.  That is ~1 ms of every command here, and
+ * pip drops any option (such as -S) from a script's `#!python` line.  This
+ * program does what `site` would have done for nsbox, once and in C: the
+ * module path is the base interpreter's (fixed when it is built), then the
+ * installation's site-packages and the directories its .pth files name.
+ * Everything else is the interpreter as `python` configures it (signal
+ * handlers, PYTHON* environment variables, locale coercion).
+ *
+ * setup.py (build_launchers) compiles it twice, with -DNSBOX_CLI_MODULE set to
+ * the CLI's module, and puts the programs where pip expects the scripts.  A
+ * build without a C compiler or without the interpreter's shared library and
+ * headers installs the script launchers instead: same behaviour, slower.
+ *
+ * The installation's prefix is two levels above the program, found through
+ * /proc/self/exe.  When the runtime re-executes itself from a sealed memfd
+ * copy (nsbox/runtime/security/exe_guard.py), that link names the memfd, so
+ * argv[0] is used instead: exe_guard passes the program's real path there.
+ *
+ * Build-time definitions (C string literals, paths separated by ':'):
+ *   NSBOX_CLI_MODULE   the module whose main() is the command
+ *   NSBOX_GC_OFF       1: no cyclic garbage collector (the runtime's launcher)
+ *   NSBOX_BASE_PATH    the base interpreter's module path (stdlib, lib-dynload)
+ *   NSBOX_SITE_REL     site-packages relative to the installation's prefix
+ *   NSBOX_SITE_ABS     site-packages of the building environment, if the
+ *                      relative ones do not exist
+ *   NSBOX_BASE_EXECUTABLE  the interpreter, if <prefix>/bin/python is missing
+ *   NSBOX_BASE_PREFIX, NSBOX_BASE_EXEC_PREFIX  its sys.base_prefix and
+ *                      sys.base_exec_prefix (a venv's sys.prefix is its own)
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dirent.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef NSBOX_CLI_MODULE
+#error "NSBOX_CLI_MODULE must name the CLI module"
+#endif
+#if defined(NSBOX_GC_OFF) && NSBOX_GC_OFF
+#define GC_OFF_CODE "import gc\ngc.disable()\n"
+#else
+#define GC_OFF_CODE ""
+#endif
+
+/* Lines of .pth files that are code ("import ..."), run once Python is up. */
+#define MAX_PTH_CODE 32
+static char *pth_code[MAX_PTH_CODE];
+static int n_pth_code;
+
+static void die(const char *what)
+{
+    fprintf(stderr, "%s: %s\n", NSBOX_CLI_MODULE, what);
+    exit(125);
+}
+
+static int is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static void add_path(PyConfig *config, const char *path)
+{
+    wchar_t *wide = Py_DecodeLocale(path, NULL);
+    if (wide == NULL)
+        die("cannot decode a module path");
+    for (Py_ssize_t i = 0; i < config->module_search_paths.length; i++) {
+        if (wcscmp(config->module_search_paths.items[i], wide) == 0) {
+            PyMem_RawFree(wide);
+            return;
+        }
+    }
+    PyStatus status = PyWideStringList_Append(&config->module_search_paths, wide);
+    PyMem_RawFree(wide);
+    if (PyStatus_Exception(status))
+        Py_ExitStatusException(status);
+}
+
+/* Each ':'-separated entry of `list`, with `base/` before relative ones. */
+static void add_path_list(PyConfig *config, const char *list, const char *base, int only_dirs)
+{
+    char entry[PATH_MAX];
+    const char *start = list;
+    while (*start) {
+        const char *end = strchr(start, ':');
+        size_t len = end ? (size_t)(end - start) : strlen(start);
+        if (len > 0) {
+            int n;
+            if (start[0] == '/' || base == NULL)
+                n = snprintf(entry, sizeof entry, "%.*s", (int)len, start);
+            else
+                n = snprintf(entry, sizeof entry, "%s/%.*s", base, (int)len, start);
+            if (n > 0 && (size_t)n < sizeof entry && (!only_dirs || is_dir(entry)))
+                add_path(config, entry);
+        }
+        if (!end)
+            break;
+        start = end + 1;
+    }
+}
+
+static int by_name(const struct dirent **a, const struct dirent **b)
+{
+    return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+static int is_pth(const struct dirent *entry)
+{
+    size_t len = strlen(entry->d_name);
+    return entry->d_name[0] != '.' && len > 4 && strcmp(entry->d_name + len - 4, ".pth") == 0;
+}
+
+/* What site.addsitedir does: the site directory, then, from its .pth files in
+ * name order, each line naming a directory (relative to the site directory)
+ * that exists; "import" lines are kept to run later, as site runs them. */
+static void add_site_dir(PyConfig *config, const char *site)
+{
+    struct dirent **names;
+    int count;
+
+    add_path(config, site);
+    count = scandir(site, &names, is_pth, by_name);
+    for (int i = 0; i < count; i++) {
+        char file[PATH_MAX], line[PATH_MAX], dir[PATH_MAX];
+        FILE *pth;
+        if (snprintf(file, sizeof file, "%s/%s", site, names[i]->d_name) >= (int)sizeof file)
+            goto next;
+        pth = fopen(file, "re");
+        if (pth == NULL)
+            goto next;
+        while (fgets(line, sizeof line, pth)) {
+            line[strcspn(line, "\r\n")] = '\0';
+            if (line[0] == '\0' || line[0] == '#')
+                continue;
+            if (strncmp(line, "import ", 7) == 0 || strncmp(line, "import\t", 7) == 0) {
+                if (n_pth_code < MAX_PTH_CODE)
+                    pth_code[n_pth_code++] = strdup(line);
+                continue;
+            }
+            size_t end = strlen(line);
+            while (end > 0 && (line[end - 1] == ' ' || line[end - 1] == '\t'))
+                line[--end] = '\0';
+            if (line[0] == '/')
+                snprintf(dir, sizeof dir, "%s", line);
+            else if (snprintf(dir, sizeof dir, "%s/%s", site, line) >= (int)sizeof dir)
+                continue;
+            if (is_dir(dir))
+                add_path(config, dir);
+        }
+        fclose(pth);
+    next:
+        free(names[i]);
+    }
+    if (count >= 0)
+        free(names);
+}
+
+/* The program's own path: /proc/self/exe, or argv[0] for a memfd copy. */
+static void program_path(const char *argv0, char *out, size_t size)
+{
+    char link[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", link, sizeof link - 1);
+    if (n > 0) {
+        link[n] = '\0';
+        if (link[0] == '/' && strncmp(link, "/memfd:", 7) != 0) {
+            snprintf(out, size, "%s", link);
+            return;
+        }
+    }
+    if (argv0 != NULL && argv0[0] == '/' && realpath(argv0, link) != NULL) {
+        snprintf(out, size, "%s", link);
+        return;
+    }
+    die("cannot find where this program is installed (/proc/self/exe)");
+}
+
+static void parent_dir(char *path)
+{
+    char *slash = strrchr(path, '/');
+    if (slash == NULL || slash == path)
+        strcpy(path, "/");
+    else
+        *slash = '\0';
+}
+
+int main(int argc, char **argv)
+{
+    char program[PATH_MAX], prefix[PATH_MAX], python[PATH_MAX + 16];
+    PyPreConfig preconfig;
+    PyConfig config;
+    PyStatus status;
+
+    program_path(argc > 0 ? argv[0] : NULL, program, sizeof program);
+    snprintf(prefix, sizeof prefix, "%s", program);
+    parent_dir(prefix); /* <prefix>/bin */
+    parent_dir(prefix); /* <prefix> */
+
+    /* As `python` starts (locale coercion, UTF-8 mode from the environment),
+     * but no argument is an interpreter option. */
+    PyPreConfig_InitPythonConfig(&preconfig);
+    preconfig.parse_argv = 0;
+    status = Py_PreInitialize(&preconfig);
+    if (PyStatus_Exception(status))
+        Py_ExitStatusException(status);
+
+    PyConfig_InitPythonConfig(&config);
+    config.parse_argv = 0;   /* every argument is the command's */
+    config.site_import = 0;  /* the point of this program: done below */
+    config.safe_path = 1;    /* nothing (not the working directory) before the path */
+    config.write_bytecode = 1;
+    status = PyConfig_SetBytesArgv(&config, argc, argv);
+    if (PyStatus_Exception(status))
+        goto fail;
+    /* sys.executable stays an interpreter: the engine starts `python -m ...` with it. */
+    snprintf(python, sizeof python, "%s/bin/python", prefix);
+    status = PyConfig_SetBytesString(&config, &config.executable,
+                                     access(python, X_OK) == 0 ? python : NSBOX_BASE_EXECUTABLE);
+    if (PyStatus_Exception(status))
+        goto fail;
+
+    /* In a venv, sys.prefix is the venv (site would have set it so). */
+    snprintf(python, sizeof python, "%s/pyvenv.cfg", prefix);
+    if (access(python, R_OK) == 0) {
+        status = PyConfig_SetBytesString(&config, &config.prefix, prefix);
+        if (!PyStatus_Exception(status))
+            status = PyConfig_SetBytesString(&config, &config.exec_prefix, prefix);
+        if (!PyStatus_Exception(status))
+            status = PyConfig_SetBytesString(&config, &config.base_prefix, NSBOX_BASE_PREFIX);
+        if (!PyStatus_Exception(status))
+            status = PyConfig_SetBytesString(&config, &config.base_exec_prefix,
+                                             NSBOX_BASE_EXEC_PREFIX);
+        if (PyStatus_Exception(status))
+            goto fail;
+    }
+
+    config.module_search_paths_set = 1;
+    {
+        const char *env_path = getenv("PYTHONPATH");
+        if (env_path != NULL && getenv("PYTHONSAFEPATH") == NULL)
+            add_path_list(&config, env_path, NULL, 0);
+    }
+    add_path_list(&config, NSBOX_BASE_PATH, NULL, 0);
+    {
+        int before = (int)config.module_search_paths.length;
+        char site[PATH_MAX];
+        const char *start = NSBOX_SITE_REL;
+        while (*start) {
+            const char *end = strchr(start, ':');
+            size_t len = end ? (size_t)(end - start) : strlen(start);
+            if (len > 0 && snprintf(site, sizeof site, "%s/%.*s", prefix, (int)len, start)
+                    < (int)sizeof site && is_dir(site))
+                add_site_dir(&config, site);
+            if (!end)
+                break;
+            start = end + 1;
+        }
+        if ((int)config.module_search_paths.length == before)
+            add_path_list(&config, NSBOX_SITE_ABS, NULL, 1);
+    }
+
+    status = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(status))
+        Py_ExitStatusException(status);
+
+    {
+        /* exe_guard's re-execution needs the program's real path. */
+        PyObject *path = PyUnicode_DecodeFSDefault(program);
+        if (path == NULL || PySys_SetObject("_nsbox_launcher", path) < 0) {
+            PyErr_Print();
+            Py_FinalizeEx();
+            return 1;
+        }
+        Py_DECREF(path);
+    }
+    for (int i = 0; i < n_pth_code; i++) {
+        if (PyRun_SimpleString(pth_code[i]) != 0)
+            fprintf(stderr, "%s: a .pth line failed: %s\n", NSBOX_CLI_MODULE, pth_code[i]);
+    }
+    if (PyRun_SimpleString(
+            GC_OFF_CODE
+            "import sys\n"
+            "sys.dont_write_bytecode = False\n"
+            "from nsbox._exit import exit_process\n"
+            "from " NSBOX_CLI_MODULE " import main\n"
+            "exit_process(main())\n") != 0) {
+        /* An uncaught exception, already printed: exit as `python` would. */
+        Py_FinalizeEx();
+        return 1;
+    }
+    return 0;
+
+fail:
+    PyConfig_Clear(&config);
+    Py_ExitStatusException(status);
+}
