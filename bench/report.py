@@ -149,9 +149,11 @@ def render(args: argparse.Namespace) -> str:
         " removes the container. Each runtime pays the same three invocations.",
         "- hyperfine runs each command through `sh -c` and subtracts the shell's own start-up"
         " time; warm-up runs fill the page cache first.",
-        "- nsbox-runtime is called through the venv's console script"
-        " (`.venv/bin/nsbox-runtime`, whose `#!` is the real interpreter), never through a"
-        " pyenv shim, which would add a bash script and a second Python start to each call.",
+        "- nsbox-runtime is the venv's command `.venv/bin/nsbox-runtime`: the compiled"
+        " launcher (bin/launcher.c), which embeds the real interpreter and runs the CLI"
+        " without `site`, or where that cannot be built a script whose `#!` is the real"
+        " interpreter; never a pyenv shim, which would add a bash script and a second"
+        " Python start to each call.",
         f"- **`{FLOOR}`** is not a runtime: it starts the same interpreter with nothing to"
         " do (`python -S -c pass`), once in the `run` table and three times in the"
         " lifecycle table. It is the least any Python command line can cost here, whatever"
