@@ -38,6 +38,8 @@
 #include <Python.h>
 
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -201,6 +203,15 @@ int main(int argc, char **argv)
     PyPreConfig preconfig;
     PyConfig config;
     PyStatus status;
+
+    /* A closed standard descriptor would be taken by the next file the
+     * runtime opens (a state file, a cgroup file), and output meant for the
+     * caller would go there: hold each one with /dev/null instead. */
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF
+                && open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd)
+            die("cannot open /dev/null for a closed standard descriptor");
+    }
 
     program_path(argc > 0 ? argv[0] : NULL, program, sizeof program);
     snprintf(prefix, sizeof prefix, "%s", program);

@@ -140,6 +140,11 @@ def test_installed_commands_are_compiled_and_start_without_site(installed: Insta
                     if line.startswith("import time:")}
         assert "nsbox" in imported, proc.stderr
         assert not imported & {"site", "sitecustomize", "usercustomize"}, imported
+    # A closed standard output is held with /dev/null, so no file the command
+    # opens becomes its fd 1: the output is discarded, the command succeeds.
+    closed = run(["bash", "-c", f"exec 1>&-; {installed.bin / 'nsbox-runtime'} --version"],
+                 check=False)
+    assert closed.returncode == 0 and "Traceback" not in closed.stderr, closed
     # What the program looks like to Python: the venv's prefix and interpreter.
     probe = tmp_path / "probe"
     (probe / "nsbox").mkdir(parents=True)
