@@ -1,0 +1,123 @@
+"""The compiled launcher (bin/launcher.c): how it builds the module path.
+
+The program finds its installation two levels above itself, adds the base
+interpreter's path, the installation's site-packages and what its .pth files
+name, as `site` would, and runs the CLI.  Each test copies the venv's own
+`nsbox-runtime` program into a made-up installation whose `nsbox` package is
+a probe: its `_exit` module (the first thing the launcher imports) prints
+what the interpreter sees and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PROGRAM = REPO / ".venv" / "bin" / "nsbox-runtime"
+SITE_REL = Path("lib") / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+
+PROBE = """\
+import json, os, sys
+print(json.dumps({"path": sys.path, "prefix": sys.prefix, "executable": sys.executable,
+                  "launcher": sys._nsbox_launcher, "argv": sys.argv,
+                  "pth_ran": getattr(sys, "pth_ran", 0), "no_site": sys.flags.no_site}))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+pytestmark = pytest.mark.skipif(
+    not PROGRAM.exists() or PROGRAM.read_bytes()[:4] != b"\x7fELF",
+    reason="the venv's nsbox-runtime is the script launcher (the build could not compile "
+           "bin/launcher.c)")
+
+
+def probe_package(where: Path) -> Path:
+    (where / "nsbox").mkdir(parents=True)
+    (where / "nsbox" / "__init__.py").write_text("")
+    (where / "nsbox" / "_exit.py").write_text(PROBE)
+    return where
+
+
+def install(prefix: Path) -> Path:
+    """A copy of the program in PREFIX/bin, and an empty site-packages."""
+    (prefix / "bin").mkdir(parents=True)
+    program = prefix / "bin" / "nsbox-runtime"
+    shutil.copy2(PROGRAM, program)
+    (prefix / SITE_REL).mkdir(parents=True)
+    return program
+
+
+def launch(program: Path, *args: str, env: dict | None = None, cwd: Path | None = None) -> dict:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run([str(program), *args], capture_output=True, text=True, timeout=30,
+                          env={**base, **(env or {})}, cwd=cwd)
+    assert proc.returncode == 0, proc
+    return json.loads(proc.stdout)
+
+
+def test_site_packages_and_pth_lines_as_site_adds_them(tmp_path: Path) -> None:
+    prefix = tmp_path / "prefix"
+    program = install(prefix)
+    site = prefix / SITE_REL
+    probe_package(site)
+    absolute = tmp_path / "absolute"
+    absolute.mkdir()
+    (site / "relative").mkdir()
+    # In name order, as site reads them: b.pth's line comes after a.pth's.
+    (site / "b.pth").write_text(f"{absolute}\n")
+    (site / "a.pth").write_text("# a comment\n\nrelative\nmissing-dir\n"
+                                "import sys; sys.pth_ran = 1\n")
+    (site / ".hidden.pth").write_text(f"{tmp_path}\n")
+    seen = launch(program, "arg1", "--flag")
+    path = seen["path"]
+    assert path.index(str(site)) < path.index(str(site / "relative")) < path.index(str(absolute))
+    assert str(site / "missing-dir") not in path and str(tmp_path) not in path
+    assert seen["pth_ran"] == 1  # an "import" line runs, as site runs it
+    assert seen["no_site"] == 1
+    # Every argument is the command's, none the interpreter's.
+    assert seen["argv"] == [str(program), "arg1", "--flag"]
+    assert seen["launcher"] == str(program)
+    # No pyvenv.cfg: not a venv, so the base interpreter is sys.executable.
+    assert seen["prefix"] != str(prefix)
+
+
+def test_a_venv_prefix_and_its_python(tmp_path: Path) -> None:
+    prefix = tmp_path / "venv"
+    program = install(prefix)
+    probe_package(prefix / SITE_REL)
+    (prefix / "pyvenv.cfg").write_text(f"home = {Path(sys.base_prefix) / 'bin'}\n")
+    (prefix / "bin" / "python").symlink_to(os.path.realpath(sys.executable))
+    seen = launch(program)
+    assert seen["prefix"] == str(prefix)
+    assert seen["executable"] == str(prefix / "bin" / "python")
+
+
+def test_found_through_a_symlink_and_never_from_the_working_directory(tmp_path: Path) -> None:
+    prefix = tmp_path / "prefix"
+    program = install(prefix)
+    probe_package(prefix / SITE_REL)
+    link = tmp_path / "elsewhere" / "nsbox-runtime"
+    link.parent.mkdir()
+    link.symlink_to(program)
+    decoy = tmp_path / "cwd"
+    (decoy / "nsbox").mkdir(parents=True)
+    (decoy / "nsbox" / "__init__.py").write_text("raise SystemExit('imported from the cwd')\n")
+    seen = launch(link, cwd=decoy)
+    assert seen["launcher"] == str(program)  # the real path, for exe_guard's re-exec
+    assert str(decoy) not in seen["path"] and "" not in seen["path"]
+
+
+def test_pythonpath_comes_first(tmp_path: Path) -> None:
+    prefix = tmp_path / "prefix"
+    program = install(prefix)
+    probe_package(prefix / SITE_REL)
+    first = probe_package(tmp_path / "first")
+    seen = launch(program, env={"PYTHONPATH": str(first)})
+    assert seen["path"][0] == str(first)
