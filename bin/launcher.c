@@ -258,8 +258,10 @@ int main(int argc, char **argv)
 
     config.module_search_paths_set = 1;
     {
+        /* As `python` without -E: PYTHONPATH first (empty entries skipped,
+         * so it cannot put the working directory on the path). */
         const char *env_path = getenv("PYTHONPATH");
-        if (env_path != NULL && getenv("PYTHONSAFEPATH") == NULL)
+        if (env_path != NULL)
             add_path_list(&config, env_path, NULL, 0);
     }
     add_path_list(&config, NSBOX_BASE_PATH, NULL, 0);
