@@ -61,9 +61,11 @@
 static char *pth_code[MAX_PTH_CODE];
 static int n_pth_code;
 
+static const char *progname = "nsbox";
+
 static void die(const char *what)
 {
-    fprintf(stderr, "%s: %s\n", NSBOX_CLI_MODULE, what);
+    fprintf(stderr, "%s: %s\n", progname, what);
     exit(125);
 }
 
@@ -90,8 +92,9 @@ static void add_path(PyConfig *config, const char *path)
         Py_ExitStatusException(status);
 }
 
-/* Each ':'-separated entry of `list`, with `base/` before relative ones. */
-static void add_path_list(PyConfig *config, const char *list, const char *base, int only_dirs)
+/* Each non-empty ':'-separated entry of `list` (only directories that
+ * exist, given `only_dirs`). */
+static void add_path_list(PyConfig *config, const char *list, int only_dirs)
 {
     char entry[PATH_MAX];
     const char *start = list;
@@ -99,11 +102,7 @@ static void add_path_list(PyConfig *config, const char *list, const char *base, 
         const char *end = strchr(start, ':');
         size_t len = end ? (size_t)(end - start) : strlen(start);
         if (len > 0) {
-            int n;
-            if (start[0] == '/' || base == NULL)
-                n = snprintf(entry, sizeof entry, "%.*s", (int)len, start);
-            else
-                n = snprintf(entry, sizeof entry, "%s/%.*s", base, (int)len, start);
+            int n = snprintf(entry, sizeof entry, "%.*s", (int)len, start);
             if (n > 0 && (size_t)n < sizeof entry && (!only_dirs || is_dir(entry)))
                 add_path(config, entry);
         }
@@ -204,6 +203,11 @@ int main(int argc, char **argv)
     PyConfig config;
     PyStatus status;
 
+    if (argc > 0 && argv[0][0] != '\0') {
+        const char *slash = strrchr(argv[0], '/');
+        progname = slash ? slash + 1 : argv[0];
+    }
+
     /* A closed standard descriptor would be taken by the next file the
      * runtime opens (a state file, a cgroup file), and output meant for the
      * caller would go there: hold each one with /dev/null instead. */
@@ -262,9 +266,9 @@ int main(int argc, char **argv)
          * so it cannot put the working directory on the path). */
         const char *env_path = getenv("PYTHONPATH");
         if (env_path != NULL)
-            add_path_list(&config, env_path, NULL, 0);
+            add_path_list(&config, env_path, 0);
     }
-    add_path_list(&config, NSBOX_BASE_PATH, NULL, 0);
+    add_path_list(&config, NSBOX_BASE_PATH, 0);
     {
         int before = (int)config.module_search_paths.length;
         char site[PATH_MAX];
@@ -280,7 +284,7 @@ int main(int argc, char **argv)
             start = end + 1;
         }
         if ((int)config.module_search_paths.length == before)
-            add_path_list(&config, NSBOX_SITE_ABS, NULL, 1);
+            add_path_list(&config, NSBOX_SITE_ABS, 1);
     }
 
     status = Py_InitializeFromConfig(&config);
@@ -300,7 +304,7 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < n_pth_code; i++) {
         if (PyRun_SimpleString(pth_code[i]) != 0)
-            fprintf(stderr, "%s: a .pth line failed: %s\n", NSBOX_CLI_MODULE, pth_code[i]);
+            fprintf(stderr, "%s: a .pth line failed: %s\n", progname, pth_code[i]);
     }
     if (PyRun_SimpleString(
             GC_OFF_CODE
