@@ -92,23 +92,32 @@ static void add_path(PyConfig *config, const char *path)
         Py_ExitStatusException(status);
 }
 
-/* Each non-empty ':'-separated entry of `list` (only directories that
- * exist, given `only_dirs`). */
+/* The next non-empty ':'-separated entry of *list, after `base/` when base
+ * is not NULL, into out; 0 once the list is used up. */
+static int next_entry(const char **list, const char *base, char *out, size_t size)
+{
+    while (**list) {
+        const char *start = *list, *end = strchr(start, ':');
+        size_t len = end ? (size_t)(end - start) : strlen(start);
+        int n;
+        *list = start + len + (end != NULL);
+        if (len == 0)
+            continue;
+        n = base ? snprintf(out, size, "%s/%.*s", base, (int)len, start)
+                 : snprintf(out, size, "%.*s", (int)len, start);
+        if (n > 0 && (size_t)n < size)
+            return 1;
+    }
+    return 0;
+}
+
+/* Each entry of `list` (only directories that exist, given `only_dirs`). */
 static void add_path_list(PyConfig *config, const char *list, int only_dirs)
 {
     char entry[PATH_MAX];
-    const char *start = list;
-    while (*start) {
-        const char *end = strchr(start, ':');
-        size_t len = end ? (size_t)(end - start) : strlen(start);
-        if (len > 0) {
-            int n = snprintf(entry, sizeof entry, "%.*s", (int)len, start);
-            if (n > 0 && (size_t)n < sizeof entry && (!only_dirs || is_dir(entry)))
-                add_path(config, entry);
-        }
-        if (!end)
-            break;
-        start = end + 1;
+    while (next_entry(&list, NULL, entry, sizeof entry)) {
+        if (!only_dirs || is_dir(entry))
+            add_path(config, entry);
     }
 }
 
@@ -198,7 +207,7 @@ static void parent_dir(char *path)
 
 int main(int argc, char **argv)
 {
-    char program[PATH_MAX], prefix[PATH_MAX], python[PATH_MAX + 16];
+    char program[PATH_MAX], prefix[PATH_MAX], path[PATH_MAX + 16];
     PyPreConfig preconfig;
     PyConfig config;
     PyStatus status;
@@ -239,15 +248,15 @@ int main(int argc, char **argv)
     if (PyStatus_Exception(status))
         goto fail;
     /* sys.executable stays an interpreter: the engine starts `python -m ...` with it. */
-    snprintf(python, sizeof python, "%s/bin/python", prefix);
+    snprintf(path, sizeof path, "%s/bin/python", prefix);
     status = PyConfig_SetBytesString(&config, &config.executable,
-                                     access(python, X_OK) == 0 ? python : NSBOX_BASE_EXECUTABLE);
+                                     access(path, X_OK) == 0 ? path : NSBOX_BASE_EXECUTABLE);
     if (PyStatus_Exception(status))
         goto fail;
 
     /* In a venv, sys.prefix is the venv (site would have set it so). */
-    snprintf(python, sizeof python, "%s/pyvenv.cfg", prefix);
-    if (access(python, R_OK) == 0) {
+    snprintf(path, sizeof path, "%s/pyvenv.cfg", prefix);
+    if (access(path, R_OK) == 0) {
         status = PyConfig_SetBytesString(&config, &config.prefix, prefix);
         if (!PyStatus_Exception(status))
             status = PyConfig_SetBytesString(&config, &config.exec_prefix, prefix);
@@ -270,20 +279,14 @@ int main(int argc, char **argv)
     }
     add_path_list(&config, NSBOX_BASE_PATH, 0);
     {
-        int before = (int)config.module_search_paths.length;
+        Py_ssize_t before = config.module_search_paths.length;
+        const char *relative = NSBOX_SITE_REL;
         char site[PATH_MAX];
-        const char *start = NSBOX_SITE_REL;
-        while (*start) {
-            const char *end = strchr(start, ':');
-            size_t len = end ? (size_t)(end - start) : strlen(start);
-            if (len > 0 && snprintf(site, sizeof site, "%s/%.*s", prefix, (int)len, start)
-                    < (int)sizeof site && is_dir(site))
+        while (next_entry(&relative, prefix, site, sizeof site)) {
+            if (is_dir(site))
                 add_site_dir(&config, site);
-            if (!end)
-                break;
-            start = end + 1;
         }
-        if ((int)config.module_search_paths.length == before)
+        if (config.module_search_paths.length == before)
             add_path_list(&config, NSBOX_SITE_ABS, 1);
     }
 
