@@ -222,12 +222,12 @@ class build_launchers(Command):  # noqa: N801
         base_path = json.loads(subprocess.run(
             [sys.executable, "-I", "-S", "-c", "import sys, json; print(json.dumps(sys.path))"],
             check=True, capture_output=True, text=True).stdout)
-        sites = [sysconfig.get_path(k) for k in ("purelib", "platlib")]
-        relative = [os.path.relpath(p, sys.prefix) for p in sites]
+        relative = [os.path.relpath(sysconfig.get_path(k), sys.prefix)
+                    for k in ("purelib", "platlib")]
         defines = {
             "NSBOX_BASE_PATH": ":".join(base_path),
             "NSBOX_SITE_REL": ":".join(dict.fromkeys(relative)),
-            "NSBOX_SITE_ABS": ":".join(dict.fromkeys(sites)),
+            "NSBOX_PREFIX": sys.prefix,
             "NSBOX_BASE_EXECUTABLE": getattr(sys, "_base_executable", sys.executable),
             "NSBOX_BASE_PREFIX": sys.base_prefix,
             "NSBOX_BASE_EXEC_PREFIX": sys.base_exec_prefix,

@@ -19,8 +19,10 @@
  * headers installs the script launchers instead: same behaviour, slower.
  *
  * The installation's prefix is two levels above the program, found through
- * /proc/self/exe.  When the runtime re-executes itself from a sealed memfd
- * copy (nsbox/runtime/security/exe_guard.py), that link names the memfd, so
+ * /proc/self/exe, or, for a copy of the program put elsewhere (no
+ * site-packages two levels up), the prefix it was built for.  When the
+ * runtime re-executes itself from a sealed memfd copy
+ * (nsbox/runtime/security/exe_guard.py), that link names the memfd, so
  * argv[0] is used instead: exe_guard passes the program's real path there.
  *
  * Build-time definitions (C string literals, paths separated by ':'):
@@ -28,8 +30,8 @@
  *   NSBOX_GC_OFF       1: no cyclic garbage collector (the runtime's launcher)
  *   NSBOX_BASE_PATH    the base interpreter's module path (stdlib, lib-dynload)
  *   NSBOX_SITE_REL     site-packages relative to the installation's prefix
- *   NSBOX_SITE_ABS     site-packages of the building environment, if the
- *                      relative ones do not exist
+ *   NSBOX_PREFIX       the prefix the build was for (pip builds with the
+ *                      target environment's interpreter)
  *   NSBOX_BASE_EXECUTABLE  the interpreter, if <prefix>/bin/python is missing
  *   NSBOX_BASE_PREFIX, NSBOX_BASE_EXEC_PREFIX  its sys.base_prefix and
  *                      sys.base_exec_prefix (a venv's sys.prefix is its own)
@@ -111,14 +113,12 @@ static int next_entry(const char **list, const char *base, char *out, size_t siz
     return 0;
 }
 
-/* Each entry of `list` (only directories that exist, given `only_dirs`). */
-static void add_path_list(PyConfig *config, const char *list, int only_dirs)
+/* Each entry of `list`. */
+static void add_path_list(PyConfig *config, const char *list)
 {
     char entry[PATH_MAX];
-    while (next_entry(&list, NULL, entry, sizeof entry)) {
-        if (!only_dirs || is_dir(entry))
-            add_path(config, entry);
-    }
+    while (next_entry(&list, NULL, entry, sizeof entry))
+        add_path(config, entry);
 }
 
 static int by_name(const struct dirent **a, const struct dirent **b)
@@ -177,6 +177,18 @@ static void add_site_dir(PyConfig *config, const char *site)
         free(names);
 }
 
+/* Whether PREFIX holds one of the site-packages directories. */
+static int has_site(const char *prefix)
+{
+    const char *relative = NSBOX_SITE_REL;
+    char site[PATH_MAX];
+    while (next_entry(&relative, prefix, site, sizeof site)) {
+        if (is_dir(site))
+            return 1;
+    }
+    return 0;
+}
+
 /* The program's own path: /proc/self/exe, or argv[0] for a memfd copy. */
 static void program_path(const char *argv0, char *out, size_t size)
 {
@@ -230,6 +242,8 @@ int main(int argc, char **argv)
     snprintf(prefix, sizeof prefix, "%s", program);
     parent_dir(prefix); /* <prefix>/bin */
     parent_dir(prefix); /* <prefix> */
+    if (!has_site(prefix) && has_site(NSBOX_PREFIX))
+        snprintf(prefix, sizeof prefix, "%s", NSBOX_PREFIX); /* a copy put elsewhere */
 
     /* As `python` starts (locale coercion, UTF-8 mode from the environment),
      * but no argument is an interpreter option. */
@@ -275,19 +289,16 @@ int main(int argc, char **argv)
          * so it cannot put the working directory on the path). */
         const char *env_path = getenv("PYTHONPATH");
         if (env_path != NULL)
-            add_path_list(&config, env_path, 0);
+            add_path_list(&config, env_path);
     }
-    add_path_list(&config, NSBOX_BASE_PATH, 0);
+    add_path_list(&config, NSBOX_BASE_PATH);
     {
-        Py_ssize_t before = config.module_search_paths.length;
         const char *relative = NSBOX_SITE_REL;
         char site[PATH_MAX];
         while (next_entry(&relative, prefix, site, sizeof site)) {
             if (is_dir(site))
                 add_site_dir(&config, site);
         }
-        if (config.module_search_paths.length == before)
-            add_path_list(&config, NSBOX_SITE_ABS, 1);
     }
 
     status = Py_InitializeFromConfig(&config);

@@ -121,3 +121,22 @@ def test_pythonpath_comes_first(tmp_path: Path) -> None:
     first = probe_package(tmp_path / "first")
     seen = launch(program, env={"PYTHONPATH": str(first)})
     assert seen["path"][0] == str(first)
+
+
+def test_a_copy_put_elsewhere_runs_the_installation_it_was_built_for(tmp_path: Path) -> None:
+    """No site-packages two levels above the program: the prefix it was built
+    for (this venv), with its python, so the engine's `python -m` helpers work."""
+    program = tmp_path / "elsewhere" / "bin" / "nsbox-runtime"
+    program.parent.mkdir(parents=True)
+    shutil.copy2(PROGRAM, program)
+    probe = probe_package(tmp_path / "probe")
+    venv = PROGRAM.parent.parent
+    seen = launch(program, env={"PYTHONPATH": str(probe)})
+    assert seen["prefix"] == str(venv)
+    assert seen["executable"] == str(venv / "bin" / "python")
+    assert str(venv / SITE_REL) in seen["path"]
+    assert seen["launcher"] == str(program)
+    # And the real command, from the copy.
+    proc = subprocess.run([str(program), "--version"], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0 and "nsbox-runtime version" in proc.stdout, proc
