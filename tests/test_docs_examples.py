@@ -1,4 +1,4 @@
-"""Every example of docs/user-guide.md and docs/api.md runs as written.
+"""Every example of docs/user-guide.md, docs/api.md and docs/runtime-cli.md runs as written.
 
 The fenced blocks are run in document order, one test per block, in one
 bash session (so `cd`, `export PATH=...` and variables such as `$PID` carry
@@ -18,8 +18,10 @@ A block the test cannot run (it needs the internet, a terminal, or runs
 other test suites) has `<!-- docs-test: skip REASON -->` on a line before
 it, and is reported as skipped with that reason.
 
-The session's PATH starts with the venv's bin, so `nsbox` and
-`nsbox-runtime` are the venv's; the engine works in a private root
+Each document's blocks start in the repository root (a `cd` of an earlier
+document does not carry over). The session's PATH starts with the venv's
+bin, so `nsbox` and `nsbox-runtime` are the venv's; the engine works in a
+private root
 ($NSBOX_ROOT / $NSBOX_RUNROOT).  Nothing is left behind: no containers,
 mounts or cgroups (checked at the end), and the files the guide makes
 under /tmp are removed by its own clean-up block (and by the fixture).
@@ -39,10 +41,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
-DOCS = ("docs/user-guide.md", "docs/api.md")
-# The paths docs/user-guide.md works in (its clean-up block removes them).
+DOCS = ("docs/user-guide.md", "docs/api.md", "docs/runtime-cli.md")
+# The paths the documents work in (their clean-up blocks remove them).
 GUIDE_PATHS = ("/tmp/first", "/tmp/hello", "/tmp/nsbox-guide", "/tmp/nsbox_api_demo.py",
-               "/tmp/nsbox-app")
+               "/tmp/nsbox-app",
+               "/tmp/docroot", "/tmp/docbundle", "/tmp/docbundle2", "/tmp/doctty",
+               "/tmp/web.pid", "/tmp/tty.sock", "/tmp/tty.out", "/tmp/log.json")
+# Their nsbox-runtime --root directories.
+RUNTIME_ROOTS = ("/tmp/nsbox-guide", "/tmp/docroot")
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*(.*?)\s*-->")
 MARK = "__DOCS_TEST_RC__"
 COMMAND_TIMEOUT = 240
@@ -160,13 +166,18 @@ class Shell:
                 self.proc.wait()
 
 
+def _runtime_containers() -> list[str]:
+    return sorted(f"{root}/{cid}" for root in RUNTIME_ROOTS if os.path.isdir(root)
+                  for cid in os.listdir(root))
+
+
 def _remove_guide_leftovers() -> None:
-    """Containers under the guide's runtime root, then its files."""
+    """Containers under the documents' runtime roots, then their files."""
     runtime = str(VENV_BIN / "nsbox-runtime")
-    if os.path.isdir("/tmp/nsbox-guide"):
-        for cid in os.listdir("/tmp/nsbox-guide"):
-            subprocess.run([runtime, "--root", "/tmp/nsbox-guide", "delete", "--force", cid],
-                           capture_output=True, timeout=60)
+    for container in _runtime_containers():
+        root, cid = os.path.split(container)
+        subprocess.run([runtime, "--root", root, "delete", "--force", cid],
+                       capture_output=True, timeout=60)
     for path in GUIDE_PATHS:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -206,13 +217,14 @@ def session(tmp_path_factory: pytest.TempPathFactory):
                           text=True, timeout=60).stdout.split()
     for cid in left:
         subprocess.run([*nsbox, "rm", "-f", "-v", cid], env=env, capture_output=True, timeout=120)
-    guide_left = sorted(os.listdir("/tmp/nsbox-guide")) if os.path.isdir("/tmp/nsbox-guide") else []
+    guide_left = _runtime_containers()
     files_left = [p for p in GUIDE_PATHS if os.path.lexists(p)]
     _remove_guide_leftovers()
     mounts = _mounts_under((str(private), "/tmp/first", "/tmp/hello"))
     for point in reversed(mounts):
         subprocess.run(["umount", "-l", point], capture_output=True)
-    cgroups = _cgroup_dirs({"nsbox-first", "nsbox-hello", *state["ids"]})
+    cgroups = _cgroup_dirs({"nsbox-first", "nsbox-hello", "nsbox-demo", "nsbox-web",
+                            "nsbox-tty1", *state["ids"]})
     shutil.rmtree(private, ignore_errors=True)
     assert not left, f"engine containers left behind: {left}"
     assert not guide_left, f"runtime containers left behind: {guide_left}"
@@ -230,6 +242,10 @@ def test_doc_example(block: Block, session) -> None:  # noqa: ANN001
         pytest.skip(f"{block.doc}:{block.line}: {block.skip}")
     shell: Shell = session["shell"]
     where = f"{block.doc}:{block.line}"
+    if session.get("doc") != block.doc:
+        # Each document starts where its reader would: the repository root.
+        session["doc"] = block.doc
+        assert shell.run(f"cd {ROOT}")[0] == 0
     if block.lang == "python":
         first = block.text.splitlines()[0]
         if first.startswith("# /") and first.endswith(".py"):
@@ -259,5 +275,8 @@ def test_blocks_are_found() -> None:
     guide = [b for b in ALL_BLOCKS if b.doc == "docs/user-guide.md"]
     assert len([b for b in guide if b.lang == "console" and not b.skip]) >= 10
     assert any(b.doc == "docs/api.md" and b.lang == "python" for b in ALL_BLOCKS)
+    runtime = [c for b in ALL_BLOCKS if b.doc == "docs/runtime-cli.md" and b.lang == "console"
+               and not b.skip for c, _ in console_commands(b.text)]
+    assert "nsbox-runtime --root /tmp/docroot start web" in runtime
     commands = [c for b in guide if b.lang == "console" for c, _ in console_commands(b.text)]
     assert "nsbox run --rm busybox echo hello from nsbox" in commands
