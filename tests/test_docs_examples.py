@@ -21,10 +21,10 @@ it, and is reported as skipped with that reason.
 Each document's blocks start in the repository root (a `cd` of an earlier
 document does not carry over). The session's PATH starts with the venv's
 bin, so `nsbox` and `nsbox-runtime` are the venv's; the engine works in a
-private root
-($NSBOX_ROOT / $NSBOX_RUNROOT).  Nothing is left behind: no containers,
-mounts or cgroups (checked at the end), and the files the guide makes
-under /tmp are removed by its own clean-up block (and by the fixture).
+private root ($NSBOX_ROOT / $NSBOX_RUNROOT).  Nothing is left behind: no
+containers, mounts or cgroups (checked at the end), and the files the
+documents make under /tmp are removed by their own clean-up blocks (and by
+the fixture).
 """
 
 from __future__ import annotations
