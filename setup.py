@@ -188,7 +188,6 @@ class build_launchers(Command):  # noqa: N801
 
     def initialize_options(self) -> None:
         self.build_scripts = None
-        self.editable_mode = False
         self.built: list[str] = []
 
     def finalize_options(self) -> None:

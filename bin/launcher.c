@@ -14,9 +14,10 @@
  * handlers, PYTHON* environment variables, locale coercion).
  *
  * setup.py (build_launchers) compiles it twice, with -DNSBOX_CLI_MODULE set to
- * the CLI's module, and puts the programs where pip expects the scripts.  A
- * build without a C compiler or without the interpreter's shared library and
- * headers installs the script launchers instead: same behaviour, slower.
+ * the CLI's module, against the interpreter's static library (else its shared
+ * one), and puts the programs where pip expects the scripts.  A build without
+ * a C compiler, that library or the headers installs the script launchers
+ * instead: same behaviour, slower.
  *
  * The installation's prefix is two levels above the program, found through
  * /proc/self/exe, or, for a copy of the program put elsewhere (no

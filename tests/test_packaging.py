@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_launcher import launch, probe_package
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -29,19 +30,22 @@ REAL_PYTHON = os.path.realpath(VENV_PYTHON)
 LOOP = "nsbox-monitor-loop"
 COMMANDS = ("nsbox", "nsbox-runtime")
 
+SOURCE_FILES = ("Makefile", "pyproject.toml", "setup.py", "README.md", "bin", "nsbox")
+
 
 def embedding_missing() -> str:
-    """Why this interpreter cannot be embedded (the compiled launchers), or ''."""
+    """Why setup.py's build_launchers cannot embed this interpreter, or ''."""
     import sysconfig
 
-    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        return "the interpreter has no shared libpython"
+    config = sysconfig.get_config_var
+    static = Path(config("LIBPL") or "", config("LIBRARY") or "")
+    if not (static.suffix == ".a" and static.exists()) and not config("Py_ENABLE_SHARED"):
+        return "the interpreter has neither a static nor a shared libpython"
     if not Path(sysconfig.get_path("include"), "Python.h").exists():
         return "the interpreter's headers (Python.h) are missing"
     if shutil.which("cc") is None:
         return "no C compiler"
     return ""
-SOURCE_FILES = ("Makefile", "pyproject.toml", "setup.py", "README.md", "bin", "nsbox")
 
 
 def copy_source(dest: Path) -> Path:
@@ -145,19 +149,15 @@ def test_installed_commands_are_compiled_and_start_without_site(installed: Insta
     closed = run(["bash", "-c", f"exec 1>&-; {installed.bin / 'nsbox-runtime'} --version"],
                  check=False)
     assert closed.returncode == 0 and "Traceback" not in closed.stderr, closed
-    # What the program looks like to Python: the venv's prefix and interpreter.
-    probe = tmp_path / "probe"
-    (probe / "nsbox").mkdir(parents=True)
-    (probe / "nsbox" / "__init__.py").write_text("")
-    (probe / "nsbox" / "_exit.py").write_text(
-        "import json, os, sys\n"
-        "print(json.dumps([sys.prefix, sys.executable, sys.path, sys._nsbox_launcher]))\n"
-        "os._exit(0)\n")
-    out = run([installed.bin / "nsbox-runtime"], env={"PYTHONPATH": str(probe)}).stdout
-    prefix, executable, path, launcher = __import__("json").loads(out)
-    assert prefix == str(installed.dir) and executable == str(installed.dir / "bin" / "python")
-    assert launcher == str(installed.dir / "bin" / "nsbox-runtime")
+    # What the program, as pip built it, looks like to Python: the venv's prefix
+    # and interpreter (test_launcher's probe, here on the installed program).
+    probe = probe_package(tmp_path / "probe")
+    seen = launch(installed.bin / "nsbox-runtime", env={"PYTHONPATH": str(probe)})
+    assert seen["prefix"] == str(installed.dir)
+    assert seen["executable"] == str(installed.dir / "bin" / "python")
+    assert seen["launcher"] == str(installed.dir / "bin" / "nsbox-runtime")
     site = next((installed.dir / "lib").glob("python3*/site-packages"))
+    path = seen["path"]
     assert path[0] == str(probe) and str(site) in path and str(tmp_path) not in path, path
 
 

@@ -60,4 +60,5 @@ def cli_reexec() -> None:
         # The compiled launcher (bin/launcher.c) is /proc/self/exe: its copy
         # finds the installation from argv[0], since its own link names the memfd.
         reexec_sealed([launcher, *sys.argv[1:]])
-    reexec_sealed([sys.executable, *sys.argv])
+    else:
+        reexec_sealed([sys.executable, *sys.argv])
