@@ -432,6 +432,16 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 
+# ------------------------------------------------------------------ memory
+# A container command (busybox sh -c) that holds ~64 MiB in one process and
+# prints "survived" if it is not OOM-killed.  One process, not a pipeline
+# (head | tr into a shell variable, as before): once the OOM killer took the
+# shell, the pipe's other ends kept allocating, and a second OOM in the same
+# cgroup could pick among the small processes left, the container's init
+# included.
+MEMORY_HOG = """awk 'BEGIN { s = sprintf("%67108864s", ""); print "survived", length(s) }'"""
+
+
 # ------------------------------------------------------------------ waiting
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
     """Poll PREDICATE until it returns something truthy; that value, or fail."""

@@ -24,7 +24,7 @@ import helpers
 import host_features
 import pytest
 from cgroupv1 import MiB, controller_dir, read
-from helpers import wait_for, with_mknod
+from helpers import MEMORY_HOG, wait_for, with_mknod
 from runtime_leaks import assert_nothing_left
 
 from nsbox.runtime import cgroups
@@ -70,9 +70,6 @@ def test_fork_bomb_stops_at_pids_max(start, run_runtime, container_id, cg_path):
 
 
 # ------------------------------------------------------------------ memory
-HOG = 'x=$(head -c 67108864 /dev/zero | tr "\\0" a); echo survived ${#x}'  # ~64 MiB in a shell variable
-
-
 def require_oom_without_swap() -> None:
     """With swap on, a memory limit alone swaps the hog out instead of OOM-killing it."""
     if host_features.swap_active():
@@ -91,7 +88,7 @@ def test_memory_limit_oom_kills_and_events_report_it(start, run_runtime, runtime
                                   stdout=out, stderr=subprocess.STDOUT)
         try:
             time.sleep(0.3)  # let events register its eventfd
-            hog = run_runtime("exec", container_id, "sh", "-c", HOG, check=False)
+            hog = run_runtime("exec", container_id, "sh", "-c", MEMORY_HOG, check=False)
             assert hog.returncode == 137, (hog.returncode, hog.stdout, hog.stderr)  # SIGKILL
             assert "survived" not in hog.stdout
             wait_for(lambda: '"oom"' in (tmp_path / "events.out").read_text())
@@ -112,7 +109,7 @@ def test_memory_limit_oom_kills_and_events_report_it(start, run_runtime, runtime
 
 def test_memory_limit_oom_kills_the_init(bundle_factory, run_runtime, container_id, cg_path):
     require_oom_without_swap()
-    bundle = bundle_factory(args=["sh", "-c", HOG], mutate=lambda s: s["linux"].update(
+    bundle = bundle_factory(args=["sh", "-c", MEMORY_HOG], mutate=lambda s: s["linux"].update(
         cgroupsPath=cg_path, resources={"memory": {"limit": 32 * MiB}}))
     result = run_runtime("run", "--bundle", str(bundle), container_id, check=False)
     assert result.returncode == 137, (result.stdout, result.stderr)

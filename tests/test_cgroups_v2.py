@@ -19,14 +19,13 @@ from pathlib import Path
 import helpers
 import pytest
 from cgroupv2 import CGROUPV2
-from helpers import wait_for, with_mknod
+from helpers import MEMORY_HOG, wait_for, with_mknod
 from runtime_leaks import assert_nothing_left
 
 pytestmark = CGROUPV2
 
 MiB = 1 << 20
 ROOT = Path("/sys/fs/cgroup")
-HOG = 'x=$(head -c 67108864 /dev/zero | tr "\\0" a); echo survived ${#x}'
 
 
 def read(path: Path) -> str:
@@ -80,7 +79,7 @@ def test_memory_max_oom_kills_and_events_report_it(start, run_runtime, runtime, 
                                   stdout=out, stderr=subprocess.STDOUT)
         try:
             time.sleep(0.5)
-            hog = run_runtime("exec", container_id, "sh", "-c", HOG, check=False)
+            hog = run_runtime("exec", container_id, "sh", "-c", MEMORY_HOG, check=False)
             assert hog.returncode == 137, (hog.returncode, hog.stdout, hog.stderr)
             wait_for(lambda: '"oom"' in (tmp_path / "events.out").read_text(), timeout=10.0)
         finally:

@@ -33,7 +33,6 @@ pytestmark = CGROUPV2
 
 MiB = 1 << 20
 ROOT = Path("/sys/fs/cgroup")
-HOG = 'x=$(head -c 67108864 /dev/zero | tr "\\0" a); echo survived ${#x}'
 BOMB = "i=0; while [ $i -lt 200 ]; do sleep 1000 & i=$((i+1)); done; echo all $i"
 
 
@@ -105,7 +104,7 @@ def test_runtime_absolute_path_from_a_busy_login_scope(login_scope, nsbox_parent
         assert read(scope / "cgroup.subtree_control") == ""
         # The OOM kill first: the fork bomb's sleepers stay behind as zombies of an init
         # (sleep) that reaps nothing, and keep counting against pids.max.
-        hog = helpers.run_cli(run, "exec", container_id, "sh", "-c", HOG, check=False,
+        hog = helpers.run_cli(run, "exec", container_id, "sh", "-c", helpers.MEMORY_HOG, check=False,
                               timeout=120)
         assert hog.returncode == 137, (hog.returncode, hog.stdout, hog.stderr)
         assert int(keyed(cg / "memory.events")["oom_kill"]) >= 1
@@ -171,7 +170,7 @@ def test_engine_default_parent_from_a_busy_login_scope(login_scope, nsbox_parent
         nsbox("rm", "-f", cid)
         assert not cg.exists()
         hog = nsbox("run", "--rm", "--network", "none", "--memory", "32m", "busybox", "sh", "-c",
-                    HOG, check=False)
+                    helpers.MEMORY_HOG, check=False)
         assert hog.returncode == 137, (hog.returncode, hog.stdout, hog.stderr)
         assert "survived" not in hog.stdout
     finally:

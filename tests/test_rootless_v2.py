@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from cgroupv2 import CGROUPV2
+from helpers import MEMORY_HOG
 from rootless_user import SYSTEM_PYTHON, made_user
 
 pytestmark = [
@@ -26,7 +27,6 @@ pytestmark = [
 ]
 
 ROOT = Path("/sys/fs/cgroup")
-HOG = 'x=$(head -c 67108864 /dev/zero | tr "\\0" a); echo survived ${#x}'
 
 
 def _delegate(directory: Path, uid: int, gid: int) -> None:
@@ -74,7 +74,7 @@ def test_limits_under_a_delegated_cgroup(user):
     assert not cgroup.exists()
     # A memory hog is OOM-killed at its limit.
     proc = box.run("run", "--rm", "--network", "none", "--memory", "32m", "busybox", "sh", "-c",
-                   HOG, check=False, timeout=120)
+                   MEMORY_HOG, check=False, timeout=120)
     assert proc.returncode == 137, proc.stdout + proc.stderr
     assert "survived" not in proc.stdout
     # No cgroup of a container is left.
