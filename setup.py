@@ -163,8 +163,12 @@ class build_guard_bpf(build_monitor_loop):  # noqa: N801
 
 
 LAUNCHER_SOURCE = os.path.join("bin", "launcher.c")
-# Script name -> (the CLI module it runs, 1 to run without the cyclic GC).
-LAUNCHERS = {"nsbox-runtime": ("nsbox.runtime.cli", 1), "nsbox": ("nsbox.engine.cli", 0)}
+# nsbox-runtime's start and delete without Python (bin/runtime_fast.c says when).
+RUNTIME_FAST_SOURCES = [os.path.join("bin", "runtime_fast.c"), os.path.join("bin", "runtime_fast.h")]
+# Script name -> (the CLI module it runs, 1 to run without the cyclic GC, more sources).
+LAUNCHERS = {"nsbox-runtime": ("nsbox.runtime.cli", 1, ["-DNSBOX_RUNTIME_FAST=1",
+                                                        RUNTIME_FAST_SOURCES[0]]),
+             "nsbox": ("nsbox.engine.cli", 0, [])}
 
 
 def _c_string(text: str) -> str:
@@ -238,11 +242,11 @@ class build_launchers(Command):  # noqa: N801
         os.makedirs(self.build_scripts, exist_ok=True)
         try:
             flags = self._embedding()
-            for name, (module, gc_off) in LAUNCHERS.items():
+            for name, (module, gc_off, extra) in LAUNCHERS.items():
                 target = os.path.join(self.build_scripts, name)
                 compile_program(self, target, [f"-DNSBOX_CLI_MODULE={_c_string(module)}",
                                                f"-DNSBOX_GC_OFF={gc_off}", LAUNCHER_SOURCE,
-                                               *flags])
+                                               *extra, *flags])
                 self.built.append(target)
         except (OSError, subprocess.CalledProcessError) as err:
             if os.environ.get("NSBOX_REQUIRE_LAUNCHERS"):
@@ -269,7 +273,7 @@ class build_launchers(Command):  # noqa: N801
             scripts.run()
 
     def get_source_files(self) -> list[str]:
-        return [LAUNCHER_SOURCE]
+        return [LAUNCHER_SOURCE, *RUNTIME_FAST_SOURCES]
 
     def get_outputs(self) -> list[str]:
         return []  # build_scripts' outputs, replaced in place

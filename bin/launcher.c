@@ -29,6 +29,8 @@
  * Build-time definitions (C string literals, paths separated by ':'):
  *   NSBOX_CLI_MODULE   the module whose main() is the command
  *   NSBOX_GC_OFF       1: no cyclic garbage collector (the runtime's launcher)
+ *   NSBOX_RUNTIME_FAST 1: linked with runtime_fast.c, which does `start` and
+ *                      `delete` of a plain container without Python
  *   NSBOX_BASE_PATH    the base interpreter's module path (stdlib, lib-dynload)
  *   NSBOX_SITE_REL     site-packages relative to the installation's prefix
  *   NSBOX_PREFIX       the prefix the build was for (pip builds with the
@@ -49,6 +51,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#if defined(NSBOX_RUNTIME_FAST) && NSBOX_RUNTIME_FAST
+#include "runtime_fast.h"
+#endif
 
 #ifndef NSBOX_CLI_MODULE
 #error "NSBOX_CLI_MODULE must name the CLI module"
@@ -238,6 +244,16 @@ int main(int argc, char **argv)
                 && open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd)
             die("cannot open /dev/null for a closed standard descriptor");
     }
+
+#if defined(NSBOX_RUNTIME_FAST) && NSBOX_RUNTIME_FAST
+    {
+        /* nsbox-runtime's start and delete of a plain container need no
+         * interpreter (runtime_fast.c); anything else goes on below. */
+        int code = runtime_fast_command(argc, argv);
+        if (code != RUNTIME_FAST_PYTHON)
+            return code;
+    }
+#endif
 
     program_path(argc > 0 ? argv[0] : NULL, program, sizeof program);
     snprintf(prefix, sizeof prefix, "%s", program);

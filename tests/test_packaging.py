@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import run_cli, wait_for, write_config
 from test_launcher import launch, probe_package
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,6 +160,34 @@ def test_installed_commands_are_compiled_and_start_without_site(installed: Insta
     site = next((installed.dir / "lib").glob("python3*/site-packages"))
     path = seen["path"]
     assert path[0] == str(probe) and str(site) in path and str(tmp_path) not in path, path
+
+
+def test_installed_runtime_starts_and_deletes_without_python(installed: Install, bundle: Path,
+                                                             cg_path: str, tmp_path: Path,
+                                                             register_runtime) -> None:
+    """bin/runtime_fast.c is in the installed nsbox-runtime: `start` and `delete`
+    of a plain container work with a PYTHONPATH whose nsbox cannot be imported."""
+    if reason := embedding_missing():
+        pytest.skip(reason)
+    runtime = register_runtime([str(installed.bin / "nsbox-runtime"), "--root",
+                                str(tmp_path / "state")])
+
+    def plain(spec: dict) -> None:
+        spec["process"]["args"] = ["true"]
+        spec["linux"]["cgroupsPath"] = cg_path
+
+    write_config(bundle, plain)
+    # run_cli: output to files, as the container holds the runtime's stdout and stderr.
+    run_cli(runtime, "create", "--bundle", str(bundle), "plain")
+    poison = tmp_path / "poison" / "nsbox"
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text("raise SystemExit(99)\n")
+    no_python = {**os.environ, "PYTHONPATH": str(poison.parent)}
+    run_cli(runtime, "start", "plain", env=no_python)
+    assert run_cli(runtime, "state", "plain", env=no_python, check=False).returncode == 99
+    wait_for(lambda: '"stopped"' in run_cli(runtime, "state", "plain").stdout, timeout=10)
+    run_cli(runtime, "delete", "plain", env=no_python)
+    assert not (tmp_path / "state" / "plain").exists()
 
 
 def test_install_ships_the_guard_object_and_rules(installed: Install) -> None:

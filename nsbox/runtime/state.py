@@ -20,6 +20,9 @@ DEFAULT_ROOT = "/run/nsbox-runtime"
 STATE_FILE = "state.json"
 EXEC_FIFO = "exec.fifo"
 LOCK_FILE = "lock"
+# What the compiled nsbox-runtime reads to start or delete a plain container
+# without Python (bin/runtime_fast.c): fastpath_record() writes it.
+FASTPATH_FILE = "fastpath"
 
 _ID_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _ID_CHARS = _ID_FIRST | frozenset("_+.-")
@@ -114,6 +117,47 @@ class ContainerState:
         return out
 
 
+def fastpath_record(state: ContainerState) -> bytes | None:
+    """The little of STATE that `start` and `delete` need, for bin/runtime_fast.c.
+
+    None when the container is not the plain case that program handles (a
+    poststart or poststop hook, systemd's placement, a path with a newline):
+    its commands then run here, in Python.  The rules are this package's:
+    the status as StateStore.status derives it, the directories as
+    cgroups.destroy removes them (owned leaves, then the parents create made,
+    deepest first).
+    """
+    from nsbox.runtime.cgroups.host import UNIFIED
+
+    hooks = state.config.get("hooks") or {}
+    if hooks.get("poststart") or hooks.get("poststop") or state.systemd_cgroup or not state.pid:
+        return None
+    paths = state.cgroup_paths
+    ours = set(state.cgroup_created) if state.cgroup_created is not None else set(paths.values())
+    leaves = list(dict.fromkeys(p for p in paths.values() if p in ours))
+    parents = sorted(ours - set(paths.values()), key=len, reverse=True)
+    lines = ["nsbox-fastpath 1", f"pid {state.pid}", f"start {state.pid_start_time}"]
+    named = [("freezer", paths.get("freezer")), ("unified", paths.get(UNIFIED)),
+             *(("rmdir", p) for p in leaves), *(("rmdir-parent", p) for p in parents)]
+    for key, path in named:
+        if not path:
+            continue
+        if "\n" in path or not path.startswith("/"):
+            return None
+        lines.append(f"{key} {path}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
 class StateStore:
     """The runtime root directory (`--root`)."""
 
@@ -135,15 +179,17 @@ class StateStore:
         return path
 
     def save(self, state: ContainerState) -> None:
-        path = os.path.join(self.dir(state.id), STATE_FILE)
-        tmp = f"{path}.tmp{os.getpid()}"
-        data = _json.dumps(state.to_dict()).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        """state.json, and the fast path's record before it (a record without
+        state.json is a half-created container to the compiled commands too)."""
+        directory = self.dir(state.id)
+        record = fastpath_record(state)
+        if record is not None:
+            _write_atomically(os.path.join(directory, FASTPATH_FILE), record)
+        else:
+            with suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, FASTPATH_FILE))
+        _write_atomically(os.path.join(directory, STATE_FILE),
+                          _json.dumps(state.to_dict()).encode())
 
     def load(self, container_id: str) -> ContainerState:
         validate_id(container_id)
@@ -165,7 +211,7 @@ class StateStore:
 
     def remove(self, container_id: str) -> None:
         path = self.dir(container_id)
-        for name in (STATE_FILE, EXEC_FIFO, LOCK_FILE):
+        for name in (FASTPATH_FILE, STATE_FILE, EXEC_FIFO, LOCK_FILE):
             with suppress(FileNotFoundError):
                 os.unlink(os.path.join(path, name))
         try:
