@@ -54,7 +54,7 @@ DEMO_SCRIPT := echo "hostname: $$(hostname)"; echo "pid: $$$$"; echo "uid: $$(id
 
 REAL_PYTHON = $(shell python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
 
-.PHONY: help deps apt-deps demo install uninstall test test-v2 lint bench bench-engine bench-stats bench-build bench-pull bench-docker security-report clean stress
+.PHONY: help deps apt-deps code-bundle demo install uninstall test test-v2 lint bench bench-engine bench-stats bench-build bench-pull bench-docker security-report clean stress
 
 help:
 	@echo "make demo   install apt + pip dependencies, run a busybox container (runtime, then engine)"
@@ -144,7 +144,7 @@ uninstall:
 	    rm -rf --one-file-system "$$dir"; echo "removed $$dir"; \
 	fi
 
-test: deps
+test: deps $(CODE_BUNDLE)
 	@rc=0; timeout -k 60 $(SUITE_TIMEOUT) $(VENV)/bin/pytest -ra --timeout=$(TEST_TIMEOUT) \
 	    $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no tests; treating that as a failure" >&2; fi; \
@@ -158,7 +158,15 @@ test-v2: deps
 lint: deps
 	$(VENV)/bin/ruff check nsbox tests bench
 
-bench: deps
+# The development tree's code bundle (nsbox/_codebundle.py), remade when a module in it
+# changed: pip install -e made it, and a stale module is imported from its source meanwhile.
+CODE_BUNDLE := nsbox/_runtime.codebundle
+$(CODE_BUNDLE): $(wildcard nsbox/*.py nsbox/runtime/*.py nsbox/runtime/*/*.py) | $(DEPS_STAMP)
+	$(VENV_PY) -c 'import nsbox._codebundle as b; b.build_in_tree(".")'
+
+code-bundle: $(CODE_BUNDLE)
+
+bench: deps $(CODE_BUNDLE)
 	bench/runtime_bench.sh
 
 bench-engine: deps

@@ -162,11 +162,60 @@ class build_guard_bpf(build_monitor_loop):  # noqa: N801
         return [GUARD_SOURCE, *GUARD_HEADERS]
 
 
+CODE_BUNDLE = os.path.join("nsbox", "_runtime.codebundle")  # nsbox/_codebundle.py's FILE_NAME
+
+
+class build_code_bundle(build_monitor_loop):  # noqa: N801
+    """Compile nsbox/runtime and nsbox's top-level modules into one file that the
+    nsbox-runtime launcher imports them from (nsbox/_codebundle.py says why and how).
+
+    An editable install's bundle stays in the source tree and is checked
+    against each source's size and modification time when a module is
+    imported; an installed one is used as it is, like CPython's frozen
+    modules.
+    """
+
+    description = "compile the runtime's modules into nsbox/_runtime.codebundle"
+
+    def _built(self) -> str:
+        return os.path.join(self.build_lib, CODE_BUNDLE)
+
+    def _target(self) -> str:
+        if self.editable_mode:
+            return os.path.join(os.path.dirname(os.path.abspath(__file__)), CODE_BUNDLE)
+        return self._built()
+
+    @staticmethod
+    def _codebundle():
+        """nsbox/_codebundle.py, which reads the format and writes it (loaded by
+        path: the package itself is not importable during a build)."""
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_nsbox_codebundle",
+                                                      os.path.join("nsbox", "_codebundle.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    def run(self) -> None:
+        codebundle = self._codebundle()
+        root = os.path.dirname(os.path.abspath(__file__))
+        target = self._target()
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        size = codebundle.build(root, codebundle.sources(root), target,
+                                checked=self.editable_mode)
+        self.announce(f"wrote {target} ({size} bytes)", level=2)
+
+    def get_source_files(self) -> list[str]:
+        return self._codebundle().sources(".")
+
+
 LAUNCHER_SOURCE = os.path.join("bin", "launcher.c")
 # nsbox-runtime's start and delete without Python (bin/runtime_fast.c says when).
 RUNTIME_FAST_SOURCES = [os.path.join("bin", "runtime_fast.c"), os.path.join("bin", "runtime_fast.h")]
 # Script name -> (the CLI module it runs, 1 to run without the cyclic GC, more sources).
 LAUNCHERS = {"nsbox-runtime": ("nsbox.runtime.cli", 1, ["-DNSBOX_RUNTIME_FAST=1",
+                                                        "-DNSBOX_CODE_BUNDLE=1",
                                                         RUNTIME_FAST_SOURCES[0]]),
              "nsbox": ("nsbox.engine.cli", 0, [])}
 
@@ -282,11 +331,13 @@ class build_launchers(Command):  # noqa: N801
 class Build(build):
     # After build_scripts (in build.sub_commands), whose outputs build_launchers replaces.
     sub_commands = [*build.sub_commands, ("build_monitor_loop", None),
-                    ("build_guard_bpf", None), ("build_launchers", None)]
+                    ("build_guard_bpf", None), ("build_code_bundle", None),
+                    ("build_launchers", None)]
 
 
 cmdclass: dict[str, type] = {"build": Build, "build_monitor_loop": build_monitor_loop,
                              "build_guard_bpf": build_guard_bpf,
+                             "build_code_bundle": build_code_bundle,
                              "build_launchers": build_launchers}
 
 # The wheel holds a native executable: tag it for this platform, any Python 3.

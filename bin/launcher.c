@@ -31,6 +31,8 @@
  *   NSBOX_GC_OFF       1: no cyclic garbage collector (the runtime's launcher)
  *   NSBOX_RUNTIME_FAST 1: linked with runtime_fast.c, which does `start` and
  *                      `delete` of a plain container without Python
+ *   NSBOX_CODE_BUNDLE  1: import the package's modules from its code bundle
+ *                      (nsbox/_codebundle.py)
  *   NSBOX_BASE_PATH    the base interpreter's module path (stdlib, lib-dynload)
  *   NSBOX_SITE_REL     site-packages relative to the installation's prefix
  *   NSBOX_PREFIX       the prefix the build was for (pip builds with the
@@ -63,6 +65,20 @@
 #define GC_OFF_CODE "import gc\ngc.disable()\n"
 #else
 #define GC_OFF_CODE ""
+#endif
+#if defined(NSBOX_CODE_BUNDLE) && NSBOX_CODE_BUNDLE
+/* The package's modules from nsbox/_runtime.codebundle (nsbox/_codebundle.py);
+ * an nsbox without one (another copy on PYTHONPATH) imports as usual. */
+#define CODE_BUNDLE_CODE \
+    "try:\n" \
+    "    from nsbox._codebundle import install as _install\n" \
+    "except ImportError:\n" \
+    "    pass\n" \
+    "else:\n" \
+    "    _install()\n" \
+    "    del _install\n"
+#else
+#define CODE_BUNDLE_CODE ""
 #endif
 
 /* Lines of .pth files that are code ("import ..."), run once Python is up. */
@@ -339,6 +355,7 @@ int main(int argc, char **argv)
     }
     if (PyRun_SimpleString(
             GC_OFF_CODE
+            CODE_BUNDLE_CODE
             "import sys\n"
             "sys.dont_write_bytecode = False\n"
             "from nsbox._exit import exit_process\n"

@@ -11,6 +11,7 @@ with build isolation, so it fetches setuptools from PyPI (or its cache).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -52,7 +53,8 @@ def embedding_missing() -> str:
 def copy_source(dest: Path) -> Path:
     """The files a build needs, without caches or an editable build's loop binary."""
     dest.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", LOOP)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", LOOP,
+                                    "_runtime.codebundle")
     for name in SOURCE_FILES:
         src = REPO / name
         if src.is_dir():
@@ -188,6 +190,23 @@ def test_installed_runtime_starts_and_deletes_without_python(installed: Install,
     wait_for(lambda: '"stopped"' in run_cli(runtime, "state", "plain").stdout, timeout=10)
     run_cli(runtime, "delete", "plain", env=no_python)
     assert not (tmp_path / "state" / "plain").exists()
+
+
+def test_installed_runtime_imports_from_its_code_bundle(installed: Install) -> None:
+    """The wheel ships nsbox/_runtime.codebundle, unchecked (the sources were
+    installed with it), and the installed nsbox-runtime imports from it."""
+    if reason := embedding_missing():
+        pytest.skip(reason)
+    info = json.loads(installed.python(
+        "import json, os, nsbox._codebundle as b\n"
+        "d = os.path.dirname(b.__file__)\n"
+        "x = b.load(os.path.join(d, b.FILE_NAME), os.path.dirname(d))\n"
+        "print(json.dumps(x and {'checked': x.checked, 'modules': sorted(x.modules)}))"))
+    assert info is not None and info["checked"] is False
+    assert {"nsbox.runtime.cli", "nsbox.runtime.create", "nsbox.errors"} <= set(info["modules"])
+    proc = run([installed.bin / "nsbox-runtime", "--root", installed.data / "none", "state", "x"],
+               check=False, env={"PYTHONVERBOSE": "1"})
+    assert "import 'nsbox.runtime.cli' # <nsbox._codebundle.CodeBundle" in proc.stderr
 
 
 def test_install_ships_the_guard_object_and_rules(installed: Install) -> None:
