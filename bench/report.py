@@ -150,15 +150,17 @@ def render(args: argparse.Namespace) -> str:
         "- hyperfine runs each command through `sh -c` and subtracts the shell's own start-up"
         " time; warm-up runs fill the page cache first.",
         "- nsbox-runtime is the venv's command `.venv/bin/nsbox-runtime`: the compiled"
-        " launcher (bin/launcher.c), which embeds the real interpreter and runs the CLI"
-        " without `site`, or where that cannot be built a script whose `#!` is the real"
-        " interpreter; never a pyenv shim, which would add a bash script and a second"
-        " Python start to each call.",
+        " launcher (bin/launcher.c), which embeds the real interpreter, runs the CLI"
+        " without `site` and imports its modules from one precompiled file"
+        " (nsbox/_codebundle.py), and does `start` and `delete` of a container like this"
+        " one in C without starting Python (bin/runtime_fast.c); or, where that cannot be"
+        " built, a script whose `#!` is the real interpreter. Never a pyenv shim, which"
+        " would add a bash script and a second Python start to each call.",
         f"- **`{FLOOR}`** is not a runtime: it starts the same interpreter with nothing to"
         " do (`python -S -c pass`), once in the `run` table and three times in the"
         " lifecycle table. It is the least any Python command line can cost here, whatever"
-        " it does: when its row is above runc's, no runtime written in Python can match"
-        " runc on this machine.",
+        " it does: one start bounds nsbox-runtime's `run`, and three bounded its lifecycle"
+        " until `start` and `delete` stopped starting Python (only `create` does now).",
         "- hyperfine times each runtime's runs in one block, so work elsewhere on the host"
         " that comes and goes moves the ratios; the machine notes below give the load"
         " average around the timings. What each change to nsbox-runtime bought is measured"

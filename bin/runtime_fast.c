@@ -39,6 +39,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -514,7 +515,10 @@ static int fast_start(const struct options *opt, const char *dir)
         close(lock);
         return RUNTIME_FAST_PYTHON; /* "init is gone", in Python's words */
     }
-    /* From here on the command is this program's: the byte starts the process. */
+    /* From here on the command is this program's: the byte starts the process.
+     * An init that dies before the write makes it fail with EPIPE, as in
+     * Python (which ignores SIGPIPE), rather than kill this process. */
+    signal(SIGPIPE, SIG_IGN);
     have_before = exe_identity(rec.pid, &before);
     if (write(fifo, "0", 1) != 1 || unlink(path) != 0) {
         err = errno;
