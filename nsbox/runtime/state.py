@@ -127,15 +127,14 @@ def fastpath_record(state: ContainerState) -> bytes | None:
     cgroups.destroy removes them (owned leaves, then the parents create made,
     deepest first).
     """
-    from nsbox.runtime.cgroups.host import UNIFIED
+    from nsbox.runtime.cgroups import UNIFIED, owned_dirs
 
     hooks = state.config.get("hooks") or {}
     if hooks.get("poststart") or hooks.get("poststop") or state.systemd_cgroup or not state.pid:
         return None
     paths = state.cgroup_paths
-    ours = set(state.cgroup_created) if state.cgroup_created is not None else set(paths.values())
-    leaves = list(dict.fromkeys(p for p in paths.values() if p in ours))
-    parents = sorted(ours - set(paths.values()), key=len, reverse=True)
+    owned, parents = owned_dirs(paths, state.cgroup_created)
+    leaves = list(dict.fromkeys(owned.values()))
     lines = ["nsbox-fastpath 1", f"pid {state.pid}", f"start {state.pid_start_time}"]
     named = [("freezer", paths.get("freezer")), ("unified", paths.get(UNIFIED)),
              *(("rmdir", p) for p in leaves), *(("rmdir-parent", p) for p in parents)]
@@ -148,9 +147,10 @@ def fastpath_record(state: ContainerState) -> bytes | None:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _write_atomically(path: str, data: bytes) -> None:
+def _write_atomically(path: str, data: bytes, mode: int = 0o600) -> None:
+    """DATA at PATH through a temp file renamed over it: a reader sees all or nothing."""
     tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
     finally:
@@ -285,8 +285,4 @@ def wait_gone(pid: int, start_time: int | None, timeout: float = 5.0) -> None:
 
 def write_pid_file(path: str, pid: int) -> None:
     """--pid-file: PID written atomically (a temp file renamed over PATH)."""
-    path = os.path.abspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.rename(tmp, path)
+    _write_atomically(os.path.abspath(path), str(pid).encode(), 0o666)  # umask applies

@@ -271,6 +271,16 @@ def thaw(paths: dict[str, str]) -> None:
                 f.write("0")
 
 
+def owned_dirs(paths: dict[str, str], created: list[str] | None
+               ) -> tuple[dict[str, str], list[str]]:
+    """What delete removes: the container's own directories (by hierarchy) that
+    CREATED lists (None: unknown, the leaves count as ours), and the parents
+    create made for a nested cgroupsPath, deepest first."""
+    ours = set(created) if created is not None else set(paths.values())
+    owned = {k: p for k, p in paths.items() if p in ours}
+    return owned, sorted(ours - set(paths.values()), key=len, reverse=True)
+
+
 def destroy(paths: dict[str, str], created: list[str] | None = None) -> None:
     """Kill what is left in the cgroup, then remove the directories (children first).
 
@@ -279,8 +289,7 @@ def destroy(paths: dict[str, str], created: list[str] | None = None) -> None:
     them; a pre-existing directory (a shared cgroupsPath) is left in place
     and its processes alone.  None means unknown: the leaves count as ours.
     """
-    ours = set(created) if created is not None else set(paths.values())
-    owned = {k: p for k, p in paths.items() if p in ours}
+    owned, parents = owned_dirs(paths, created)
     left = pids(owned) if owned else []
     if left:
         for pid in left:
@@ -305,8 +314,7 @@ def destroy(paths: dict[str, str], created: list[str] | None = None) -> None:
             _rmdir_retry(d)
     # Parents made for a nested cgroupsPath go too, unless something else
     # lives there now (another container's cgroup, for instance).
-    leaves = set(paths.values())
-    for d in sorted(ours - leaves, key=len, reverse=True):
+    for d in parents:
         try:
             os.rmdir(d)
         except FileNotFoundError:
