@@ -85,6 +85,16 @@ static int is_true(const char *value, int *out)
     return 1;
 }
 
+/* A flag argument ("-name", "--name=value"): its name and length, and the
+ * value after '=' (NULL without one). */
+static const char *split_flag(const char *arg, size_t *len, const char **value)
+{
+    const char *name = arg + strspn(arg, "-"), *eq = strchr(name, '=');
+    *value = eq ? eq + 1 : NULL;
+    *len = eq ? (size_t)(eq - name) : strlen(name);
+    return name;
+}
+
 /* Go-style flags, as nsbox/runtime/cli parses them: 0 when the command line
  * is one for Python (anything unknown, or a flag that changes the output). */
 static int parse_args(int argc, char **argv, struct options *opt)
@@ -100,9 +110,9 @@ static int parse_args(int argc, char **argv, struct options *opt)
     /* Global flags, up to the command. */
     for (; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
         char name[32];
-        const char *flag = argv[i] + strspn(argv[i], "-"), *eq = strchr(flag, '=');
-        const char *value = eq ? eq + 1 : NULL;
-        size_t len = eq ? (size_t)(eq - flag) : strlen(flag);
+        const char *value;
+        size_t len;
+        const char *flag = split_flag(argv[i], &len, &value);
         int known = 0, boolean;
 
         if (len == 0 || len >= sizeof name)
@@ -153,14 +163,15 @@ static int parse_args(int argc, char **argv, struct options *opt)
     for (; i < argc; i++) {
         const char *arg = argv[i];
         if (arg[0] == '-' && arg[1] != '\0') {
-            const char *flag = arg + strspn(arg, "-"), *eq = strchr(flag, '=');
-            size_t len = eq ? (size_t)(eq - flag) : strlen(flag);
+            const char *value;
+            size_t len;
+            const char *flag = split_flag(arg, &len, &value);
             int boolean;
             if (strcmp(opt->command, "delete") != 0
                     || !((len == 5 && strncmp(flag, "force", 5) == 0)
                          || (len == 1 && flag[0] == 'f')))
                 return 0; /* --help, --, unknown flags */
-            if (eq && !is_true(eq + 1, &boolean))
+            if (value && !is_true(value, &boolean))
                 return 0;
             continue;
         }

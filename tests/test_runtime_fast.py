@@ -107,6 +107,7 @@ def test_other_states_and_flags_go_to_python(compiled, bundle, cg_path, containe
                  ["delete", container_id],                 # running: Python refuses
                  ["delete", "--force", container_id],      # running: Python kills
                  ["--debug", "delete", container_id],
+                 ["delete", "--force=maybe", container_id],  # Python's usage error
                  ["delete", "--help"],
                  ["start", "no-such-container"],
                  ["start", container_id, "extra"],
