@@ -22,7 +22,8 @@ from nsbox import _codebundle
 REPO = Path(__file__).resolve().parent.parent
 
 MODULES = {
-    "pkg/__init__.py": "from pkg.sub import VALUE\n",
+    "pkg/__init__.py": "from __future__ import annotations\n\nfrom pkg.sub import VALUE\n\n"
+                       "def typed(x: Undefined) -> int:\n    return x\n",
     "pkg/sub.py": "VALUE = 41\n\ndef fail():\n    raise ValueError('from sub')\n",
     "pkg/other.py": "import pkg.sub\nTWICE = pkg.sub.VALUE * 2\n",
 }
@@ -41,6 +42,7 @@ try:
 except ValueError:
     line = traceback.format_exc().strip().splitlines()[-2].strip()
 print(json.dumps({
+    "annotations": pkg.typed.__annotations__, "future": "__future__" in sys.modules,
     "value": pkg.VALUE, "twice": pkg.other.TWICE, "file": pkg.sub.__file__,
     "path": pkg.__path__, "line": line,
     "loaders": {m: type(sys.modules[m].__spec__.loader).__name__
@@ -77,6 +79,9 @@ def test_modules_come_from_the_bundle_with_their_usual_attributes(tmp_path, chec
     assert seen["path"] == [str(root / "pkg")]
     # A traceback shows the source line, whatever name the code object carries.
     assert seen["line"] == "raise ValueError('from sub')"
+    # `from __future__ import annotations` holds, without importing __future__.
+    assert seen["annotations"] == {"x": "Undefined", "return": "int"}
+    assert seen["future"] is False
 
 
 def test_an_edited_source_wins_over_a_checked_bundle_only(tmp_path):
