@@ -63,12 +63,16 @@ class build_monitor_loop(Command):  # noqa: N801 (distutils command names are lo
     def finalize_options(self) -> None:
         self.set_undefined_options("build_py", ("build_lib", "build_lib"))
 
+    # The file this step makes, relative to the package root (subclasses set theirs).
+    OUTPUT = os.path.join(PACKAGE_DIR, BINARY)
+
     def _built(self) -> str:
-        return os.path.join(self.build_lib, PACKAGE_DIR, BINARY)
+        return os.path.join(self.build_lib, self.OUTPUT)
 
     def _target(self) -> str:
+        """Where run() writes: build_lib, or the source tree for an editable install."""
         if self.editable_mode:
-            return os.path.join(os.path.dirname(os.path.abspath(__file__)), PACKAGE_DIR, BINARY)
+            return os.path.join(os.path.dirname(os.path.abspath(__file__)), self.OUTPUT)
         return self._built()
 
     def run(self) -> None:
@@ -118,14 +122,7 @@ class build_guard_bpf(build_monitor_loop):  # noqa: N801
 
     description = "compile nsbox/engine/guard/bpf/guard.bpf.c into guard.bpf.o"
 
-    def _built(self) -> str:
-        return os.path.join(self.build_lib, GUARD_DIR, GUARD_OBJECT)
-
-    def _target(self) -> str:
-        if self.editable_mode:
-            return os.path.join(os.path.dirname(os.path.abspath(__file__)), GUARD_DIR,
-                                GUARD_OBJECT)
-        return self._built()
+    OUTPUT = os.path.join(GUARD_DIR, GUARD_OBJECT)
 
     def run(self) -> None:
         import tempfile
@@ -177,13 +174,7 @@ class build_code_bundle(build_monitor_loop):  # noqa: N801
 
     description = "compile the runtime's modules into nsbox/_runtime.codebundle"
 
-    def _built(self) -> str:
-        return os.path.join(self.build_lib, CODE_BUNDLE)
-
-    def _target(self) -> str:
-        if self.editable_mode:
-            return os.path.join(os.path.dirname(os.path.abspath(__file__)), CODE_BUNDLE)
-        return self._built()
+    OUTPUT = CODE_BUNDLE
 
     @staticmethod
     def _codebundle():

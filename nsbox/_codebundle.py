@@ -48,12 +48,16 @@ class CodeBundle:
         self.checked = checked
         self.modules = modules
 
+    def _source(self, entry: tuple) -> str:
+        """The source file an index entry was made from."""
+        return f"{self.root}/{entry[0]}"
+
     def _entry(self, name: str) -> tuple | None:
         entry = self.modules.get(name)
         if entry is None or not self.checked:
             return entry
         try:
-            st = posix.stat(f"{self.root}/{entry[0]}")
+            st = posix.stat(self._source(entry))
         except OSError:
             return None
         if st.st_mtime_ns != entry[2] or st.st_size != entry[3]:
@@ -64,7 +68,7 @@ class CodeBundle:
         entry = self._entry(name)
         if entry is None:
             return None
-        origin = f"{self.root}/{entry[0]}"
+        origin = self._source(entry)
         spec = ModuleSpec(name, self, origin=origin, is_package=entry[1])
         spec.has_location = True  # __file__, as a module imported from its source has
         if entry[1]:
@@ -92,7 +96,7 @@ class CodeBundle:
         if entry is None:
             return None
         try:
-            with open(f"{self.root}/{entry[0]}", encoding="utf-8") as f:
+            with open(self._source(entry), encoding="utf-8") as f:
                 return f.read()
         except OSError:
             return None

@@ -442,6 +442,20 @@ def _main(argv: list[str] | None = None) -> int:
 MEMORY_HOG = """awk 'BEGIN { s = sprintf("%67108864s", ""); print "survived", length(s) }'"""
 
 
+# The exit status of a command that started Python under no_python_env().
+PYTHON_RAN = 99
+
+
+def no_python_env(directory: Path | str) -> dict[str, str]:
+    """The environment plus a PYTHONPATH (in DIRECTORY) whose `nsbox` package exits
+    PYTHON_RAN on import: a compiled nsbox-runtime command that succeeds under it
+    never started Python (bin/runtime_fast.c)."""
+    package = Path(directory) / "poison" / "nsbox"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text(f"raise SystemExit({PYTHON_RAN})\n")
+    return {**os.environ, "PYTHONPATH": str(package.parent)}
+
+
 # ------------------------------------------------------------------ waiting
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
     """Poll PREDICATE until it returns something truthy; that value, or fail."""

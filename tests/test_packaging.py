@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import run_cli, wait_for, write_config
+from helpers import PYTHON_RAN, no_python_env, run_cli, wait_for, write_config
 from test_launcher import launch, probe_package
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,12 +181,9 @@ def test_installed_runtime_starts_and_deletes_without_python(installed: Install,
     write_config(bundle, plain)
     # run_cli: output to files, as the container holds the runtime's stdout and stderr.
     run_cli(runtime, "create", "--bundle", str(bundle), "plain")
-    poison = tmp_path / "poison" / "nsbox"
-    poison.mkdir(parents=True)
-    (poison / "__init__.py").write_text("raise SystemExit(99)\n")
-    no_python = {**os.environ, "PYTHONPATH": str(poison.parent)}
+    no_python = no_python_env(tmp_path)
     run_cli(runtime, "start", "plain", env=no_python)
-    assert run_cli(runtime, "state", "plain", env=no_python, check=False).returncode == 99
+    assert run_cli(runtime, "state", "plain", env=no_python, check=False).returncode == PYTHON_RAN
     wait_for(lambda: '"stopped"' in run_cli(runtime, "state", "plain").stdout, timeout=10)
     run_cli(runtime, "delete", "plain", env=no_python)
     assert not (tmp_path / "state" / "plain").exists()

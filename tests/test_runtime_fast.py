@@ -16,11 +16,9 @@ from pathlib import Path
 import helpers
 import pytest
 from cgroupv2 import requires_cgroup2
-from helpers import run_cli, wait_for, write_config
+from helpers import PYTHON_RAN, no_python_env, run_cli, wait_for, write_config
 
 from nsbox.runtime.state import ContainerState, fastpath_record
-
-PYTHON_RAN = 99
 
 
 @pytest.fixture
@@ -33,11 +31,8 @@ def compiled(runtime: list[str]) -> list[str]:
 
 @pytest.fixture
 def no_python(tmp_path: Path) -> dict[str, str]:
-    """An environment in which any command that starts Python exits 99."""
-    package = tmp_path / "poison" / "nsbox"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text(f"raise SystemExit({PYTHON_RAN})\n")
-    return {**os.environ, "PYTHONPATH": str(package.parent)}
+    """An environment in which any command that starts Python exits PYTHON_RAN."""
+    return no_python_env(tmp_path)
 
 
 def plain_bundle(bundle: Path, cg_path: str, args: list[str]) -> Path:
