@@ -1,10 +1,11 @@
 """Build steps of the nsbox package: the compiled pieces it ships.
 
-Everything else is declared in pyproject.toml.  This file adds three build
-sub-commands: `build_guard_bpf` (the guard's BPF object), `build_launchers`
-(the `nsbox-runtime` and `nsbox` commands as programs embedding the
-interpreter, in place of the bin/ scripts; see its docstring) and
-`build_monitor_loop`, which compiles nsbox/engine/monitor_loop.c
+Everything else is declared in pyproject.toml.  This file adds four build
+sub-commands: `build_guard_bpf` (the guard's BPF object), `build_code_bundle`
+(the runtime's modules compiled into one file, nsbox/_codebundle.py),
+`build_launchers` (the `nsbox-runtime` and `nsbox` commands as programs
+embedding the interpreter, in place of the bin/ scripts; see its docstring)
+and `build_monitor_loop`, which compiles nsbox/engine/monitor_loop.c
 with the C compiler (`$CC`, default `cc`; `$CFLAGS`, default `-O2`) into a
 standalone executable, `nsbox/engine/nsbox-monitor-loop`, shipped as package
 data.  It is not a Python extension: the monitor execs it (monitor.py,
