@@ -122,7 +122,8 @@ def test_a_bundle_for_another_interpreter_or_damaged_is_not_used(tmp_path):
 
 
 def runtime_imports(env: dict[str, str]) -> dict[str, str]:
-    """Which loader imported each nsbox module in a `state` of a missing container."""
+    """Which loader imported each nsbox module in a `state` of a missing container;
+    a module compiled from its source is under "compiled": its path."""
     runtime = REPO / ".venv" / "bin" / "nsbox-runtime"
     with open(runtime, "rb") as program:
         if program.read(4) != b"\x7fELF":
@@ -136,6 +137,8 @@ def runtime_imports(env: dict[str, str]) -> dict[str, str]:
         if line.startswith("import 'nsbox"):
             name, _, loader = line[len("import '"):].partition("' # ")
             found[name] = loader
+        elif line.startswith("# code object from ") and line.endswith(".py"):
+            found.setdefault("compiled", []).append(line.rpartition(" ")[2])
     return found
 
 
@@ -152,3 +155,15 @@ def test_the_runtime_launcher_imports_from_the_bundle():
     assert {"nsbox.runtime.cli", "nsbox.runtime.container", "nsbox.runtime.state"} <= bundled
     off = runtime_imports({"NSBOX_CODE_BUNDLE": "0"})
     assert not any("CodeBundle" in loader for loader in off.values())
+
+
+def test_no_module_is_compiled_at_run_time():
+    """`make` writes every module's .pyc even with PYTHONDONTWRITEBYTECODE=1 (which
+    stops the interpreter from writing them): a command would otherwise compile
+    each module whose .pyc is missing or stale, every time (~2.5 ms a runtime
+    command for nsbox/_codebundle.py, imported before the bundle)."""
+    subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "code-bundle"],
+                   check=True, capture_output=True, timeout=300)
+    for env in ({"PYTHONDONTWRITEBYTECODE": "1"}, {"PYTHONDONTWRITEBYTECODE": "1",
+                                                   "NSBOX_CODE_BUNDLE": "0"}):
+        assert runtime_imports(env).get("compiled", []) == [], env
