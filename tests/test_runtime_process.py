@@ -128,16 +128,21 @@ def test_umask(bundle, run_runtime, container_id, umask, file_mode, dir_mode):
 # ------------------------------------------------------------------ rlimits
 def test_rlimits(bundle, run_runtime, container_id):
     out = run_args(bundle, run_runtime, container_id,
-                   ["sh", "-c", "ulimit -n; ulimit -Hn; grep -E '^Max (open files|processes)' "
-                                "/proc/self/limits"],
+                   ["sh", "-c", "ulimit -n; ulimit -Hn; grep -E '^Max (open files|processes"
+                                "|file locks|realtime timeout)' /proc/self/limits"],
                    rlimits=[{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456},
-                            {"type": "RLIMIT_NPROC", "soft": 1000, "hard": 2000}])
+                            {"type": "RLIMIT_NPROC", "soft": 1000, "hard": 2000},
+                            # the last number, and 2**64-1: unlimited
+                            {"type": "RLIMIT_RTTIME", "soft": 5000, "hard": 2**64 - 1},
+                            {"type": "RLIMIT_LOCKS", "soft": 64, "hard": 128}])
     lines = out.splitlines()
     assert lines[0:2] == ["123", "456"]
     # /proc/self/limits: a 25-column name, then soft and hard.
     limits = {line[:25].strip(): line[25:].split()[:2] for line in lines[2:]}
     assert limits["Max open files"] == ["123", "456"]
     assert limits["Max processes"] == ["1000", "2000"]
+    assert limits["Max realtime timeout"] == ["5000", "unlimited"]
+    assert limits["Max file locks"] == ["64", "128"]
 
 
 def test_rlimit_soft_above_hard_fails(bundle, run_runtime, container_id):

@@ -144,18 +144,17 @@ def wait_for_exec(fd: int, events: int, pid: int, before: tuple[int, int] | None
     process was seen to have exec'd or gone first.  Where /proc/<pid>/exe
     cannot be read (rootless), it gives up after `unknown_limit` seconds.
     """
-    import select
     import time
 
-    poller = select.poll()
-    poller.register(fd, events)
+    from nsbox.runtime import syscalls as sc  # its poll: the select module costs a dlopen
+
     deadline = time.monotonic() + unknown_limit
     while True:
-        if poller.poll(50):
+        if sc.poll(fd, events, 50):
             return True
         now = exe_identity(pid)
         if before is not None:
             if now != before:  # exec'd, or gone
-                return bool(poller.poll(0))
+                return bool(sc.poll(fd, events, 0))
         elif time.monotonic() > deadline:
-            return bool(poller.poll(0))
+            return bool(sc.poll(fd, events, 0))

@@ -12,13 +12,21 @@ import time
 from nsbox import _json
 from nsbox._lazylog import get_logger
 from nsbox._lite import suppress
-from nsbox.errors import BundleError, ConfigError, InvalidState, KernelError, NsboxError
+from nsbox.errors import (
+    BundleError,
+    ConfigError,
+    ContainerNotFound,
+    InvalidState,
+    KernelError,
+    NsboxError,
+)
 from nsbox.runtime import cgroups
 from nsbox.runtime.state import (
     CREATED,
     EXEC_FIFO,
     PAUSED,
     RUNNING,
+    STATE_FILE,
     STOPPED,
     ContainerState,
     StateStore,
@@ -69,18 +77,17 @@ class Runtime:
         self.seccomp_cache_dir = os.path.join(self.store.root, ".seccomp-cache")
 
     # ------------------------------------------------------------------ create
-    def create(self, container_id: str, opts: CreateOptions,
-               start_next: bool = False) -> ContainerState:
-        """Create the container from opts.bundle; its init then waits for `start`.
-
-        START_NEXT: `start` follows in this process (create.create says why).
-        """
+    def create(self, container_id: str, opts: CreateOptions) -> ContainerState:
+        """Create the container from opts.bundle; its init then waits for `start`."""
         from nsbox.runtime.create import create
 
-        return create(self, container_id, opts, start_next=start_next)
+        return create(self, container_id, opts)
 
     def start(self, container_id: str) -> None:
-        state = self.store.load(container_id)
+        self._start(self.store.load(container_id))
+
+    def _start(self, state: ContainerState) -> None:
+        container_id = state.id
         with self.store.lock(container_id):
             status = self.store.status(state)
             if status != CREATED:
@@ -121,17 +128,21 @@ class Runtime:
         if not detach:
             # Become the subreaper so the container's init is re-parented to us.
             sc.set_child_subreaper(True)
-        state = self.create(container_id, opts, start_next=True)
+        state = self.create(container_id, opts)
+        # The state create just saved, rather than state.json read back and
+        # parsed twice more (~0.15 ms each); the lock and the live status are
+        # still checked, and delete still finds it gone if another command
+        # deleted it meanwhile.
         try:
-            self.start(container_id)
+            self._start(state)
         except NsboxError:
-            self.delete(container_id, force=True)
+            self.delete(container_id, force=True, state=state)
             raise
         if detach:
             return 0
         status = wait_forwarding_signals(state.pid)
         if not keep:
-            self.delete(container_id, force=True)
+            self.delete(container_id, force=True, state=state)
         return status
 
     # ------------------------------------------------------------------ state
@@ -173,9 +184,17 @@ class Runtime:
         _signal_init(st, sig)
 
     # ------------------------------------------------------------------ delete
-    def delete(self, container_id: str, force: bool = False) -> None:
+    def delete(self, container_id: str, force: bool = False,
+               state: ContainerState | None = None) -> None:
+        """STATE: the container's state as this process saved it (`run`), read
+        from state.json otherwise; either way the file must still be there."""
         try:
-            st = self.store.load(container_id)
+            if state is None:
+                st = self.store.load(container_id)
+            elif os.path.exists(os.path.join(self.store.dir(container_id), STATE_FILE)):
+                st = state
+            else:
+                raise ContainerNotFound(f"container {container_id} does not exist")
         except NsboxError:
             if os.path.isdir(self.store.dir(container_id)) and not os.path.exists(
                     os.path.join(self.store.dir(container_id), "state.json")):

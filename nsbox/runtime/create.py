@@ -79,13 +79,8 @@ def _validate_for_create(spec: Spec, bundle: str) -> None:
     rootfs.check_mount_sources(spec, bundle=bundle)
 
 
-def create(rt: Runtime, container_id: str, opts: CreateOptions,
-           start_next: bool = False) -> ContainerState:
-    """Runtime.create: the container's init waits on the exec fifo when this returns.
-
-    START_NEXT: this process starts the container right after (`run`), so
-    it loads what `start` needs while the init sets itself up.
-    """
+def create(rt: Runtime, container_id: str, opts: CreateOptions) -> ContainerState:
+    """Runtime.create: the container's init waits on the exec fifo when this returns."""
     from nsbox.runtime import namespaces as nsmod
     from nsbox.runtime.spec import load_bundle_config
 
@@ -117,7 +112,7 @@ def create(rt: Runtime, container_id: str, opts: CreateOptions,
     cleanup = _Cleanup(rt.store, container_id)
     try:
         _create(rt, state, spec, rootfs, plan, opts, seccomp_bpf, cleanup,
-                cgroup_plan=cgroup_plan, start_next=start_next)
+                cgroup_plan=cgroup_plan)
     except BaseException:
         cleanup.run()
         raise
@@ -126,7 +121,7 @@ def create(rt: Runtime, container_id: str, opts: CreateOptions,
 
 def _create(rt: Runtime, state: ContainerState, spec: Spec, rootfs: str, plan: NamespacePlan,
             opts: CreateOptions, seccomp_bpf: bytes | None, cleanup: _Cleanup,
-            cgroup_plan=None, start_next: bool = False) -> None:
+            cgroup_plan=None) -> None:
     from nsbox.runtime import channel as ch
     from nsbox.runtime import init as initmod
     from nsbox.runtime import namespaces as nsmod
@@ -159,6 +154,7 @@ def _create(rt: Runtime, state: ContainerState, spec: Spec, rootfs: str, plan: N
         console_sock_fd=console_fd, seccomp_bpf=seccomp_bpf, seccomp_agent_fd=agent_fd,
         runtime_exe=procmod.runtime_exe_identity(), extra_env=extra_env or None,
         cgroup_paths=state.cgroup_paths,
+        hook_stop=initmod.needs_hook_stop(spec, seccomp_agent=agent_fd >= 0),
     )
     created_cgroups = cgroups.create(state.cgroup_paths)
     state.cgroup_created = created_cgroups
@@ -199,41 +195,27 @@ def _create(rt: Runtime, state: ContainerState, spec: Spec, rootfs: str, plan: N
                             deny_setgroups=os.geteuid() != 0)
         parent_chan.send(ch.IDMAP_DONE)
     parent_chan.send(ch.GO)
-    if start_next:
-        # The init now builds its namespaces and mounts (milliseconds) on the
-        # other CPU while we would only wait: load start's lock and poll now.
-        import fcntl  # noqa: F401
-        import select  # noqa: F401
-    # Stage 1's "init_pid" and stage 2's "run_hooks" share the socket and
-    # race: stage 2 may get there before its parent reports it.
-    init_pid = 0 if stage1_pid else pid
-    hooks_due = False
-    while not (init_pid and hooks_due):
-        msg = parent_chan.recv()
-        if msg["type"] == ch.INIT_PID:
-            init_pid = msg["pid"]
-            cleanup.init_pid = init_pid
-        elif msg["type"] == ch.RUN_HOOKS:
-            hooks_due = True
-        elif msg["type"] == ch.ERROR:
-            raise ch.ChildFailed(msg["message"])
-        else:
-            raise KernelError(f"container setup: unexpected message {msg['type']}")
+    # The init stops before pivot_root ("run_hooks") only when ctx.hook_stop
+    # says so; else its next word is "created".  Stage 1's "init_pid" shares
+    # the socket and races: stage 2 may get there before its parent reports it.
+    init_pid = _await_init(parent_chan, 0 if stage1_pid else pid, cleanup,
+                           ch.RUN_HOOKS if ctx.hook_stop else ch.CREATED)
     if stage1_pid:
         _reap(stage1_pid)
         cleanup.stage1_pid = 0
     state.pid = init_pid
     state.pid_start_time = process_start_time(init_pid) or 0
-    state.namespace_paths = nsmod.namespace_paths(init_pid)
-    hook_state = state.oci_state(CREATED)
-    if spec.hooks.get("prestart") or spec.hooks.get("createRuntime"):
-        from nsbox.runtime import hooks
+    if ctx.hook_stop:
+        hook_state = state.oci_state(CREATED)
+        if spec.hooks.get("prestart") or spec.hooks.get("createRuntime"):
+            from nsbox.runtime import hooks
 
-        for kind in ("prestart", "createRuntime"):
-            if spec.hooks.get(kind):
-                hooks.run_hooks(kind, spec.hooks[kind], hook_state)
-    parent_chan.send(ch.HOOKS_DONE, state=hook_state)  # now with the init's pid
-    parent_chan.expect(ch.CREATED)
+            for kind in ("prestart", "createRuntime"):
+                if spec.hooks.get(kind):
+                    hooks.run_hooks(kind, spec.hooks[kind], hook_state)
+        parent_chan.send(ch.HOOKS_DONE, state=hook_state)  # now with the init's pid
+        parent_chan.expect(ch.CREATED)
+    state.namespace_paths = nsmod.namespace_paths(init_pid)
     rt.store.save(state)
     if opts.pid_file:
         write_pid_file(opts.pid_file, init_pid)
@@ -242,6 +224,26 @@ def _create(rt: Runtime, state: ContainerState, spec: Spec, rootfs: str, plan: N
         c.close()
     for fd in cleanup.fds:
         os.close(fd)  # the exec fifo and the seccomp agent socket: the init has its own
+
+
+def _await_init(chan, init_pid: int, cleanup: _Cleanup, until: str) -> int:
+    """The init's pid (INIT_PID is 0 while stage 1 has not reported it), once
+    the init's message UNTIL has arrived too; ChildFailed with its error."""
+    from nsbox.runtime import channel as ch
+
+    arrived = False
+    while not (init_pid and arrived):
+        msg = chan.recv()
+        if msg["type"] == ch.INIT_PID:
+            init_pid = msg["pid"]
+            cleanup.init_pid = init_pid
+        elif msg["type"] == until and not arrived:
+            arrived = True
+        elif msg["type"] == ch.ERROR:
+            raise ch.ChildFailed(msg["message"])
+        else:
+            raise KernelError(f"container setup: unexpected message {msg['type']}")
+    return init_pid
 
 
 class _Cleanup:

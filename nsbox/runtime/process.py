@@ -105,21 +105,20 @@ def home_from_passwd(uid: int) -> str:
 def apply_rlimits(process: Process) -> None:
     if not process.rlimits:
         return
-    import resource  # preloaded by init.preload before pivot_root
-
     for rl in process.rlimits:
-        # Python's resource module lacks RLIMIT_LOCKS (10 on every Linux architecture).
-        res = getattr(resource, rl.type, 10 if rl.type == "RLIMIT_LOCKS" else None)
+        res = sc.RLIMITS.get(rl.type)
         if res is None:
             raise ConfigError(f"config.json: unknown rlimit {rl.type}")
+        what = f"setrlimit {rl.type} soft={rl.soft} hard={rl.hard}"
+        if rl.soft > rl.hard:
+            raise KernelError(f"{what}: the soft limit exceeds the hard limit")
         try:
-            resource.setrlimit(res, (_rlim(rl.soft), _rlim(rl.hard)))
-        except (ValueError, OSError) as exc:
-            raise KernelError(f"setrlimit {rl.type} soft={rl.soft} hard={rl.hard}: {exc}") from None
+            sc.setrlimit(res, min(rl.soft, _RLIM_INFINITY), min(rl.hard, _RLIM_INFINITY))
+        except OSError as exc:
+            raise KernelError(f"{what}: {os.strerror(exc.errno)}", exc.errno) from None
 
 
-def _rlim(value: int) -> int:
-    return -1 if value >= 2**64 - 1 else value
+_RLIM_INFINITY = 2**64 - 1
 
 
 def write_oom_score_adj(value: int | None, pid: int | str = "self") -> None:

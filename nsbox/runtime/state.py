@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import time
 
 from nsbox import _json
@@ -260,11 +261,15 @@ class _Lock:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
             raise ContainerNotFound(f"container {self.container_id} does not exist") from None
-        # Imported here: only start, pause, resume and update lock, and loading
-        # the extension (~0.13 ms) is a noticeable part of `delete` or `state`.
-        import fcntl
+        sc = sys.modules.get("nsbox.runtime.syscalls")
+        if sc is not None:
+            sc.flock(self.fd, sc.LOCK_EX)  # `run` has it loaded: no extension to load
+        else:
+            # Imported here: only start, pause, resume and update lock, and loading
+            # the extension (~0.13 ms) is a noticeable part of `delete` or `state`.
+            import fcntl
 
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def __exit__(self, *exc) -> None:
         os.close(self.fd)

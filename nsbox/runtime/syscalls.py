@@ -8,6 +8,7 @@ like the os module does.
 
 from __future__ import annotations
 
+import errno
 import os
 
 # Not `import ctypes`: the same _ctypes machinery, ~0.8 ms cheaper to load (_cdata.py).
@@ -263,6 +264,44 @@ def socketpair_seqpacket() -> tuple[int, int]:
     fds = (ctypes.c_int * 2)()
     _check(_libc.socketpair(1, 5 | os.O_CLOEXEC, 0, fds), "socketpair")  # AF_UNIX, SOCK_SEQPACKET
     return fds[0], fds[1]
+
+
+# flock(2) operations.
+LOCK_EX = 2
+
+# getrlimit/setrlimit resource numbers (x86_64, as the syscall numbers above).
+RLIMITS = {f"RLIMIT_{name}": number for number, name in enumerate((
+    "CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE", "MEMLOCK", "AS",
+    "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"))}
+SYS_prlimit64 = 302
+
+# The three calls below stand in for the fcntl, select and resource modules in the
+# commands that load this module anyway (create, run, exec): each extension is a
+# dlopen and a module to build, ~0.1 ms of every `run`, for one call.
+
+
+def flock(fd: int, operation: int) -> None:
+    """flock(2), retried when a signal interrupts it (as fcntl.flock is)."""
+    while _libc.flock(fd, operation) < 0:
+        if ctypes.get_errno() != errno.EINTR:
+            _check(-1, "flock")
+
+
+def poll(fd: int, events: int, timeout_ms: int) -> int:
+    """poll(2) on one fd: its revents, 0 on timeout (an interrupted wait counts as one)."""
+    pollfd = (ctypes.c_int * 2)(fd, events)  # struct pollfd: int fd; short events, revents
+    if _libc.poll(pollfd, 1, timeout_ms) < 0:
+        if ctypes.get_errno() == errno.EINTR:
+            return 0
+        _check(-1, "poll")
+    return pollfd[1] >> 16 & 0xFFFF
+
+
+def setrlimit(resource: int, soft: int, hard: int) -> None:
+    """Set one resource limit of this process (prlimit64(2)); 2**64-1 is unlimited."""
+    limits = (ctypes.c_uint64 * 2)(soft, hard)
+    _check(_libc.syscall(ctypes.c_long(SYS_prlimit64), ctypes.c_long(0), ctypes.c_long(resource),
+                         limits, None), "setrlimit")
 
 
 def set_pdeathsig(sig: int) -> None:

@@ -41,7 +41,7 @@ def run_with_terminal(rt, container_id: str, opts, keep: bool = False) -> int:
     try:
         opts.console_socket = path
         sc.set_child_subreaper(True)
-        state = rt.create(container_id, opts, start_next=True)
+        state = rt.create(container_id, opts)
         master, _name = console.recv_console_fd(listener)
     finally:
         _cleanup(listener, path, tmpdir)
