@@ -224,10 +224,10 @@ def prepare_process(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
     # Like runc: enter the cwd while still root, so a directory only root can
     # enter works; once more after the identity change if root was refused.
     chdir_pending = not _chdir(process.cwd, retry_as_user=True)
-    capabilities.drop_bounding(process.capabilities)
+    bounding = capabilities.drop_bounding(process.capabilities)
     capabilities.prepare_identity_change()
     switch_user(process, setgroups_allowed())
-    capabilities.apply_sets(process.capabilities)
+    capabilities.apply_sets(process.capabilities, bounding)
     if chdir_pending:
         _chdir(process.cwd, retry_as_user=False)
     try:

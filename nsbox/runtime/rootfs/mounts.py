@@ -60,6 +60,9 @@ _PROC_OVERRIDE_ALLOWED = frozenset(
                                  "loadavg", "slabinfo", "pressure/cpu", "pressure/io",
                                  "pressure/memory"))
 
+# A directory of our own, as an fd to mount onto (fd_path); never through a symlink.
+_OPEN_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
 
 def _reachable(path: str) -> bool:
     try:
@@ -333,7 +336,7 @@ class MountBuilder:
                 else:
                     name = ",".join(c.removeprefix("name=") for c in line.controllers.split(","))
                 self._mount_hierarchy(f"{dest}/{name}", line, in_cgroupns, base_flags, readonly,
-                                      mounts)
+                                      mounts, parent_fd=top_fd)
                 controllers = [c for c in line.controllers.split(",") if c and "=" not in c]
                 if len(controllers) > 1:
                     for controller in controllers:
@@ -348,10 +351,22 @@ class MountBuilder:
             os.close(top_fd)
 
     def _mount_hierarchy(self, dest: str, line: CgroupLine, in_cgroupns: bool, base_flags: int,
-                         readonly: bool, mounts: list[MountInfo]) -> None:
+                         readonly: bool, mounts: list[MountInfo], parent_fd: int = -1) -> None:
+        """PARENT_FD: the tmpfs just mounted for the v1 hierarchies, which holds nothing
+        the container made: their directories are made and opened right there, without
+        resolving DEST from the root again (four openat2 calls fewer each)."""
         what = f"mount cgroup on {dest}"
+        name = dest.rpartition("/")[2]
+        if parent_fd >= 0:
+            try:
+                os.mkdir(name, 0o755, dir_fd=parent_fd)
+            except FileExistsError:
+                parent_fd = -1  # one of our controller symlinks: resolve it as before
         try:
-            fd = ensure_in_root(self.root_fd, dest, is_dir=True)
+            if parent_fd >= 0:
+                fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+            else:
+                fd = ensure_in_root(self.root_fd, dest, is_dir=True)
         except OSError as exc:
             raise KernelError(f"{what}: cannot create the destination: "
                               f"{os.strerror(exc.errno)}", exc.errno) from None
@@ -367,7 +382,10 @@ class MountBuilder:
                 do_mount(source, fd_path(fd), None, sc.MS_BIND, None, what)
         finally:
             os.close(fd)
-        top_fd = self._reopen(dest, what)
+        if parent_fd >= 0:
+            top_fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)  # now the mount's root
+        else:
+            top_fd = self._reopen(dest, what)
         try:
             flags = base_flags | (sc.MS_RDONLY if readonly else 0)
             if flags:
