@@ -68,6 +68,9 @@ class CodeBundle:
         entry = self._entry(name)
         if entry is None:
             return None
+        return self._spec(name, entry)
+
+    def _spec(self, name: str, entry: tuple) -> ModuleSpec:
         origin = self._source(entry)
         spec = ModuleSpec(name, self, origin=origin, is_package=entry[1])
         spec.has_location = True  # __file__, as a module imported from its source has
@@ -75,6 +78,51 @@ class CodeBundle:
             # Submodules that are not in the bundle are found there as usual.
             spec.submodule_search_locations = [origin.rpartition("/")[0]]
         return spec
+
+    def preload(self, names: tuple[str, ...]) -> None:
+        """Import NAMES from the bundle, in that order, without the import system.
+
+        What a command will import anyway, listed by the caller with each
+        module after those it imports: here a module costs its code and
+        little else, where an import statement's trip through importlib
+        (module locks, spec, six attributes) is ~12 µs more per module, ~0.5 ms
+        of a `run`.  A module is imported this way as the import system would
+        (parent package first, in sys.modules during its code, removed if the
+        code fails, then an attribute of its parent).  Names already imported,
+        not in the bundle or edited since (a checked bundle) are left to
+        their import statements.
+        """
+        for name in names:
+            if name not in sys.modules:
+                self._import(name)
+
+    def _import(self, name: str) -> None:
+        entry = self._entry(name)
+        if entry is None:
+            return
+        parent, _, child = name.rpartition(".")
+        if parent and parent not in sys.modules:
+            self._import(parent)
+            if parent not in sys.modules or name in sys.modules:
+                return  # the parent imported it (or could not be imported here)
+        spec = self._spec(name, entry)
+        module = type(sys)(name)
+        module.__spec__ = spec
+        module.__loader__ = self
+        module.__file__ = spec.origin
+        module.__package__ = name if entry[1] else parent
+        if entry[1]:
+            module.__path__ = spec.submodule_search_locations
+        sys.modules[name] = module
+        try:
+            self.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        if parent:
+            setattr(sys.modules[parent], child, module)
+        if sys.flags.verbose:  # as the import system reports each module
+            print(f"import {name!r} # {self!r}", file=sys.stderr)
 
     def create_module(self, spec: ModuleSpec) -> None:
         return None  # the default module object
@@ -125,14 +173,19 @@ def load(path: str, root: str) -> CodeBundle | None:
     return CodeBundle(path, root, bool(index["checked"]), index["modules"], _HEADER + size)
 
 
+installed: CodeBundle | None = None  # install()'s, for preload
+
+
 def install() -> CodeBundle | None:
     """Put this package's bundle first on sys.meta_path, if there is a usable one."""
+    global installed
     if posix.environ.get(b"NSBOX_CODE_BUNDLE") == b"0":
         return None
     package_dir = __file__.rpartition("/")[0]
     bundle = load(f"{package_dir}/{FILE_NAME}", package_dir.rpartition("/")[0])
     if bundle is not None:
         sys.meta_path.insert(0, bundle)
+        installed = bundle
     return bundle
 
 

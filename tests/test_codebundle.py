@@ -121,6 +121,75 @@ def test_a_bundle_for_another_interpreter_or_damaged_is_not_used(tmp_path):
     assert _codebundle.load(str(tmp_path / "missing"), str(root)) is None
 
 
+# Preloads pkg.other (which imports pkg.sub) and reports how each module came.
+PRELOAD_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from nsbox._codebundle import load
+bundle = load(sys.argv[1], sys.argv[2])
+sys.meta_path.insert(0, bundle)
+bundle.preload(tuple(sys.argv[3].split(",")))
+import pkg.other
+out = {"preloaded": sorted(m for m in sys.modules if m.startswith("pkg")),
+       "twice": pkg.other.TWICE, "attr": pkg.other is getattr(pkg, "other", None),
+       "spec": pkg.other.__spec__.name, "file": pkg.other.__file__,
+       "package": pkg.other.__package__, "path": getattr(pkg, "__path__", None)}
+print(json.dumps(out))
+"""
+
+
+def preload_probe(bundle: Path, root: Path, names: str, verbose: bool = False
+                  ) -> tuple[dict, str]:
+    proc = subprocess.run([sys.executable, *(["-v"] if verbose else []), "-c", PRELOAD_PROBE,
+                           str(bundle), str(root), names],
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), proc.stderr
+
+
+def test_preload_imports_as_the_import_system_does(tmp_path):
+    root = tmp_path / "src"
+    names = make_tree(root)
+    out = tmp_path / "test.codebundle"
+    _codebundle.build(str(root), names, str(out), checked=True)
+    # pkg.other's parent package comes first, and with it pkg.sub (pkg imports it).
+    seen, log = preload_probe(out, root, "pkg.other", verbose=True)
+    assert seen["preloaded"] == ["pkg", "pkg.other", "pkg.sub"]
+    assert seen["twice"] == 82 and seen["attr"] is True
+    assert (seen["spec"], seen["package"]) == ("pkg.other", "pkg")
+    assert seen["file"] == str(root / "pkg" / "other.py")
+    assert seen["path"] == [str(root / "pkg")]
+    # python -v reports each module and where it came from, as for an import statement.
+    assert "import 'pkg.other' # <nsbox._codebundle.CodeBundle" in log
+    # Names outside the bundle are left to import statements; an edited source
+    # is imported from its source, not preloaded from the stale code.
+    time.sleep(0.01)
+    (root / "pkg" / "sub.py").write_text(MODULES["pkg/sub.py"].replace("41", "42"))
+    seen, _ = preload_probe(out, root, "json.decoder,pkg.sub,pkg.other")
+    assert seen["twice"] == 84
+    assert "json.decoder" not in seen["preloaded"]
+
+
+def test_a_module_that_fails_is_not_left_half_imported(tmp_path):
+    root = tmp_path / "src"
+    make_tree(root)
+    (root / "pkg" / "bad.py").write_text("import pkg.sub\nraise RuntimeError('bad module')\n")
+    out = tmp_path / "test.codebundle"
+    _codebundle.build(str(root), [*sorted(MODULES), "pkg/bad.py"], str(out), checked=False)
+    code = PRELOAD_PROBE.replace("bundle.preload(tuple(sys.argv[3].split(\",\")))", """
+try:
+    bundle.preload(("pkg.bad",))
+except RuntimeError as exc:
+    print(json.dumps({"error": str(exc), "left": "pkg.bad" in sys.modules,
+                      "attr": hasattr(sys.modules["pkg"], "bad")}))
+    raise SystemExit(0)""")
+    proc = subprocess.run([sys.executable, "-c", code, str(out), str(root), ""],
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd="/")
+    assert json.loads(proc.stdout) == {"error": "bad module", "left": False, "attr": False}
+
+
 def runtime_imports(env: dict[str, str]) -> dict[str, str]:
     """Which loader imported each nsbox module in a `state` of a missing container;
     a module compiled from its source is under "compiled": its path."""
@@ -167,3 +236,28 @@ def test_no_module_is_compiled_at_run_time():
     for env in ({"PYTHONDONTWRITEBYTECODE": "1"}, {"PYTHONDONTWRITEBYTECODE": "1",
                                                    "NSBOX_CODE_BUNDLE": "0"}):
         assert runtime_imports(env).get("compiled", []) == [], env
+
+
+# What main() and the launcher import before a command's preload.
+IMPORTED_BEFORE_PRELOAD = {
+    "nsbox", "nsbox._codebundle", "nsbox._exit", "nsbox.runtime", "nsbox.runtime.cli",
+    "nsbox._json", "nsbox._lazylog", "nsbox.runtime.cli._log", "nsbox.runtime.cli.cmd_create",
+    "nsbox.runtime.cli.cmd_run"}
+
+
+@pytest.mark.parametrize("command", ["run", "create"])
+def test_the_preload_lists_what_create_and_run_import(command, bundle, run_runtime,
+                                                       container_id):
+    """cli.PRELOAD names what the command imports for a plain container: nothing it
+    does not (each costs ~0.1 ms to load), nothing missing (the saving would be lost)."""
+    from nsbox.runtime.cli import PRELOAD
+
+    args = ["--bundle", str(bundle), container_id]
+    proc = run_runtime(command, *args, env={**os.environ, "NSBOX_CODE_BUNDLE": "0",
+                                            "PYTHONPROFILEIMPORTTIME": "1"})
+    if command == "create":
+        run_runtime("delete", "--force", container_id)
+    imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    imported = {name for name in imported if name.startswith("nsbox")}
+    assert imported - IMPORTED_BEFORE_PRELOAD == set(PRELOAD[command])
