@@ -255,6 +255,10 @@ class build_launchers(Command):  # noqa: N801
         system_libs = [*shlex.split(config("LIBS") or ""), *shlex.split(config("SYSLIBS") or ""),
                        *shlex.split(config("MODLIBS") or "")]
         if static.endswith(".a") and os.path.exists(static):
+            # No run path: libpython is inside the program, and a run path to its
+            # directory (pyenv's LIBS carry one) only makes the dynamic loader try
+            # there first for libc and libm, ~36 failed lookups at every start.
+            system_libs = [flag for flag in system_libs if not flag.startswith("-Wl,-rpath,")]
             link = [static, "-Wl,--export-dynamic", *system_libs, "-s"]
         elif config("Py_ENABLE_SHARED"):
             libdir = config("LIBDIR")

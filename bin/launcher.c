@@ -353,11 +353,14 @@ int main(int argc, char **argv)
         if (PyRun_SimpleString(pth_code[i]) != 0)
             fprintf(stderr, "%s: a .pth line failed: %s\n", progname, pth_code[i]);
     }
+    /* Bytecode is written even under PYTHONDONTWRITEBYTECODE, from the first
+     * import on (nsbox and nsbox._codebundle included): a module whose .pyc
+     * cannot be kept is compiled again at every start. */
     if (PyRun_SimpleString(
-            GC_OFF_CODE
-            CODE_BUNDLE_CODE
             "import sys\n"
             "sys.dont_write_bytecode = False\n"
+            GC_OFF_CODE
+            CODE_BUNDLE_CODE
             "from nsbox._exit import exit_process\n"
             "from " NSBOX_CLI_MODULE " import main\n"
             "exit_process(main())\n") != 0) {
