@@ -54,6 +54,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#ifdef NSBOX_FROZEN_STDLIB
+/* nsbox_frozen_stdlib[]: standard-library modules every start imports, as
+ * code compiled by the interpreter this program embeds (setup.py's
+ * FROZEN_STDLIB says which and why). */
+#include NSBOX_FROZEN_STDLIB
+#endif
+
 #if defined(NSBOX_RUNTIME_FAST) && NSBOX_RUNTIME_FAST
 #include "runtime_fast.h"
 #endif
@@ -278,6 +285,9 @@ int main(int argc, char **argv)
     if (!has_site(prefix) && has_site(NSBOX_PREFIX))
         snprintf(prefix, sizeof prefix, "%s", NSBOX_PREFIX); /* a copy put elsewhere */
 
+#ifdef NSBOX_FROZEN_STDLIB
+    PyImport_FrozenModules = nsbox_frozen_stdlib; /* consulted before the path */
+#endif
     /* As `python` starts (locale coercion, UTF-8 mode from the environment),
      * but no argument is an interpreter option. */
     PyPreConfig_InitPythonConfig(&preconfig);

@@ -24,10 +24,13 @@ PROGRAM = REPO / ".venv" / "bin" / "nsbox-runtime"
 SITE_REL = Path("lib") / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
 
 PROBE = """\
-import json, os, sys
+import codecs, json, os, sys
 print(json.dumps({"path": sys.path, "prefix": sys.prefix, "executable": sys.executable,
                   "launcher": sys._nsbox_launcher, "argv": sys.argv,
-                  "pth_ran": getattr(sys, "pth_ran", 0), "no_site": sys.flags.no_site}))
+                  "pth_ran": getattr(sys, "pth_ran", 0), "no_site": sys.flags.no_site,
+                  "origins": {name: sys.modules[name].__spec__.origin for name in
+                              ("encodings", "encodings.aliases", "encodings.utf_8")},
+                  "stdout": sys.stdout.encoding, "cp1252": codecs.lookup("windows-1252").name}))
 sys.stdout.flush()
 os._exit(0)
 """
@@ -140,3 +143,18 @@ def test_a_copy_put_elsewhere_runs_the_installation_it_was_built_for(tmp_path: P
     proc = subprocess.run([str(program), "--version"], capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 0 and "nsbox-runtime version" in proc.stdout, proc
+
+
+def test_the_encodings_start_up_modules_are_frozen_in_and_every_codec_still_found(
+        tmp_path: Path) -> None:
+    """setup.py's FROZEN_STDLIB: the alias table and the UTF-8 codec come from the
+    program; the package stays on disk, so other codecs are found through it, at
+    start-up (the standard streams in cp1252) as later."""
+    prefix = tmp_path / "prefix"
+    program = install(prefix)
+    probe_package(prefix / SITE_REL)
+    seen = launch(program, env={"PYTHONIOENCODING": "cp1252"})
+    assert seen["origins"]["encodings.aliases"] == "frozen"
+    assert seen["origins"]["encodings.utf_8"] == "frozen"
+    assert seen["origins"]["encodings"].endswith("/encodings/__init__.py")
+    assert seen["stdout"] == "cp1252" and seen["cp1252"] == "cp1252"
