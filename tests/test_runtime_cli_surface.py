@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import host_features
@@ -147,6 +148,44 @@ def test_log_text_records_the_error(run_runtime, tmp_path):
     text = log_file.read_text()
     assert "no-such-container" in text
     assert "error" in text.lower()
+
+
+@pytest.mark.parametrize("log_format", ["none", "json", "text"])
+def test_warnings_of_the_init_after_pivot_root_without_the_logging_package(
+        log_format, bundle, runtime, container_id, tmp_path):
+    """A warning the container's init gives once it is in the container's root (a
+    capability the runtime itself lacks) goes to stderr or to the --log file in
+    the format logging would use, and the container runs.  The logging package
+    is never loaded for it: the init could not load it from the host any more
+    (the container failed with "No module named 'logging'"), and loading it
+    cost every command with --log ~9 ms."""
+    write_config(bundle, lambda s: s["process"]["capabilities"].update(
+        bounding=["CAP_KILL"], permitted=["CAP_KILL"], effective=["CAP_KILL"]))
+    log = tmp_path / "runtime.log"
+    flags = [] if log_format == "none" else ["--log", str(log), "--log-format", log_format]
+    # setpriv: the runtime runs without CAP_KILL in its own bounding set.
+    proc = subprocess.run(["setpriv", "--bounding-set", "-kill", runtime[0], *runtime[1:],
+                           *flags, "run", "--bundle", str(bundle), container_id],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert not [line for line in proc.stderr.splitlines()
+                if line.startswith("import time:") and line.rstrip().endswith(" logging")]
+    warning = ("bounding capabilities CAP_KILL will not be granted: "
+               "not in the runtime's own bounding set")
+    if log_format == "none":
+        assert warning in proc.stderr.splitlines()
+        return
+    assert warning not in proc.stderr
+    line = next(line for line in log.read_text().splitlines() if warning in line)
+    if log_format == "json":
+        record = json.loads(line)
+        assert record["level"] == "warning" and record["msg"] == warning
+        assert record["time"].endswith("Z")
+    else:
+        stamp, rest = line.split(" WARNING ", 1)  # logging.Formatter's default asctime
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", stamp), stamp
+        assert rest == f"nsbox.runtime.security.capabilities: {warning}"
 
 
 def test_go_style_flags(bundle, run_runtime, container_id):

@@ -2,12 +2,16 @@
 
 Clients (containerd's shim, conmon) read the last error from the log file,
 so every failure is written there as well as to stderr.  The logging package
-is configured only when debug output or a log file is asked for; otherwise
-the hot path never imports it (see nsbox._lazylog).
+is configured only for debug output; otherwise warnings and errors are
+written by `_sink`, in the formats logging would use (the handlers below, or
+its last resort on stderr), and the logging package is never loaded: ~9 ms of
+a command with --log, which every client passes, and a container init could
+not load it anyway once it has switched to the container's root.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -18,10 +22,45 @@ def _timestamp(seconds: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
+_LEVEL_NAMES = {_lazylog.WARNING: "WARNING", _lazylog.ERROR: "ERROR", 50: "CRITICAL"}
+
+
+def _sink(fd: int, log_format: str | None):
+    """Write each record to FD as logging would: LOG_FORMAT for a --log file
+    (FD opened before any fork: the container's init logs through it after
+    pivot_root too, where the file's path leads nowhere), None for stderr,
+    where logging's last resort writes the bare message."""
+    def write(level: int, name: str, message: str) -> None:
+        level_name = _LEVEL_NAMES.get(level, f"Level {level}")
+        if log_format is None:
+            line = message
+        elif log_format == "json":
+            line = _json.dumps({"level": level_name.lower(), "msg": message, "time": _timestamp()})
+        else:  # logging.Formatter's asctime: local time, then milliseconds
+            now = time.time()
+            line = (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))},"
+                    f"{int((now - int(now)) * 1000):03d} {level_name} {name}: {message}")
+        try:
+            os.write(fd, f"{line}\n".encode())
+        except OSError:
+            pass
+
+    return write
+
+
 def setup(ctx) -> None:
     _lazylog.debug_enabled = ctx.debug
-    if not (ctx.debug or ctx.log_path):
-        return
+    if not ctx.debug:
+        if not ctx.log_path:
+            _lazylog.sink = _sink(2, None)
+            return
+        try:
+            fd = os.open(ctx.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError:
+            pass  # logging.FileHandler below reports it, as before
+        else:
+            _lazylog.sink = _sink(fd, ctx.log_format)
+            return
     import logging
 
     class JsonFormatter(logging.Formatter):
