@@ -16,7 +16,7 @@ import helpers
 import pytest
 
 from nsbox.runtime import namespaces as nsmod
-from nsbox.runtime.init import single_stage_ok
+from nsbox.runtime.init import needs_hook_stop, single_stage_ok
 from nsbox.runtime.spec import default_spec, parse_spec
 
 SIMPLE_MAP = [{"containerID": 0, "hostID": 100000, "size": 65536}]
@@ -92,3 +92,42 @@ def test_the_one_fork_init_is_pid_1_and_the_container_works(run_runtime, bundle_
     out = run_runtime("run", "--bundle", str(bundle), container_id).stdout.split("\n")
     assert out[0] == "1", out
     assert out[1].split()[-1] == "1", out  # PID 1 in the innermost namespace
+
+
+# ------------------------------------------------------------------ the hook stop
+@pytest.mark.parametrize("hooks, agent, stops", [
+    ({}, False, False),
+    ({"poststart": [{"path": "/bin/true"}], "poststop": [{"path": "/bin/true"}]}, False, False),
+    ({}, True, True),  # a seccomp agent reads the state with the init's pid from the stop
+    *[({kind: [{"path": "/bin/true"}]}, False, True)
+      for kind in ("prestart", "createRuntime", "createContainer", "startContainer")],
+])
+def test_the_init_stops_before_pivot_root_only_for_hooks_or_a_seccomp_agent(hooks, agent, stops):
+    data = default_spec(["/bin/true"])
+    data["hooks"] = hooks
+    assert needs_hook_stop(parse_spec(data), seccomp_agent=agent) is stops
+
+
+# A channel message is a JSON object whose last key is its type (Channel.send).
+MESSAGE = re.compile(r'\\"type\\":\\"(\w+)\\"}", \d+\) = \d+$', re.MULTILINE)
+
+
+def traced_messages(runtime: list[str], bundle: Path, container_id: str, tmp_path: Path
+                    ) -> list[str]:
+    """The types of the channel messages a whole `run` writes, in order."""
+    strace = helpers.require_binary("strace")
+    out = tmp_path / "strace.txt"
+    subprocess.run([strace, "-f", "-qq", "-s", "65536", "-o", str(out), "-e", "trace=write",
+                    *runtime, "run", "--bundle", str(bundle), container_id],
+                   check=True, timeout=60, stdin=subprocess.DEVNULL, capture_output=True)
+    return MESSAGE.findall(out.read_text())
+
+
+def test_without_hooks_the_init_goes_straight_to_created(runtime, bundle_factory,
+                                                         container_id, tmp_path):
+    plain = traced_messages(runtime, bundle_factory(args=["/bin/true"]), container_id, tmp_path)
+    assert plain == ["go", "created"]
+    hooked = bundle_factory(args=["/bin/true"], name="hooked", mutate=lambda spec: spec.update(
+        hooks={"prestart": [{"path": "/bin/true"}]}))
+    assert traced_messages(runtime, hooked, f"{container_id}-h", tmp_path) == [
+        "go", "run_hooks", "hooks_done", "created"]
