@@ -194,3 +194,21 @@ def test_go_style_flags(bundle, run_runtime, container_id):
     result = run_runtime("run", f"-bundle={bundle}", container_id, check=False)
     assert result.returncode == 5
     assert json.loads(run_runtime("list", "-format=json").stdout) in ([], None)
+
+
+@pytest.mark.parametrize("flags", [[], ["--log", "LOG"], ["--debug"]])
+def test_main_in_process_leaves_the_logging_as_it_found_it(flags, tmp_path, capsys):
+    """main() is also called in-process (tests, programs): the warning sink or
+    handler a command sets up is gone when it returns."""
+    import logging
+
+    from nsbox import _lazylog
+    from nsbox.runtime import cli
+
+    flags = [str(tmp_path / "log") if flag == "LOG" else flag for flag in flags]
+    before = (_lazylog.sink, _lazylog.debug_enabled, list(logging.getLogger().handlers),
+              logging.getLogger().level)
+    assert cli.main(["--root", str(tmp_path / "root"), *flags, "state", "missing"]) == 1
+    assert "missing" in capsys.readouterr().err
+    assert (_lazylog.sink, _lazylog.debug_enabled, list(logging.getLogger().handlers),
+            logging.getLogger().level) == before

@@ -231,7 +231,16 @@ def main(argv: list[str] | None = None) -> int:
                   cgroups=manager != "disabled")
     from nsbox.runtime.cli import _log
 
-    _log.setup(ctx)
+    undo_log_setup = _log.setup(ctx)
+    try:
+        return _command(command, rest, ctx)
+    finally:
+        undo_log_setup()  # main() called in-process (tests) leaves no logging set-up behind
+
+
+def _command(command: str, rest: list[str], ctx: Context) -> int:
+    from nsbox.runtime.cli import _log
+
     if command not in COMMANDS:
         return _log.fail(ctx, f"no such command: {command}", 1)
     name = f"nsbox.runtime.cli.cmd_{command}"

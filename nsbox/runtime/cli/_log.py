@@ -48,19 +48,42 @@ def _sink(fd: int, log_format: str | None):
     return write
 
 
-def setup(ctx) -> None:
+def setup(ctx):
+    """Send this command's warnings where its flags say; returns what undoes
+    that (main() also runs in-process: tests, programs calling it)."""
+    saved = (_lazylog.debug_enabled, _lazylog.sink)
     _lazylog.debug_enabled = ctx.debug
-    if not ctx.debug:
-        if not ctx.log_path:
-            _lazylog.sink = _sink(2, None)
-            return
+    fd = -1
+    if not ctx.debug and ctx.log_path:
         try:
             fd = os.open(ctx.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError:
             pass  # logging.FileHandler below reports it, as before
-        else:
-            _lazylog.sink = _sink(fd, ctx.log_format)
-            return
+    if not ctx.debug and (fd >= 0 or not ctx.log_path):
+        _lazylog.sink = _sink(fd if fd >= 0 else 2, ctx.log_format if fd >= 0 else None)
+        handler = level = None
+    else:
+        import logging
+
+        level = logging.getLogger().level
+        handler = _logging_handler(ctx)
+
+    def undo() -> None:
+        _lazylog.debug_enabled, _lazylog.sink = saved
+        if fd >= 0:
+            os.close(fd)
+        if handler is not None:
+            import logging
+
+            logging.getLogger().removeHandler(handler)
+            logging.getLogger().setLevel(level)
+            handler.close()
+
+    return undo
+
+
+def _logging_handler(ctx):
+    """The logging package set up for --debug (and a --log file we could not open)."""
     import logging
 
     class JsonFormatter(logging.Formatter):
@@ -75,6 +98,7 @@ def setup(ctx) -> None:
     handler.setFormatter(JsonFormatter() if ctx.log_format == "json"
                          else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+    return handler
 
 
 def fail(ctx, message: str, code: int) -> int:
