@@ -197,7 +197,7 @@ class Runtime:
                 raise ContainerNotFound(f"container {container_id} does not exist")
         except NsboxError:
             if os.path.isdir(self.store.dir(container_id)) and not os.path.exists(
-                    os.path.join(self.store.dir(container_id), "state.json")):
+                    os.path.join(self.store.dir(container_id), STATE_FILE)):
                 self.store.remove(container_id)  # left by a crashed create
                 return
             raise
