@@ -18,10 +18,10 @@ ERROR = 40
 
 debug_enabled = False  # set by the CLI for --debug
 
-# Set by a CLI that sends warnings and errors to a log file of its own when no
-# debug output was asked for (nsbox/runtime/cli/_log.py): called with (level,
-# logger name, message) for each such record, so that the logging package is
-# not loaded (~9 ms, half of a `run`) for lines only that file shows.
+# Set by a CLI that writes warnings and errors itself when no debug output was
+# asked for (nsbox/runtime/cli/_log.py: to stderr or its --log file): called
+# with (level, logger name, message) for each such record, so that the logging
+# package is not loaded (~9 ms, half of a `run`) for a few lines.
 sink = None
 
 

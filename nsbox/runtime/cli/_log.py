@@ -25,6 +25,10 @@ def _timestamp(seconds: float | None = None) -> str:
 _LEVEL_NAMES = {_lazylog.WARNING: "WARNING", _lazylog.ERROR: "ERROR", 50: "CRITICAL"}
 
 
+def _json_line(level_name: str, message: str) -> str:
+    return _json.dumps({"level": level_name.lower(), "msg": message, "time": _timestamp()})
+
+
 def _sink(fd: int, log_format: str | None):
     """Write each record to FD as logging would: LOG_FORMAT for a --log file
     (FD opened before any fork: the container's init logs through it after
@@ -35,7 +39,7 @@ def _sink(fd: int, log_format: str | None):
         if log_format is None:
             line = message
         elif log_format == "json":
-            line = _json.dumps({"level": level_name.lower(), "msg": message, "time": _timestamp()})
+            line = _json_line(level_name, message)
         else:  # logging.Formatter's asctime: local time, then milliseconds
             now = time.time()
             line = (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))},"
@@ -54,19 +58,18 @@ def setup(ctx):
     saved = (_lazylog.debug_enabled, _lazylog.sink)
     _lazylog.debug_enabled = ctx.debug
     fd = -1
-    if not ctx.debug and ctx.log_path:
+    handler = level = None
+    if ctx.debug:
+        handler, level = _logging_handler(ctx)
+    elif not ctx.log_path:
+        _lazylog.sink = _sink(2, None)
+    else:
         try:
             fd = os.open(ctx.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError:
-            pass  # logging.FileHandler below reports it, as before
-    if not ctx.debug and (fd >= 0 or not ctx.log_path):
-        _lazylog.sink = _sink(fd if fd >= 0 else 2, ctx.log_format if fd >= 0 else None)
-        handler = level = None
-    else:
-        import logging
-
-        level = logging.getLogger().level
-        handler = _logging_handler(ctx)
+            handler, level = _logging_handler(ctx)  # its FileHandler reports it, as before
+        else:
+            _lazylog.sink = _sink(fd, ctx.log_format)
 
     def undo() -> None:
         _lazylog.debug_enabled, _lazylog.sink = saved
@@ -83,7 +86,8 @@ def setup(ctx):
 
 
 def _logging_handler(ctx):
-    """The logging package set up for --debug (and a --log file we could not open)."""
+    """The logging package set up for --debug (and a --log file we could not
+    open); returns the handler and the root logger's level before."""
     import logging
 
     class JsonFormatter(logging.Formatter):
@@ -92,13 +96,14 @@ def _logging_handler(ctx):
                                 "time": _timestamp(record.created)})
 
     root = logging.getLogger()
+    level = root.level
     root.setLevel(logging.DEBUG if ctx.debug else logging.WARNING)
     handler: logging.Handler = (logging.FileHandler(ctx.log_path) if ctx.log_path
                                 else logging.StreamHandler(sys.stderr))
     handler.setFormatter(JsonFormatter() if ctx.log_format == "json"
                          else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    return handler
+    return handler, level
 
 
 def fail(ctx, message: str, code: int) -> int:
@@ -106,7 +111,7 @@ def fail(ctx, message: str, code: int) -> int:
     message = message.replace("\n", " ")
     if ctx.log_path:
         if ctx.log_format == "json":
-            line = _json.dumps({"level": "error", "msg": message, "time": _timestamp()})
+            line = _json_line("error", message)
         else:
             line = f"{_timestamp()} ERROR nsbox-runtime: {message}"
         try:
