@@ -242,7 +242,7 @@ def drop_bounding(caps: Capabilities | None) -> int:
     returns the bounding set left (for apply_sets)."""
     from nsbox.runtime import syscalls
     keep = _resolve_in_init(caps).bounding
-    held = _bounding_now()  # read once: what is kept is what was held (41 prctl calls fewer)
+    held = _bounding_now()  # read once: what is kept is what was held
     for number in range(last_cap() + 1):
         if keep >> number & 1:
             continue
