@@ -228,20 +228,25 @@ FROZEN_STDLIB = ("encodings.aliases", "encodings.utf_8")
 
 def write_frozen_stdlib(header: str) -> None:
     """HEADER: a C array of this interpreter's code for each FROZEN_STDLIB module,
-    and the table `nsbox_frozen_stdlib` for PyImport_FrozenModules."""
+    and the table `nsbox_frozen_stdlib` for PyImport_FrozenModules.  A module
+    whose source is not installed is left out: it is imported as usual."""
     import marshal
     import sysconfig
 
-    lines = []
-    for index, name in enumerate(FROZEN_STDLIB):
+    lines, frozen = [], []
+    for name in FROZEN_STDLIB:
         path = os.path.join(sysconfig.get_path("stdlib"), *name.split(".")) + ".py"
-        with open(path, "rb") as f:
-            code = marshal.dumps(compile(f.read(), path, "exec", dont_inherit=True))
-        lines.append(f"static const unsigned char nsbox_frozen_{index}[] = {{"
+        try:
+            with open(path, "rb") as f:
+                code = marshal.dumps(compile(f.read(), path, "exec", dont_inherit=True))
+        except OSError:
+            continue
+        lines.append(f"static const unsigned char nsbox_frozen_{len(frozen)}[] = {{"
                      + ",".join(map(str, code)) + "};")
+        frozen.append(name)
     lines.append("static const struct _frozen nsbox_frozen_stdlib[] = {")
     lines += [f"    {{{_c_string(name)}, nsbox_frozen_{index}, (int)sizeof nsbox_frozen_{index}, 0, "
-              "NULL}," for index, name in enumerate(FROZEN_STDLIB)]
+              "NULL}," for index, name in enumerate(frozen)]
     lines.append("    {NULL, NULL, 0, 0, NULL},\n};")
     with open(header, "w") as f:
         f.write("\n".join(lines))
