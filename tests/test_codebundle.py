@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import write_config
 
 from nsbox import _codebundle
 
@@ -242,19 +243,23 @@ def test_no_module_is_compiled_at_run_time():
 IMPORTED_BEFORE_PRELOAD = {
     "nsbox", "nsbox._codebundle", "nsbox._exit", "nsbox.runtime", "nsbox.runtime.cli",
     "nsbox._json", "nsbox._lazylog", "nsbox.runtime.cli._log", "nsbox.runtime.cli.cmd_create",
-    "nsbox.runtime.cli.cmd_run"}
+    "nsbox.runtime.cli.cmd_run", "nsbox.runtime.cli.cmd_exec"}
 
 
-@pytest.mark.parametrize("command", ["run", "create"])
-def test_the_preload_lists_what_create_and_run_import(command, bundle, run_runtime,
-                                                       container_id):
+@pytest.mark.parametrize("command", ["run", "create", "exec"])
+def test_the_preload_lists_what_the_commands_import(command, bundle, run_runtime, container_id):
     """cli.PRELOAD names what the command imports for a plain container: nothing it
     does not (each costs ~0.1 ms to load), nothing missing (the saving would be lost)."""
     from nsbox.runtime.cli import PRELOAD
 
-    args = ["--bundle", str(bundle), container_id]
-    proc = run_runtime(command, *args, env={**os.environ, "NSBOX_CODE_BUNDLE": "0",
-                                            "PYTHONPROFILEIMPORTTIME": "1"})
+    profile = {**os.environ, "NSBOX_CODE_BUNDLE": "0", "PYTHONPROFILEIMPORTTIME": "1"}
+    if command == "exec":
+        write_config(bundle, lambda s: s["process"].update(args=["sleep", "60"]))
+        run_runtime("run", "--detach", "--bundle", str(bundle), container_id)
+        proc = run_runtime("exec", container_id, "/bin/true", env=profile)
+        run_runtime("delete", "--force", container_id)
+    else:
+        proc = run_runtime(command, "--bundle", str(bundle), container_id, env=profile)
     if command == "create":
         run_runtime("delete", "--force", container_id)
     imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines()

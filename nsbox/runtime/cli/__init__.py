@@ -35,10 +35,10 @@ GLOBAL_HELP = {
 }
 
 
-# What `create` and `run` import once their flags are parsed, each module after
-# the modules it imports: main() has the code bundle load them in one go
+# What `create`, `run` and `exec` import once their flags are parsed, each module
+# after the modules it imports: main() has the code bundle load them in one go
 # (_codebundle.CodeBundle.preload), ~0.5 ms less of each command than one import
-# statement at a time.  tests/test_codebundle.py compares it with what the two
+# statement at a time.  tests/test_codebundle.py compares it with what the
 # commands really import; a module missing here is imported where it is used.
 _CREATE_IMPORTS = tuple(f"nsbox.{name}" for name in (
     "errors", "_lite", "runtime.cgroups.host", "runtime.cgroups", "runtime.security",
@@ -50,7 +50,16 @@ _CREATE_IMPORTS = tuple(f"nsbox.{name}" for name in (
     "runtime.channel", "runtime.process", "runtime.init", "runtime.rootfs.resolve",
     "runtime.rootfs.devices", "runtime.rootfs.masking", "runtime.rootfs.mountinfo",
     "runtime.rootfs.mounts", "runtime.rootfs.switch"))
-PRELOAD = {"create": _CREATE_IMPORTS, "run": _CREATE_IMPORTS}
+_EXEC_IMPORTS = tuple(f"nsbox.{name}" for name in (
+    "errors", "_lite", "runtime.cgroups.host", "runtime.cgroups", "runtime.state",
+    "runtime.container", "_record", "runtime.spec", "runtime.channel", "runtime._cdata",
+    "runtime.syscalls", "runtime.namespaces", "runtime.process", "runtime.execute",
+    "runtime.security", "runtime.security.exe_guard", "runtime.security.capabilities",
+    "runtime.init", "runtime.security.lsm", "runtime.rootfs.options", "runtime.rootfs.sources",
+    "runtime.rootfs", "runtime.rootfs.resolve", "runtime.rootfs.devices",
+    "runtime.rootfs.masking", "runtime.rootfs.mountinfo", "runtime.rootfs.mounts",
+    "runtime.rootfs.switch"))
+PRELOAD = {"create": _CREATE_IMPORTS, "run": _CREATE_IMPORTS, "exec": _EXEC_IMPORTS}
 
 
 class UsageError(Exception):
