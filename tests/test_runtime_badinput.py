@@ -307,3 +307,16 @@ def test_unknown_log_format(bundle_factory, run_runtime, runtime_root, container
                                       "--bundle", str(b), container_id, check=False))
     assert_mentions(line, "log-format", fmt)
     assert_nothing_left(runtime_root, b, container_id)
+
+
+def test_a_log_file_that_cannot_be_opened(bundle_factory, run_runtime, runtime_root,
+                                          container_id, tmp_path):
+    """As runc: one line naming the file, exit status 1, before the command runs
+    (a traceback from the logging package before)."""
+    b = bundle_factory()
+    log = tmp_path / "missing-dir" / "log.json"
+    for flags in ([], ["--debug"]):
+        line = one_line_error(run_runtime("--log", str(log), "--log-format", "json", *flags,
+                                          "run", "--bundle", str(b), container_id, check=False))
+        assert_mentions(line, str(log), "No such file or directory")
+        assert_nothing_left(runtime_root, b, container_id)

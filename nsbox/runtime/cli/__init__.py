@@ -240,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
                   cgroups=manager != "disabled")
     from nsbox.runtime.cli import _log
 
-    undo_log_setup = _log.setup(ctx)
+    try:
+        undo_log_setup = _log.setup(ctx)
+    except OSError as exc:  # as runc: one line, before the command does anything
+        sys.stderr.write(f"nsbox-runtime: cannot open the log file {ctx.log_path}: "
+                         f"{exc.strerror}\n")
+        return 1
     try:
         return _command(command, rest, ctx)
     finally:

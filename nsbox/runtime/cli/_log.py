@@ -54,22 +54,18 @@ def _sink(fd: int, log_format: str | None):
 
 def setup(ctx):
     """Send this command's warnings where its flags say; returns what undoes
-    that (main() also runs in-process: tests, programs calling it)."""
+    that (main() also runs in-process: tests, programs calling it).  OSError
+    when the --log file cannot be opened."""
+    fd = -1
+    if ctx.log_path:
+        fd = os.open(ctx.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
     saved = (_lazylog.debug_enabled, _lazylog.sink)
     _lazylog.debug_enabled = ctx.debug
-    fd = -1
     handler = level = None
     if ctx.debug:
         handler, level = _logging_handler(ctx)
-    elif not ctx.log_path:
-        _lazylog.sink = _sink(2, None)
     else:
-        try:
-            fd = os.open(ctx.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError:
-            handler, level = _logging_handler(ctx)  # its FileHandler reports it, as before
-        else:
-            _lazylog.sink = _sink(fd, ctx.log_format)
+        _lazylog.sink = _sink(fd, ctx.log_format) if fd >= 0 else _sink(2, None)
 
     def undo() -> None:
         _lazylog.debug_enabled, _lazylog.sink = saved
@@ -86,8 +82,8 @@ def setup(ctx):
 
 
 def _logging_handler(ctx):
-    """The logging package set up for --debug (and a --log file we could not
-    open); returns the handler and the root logger's level before."""
+    """The logging package set up for --debug; returns the handler and the
+    root logger's level before."""
     import logging
 
     class JsonFormatter(logging.Formatter):
