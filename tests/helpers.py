@@ -249,8 +249,21 @@ def without_cgroup2_unified(argv: Sequence[str]) -> list[str]:
 
     Debian 12's crun refuses hybrid cgroup hosts ("drop all controllers from
     cgroupv2"); hiding the cgroup2 mount from it, and only from it, works.
+    What the command then makes under /sys/fs/cgroup/unified (crun still makes
+    its cgroup2 directories, and writes cgroup.procs into them) are plain
+    directories of the host's /sys/fs/cgroup tmpfs, hidden under the cgroup2
+    mount outside this namespace: removed afterwards (as bench/runtime_bench.sh
+    does), deepest first, all but those that were there before.
     """
-    script = ('if mountpoint -q /sys/fs/cgroup/unified; then umount /sys/fs/cgroup/unified; fi;'
+    script = ('if mountpoint -q /sys/fs/cgroup/unified; then'
+              ' umount /sys/fs/cgroup/unified;'
+              ' before=$(find /sys/fs/cgroup/unified -mindepth 1 -type d);'
+              ' "$@"; rc=$?;'
+              ' find /sys/fs/cgroup/unified -mindepth 1 -type d | sort -r | while read -r d; do'
+              '  printf "%s\\n" "$before" | grep -qxF "$d" || rm -rf --one-file-system "$d";'
+              ' done;'
+              ' exit $rc;'
+              ' fi;'
               ' exec "$@"')
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
 

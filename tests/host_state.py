@@ -21,6 +21,9 @@ nft       nft tables (`nft list tables`; absent when nft is not installed)
 sysctls   fs.mqueue.queues_max, net.ipv4.ping_group_range, kernel.core_pattern, net.ipv4.ip_forward,
           net.ipv6.conf.all.forwarding (an IPv6 bridge network sets it)
 netpaths  /run/netns and /var/lib/cni (and the entries of /run/netns)
+hidden    on a hybrid host, directories in /sys/fs/cgroup's tmpfs below the cgroup2
+          mount point, hidden by that mount (a runtime run without the mount, as
+          crun is, makes them there); listed from a mount namespace without it
 
 It is also a script: `.venv/bin/python tests/host_state.py` prints a snapshot.
 """
@@ -174,12 +177,24 @@ def net_paths(paths: Iterable[str] = NET_PATHS) -> frozenset[str]:
     return frozenset(found)
 
 
+def hidden_cgroup_dirs() -> frozenset[str] | None:
+    """None where /sys/fs/cgroup/unified is no mount point (then the category is left out)."""
+    unified = CGROUP_ROOT / "unified"
+    if not os.path.ismount(unified) or not shutil.which("unshare"):
+        return None
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"umount {unified} && find {unified} -mindepth 1 -maxdepth {CGROUP_DEPTH + 3} -type d"],
+        capture_output=True, text=True, check=False)
+    return frozenset(proc.stdout.split()) if proc.returncode == 0 else None
+
+
 def take() -> Snapshot:
     snapshot: Snapshot = {"links": links(), "mounts": mounts(), "cgroups": named_cgroups(),
                           "sysctls": sysctls(), "netpaths": net_paths()}
-    tables = nft_tables()
-    if tables is not None:
-        snapshot["nft"] = tables
+    for name, items in (("nft", nft_tables()), ("hidden", hidden_cgroup_dirs())):
+        if items is not None:
+            snapshot[name] = items
     return snapshot
 
 

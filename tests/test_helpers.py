@@ -209,3 +209,19 @@ def test_crun_runs_in_own_cgroup_without_unified(bundle: Path, crun: str, tmp_pa
     for hierarchy in hierarchies:
         assert (hierarchy.joinpath(*own).exists() or existed[hierarchy]
                 or not hierarchy.joinpath(*own[:1]).exists())
+
+
+def test_without_cgroup2_unified_leaves_nothing_under_the_hidden_mount_point():
+    """What the wrapped command makes below /sys/fs/cgroup/unified is removed, and its
+    exit status comes through; what was there before stays."""
+    import host_state
+
+    if host_state.hidden_cgroup_dirs() is None:
+        pytest.skip("/sys/fs/cgroup/unified is not a mount point here (not a hybrid host)")
+    before = host_state.hidden_cgroup_dirs()
+    made = "/sys/fs/cgroup/unified/nsbox-wrap-test/sub"
+    proc = subprocess.run(helpers.without_cgroup2_unified(
+        ["sh", "-c", f"mkdir -p {made} && echo 1 > {made}/cgroup.procs && exit 3"]),
+        capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 3, proc.stderr
+    assert host_state.hidden_cgroup_dirs() == before
