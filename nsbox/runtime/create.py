@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-from nsbox import _json
 from nsbox._lazylog import get_logger
 from nsbox._lite import suppress
 from nsbox.errors import ConfigError, KernelError, NsboxError
@@ -149,7 +148,7 @@ def _create(rt: Runtime, state: ContainerState, spec: Spec, rootfs: str, plan: N
     preserve = opts.preserve_fds + int(extra_env.get("LISTEN_FDS", "0")) if extra_env else opts.preserve_fds
     ctx = initmod.InitContext(
         container_id=state.id, spec=spec, rootfs=rootfs, ns_plan=plan, fifo_fd=fifo_fd,
-        bundle=state.bundle, state_json=_json.dumps(state.oci_state(CREATED)), no_pivot=opts.no_pivot,
+        bundle=state.bundle, no_pivot=opts.no_pivot,
         no_new_keyring=opts.no_new_keyring, preserve_fds=preserve,
         console_sock_fd=console_fd, seccomp_bpf=seccomp_bpf, seccomp_agent_fd=agent_fd,
         runtime_exe=procmod.runtime_exe_identity(), extra_env=extra_env or None,

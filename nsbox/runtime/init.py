@@ -50,7 +50,6 @@ class InitContext:
     bundle: str
     ns_plan: nsmod.NamespacePlan
     fifo_fd: int  # the exec fifo, opened O_RDWR by the runtime: start's byte in, our error out
-    state_json: str  # container state for createContainer/startContainer hooks
     no_pivot: bool = False
     no_new_keyring: bool = False
     preserve_fds: int = 0
@@ -62,6 +61,10 @@ class InitContext:
     cgroup_paths: dict[str, str] | None = None  # stage 1 joins their v1 hierarchies itself
     mount_trees: dict[int, int] | None = None  # detached bind sources, taken by stage 1
     hook_stop: bool = True  # stop before pivot_root for the runtime: needs_hook_stop()
+    # The container's state with the init's pid, from the runtime at the hook stop:
+    # what createContainer/startContainer hooks and a seccomp agent read (each of
+    # them makes the init stop, so it is there before any of them runs).
+    state_json: str = ""
 
 
 def stage1(ctx: InitContext, chan: ch.Channel) -> None:
