@@ -145,6 +145,17 @@ def test_rlimits(bundle, run_runtime, container_id):
     assert limits["Max file locks"] == ["64", "128"]
 
 
+def test_every_rlimit_the_spec_accepts_has_a_number():
+    """spec.RLIMIT_TYPES (what a config may name) and syscalls.RLIMITS (their kernel
+    numbers, what the init sets) list the same limits: two tables of one fact,
+    kept apart so that parsing a config does not load the ctypes layer."""
+    from nsbox.runtime import syscalls as sc
+    from nsbox.runtime.spec import RLIMIT_TYPES
+
+    assert set(sc.RLIMITS) == RLIMIT_TYPES
+    assert sc.RLIMITS["RLIMIT_NOFILE"] == 7 and sc.RLIMITS["RLIMIT_RTTIME"] == 15
+
+
 def test_rlimit_soft_above_hard_fails(bundle, run_runtime, container_id):
     write_config(bundle, lambda s: s["process"].update(
         rlimits=[{"type": "RLIMIT_NOFILE", "soft": 500, "hard": 100}]))
