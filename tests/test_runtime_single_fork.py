@@ -108,8 +108,10 @@ def test_the_init_stops_before_pivot_root_only_for_hooks_or_a_seccomp_agent(hook
     assert needs_hook_stop(parse_spec(data), seccomp_agent=agent) is stops
 
 
-# A channel message is a JSON object whose last key is its type (Channel.send).
-MESSAGE = re.compile(r'\\"type\\":\\"(\w+)\\"}", \d+\) = \d+$', re.MULTILINE)
+# A channel message is a JSON object whose last key is its type (Channel.send); strace
+# splits a write another process interrupts into "<unfinished ...>" and "resumed".
+MESSAGE = re.compile(r'\\"type\\":\\"(\w+)\\"}", \d+(?:\) = \d+| <unfinished \.\.\.>)$',
+                     re.MULTILINE)
 
 
 def traced_messages(runtime: list[str], bundle: Path, container_id: str, tmp_path: Path
