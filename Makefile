@@ -23,7 +23,7 @@ VENV_PY    := $(VENV)/bin/python
 # lives in the venv so deleting .venv resets it.
 DEPS_STAMP := $(VENV)/.nsbox-deps-installed
 # The launchers too: pip copies them into the venv, so an edit needs a reinstall.
-DEPS_INPUTS := pyproject.toml setup.py nsbox/engine/monitor_loop.c bin/nsbox-runtime bin/nsbox bin/launcher.c bin/runtime_fast.c bin/runtime_fast.h
+DEPS_INPUTS := pyproject.toml setup.py nsbox/engine/monitor_loop.c bin/nsbox-runtime bin/nsbox bin/launcher.c bin/runtime_fast.c bin/runtime_fast.h bin/syscall_module.c
 
 # `make install`: a venv for every user, and its two commands on everyone's PATH.
 INSTALL_DIR ?= /opt/nsbox

@@ -206,10 +206,14 @@ LAUNCHER_SOURCE = os.path.join("bin", "launcher.c")
 # nsbox-runtime's start and delete without Python (bin/runtime_fast.c says when).
 RUNTIME_FAST_SOURCES = [os.path.join("bin", "runtime_fast.c"), os.path.join("bin", "runtime_fast.h")]
 # Script name -> (the CLI module it runs, 1 to run without the cyclic GC, more sources).
+# nsbox/runtime/syscalls.py's system calls without ctypes, built into both (the file says why).
+SYSCALL_MODULE_SOURCE = os.path.join("bin", "syscall_module.c")
+_SYSCALL_MODULE = ["-DNSBOX_SYSCALL_MODULE=1", SYSCALL_MODULE_SOURCE]
 LAUNCHERS = {"nsbox-runtime": ("nsbox.runtime.cli", 1, ["-DNSBOX_RUNTIME_FAST=1",
                                                         "-DNSBOX_CODE_BUNDLE=1",
-                                                        RUNTIME_FAST_SOURCES[0]]),
-             "nsbox": ("nsbox.engine.cli", 0, [])}
+                                                        RUNTIME_FAST_SOURCES[0],
+                                                        *_SYSCALL_MODULE]),
+             "nsbox": ("nsbox.engine.cli", 0, [*_SYSCALL_MODULE])}
 
 
 def _c_string(text: str) -> str:
@@ -360,7 +364,7 @@ class build_launchers(Command):  # noqa: N801
             scripts.run()
 
     def get_source_files(self) -> list[str]:
-        return [LAUNCHER_SOURCE, *RUNTIME_FAST_SOURCES]
+        return [LAUNCHER_SOURCE, *RUNTIME_FAST_SOURCES, SYSCALL_MODULE_SOURCE]
 
     def get_outputs(self) -> list[str]:
         return []  # build_scripts' outputs, replaced in place

@@ -32,6 +32,9 @@
  *   NSBOX_RUNTIME_FAST 1: linked with runtime_fast.c, which does `start` and
  *                      `delete` of a plain container without Python
  *   NSBOX_CODE_BUNDLE  1: import the package's modules from its code bundle
+ *   NSBOX_SYSCALL_MODULE 1: linked with syscall_module.c, built in as the
+ *                      module `_nsbox_syscall` (nsbox/runtime/syscalls.py's
+ *                      system calls without ctypes)
  *                      (nsbox/_codebundle.py)
  *   NSBOX_BASE_PATH    the base interpreter's module path (stdlib, lib-dynload)
  *   NSBOX_SITE_REL     site-packages relative to the installation's prefix
@@ -63,6 +66,10 @@
 
 #if defined(NSBOX_RUNTIME_FAST) && NSBOX_RUNTIME_FAST
 #include "runtime_fast.h"
+#endif
+
+#if defined(NSBOX_SYSCALL_MODULE) && NSBOX_SYSCALL_MODULE
+PyMODINIT_FUNC PyInit__nsbox_syscall(void);
 #endif
 
 #ifndef NSBOX_CLI_MODULE
@@ -287,6 +294,10 @@ int main(int argc, char **argv)
 
 #ifdef NSBOX_FROZEN_STDLIB
     PyImport_FrozenModules = nsbox_frozen_stdlib; /* consulted before the path */
+#endif
+#if defined(NSBOX_SYSCALL_MODULE) && NSBOX_SYSCALL_MODULE
+    if (PyImport_AppendInittab("_nsbox_syscall", PyInit__nsbox_syscall) < 0)
+        die("cannot add the built-in module _nsbox_syscall");
 #endif
     /* As `python` starts (locale coercion, UTF-8 mode from the environment),
      * but no argument is an interpreter option. */

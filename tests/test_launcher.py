@@ -30,7 +30,8 @@ print(json.dumps({"path": sys.path, "prefix": sys.prefix, "executable": sys.exec
                   "pth_ran": getattr(sys, "pth_ran", 0), "no_site": sys.flags.no_site,
                   "origins": {name: sys.modules[name].__spec__.origin for name in
                               ("encodings", "encodings.aliases", "encodings.utf_8")},
-                  "stdout": sys.stdout.encoding, "cp1252": codecs.lookup("windows-1252").name}))
+                  "stdout": sys.stdout.encoding, "cp1252": codecs.lookup("windows-1252").name,
+                  "builtins": sys.builtin_module_names}))
 sys.stdout.flush()
 os._exit(0)
 """
@@ -100,6 +101,13 @@ def test_a_venv_prefix_and_its_python(tmp_path: Path) -> None:
     seen = launch(program)
     assert seen["prefix"] == str(prefix)
     assert seen["executable"] == str(prefix / "bin" / "python")
+
+
+def test_the_syscall_module_is_built_in(tmp_path: Path) -> None:
+    """nsbox/runtime/syscalls.py's entry points without ctypes (bin/syscall_module.c)."""
+    program = install(tmp_path / "prefix")
+    probe_package(tmp_path / "prefix" / SITE_REL)
+    assert "_nsbox_syscall" in launch(program)["builtins"]
 
 
 def test_found_through_a_symlink_and_never_from_the_working_directory(tmp_path: Path) -> None:

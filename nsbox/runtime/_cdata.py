@@ -1,14 +1,17 @@
-"""The part of ctypes that syscalls.py uses, built on the `_ctypes` extension alone.
+"""The part of ctypes that nsbox uses, built on the `_ctypes` extension alone,
+and syscalls.py's entry points (raw_syscall, clone3, address) on it for a plain
+interpreter: the launchers have them built in (bin/syscall_module.c), without ctypes.
 
 `import ctypes` costs about 1.4 ms on this kind of host: it imports `struct`
 and `types`, defines some thirty C types, checks their sizes and creates a
 callback, before the first system call is made.  Every runtime command that
 makes one (create, run, exec, kill, delete) paid it.  This module, with the
-dozen names below, costs about 0.6 ms, half of it loading `_ctypes` itself.  They are the same `_ctypes` machinery, so their
+dozen names below, costs about 0.6 ms, half of it loading `_ctypes` itself.
+They are the same `_ctypes` machinery, so their
 instances mix with real ctypes objects where the C layer accepts any C data
 (byref, sizeof, Structure fields); for anything not defined here the module
-falls back to the real `ctypes` (PEP 562 `__getattr__`), so a new use in
-syscalls.py works unchanged, just without the saving.  Not in the
+falls back to the real `ctypes` (PEP 562 `__getattr__`), so a new use
+works unchanged, just without the saving.  Not in the
 container's init after pivot_root, though, where the host's library is out
 of reach: whatever the init calls must be defined here (seccomp.load uses
 this module too).
@@ -114,6 +117,10 @@ memmove = _MemmoveType(_ctypes._memmove_addr)
 
 
 def __getattr__(name: str):
+    if name.startswith("__") and name.endswith("__"):
+        # Not ctypes' own: the import system asks a module for __path__ (is it
+        # a package?) and would get ctypes' package path.
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if name == "pythonapi":
         api = PyDLL(None)
         globals()["pythonapi"] = api
@@ -121,3 +128,72 @@ def __getattr__(name: str):
     import ctypes
 
     return getattr(ctypes, name)
+
+
+# --- syscalls.py's entry points, for an interpreter without _nsbox_syscall -------
+# The same contract as bin/syscall_module.c's functions, which say why they exist.
+
+_libc = CDLL(None, use_errno=True)
+_libc.syscall.restype = c_long
+_MASK64 = (1 << 64) - 1
+_buffer_types: dict[int, type] = {}
+
+
+def address(data: bytes) -> int:
+    """Where DATA's bytes are (a c_char_p points into a bytes object, not to a copy)."""
+    if not isinstance(data, bytes):
+        raise TypeError("address() takes bytes")
+    return c_void_p.from_buffer(c_char_p(data)).value
+
+
+def raw_syscall(number: int, *args: int | bytes | None | object) -> int:
+    """syscall(2): ARGS are ints, None (NULL), bytes or writable buffers (their
+    memory); the kernel's result, or -errno when it fails."""
+    c_args: list[object] = []
+    for arg in args:
+        if arg is None or isinstance(arg, bytes):
+            c_args.append(arg)
+        elif isinstance(arg, int):
+            c_args.append(c_ulong(arg & _MASK64))
+        else:
+            size = memoryview(arg).nbytes
+            array = _buffer_types.get(size)
+            if array is None:
+                array = _buffer_types[size] = c_char * size
+            c_args.append(array.from_buffer(arg))
+    result = _libc.syscall(c_long(number), *c_args)
+    return result if result >= 0 else -get_errno()
+
+
+class _CloneArgs(Structure):
+    _fields_ = [(name, c_ulong) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
+        "tls", "set_tid", "set_tid_size", "cgroup")]
+
+
+_gil_libc: PyDLL | None = None
+_SIGCHLD = 17
+_SYS_clone3 = 435
+
+
+def clone3(flags: int, cgroup_fd: int) -> int:
+    """A fork through clone3(2) with FLAGS, SIGCHLD and clone_args.cgroup = CGROUP_FD
+    (when not negative): 0 in the child, its pid in the parent, -errno on failure.
+
+    Through a PyDLL, so the GIL stays held across the call, between the
+    interpreter's own fork hooks as os.fork() calls them.
+    """
+    global _gil_libc
+    if _gil_libc is None:
+        _gil_libc = PyDLL(None, use_errno=True)
+        _gil_libc.syscall.restype = c_long
+    args = _CloneArgs(flags=flags, exit_signal=_SIGCHLD, cgroup=max(cgroup_fd, 0))
+    api = _gil_libc  # the process's own symbols, the interpreter's among them (ctypes.pythonapi)
+    api.PyOS_BeforeFork()
+    pid = api.syscall(c_long(_SYS_clone3), byref(args), c_ulong(sizeof(args)))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = get_errno()
+    api.PyOS_AfterFork_Parent()
+    return pid if pid > 0 else -err

@@ -1,9 +1,18 @@
-"""The one small ctypes layer over the raw Linux system calls nsbox needs.
+"""The one small layer over the raw Linux system calls nsbox needs.
 
 Python 3.11 has no os.unshare/os.setns, and nothing for mount, pivot_root,
 prctl or capset; everything the runtime asks of the kernel that the standard
 library lacks goes through here.  Every wrapper raises OSError with errno set,
 like the os module does.
+
+All of them go through two entry points, `_syscall(number, *args)` and
+`_clone3(flags, cgroup_fd)`, with `address(data)` for a structure that
+points to bytes: built into the nsbox-runtime and nsbox programs
+(bin/syscall_module.c, which says why), or under a plain interpreter the
+same on ctypes (_cdata.py).  Arguments are ints, None,
+bytes (path names, structures the kernel reads) or a bytearray for a
+structure the kernel fills; structures are laid out here with int.to_bytes
+(x86_64, little-endian: 64-bit longs and pointers, 32-bit ints).
 """
 
 from __future__ import annotations
@@ -11,12 +20,30 @@ from __future__ import annotations
 import errno
 import os
 
-# Not `import ctypes`: the same _ctypes machinery, ~0.8 ms cheaper to load (_cdata.py).
-from nsbox.runtime import _cdata as ctypes
-
-_libc = ctypes.CDLL(None, use_errno=True)
+try:
+    from _nsbox_syscall import address  # noqa: F401  (for structures that point to bytes)
+    from _nsbox_syscall import clone3 as _clone3
+    from _nsbox_syscall import syscall as _syscall
+except ImportError:  # a plain interpreter: the same on ctypes
+    from nsbox.runtime._cdata import address  # noqa: F401
+    from nsbox.runtime._cdata import clone3 as _clone3
+    from nsbox.runtime._cdata import raw_syscall as _syscall
 
 # Syscall numbers (x86_64).
+SYS_poll = 7
+SYS_ioctl = 16
+SYS_socket = 41
+SYS_socketpair = 53
+SYS_flock = 73
+SYS_statfs = 137
+SYS_fstatfs = 138
+SYS_prctl = 157
+SYS_mount = 165
+SYS_umount2 = 166
+SYS_sethostname = 170
+SYS_setdomainname = 171
+SYS_inotify_add_watch = 254
+SYS_inotify_init1 = 294
 SYS_pivot_root = 155
 SYS_setns = 308
 SYS_unshare = 272
@@ -86,17 +113,12 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 KEYCTL_JOIN_SESSION_KEYRING = 1
 
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-_libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-_libc.syscall.restype = ctypes.c_long
 
 
 def _check(ret: int, what: str, path: str | None = None) -> int:
+    """RET, an entry point's result; OSError when it is -errno."""
     if ret < 0:
-        err = ctypes.get_errno()
+        err = -ret
         if path is not None:
             raise OSError(err, f"{what}: {os.strerror(err)}", path)
         raise OSError(err, f"{what}: {os.strerror(err)}")
@@ -109,62 +131,57 @@ def _b(value: str | bytes | None) -> bytes | None:
     return os.fsencode(value)
 
 
-def syscall(number: int, *args: int | bytes | None) -> int:
-    """Call syscall(2) directly; args are ints, byte strings or None."""
-    cargs = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
-    return _check(_libc.syscall(ctypes.c_long(number), *cargs), f"syscall {number}")
+def syscall(number: int, *args: int | bytes | bytearray | None) -> int:
+    """Call syscall(2) directly; args are ints, byte strings, None or writable buffers."""
+    return _check(_syscall(number, *args), f"syscall {number}")
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.syscall(ctypes.c_long(SYS_unshare), ctypes.c_long(flags)), "unshare")
+    _check(_syscall(SYS_unshare, flags), "unshare")
 
 
 def setns(fd: int, nstype: int = 0) -> None:
-    _check(_libc.syscall(ctypes.c_long(SYS_setns), ctypes.c_long(fd), ctypes.c_long(nstype)), "setns")
+    _check(_syscall(SYS_setns, fd, nstype), "setns")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
           data: str | None = None) -> None:
-    ret = _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data))
+    ret = _syscall(SYS_mount, _b(source), _b(target), _b(fstype), flags, _b(data))
     _check(ret, f"mount {source or fstype or ''} on {target}", target)
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(_b(target), flags), f"umount {target}", target)
+    _check(_syscall(SYS_umount2, _b(target), flags), f"umount {target}", target)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    ret = _libc.syscall(ctypes.c_long(SYS_pivot_root), _b(new_root), _b(put_old))
-    _check(ret, "pivot_root", new_root)
+    _check(_syscall(SYS_pivot_root, _b(new_root), _b(put_old)), "pivot_root", new_root)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl {option}")
+    return _check(_syscall(SYS_prctl, option, arg2, arg3, arg4, arg5), f"prctl {option}")
 
 
 def sethostname(name: str) -> None:
     raw = name.encode()
-    _check(_libc.sethostname(raw, len(raw)), "sethostname")
+    _check(_syscall(SYS_sethostname, raw, len(raw)), "sethostname")
 
 
 def setdomainname(name: str) -> None:
     raw = name.encode()
-    _check(_libc.setdomainname(raw, len(raw)), "setdomainname")
+    _check(_syscall(SYS_setdomainname, raw, len(raw)), "setdomainname")
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
     """Close (or with CLOSE_RANGE_CLOEXEC=4, mark) every fd in [first, last]."""
-    ret = _libc.syscall(ctypes.c_long(SYS_close_range), ctypes.c_uint(first),
-                        ctypes.c_uint(last), ctypes.c_uint(flags))
-    _check(ret, "close_range")
+    _check(_syscall(SYS_close_range, first, last, flags), "close_range")
 
 
 CLOSE_RANGE_CLOEXEC = 4
 
 
 def join_session_keyring(name: str | None = None) -> int:
-    ret = _libc.syscall(ctypes.c_long(SYS_keyctl), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING),
-                        _b(name))
+    ret = _syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, _b(name))
     return _check(ret, "keyctl(JOIN_SESSION_KEYRING)")
 
 
@@ -181,7 +198,6 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 _IFREQ_SIZE = 40  # struct ifreq: char ifr_name[16], then a 24-byte union (ifr_flags: short)
-_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 
 
 def interface_up(name: str = "lo") -> None:
@@ -192,25 +208,18 @@ def interface_up(name: str = "lo") -> None:
     on a throwaway datagram socket: SIOCGIFFLAGS, then SIOCSIFFLAGS with
     IFF_UP added.  Needs CAP_NET_ADMIN over the namespace.
     """
-    fd = _check(_libc.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket")
+    fd = _check(_syscall(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket")
     try:
-        ifr = ctypes.create_string_buffer(name.encode(), _IFREQ_SIZE)
-        _check(_libc.ioctl(fd, SIOCGIFFLAGS, ifr), f"ioctl SIOCGIFFLAGS {name}")
-        flags = int.from_bytes(ifr.raw[16:18], "little")
+        ifr = bytearray(_IFREQ_SIZE)
+        raw_name = name.encode()
+        ifr[:len(raw_name)] = raw_name  # NUL-terminated: IFNAMSIZ is 16, names at most 15
+        _check(_syscall(SYS_ioctl, fd, SIOCGIFFLAGS, ifr), f"ioctl SIOCGIFFLAGS {name}")
+        flags = int.from_bytes(ifr[16:18], "little")
         if not flags & IFF_UP:
-            ctypes.memmove(ctypes.addressof(ifr) + 16, (flags | IFF_UP).to_bytes(2, "little"), 2)
-            _check(_libc.ioctl(fd, SIOCSIFFLAGS, ifr), f"ioctl SIOCSIFFLAGS {name}")
+            ifr[16:18] = (flags | IFF_UP).to_bytes(2, "little")
+            _check(_syscall(SYS_ioctl, fd, SIOCSIFFLAGS, ifr), f"ioctl SIOCSIFFLAGS {name}")
     finally:
         os.close(fd)
-
-
-class _CloneArgs(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint64) for name in (
-        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
-        "tls", "set_tid", "set_tid_size", "cgroup")]
-
-
-_gil_libc: ctypes.PyDLL | None = None
 
 
 def fork_into_cgroup(cgroup_fd: int) -> int:
@@ -228,31 +237,15 @@ def clone_fork(ns_flags: int = 0, cgroup_fd: int = -1) -> int:
     Moving a process into a cgroup2 cgroup through cgroup.procs takes the
     kernel's global threadgroup lock, which waits for an RCU grace period
     (8-14 ms measured on this kind of host); a child created inside the
-    cgroup with clone3(CLONE_INTO_CGROUP) takes no such lock.  The raw
-    syscall goes through a PyDLL, so the GIL stays held across it, between
-    the interpreter's own fork hooks as os.fork() calls them.  For
-    single-threaded callers only, like every fork in the runtime.  OSError
-    (ENOSYS, E2BIG, EINVAL, EBUSY...) when the kernel or a seccomp filter
-    refuses: the caller then forks and moves the child the old way.
+    cgroup with clone3(CLONE_INTO_CGROUP) takes no such lock.  The GIL stays
+    held across the call, between the interpreter's own fork hooks as
+    os.fork() calls them (_clone3).  For single-threaded callers only, like
+    every fork in the runtime.  OSError (ENOSYS, E2BIG, EINVAL, EBUSY...)
+    when the kernel or a seccomp filter refuses: the caller then forks and
+    moves the child the old way.
     """
-    global _gil_libc
-    if _gil_libc is None:
-        _gil_libc = ctypes.PyDLL(None, use_errno=True)
-        _gil_libc.syscall.restype = ctypes.c_long
     flags = ns_flags | (CLONE_INTO_CGROUP if cgroup_fd >= 0 else 0)
-    args = _CloneArgs(flags=flags, exit_signal=17, cgroup=max(cgroup_fd, 0))  # SIGCHLD
-    api = ctypes.pythonapi
-    api.PyOS_BeforeFork()
-    pid = _gil_libc.syscall(ctypes.c_long(SYS_clone3), ctypes.byref(args),
-                            ctypes.c_size_t(ctypes.sizeof(args)))
-    if pid == 0:
-        api.PyOS_AfterFork_Child()
-        return 0
-    err = ctypes.get_errno()
-    api.PyOS_AfterFork_Parent()
-    if pid < 0:
-        raise OSError(err, f"clone3: {os.strerror(err)}")
-    return pid
+    return _check(_clone3(flags, cgroup_fd), "clone3")
 
 
 def socketpair_seqpacket() -> tuple[int, int]:
@@ -261,9 +254,9 @@ def socketpair_seqpacket() -> tuple[int, int]:
     Here rather than through _socket: loading that extension (and its
     hundreds of constants) cost ~0.3 ms of every `create`, for one call.
     """
-    fds = (ctypes.c_int * 2)()
-    _check(_libc.socketpair(1, 5 | os.O_CLOEXEC, 0, fds), "socketpair")  # AF_UNIX, SOCK_SEQPACKET
-    return fds[0], fds[1]
+    fds = bytearray(8)  # int[2]
+    _check(_syscall(SYS_socketpair, 1, 5 | os.O_CLOEXEC, 0, fds), "socketpair")  # AF_UNIX, SOCK_SEQPACKET
+    return int.from_bytes(fds[:4], "little"), int.from_bytes(fds[4:], "little")
 
 
 # flock(2) operations.
@@ -282,26 +275,27 @@ SYS_prlimit64 = 302
 
 def flock(fd: int, operation: int) -> None:
     """flock(2), retried when a signal interrupts it (as fcntl.flock is)."""
-    while _libc.flock(fd, operation) < 0:
-        if ctypes.get_errno() != errno.EINTR:
-            _check(-1, "flock")
+    while (ret := _syscall(SYS_flock, fd, operation)) < 0:
+        if ret != -errno.EINTR:
+            _check(ret, "flock")
 
 
 def poll(fd: int, events: int, timeout_ms: int) -> int:
     """poll(2) on one fd: its revents, 0 on timeout (an interrupted wait counts as one)."""
-    pollfd = (ctypes.c_int * 2)(fd, events)  # struct pollfd: int fd; short events, revents
-    if _libc.poll(pollfd, 1, timeout_ms) < 0:
-        if ctypes.get_errno() == errno.EINTR:
+    # struct pollfd: int fd; short events, revents
+    pollfd = bytearray(fd.to_bytes(4, "little", signed=True) + events.to_bytes(2, "little") + b"\0\0")
+    ret = _syscall(SYS_poll, pollfd, 1, timeout_ms)
+    if ret < 0:
+        if ret == -errno.EINTR:
             return 0
-        _check(-1, "poll")
-    return pollfd[1] >> 16 & 0xFFFF
+        _check(ret, "poll")
+    return int.from_bytes(pollfd[6:8], "little")
 
 
 def setrlimit(resource: int, soft: int, hard: int) -> None:
     """Set one resource limit of this process (prlimit64(2)); 2**64-1 is unlimited."""
-    limits = (ctypes.c_uint64 * 2)(soft, hard)
-    _check(_libc.syscall(ctypes.c_long(SYS_prlimit64), ctypes.c_long(0), ctypes.c_long(resource),
-                         limits, None), "setrlimit")
+    limits = soft.to_bytes(8, "little") + hard.to_bytes(8, "little")  # struct rlimit64
+    _check(_syscall(SYS_prlimit64, 0, resource, limits, None), "setrlimit")
 
 
 def set_pdeathsig(sig: int) -> None:
@@ -324,40 +318,25 @@ PR_CAP_AMBIENT_IS_SET = 1
 PR_CAP_AMBIENT_LOWER = 3
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
-
-
-def _join64(low: int, high: int) -> int:
-    return low | (high << 32)
+def _cap_header(pid: int) -> bytes:
+    """struct __user_cap_header_struct: u32 version, int pid."""
+    return _LINUX_CAPABILITY_VERSION_3.to_bytes(4, "little") + pid.to_bytes(4, "little", signed=True)
 
 
 def capget(pid: int = 0) -> tuple[int, int, int]:
     """Return (effective, permitted, inheritable) of pid (0: the calling thread) as bit masks."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
-    data = (_CapData * 2)()
-    ret = _libc.syscall(ctypes.c_long(SYS_capget), ctypes.byref(header), data)
-    _check(ret, "capget")
-    return (_join64(data[0].effective, data[1].effective),
-            _join64(data[0].permitted, data[1].permitted),
-            _join64(data[0].inheritable, data[1].inheritable))
+    data = bytearray(24)  # struct __user_cap_data_struct[2]: u32 effective, permitted, inheritable
+    _check(_syscall(SYS_capget, _cap_header(pid), data), "capget")
+    low, high = data[:12], data[12:]
+    return tuple(int.from_bytes(low[i:i + 4], "little") | int.from_bytes(high[i:i + 4], "little") << 32
+                 for i in (0, 4, 8))
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:
     """Set the calling thread's effective, permitted and inheritable sets (64-bit masks)."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    for index, shift in ((0, 0), (1, 32)):
-        data[index].effective = (effective >> shift) & 0xFFFFFFFF
-        data[index].permitted = (permitted >> shift) & 0xFFFFFFFF
-        data[index].inheritable = (inheritable >> shift) & 0xFFFFFFFF
-    ret = _libc.syscall(ctypes.c_long(SYS_capset), ctypes.byref(header), data)
-    _check(ret, "capset")
+    data = b"".join((mask >> shift & 0xFFFFFFFF).to_bytes(4, "little")
+                    for shift in (0, 32) for mask in (effective, permitted, inheritable))
+    _check(_syscall(SYS_capset, _cap_header(0), data), "capset")
 
 
 # --- LSM ----------------------------------------------------------------------
@@ -367,19 +346,17 @@ SYS_lsm_list_modules = 461  # Linux >= 6.8
 
 def lsm_list_modules() -> list[int]:
     """LSM ids (LSM_ID_* from linux/lsm.h) of the active security modules, in call order."""
-    import errno
-
     count = 16
     while True:
-        ids = (ctypes.c_uint64 * count)()
-        size = ctypes.c_uint32(ctypes.sizeof(ids))
-        ret = _libc.syscall(ctypes.c_long(SYS_lsm_list_modules), ids, ctypes.byref(size),
-                            ctypes.c_long(0))
-        if ret < 0 and ctypes.get_errno() == errno.E2BIG and size.value > ctypes.sizeof(ids):
-            count = size.value // 8
+        ids = bytearray(8 * count)  # u64[count]
+        size = bytearray(len(ids).to_bytes(4, "little"))  # u32, the kernel's answer on E2BIG
+        ret = _syscall(SYS_lsm_list_modules, ids, size, 0)
+        needed = int.from_bytes(size, "little")
+        if ret == -errno.E2BIG and needed > len(ids):
+            count = needed // 8
             continue
         _check(ret, "lsm_list_modules")
-        return list(ids[:ret])
+        return [int.from_bytes(ids[i:i + 8], "little") for i in range(0, 8 * ret, 8)]
 
 
 # ---------------------------------------------------------------- rootfs helpers
@@ -410,78 +387,69 @@ AT_RECURSIVE = 0x8000
 MS_I_VERSION = 0x800000
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+def _u64s(*values: int) -> bytes:
+    """A structure of 64-bit fields (open_how, mount_attr)."""
+    return b"".join(value.to_bytes(8, "little") for value in values)
 
 
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+class StatFs:
+    """struct statfs as the x86_64 kernel fills it (120 bytes; f_fsid, f_spare left out)."""
 
+    __slots__ = ("f_type", "f_bsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
+                 "f_namelen", "f_frsize", "f_flags")
+    SIZE = 120
 
-class StatFs(ctypes.Structure):
-    """struct statfs as the x86_64 kernel fills it."""
-
-    _fields_ = [("f_type", ctypes.c_long), ("f_bsize", ctypes.c_long),
-                ("f_blocks", ctypes.c_ulong), ("f_bfree", ctypes.c_ulong),
-                ("f_bavail", ctypes.c_ulong), ("f_files", ctypes.c_ulong),
-                ("f_ffree", ctypes.c_ulong), ("f_fsid", ctypes.c_int * 2),
-                ("f_namelen", ctypes.c_long), ("f_frsize", ctypes.c_long),
-                ("f_flags", ctypes.c_long), ("f_spare", ctypes.c_long * 4)]
-
-
-_libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
-_libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    def __init__(self, raw: bytes | bytearray) -> None:
+        word = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, 88, 8)]
+        (self.f_type, self.f_bsize, self.f_blocks, self.f_bfree, self.f_bavail, self.f_files,
+         self.f_ffree) = word[:7]
+        self.f_namelen, self.f_frsize, self.f_flags = word[8:11]  # word[7]: f_fsid
 
 
 def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
     """openat2(2): open PATH relative to DIRFD under the RESOLVE_* rules; returns an fd."""
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    ret = _libc.syscall(ctypes.c_long(SYS_openat2), ctypes.c_long(dirfd), _b(path),
-                        ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-    return _check(ret, "openat2", path)
+    how = _u64s(flags | os.O_CLOEXEC, mode, resolve)  # struct open_how
+    return _check(_syscall(SYS_openat2, dirfd, _b(path), how, len(how)), "openat2", path)
 
 
 def statfs(path: str) -> StatFs:
-    buf = StatFs()
-    _check(_libc.statfs(_b(path), ctypes.byref(buf)), "statfs", path)
-    return buf
+    buf = bytearray(StatFs.SIZE)
+    _check(_syscall(SYS_statfs, _b(path), buf), "statfs", path)
+    return StatFs(buf)
 
 
 def fstatfs(fd: int) -> StatFs:
-    buf = StatFs()
-    _check(_libc.fstatfs(fd, ctypes.byref(buf)), "fstatfs")
-    return buf
+    buf = bytearray(StatFs.SIZE)
+    _check(_syscall(SYS_fstatfs, fd, buf), "fstatfs")
+    return StatFs(buf)
 
 
 def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: int = 0,
                   propagation: int = 0, userns_fd: int = 0) -> None:
     """mount_setattr(2); pass AT_RECURSIVE in FLAGS to change a whole mount tree."""
-    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
-    ret = _libc.syscall(ctypes.c_long(SYS_mount_setattr), ctypes.c_long(dirfd), _b(path),
-                        ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
-    _check(ret, "mount_setattr", path)
+    attr = _u64s(attr_set, attr_clr, propagation, userns_fd)  # struct mount_attr
+    _check(_syscall(SYS_mount_setattr, dirfd, _b(path), flags, attr, len(attr)),
+           "mount_setattr", path)
 
 
 def personality(persona: int) -> int:
     """Set the execution domain; returns the previous one."""
-    ret = _libc.syscall(ctypes.c_long(SYS_personality), ctypes.c_ulong(persona))
-    return _check(ret, "personality")
+    return _check(_syscall(SYS_personality, persona), "personality")
 
 
 # --- bpf(2) -------------------------------------------------------------------
 SYS_bpf = 321
 
 
-def bpf(cmd: int, attr: ctypes.Structure) -> int:
-    """bpf(2) with ATTR (a ctypes structure laid out like the command's part of union bpf_attr).
+def bpf(cmd: int, attr: object) -> int:
+    """bpf(2) with ATTR (a ctypes structure, or another writable buffer, laid out like
+    the command's part of union bpf_attr).
 
-    The kernel reads sizeof(attr) bytes and treats any field it knows but was
+    The kernel reads len(attr) bytes and treats any field it knows but was
     not given as zero, so each caller passes only the fields it needs.
     """
-    ret = _libc.syscall(ctypes.c_long(SYS_bpf), ctypes.c_long(cmd), ctypes.byref(attr),
-                        ctypes.c_uint(ctypes.sizeof(attr)))
-    return _check(ret, f"bpf({cmd})")
+    size = memoryview(attr).nbytes
+    return _check(_syscall(SYS_bpf, cmd, attr, size), f"bpf({cmd})")
 
 
 # --- detached mounts (open_tree, move_mount) ----------------------------------
@@ -494,17 +462,14 @@ AT_FDCWD = -100
 def open_tree(dirfd: int, path: str, flags: int) -> int:
     """open_tree(2); with OPEN_TREE_CLONE, an fd of a detached copy of the mount at PATH
     (AT_RECURSIVE: with its submounts).  O_CLOEXEC is always added."""
-    ret = _libc.syscall(ctypes.c_long(SYS_open_tree), ctypes.c_long(dirfd), _b(path),
-                        ctypes.c_uint(flags | os.O_CLOEXEC))
-    return _check(ret, "open_tree", path)
+    return _check(_syscall(SYS_open_tree, dirfd, _b(path), flags | os.O_CLOEXEC), "open_tree", path)
 
 
 def move_mount(from_fd: int, to_path: str = "", to_dirfd: int = AT_FDCWD) -> None:
     """move_mount(2) of the (detached) mount FROM_FD onto TO_PATH, or onto TO_DIRFD itself
     when TO_PATH is empty (MOVE_MOUNT_T_EMPTY_PATH: an O_PATH fd of the destination)."""
     flags = MOVE_MOUNT_F_EMPTY_PATH | (0 if to_path else MOVE_MOUNT_T_EMPTY_PATH)
-    ret = _libc.syscall(ctypes.c_long(SYS_move_mount), ctypes.c_long(from_fd), b"",
-                        ctypes.c_long(to_dirfd), _b(to_path), ctypes.c_uint(flags))
+    ret = _syscall(SYS_move_mount, from_fd, b"", to_dirfd, _b(to_path), flags)
     _check(ret, "move_mount", to_path or None)
 
 
@@ -515,12 +480,11 @@ IN_MOVED_TO = 0x80
 IN_CREATE = 0x100
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
-_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 
 
 def inotify_init1(flags: int = IN_CLOEXEC) -> int:
-    return _check(_libc.inotify_init1(ctypes.c_int(flags)), "inotify_init1")
+    return _check(_syscall(SYS_inotify_init1, flags), "inotify_init1")
 
 
 def inotify_add_watch(fd: int, path: str, mask: int) -> int:
-    return _check(_libc.inotify_add_watch(fd, _b(path), mask), "inotify_add_watch", path)
+    return _check(_syscall(SYS_inotify_add_watch, fd, _b(path), mask), "inotify_add_watch", path)

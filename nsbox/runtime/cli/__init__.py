@@ -42,7 +42,7 @@ GLOBAL_HELP = {
 # commands really import; a module missing here is imported where it is used.
 _CREATE_IMPORTS = tuple(f"nsbox.{name}" for name in (
     "errors", "_lite", "runtime.cgroups.host", "runtime.cgroups", "runtime.security",
-    "runtime.state", "runtime.create", "runtime.container", "runtime._cdata",
+    "runtime.state", "runtime.create", "runtime.container",
     "runtime.syscalls", "_record", "runtime.spec", "runtime.namespaces",
     "runtime.security.capabilities", "runtime.security.lsm", "runtime.rootfs.options",
     "runtime.rootfs.sources", "runtime.rootfs", "runtime.security.exe_guard",
@@ -52,7 +52,7 @@ _CREATE_IMPORTS = tuple(f"nsbox.{name}" for name in (
     "runtime.rootfs.mounts", "runtime.rootfs.switch"))
 _EXEC_IMPORTS = tuple(f"nsbox.{name}" for name in (
     "errors", "_lite", "runtime.cgroups.host", "runtime.cgroups", "runtime.state",
-    "runtime.container", "_record", "runtime.spec", "runtime.channel", "runtime._cdata",
+    "runtime.container", "_record", "runtime.spec", "runtime.channel",
     "runtime.syscalls", "runtime.namespaces", "runtime.process", "runtime.execute",
     "runtime.security", "runtime.security.exe_guard", "runtime.security.capabilities",
     "runtime.init", "runtime.security.lsm", "runtime.rootfs.options", "runtime.rootfs.sources",

@@ -253,9 +253,8 @@ def load_filter(program: bytes, flags: list[str] | None = None, *,
     asks for a notify fd exactly when the program has SCMP_ACT_NOTIFY rules;
     the fd is returned then (close-on-exec), otherwise None.
     """
-    # _cdata, not ctypes: the init runs this after pivot_root, where only what
-    # the runtime imported before forking is there, and ctypes is not.
-    from nsbox.runtime import _cdata as ctypes
+    # No ctypes: the init runs this after pivot_root, where only what the
+    # runtime imported before forking is there.
     from nsbox.runtime import syscalls
 
     check_program(program)
@@ -268,14 +267,13 @@ def load_filter(program: bytes, flags: list[str] | None = None, *,
             # The kernel refuses TSYNC with a listener unless failures are ESRCH.
             flag_bits |= SECCOMP_FILTER_FLAG_TSYNC_ESRCH
 
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = SockFprog(len(program) // SOCK_FILTER_SIZE, ctypes.addressof(buffer))
+    # struct sock_fprog: unsigned short len (then 6 bytes of padding), a pointer to
+    # the instructions; PROGRAM stays referenced (and bytes never move) until the call returns.
+    program = bytes(program)  # the same object when it already is bytes
+    fprog = ((len(program) // SOCK_FILTER_SIZE).to_bytes(8, "little")
+             + syscalls.address(program).to_bytes(8, "little"))
     try:
-        ret = syscalls.syscall(syscalls.SYS_seccomp, SECCOMP_SET_MODE_FILTER, flag_bits,
-                               ctypes.addressof(fprog))
+        ret = syscalls.syscall(syscalls.SYS_seccomp, SECCOMP_SET_MODE_FILTER, flag_bits, fprog)
     except OSError as exc:
         raise KernelError(_load_error_message(exc.errno, flag_bits), exc.errno or 0) from exc
     if not new_listener:

@@ -1,0 +1,155 @@
+"""syscalls.py's two entry points, `syscall` and `clone3`, both ways: the module the
+launchers have built in (bin/syscall_module.c, compiled here as an extension module
+from the same source) and the ctypes fallback a plain interpreter uses (_cdata.py).
+Both must give the same answers on the real kernel."""
+
+from __future__ import annotations
+
+import errno
+import importlib.machinery
+import importlib.util
+import os
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from nsbox.runtime import _cdata
+from nsbox.runtime import syscalls as sc
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE = REPO / "bin" / "syscall_module.c"
+SYS_getpid, SYS_openat, SYS_statfs, SYS_socketpair, SYS_umount2 = 39, 257, 137, 53, 166
+AT_FDCWD = -100
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory):
+    """bin/syscall_module.c as an importable extension module."""
+    include = sysconfig.get_path("include")
+    if shutil.which("cc") is None or not os.path.exists(os.path.join(include, "Python.h")):
+        pytest.skip("no C compiler or no Python headers: the launchers fall back to ctypes too")
+    out = tmp_path_factory.mktemp("syscall_module") / (
+        "_nsbox_syscall" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", f"-I{include}",
+                    "-o", str(out), str(SOURCE)], check=True, capture_output=True, timeout=120)
+    spec = importlib.util.spec_from_file_location("_nsbox_syscall", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(params=["built-in", "ctypes"])
+def entry(request: pytest.FixtureRequest, compiled):
+    """(syscall, clone3) of one implementation."""
+    if request.param == "built-in":
+        return compiled.syscall, compiled.clone3
+    return _cdata.raw_syscall, _cdata.clone3
+
+
+def test_results_and_negative_errno(entry):
+    syscall, _ = entry
+    assert syscall(SYS_getpid) == os.getpid()
+    # bytes are NUL-terminated path names; a failure is -errno, not an exception
+    assert syscall(SYS_umount2, b"/nonexistent/nsbox-syscall-test", 0) == -errno.ENOENT
+
+
+def test_negative_ints_bytes_and_writable_buffers(entry):
+    syscall, _ = entry
+    fd = syscall(SYS_openat, AT_FDCWD, b"/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0)
+    assert fd >= 0
+    try:
+        assert os.path.samestat(os.fstat(fd), os.stat("/"))
+    finally:
+        os.close(fd)
+    buf = bytearray(sc.StatFs.SIZE)
+    assert syscall(SYS_statfs, b"/proc", buf) == 0
+    assert sc.StatFs(buf).f_type == 0x9FA0  # PROC_SUPER_MAGIC
+    pair = bytearray(8)
+    assert syscall(SYS_socketpair, 1, 5 | os.O_CLOEXEC, 0, pair) == 0
+    fds = int.from_bytes(pair[:4], "little"), int.from_bytes(pair[4:], "little")
+    try:
+        os.write(fds[0], b"ping")
+        assert os.read(fds[1], 10) == b"ping"
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_a_ctypes_structure_is_a_writable_buffer(entry):
+    syscall, _ = entry
+    import ctypes
+
+    class StatFs(ctypes.Structure):
+        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_char * 112)]
+
+    buf = StatFs()
+    assert syscall(SYS_statfs, b"/proc", buf) == 0
+    assert buf.f_type == 0x9FA0
+
+
+def test_a_read_only_buffer_other_than_bytes_is_refused(entry):
+    syscall, _ = entry
+    with pytest.raises((TypeError, BufferError)):
+        syscall(SYS_statfs, b"/", memoryview(bytes(120)))
+
+
+def test_too_many_arguments_are_refused(compiled):
+    with pytest.raises(TypeError):
+        compiled.syscall(SYS_getpid, 1, 2, 3, 4, 5, 6, 7)
+    with pytest.raises(TypeError):
+        compiled.syscall()
+
+
+def test_clone3_forks_with_the_interpreter_s_hooks(entry):
+    _, clone3 = entry
+    before = os.getpid()
+    pid = clone3(0, -1)
+    if pid == 0:
+        # The child runs Python normally (PyOS_AfterFork_Child): a new pid, working I/O.
+        os._exit(7 if os.getpid() != before else 1)
+    assert pid > 0
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 7
+
+
+def test_clone3_failure_is_negative_errno(entry):
+    _, clone3 = entry
+    # CLONE_INTO_CGROUP with a descriptor that is not a cgroup directory
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        result = clone3(sc.CLONE_INTO_CGROUP, fd)
+        if result == 0:
+            os._exit(0)
+        if result > 0:
+            os.waitpid(result, 0)
+            pytest.fail("clone3 into / (not a cgroup) succeeded")
+        assert result in (-errno.EBADF, -errno.EINVAL, -errno.EOPNOTSUPP, -errno.ENOSYS)
+    finally:
+        os.close(fd)
+
+
+def test_syscalls_wrappers_raise_os_errors_with_the_path():
+    with pytest.raises(OSError) as info:
+        sc.umount2("/nonexistent/nsbox-syscall-test")
+    assert info.value.errno == errno.ENOENT
+    assert info.value.filename == "/nonexistent/nsbox-syscall-test"
+    effective, permitted, _ = sc.capget()
+    assert effective & permitted == effective
+    fd = os.open("/proc", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        assert sc.statfs("/proc").f_type == sc.fstatfs(fd).f_type == 0x9FA0
+    finally:
+        os.close(fd)
+
+
+def test_address_is_where_the_bytes_are(compiled):
+    data = b"nsbox-address-test"
+    for address in (compiled.address, _cdata.address):
+        where = address(data)
+        assert _cdata.c_char.from_address(where).value == b"n"
+        assert (_cdata.c_char * len(data)).from_address(where).raw == data
+        with pytest.raises(TypeError):
+            address(bytearray(data))
