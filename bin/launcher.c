@@ -260,6 +260,7 @@ int main(int argc, char **argv)
     PyPreConfig preconfig;
     PyConfig config;
     PyStatus status;
+    int venv;
 
     if (argc > 0 && argv[0][0] != '\0') {
         const char *slash = strrchr(argv[0], '/');
@@ -322,14 +323,15 @@ int main(int argc, char **argv)
     if (PyStatus_Exception(status))
         goto fail;
 
-    /* In a venv, sys.prefix is the venv (site would have set it so). */
+    /* In a venv, sys.prefix is the venv (site would have set it so): set once
+     * the interpreter is up, as site does.  Given to the path calculation
+     * instead, the prefix would stop it from finding the standard library's
+     * directory (sys._stdlib_dir), and the frozen modules (os, io, codecs,
+     * encodings) would have no __file__, a frozen package no __path__. */
     snprintf(path, sizeof path, "%s/pyvenv.cfg", prefix);
-    if (access(path, R_OK) == 0) {
-        status = PyConfig_SetBytesString(&config, &config.prefix, prefix);
-        if (!PyStatus_Exception(status))
-            status = PyConfig_SetBytesString(&config, &config.exec_prefix, prefix);
-        if (!PyStatus_Exception(status))
-            status = PyConfig_SetBytesString(&config, &config.base_prefix, NSBOX_BASE_PREFIX);
+    venv = access(path, R_OK) == 0;
+    if (venv) {
+        status = PyConfig_SetBytesString(&config, &config.base_prefix, NSBOX_BASE_PREFIX);
         if (!PyStatus_Exception(status))
             status = PyConfig_SetBytesString(&config, &config.base_exec_prefix,
                                              NSBOX_BASE_EXEC_PREFIX);
@@ -363,12 +365,16 @@ int main(int argc, char **argv)
     {
         /* exe_guard's re-execution needs the program's real path. */
         PyObject *path = PyUnicode_DecodeFSDefault(program);
-        if (path == NULL || PySys_SetObject("_nsbox_launcher", path) < 0) {
+        PyObject *venv_prefix = venv ? PyUnicode_DecodeFSDefault(prefix) : NULL;
+        if (path == NULL || PySys_SetObject("_nsbox_launcher", path) < 0
+                || (venv && (venv_prefix == NULL || PySys_SetObject("prefix", venv_prefix) < 0
+                             || PySys_SetObject("exec_prefix", venv_prefix) < 0))) {
             PyErr_Print();
             Py_FinalizeEx();
             return 1;
         }
         Py_DECREF(path);
+        Py_XDECREF(venv_prefix);
     }
     for (int i = 0; i < n_pth_code; i++) {
         if (PyRun_SimpleString(pth_code[i]) != 0)

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,9 @@ print(json.dumps({"path": sys.path, "prefix": sys.prefix, "executable": sys.exec
                   "origins": {name: sys.modules[name].__spec__.origin for name in
                               ("encodings", "encodings.aliases", "encodings.utf_8")},
                   "stdout": sys.stdout.encoding, "cp1252": codecs.lookup("windows-1252").name,
-                  "builtins": sys.builtin_module_names}))
+                  "builtins": sys.builtin_module_names, "stdlib_dir": sys._stdlib_dir,
+                  "encodings_path": sys.modules["encodings"].__path__,
+                  "os_file": getattr(os, "__file__", None), "base_prefix": sys.base_prefix}))
 sys.stdout.flush()
 os._exit(0)
 """
@@ -155,14 +158,28 @@ def test_a_copy_put_elsewhere_runs_the_installation_it_was_built_for(tmp_path: P
 
 def test_the_encodings_start_up_modules_are_frozen_in_and_every_codec_still_found(
         tmp_path: Path) -> None:
-    """setup.py's FROZEN_STDLIB: the alias table and the UTF-8 codec come from the
-    program; the package stays on disk, so other codecs are found through it, at
-    start-up (the standard streams in cp1252) as later."""
+    """setup.py's FROZEN_STDLIB: the package, its alias table and the UTF-8 codec come
+    from the program; the package's __path__ is its directory on disk, so other codecs
+    are found there, at start-up (the standard streams in cp1252) as later."""
     prefix = tmp_path / "prefix"
     program = install(prefix)
     probe_package(prefix / SITE_REL)
     seen = launch(program, env={"PYTHONIOENCODING": "cp1252"})
-    assert seen["origins"]["encodings.aliases"] == "frozen"
-    assert seen["origins"]["encodings.utf_8"] == "frozen"
-    assert seen["origins"]["encodings"].endswith("/encodings/__init__.py")
+    assert seen["origins"] == {"encodings": "frozen", "encodings.aliases": "frozen",
+                               "encodings.utf_8": "frozen"}
+    assert seen["encodings_path"] == [os.path.join(sysconfig.get_path("stdlib"), "encodings")]
     assert seen["stdout"] == "cp1252" and seen["cp1252"] == "cp1252"
+
+
+def test_frozen_standard_modules_know_their_files(tmp_path: Path) -> None:
+    """sys._stdlib_dir is set (a venv's sys.prefix too), so the interpreter's own
+    frozen modules have a __file__ as under `python`."""
+    prefix = tmp_path / "venv"
+    program = install(prefix)
+    probe_package(prefix / SITE_REL)
+    (prefix / "pyvenv.cfg").write_text(f"home = {Path(sys.base_prefix) / 'bin'}\n")
+    (prefix / "bin" / "python").symlink_to(os.path.realpath(sys.executable))
+    seen = launch(program)
+    assert seen["stdlib_dir"] == sysconfig.get_path("stdlib") == sys._stdlib_dir
+    assert seen["os_file"] == os.__file__
+    assert seen["prefix"] == str(prefix) and seen["base_prefix"] == sys.base_prefix
