@@ -29,25 +29,27 @@ def _make_record(cls: type, frozen: bool) -> type:
     names = tuple(cls.__dict__.get("__annotations__", {}))
     defaults = tuple(cls.__dict__.get(name, _MISSING) for name in names)
     fields = tuple(zip(names, defaults, strict=True))
-    for name, default in fields:
-        if isinstance(default, type):
-            delattr(cls, name)  # a factory, not a shared value
+    factories = frozenset(name for name, default in fields if isinstance(default, type))
+    for name in factories:
+        delattr(cls, name)  # a factory, not a shared value
     assign = object.__setattr__ if frozen else setattr
 
+    # Written for speed: the runtime makes ~80 records in a `run` (the spec,
+    # its mounts' flags), so each field is one dict pop and one assignment.
     def __init__(self, *args, **kwargs) -> None:
-        if len(args) > len(fields):
-            raise TypeError(f"{cls.__name__}() takes {len(fields)} arguments, got {len(args)}")
-        for i, (name, default) in enumerate(fields):
-            if i < len(args):
-                value = args[i]
-            elif name in kwargs:
-                value = kwargs.pop(name)
-            elif default is _MISSING:
-                raise TypeError(f"{cls.__name__}() missing argument {name!r}")
-            elif isinstance(default, type):
-                value = default()
-            else:
-                value = default
+        if args:
+            if len(args) > len(fields):
+                raise TypeError(f"{cls.__name__}() takes {len(fields)} arguments, got {len(args)}")
+            for name, value in zip(names, args):
+                if name in kwargs:
+                    raise TypeError(f"{cls.__name__}() got multiple values for argument {name!r}")
+                kwargs[name] = value
+        for name, default in fields:
+            value = kwargs.pop(name, _MISSING)
+            if value is _MISSING:
+                if default is _MISSING:
+                    raise TypeError(f"{cls.__name__}() missing argument {name!r}")
+                value = default() if name in factories else default
             assign(self, name, value)
         if kwargs:
             raise TypeError(f"{cls.__name__}() got unexpected arguments: {', '.join(kwargs)}")

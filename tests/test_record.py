@@ -84,3 +84,24 @@ def test_engine_records_round_trip() -> None:
     assert ContainerSpec("x").restart is not ContainerSpec("y").restart
     assert spec_from_json(spec_to_json(spec)) == spec
     assert set(ContainerSpec.__record_fields__) >= {"image", "mounts", "restart", "runtime"}
+
+
+def test_arguments_by_position_keyword_and_factory():
+    from nsbox._record import record
+
+    @record
+    class Point:
+        x: int
+        y: int = 0
+        tags: list = list
+
+    assert Point(1) == Point(x=1) == Point(1, 0) and Point(1).tags == []
+    assert Point(1).tags is not Point(1).tags  # a factory, called for each instance
+    assert Point(2, y=3).y == 3
+    for bad in (lambda: Point(), lambda: Point(1, 2, [], 4), lambda: Point(1, x=2),
+                lambda: Point(1, z=2)):
+        try:
+            bad()
+        except TypeError:
+            continue
+        raise AssertionError("accepted bad arguments")

@@ -114,9 +114,14 @@ def idmapped_bind(source: str, target: str, nsfd: int) -> None:
         os.close(fd)
 
 
+_IDMAP_OPTIONS = frozenset(("idmap", "ridmap"))  # what sets MountFlags.idmap
+
+
 def wants_idmap(mount: Mount) -> bool:
+    # Asked for every mount, in create and in the init: the two options looked
+    # up rather than all of them parsed (parse_mount_options).
     return bool(mount.uid_mappings or mount.gid_mappings
-                or parse_mount_options(mount.options).idmap)
+                or not _IDMAP_OPTIONS.isdisjoint(mount.options))
 
 
 def check_idmap(mount: Mount, spec: Spec, where: str) -> None:
