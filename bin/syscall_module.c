@@ -21,9 +21,10 @@
  *     kernel's result, or -errno when it fails: syscalls.py raises.  The GIL
  *     is released around the call (flock and poll may block).
  *
- * address(data: bytes) -> int
+ * address(data: bytes | bytearray) -> int
  *     Where DATA's bytes are, for a structure that points to them (seccomp's
- *     sock_fprog); valid while the caller holds DATA (bytes never move).
+ *     sock_fprog, bpf(2)'s attributes); valid while the caller holds DATA
+ *     and, for a bytearray the kernel fills, does not resize it.
  *
  * clone3(flags, cgroup_fd) -> int
  *     A fork through clone3 with FLAGS (CLONE_NEW*, CLONE_INTO_CGROUP),
@@ -112,11 +113,12 @@ fail:
 static PyObject *nsbox_address(PyObject *module, PyObject *data)
 {
     (void)module;
-    if (!PyBytes_Check(data)) {
-        PyErr_SetString(PyExc_TypeError, "address() takes bytes");
-        return NULL;
-    }
-    return PyLong_FromVoidPtr(PyBytes_AS_STRING(data));
+    if (PyBytes_Check(data))
+        return PyLong_FromVoidPtr(PyBytes_AS_STRING(data));
+    if (PyByteArray_Check(data))
+        return PyLong_FromVoidPtr(PyByteArray_AS_STRING(data));
+    PyErr_SetString(PyExc_TypeError, "address() takes bytes or a bytearray");
+    return NULL;
 }
 
 static PyObject *nsbox_clone3(PyObject *module, PyObject *args)
@@ -148,7 +150,7 @@ static PyObject *nsbox_clone3(PyObject *module, PyObject *args)
 static PyMethodDef nsbox_syscall_methods[] = {
     {"syscall", (PyCFunction)(void (*)(void))nsbox_syscall, METH_FASTCALL,
      "syscall(number, *args) -> result, or -errno"},
-    {"address", nsbox_address, METH_O, "address(data: bytes) -> where its bytes are"},
+    {"address", nsbox_address, METH_O, "address(data: bytes | bytearray) -> where its bytes are"},
     {"clone3", nsbox_clone3, METH_VARARGS,
      "clone3(flags, cgroup_fd) -> 0 in the child, its pid in the parent, or -errno"},
     {NULL, NULL, 0, NULL},

@@ -40,7 +40,7 @@ def _make_record(cls: type, frozen: bool) -> type:
         if args:
             if len(args) > len(fields):
                 raise TypeError(f"{cls.__name__}() takes {len(fields)} arguments, got {len(args)}")
-            for name, value in zip(names, args):
+            for name, value in zip(names, args, strict=False):  # the rest by keyword or default
                 if name in kwargs:
                     raise TypeError(f"{cls.__name__}() got multiple values for argument {name!r}")
                 kwargs[name] = value

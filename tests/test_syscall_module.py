@@ -151,5 +151,10 @@ def test_address_is_where_the_bytes_are(compiled):
         where = address(data)
         assert _cdata.c_char.from_address(where).value == b"n"
         assert (_cdata.c_char * len(data)).from_address(where).raw == data
+        buffer = bytearray(data)
+        where = address(buffer)
+        assert (_cdata.c_char * len(buffer)).from_address(where).raw == data
+        buffer[0] = ord("N")  # the kernel's writes land in the bytearray itself
+        assert (_cdata.c_char * 1).from_address(where).raw == b"N"
         with pytest.raises(TypeError):
-            address(bytearray(data))
+            address(memoryview(data))

@@ -139,11 +139,13 @@ _MASK64 = (1 << 64) - 1
 _buffer_types: dict[int, type] = {}
 
 
-def address(data: bytes) -> int:
+def address(data: bytes | bytearray) -> int:
     """Where DATA's bytes are (a c_char_p points into a bytes object, not to a copy)."""
-    if not isinstance(data, bytes):
-        raise TypeError("address() takes bytes")
-    return c_void_p.from_buffer(c_char_p(data)).value
+    if isinstance(data, bytes):
+        return c_void_p.from_buffer(c_char_p(data)).value
+    if isinstance(data, bytearray):  # no memory behind an empty one: NULL
+        return addressof((c_char * len(data)).from_buffer(data)) if data else 0
+    raise TypeError("address() takes bytes or a bytearray")
 
 
 def raw_syscall(number: int, *args: int | bytes | None | object) -> int:

@@ -442,8 +442,8 @@ SYS_bpf = 321
 
 
 def bpf(cmd: int, attr: object) -> int:
-    """bpf(2) with ATTR (a ctypes structure, or another writable buffer, laid out like
-    the command's part of union bpf_attr).
+    """bpf(2) with ATTR laid out like the command's part of union bpf_attr: bytes
+    when the kernel only reads it, a bytearray (or ctypes structure) when it writes back.
 
     The kernel reads len(attr) bytes and treats any field it knows but was
     not given as zero, so each caller passes only the fields it needs.

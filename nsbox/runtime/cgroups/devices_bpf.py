@@ -33,10 +33,8 @@ kernel/bpf/verifier.c):
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import struct
 
 from nsbox._lazylog import get_logger
 from nsbox.errors import ConfigError, KernelError
@@ -90,8 +88,7 @@ EXIT = _JMP | _EXIT
 R0, R1 = 0, 1  # return value; context pointer on entry
 R_TYPE, R_ACCESS, R_MAJOR, R_MINOR = 2, 3, 4, 5  # R_ACCESS: bits still undecided
 
-_INSN = struct.Struct("<BBhi")  # struct bpf_insn: code, dst:4|src:4, off, imm
-INSN_SIZE = _INSN.size
+INSN_SIZE = 8  # struct bpf_insn: u8 code, u8 dst:4|src:4, s16 off, s32 imm (little-endian)
 
 _TYPES = {"a": 0, "c": DEV_CHAR, "u": DEV_CHAR, "b": DEV_BLOCK}
 _ACCESS_BITS = {"r": ACC_READ, "w": ACC_WRITE, "m": ACC_MKNOD}
@@ -206,7 +203,8 @@ class _Assembler:
                 off = self.labels[off] - index - 1  # relative to the next instruction
                 if not 0 <= off <= 0x7FFF:
                     raise ConfigError("device rules: too many rules for one BPF program")
-            out += _INSN.pack(code, (src << 4) | dst, off, imm)
+            out += bytes((code, (src << 4) | dst)) + off.to_bytes(2, "little", signed=True) \
+                + imm.to_bytes(4, "little", signed=True)
         return bytes(out)
 
 
@@ -264,47 +262,39 @@ def instructions(program: bytes) -> list[tuple[int, int, int, int, int]]:
         raise ValueError("a BPF program is a whole number of 8-byte instructions")
     out = []
     for offset in range(0, len(program), INSN_SIZE):
-        code, regs, off, imm = _INSN.unpack_from(program, offset)
+        code, regs = program[offset], program[offset + 1]
+        off = int.from_bytes(program[offset + 2:offset + 4], "little", signed=True)
+        imm = int.from_bytes(program[offset + 4:offset + 8], "little", signed=True)
         out.append((code, regs & 0xF, regs >> 4, off, imm))
     return out
 
 
 # ---------------------------------------------------------------- bpf(2)
-class _ProgLoadAttr(ctypes.Structure):
-    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
-                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
-                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
-                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
-                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16),
-                ("prog_ifindex", ctypes.c_uint32), ("expected_attach_type", ctypes.c_uint32)]
+# union bpf_attr, each command's part, laid out as the x86_64 kernel reads it
+# (little-endian u32 and u64 fields, pointers as u64); bytes where the kernel
+# only reads, a bytearray where it writes back (QUERY's count, INFO's length).
+def _u32(*values: int) -> bytes:
+    return b"".join(value.to_bytes(4, "little") for value in values)
 
 
-class _AttachAttr(ctypes.Structure):
-    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_bpf_fd", ctypes.c_uint32),
-                ("attach_type", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
-                ("replace_bpf_fd", ctypes.c_uint32)]
+def _u64(value: int) -> bytes:
+    return value.to_bytes(8, "little")
 
 
-class _QueryAttr(ctypes.Structure):
-    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
-                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
-                ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32)]
+def _prog_load_attr(program: bytes, license: bytes, log_buf: bytearray | None) -> bytes:
+    """PROG_LOAD: prog_type, insn_cnt, insns, license, log_level, log_size, log_buf,
+    kern_version, prog_flags, prog_name[16], prog_ifindex, expected_attach_type (72 bytes)."""
+    log_level, log_size, log_address = (1, len(log_buf), syscalls.address(log_buf)) \
+        if log_buf is not None else (0, 0, 0)
+    return (_u32(BPF_PROG_TYPE_CGROUP_DEVICE, len(program) // INSN_SIZE)
+            + _u64(syscalls.address(program)) + _u64(syscalls.address(license))
+            + _u32(log_level, log_size) + _u64(log_address) + _u32(0, 0)
+            + PROG_NAME.ljust(16, b"\0")[:16] + _u32(0, BPF_CGROUP_DEVICE))
 
 
-class _GetFdByIdAttr(ctypes.Structure):
-    _fields_ = [("prog_id", ctypes.c_uint32), ("next_id", ctypes.c_uint32),
-                ("open_flags", ctypes.c_uint32)]
-
-
-class _InfoAttr(ctypes.Structure):
-    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
-                ("info", ctypes.c_uint64)]
-
-
-class _ProgInfoHead(ctypes.Structure):
-    """The first fields of struct bpf_prog_info; the kernel fills only what fits."""
-
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32)]
+def _attach_attr(cgroup_fd: int, prog_fd: int, flags: int = 0) -> bytes:
+    """PROG_ATTACH/DETACH: target_fd, attach_bpf_fd, attach_type, attach_flags, replace_bpf_fd."""
+    return _u32(cgroup_fd, prog_fd, BPF_CGROUP_DEVICE, flags, 0)
 
 
 _LOG_SIZE = 256 * 1024
@@ -318,26 +308,21 @@ def load(program: bytes) -> int:
     """
     if not program or len(program) % INSN_SIZE:
         raise ValueError("a BPF program is a non-empty whole number of 8-byte instructions")
-    insns = ctypes.create_string_buffer(program, len(program))
-    license = ctypes.create_string_buffer(LICENSE)
-    attr = _ProgLoadAttr(prog_type=BPF_PROG_TYPE_CGROUP_DEVICE,
-                         insn_cnt=len(program) // INSN_SIZE,
-                         insns=ctypes.addressof(insns), license=ctypes.addressof(license),
-                         prog_name=PROG_NAME, expected_attach_type=BPF_CGROUP_DEVICE)
+    program = bytes(program)
+    license = LICENSE + b"\0"  # both referenced by the attributes until each call returns
     try:
-        return syscalls.bpf(BPF_PROG_LOAD, attr)
+        return syscalls.bpf(BPF_PROG_LOAD, _prog_load_attr(program, license, None))
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.EACCES):
             raise KernelError(f"loading the device BPF program: {os.strerror(exc.errno)}",
                               exc.errno) from None
         first_error = exc.errno
-    log_buf = ctypes.create_string_buffer(_LOG_SIZE)
-    attr.log_level, attr.log_size, attr.log_buf = 1, _LOG_SIZE, ctypes.addressof(log_buf)
-    try:
-        return syscalls.bpf(BPF_PROG_LOAD, attr)  # loads if the failure was transient
+    log_buf = bytearray(_LOG_SIZE)
+    try:  # loads if the failure was transient
+        return syscalls.bpf(BPF_PROG_LOAD, _prog_load_attr(program, license, log_buf))
     except OSError as exc:
         code = exc.errno if exc.errno != errno.ENOSPC else first_error  # ENOSPC: log truncated
-    verifier_log = log_buf.value.decode(errors="replace").strip()
+    verifier_log = log_buf.partition(b"\0")[0].decode(errors="replace").strip()
     raise KernelError(f"the kernel rejected the device BPF program ({os.strerror(code)}):\n"
                       f"{verifier_log or '(no verifier log)'}", code)
 
@@ -350,10 +335,12 @@ def _open_cgroup(cgroup_dir: str) -> int:
 
 
 def _prog_id(prog_fd: int) -> int:
-    info = _ProgInfoHead()
-    attr = _InfoAttr(bpf_fd=prog_fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    # The first fields of struct bpf_prog_info (u32 type, u32 id): the kernel
+    # fills only what fits; OBJ_GET_INFO_BY_FD: bpf_fd, info_len, info.
+    info = bytearray(8)
+    attr = bytearray(_u32(prog_fd, len(info)) + _u64(syscalls.address(info)))
     syscalls.bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
-    return info.id
+    return int.from_bytes(info[4:8], "little")
 
 
 def attach(cgroup_dir: str, program: bytes) -> int:
@@ -367,10 +354,8 @@ def attach(cgroup_dir: str, program: bytes) -> int:
     try:
         cgroup_fd = _open_cgroup(cgroup_dir)
         try:
-            attr = _AttachAttr(target_fd=cgroup_fd, attach_bpf_fd=prog_fd,
-                               attach_type=BPF_CGROUP_DEVICE, attach_flags=BPF_F_ALLOW_MULTI)
             try:
-                syscalls.bpf(BPF_PROG_ATTACH, attr)
+                syscalls.bpf(BPF_PROG_ATTACH, _attach_attr(cgroup_fd, prog_fd, BPF_F_ALLOW_MULTI))
             except OSError as exc:
                 raise KernelError(f"attach device BPF program to {cgroup_dir}: "
                                   f"{os.strerror(exc.errno)}", exc.errno) from None
@@ -389,18 +374,22 @@ def query(cgroup_dir: str) -> list[int]:
     try:
         count = 8
         while True:
-            ids = (ctypes.c_uint32 * count)()
-            attr = _QueryAttr(target_fd=cgroup_fd, attach_type=BPF_CGROUP_DEVICE,
-                              prog_ids=ctypes.addressof(ids), prog_cnt=count)
+            ids = bytearray(4 * count)  # u32[count]
+            # PROG_QUERY: target_fd, attach_type, query_flags, attach_flags (out),
+            # prog_ids, prog_cnt (in: room, out: how many); padded to 32 bytes.
+            attr = bytearray(_u32(cgroup_fd, BPF_CGROUP_DEVICE, 0, 0)
+                             + _u64(syscalls.address(ids)) + _u32(count, 0))
             try:
                 syscalls.bpf(BPF_PROG_QUERY, attr)
             except OSError as exc:
-                if exc.errno == errno.ENOSPC and attr.prog_cnt > count:
-                    count = attr.prog_cnt  # more were attached than we had room for
+                attached = int.from_bytes(attr[24:28], "little")
+                if exc.errno == errno.ENOSPC and attached > count:
+                    count = attached  # more were attached than we had room for
                     continue
                 raise KernelError(f"query device BPF programs of {cgroup_dir}: "
                                   f"{os.strerror(exc.errno)}", exc.errno) from None
-            return list(ids[:attr.prog_cnt])
+            attached = int.from_bytes(attr[24:28], "little")
+            return [int.from_bytes(ids[i:i + 4], "little") for i in range(0, 4 * attached, 4)]
     finally:
         os.close(cgroup_fd)
 
@@ -413,16 +402,15 @@ def detach(cgroup_dir: str, prog_ids: list[int]) -> None:
     try:
         for prog_id in prog_ids:
             try:
-                prog_fd = syscalls.bpf(BPF_PROG_GET_FD_BY_ID, _GetFdByIdAttr(prog_id=prog_id))
+                # GET_FD_BY_ID: prog_id, next_id, open_flags
+                prog_fd = syscalls.bpf(BPF_PROG_GET_FD_BY_ID, _u32(prog_id, 0, 0))
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     continue  # released meanwhile
                 raise KernelError(f"get fd of BPF program {prog_id}: {os.strerror(exc.errno)}",
                                   exc.errno) from None
             try:
-                attr = _AttachAttr(target_fd=cgroup_fd, attach_bpf_fd=prog_fd,
-                                   attach_type=BPF_CGROUP_DEVICE)
-                syscalls.bpf(BPF_PROG_DETACH, attr)
+                syscalls.bpf(BPF_PROG_DETACH, _attach_attr(cgroup_fd, prog_fd))
             except OSError as exc:
                 if exc.errno != errno.ENOENT:  # not (or no longer) attached here
                     raise KernelError(f"detach BPF program {prog_id} from {cgroup_dir}: "
