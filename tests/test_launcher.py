@@ -96,14 +96,18 @@ def test_site_packages_and_pth_lines_as_site_adds_them(tmp_path: Path) -> None:
 
 
 def test_a_venv_prefix_and_its_python(tmp_path: Path) -> None:
+    """sys.prefix is the venv's, and sys._stdlib_dir is still found (set after start-up,
+    the prefix does not hide it), so the interpreter's frozen modules have a __file__."""
     prefix = tmp_path / "venv"
     program = install(prefix)
     probe_package(prefix / SITE_REL)
     (prefix / "pyvenv.cfg").write_text(f"home = {Path(sys.base_prefix) / 'bin'}\n")
     (prefix / "bin" / "python").symlink_to(os.path.realpath(sys.executable))
     seen = launch(program)
-    assert seen["prefix"] == str(prefix)
+    assert seen["prefix"] == str(prefix) and seen["base_prefix"] == sys.base_prefix
     assert seen["executable"] == str(prefix / "bin" / "python")
+    assert seen["stdlib_dir"] == sysconfig.get_path("stdlib") == sys._stdlib_dir
+    assert seen["os_file"] == os.__file__
 
 
 def test_the_syscall_module_is_built_in(tmp_path: Path) -> None:
@@ -170,16 +174,3 @@ def test_the_encodings_start_up_modules_are_frozen_in_and_every_codec_still_foun
     assert seen["encodings_path"] == [os.path.join(sysconfig.get_path("stdlib"), "encodings")]
     assert seen["stdout"] == "cp1252" and seen["cp1252"] == "cp1252"
 
-
-def test_frozen_standard_modules_know_their_files(tmp_path: Path) -> None:
-    """sys._stdlib_dir is set (a venv's sys.prefix too), so the interpreter's own
-    frozen modules have a __file__ as under `python`."""
-    prefix = tmp_path / "venv"
-    program = install(prefix)
-    probe_package(prefix / SITE_REL)
-    (prefix / "pyvenv.cfg").write_text(f"home = {Path(sys.base_prefix) / 'bin'}\n")
-    (prefix / "bin" / "python").symlink_to(os.path.realpath(sys.executable))
-    seen = launch(program)
-    assert seen["stdlib_dir"] == sysconfig.get_path("stdlib") == sys._stdlib_dir
-    assert seen["os_file"] == os.__file__
-    assert seen["prefix"] == str(prefix) and seen["base_prefix"] == sys.base_prefix
