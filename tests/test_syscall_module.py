@@ -158,3 +158,19 @@ def test_address_is_where_the_bytes_are(compiled):
         assert (_cdata.c_char * 1).from_address(where).raw == b"N"
         with pytest.raises(TypeError):
             address(memoryview(data))
+
+
+def test_syscall_numbers_match_the_kernel_headers():
+    """Every SYS_* in syscalls.py is the number the installed kernel headers give
+    (those newer than the headers excepted)."""
+    import re
+
+    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+    if not header.exists():
+        pytest.skip("no kernel headers (linux-libc-dev) to compare with")
+    numbers = {name: int(number) for name, number in
+               re.findall(r"#define __NR_(\w+) (\d+)", header.read_text())}
+    ours = {name[4:]: getattr(sc, name) for name in dir(sc) if name.startswith("SYS_")}
+    assert {name: value for name, value in ours.items()
+            if name in numbers and numbers[name] != value} == {}
+    assert set(ours) - set(numbers) <= {"lsm_list_modules"}  # Linux 6.8, after Debian 12's headers

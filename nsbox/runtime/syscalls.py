@@ -9,10 +9,10 @@ All of them go through two entry points, `_syscall(number, *args)` and
 `_clone3(flags, cgroup_fd)`, with `address(data)` for a structure that
 points to bytes: built into the nsbox-runtime and nsbox programs
 (bin/syscall_module.c, which says why), or under a plain interpreter the
-same on ctypes (_cdata.py).  Arguments are ints, None,
-bytes (path names, structures the kernel reads) or a bytearray for a
-structure the kernel fills; structures are laid out here with int.to_bytes
-(x86_64, little-endian: 64-bit longs and pointers, 32-bit ints).
+same on ctypes (_cdata.py).  Arguments are ints, None, bytes (path names,
+structures the kernel reads) or a bytearray for a structure the kernel
+fills; structures are laid out here with int.to_bytes (x86_64,
+little-endian: 64-bit longs and pointers, 32-bit ints).
 """
 
 from __future__ import annotations
@@ -35,29 +35,29 @@ SYS_ioctl = 16
 SYS_socket = 41
 SYS_socketpair = 53
 SYS_flock = 73
+SYS_capget = 125
+SYS_capset = 126
+SYS_personality = 135
 SYS_statfs = 137
 SYS_fstatfs = 138
+SYS_pivot_root = 155
 SYS_prctl = 157
 SYS_mount = 165
 SYS_umount2 = 166
 SYS_sethostname = 170
 SYS_setdomainname = 171
-SYS_inotify_add_watch = 254
-SYS_inotify_init1 = 294
-SYS_pivot_root = 155
-SYS_setns = 308
-SYS_unshare = 272
-SYS_capget = 125
-SYS_capset = 126
-SYS_close_range = 436
 SYS_keyctl = 250
-SYS_pidfd_send_signal = 424
+SYS_inotify_add_watch = 254
+SYS_unshare = 272
+SYS_inotify_init1 = 294
+SYS_setns = 308
 SYS_seccomp = 317
-SYS_mount_setattr = 442
+SYS_pidfd_send_signal = 424
 SYS_open_tree = 428
 SYS_move_mount = 429
-SYS_personality = 135
 SYS_clone3 = 435
+SYS_close_range = 436
+SYS_mount_setattr = 442
 
 # clone/unshare/setns flags.
 CLONE_NEWTIME = 0x00000080
