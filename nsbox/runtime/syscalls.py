@@ -131,6 +131,16 @@ def _b(value: str | bytes | None) -> bytes | None:
     return os.fsencode(value)
 
 
+def u32s(*values: int) -> bytes:
+    """Unsigned 32-bit fields of a structure, in order (x86_64: little-endian)."""
+    return b"".join(value.to_bytes(4, "little") for value in values)
+
+
+def u64s(*values: int) -> bytes:
+    """Unsigned 64-bit fields (and pointers) of a structure, in order."""
+    return b"".join(value.to_bytes(8, "little") for value in values)
+
+
 def syscall(number: int, *args: int | bytes | bytearray | None) -> int:
     """Call syscall(2) directly; args are ints, byte strings, None or writable buffers."""
     return _check(_syscall(number, *args), f"syscall {number}")
@@ -294,7 +304,7 @@ def poll(fd: int, events: int, timeout_ms: int) -> int:
 
 def setrlimit(resource: int, soft: int, hard: int) -> None:
     """Set one resource limit of this process (prlimit64(2)); 2**64-1 is unlimited."""
-    limits = soft.to_bytes(8, "little") + hard.to_bytes(8, "little")  # struct rlimit64
+    limits = u64s(soft, hard)  # struct rlimit64
     _check(_syscall(SYS_prlimit64, 0, resource, limits, None), "setrlimit")
 
 
@@ -334,8 +344,8 @@ def capget(pid: int = 0) -> tuple[int, int, int]:
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:
     """Set the calling thread's effective, permitted and inheritable sets (64-bit masks)."""
-    data = b"".join((mask >> shift & 0xFFFFFFFF).to_bytes(4, "little")
-                    for shift in (0, 32) for mask in (effective, permitted, inheritable))
+    data = u32s(*(mask >> shift & 0xFFFFFFFF
+                  for shift in (0, 32) for mask in (effective, permitted, inheritable)))
     _check(_syscall(SYS_capset, _cap_header(0), data), "capset")
 
 
@@ -349,7 +359,7 @@ def lsm_list_modules() -> list[int]:
     count = 16
     while True:
         ids = bytearray(8 * count)  # u64[count]
-        size = bytearray(len(ids).to_bytes(4, "little"))  # u32, the kernel's answer on E2BIG
+        size = bytearray(u32s(len(ids)))  # the kernel's answer on E2BIG
         ret = _syscall(SYS_lsm_list_modules, ids, size, 0)
         needed = int.from_bytes(size, "little")
         if ret == -errno.E2BIG and needed > len(ids):
@@ -387,11 +397,6 @@ AT_RECURSIVE = 0x8000
 MS_I_VERSION = 0x800000
 
 
-def _u64s(*values: int) -> bytes:
-    """A structure of 64-bit fields (open_how, mount_attr)."""
-    return b"".join(value.to_bytes(8, "little") for value in values)
-
-
 class StatFs:
     """struct statfs as the x86_64 kernel fills it (120 bytes; f_fsid, f_spare left out)."""
 
@@ -408,7 +413,7 @@ class StatFs:
 
 def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
     """openat2(2): open PATH relative to DIRFD under the RESOLVE_* rules; returns an fd."""
-    how = _u64s(flags | os.O_CLOEXEC, mode, resolve)  # struct open_how
+    how = u64s(flags | os.O_CLOEXEC, mode, resolve)  # struct open_how
     return _check(_syscall(SYS_openat2, dirfd, _b(path), how, len(how)), "openat2", path)
 
 
@@ -427,7 +432,7 @@ def fstatfs(fd: int) -> StatFs:
 def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: int = 0,
                   propagation: int = 0, userns_fd: int = 0) -> None:
     """mount_setattr(2); pass AT_RECURSIVE in FLAGS to change a whole mount tree."""
-    attr = _u64s(attr_set, attr_clr, propagation, userns_fd)  # struct mount_attr
+    attr = u64s(attr_set, attr_clr, propagation, userns_fd)  # struct mount_attr
     _check(_syscall(SYS_mount_setattr, dirfd, _b(path), flags, attr, len(attr)),
            "mount_setattr", path)
 

@@ -271,30 +271,22 @@ def instructions(program: bytes) -> list[tuple[int, int, int, int, int]]:
 
 # ---------------------------------------------------------------- bpf(2)
 # union bpf_attr, each command's part, laid out as the x86_64 kernel reads it
-# (little-endian u32 and u64 fields, pointers as u64); bytes where the kernel
-# only reads, a bytearray where it writes back (QUERY's count, INFO's length).
-def _u32(*values: int) -> bytes:
-    return b"".join(value.to_bytes(4, "little") for value in values)
-
-
-def _u64(value: int) -> bytes:
-    return value.to_bytes(8, "little")
-
-
+# (u32 and u64 fields, pointers as u64); bytes where the kernel only reads, a
+# bytearray where it writes back (QUERY's count, INFO's length).
 def _prog_load_attr(program: bytes, license: bytes, log_buf: bytearray | None) -> bytes:
     """PROG_LOAD: prog_type, insn_cnt, insns, license, log_level, log_size, log_buf,
     kern_version, prog_flags, prog_name[16], prog_ifindex, expected_attach_type (72 bytes)."""
     log_level, log_size, log_address = (1, len(log_buf), syscalls.address(log_buf)) \
         if log_buf is not None else (0, 0, 0)
-    return (_u32(BPF_PROG_TYPE_CGROUP_DEVICE, len(program) // INSN_SIZE)
-            + _u64(syscalls.address(program)) + _u64(syscalls.address(license))
-            + _u32(log_level, log_size) + _u64(log_address) + _u32(0, 0)
-            + PROG_NAME.ljust(16, b"\0")[:16] + _u32(0, BPF_CGROUP_DEVICE))
+    return (syscalls.u32s(BPF_PROG_TYPE_CGROUP_DEVICE, len(program) // INSN_SIZE)
+            + syscalls.u64s(syscalls.address(program), syscalls.address(license))
+            + syscalls.u32s(log_level, log_size) + syscalls.u64s(log_address) + syscalls.u32s(0, 0)
+            + PROG_NAME.ljust(16, b"\0")[:16] + syscalls.u32s(0, BPF_CGROUP_DEVICE))
 
 
 def _attach_attr(cgroup_fd: int, prog_fd: int, flags: int = 0) -> bytes:
     """PROG_ATTACH/DETACH: target_fd, attach_bpf_fd, attach_type, attach_flags, replace_bpf_fd."""
-    return _u32(cgroup_fd, prog_fd, BPF_CGROUP_DEVICE, flags, 0)
+    return syscalls.u32s(cgroup_fd, prog_fd, BPF_CGROUP_DEVICE, flags, 0)
 
 
 _LOG_SIZE = 256 * 1024
@@ -338,7 +330,7 @@ def _prog_id(prog_fd: int) -> int:
     # The first fields of struct bpf_prog_info (u32 type, u32 id): the kernel
     # fills only what fits; OBJ_GET_INFO_BY_FD: bpf_fd, info_len, info.
     info = bytearray(8)
-    attr = bytearray(_u32(prog_fd, len(info)) + _u64(syscalls.address(info)))
+    attr = bytearray(syscalls.u32s(prog_fd, len(info)) + syscalls.u64s(syscalls.address(info)))
     syscalls.bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
     return int.from_bytes(info[4:8], "little")
 
@@ -377,8 +369,8 @@ def query(cgroup_dir: str) -> list[int]:
             ids = bytearray(4 * count)  # u32[count]
             # PROG_QUERY: target_fd, attach_type, query_flags, attach_flags (out),
             # prog_ids, prog_cnt (in: room, out: how many); padded to 32 bytes.
-            attr = bytearray(_u32(cgroup_fd, BPF_CGROUP_DEVICE, 0, 0)
-                             + _u64(syscalls.address(ids)) + _u32(count, 0))
+            attr = bytearray(syscalls.u32s(cgroup_fd, BPF_CGROUP_DEVICE, 0, 0)
+                             + syscalls.u64s(syscalls.address(ids)) + syscalls.u32s(count, 0))
             try:
                 syscalls.bpf(BPF_PROG_QUERY, attr)
             except OSError as exc:
@@ -403,7 +395,7 @@ def detach(cgroup_dir: str, prog_ids: list[int]) -> None:
         for prog_id in prog_ids:
             try:
                 # GET_FD_BY_ID: prog_id, next_id, open_flags
-                prog_fd = syscalls.bpf(BPF_PROG_GET_FD_BY_ID, _u32(prog_id, 0, 0))
+                prog_fd = syscalls.bpf(BPF_PROG_GET_FD_BY_ID, syscalls.u32s(prog_id, 0, 0))
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     continue  # released meanwhile

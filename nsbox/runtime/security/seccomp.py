@@ -270,8 +270,7 @@ def load_filter(program: bytes, flags: list[str] | None = None, *,
     # struct sock_fprog: unsigned short len (then 6 bytes of padding), a pointer to
     # the instructions; PROGRAM stays referenced (and bytes never move) until the call returns.
     program = bytes(program)  # the same object when it already is bytes
-    fprog = ((len(program) // SOCK_FILTER_SIZE).to_bytes(8, "little")
-             + syscalls.address(program).to_bytes(8, "little"))
+    fprog = syscalls.u64s(len(program) // SOCK_FILTER_SIZE, syscalls.address(program))
     try:
         ret = syscalls.syscall(syscalls.SYS_seccomp, SECCOMP_SET_MODE_FILTER, flag_bits, fprog)
     except OSError as exc:
