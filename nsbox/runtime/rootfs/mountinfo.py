@@ -30,11 +30,17 @@ def _unescape(field_text: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_text)
 
 
-def read_mountinfo(path: str = "/proc/self/mountinfo", *,
-                   dir_fd: int | None = None) -> list[MountInfo]:
+def read_mountinfo(path: str = "/proc/self/mountinfo", *, dir_fd: int | None = None,
+                   fstypes: frozenset[str] | None = None) -> list[MountInfo]:
+    """The mount table; with FSTYPES, only the mounts of those filesystem types
+    (the others are not parsed: a host can have hundreds, and the container's
+    init, which asks for its cgroup mounts, is on every `create`'s path)."""
     entries = []
     with open(os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)) as f:
         for line in f:
+            if fstypes is not None and \
+                    line.partition(" - ")[2].split(" ", 1)[0] not in fstypes:
+                continue
             fields = line.split()
             sep = fields.index("-")
             entries.append(MountInfo(

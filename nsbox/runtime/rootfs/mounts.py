@@ -63,6 +63,9 @@ _PROC_OVERRIDE_ALLOWED = frozenset(
 # A directory of our own, as an fd to mount onto (fd_path); never through a symlink.
 _OPEN_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
+# The host mounts host_cgroup_dir looks at: only these are read from mountinfo.
+_CGROUP_FSTYPES = frozenset(("cgroup", "cgroup2"))
+
 
 def _reachable(path: str) -> bool:
     try:
@@ -315,7 +318,7 @@ class MountBuilder:
         except OSError:
             raise UnsupportedError("the host has no /sys/fs/cgroup") from None
         lines = read_proc_cgroup()
-        mounts = [] if in_cgroupns else read_mountinfo()
+        mounts = [] if in_cgroupns else read_mountinfo(fstypes=_CGROUP_FSTYPES)
         if host_v2:
             v2 = [line for line in lines if line.hierarchy_id == 0]
             if not v2:
