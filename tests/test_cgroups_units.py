@@ -413,3 +413,35 @@ def test_climb_limit_is_our_own_cgroup2_cgroup():
     assert v2.climb_limit(os.path.join(own, "a/b/c")) == own
     assert v2.available_controllers(os.path.join(own, "x")) == set(
         open(os.path.join(own, "cgroup.controllers")).read().split())
+
+
+def test_destroy_removes_empty_cgroups_and_empties_busy_ones():
+    """cgroups.destroy on the kernel: empty directories (an exited container) go at
+    once; one that still holds a process has it killed first; the parents create made
+    go too, and nothing is left in any hierarchy."""
+    import signal
+    import subprocess
+
+    from helpers import own_cgroup_path
+
+    for leave_a_process in (False, True):
+        cid = os.urandom(6).hex()
+        paths = cgroups.resolve(f"{own_cgroup_path().rstrip('/')}/nsbox-destroy-{cid}/c", cid)
+        created = cgroups.create(paths)
+        proc = None
+        try:
+            assert all(os.path.isdir(p) for p in paths.values())
+            if leave_a_process:
+                proc = subprocess.Popen(["sleep", "60"])
+                cgroups.add_process(paths, proc.pid)
+            cgroups.destroy(paths, created)
+            if proc is not None:
+                assert proc.wait(timeout=10) == -signal.SIGKILL
+            assert [d for d in created if os.path.exists(d)] == []
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for d in sorted(created, key=len, reverse=True):
+                if os.path.isdir(d):
+                    os.rmdir(d)
