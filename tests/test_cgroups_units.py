@@ -445,3 +445,40 @@ def test_destroy_removes_empty_cgroups_and_empties_busy_ones():
             for d in sorted(created, key=len, reverse=True):
                 if os.path.isdir(d):
                     os.rmdir(d)
+
+
+def test_hierarchies_from_a_mount_table(monkeypatch):
+    """host.hierarchies: the cgroup mounts visible at their mount points, one per
+    controller set (the first listed), with a hidden one (a later mount over it),
+    an escaped space and look-alike filesystem types left out."""
+    from nsbox.runtime.cgroups import host
+
+    table = "\n".join([
+        "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw",
+        "30 22 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - tmpfs tmpfs ro,mode=755",
+        "31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:5 - cgroup2 cgroup2 rw",
+        "32 30 0:28 / /sys/fs/cgroup/cpu,cpuacct rw shared:6 - cgroup cgroup rw,cpu,cpuacct",
+        "33 30 0:29 / /sys/fs/cgroup/memory rw shared:7 - cgroup cgroup rw,memory",
+        "34 30 0:30 / /sys/fs/cgroup/pids rw shared:8 - cgroup cgroup rw,pids",
+        "35 34 0:31 / /sys/fs/cgroup/pids rw - tmpfs none rw",  # hides the pids hierarchy
+        "36 22 0:29 /sub /mnt/second\\040memory rw - cgroup cgroup rw,memory",
+        "37 22 0:32 / /mnt/lookalike rw - cgroupfs-fuse x rw",
+        "38 30 0:33 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd",
+    ]) + "\n"
+    files = {"/proc/self/mountinfo": table,
+             "/proc/cgroups": "#subsys_name\thierarchy\tnum_cgroups\tenabled\n"
+                              "cpu\t1\t1\t1\ncpuacct\t1\t1\t1\nmemory\t2\t1\t1\npids\t3\t1\t1\n"}
+    monkeypatch.setattr(host, "read_file", files.__getitem__)
+    host.hierarchies.cache_clear()
+    host._v1_controllers.cache_clear()
+    try:
+        found = {h.key: (h.mountpoint, h.root) for h in host.hierarchies()}
+    finally:
+        host.hierarchies.cache_clear()
+        host._v1_controllers.cache_clear()
+    assert found == {
+        UNIFIED: ("/sys/fs/cgroup/unified", "/"),
+        "cpu,cpuacct": ("/sys/fs/cgroup/cpu,cpuacct", "/"),
+        "memory": ("/sys/fs/cgroup/memory", "/"),  # the first listed of the two
+        "name=systemd": ("/sys/fs/cgroup/systemd", "/"),
+    }

@@ -61,15 +61,24 @@ class Hierarchy:
 def hierarchies() -> tuple[Hierarchy, ...]:
     # The mount visible at a path is the last one mounted there: a cgroup mount
     # hidden under another filesystem (a tmpfs over it) is not usable.
-    top: dict[str, tuple[str, str, str]] = {}  # mountpoint -> (fstype, root, options)
+    # Only cgroup mounts are parsed whole: a busy host has hundreds of others,
+    # of which just the mount point is needed (to know what hides what).
+    top: dict[str, tuple[str, str, str] | None] = {}  # mountpoint -> (fstype, root, options)
     for line in read_file("/proc/self/mountinfo").splitlines():
-        left, _, right = line.partition(" - ")
-        fstype, _src, opts = right.split()[:3]
-        fields = left.split()
-        top[fields[4].replace("\\040", " ")] = (fstype, fields[3], opts)
+        fields = line.split(" ", 5)  # id, parent, device, root, mount point, the rest
+        mountpoint = fields[4].replace("\\040", " ")
+        if " - cgroup" in line:
+            fstype, _src, opts = line.partition(" - ")[2].split()[:3]
+            if fstype in ("cgroup", "cgroup2"):
+                top[mountpoint] = (fstype, fields[3], opts)
+                continue
+        top[mountpoint] = None
     found: dict[str, Hierarchy] = {}
     known = set(_v1_controllers())
-    for mountpoint, (fstype, root, opts) in top.items():
+    for mountpoint, entry in top.items():
+        if entry is None:
+            continue
+        fstype, root, opts = entry
         if fstype == "cgroup2":
             key = UNIFIED
         elif fstype == "cgroup":
