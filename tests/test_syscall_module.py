@@ -174,3 +174,33 @@ def test_syscall_numbers_match_the_kernel_headers():
     assert {name: value for name, value in ours.items()
             if name in numbers and numbers[name] != value} == {}
     assert set(ours) - set(numbers) <= {"lsm_list_modules"}  # Linux 6.8, after Debian 12's headers
+
+
+def test_a_plain_interpreter_runs_containers_through_ctypes(bundle, runtime_root,
+                                                             register_runtime, container_id):
+    """The runtime under `python` (the script launcher a build without a compiler
+    installs) takes the ctypes entry points, in the init after pivot_root too:
+    mounts, /dev, capabilities, rlimits, a tmpfs and a seccomp filter."""
+    import sys
+
+    import helpers
+
+    def edit(spec: dict) -> None:
+        spec["process"]["args"] = ["sh", "-c", "mkdir /tmp/x 2>/dev/null && exit 3; "
+                                   "test -c /dev/null && grep -q ' /tmp tmpfs' /proc/mounts "
+                                   "&& exit 7"]
+        spec["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                               "options": ["nosuid", "nodev"]})
+        spec["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW",
+                                    "architectures": ["SCMP_ARCH_X86_64"],
+                                    "syscalls": [{"names": ["mkdir", "mkdirat"],
+                                                  "action": "SCMP_ACT_ERRNO"}]}
+
+    helpers.write_config(bundle, edit)
+    script = [sys.executable, str(REPO / "bin" / "nsbox-runtime"), "--root", str(runtime_root)]
+    register_runtime(script)
+    probe = "import sys, nsbox.runtime.syscalls as sc; print(sc._syscall.__module__)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "nsbox.runtime._cdata"
+    proc = helpers.run_cli(script, "run", "--bundle", str(bundle), container_id, check=False)
+    assert proc.returncode == 7, proc  # mkdir refused by seccomp, /dev and the tmpfs there
