@@ -32,10 +32,10 @@
  *   NSBOX_RUNTIME_FAST 1: linked with runtime_fast.c, which does `start` and
  *                      `delete` of a plain container without Python
  *   NSBOX_CODE_BUNDLE  1: import the package's modules from its code bundle
+ *                      (nsbox/_codebundle.py)
  *   NSBOX_SYSCALL_MODULE 1: linked with syscall_module.c, built in as the
  *                      module `_nsbox_syscall` (nsbox/runtime/syscalls.py's
  *                      system calls without ctypes)
- *                      (nsbox/_codebundle.py)
  *   NSBOX_BASE_PATH    the base interpreter's module path (stdlib, lib-dynload)
  *   NSBOX_SITE_REL     site-packages relative to the installation's prefix
  *   NSBOX_PREFIX       the prefix the build was for (pip builds with the
