@@ -139,12 +139,21 @@ _MASK64 = (1 << 64) - 1
 _buffer_types: dict[int, type] = {}
 
 
+def _over(buffer: object) -> object:
+    """A c_char array over BUFFER's memory (writable), its array type made once a size."""
+    size = memoryview(buffer).nbytes
+    array = _buffer_types.get(size)
+    if array is None:
+        array = _buffer_types[size] = c_char * size
+    return array.from_buffer(buffer)
+
+
 def address(data: bytes | bytearray) -> int:
     """Where DATA's bytes are (a c_char_p points into a bytes object, not to a copy)."""
     if isinstance(data, bytes):
         return c_void_p.from_buffer(c_char_p(data)).value
     if isinstance(data, bytearray):  # no memory behind an empty one: NULL
-        return addressof((c_char * len(data)).from_buffer(data)) if data else 0
+        return addressof(_over(data)) if data else 0
     raise TypeError("address() takes bytes or a bytearray")
 
 
@@ -158,11 +167,7 @@ def raw_syscall(number: int, *args: int | bytes | None | object) -> int:
         elif isinstance(arg, int):
             c_args.append(c_ulong(arg & _MASK64))
         else:
-            size = memoryview(arg).nbytes
-            array = _buffer_types.get(size)
-            if array is None:
-                array = _buffer_types[size] = c_char * size
-            c_args.append(array.from_buffer(arg))
+            c_args.append(_over(arg))
     result = _libc.syscall(c_long(number), *c_args)
     return result if result >= 0 else -get_errno()
 
