@@ -161,6 +161,16 @@ def _create(rt: Runtime, state: ContainerState, spec: Spec, rootfs: str, plan: N
     cleanup.cgroup_paths = state.cgroup_paths
     parent_chan, child_chan = ch.Channel.pair()
     cleanup.closers.append(parent_chan)
+    if initmod.shares_runtime_memory(spec, plan, ctx):
+        pid = _clone_init(state, created_cgroups, cgroup_plan, ctx, plan, parent_chan, child_chan,
+                          rt.store.dir(state.id))
+        if pid:
+            cleanup.init_pid = pid
+            _await_init(parent_chan, pid, cleanup, ch.CREATED)
+            state.pid = pid
+            state.pid_start_time = process_start_time(pid) or 0
+            _created(rt, state, opts, cleanup, pid)
+            return
     # One fork where it suffices (init.single_stage_ok): the init itself,
     # born in its pid namespace; else stage 1, which forks the init.
     single = initmod.single_stage_ok(spec, plan)
@@ -214,6 +224,48 @@ def _create(rt: Runtime, state: ContainerState, spec: Spec, rootfs: str, plan: N
                     hooks.run_hooks(kind, spec.hooks[kind], hook_state)
         parent_chan.send(ch.HOOKS_DONE, state=hook_state)  # now with the init's pid
         parent_chan.expect(ch.CREATED)
+    _created(rt, state, opts, cleanup, init_pid)
+
+
+def _clone_init(state: ContainerState, created_cgroups: list[str], cgroup_plan, ctx, plan,
+                parent_chan, child_chan, state_dir: str) -> int:
+    """The init as a child sharing our memory (init.shares_runtime_memory); 0
+    if the kernel refuses that clone, and the caller forks instead.
+
+    We wait while it runs, so what the forked init waits for comes first:
+    the limits, and `go`.
+    """
+    from nsbox.runtime import channel as ch
+    from nsbox.runtime import init as initmod
+    from nsbox.runtime import namespaces as nsmod
+
+    if cgroup_plan is not None:
+        from nsbox.runtime.cgroups.manager import Manager
+
+        Manager(state.cgroup_paths, created_cgroups).apply_plan(cgroup_plan)
+    parent_chan.send(ch.GO)
+    runtime_fd, init_fd = parent_chan.fd, child_chan.fd
+    try:
+        pid = cgroups.clone_init_into(
+            state.cgroup_paths, plan.new_flags & nsmod.NAMESPACES["pid"][0],
+            lambda: initmod.init_in_runtime_memory(ctx, child_chan, runtime_fd),
+            state_dir, created_cgroups)
+    except OSError as exc:
+        log.debug("clone_init refused (%s): forking the init", exc)
+        child_chan.recv()  # our `go`, unread: the forked init waits for its own
+        return 0
+    log.debug("container init %d ran in the runtime's memory", pid)
+    # The init closed its Channel object, which is ours too; the fd is still ours.
+    os.close(init_fd)
+    child_chan.fd = -1
+    return pid
+
+
+def _created(rt: Runtime, state: ContainerState, opts: CreateOptions, cleanup: _Cleanup,
+             init_pid: int) -> None:
+    """The init has said `created`: record the container."""
+    from nsbox.runtime import namespaces as nsmod
+
     state.namespace_paths = nsmod.namespace_paths(init_pid)
     rt.store.save(state)
     if opts.pid_file:

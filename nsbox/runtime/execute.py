@@ -193,11 +193,11 @@ def _grandchild(spec, process, chan, opts, seccomp_bpf, runtime_exe, console_fd,
             console.make_controlling_tty(slave)
         # Everything that can fail happens before "created", so `exec` reports
         # it; the channel stays open (close-on-exec) to report a failing execve.
-        path, env = procmod.prepare_process(spec, process, preserve_fds=opts.preserve_fds,
+        arguments = procmod.prepare_process(spec, process, preserve_fds=opts.preserve_fds,
                                             seccomp_bpf=seccomp_bpf, runtime_exe=runtime_exe,
                                             extra_env=opts.extra_env or None, seccomp_agent=agent)
         chan.send(ch.CREATED)
-        procmod.exec_process(path, process.args, env)
+        procmod.exec_process(*arguments)
     except NsboxError as exc:
         _report_late(chan, str(exc))
     except Exception as exc:  # noqa: BLE001

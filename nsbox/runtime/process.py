@@ -22,6 +22,7 @@ from nsbox._record import record
 from nsbox.errors import BundleError, ConfigError, KernelError, SecurityError
 from nsbox.runtime import syscalls as sc
 from nsbox.runtime.spec import PERSONALITY_DOMAINS, Process, Spec
+from nsbox.runtime.syscalls import SIGPIPE, SIGXFSZ
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -178,16 +179,15 @@ def finish_and_exec(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
                     runtime_exe: tuple[int, int], extra_env: dict[str, str] | None = None,
                     seccomp_agent: SeccompAgent | None = None) -> None:
     """Apply the process attributes and execve it; only returns by raising."""
-    path, env = prepare_process(spec, process, preserve_fds=preserve_fds, seccomp_bpf=seccomp_bpf,
-                                runtime_exe=runtime_exe, extra_env=extra_env,
-                                seccomp_agent=seccomp_agent)
-    exec_process(path, process.args, env)
+    exec_process(*prepare_process(spec, process, preserve_fds=preserve_fds, seccomp_bpf=seccomp_bpf,
+                                  runtime_exe=runtime_exe, extra_env=extra_env,
+                                  seccomp_agent=seccomp_agent))
 
 
 def prepare_process(spec: Spec, process: Process, *, preserve_fds: int, seccomp_bpf: bytes | None,
                     runtime_exe: tuple[int, int], extra_env: dict[str, str] | None = None,
-                    seccomp_agent: SeccompAgent | None = None) -> tuple[str, dict[str, str]]:
-    """Everything before execve that can fail; returns (program path, environment).
+                    seccomp_agent: SeccompAgent | None = None) -> ExecArguments:
+    """Everything before execve that can fail; returns execve's arguments.
 
     The caller runs this before it reports the process ready, so each failure is
     the error of `create` (or `exec`), as with runc.  Once the seccomp filter is
@@ -202,6 +202,10 @@ def prepare_process(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
         env.update(extra_env)
     if "HOME" not in env:
         env["HOME"] = home_from_passwd(process.user.uid)
+    # Python ignores SIGPIPE and SIGXFSZ for itself, and an ignored signal
+    # stays ignored across execve: the program gets them as under runc.
+    for signum in (SIGPIPE, SIGXFSZ):
+        sc.default_signal_action(signum)
     apply_rlimits(process)
     if process.user.umask is not None:
         os.umask(process.user.umask)
@@ -245,17 +249,35 @@ def prepare_process(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
         sc.set_no_new_privs()
     if ruleset is not None:
         ruleset.enforce()  # after the identity change, before the seccomp filter
+    arguments = exec_arguments(path, process.args, env)
     if seccomp_bpf is not None:
         _load_seccomp(seccomp_bpf, seccomp_section, seccomp_agent)
-    return path, env
+    return arguments
 
 
-def exec_process(path: str, args: list[str], env: dict[str, str]) -> None:
+ExecArguments = tuple  # (path, argv, envp): bytes, list of bytes, list of b"NAME=value"
+
+
+def exec_arguments(path: str, args: list[str], env: dict[str, str]) -> ExecArguments:
+    """execve's arguments as the kernel takes them, refused here (before the
+    process is reported ready) where os.execve would refuse them at the last step."""
+    envp = []
+    for name, value in env.items():
+        if not name:
+            raise BundleError("process.env: a variable without a name")
+        envp.append(os.fsencode(f"{name}={value}"))
+    encoded = (os.fsencode(path), [os.fsencode(arg) for arg in args], envp)
+    if any(b"\0" in item for item in (encoded[0], *encoded[1], *envp)):
+        raise BundleError("process: a NUL byte in process.args or process.env")
+    return encoded
+
+
+def exec_process(path: bytes, argv: list[bytes], envp: list[bytes]) -> None:
     """execve; only returns by raising."""
     try:
-        os.execve(path, args, env)
+        os.execve(path, argv, dict(item.split(b"=", 1) for item in envp))
     except OSError as exc:
-        raise KernelError(f"exec {path}: {exc.strerror}", exc.errno) from None
+        raise KernelError(f"exec {os.fsdecode(path)}: {exc.strerror}", exc.errno) from None
 
 
 def _chdir(cwd: str, retry_as_user: bool) -> bool:

@@ -28,9 +28,14 @@ except ImportError:  # a plain interpreter: the same on ctypes
     from nsbox.runtime._cdata import address  # noqa: F401
     from nsbox.runtime._cdata import clone3 as _clone3
     from nsbox.runtime._cdata import raw_syscall as _syscall
+try:
+    from _nsbox_syscall import clone_init as _clone_init
+except ImportError:  # a plain interpreter, or not x86-64: the init is forked
+    _clone_init = None
 
 # Syscall numbers (x86_64).
 SYS_poll = 7
+SYS_rt_sigaction = 13
 SYS_ioctl = 16
 SYS_socket = 41
 SYS_socketpair = 53
@@ -256,6 +261,45 @@ def clone_fork(ns_flags: int = 0, cgroup_fd: int = -1) -> int:
     """
     flags = ns_flags | (CLONE_INTO_CGROUP if cgroup_fd >= 0 else 0)
     return _check(_clone3(flags, cgroup_fd), "clone3")
+
+
+SIGPIPE = 13
+SIGXFSZ = 25
+
+
+def default_signal_action(signum: int) -> None:
+    """SIGNUM's action back to the default, for this process alone.
+
+    rt_sigaction(2) itself, not the signal module: that module keeps its
+    table of handlers in the interpreter's memory, which a container's
+    init may share with the runtime (clone_init).
+    """
+    # struct sigaction as the kernel takes it: handler (SIG_DFL = 0), flags,
+    # restorer, mask; 8 bytes of signal set.
+    _check(_syscall(SYS_rt_sigaction, signum, bytes(32), None, 8), f"rt_sigaction {signum}")
+
+
+def can_clone_init() -> bool:
+    """Whether clone_init() is there (the launchers' built-in module, on x86-64)."""
+    return _clone_init is not None
+
+
+def clone_init(ns_flags: int, cgroup_fd: int, setup, state_dir: str, cgroup_dirs: list[str]) -> int:
+    """The container's init as a child that shares our memory until its execve; its pid.
+
+    The child is born in the new namespaces of NS_FLAGS and, given
+    CGROUP_FD, in that cgroup2 directory, as with clone_fork(); it runs
+    SETUP() with the interpreter while we wait, and execs in C what SETUP
+    returns once `start` writes to the exec fifo (bin/syscall_module.c
+    says how, and init.init_in_runtime_memory what SETUP must do).  Should
+    the child die while it runs Python, this process removes STATE_DIR and
+    CGROUP_DIRS, reports it on stderr and exits 1: the interpreter it would
+    go on with is in the dead child's state.  OSError when the kernel
+    refuses the clone: then nothing ran, and the caller forks instead.
+    """
+    flags = ns_flags | (CLONE_INTO_CGROUP if cgroup_fd >= 0 else 0)
+    return _check(_clone_init(flags, cgroup_fd, setup, os.fsencode(state_dir),
+                              [os.fsencode(d) for d in cgroup_dirs]), "clone3")
 
 
 def socketpair_seqpacket() -> tuple[int, int]:

@@ -211,6 +211,25 @@ def fork_into(paths: dict[str, str], ns_flags: int = 0) -> tuple[int, bool]:
     return os.fork(), False
 
 
+def clone_init_into(paths: dict[str, str], ns_flags: int, setup, state_dir: str,
+                    created_dirs: list[str]) -> int:
+    """syscalls.clone_init with the child born in PATHS' cgroup2 directory, if
+    there is one (moving it there later would cost what fork_into avoids).
+
+    OSError when that directory cannot be opened or the kernel refuses the
+    clone: nothing ran, and the caller forks instead.
+    """
+    from nsbox.runtime import syscalls as sc
+
+    unified = paths.get(UNIFIED)
+    fd = os.open(unified, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if unified else -1
+    try:
+        return sc.clone_init(ns_flags, fd, setup, state_dir, created_dirs)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def pids(paths: dict[str, str]) -> list[int]:
     """Every process in the container's cgroup (recursively)."""
     for key in (UNIFIED, "pids", "freezer", "memory", "cpu,cpuacct", "cpu"):
