@@ -222,3 +222,23 @@ def test_on_cgroup_v2_the_shared_init_is_born_in_its_cgroup(runtime, run_runtime
     run_runtime("run", "--detach", "--bundle", str(bundle), container_id + "-2")
     pid = json.loads(run_runtime("state", container_id + "-2").stdout)["pid"]
     assert Path(f"/proc/{pid}/cgroup").read_text().strip() == f"0::{cg_path}"
+
+
+def test_exec_waits_for_the_containers_lock(run_runtime, runtime, runtime_root, bundle_factory,
+                                            container_id):
+    """`create` and `run` hold the container's lock while its init still shares
+    their memory (until its execve): `exec` must take it before it enters."""
+    import fcntl
+    import time
+
+    from nsbox.runtime.state import LOCK_FILE
+
+    bundle = bundle_factory(args=["sleep", "30"])
+    run_runtime("run", "--detach", "--bundle", str(bundle), container_id)
+    with open(runtime_root / container_id / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiting = subprocess.Popen([*runtime, "exec", container_id, "true"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        assert waiting.poll() is None  # still waiting for the lock
+    assert waiting.wait(timeout=30) == 0, waiting.stderr.read()

@@ -75,6 +75,9 @@ class Runtime:
         # container could reach our binary (security/exe_guard.py).
         self.reexec_sealed = None
         self.seccomp_cache_dir = os.path.join(self.store.root, ".seccomp-cache")
+        # Container id -> its lock, taken by `create` when the init shares our
+        # memory (create.py's _created says why) and given up by `start`.
+        self.held_locks: dict = {}
 
     # ------------------------------------------------------------------ create
     def create(self, container_id: str, opts: CreateOptions) -> ContainerState:
@@ -88,7 +91,8 @@ class Runtime:
 
     def _start(self, state: ContainerState) -> None:
         container_id = state.id
-        with self.store.lock(container_id):
+        # `run`: the lock create took and holds, else a new one.
+        with self.held_locks.pop(container_id, None) or self.store.lock(container_id):
             status = self.store.status(state)
             if status != CREATED:
                 raise InvalidState(f"cannot start a container that is {status}")
@@ -345,7 +349,10 @@ class Runtime:
         from nsbox.runtime import execute
 
         st = self.store.load(container_id)
-        status = self.store.status(st)
+        # Taken and given up: a `create` or `run` whose init still shares its
+        # memory holds it until that ends (create.py's _created).
+        with self.store.lock(container_id):
+            status = self.store.status(st)
         if status not in (RUNNING, CREATED):
             raise InvalidState(f"cannot exec in a container that is {status}")
         self._guard_exe(opts.process)

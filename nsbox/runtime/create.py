@@ -113,6 +113,9 @@ def create(rt: Runtime, container_id: str, opts: CreateOptions) -> ContainerStat
         _create(rt, state, spec, rootfs, plan, opts, seccomp_bpf, cleanup,
                 cgroup_plan=cgroup_plan)
     except BaseException:
+        lock = rt.held_locks.pop(container_id, None)
+        if lock is not None:
+            lock.__exit__(None, None, None)
         cleanup.run()
         raise
     return state
@@ -169,7 +172,7 @@ def _create(rt: Runtime, state: ContainerState, spec: Spec, rootfs: str, plan: N
             _await_init(parent_chan, pid, cleanup, ch.CREATED)
             state.pid = pid
             state.pid_start_time = process_start_time(pid) or 0
-            _created(rt, state, opts, cleanup, pid)
+            _created(rt, state, opts, cleanup, pid, shared=True)
             return
     # One fork where it suffices (init.single_stage_ok): the init itself,
     # born in its pid namespace; else stage 1, which forks the init.
@@ -262,11 +265,23 @@ def _clone_init(state: ContainerState, created_cgroups: list[str], cgroup_plan, 
 
 
 def _created(rt: Runtime, state: ContainerState, opts: CreateOptions, cleanup: _Cleanup,
-             init_pid: int) -> None:
-    """The init has said `created`: record the container."""
+             init_pid: int, shared: bool = False) -> None:
+    """The init has said `created`: record the container.
+
+    SHARED: the init still shares our memory, until its execve.  A process
+    `exec` puts into the container meanwhile, given CAP_SYS_PTRACE, could
+    write to the init's memory, which is this process's: so the container's
+    lock is taken before the container is visible, and held until that
+    ends: by `run` through its `start`, by `create` until it exits.  `exec`
+    takes the lock before it enters the container.
+    """
     from nsbox.runtime import namespaces as nsmod
 
     state.namespace_paths = nsmod.namespace_paths(init_pid)
+    if shared:
+        lock = rt.store.lock(state.id)
+        lock.__enter__()
+        rt.held_locks[state.id] = lock
     rt.store.save(state)
     if opts.pid_file:
         write_pid_file(opts.pid_file, init_pid)

@@ -19,6 +19,14 @@ Without a user or time namespace one process does it all (`init_direct`):
 the runtime forks the init straight into its new pid namespace, and the
 init does stage 1's namespace work itself before going on as stage 2.  A
 Python fork and a child's copy-on-write faults fewer: ~1 ms of `create`.
+
+Where the runtime need not act during the set-up (no user namespace, no
+hooks, a new pid namespace) the init is not even a fork: it shares the
+runtime's memory until its execve (`init_in_runtime_memory`, through
+syscalls.clone_init), runs this module's code with the runtime's own
+interpreter while the runtime waits, and leaves the wait for `start` and
+the execve to C.  No page is copied, and execve tears nothing down:
+~2 ms of a `run`.
 """
 
 from __future__ import annotations
@@ -221,6 +229,8 @@ def init_in_runtime_memory(ctx: InitContext, chan: ch.Channel, runtime_fd: int) 
         _report(chan, f"container init: {exc}", ctx.fifo_fd)
     except Exception as exc:  # noqa: BLE001 - the interpreter must go back whole
         _report(chan, f"container init: {exc.__class__.__name__}: {exc}", ctx.fifo_fd)
+    except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt: the runtime's SIGINT, run here
+        _report(chan, f"container init: interrupted ({exc.__class__.__name__})", ctx.fifo_fd)
     return None
 
 

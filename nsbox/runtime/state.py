@@ -257,6 +257,8 @@ class _Lock:
         self.fd = -1
 
     def __enter__(self) -> None:
+        if self.fd >= 0:
+            return  # already held (Runtime.held_locks): a `with` then just ends it
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
@@ -273,6 +275,7 @@ class _Lock:
 
     def __exit__(self, *exc) -> None:
         os.close(self.fd)
+        self.fd = -1
 
 
 def wait_gone(pid: int, start_time: int | None, timeout: float = 5.0) -> None:
