@@ -75,9 +75,6 @@ class Runtime:
         # container could reach our binary (security/exe_guard.py).
         self.reexec_sealed = None
         self.seccomp_cache_dir = os.path.join(self.store.root, ".seccomp-cache")
-        # Container id -> its lock, taken by `create` when the init shares our
-        # memory (create.py's _created says why) and given up by `start`.
-        self.held_locks: dict = {}
 
     # ------------------------------------------------------------------ create
     def create(self, container_id: str, opts: CreateOptions) -> ContainerState:
@@ -91,8 +88,8 @@ class Runtime:
 
     def _start(self, state: ContainerState) -> None:
         container_id = state.id
-        # `run`: the lock create took and holds, else a new one.
-        with self.held_locks.pop(container_id, None) or self.store.lock(container_id):
+        # In `run`, the lock create took and kept (create.py's _created): this ends it.
+        with self.store.lock(container_id):
             status = self.store.status(state)
             if status != CREATED:
                 raise InvalidState(f"cannot start a container that is {status}")

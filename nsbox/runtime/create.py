@@ -113,9 +113,7 @@ def create(rt: Runtime, container_id: str, opts: CreateOptions) -> ContainerStat
         _create(rt, state, spec, rootfs, plan, opts, seccomp_bpf, cleanup,
                 cgroup_plan=cgroup_plan)
     except BaseException:
-        lock = rt.held_locks.pop(container_id, None)
-        if lock is not None:
-            lock.__exit__(None, None, None)
+        rt.store.release_held_lock(container_id)
         cleanup.run()
         raise
     return state
@@ -272,16 +270,15 @@ def _created(rt: Runtime, state: ContainerState, opts: CreateOptions, cleanup: _
     `exec` puts into the container meanwhile, given CAP_SYS_PTRACE, could
     write to the init's memory, which is this process's: so the container's
     lock is taken before the container is visible, and held until that
-    ends: by `run` through its `start`, by `create` until it exits.  `exec`
-    takes the lock before it enters the container.
+    ends: by `run` through its `start` (the next lock() in this process),
+    by `create` until it exits.  `exec` takes the lock before it enters the
+    container.
     """
     from nsbox.runtime import namespaces as nsmod
 
     state.namespace_paths = nsmod.namespace_paths(init_pid)
     if shared:
-        lock = rt.store.lock(state.id)
-        lock.__enter__()
-        rt.held_locks[state.id] = lock
+        rt.store.hold_lock(state.id)
     rt.store.save(state)
     if opts.pid_file:
         write_pid_file(opts.pid_file, init_pid)

@@ -227,8 +227,25 @@ class StateStore:
             shutil.rmtree(path, ignore_errors=True)
 
     def lock(self, container_id: str) -> _Lock:
-        """An exclusive lock serialising commands on one container (a context manager)."""
-        return _Lock(os.path.join(self.dir(container_id), LOCK_FILE), container_id)
+        """An exclusive lock serialising commands on one container (a context manager).
+
+        If this process keeps it (hold_lock), that lock, already held: the
+        `with` block then ends the keeping.
+        """
+        path = os.path.join(self.dir(container_id), LOCK_FILE)
+        return _held_locks.pop(path, None) or _Lock(path, container_id)
+
+    def hold_lock(self, container_id: str) -> None:
+        """Take the container's lock and keep it until this process's next
+        lock() of that container ends, or until it exits (create.py's _created)."""
+        lock = self.lock(container_id)
+        lock.__enter__()
+        _held_locks[lock.path] = lock
+
+    def release_held_lock(self, container_id: str) -> None:
+        held = _held_locks.pop(os.path.join(self.dir(container_id), LOCK_FILE), None)
+        if held is not None:
+            held.__exit__(None, None, None)
 
     def status(self, state: ContainerState) -> str:
         """The truthful status: derived from the live process, never cached."""
@@ -276,6 +293,11 @@ class _Lock:
     def __exit__(self, *exc) -> None:
         os.close(self.fd)
         self.fd = -1
+
+
+# Locks this process took and keeps (StateStore.hold_lock), by path: process-wide,
+# since the engine calls create and start through separate Runtime objects.
+_held_locks: dict[str, _Lock] = {}
 
 
 def wait_gone(pid: int, start_time: int | None, timeout: float = 5.0) -> None:
