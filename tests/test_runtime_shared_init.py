@@ -242,3 +242,27 @@ def test_exec_waits_for_the_containers_lock(run_runtime, runtime, runtime_root, 
         time.sleep(0.5)
         assert waiting.poll() is None  # still waiting for the lock
     assert waiting.wait(timeout=30) == 0, waiting.stderr.read()
+
+
+REFUSE_CLONE3 = """
+import os, sys
+from nsbox.runtime.security import seccomp, seccomp_compile
+section = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+           "syscalls": [{"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]}
+seccomp.load_filter(seccomp_compile.compile_filter(section))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+@needs_clone_init
+def test_a_runtime_refused_clone3_forks_the_init(runtime, bundle_factory, container_id, tmp_path):
+    """Under a filter that answers clone3 with ENOSYS (Docker's default profile
+    does), clone_init and the fork through clone3 are refused: the runtime
+    falls back to a plain fork, and the container runs."""
+    bundle = bundle_factory(args=["sh", "-c", "echo $$"])
+    result = subprocess.run([sys.executable, "-c", REFUSE_CLONE3, *runtime, "--debug", "run",
+                             "--bundle", str(bundle), container_id],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"  # the init of its pid namespace, made by fork and unshare
+    assert "forking the init" in result.stderr, result.stderr
