@@ -35,21 +35,24 @@
  *
  * clone_init(flags, cgroup_fd, setup, state_dir, cgroup_dirs) -> int
  *     The container's init as a process that shares the runtime's memory
- *     (CLONE_VM) until its execve, where a fork would copy it (x86-64 only:
- *     elsewhere the module has no clone_init).  The child runs on a stack of its own, with
- *     the interpreter handed to it while the runtime waits: it calls
- *     SETUP(), which does the init's set-up in Python and returns None
- *     (it failed and said why) or (exec_fifo_fd, path, argv, envp) as
- *     bytes and lists of bytes.  The child then hands the interpreter back
- *     and goes on in C alone: it waits for `start`'s byte on the exec fifo
- *     and execve()s, or writes execve's error into the fifo.  FLAGS and
- *     CGROUP_FD are clone3's, as for clone3() above.  Returns the child's
- *     pid once it has handed the interpreter back, -errno when the kernel
- *     refuses the clone (nothing ran).  Should the child die while it holds
- *     the interpreter (SIGKILL, a seccomp filter that kills), the
- *     interpreter's state is the dead child's, so this process runs no more
- *     Python: it reaps the child, removes CGROUP_DIRS (last first) and
- *     STATE_DIR with the files in it, says so on stderr and exits 1.
+ *     (CLONE_VM) until its execve, where a fork would copy it (x86-64
+ *     only: elsewhere the module has no clone_init).  The child runs on a
+ *     stack of its own, with the interpreter handed to it while the
+ *     runtime waits (and its garbage collector off): it calls SETUP(),
+ *     which does the init's set-up in Python and returns None (it failed
+ *     and said why) or (exec_fifo_fd, path, argv, envp) as bytes and lists
+ *     of bytes.  The child then hands the interpreter back and goes on in
+ *     C alone: it waits for `start`'s byte on the exec fifo and execve()s,
+ *     or writes execve's error into the fifo.  FLAGS and CGROUP_FD are
+ *     clone3's, as for clone3() above.  Returns the child's pid once it
+ *     has handed the interpreter back; -errno when the kernel refuses the
+ *     clone, or -EDEADLK when this process has another thread, which could
+ *     take the interpreter meanwhile (nothing ran; the caller forks).
+ *     Should the child die while it holds the interpreter (SIGKILL, a
+ *     seccomp filter that kills), the interpreter's state is the dead
+ *     child's, so this process runs no more Python: it reaps the child,
+ *     removes CGROUP_DIRS (last first) and STATE_DIR with the files in it,
+ *     says so on stderr and exits 1.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -60,6 +63,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -339,6 +343,29 @@ static int shared_init_main(void *arg)
     return 1;
 }
 
+/* Whether this process has one thread: another could take the interpreter
+ * while the child of clone_init holds it (/proc/self/stat's 20th field). */
+static int single_threaded(void)
+{
+    char buffer[1024], *field;
+    ssize_t n;
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC), count = 0;
+
+    if (fd < 0)
+        return 0;
+    n = read(fd, buffer, sizeof buffer - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buffer[n] = '\0';
+    field = strrchr(buffer, ')'); /* after the command name, which may hold anything */
+    for (int i = 2; field != NULL && i < 20; i++) /* field 2 ends at ')' */
+        field = strchr(field + 1, ' ');
+    if (field != NULL)
+        count = atoi(field + 1);
+    return count == 1;
+}
+
 /* The child died holding the interpreter: clean up without it and exit. */
 static void abandon_create(long pid, const char *state_dir, char **cgroup_dirs, Py_ssize_t count)
 {
@@ -387,11 +414,14 @@ static PyObject *nsbox_clone_init(PyObject *module, PyObject *args)
     long pid;
     ssize_t n = 0;
     Py_ssize_t cgroup_count;
+    int gc_was_enabled;
 
     (void)module;
     if (!PyArg_ParseTuple(args, "KiOSO!:clone_init", &flags, &cgroup_fd, &setup, &state_dir,
                           &PyList_Type, &cgroup_dir_list))
         return NULL;
+    if (!single_threaded())
+        return PyLong_FromLong(-EDEADLK); /* the caller forks instead */
     /* Copies for abandon_create, which cannot use Python objects. */
     state_dir_copy = strdup(PyBytes_AS_STRING(state_dir));
     cgroup_dirs = c_strings(cgroup_dir_list);
@@ -420,6 +450,9 @@ static PyObject *nsbox_clone_init(PyObject *module, PyObject *args)
     if (cgroup_fd >= 0)
         clone_args.cgroup = (uint64_t)cgroup_fd;
 
+    /* The child must not collect the runtime's garbage: a finalizer would
+     * run there (an fd closed in its table, not ours). */
+    gc_was_enabled = PyGC_Disable();
     init->tstate = PyEval_SaveThread(); /* the child takes it */
     pid = clone3_calling(&clone_args, shared_init_main, init);
     close(fds[1]);
@@ -432,6 +465,8 @@ static PyObject *nsbox_clone_init(PyObject *module, PyObject *args)
     if (pid > 0 && n != 1)
         abandon_create(pid, state_dir_copy, cgroup_dirs, cgroup_count);
     PyEval_RestoreThread(init->tstate);
+    if (gc_was_enabled)
+        PyGC_Enable();
     Py_DECREF(setup);
     if (pid < 0)
         munmap(stack, INIT_STACK_SIZE); /* -errno: nothing ran */

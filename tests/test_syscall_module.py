@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -204,3 +205,60 @@ def test_a_plain_interpreter_runs_containers_through_ctypes(bundle, runtime_root
                           check=True).stdout.strip() == "nsbox.runtime._cdata"
     proc = helpers.run_cli(script, "run", "--bundle", str(bundle), container_id, check=False)
     assert proc.returncode == 7, proc  # mkdir refused by seccomp, /dev and the tmpfs there
+
+
+CLONE_INIT_SCRIPT = """
+import os, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import _nsbox_syscall as module
+
+ran_in = []
+def setup():
+    ran_in.append(os.getpid())  # the child's pid, appended to the list we see
+    return None
+pid = module.clone_init(0, -1, setup, b"/nonexistent", [])
+_, status = os.waitpid(pid, 0)
+print("failed-setup", ran_in == [pid], os.waitstatus_to_exitcode(status))
+
+fifo_path = os.path.join(sys.argv[2], "exec.fifo")
+os.mkfifo(fifo_path)
+fifo = os.open(fifo_path, os.O_RDWR)  # as the runtime holds the exec fifo
+def setup_exec():
+    return (fifo, b"/bin/sh", [b"sh", b"-c", b"echo $GREETING"], [b"GREETING=hi"])
+pid = module.clone_init(0, -1, setup_exec, b"/nonexistent", [])
+sys.stdout.flush()
+os.write(fifo, b"0")  # `start`
+_, status = os.waitpid(pid, 0)
+print("exec", os.waitstatus_to_exitcode(status))
+
+def setup_missing():
+    return (fifo, b"/no/such/program", [b"x"], [])
+pid = module.clone_init(0, -1, setup_missing, b"/nonexistent", [])
+os.write(fifo, b"0")
+_, status = os.waitpid(pid, 0)
+print("missing", os.waitstatus_to_exitcode(status), os.read(fifo, 200).decode())
+
+thread = threading.Thread(target=time.sleep, args=(0.5,))
+thread.start()
+print("threaded", module.clone_init(0, -1, setup, b"/nonexistent", []))
+thread.join()
+"""
+
+
+def test_clone_init_runs_the_setup_in_our_memory_then_execs(compiled, tmp_path):
+    """clone_init's child runs SETUP with our interpreter (what it appends, we
+    see), hands it back, waits for the "fifo" and execs what SETUP returned,
+    or writes execve's error back; a process with a second thread is refused."""
+    import platform
+
+    if not hasattr(compiled, "clone_init"):
+        assert platform.machine() != "x86_64"
+        pytest.skip("clone_init is x86-64 only")
+    result = subprocess.run([sys.executable, "-c", CLONE_INIT_SCRIPT,
+                             os.path.dirname(compiled.__file__), str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "failed-setup True 1", "hi", "exec 0",
+        "missing 1 exec /no/such/program: No such file or directory",
+        f"threaded {-errno.EDEADLK}"], result.stdout
