@@ -256,7 +256,7 @@ def _clone_init(state: ContainerState, created_cgroups: list[str], cgroup_plan, 
         child_chan.recv()  # our `go`, unread: the forked init waits for its own
         return 0
     log.debug("container init %d ran in the runtime's memory", pid)
-    # The init closed its Channel object, which is ours too; the fd is still ours.
+    # The init's Channel object is ours too (it may have closed it); our fd is still open.
     os.close(init_fd)
     child_chan.fd = -1
     return pid

@@ -255,7 +255,7 @@ def prepare_process(spec: Spec, process: Process, *, preserve_fds: int, seccomp_
     return arguments
 
 
-ExecArguments = tuple  # (path, argv, envp): bytes, list of bytes, list of b"NAME=value"
+ExecArguments = tuple[bytes, list[bytes], list[bytes]]  # path, argv, envp (b"NAME=value")
 
 
 def exec_arguments(path: str, args: list[str], env: dict[str, str]) -> ExecArguments:

@@ -275,7 +275,7 @@ class _Lock:
 
     def __enter__(self) -> None:
         if self.fd >= 0:
-            return  # already held (Runtime.held_locks): a `with` then just ends it
+            return  # kept by this process (hold_lock): a `with` then just ends it
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
