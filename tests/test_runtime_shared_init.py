@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import helpers
 import pytest
 from cgroupv2 import requires_cgroup2
+from test_runtime_single_fork import STAGE_1_REASONS, needs_stage_1, traced_forks
 
 from nsbox.runtime import namespaces as nsmod
 from nsbox.runtime import syscalls as sc
@@ -30,7 +30,6 @@ from nsbox.runtime.spec import default_spec, parse_spec
 REPO = Path(__file__).resolve().parent.parent
 # Host root mapped to itself: every mount of the default spec works in the user namespace.
 SIMPLE_MAP = [{"containerID": 0, "hostID": 0, "size": 65536}]
-CLONES = re.compile(r"^\d+\s+(clone3?|fork|vfork)\((.*)$")
 SIGNAL_MASKS = ("SigBlk", "SigIgn", "SigCgt")
 SIGPIPE, SIGXFSZ = 13, 25
 
@@ -68,17 +67,14 @@ def test_a_plain_container_shares_the_runtimes_memory(monkeypatch):
     assert not decision(lambda raw: None, available=False, monkeypatch=monkeypatch)
 
 
-@pytest.mark.parametrize("why", ["user", "time", "host pid", "hooks", "startContainer"])
+@pytest.mark.parametrize("why", [*STAGE_1_REASONS, "host pid", "hooks", "startContainer"])
 def test_what_keeps_a_forked_init(why, monkeypatch):
     def mutate(raw: dict) -> None:
-        linux = raw["linux"]
-        if why == "user":
-            linux["namespaces"].append({"type": "user"})
-            linux["uidMappings"] = linux["gidMappings"] = SIMPLE_MAP
-        elif why == "time":
-            linux["namespaces"].append({"type": "time"})
+        if why in STAGE_1_REASONS:
+            needs_stage_1(raw, why)
         elif why == "host pid":
-            linux["namespaces"] = [n for n in linux["namespaces"] if n["type"] != "pid"]
+            raw["linux"]["namespaces"] = [n for n in raw["linux"]["namespaces"]
+                                          if n["type"] != "pid"]
         elif why == "startContainer":
             raw["hooks"] = {"startContainer": [{"path": "/bin/true"}]}
 
@@ -86,15 +82,7 @@ def test_what_keeps_a_forked_init(why, monkeypatch):
 
 
 # ------------------------------------------------------------------ the kernel
-def traced_clones(runtime: list[str], bundle: Path, container_id: str, tmp_path: Path,
-                  ) -> list[str]:
-    strace = helpers.require_binary("strace")
-    out = tmp_path / "strace.txt"
-    subprocess.run([strace, "-f", "-qq", "-o", str(out), "-e", "trace=clone,clone3,fork,vfork",
-                    *runtime, "run", "--bundle", str(bundle), container_id],
-                   check=True, timeout=60, stdin=subprocess.DEVNULL, capture_output=True)
-    return [m.group(1) + "(" + m.group(2) for line in out.read_text().splitlines()
-            if (m := CLONES.match(line)) and "resumed>" not in line]
+traced_clones = traced_forks  # the clone/fork calls of a whole `run`, under strace
 
 
 @needs_clone_init

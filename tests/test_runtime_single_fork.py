@@ -36,24 +36,29 @@ def test_plain_container_needs_one_fork():
     assert single_stage_ok(spec, plan)
 
 
-@pytest.mark.parametrize("why", ["user", "time", "pid-by-path", "idmapped mount"])
-def test_what_still_needs_stage_1(why):
-    def mutate(raw: dict) -> None:
-        linux = raw["linux"]
-        if why == "user":
-            linux["namespaces"].append({"type": "user"})
-            linux["uidMappings"] = linux["gidMappings"] = SIMPLE_MAP
-        elif why == "time":
-            linux["namespaces"].append({"type": "time"})
-        elif why == "pid-by-path":
-            linux["namespaces"] = [n for n in linux["namespaces"] if n["type"] != "pid"]
-            linux["namespaces"].append({"type": "pid", "path": "/proc/self/ns/pid"})
-        else:
-            raw["mounts"].append({"destination": "/mnt", "type": "bind", "source": "/tmp",
-                                  "options": ["rbind", "idmap"],
-                                  "uidMappings": SIMPLE_MAP, "gidMappings": SIMPLE_MAP})
+STAGE_1_REASONS = ["user", "time", "pid-by-path", "idmapped mount"]
 
-    spec, plan = plan_of(mutate)
+
+def needs_stage_1(raw: dict, why: str) -> None:
+    """Give the config RAW one of STAGE_1_REASONS."""
+    linux = raw["linux"]
+    if why == "user":
+        linux["namespaces"].append({"type": "user"})
+        linux["uidMappings"] = linux["gidMappings"] = SIMPLE_MAP
+    elif why == "time":
+        linux["namespaces"].append({"type": "time"})
+    elif why == "pid-by-path":
+        linux["namespaces"] = [n for n in linux["namespaces"] if n["type"] != "pid"]
+        linux["namespaces"].append({"type": "pid", "path": "/proc/self/ns/pid"})
+    else:
+        raw["mounts"].append({"destination": "/mnt", "type": "bind", "source": "/tmp",
+                              "options": ["rbind", "idmap"],
+                              "uidMappings": SIMPLE_MAP, "gidMappings": SIMPLE_MAP})
+
+
+@pytest.mark.parametrize("why", STAGE_1_REASONS)
+def test_what_still_needs_stage_1(why):
+    spec, plan = plan_of(lambda raw: needs_stage_1(raw, why))
     assert not single_stage_ok(spec, plan)
 
 
