@@ -411,8 +411,7 @@ static PyObject *nsbox_clone_init(PyObject *module, PyObject *args)
     struct nsbox_clone_args clone_args;
     char *state_dir_copy, **cgroup_dirs, byte;
     void *stack;
-    long pid;
-    ssize_t n = 0;
+    long pid, n = 0;
     Py_ssize_t cgroup_count;
     int gc_was_enabled;
 
@@ -457,9 +456,10 @@ static PyObject *nsbox_clone_init(PyObject *module, PyObject *args)
     pid = clone3_calling(&clone_args, shared_init_main, init);
     close(fds[1]);
     if (pid > 0) {
+        /* Raw: the child, running meanwhile, shares errno with us. */
         do
-            n = read(fds[0], &byte, 1);
-        while (n < 0 && errno == EINTR);
+            n = raw_syscall3(SYS_read, fds[0], (long)&byte, 1);
+        while (n == -EINTR);
     }
     close(fds[0]);
     if (pid > 0 && n != 1)
